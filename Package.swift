@@ -1,0 +1,72 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+let package = Package(
+    name: "boxer-mesh",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "boxer-mesh", targets: ["boxer-mesh"]),
+        .library(name: "MeshBroker", targets: ["MeshBroker"]),
+        .library(name: "MeshNode", targets: ["MeshNode"]),
+        .library(name: "MeshLab", targets: ["MeshLab"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.28.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+    ],
+    targets: [
+        // System libraries: Debian's libzmq3-dev and libsodium-dev (libzmq already links libsodium).
+        .systemLibrary(name: "CZeroMQ", path: "Sources/CZeroMQ"),
+        .systemLibrary(name: "CSodium", path: "Sources/CSodium"),
+
+        /// Thin Swift 6 wrapper over libzmq: sockets confined to one thread, a wakeable poll loop.
+        .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
+
+        /// Generated protobuf types, framing, mesh address types, STUN codec, mesh-key cryptography. No sockets.
+        .target(
+            name: "WireFormat",
+            dependencies: [
+                "CSodium",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            exclude: ["Generated/README.md"]
+        ),
+
+        .target(
+            name: "MeshBroker",
+            dependencies: [
+                "WireFormat", "ZeroMQ",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .target(
+            name: "MeshNode",
+            dependencies: [
+                "WireFormat", "ZeroMQ",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        /// Network-namespace NAT lab used by `boxer-mesh lab` and the integration tests.
+        .target(
+            name: "MeshLab",
+            dependencies: [.product(name: "Logging", package: "swift-log")]
+        ),
+        .executableTarget(
+            name: "boxer-mesh",
+            dependencies: [
+                "MeshBroker", "MeshNode", "MeshLab", "WireFormat",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+
+        .testTarget(name: "WireFormatTests", dependencies: ["WireFormat"]),
+        .testTarget(name: "MeshBrokerTests", dependencies: ["MeshBroker", "MeshNode", "WireFormat", "ZeroMQ"]),
+        .testTarget(name: "MeshLabTests", dependencies: ["MeshLab"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["MeshLab", "WireFormat"]),
+    ]
+)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Regenerates the committed code from proto/ (Swift for the package; C for the shim as it lands).
+# Uses protoc from Debian's protobuf-compiler and protoc-gen-swift built from the swift-protobuf we depend on,
+# so the generated code always matches the runtime version. Never the SwiftProtobuf build plugin (≈10 min builds).
+#   scripts/generate-proto.sh          write the generated files
+#   scripts/generate-proto.sh --check  fail if the committed files differ from freshly generated ones
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v protoc >/dev/null || { echo "generate-proto: protoc not found (apt-get install protobuf-compiler)" >&2; exit 1; }
+
+scratch=.build-protoc
+swift build -c release --product protoc-gen-swift --scratch-path "$scratch" >/dev/null
+plugin="$scratch/release/protoc-gen-swift"
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+protoc --plugin=protoc-gen-swift="$plugin" --swift_opt=Visibility=Public --swift_out="$out" -Iproto proto/*.proto
+
+target=Sources/WireFormat/Generated
+if [[ "${1:-}" == "--check" ]]; then
+    if ! diff -ru --exclude=README.md "$target" "$out"; then
+        echo "generate-proto: committed code in $target is stale; run scripts/generate-proto.sh" >&2
+        exit 1
+    fi
+    echo "generate-proto: generated code is up to date"
+else
+    find "$target" -name '*.pb.swift' -delete
+    cp "$out"/*.pb.swift "$target"/
+    echo "generate-proto: wrote $(ls "$out" | tr '\n' ' ')to $target"
+fi
