@@ -305,6 +305,9 @@ public nonisolated struct Boxermesh_V1_Hello: Sendable {
   /// 32 random bytes
   public var clientNonce: Data = Data()
 
+  /// The address this node held before (rejoin after a broker restart); granted when still free.
+  public var requestedAddress: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -364,6 +367,12 @@ public nonisolated struct Boxermesh_V1_Welcome: Sendable {
   public var expiryMs: UInt32 = 0
 
   public var memberCount: UInt32 = 0
+
+  /// the broker's PUB port
+  public var tapPort: UInt32 = 0
+
+  /// the broker's STUN reflector port (UDP and TCP)
+  public var stunPort: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -927,7 +936,7 @@ nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Boxermesh_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Hello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}mesh\0\u{3}node_name\0\u{1}role\0\u{3}client_nonce\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}mesh\0\u{3}node_name\0\u{1}role\0\u{3}client_nonce\0\u{3}requested_address\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -940,6 +949,7 @@ nonisolated extension Boxermesh_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._
       case 3: try { try decoder.decodeSingularStringField(value: &self.nodeName) }()
       case 4: try { try decoder.decodeSingularEnumField(value: &self.role) }()
       case 5: try { try decoder.decodeSingularBytesField(value: &self.clientNonce) }()
+      case 6: try { try decoder.decodeSingularFixed32Field(value: &self.requestedAddress) }()
       default: break
       }
     }
@@ -961,6 +971,9 @@ nonisolated extension Boxermesh_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._
     if !self.clientNonce.isEmpty {
       try visitor.visitSingularBytesField(value: self.clientNonce, fieldNumber: 5)
     }
+    if self.requestedAddress != 0 {
+      try visitor.visitSingularFixed32Field(value: self.requestedAddress, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -970,6 +983,7 @@ nonisolated extension Boxermesh_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.nodeName != rhs.nodeName {return false}
     if lhs.role != rhs.role {return false}
     if lhs.clientNonce != rhs.clientNonce {return false}
+    if lhs.requestedAddress != rhs.requestedAddress {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1042,7 +1056,7 @@ nonisolated extension Boxermesh_V1_Authenticate: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Boxermesh_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Welcome"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}session\0\u{1}self\0\u{1}subnet\0\u{3}heartbeat_interval_ms\0\u{3}expiry_ms\0\u{3}member_count\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}session\0\u{1}self\0\u{1}subnet\0\u{3}heartbeat_interval_ms\0\u{3}expiry_ms\0\u{3}member_count\0\u{3}tap_port\0\u{3}stun_port\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1056,6 +1070,8 @@ nonisolated extension Boxermesh_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.heartbeatIntervalMs) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.expiryMs) }()
       case 6: try { try decoder.decodeSingularUInt32Field(value: &self.memberCount) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.tapPort) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.stunPort) }()
       default: break
       }
     }
@@ -1084,6 +1100,12 @@ nonisolated extension Boxermesh_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf
     if self.memberCount != 0 {
       try visitor.visitSingularUInt32Field(value: self.memberCount, fieldNumber: 6)
     }
+    if self.tapPort != 0 {
+      try visitor.visitSingularUInt32Field(value: self.tapPort, fieldNumber: 7)
+    }
+    if self.stunPort != 0 {
+      try visitor.visitSingularUInt32Field(value: self.stunPort, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1094,6 +1116,8 @@ nonisolated extension Boxermesh_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.heartbeatIntervalMs != rhs.heartbeatIntervalMs {return false}
     if lhs.expiryMs != rhs.expiryMs {return false}
     if lhs.memberCount != rhs.memberCount {return false}
+    if lhs.tapPort != rhs.tapPort {return false}
+    if lhs.stunPort != rhs.stunPort {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

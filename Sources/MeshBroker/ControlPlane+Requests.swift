@@ -1,0 +1,93 @@
+import WireFormat
+
+/// A start barrier: answer `request` once `mesh` has `count` members.
+struct MemberWaiter {
+    let routingID: [UInt8]
+    let session: [UInt8]
+    let request: ControlMessage
+    let mesh: String
+    let count: Int
+}
+
+/// Requests inside an open session: heartbeat, leave, name resolution, member lists and start barriers.
+extension ControlPlaneHandler {
+    func handle(_ request: ControlMessage, from routingID: [UInt8]) {
+        switch request.body {
+        case .hello(let hello): return handleHello(hello, request: request, from: routingID)
+        case .authenticate(let auth): return handleAuthenticate(auth, request: request, from: routingID)
+        default: break
+        }
+        let token = [UInt8](request.session)
+        guard let session = registry.session(token: token, routingID: routingID) else {
+            refuse(request, routingID, .errorNoSession, "no open session (expired, or the broker restarted): join again")
+            return
+        }
+        registry.touch(token: token, now: clock.now)
+        switch request.body {
+        case .heartbeat:
+            var ack = Boxermesh_V1_HeartbeatAck()
+            ack.memberCount = UInt32(registry.memberCount(of: session.mesh))
+            send(to: routingID, request.reply(.heartbeatAck(ack)))
+        case .leave:
+            registry.remove(token: token)
+            sessionEnded(session, kind: .leave)
+            send(to: routingID, request.reply(.leaveAck(.init())))
+        case .resolve(let query):
+            resolve(query, in: session.mesh, request: request, from: routingID)
+        case .listMembers:
+            send(to: routingID, request.reply(.members(memberList(session.mesh))))
+        case .waitMembers(let wait):
+            waiters.append(
+                MemberWaiter(routingID: routingID, session: token, request: request, mesh: session.mesh, count: Int(wait.count)))
+            releaseWaiters(of: session.mesh)
+        default:
+            badInput.drop("unexpected message type from a peer: \(String(describing: request.body))")
+            refuse(request, routingID, .errorBadRequest, "the broker does not accept this message type")
+        }
+    }
+
+    private func resolve(_ query: Boxermesh_V1_ResolveRequest, in mesh: String, request: ControlMessage, from routingID: [UInt8]) {
+        let found: Member?
+        let asked: String
+        switch query.query {
+        case .name(let name):
+            found = registry.member(named: name.lowercased(), in: mesh)
+            asked = "no node named '\(name)' in mesh '\(mesh)'"
+        case .address(let address):
+            found = registry.member(at: IPv4Address(address), in: mesh)
+            asked = "no node has address \(IPv4Address(address)) in mesh '\(mesh)'"
+        case nil:
+            return refuse(request, routingID, .errorBadRequest, "resolve needs a name or an address")
+        }
+        guard let found else { return refuse(request, routingID, .errorNotFound, asked) }
+        var reply = Boxermesh_V1_ResolveReply()
+        reply.member = found
+        send(to: routingID, request.reply(.resolved(reply)))
+    }
+
+    private func memberList(_ mesh: String) -> Boxermesh_V1_MemberList {
+        var list = Boxermesh_V1_MemberList()
+        list.members = registry.members(of: mesh)
+        return list
+    }
+
+    /// Answers every barrier of `mesh` that is now satisfied.
+    func releaseWaiters(of mesh: String) {
+        let count = registry.memberCount(of: mesh)
+        waiters.removeAll { waiter in
+            guard waiter.mesh == mesh, count >= waiter.count else { return false }
+            send(to: waiter.routingID, waiter.request.reply(.members(memberList(mesh))))
+            return true
+        }
+    }
+
+    /// A session ended by leave or expiry: drop its barriers, tell the tap.
+    func sessionEnded(_ session: MeshRegistry.Session, kind: Boxermesh_V1_MembershipEvent.Kind) {
+        waiters.removeAll { $0.session == session.token }
+        guard let member = session.member else { return }
+        logger.notice(
+            kind == .expire ? "expired (no heartbeat)" : "left",
+            metadata: ["mesh": "\(session.mesh)", "node": "\(member.name)", "address": "\(member.ipv4)"])
+        publishMembership(kind, member, mesh: session.mesh)
+    }
+}

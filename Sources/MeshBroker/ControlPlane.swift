@@ -1,0 +1,154 @@
+import Logging
+import ServiceLifecycle
+import WireFormat
+import ZeroMQ
+
+/// What the broker's control plane listens on and how strict it is.
+public struct BrokerConfiguration: Sendable {
+    /// ZeroMQ ROUTER endpoint for nodes and tools.
+    public var controlEndpoint = "tcp://0.0.0.0:7700"
+    /// ZeroMQ PUB endpoint of the tap.
+    public var tapEndpoint = "tcp://0.0.0.0:7701"
+    /// The reflector's port, told to peers in Welcome.
+    public var stunPort: UInt16 = 3478
+    /// Virtual addresses come from here; each mesh has the whole range to itself.
+    public var subnet = try! IPv4Subnet("100.64.0.0/16")
+    public var secret: MeshSecret
+    /// How often nodes heartbeat, and how long a silent session lives.
+    public var heartbeatInterval: Duration = .milliseconds(500)
+    public var expiry: Duration = .seconds(2)
+
+    public init(secret: MeshSecret) { self.secret = secret }
+}
+
+/// The endpoints actually bound (a `*` port resolved), reported once the control plane is serving.
+public struct BoundEndpoints: Sendable {
+    public var control: String
+    public var tap: String
+}
+
+/// The broker's control plane: membership, names, addresses and the tap, on one ZeroMQ thread.
+public struct ControlPlane: Service {
+    let configuration: BrokerConfiguration
+    let logger: Logger
+    let onReady: @Sendable (BoundEndpoints) -> Void
+
+    public init(
+        configuration: BrokerConfiguration, logger: Logger, onReady: @escaping @Sendable (BoundEndpoints) -> Void = { _ in }
+    ) {
+        self.configuration = configuration
+        self.logger = logger
+        self.onReady = onReady
+    }
+
+    public func run() async throws {
+        let loop = SocketLoop<Never>(name: "control-plane")
+        let (configuration, logger, onReady) = (configuration, logger, onReady)
+        try await cancelWhenGracefulShutdown {
+            try await loop.run {
+                let handler = try ControlPlaneHandler(configuration: configuration, logger: logger)
+                onReady(BoundEndpoints(control: handler.router.lastEndpoint, tap: handler.publisher.lastEndpoint))
+                return handler
+            }
+        }
+    }
+}
+
+/// Runs on the control-plane thread: decodes each request, applies it to the registry, answers, publishes.
+final class ControlPlaneHandler: SocketLoopHandler {
+    typealias Command = Never
+
+    let router: ZMQSocket
+    let publisher: ZMQSocket
+    let configuration: BrokerConfiguration
+    let logger: Logger
+    let badInput: BadInputLog
+    var registry: MeshRegistry
+    /// Hellos waiting for their Authenticate, by routing id. Bounded: a flood of hellos evicts the oldest.
+    var pendingHandshakes: [[UInt8]: PendingHandshake] = [:]
+    /// Start barriers waiting for their mesh to fill.
+    var waiters: [MemberWaiter] = []
+    let clock = ContinuousClock()
+    var nextTick: ContinuousClock.Instant?
+
+    static let maximumPendingHandshakes = 4096
+    static let handshakeTimeout = Duration.seconds(10)
+
+    init(configuration: BrokerConfiguration, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        badInput = BadInputLog(logger: logger, port: "control")
+        registry = MeshRegistry(subnet: configuration.subnet)
+        let context = try ZMQContext()
+        router = try ZMQSocket(context, .router)
+        try router.setRouterMandatory(true)
+        try router.setMaxMessageSize(Int64(ControlMessage.maximumFrameSize))
+        try router.setHighWaterMarks(send: 1000, receive: 10000)
+        try router.bind(configuration.controlEndpoint)
+        publisher = try ZMQSocket(context, .publisher)
+        // PUB drops for a subscriber past its queue: a stuck tap never slows the broker.
+        try publisher.setHighWaterMarks(send: 10000, receive: 1000)
+        try publisher.bind(configuration.tapEndpoint)
+        nextTick = clock.now
+        logger.notice(
+            "control plane serving",
+            metadata: [
+                "control": "\(router.lastEndpoint)", "tap": "\(publisher.lastEndpoint)",
+                "subnet": "\(configuration.subnet)", "expiry": "\(configuration.expiry)",
+            ])
+    }
+
+    var sockets: [ZMQSocket] { [router] }
+
+    func readable(socketAt index: Int) {
+        while true {
+            let frames: [[UInt8]]
+            do {
+                guard let received = try router.receive() else { return }
+                frames = received
+            } catch {
+                logger.warning("control socket receive failed: \(error)")
+                return
+            }
+            guard frames.count == 2 else {
+                badInput.drop("message with \(frames.count) frames (expected 1 after the routing id)")
+                continue
+            }
+            let routingID = frames[0]
+            let request: ControlMessage
+            do {
+                request = try ControlMessage(frame: frames[1])
+            } catch {
+                badInput.drop("\(error)")
+                send(to: routingID, ControlMessage().reply(.error(.init(.errorBadRequest, "\(error)"))))
+                continue
+            }
+            handle(request, from: routingID)
+        }
+    }
+
+    func handle(_ command: Never) {}
+
+    func tick(now: ContinuousClock.Instant) {
+        for session in registry.expire(silentSince: now - configuration.expiry) {
+            sessionEnded(session, kind: .expire)
+        }
+        pendingHandshakes = pendingHandshakes.filter { now - $0.value.created < Self.handshakeTimeout }
+        badInput.flush()
+        nextTick = now + .milliseconds(100)
+    }
+
+    func shutdown() {
+        router.close()
+        publisher.close()
+    }
+
+    /// Replies are best effort: a peer that vanished (EHOSTUNREACH) or stopped reading (EAGAIN) is not waited for.
+    func send(to routingID: [UInt8], _ message: ControlMessage) {
+        do {
+            try router.send([routingID, message.frame()])
+        } catch {
+            logger.debug("reply dropped: \(error)")
+        }
+    }
+}

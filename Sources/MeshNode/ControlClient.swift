@@ -1,0 +1,142 @@
+import Foundation
+import Logging
+import Synchronization
+import WireFormat
+import ZeroMQ
+
+/// A request/response connection to the broker's control plane: one DEALER socket on its own thread; each
+/// request waits for the reply carrying its request id, or for its deadline.
+public final class ControlClient: Sendable {
+    enum Command: Sendable {
+        case request(ControlMessage, deadline: ContinuousClock.Instant, CheckedContinuation<ControlMessage, Error>)
+        case cancel(UInt64)
+    }
+
+    let endpoint: String
+    private let loop: SocketLoop<Command>
+    private let nextRequestID = Atomic<UInt64>(1)
+
+    init(endpoint: String) {
+        self.endpoint = endpoint
+        loop = SocketLoop(name: "control-client") { orphans in
+            for case .request(_, _, let continuation) in orphans {
+                continuation.resume(throwing: ControlError.closed)
+            }
+        }
+    }
+
+    /// Connects to `endpoint` and runs `body` with the client; the connection closes when `body` returns.
+    public static func withConnection<T: Sendable>(
+        to endpoint: String, _ body: (ControlClient) async throws -> T
+    ) async throws -> T {
+        let client = ControlClient(endpoint: endpoint)
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await client.loop.run { try ControlClientHandler(endpoint: endpoint) } }
+            defer { client.loop.stop() }
+            let result = try await body(client)
+            client.loop.stop()
+            try await group.waitForAll()
+            return result
+        }
+    }
+
+    /// Sends `message` and returns the reply. A broker ErrorReply is thrown as ``BrokerRefusal``.
+    public func request(_ message: ControlMessage, timeout: Duration) async throws -> ControlMessage {
+        var message = message
+        let id = nextRequestID.add(1, ordering: .relaxed).oldValue
+        message.requestID = id
+        let deadline = ContinuousClock.now + timeout
+        let reply = try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                if !loop.post(.request(message, deadline: deadline, continuation)) {
+                    continuation.resume(throwing: ControlError.closed)
+                }
+            }
+        } onCancel: {
+            loop.post(.cancel(id))
+        }
+        if case .error(let refusal) = reply.body {
+            throw BrokerRefusal(code: refusal.code, message: refusal.message)
+        }
+        return reply
+    }
+}
+
+/// The broker answered with an error.
+public struct BrokerRefusal: Error, CustomStringConvertible, Sendable {
+    public var code: Boxermesh_V1_ErrorCode
+    public var message: String
+    public var description: String { message }
+}
+
+/// The control connection failed locally.
+public enum ControlError: Error, CustomStringConvertible, Sendable {
+    /// No reply before the deadline.
+    case timeout
+    /// The client is shutting down.
+    case closed
+    /// The broker's reply made no sense.
+    case protocolViolation(String)
+
+    public var description: String {
+        switch self {
+        case .timeout: "the broker did not answer in time"
+        case .closed: "the control connection is closed"
+        case .protocolViolation(let what): "the broker broke the protocol: \(what)"
+        }
+    }
+}
+
+/// Runs on the client's thread: owns the DEALER and the table of requests waiting for replies.
+final class ControlClientHandler: SocketLoopHandler {
+    typealias Command = ControlClient.Command
+
+    private let dealer: ZMQSocket
+    private var pending: [UInt64: (deadline: ContinuousClock.Instant, continuation: CheckedContinuation<ControlMessage, Error>)] = [:]
+
+    init(endpoint: String) throws {
+        dealer = try ZMQSocket(ZMQContext(), .dealer)
+        try dealer.setMaxMessageSize(Int64(ControlMessage.maximumFrameSize))
+        try dealer.setHighWaterMarks(send: 1000, receive: 1000)
+        try dealer.connect(endpoint)
+    }
+
+    var sockets: [ZMQSocket] { [dealer] }
+
+    var nextTick: ContinuousClock.Instant? { pending.values.map(\.deadline).min() }
+
+    func handle(_ command: Command) {
+        switch command {
+        case .request(let message, let deadline, let continuation):
+            do {
+                try dealer.send([message.frame()])
+                pending[message.requestID] = (deadline, continuation)
+            } catch {
+                continuation.resume(throwing: error)
+            }
+        case .cancel(let id):
+            pending.removeValue(forKey: id)?.continuation.resume(throwing: CancellationError())
+        }
+    }
+
+    func readable(socketAt index: Int) {
+        // Replies nobody waits for any more (timed out, cancelled, or a malformed frame) are dropped.
+        while let frames = try? dealer.receive() {
+            guard frames.count == 1, let reply = try? ControlMessage(frame: frames[0]) else { continue }
+            pending.removeValue(forKey: reply.requestID)?.continuation.resume(returning: reply)
+        }
+    }
+
+    func tick(now: ContinuousClock.Instant) {
+        for (id, entry) in pending where entry.deadline <= now {
+            pending[id] = nil
+            entry.continuation.resume(throwing: ControlError.timeout)
+        }
+    }
+
+    func shutdown() {
+        for entry in pending.values { entry.continuation.resume(throwing: ControlError.closed) }
+        pending.removeAll()
+        dealer.close()
+    }
+}

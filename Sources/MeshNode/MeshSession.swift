@@ -1,0 +1,208 @@
+import Foundation
+import Logging
+import Synchronization
+import WireFormat
+
+/// Who joins: a node (with a name, gets an address) or a client tool (resolve, tap).
+public struct JoinRequest: Sendable {
+    public var mesh: String
+    /// nil joins as a client tool: no name, no address, no heartbeats needed.
+    public var nodeName: String?
+    public var secret: MeshSecret
+
+    public init(mesh: String, nodeName: String?, secret: MeshSecret) {
+        self.mesh = mesh
+        self.nodeName = nodeName
+        self.secret = secret
+    }
+}
+
+/// An open, authenticated session with the broker: the handshake, heartbeats (with rejoin when the broker has
+/// forgotten us), and the questions a member may ask.
+public final class MeshSession: Sendable {
+    public let client: ControlClient
+    public let join: JoinRequest
+    private let logger: Logger
+    private let state: Mutex<Boxermesh_V1_Welcome>
+
+    /// How long one handshake step may wait before it is sent again.
+    static let stepTimeout = Duration.seconds(2)
+
+    private init(client: ControlClient, join: JoinRequest, welcome: Boxermesh_V1_Welcome, logger: Logger) {
+        self.client = client
+        self.join = join
+        self.logger = logger
+        state = Mutex(welcome)
+    }
+
+    /// The broker's Welcome: this node's name and address, heartbeat interval, tap and STUN ports.
+    public var welcome: Boxermesh_V1_Welcome { state.withLock { $0 } }
+
+    /// Joins, retrying while the broker does not answer, until `connectTimeout`. A refusal (wrong secret, name
+    /// taken) ends at once with the broker's reason.
+    public static func open(
+        _ join: JoinRequest, client: ControlClient, connectTimeout: Duration, logger: Logger
+    ) async throws -> MeshSession {
+        let welcome = try await handshake(join, client: client, requestedAddress: nil, connectTimeout: connectTimeout)
+        return MeshSession(client: client, join: join, welcome: welcome, logger: logger)
+    }
+
+    private static func handshake(
+        _ join: JoinRequest, client: ControlClient, requestedAddress: IPv4Address?, connectTimeout: Duration
+    ) async throws -> Boxermesh_V1_Welcome {
+        let deadline = ContinuousClock.now + connectTimeout
+        var hello = Boxermesh_V1_Hello()
+        hello.protocolVersion = 1
+        hello.mesh = join.mesh
+        hello.nodeName = join.nodeName ?? ""
+        hello.role = join.nodeName == nil ? .client : .node
+        hello.requestedAddress = requestedAddress?.value ?? 0
+        while true {
+            let remaining = ContinuousClock.now.duration(to: deadline)
+            guard remaining > .zero else { throw JoinError.unreachable(client.endpoint, connectTimeout) }
+            hello.clientNonce = Data(Sodium.randomBytes(32))
+            var message = ControlMessage()
+            message.hello = hello
+            let challengeReply: ControlMessage
+            do {
+                challengeReply = try await client.request(message, timeout: min(stepTimeout, remaining))
+            } catch ControlError.timeout {
+                continue  // not connected yet, or the hello was lost: ask again with a fresh nonce
+            }
+            guard case .challenge(let challenge) = challengeReply.body else {
+                throw ControlError.protocolViolation("expected a Challenge, got \(String(describing: challengeReply.body))")
+            }
+            let key = MeshKey(secret: join.secret, mesh: join.mesh)
+            let serverNonce = [UInt8](challenge.serverNonce)
+            var authenticate = ControlMessage()
+            authenticate.authenticate.clientProof = Data(key.proof(by: .client, hello: hello, serverNonce: serverNonce))
+            let welcomeReply: ControlMessage
+            do {
+                welcomeReply = try await client.request(authenticate, timeout: stepTimeout)
+            } catch let refusal as BrokerRefusal where refusal.code == .errorAuthenticationFailed {
+                throw JoinError.wrongSecret(refusal.message)
+            } catch ControlError.timeout {
+                continue
+            }
+            // Checked after the broker's answer, so the broker logs every refused attempt.
+            guard MeshKey.matches(key.proof(by: .broker, hello: hello, serverNonce: serverNonce), [UInt8](challenge.serverProof))
+            else {
+                throw JoinError.wrongSecret("the broker could not prove it knows the secret of mesh '\(join.mesh)'")
+            }
+            guard case .welcome(let welcome) = welcomeReply.body else {
+                throw ControlError.protocolViolation("expected a Welcome, got \(String(describing: welcomeReply.body))")
+            }
+            return welcome
+        }
+    }
+
+    /// Sends a request inside this session.
+    public func request(_ body: ControlMessage.OneOf_Body, timeout: Duration = .seconds(5)) async throws -> ControlMessage {
+        var message = ControlMessage()
+        message.session = welcome.session
+        message.body = body
+        return try await client.request(message, timeout: timeout)
+    }
+
+    /// Heartbeats until cancelled. When the broker no longer knows the session (it restarted, or we were silent
+    /// too long) this node joins again, asking for its old address back.
+    public func keepAlive() async {
+        let interval = Duration.milliseconds(Int64(max(welcome.heartbeatIntervalMs, 100)))
+        var warned = false
+        while !Task.isCancelled {
+            do {
+                try await Task.sleep(for: interval)
+                _ = try await request(.heartbeat(.init()), timeout: .milliseconds(Int64(max(welcome.expiryMs, 1000))))
+                if warned { logger.notice("broker answers heartbeats again") }
+                warned = false
+            } catch is CancellationError {
+                return
+            } catch let refusal as BrokerRefusal where refusal.code == .errorNoSession {
+                await rejoin()
+            } catch {
+                if !warned { logger.warning("broker not answering heartbeats: \(error)") }
+                warned = true
+            }
+        }
+    }
+
+    private func rejoin() async {
+        let previous = welcome.self_p
+        do {
+            let fresh = try await Self.handshake(
+                join, client: client, requestedAddress: previous.address == 0 ? nil : previous.ipv4,
+                connectTimeout: .seconds(10))
+            state.withLock { $0 = fresh }
+            if fresh.self_p.address != previous.address {
+                logger.error("rejoined the mesh with a different address \(fresh.self_p.ipv4) (was \(previous.ipv4))")
+            } else {
+                logger.notice("rejoined the mesh after the broker lost our session")
+            }
+        } catch {
+            logger.error("could not rejoin the mesh: \(error)")
+        }
+    }
+
+    /// The member with this name in our mesh.
+    public func resolve(name: String) async throws -> Member {
+        var query = Boxermesh_V1_ResolveRequest()
+        query.name = name
+        return try await resolved(query)
+    }
+
+    /// The member holding this address in our mesh.
+    public func resolve(address: IPv4Address) async throws -> Member {
+        var query = Boxermesh_V1_ResolveRequest()
+        query.address = address.value
+        return try await resolved(query)
+    }
+
+    private func resolved(_ query: Boxermesh_V1_ResolveRequest) async throws -> Member {
+        let reply = try await request(.resolve(query))
+        guard case .resolved(let answer) = reply.body else {
+            throw ControlError.protocolViolation("expected a ResolveReply, got \(String(describing: reply.body))")
+        }
+        return answer.member
+    }
+
+    /// Waits until the mesh has at least `count` members (the `--wait-for` start barrier); returns them.
+    public func waitForMembers(_ count: Int) async throws -> [Member] {
+        let reply = try await request(.waitMembers(.with { $0.count = UInt32(count) }), timeout: .seconds(365 * 86400))
+        guard case .members(let list) = reply.body else {
+            throw ControlError.protocolViolation("expected a MemberList, got \(String(describing: reply.body))")
+        }
+        return list.members
+    }
+
+    public func members() async throws -> [Member] {
+        let reply = try await request(.listMembers(.init()))
+        guard case .members(let list) = reply.body else {
+            throw ControlError.protocolViolation("expected a MemberList, got \(String(describing: reply.body))")
+        }
+        return list.members
+    }
+
+    /// Leaves the mesh: the broker frees the name and address at once. Best effort: a broker that does not
+    /// answer within `timeout` will expire the session by itself.
+    public func leave(timeout: Duration = .seconds(1)) async {
+        do {
+            _ = try await request(.leave(.init()), timeout: timeout)
+        } catch {
+            logger.info("leave not confirmed (\(error)); the broker will expire the session")
+        }
+    }
+}
+
+/// Joining failed; the message says why in words a user can act on.
+public enum JoinError: Error, CustomStringConvertible, Sendable {
+    case unreachable(String, Duration)
+    case wrongSecret(String)
+
+    public var description: String {
+        switch self {
+        case .unreachable(let endpoint, let timeout):
+            "cannot reach the broker at \(endpoint): no answer within \(timeout) (is it running, and is the port open?)"
+        case .wrongSecret(let message): "refused: \(message)"
+        }
+    }
+}

@@ -1,0 +1,116 @@
+import Foundation
+import Logging
+import WireFormat
+
+/// Everything `boxer-mesh node` needs.
+public struct NodeConfiguration: Sendable {
+    public var broker: BrokerAddress
+    public var join: JoinRequest
+    /// Hold the app until the mesh has this many members (a start barrier).
+    public var waitFor: Int?
+    /// How long to keep trying to reach the broker before giving up.
+    public var connectTimeout: Duration
+    /// The app and its arguments.
+    public var command: [String]
+
+    public init(broker: BrokerAddress, join: JoinRequest, waitFor: Int?, connectTimeout: Duration, command: [String]) {
+        self.broker = broker
+        self.join = join
+        self.waitFor = waitFor
+        self.connectTimeout = connectTimeout
+        self.command = command
+    }
+}
+
+/// The function wrapper: join the mesh, run the app with its mesh identity in the environment, relay signals
+/// to it, heartbeat while it runs, leave when it ends, and exit with its status.
+public enum Node {
+    /// Runs the node; returns the exit status the process should end with (the app's, or 128+N when a signal
+    /// stopped the node before the app started).
+    public static func run(_ configuration: NodeConfiguration, logger: Logger) async throws -> Int32 {
+        let signals = SignalRelay()
+        return try await ControlClient.withConnection(to: configuration.broker.controlEndpoint) { client in
+            let session: MeshSession
+            do {
+                session = try await untilSignal(signals) {
+                    try await join(configuration, client: client, logger: logger)
+                }
+            } catch let interrupted as InterruptedBySignal {
+                logger.notice("stopped by signal \(interrupted.signal) before the app started")
+                return 128 + interrupted.signal
+            }
+            let me = session.welcome.self_p
+            var environment = ProcessInfo.processInfo.environment
+            environment["BOXER_MESH"] = configuration.join.mesh
+            environment["BOXER_MESH_NAME"] = me.name
+            environment["BOXER_MESH_IP"] = me.ipv4.description
+            environment[BrokerAddress.environmentVariable] = configuration.broker.description
+            let app: AppProcess
+            do throws(LaunchError) {
+                app = try AppProcess(arguments: configuration.command, environment: environment)
+            } catch {
+                logger.error("\(error)")
+                await session.leave()
+                return error.exitStatus
+            }
+            signals.onSignal { app.send($0) }
+            let status = await withTaskGroup(of: Int32?.self) { group in
+                group.addTask { await session.keepAlive(); return nil }
+                group.addTask { await app.waitForExit() }
+                var status: Int32 = 0
+                for await result in group {
+                    if let result {
+                        status = result
+                        group.cancelAll()
+                    }
+                }
+                return status
+            }
+            logger.info("app exited with status \(status); leaving the mesh")
+            await session.leave()
+            return status
+        }
+    }
+
+    private static func join(_ configuration: NodeConfiguration, client: ControlClient, logger: Logger) async throws -> MeshSession {
+        let session = try await MeshSession.open(
+            configuration.join, client: client, connectTimeout: configuration.connectTimeout, logger: logger)
+        let me = session.welcome.self_p
+        logger.notice("joined mesh '\(configuration.join.mesh)' as \(me.name) \(me.ipv4)")
+        guard let count = configuration.waitFor, count > 1 else { return session }
+        logger.notice("waiting for \(count) members in mesh '\(configuration.join.mesh)'")
+        // Heartbeats go on while the barrier holds, or the broker would expire us while we wait.
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await session.keepAlive() }
+            defer { group.cancelAll() }
+            do {
+                let members = try await session.waitForMembers(count)
+                logger.notice("mesh has \(members.count) members: \(members.map(\.name).joined(separator: ", "))")
+            } catch {
+                await session.leave()
+                throw error
+            }
+            return session
+        }
+    }
+
+    /// Runs `body`, but a relayed signal (INT, TERM, HUP, QUIT) cancels it and throws ``InterruptedBySignal``.
+    private static func untilSignal<T: Sendable>(
+        _ signals: SignalRelay, _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        let task = Task { try await body() }
+        signals.onSignal { number in
+            if SignalRelay.stopping.contains(number) { task.cancel() }
+        }
+        do {
+            return try await task.value
+        } catch {
+            if let number = signals.lastStopSignal { throw InterruptedBySignal(signal: number) }
+            throw error
+        }
+    }
+}
+
+struct InterruptedBySignal: Error {
+    let signal: Int32
+}

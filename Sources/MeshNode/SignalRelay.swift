@@ -1,0 +1,43 @@
+import Dispatch
+import Foundation
+import Synchronization
+
+/// Catches the signals a process manager sends the node and hands each to the current handler: while joining,
+/// a handler that aborts the join; once the app runs, one that forwards to the app.
+final class SignalRelay: Sendable {
+    /// Forwarded to the app. INT, TERM, HUP and QUIT also abort a join that is still under way.
+    static let relayed: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
+    /// The signals that mean "stop".
+    static let stopping: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT]
+
+    private let handler = Mutex<@Sendable (Int32) -> Void>({ _ in })
+    private let lastStop = Atomic<Int32>(0)
+    private nonisolated(unsafe) let sources: [any DispatchSourceSignal]
+
+    init() {
+        var sources: [any DispatchSourceSignal] = []
+        for number in Self.relayed {
+            signal(number, SIG_IGN)  // Dispatch sees the signal; the default action (exit) must not run
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            sources.append(source)
+        }
+        self.sources = sources
+        for (source, number) in zip(sources, Self.relayed) {
+            source.setEventHandler { [self] in
+                if Self.stopping.contains(number) { lastStop.store(number, ordering: .relaxed) }
+                handler.withLock { $0 }(number)
+            }
+            source.resume()
+        }
+    }
+
+    /// The last stop signal received, if any.
+    var lastStopSignal: Int32? {
+        let number = lastStop.load(ordering: .relaxed)
+        return number == 0 ? nil : number
+    }
+
+    func onSignal(_ body: @escaping @Sendable (Int32) -> Void) {
+        handler.withLock { $0 = body }
+    }
+}

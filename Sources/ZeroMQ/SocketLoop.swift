@@ -1,0 +1,137 @@
+import CZeroMQ
+import Foundation
+import Synchronization
+
+/// What runs on a ``SocketLoop`` thread: it owns the sockets, reacts to input, commands and its timer.
+/// Everything here is called on the loop thread only, so handlers keep plain mutable state.
+public protocol SocketLoopHandler<Command>: AnyObject {
+    associatedtype Command: Sendable
+    /// The sockets to watch for input, in a fixed order (the index is passed to ``readable(socketAt:)``).
+    var sockets: [ZMQSocket] { get }
+    /// `sockets[index]` has input. Drain it (``ZMQSocket/receive()`` until nil).
+    func readable(socketAt index: Int)
+    /// A command posted from another thread with ``SocketLoop/post(_:)``.
+    func handle(_ command: Command)
+    /// When ``tick(now:)`` should run next; nil for no timer.
+    var nextTick: ContinuousClock.Instant? { get }
+    func tick(now: ContinuousClock.Instant)
+    /// The loop is ending: answer whatever still waits, close sockets.
+    func shutdown()
+}
+
+/// A dedicated thread that owns ZeroMQ sockets and polls them, so blocking zmq calls never touch Swift's
+/// cooperative thread pool. Other threads talk to it with ``post(_:)``; a self-pipe wakes the poll.
+public final class SocketLoop<Command: Sendable>: Sendable {
+    private let name: String
+    private let mailbox = Mutex<(commands: [Command], stopping: Bool)>(([], false))
+    /// Self-pipe: writing to `wakeWrite` makes `wakeRead` readable, which ends the poll.
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
+
+    /// Receives commands that no handler will ever see (the handler failed to start), so callers waiting on
+    /// them can be answered.
+    private let abandon: @Sendable ([Command]) -> Void
+
+    public init(name: String, abandon: @escaping @Sendable ([Command]) -> Void = { _ in }) {
+        self.name = name
+        self.abandon = abandon
+        var fds: [Int32] = [-1, -1]
+        // Only fails when the process is out of descriptors: nothing sensible is left to do then.
+        precondition(pipe(&fds) == 0, "pipe failed: errno \(errno)")
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        (wakeRead, wakeWrite) = (fds[0], fds[1])
+    }
+
+    deinit {
+        Glibc.close(wakeRead)
+        Glibc.close(wakeWrite)
+    }
+
+    /// Queues `command` for the handler and wakes the loop. Returns false (and drops it) once the loop is stopping;
+    /// a command accepted here is always handed to the handler or to `abandon`.
+    @discardableResult
+    public func post(_ command: Command) -> Bool {
+        let accepted = mailbox.withLock { box in
+            guard !box.stopping else { return false }
+            box.commands.append(command)
+            return true
+        }
+        if accepted { wake() }
+        return accepted
+    }
+
+    /// Asks the loop to end; ``run(_:)`` returns once the handler has shut down.
+    public func stop() {
+        mailbox.withLock { $0.stopping = true }
+        wake()
+    }
+
+    private func wake() {
+        var byte: UInt8 = 1
+        _ = Glibc.write(wakeWrite, &byte, 1)  // a full pipe already means "wake up"
+    }
+
+    /// Starts the thread, builds the handler there with `makeHandler`, and runs until ``stop()`` or until the
+    /// surrounding task is cancelled. Throws what `makeHandler` throws (a failed bind, say).
+    public func run<Handler: SocketLoopHandler<Command> & SendableMetatype>(
+        _ makeHandler: @escaping @Sendable () throws -> Handler
+    ) async throws {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+                let thread = Thread { [self] in
+                    do {
+                        let handler = try makeHandler()
+                        loop(handler)
+                        continuation.resume()
+                    } catch {
+                        let orphans = mailbox.withLock { box in
+                            box.stopping = true
+                            defer { box.commands.removeAll() }
+                            return box.commands
+                        }
+                        abandon(orphans)
+                        continuation.resume(throwing: error)
+                    }
+                }
+                thread.name = name
+                thread.start()
+            }
+        } onCancel: {
+            stop()
+        }
+    }
+
+    private func loop<Handler: SocketLoopHandler<Command>>(_ handler: Handler) {
+        let sockets = handler.sockets
+        var items = sockets.map { zmq_pollitem_t(socket: $0.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0) }
+        items.append(zmq_pollitem_t(socket: nil, fd: wakeRead, events: Int16(ZMQ_POLLIN), revents: 0))
+        let clock = ContinuousClock()
+        while true {
+            var timeout = -1
+            if let next = handler.nextTick {
+                let wait = clock.now.duration(to: next)
+                timeout = wait <= .zero ? 0 : Int(wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000 + 1)
+            }
+            let ready = zmq_poll(&items, Int32(items.count), timeout)
+            if ready < 0 && zmq_errno() != EINTR { break }
+            for index in sockets.indices where items[index].revents & Int16(ZMQ_POLLIN) != 0 {
+                handler.readable(socketAt: index)
+            }
+            if items[sockets.count].revents & Int16(ZMQ_POLLIN) != 0 {
+                var drain = [UInt8](repeating: 0, count: 64)
+                while Glibc.read(wakeRead, &drain, drain.count) > 0 {}
+            }
+            let (commands, stopping) = mailbox.withLock { box in
+                defer { box.commands.removeAll() }
+                return (box.commands, box.stopping)
+            }
+            for command in commands { handler.handle(command) }
+            if stopping { break }
+            if let next = handler.nextTick, clock.now >= next { handler.tick(now: clock.now) }
+        }
+        handler.shutdown()
+    }
+}

@@ -1,0 +1,90 @@
+import CZeroMQ
+import Foundation
+
+/// One libzmq socket. Not thread-safe: create it on the thread that uses it (a ``SocketLoop`` thread) and use it
+/// only there. Sockets are created with LINGER 0 so closing never blocks.
+public final class ZMQSocket {
+    /// The socket types boxer-mesh uses.
+    public enum Kind: Sendable {
+        case router, dealer, publisher, subscriber
+
+        var raw: Int32 {
+            switch self {
+            case .router: ZMQ_ROUTER
+            case .dealer: ZMQ_DEALER
+            case .publisher: ZMQ_PUB
+            case .subscriber: ZMQ_SUB
+            }
+        }
+    }
+
+    let handle: UnsafeMutableRawPointer
+    /// zmq_msg_t keeps small messages inside the struct, so it must live at a fixed heap address.
+    private let message: UnsafeMutablePointer<zmq_msg_t>
+    private var isClosed = false
+    /// Retains the context so it outlives the socket.
+    private let context: ZMQContext
+
+    public init(_ context: ZMQContext, _ kind: Kind) throws(ZMQError) {
+        guard let handle = zmq_socket(context.handle, kind.raw) else { throw ZMQError("zmq_socket") }
+        self.handle = handle
+        self.context = context
+        message = .allocate(capacity: 1)
+        zmq_msg_init(message)
+        try setOption(ZMQ_LINGER, Int32(0))
+    }
+
+    deinit {
+        close()
+        zmq_msg_close(message)
+        message.deallocate()
+    }
+
+    public func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        zmq_close(handle)
+    }
+
+    public func bind(_ endpoint: String) throws(ZMQError) {
+        try check(zmq_bind(handle, endpoint), "bind \(endpoint)")
+    }
+
+    public func connect(_ endpoint: String) throws(ZMQError) {
+        try check(zmq_connect(handle, endpoint), "connect \(endpoint)")
+    }
+
+    /// The endpoint this socket last bound, with a wildcard port resolved (`tcp://127.0.0.1:*` → `…:41234`).
+    public var lastEndpoint: String {
+        var buffer = [UInt8](repeating: 0, count: 256)
+        var size = buffer.count
+        guard zmq_getsockopt(handle, ZMQ_LAST_ENDPOINT, &buffer, &size) == 0 else { return "" }
+        return String(decoding: buffer.prefix { $0 != 0 }, as: UTF8.self)
+    }
+
+    /// Sends one multipart message. With `dontWait` a full queue throws a ``ZMQError`` whose `wouldBlock` is true.
+    public func send(_ frames: [[UInt8]], dontWait: Bool = true) throws(ZMQError) {
+        for (index, frame) in frames.enumerated() {
+            var flags: Int32 = dontWait ? ZMQ_DONTWAIT : 0
+            if index < frames.count - 1 { flags |= ZMQ_SNDMORE }
+            let result = frame.withUnsafeBytes { zmq_send(handle, $0.baseAddress, $0.count, flags) }
+            try check(result, "send")
+        }
+    }
+
+    /// Receives one multipart message, or nil when none is waiting.
+    public func receive() throws(ZMQError) -> [[UInt8]]? {
+        var frames: [[UInt8]] = []
+        repeat {
+            if zmq_msg_recv(message, handle, frames.isEmpty ? ZMQ_DONTWAIT : 0) < 0 {
+                let error = ZMQError("receive")
+                if error.wouldBlock && frames.isEmpty { return nil }
+                throw error
+            }
+            let count = zmq_msg_size(message)
+            let bytes = zmq_msg_data(message).map { UnsafeRawBufferPointer(start: $0, count: count) }
+            frames.append(bytes.map { [UInt8]($0) } ?? [])
+        } while zmq_msg_more(message) == 1
+        return frames
+    }
+}

@@ -1,0 +1,91 @@
+import ArgumentParser
+import Logging
+import MeshBroker
+import ServiceLifecycle
+import WireFormat
+
+extension BoxerMesh {
+    struct Broker: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run the broker: membership, names, addresses, hole-punch signalling, STUN reflector and tap.",
+            discussion: """
+                Run it on a host the functions can reach. Nodes prove they know the mesh secret; with no secret \
+                the broker refuses to start unless --insecure is given. Stops cleanly on SIGINT or SIGTERM.
+                """)
+
+        @Option(help: ArgumentHelp("Control endpoint (ZeroMQ ROUTER), HOST:PORT or tcp://HOST:PORT.", valueName: "endpoint"))
+        var listen = "tcp://0.0.0.0:7700"
+
+        @Option(help: ArgumentHelp("Tap endpoint (ZeroMQ PUB). Default: the --listen host, port 7701.", valueName: "endpoint"))
+        var tapListen: String?
+
+        @Option(help: "STUN reflector port (UDP and TCP) on the --listen host.")
+        var stunPort: UInt16 = 3478
+
+        @Option(help: ArgumentHelp("Virtual addresses come from this subnet; every mesh has all of it.", valueName: "cidr"))
+        var subnet = "100.64.0.0/16"
+
+        @Option(help: ArgumentHelp("Milliseconds between node heartbeats.", valueName: "ms"))
+        var heartbeatMs = 500
+
+        @Option(help: ArgumentHelp("A node silent this long is expired and its name and address freed.", valueName: "ms"))
+        var expiryMs = 2000
+
+        @Flag(help: "Serve without a secret: anyone who reaches the broker may join any mesh.")
+        var insecure = false
+
+        @OptionGroup var secret: SecretOptions
+        @OptionGroup var logging: LoggingOptions
+
+        func validate() throws {
+            guard heartbeatMs >= 50 else { throw ValidationError("--heartbeat-ms must be at least 50") }
+            guard expiryMs > heartbeatMs * 2 else {
+                throw ValidationError("--expiry-ms must be more than twice --heartbeat-ms, or healthy nodes expire")
+            }
+        }
+
+        func run() async throws {
+            let logger = logging.makeLogger("boxer-mesh.broker")
+            guard let secret = try secret.load() ?? (insecure ? MeshSecret.insecure : nil) else {
+                throw ValidationError(
+                    "no mesh secret: give --secret-file PATH or set \(MeshSecret.environmentVariable), or pass --insecure")
+            }
+            if insecure { logger.warning("running with --insecure: anyone who reaches this broker may join") }
+            let control = Self.endpoint(listen)
+            var configuration = BrokerConfiguration(secret: secret)
+            configuration.controlEndpoint = control
+            configuration.tapEndpoint = tapListen.map(Self.endpoint) ?? Self.replacingPort(of: control, with: 7701)
+            configuration.subnet = try IPv4Subnet(subnet)
+            configuration.stunPort = stunPort
+            configuration.heartbeatInterval = .milliseconds(heartbeatMs)
+            configuration.expiry = .milliseconds(expiryMs)
+            if !IPv4Subnet.sharedAddressSpace.contains(configuration.subnet) {
+                logger.warning("subnet \(configuration.subnet) is outside 100.64.0.0/10; it may clash with real addresses")
+            }
+            let reflector = ReflectorConfiguration(host: Self.host(of: control), port: stunPort)
+            let group = ServiceGroup(
+                services: [
+                    ControlPlane(configuration: configuration, logger: logger),
+                    Reflector(configuration: reflector, logger: logger),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger)
+            try await group.run()
+        }
+
+        /// "HOST:PORT" → "tcp://HOST:PORT"; a full endpoint passes unchanged.
+        static func endpoint(_ text: String) -> String { text.contains("://") ? text : "tcp://\(text)" }
+
+        static func host(of endpoint: String) -> String {
+            var host = endpoint.split(separator: "://").last.map(String.init) ?? endpoint
+            if let colon = host.lastIndex(of: ":") { host = String(host[..<colon]) }
+            host = host.trimmingCharacters(in: ["[", "]"])
+            return host == "*" ? "0.0.0.0" : host
+        }
+
+        static func replacingPort(of endpoint: String, with port: UInt16) -> String {
+            guard let colon = endpoint.lastIndex(of: ":") else { return "\(endpoint):\(port)" }
+            return "\(endpoint[..<colon]):\(port)"
+        }
+    }
+}

@@ -1,0 +1,43 @@
+import ArgumentParser
+import MeshNode
+
+extension BoxerMesh {
+    struct Node: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Join the mesh and run an app in it (the function wrapper).",
+            usage: "boxer-mesh node --broker HOST[:PORT] --name NAME [options] -- COMMAND [ARGS...]",
+            discussion: """
+                The app runs with BOXER_MESH, BOXER_MESH_NAME and BOXER_MESH_IP in its environment. SIGINT, \
+                SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to it. The node leaves the mesh when \
+                the app ends and exits with the app's status (128+N if a signal N ended it).
+                """)
+
+        @Option(help: "This node's name in the mesh (a DNS label: letters, digits, '-').")
+        var name: String
+
+        @Option(help: ArgumentHelp("Hold the app until the mesh has this many members.", valueName: "n"))
+        var waitFor: Int?
+
+        @OptionGroup var mesh: MeshOptions
+        @OptionGroup var logging: LoggingOptions
+
+        @Argument(parsing: .postTerminator, help: "The app to run, after '--'.")
+        var command: [String] = []
+
+        func validate() throws {
+            guard !command.isEmpty else {
+                throw ValidationError("give the app to run after '--', e.g. boxer-mesh node --name db -- redis-server")
+            }
+            if let waitFor, waitFor < 1 { throw ValidationError("--wait-for must be at least 1") }
+        }
+
+        func run() async throws {
+            let logger = logging.makeLogger("boxer-mesh.node")
+            let configuration = NodeConfiguration(
+                broker: try mesh.brokerAddress(), join: try mesh.joinRequest(nodeName: name), waitFor: waitFor,
+                connectTimeout: mesh.connectTimeoutDuration, command: command)
+            let status = try await MeshNode.Node.run(configuration, logger: logger)
+            throw ExitCode(status)
+        }
+    }
+}

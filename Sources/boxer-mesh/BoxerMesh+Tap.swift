@@ -1,0 +1,103 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MeshNode
+import Synchronization
+import WireFormat
+
+extension BoxerMesh {
+    struct Tap: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Watch a mesh live: joins, leaves and expiries, one line per event.",
+            discussion: """
+                Lines go to standard output as events happen; --json prints one JSON object per line with the \
+                fields time, time_unix_ms, mesh, event, node, address, members. Stop with Ctrl-C.
+                """)
+
+        @Option(help: ArgumentHelp("Show only events about this node.", valueName: "name"))
+        var node: String?
+
+        @Flag(help: "One JSON object per line (for jq).")
+        var json = false
+
+        @Option(help: ArgumentHelp("Exit after this many events.", valueName: "n"))
+        var count: Int?
+
+        @OptionGroup var mesh: MeshOptions
+        @OptionGroup var logging: LoggingOptions
+
+        func run() async throws {
+            let logger = logging.makeLogger("boxer-mesh.tap")
+            let join = try mesh.joinRequest(nodeName: nil)
+            let broker = try mesh.brokerAddress()
+            // The handshake proves the secret (a wrong one ends here, clearly) and tells where the tap is.
+            let (tapPort, members) = try await MeshSession.withSession(
+                join, broker: broker, connectTimeout: mesh.connectTimeoutDuration, logger: logger
+            ) { session in
+                (UInt16(session.welcome.tapPort), try await session.members())
+            }
+            let endpoint = broker.endpoint(port: tapPort)
+            logger.notice(
+                "watching mesh '\(join.mesh)' at \(endpoint); \(members.count) members: \(members.map(\.name).joined(separator: ", "))")
+            let filter = try node.map { try MeshName.validated($0, role: "node name") }
+            let remaining = Atomic<Int>(count ?? .max)
+            let json = json
+            try await TapSubscriber.run(
+                endpoint: endpoint, prefix: TapTopic.prefix(mesh: join.mesh),
+                onEvent: { _, event in
+                    let line = TapLine(event)
+                    if let filter, line.node != filter { return true }
+                    // One unbuffered write per line: a pipe reader (jq, a test) sees each event as it happens.
+                    FileHandle.standardOutput.write(Data(((json ? line.json : line.text) + "\n").utf8))
+                    return remaining.subtract(1, ordering: .relaxed).newValue > 0
+                },
+                onMalformed: { logger.warning("skipped a malformed tap message: \($0)") })
+        }
+    }
+}
+
+/// One tap event as the tap prints it. JSON field names are stable: scripts depend on them.
+struct TapLine: Encodable {
+    var time: String
+    var time_unix_ms: UInt64
+    var mesh: String
+    var event: String
+    var node: String
+    var address: String?
+    var members: UInt32?
+
+    init(_ event: TapEvent) {
+        time = Date(timeIntervalSince1970: Double(event.timeUnixMs) / 1000)
+            .formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true))
+        time_unix_ms = event.timeUnixMs
+        mesh = event.mesh
+        switch event.event {
+        case .membership(let membership):
+            self.event = switch membership.kind {
+            case .join: "join"
+            case .leave: "leave"
+            case .expire: "expire"
+            default: "membership"
+            }
+            node = membership.member.name
+            address = membership.member.ipv4.description
+            members = membership.memberCount
+        case nil:
+            self.event = "unknown"
+            node = ""
+        }
+    }
+
+    var text: String {
+        var line = "\(time)  \(event.padding(toLength: 7, withPad: " ", startingAt: 0))  \(mesh)/\(node)"
+        if let address { line += "  \(address)" }
+        if let members { line += "  members=\(members)" }
+        return line
+    }
+
+    var json: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try! encoder.encode(self), as: UTF8.self)
+    }
+}
