@@ -80,7 +80,8 @@ struct MeshRegistry {
             mesh.byName[member.name] = nil
             mesh.byAddress[member.address] = nil
             mesh.pool.release(member.ipv4)
-            meshes[session.mesh] = mesh.byName.isEmpty ? nil : mesh
+            // An emptied mesh keeps its pool, so the cursor keeps moving past recently freed addresses.
+            meshes[session.mesh] = mesh
         }
         return session
     }

@@ -68,7 +68,7 @@ struct TapLine: Encodable {
 
     init(_ event: TapEvent) {
         time = Date(timeIntervalSince1970: Double(event.timeUnixMs) / 1000)
-            .formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true))
+            .formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
         time_unix_ms = event.timeUnixMs
         mesh = event.mesh
         switch event.event {
