@@ -7,6 +7,6 @@ struct BoxerMesh: AsyncParsableCommand {
         commandName: "boxer-mesh",
         abstract: "Make short-lived functions behave like one small datacenter LAN.",
         version: "0.1.0",
-        subcommands: [Broker.self, Node.self, Resolve.self, Tap.self, Lab.self]
+        subcommands: [Broker.self, Node.self, Resolve.self, Tap.self, Stun.self, Lab.self]
     )
 }

@@ -19,8 +19,8 @@ struct MeshOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Broker as HOST[:PORT] (default: env \(BrokerAddress.environmentVariable), port \(BrokerAddress.defaultControlPort)).", valueName: "host[:port]"))
     var broker: String?
 
-    @Option(help: "Mesh name.")
-    var mesh = "default"
+    @Option(help: "Mesh name (default: env BOXER_MESH, as a node sets it for its app, else 'default').")
+    var mesh = ProcessInfo.processInfo.environment["BOXER_MESH"] ?? "default"
 
     @Option(help: ArgumentHelp("Seconds to keep trying to reach the broker.", valueName: "seconds"))
     var connectTimeout: Double = 10

@@ -1,0 +1,150 @@
+import ArgumentParser
+import MeshLab
+
+extension BoxerMesh {
+    /// `boxer-mesh lab`: a NAT lab of network namespaces for trying and testing the mesh on one machine.
+    struct Lab: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Build a NAT lab of network namespaces: a broker host and functions behind NATs (needs root).",
+            discussion: """
+                Namespaces are PREFIX-inet (the internet bridge, 203.0.113.0/24), PREFIX-broker (203.0.113.10), \
+                PREFIX-natI (public 203.0.113.(100+I), LAN 10.1.I.1) and PREFIX-fnI (10.1.I.2, behind natI). \
+                Several labs can coexist with different --prefix values.
+                """,
+            subcommands: [Up.self, Exec.self, Status.self, Down.self]
+        )
+    }
+}
+
+/// Options every `lab` subcommand takes.
+struct LabOptions: ParsableArguments {
+    @Option(help: "Namespace prefix of the lab: 1-6 characters of [a-z0-9]; namespaces are PREFIX-NAME.")
+    var prefix: String = "bm"
+
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        do {
+            try NATLab.validate(prefix: prefix)
+        } catch let error as LabError {
+            throw ValidationError(error.message)
+        }
+    }
+
+    func makeLab() -> NATLab {
+        NATLab(prefix: prefix, logger: logging.makeLogger("boxer-mesh.lab"))
+    }
+}
+
+extension NATKind: ExpressibleByArgument {}
+
+extension BoxerMesh.Lab {
+    struct Up: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Build the lab (removing a stale one with the same prefix first).",
+            discussion: """
+                easy NAT: port-preserving, endpoint-independent mapping (MASQUERADE) that drops unsolicited \
+                inbound, like AWS Lambda; TCP hole punching works. hard NAT: a new random public port per \
+                destination (MASQUERADE --random-fully); punching fails and traffic must be relayed.
+                """
+        )
+
+        @OptionGroup var lab: LabOptions
+
+        @Option(help: "Number of function hosts, each behind its own NAT (1-150).")
+        var functions: Int = 2
+
+        @Option(help: "NAT kind: easy (port-preserving, Lambda-like) or hard (symmetric, random port per destination).")
+        var nat: NATKind = .easy
+
+        @Option(
+            name: .customLong("delay"),
+            help: """
+                One-way delay in ms on everything that leaves through each NAT's WAN link (wan0) and the \
+                broker's link (eth0), so a function's RTT to the broker or to another function grows by 2 x MS. \
+                A userspace netfilter-queue delayer (python3) holds the packets (this kernel has no netem): \
+                measure throughput without it.
+                """
+        )
+        var delayMs: Int = 0
+
+        @Option(
+            name: .customLong("loss"),
+            help: "Packet loss in percent, on the same links and by the same delayer as --delay."
+        )
+        var lossPercent: Double = 0
+
+        func validate() throws {
+            do {
+                try LabConfig(functions: functions, nat: nat, delayMs: delayMs, lossPercent: lossPercent).validate()
+            } catch let error as LabError {
+                throw ValidationError(error.message)
+            }
+        }
+
+        func run() async throws {
+            let natLab = lab.makeLab()
+            try natLab.up(LabConfig(functions: functions, nat: nat, delayMs: delayMs, lossPercent: lossPercent))
+            print(try natLab.status().report)
+        }
+    }
+
+    struct Exec: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run a command inside one lab host; exits with the command's status.",
+            usage: "boxer-mesh lab exec [--prefix <prefix>] <host> -- <command> [<argument> ...]"
+        )
+
+        @OptionGroup var lab: LabOptions
+
+        @Argument(help: "The host: inet, broker, fn1...fnN or nat1...natN.")
+        var host: String
+
+        @Argument(parsing: .postTerminator, help: "The command and its arguments, after `--`.")
+        var command: [String] = []
+
+        func validate() throws {
+            guard LabHost(name: host) != nil else {
+                throw ValidationError("unknown host '\(host)': use inet, broker, fnN or natN")
+            }
+            guard !command.isEmpty else { throw ValidationError("give the command after `--`") }
+        }
+
+        func run() async throws {
+            try lab.makeLab().exec(LabHost(name: host)!, command)
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show the lab's hosts, namespaces, addresses, NAT kind and delay."
+        )
+
+        @OptionGroup var lab: LabOptions
+
+        func run() async throws {
+            let status = try lab.makeLab().status()
+            print(status.report)
+            let others = NATLab.labsWithState().filter { $0 != lab.prefix }
+            if !others.isEmpty {
+                print("other labs: \(others.joined(separator: " ")) (see `boxer-mesh lab status --prefix P`)")
+            }
+        }
+    }
+
+    struct Down: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Remove every namespace named PREFIX-* and the state file, even of a half-built lab."
+        )
+
+        @OptionGroup var lab: LabOptions
+
+        func run() async throws {
+            let removed = try lab.makeLab().down()
+            print(
+                removed.isEmpty
+                    ? "nothing to remove for lab '\(lab.prefix)'" : "removed \(removed.joined(separator: " "))"
+            )
+        }
+    }
+}

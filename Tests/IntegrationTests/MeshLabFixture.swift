@@ -1,0 +1,88 @@
+import Foundation
+import MeshLab
+
+/// A NAT lab with a real `boxer-mesh broker` on its public host, for one integration test.
+/// Everything runs the built `boxer-mesh` binary in the lab's namespaces; nothing leaves them.
+struct MeshLabFixture {
+    let lab: NATLab
+    let config: LabConfig
+    let secretFile: String
+    let broker: LabProcess
+    let work: URL
+
+    /// The built CLI beside this test binary (SwiftPM puts both in the same folder).
+    static let binary: String = {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("boxer-mesh").path
+    }()
+
+    static let brokerHost = NATLab.brokerAddress
+
+    /// Builds the lab, starts the broker, runs `body`, and always tears everything down.
+    static func with<T>(
+        prefix: String, functions: Int = 2, nat: NATKind = .easy, brokerArguments: [String] = [],
+        _ body: (MeshLabFixture) async throws -> T
+    ) async throws -> T {
+        let lab = NATLab(prefix: prefix)
+        let config = LabConfig(functions: functions, nat: nat)
+        try lab.up(config)
+        defer { _ = try? lab.down() }
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("boxer-mesh-\(prefix)-\(UUID())")
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: work) }
+        let secretFile = work.appendingPathComponent("secret").path
+        try "integration-\(UUID())\n".write(toFile: secretFile, atomically: true, encoding: .utf8)
+        let broker = try lab.spawn(.broker, [binary, "broker", "--secret-file", secretFile] + brokerArguments)
+        defer { broker.kill() }
+        let started = await eventually(timeout: .seconds(10)) {
+            broker.standardError.contains("STUN reflector serving") && broker.standardError.contains("control plane serving")
+        }
+        guard started else {
+            throw FixtureError("broker did not start: \(broker.standardError)")
+        }
+        let fixture = MeshLabFixture(lab: lab, config: config, secretFile: secretFile, broker: broker, work: work)
+        return try await body(fixture)
+    }
+
+    /// Starts `boxer-mesh node` in function `index` running `app`.
+    func node(
+        _ index: Int, name: String, secretFile: String? = nil, options: [String] = [], environment: [String: String] = [:],
+        _ app: [String]
+    ) throws -> LabProcess {
+        try lab.spawn(
+            .function(index),
+            [Self.binary, "node", "--broker", Self.brokerHost, "--name", name, "--secret-file", secretFile ?? self.secretFile]
+                + options + ["--"] + app,
+            environment: environment)
+    }
+
+    /// Runs a boxer-mesh tool (resolve, …) in function `index` and waits for it.
+    func tool(_ index: Int, _ arguments: [String]) throws -> CommandResult {
+        try lab.run(
+            .function(index),
+            [Self.binary] + arguments + ["--broker", Self.brokerHost, "--secret-file", secretFile],
+            timeout: .seconds(20))
+    }
+}
+
+struct FixtureError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+extension LabProcess {
+    /// Waits until the program's log (standard error) contains `text`.
+    func waitForLog(containing text: String, timeout: Duration = .seconds(10)) async -> Bool {
+        await eventually(timeout: timeout) { standardError.contains(text) }
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+func eventually(timeout: Duration, _ condition: () throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try condition() { return true }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return try condition()
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages boxer-mesh builds and tests with (needs root). Quiet when all are present.
+set -euo pipefail
+packages=(
+    libzmq3-dev libsodium-dev            # ZeroMQ (built with libsodium) for broker, node and tools
+    protobuf-compiler protobuf-c-compiler libprotobuf-c-dev  # protoc(-c) and the shim's protobuf-c runtime
+    iproute2 iptables iputils-ping       # the NAT lab: namespaces, veth, NAT (delay: NFQUEUE + python3)
+    stun-client socat python3 procps     # real peers the tests talk to
+)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "install-deps: missing Debian packages: ${missing[*]} (run as root, or install them)" >&2
+        exit 1
+    fi
+    echo "install-deps: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

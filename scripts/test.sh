@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite, as README.md and .ci/run give it: dependencies, a stale-schema check, build, tests.
+# Integration tests build NAT labs and need root; without root they print why they skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+scripts/generate-proto.sh --check
+swift build --build-tests
+swift test --skip-build --disable-xctest
