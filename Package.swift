@@ -24,6 +24,13 @@ let package = Package(
         /// Thin Swift 6 wrapper over libzmq: sockets confined to one thread, a wakeable poll loop.
         .target(name: "ZeroMQ", dependencies: ["CZeroMQ"]),
 
+        /// Starting and waiting for child processes with posix_spawn (Foundation's Process crashes under load on
+        /// this toolchain: swift-corelibs-foundation PR #5472).
+        .target(name: "ChildProcess"),
+
+        /// AF_UNIX SEQPACKET and SCM_RIGHTS helpers for the node's local service (not the preload shim).
+        .target(name: "CNodeSupport"),
+
         /// Generated protobuf types, framing, mesh address types, STUN codec, mesh-key cryptography. No sockets.
         .target(
             name: "WireFormat",
@@ -45,14 +52,14 @@ let package = Package(
         .target(
             name: "MeshNode",
             dependencies: [
-                "WireFormat", "ZeroMQ",
+                "WireFormat", "ZeroMQ", "ChildProcess", "CNodeSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         /// Network-namespace NAT lab used by `boxer-mesh lab` and the integration tests.
         .target(
             name: "MeshLab",
-            dependencies: [.product(name: "Logging", package: "swift-log")]
+            dependencies: ["ChildProcess", .product(name: "Logging", package: "swift-log")]
         ),
         .executableTarget(
             name: "boxer-mesh",
@@ -65,8 +72,9 @@ let package = Package(
         ),
 
         .testTarget(name: "WireFormatTests", dependencies: ["WireFormat"]),
-        .testTarget(name: "MeshBrokerTests", dependencies: ["MeshBroker", "MeshNode", "WireFormat", "ZeroMQ"]),
-        .testTarget(name: "MeshLabTests", dependencies: ["MeshLab"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["MeshLab", "WireFormat"]),
+        .testTarget(name: "MeshBrokerTests", dependencies: ["MeshBroker", "MeshNode", "WireFormat", "ZeroMQ", "ChildProcess"]),
+        .testTarget(name: "ChildProcessTests", dependencies: ["ChildProcess"]),
+        .testTarget(name: "MeshLabTests", dependencies: ["MeshLab", "ChildProcess"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["MeshLab", "WireFormat", "ChildProcess"]),
     ]
 )

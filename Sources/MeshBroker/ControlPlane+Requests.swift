@@ -36,6 +36,12 @@ extension ControlPlaneHandler {
             resolve(query, in: session.mesh, request: request, from: routingID)
         case .listMembers:
             send(to: routingID, request.reply(.members(memberList(session.mesh))))
+        case .connectRequest(let connect):
+            handleConnectRequest(connect, request: request, session: session)
+        case .connectAnswer(let answer):
+            handleConnectAnswer(answer, request: request, session: session)
+        case .linkReport(let report):
+            handleLinkReport(report, request: request, session: session)
         case .waitMembers(let wait):
             waiters.append(
                 MemberWaiter(routingID: routingID, session: token, request: request, mesh: session.mesh, count: Int(wait.count)))
@@ -84,6 +90,7 @@ extension ControlPlaneHandler {
     /// A session ended by leave or expiry: drop its barriers, tell the tap.
     func sessionEnded(_ session: MeshRegistry.Session, kind: Boxermesh_V1_MembershipEvent.Kind) {
         waiters.removeAll { $0.session == session.token }
+        dropPendingConnections(of: session)
         guard let member = session.member else { return }
         logger.notice(
             kind == .expire ? "expired (no heartbeat)" : "left",

@@ -68,6 +68,9 @@ final class ControlPlaneHandler: SocketLoopHandler {
     var pendingHandshakes: [[UInt8]: PendingHandshake] = [:]
     /// Start barriers waiting for their mesh to fill.
     var waiters: [MemberWaiter] = []
+    /// Connections signalled to their target, waiting for its answer.
+    var pendingConnections: [UInt64: PendingConnection] = [:]
+    var nextConnectionID: UInt64 = 0
     let clock = ContinuousClock()
     var nextTick: ContinuousClock.Instant?
 
@@ -134,6 +137,7 @@ final class ControlPlaneHandler: SocketLoopHandler {
             sessionEnded(session, kind: .expire)
         }
         pendingHandshakes = pendingHandshakes.filter { now - $0.value.created < Self.handshakeTimeout }
+        expirePendingConnections(now: now)
         badInput.flush()
         nextTick = now + .milliseconds(100)
     }

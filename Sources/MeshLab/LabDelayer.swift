@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 
 /// Adds delay and loss to lab links without netem (this project's kernels are built without `sch_netem`).
@@ -28,31 +29,34 @@ enum LabDelayer {
                 throw LabError(.stateFile, "cannot write \(scriptPath)")
             }
         }
-        guard fileManager.createFile(atPath: logPath, contents: nil), let log = FileHandle(forWritingAtPath: logPath)
-        else { throw LabError(.stateFile, "cannot create \(logPath)") }
+        // One descriptor for both streams: they share its offset, so neither overwrites the other.
+        let log = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard log >= 0 else {
+            throw LabError(.stateFile, "cannot create \(logPath): \(String(cString: strerror(errno)))")
+        }
 
         let arguments = [
             ip, "netns", "exec", namespace, python, scriptPath, "\(queue)", "\(delayMs)", "\(lossPercent)",
         ]
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: ip)
-        process.arguments = Array(arguments.dropFirst())
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = log
-        process.standardError = log
-        do {
-            try process.run()
+        let process: ChildProcess
+        do throws(SpawnError) {
+            defer { close(log) }
+            process = try ChildProcess(
+                arguments,
+                standardInput: .null,
+                standardOutput: .descriptor(log),
+                standardError: .descriptor(log)
+            )
         } catch {
-            throw LabError(.launchFailed, "cannot start the delayer `\(LabShell.quoted(arguments))`: \(error)")
+            throw LabError(.launchFailed, "cannot start the delayer `\(LabShell.quoted(arguments))`: \(error.reason)")
         }
-        try? log.close()
 
         let deadline = ContinuousClock.now + .seconds(10)
         while true {
             let output = String(decoding: fileManager.contents(atPath: logPath) ?? Data(), as: UTF8.self)
-            if output.contains("ready\n") { return process.processIdentifier }
+            if output.contains("ready\n") { return process.pid }
             if !process.isRunning || ContinuousClock.now >= deadline {
-                process.terminate()
+                process.send(SIGTERM)
                 let why = process.isRunning ? "did not get ready within 10 s" : "exited"
                 throw LabError(
                     .commandFailed,

@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 
 #if canImport(Glibc)
@@ -25,55 +26,48 @@ public final class LabProcess: @unchecked Sendable {
     /// The file that collects standard error.
     public var standardErrorURL: URL { files.stderrURL }
 
-    private let process: Process
+    private let child: ChildProcess
     private let files: OutputFiles
-    private let latch: ExitLatch
 
     init(host: LabHost, namespace: String, arguments: [String], environment: [String: String]) throws {
         let ip = try LabShell.ip()
         let files = try OutputFiles(
             tag: "\(namespace)-\(arguments.first.map { ($0 as NSString).lastPathComponent } ?? "")"
         )
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: ip)
-        process.arguments = ["netns", "exec", namespace] + arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = try files.stdoutWriter()
-        process.standardError = try files.stderrWriter()
-        let latch = ExitLatch()
-        process.terminationHandler = { latch.finish(status: $0.shellStatus) }
-        do {
-            try process.run()
+        do throws(SpawnError) {
+            child = try ChildProcess(
+                [ip, "netns", "exec", namespace] + arguments,
+                environment: ProcessInfo.processInfo.environment.merging(environment) { _, new in new },
+                standardInput: .null,
+                standardOutput: .file(files.stdoutURL.path),
+                standardError: .file(files.stderrURL.path)
+            )
         } catch {
             files.remove()
             throw LabError(
                 .launchFailed,
-                "cannot start `\(LabShell.quoted(arguments))` in \(namespace): \(error)",
+                "cannot start `\(LabShell.quoted(arguments))` in \(namespace): \(error.reason)",
                 command: arguments
             )
         }
         self.host = host
         self.arguments = arguments
-        self.pid = process.processIdentifier
-        self.process = process
+        self.pid = child.pid
         self.files = files
-        self.latch = latch
     }
 
     deinit {
-        if latch.current == nil {
-            posixKill(pid, SIGKILL)
-            _ = latch.wait(timeout: .seconds(2))
+        if child.send(SIGKILL) {
+            _ = child.wait(timeout: .seconds(2))
         }
         files.remove()
     }
 
     /// True until the program has exited.
-    public var isRunning: Bool { latch.current == nil }
+    public var isRunning: Bool { child.isRunning }
 
     /// The exit status once the program has exited (128 + signal if a signal ended it), nil while it runs.
-    public var exitStatus: Int32? { latch.current }
+    public var exitStatus: Int32? { child.status }
 
     /// What the program has written to standard output so far.
     public var standardOutput: String { files.readStdout() }
@@ -86,14 +80,13 @@ public final class LabProcess: @unchecked Sendable {
 
     /// Sends `signal` (SIGKILL unless told) to the program, if it still runs.
     public func kill(_ signal: Int32 = SIGKILL) {
-        guard isRunning else { return }
-        posixKill(pid, signal)
+        child.send(signal)
     }
 
     /// Waits up to `timeout` for the program to exit; returns its exit status, or nil if it still runs.
     @discardableResult
     public func waitUntilExit(timeout: Duration) -> Int32? {
-        latch.wait(timeout: timeout)
+        child.wait(timeout: timeout)
     }
 
     /// Waits until standard output contains `text` (true), or until `timeout` passes or the program exits
@@ -106,6 +99,37 @@ public final class LabProcess: @unchecked Sendable {
             if ContinuousClock.now >= deadline { return false }
             usleep(10_000)
         }
+    }
+}
+
+/// Two temporary files that collect a child's standard output and standard error; readable while it runs.
+struct OutputFiles: Sendable {
+    let stdoutURL: URL
+    let stderrURL: URL
+
+    init(tag: String, directory: URL = FileManager.default.temporaryDirectory) throws {
+        let safeTag = String(tag.map { $0.isLetter || $0.isNumber || $0 == "-" ? $0 : "_" })
+        let base = "boxer-mesh-lab-\(safeTag)-\(UUID().uuidString.prefix(8))"
+        stdoutURL = directory.appendingPathComponent(base + ".out")
+        stderrURL = directory.appendingPathComponent(base + ".err")
+        for url in [stdoutURL, stderrURL] {
+            guard FileManager.default.createFile(atPath: url.path, contents: nil) else {
+                throw LabError(.launchFailed, "cannot create output file \(url.path)")
+            }
+        }
+    }
+
+    func readStdout() -> String { Self.read(stdoutURL) }
+    func readStderr() -> String { Self.read(stderrURL) }
+
+    func remove() {
+        try? FileManager.default.removeItem(at: stdoutURL)
+        try? FileManager.default.removeItem(at: stderrURL)
+    }
+
+    private static func read(_ url: URL) -> String {
+        guard let data = FileManager.default.contents(atPath: url.path) else { return "" }
+        return String(decoding: data, as: UTF8.self)
     }
 }
 

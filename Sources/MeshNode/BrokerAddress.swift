@@ -1,4 +1,5 @@
 import Foundation
+import WireFormat
 
 /// Where the broker is: `HOST`, `HOST:PORT`, `[IPv6]:PORT` or a ZeroMQ endpoint `tcp://HOST:PORT`.
 public struct BrokerAddress: Sendable, CustomStringConvertible {
@@ -52,6 +53,22 @@ public struct BrokerAddress: Sendable, CustomStringConvertible {
     }
 
     public var controlEndpoint: String { endpoint(port: controlPort) }
+
+    /// The broker host's IPv4 address (a name is looked up once), for the STUN reflector.
+    public func ipv4Address() throws(BrokerAddressError) -> IPv4Address {
+        if let address = IPv4Address(host) { return address }
+        var hints = addrinfo()
+        hints.ai_family = AF_INET
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var result: UnsafeMutablePointer<addrinfo>?
+        let status = getaddrinfo(host, nil, &hints, &result)
+        defer { if let result { freeaddrinfo(result) } }
+        guard status == 0, let first = result, let address = first.pointee.ai_addr else {
+            throw BrokerAddressError("cannot resolve broker host '\(host)': \(String(cString: gai_strerror(status)))")
+        }
+        let ipv4 = address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr.s_addr }
+        return IPv4Address(UInt32(bigEndian: ipv4))
+    }
 
     public var description: String { host.contains(":") ? "[\(host)]:\(controlPort)" : "\(host):\(controlPort)" }
 }

@@ -12,6 +12,9 @@ public final class ControlClient: Sendable {
         case cancel(UInt64)
     }
 
+    /// Receives messages the broker sends unasked (request id 0), such as an announced inbound connection.
+    private let pushHandler = Mutex<@Sendable (ControlMessage) -> Void>({ _ in })
+
     let endpoint: String
     private let loop: SocketLoop<Command>
     private let nextRequestID = Atomic<UInt64>(1)
@@ -31,13 +34,20 @@ public final class ControlClient: Sendable {
     ) async throws -> T {
         let client = ControlClient(endpoint: endpoint)
         return try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await client.loop.run { try ControlClientHandler(endpoint: endpoint) } }
+            group.addTask {
+                try await client.loop.run { try ControlClientHandler(endpoint: endpoint) { client.pushHandler.withLock { $0 }($0) } }
+            }
             defer { client.loop.stop() }
             let result = try await body(client)
             client.loop.stop()
             try await group.waitForAll()
             return result
         }
+    }
+
+    /// Sets what happens with messages the broker sends unasked.
+    public func onPush(_ handler: @escaping @Sendable (ControlMessage) -> Void) {
+        pushHandler.withLock { $0 = handler }
     }
 
     /// Sends `message` and returns the reply. A broker ErrorReply is thrown as ``BrokerRefusal``.
@@ -92,9 +102,11 @@ final class ControlClientHandler: SocketLoopHandler {
     typealias Command = ControlClient.Command
 
     private let dealer: ZMQSocket
+    private let onPush: @Sendable (ControlMessage) -> Void
     private var pending: [UInt64: (deadline: ContinuousClock.Instant, continuation: CheckedContinuation<ControlMessage, Error>)] = [:]
 
-    init(endpoint: String) throws {
+    init(endpoint: String, onPush: @escaping @Sendable (ControlMessage) -> Void) throws {
+        self.onPush = onPush
         dealer = try ZMQSocket(ZMQContext(), .dealer)
         try dealer.setMaxMessageSize(Int64(ControlMessage.maximumFrameSize))
         try dealer.setHighWaterMarks(send: 1000, receive: 1000)
@@ -123,7 +135,11 @@ final class ControlClientHandler: SocketLoopHandler {
         // Replies nobody waits for any more (timed out, cancelled, or a malformed frame) are dropped.
         while let frames = try? dealer.receive() {
             guard frames.count == 1, let reply = try? ControlMessage(frame: frames[0]) else { continue }
-            pending.removeValue(forKey: reply.requestID)?.continuation.resume(returning: reply)
+            if reply.requestID == 0 {
+                onPush(reply)
+            } else {
+                pending.removeValue(forKey: reply.requestID)?.continuation.resume(returning: reply)
+            }
         }
     }
 

@@ -12,13 +12,19 @@ public struct NodeConfiguration: Sendable {
     public var connectTimeout: Duration
     /// The app and its arguments.
     public var command: [String]
+    /// The preload shim given to the app; nil runs the app without mesh sockets.
+    public var shim: String?
 
-    public init(broker: BrokerAddress, join: JoinRequest, waitFor: Int?, connectTimeout: Duration, command: [String]) {
+    public init(
+        broker: BrokerAddress, join: JoinRequest, waitFor: Int?, connectTimeout: Duration, command: [String],
+        shim: String? = Node.bundledShim
+    ) {
         self.broker = broker
         self.join = join
         self.waitFor = waitFor
         self.connectTimeout = connectTimeout
         self.command = command
+        self.shim = shim
     }
 }
 
@@ -40,11 +46,27 @@ public enum Node {
                 return 128 + interrupted.signal
             }
             let me = session.welcome.self_p
+            let reflector = Endpoint(
+                try configuration.broker.ipv4Address(), port: UInt16(truncatingIfNeeded: session.welcome.stunPort))
+            let links = LinkManager(session: session, reflector: reflector, logger: logger)
+            client.onPush { message in
+                if case .incomingConnection(let incoming) = message.body { Task { await links.accept(incoming) } }
+            }
+            let local = try LocalService(links: links, session: session, logger: logger)
+            local.start()
+            defer { local.stop() }
             var environment = ProcessInfo.processInfo.environment
             environment["BOXER_MESH"] = configuration.join.mesh
             environment["BOXER_MESH_NAME"] = me.name
             environment["BOXER_MESH_IP"] = me.ipv4.description
+            environment["BOXER_MESH_SUBNET"] = session.welcome.subnet
+            environment["BOXER_SHIM_SOCKET"] = local.address
             environment[BrokerAddress.environmentVariable] = configuration.broker.description
+            if let shim = configuration.shim {
+                environment["LD_PRELOAD"] = ([shim] + (environment["LD_PRELOAD"].map { [$0] } ?? [])).joined(separator: " ")
+            } else {
+                logger.notice("no preload shim: the app runs, but cannot reach mesh names and addresses by itself")
+            }
             let app: AppProcess
             do throws(LaunchError) {
                 app = try AppProcess(arguments: configuration.command, environment: environment)
@@ -56,6 +78,10 @@ public enum Node {
             signals.onSignal { app.send($0) }
             let status = await withTaskGroup(of: Int32?.self) { group in
                 group.addTask { await session.keepAlive(); return nil }
+                group.addTask {
+                    while (try? await Task.sleep(for: .seconds(5))) != nil { links.dropUnaccepted(now: .now) }
+                    return nil
+                }
                 group.addTask { await app.waitForExit() }
                 var status: Int32 = 0
                 for await result in group {

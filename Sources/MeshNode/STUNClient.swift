@@ -42,7 +42,7 @@ public enum STUNClient {
         timeout: Duration
     ) throws -> Endpoint {
         let deadline = ContinuousClock.now + timeout
-        let socket = try STUNClientSocket(server: server, transport: transport, localPort: localPort, reuse: reuse)
+        let socket = try DialSocket(server: server, transport: transport, localPort: localPort, reuse: reuse)
         defer { socket.close() }
         let request = STUNMessage.bindingRequest(software: "boxer-mesh", includesFingerprint: true)
         let response: STUNMessage
@@ -75,7 +75,7 @@ public enum STUNClient {
     }
 
     private static func exchangeUDP(
-        _ request: STUNMessage, on socket: STUNClientSocket, deadline: ContinuousClock.Instant, timeout: Duration
+        _ request: STUNMessage, on socket: DialSocket, deadline: ContinuousClock.Instant, timeout: Duration
     ) throws -> STUNMessage {
         let bytes = request.encoded()
         var lastRejection: String?
@@ -104,7 +104,7 @@ public enum STUNClient {
     }
 
     private static func exchangeTCP(
-        _ request: STUNMessage, on socket: STUNClientSocket, deadline: ContinuousClock.Instant, timeout: Duration
+        _ request: STUNMessage, on socket: DialSocket, deadline: ContinuousClock.Instant, timeout: Duration
     ) throws -> STUNMessage {
         try socket.sendAll(request.encoded(), deadline: deadline, timeout: timeout)
         var buffer: [UInt8] = []

@@ -5,6 +5,7 @@ import Foundation
 public struct TapTopic: Sendable, CustomStringConvertible {
     public enum Kind: String, Sendable {
         case membership
+        case connection
     }
 
     public var mesh: String

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import MeshNode
 
 extension BoxerMesh {
@@ -18,6 +19,12 @@ extension BoxerMesh {
         @Option(help: ArgumentHelp("Hold the app until the mesh has this many members.", valueName: "n"))
         var waitFor: Int?
 
+        @Option(help: ArgumentHelp("The preload shim to give the app (default: \(MeshNode.Node.shimFileName) beside this executable).", valueName: "path"))
+        var shim: String?
+
+        @Flag(help: "Run the app without the preload shim (it then cannot reach mesh names and addresses by itself).")
+        var noShim = false
+
         @OptionGroup var mesh: MeshOptions
         @OptionGroup var logging: LoggingOptions
 
@@ -29,13 +36,19 @@ extension BoxerMesh {
                 throw ValidationError("give the app to run after '--', e.g. boxer-mesh node --name db -- redis-server")
             }
             if let waitFor, waitFor < 1 { throw ValidationError("--wait-for must be at least 1") }
+            if let shim {
+                guard shim.hasPrefix("/") else { throw ValidationError("--shim needs an absolute path (the app may change directory)") }
+                guard FileManager.default.isReadableFile(atPath: shim) else { throw ValidationError("--shim \(shim): no such readable file") }
+                guard !noShim else { throw ValidationError("--shim and --no-shim contradict each other") }
+            }
         }
 
         func run() async throws {
             let logger = logging.makeLogger("boxer-mesh.node")
             let configuration = NodeConfiguration(
                 broker: try mesh.brokerAddress(), join: try mesh.joinRequest(nodeName: name), waitFor: waitFor,
-                connectTimeout: mesh.connectTimeoutDuration, command: command)
+                connectTimeout: mesh.connectTimeoutDuration, command: command,
+                shim: noShim ? nil : shim ?? MeshNode.Node.bundledShim)
             let status = try await MeshNode.Node.run(configuration, logger: logger)
             throw ExitCode(status)
         }

@@ -21,7 +21,7 @@ extension BoxerMesh {
         var timeout: Double = 5
 
         func run() throws {
-            let endpoint = try Endpoint(server) ?? IPAddress(server).map { Endpoint(host: $0, port: 3478) }
+            let endpoint = Endpoint(server) ?? IPAddress(server).map { Endpoint(host: $0, port: 3478) }
             guard let endpoint else {
                 throw ValidationError("'\(server)' is not IP[:PORT]; give the reflector's address, like 203.0.113.10:3478")
             }

@@ -8,10 +8,11 @@ import WireFormat
 extension BoxerMesh {
     struct Tap: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Watch a mesh live: joins, leaves and expiries, one line per event.",
+            abstract: "Watch a mesh live: joins, leaves, expiries and connections, one line per event.",
             discussion: """
                 Lines go to standard output as events happen; --json prints one JSON object per line with the \
-                fields time, time_unix_ms, mesh, event, node, address, members. Stop with Ctrl-C.
+                fields time, time_unix_ms, mesh, event (join, leave, expire, connect, refused, connect-failed), node, \
+                address, and as they apply members, peer, peer_address, port, path, setup_ms, reason. Stop with Ctrl-C.
                 """)
 
         @Option(help: ArgumentHelp("Show only events about this node.", valueName: "name"))
@@ -65,6 +66,12 @@ struct TapLine: Encodable {
     var node: String
     var address: String?
     var members: UInt32?
+    var peer: String?
+    var peer_address: String?
+    var port: UInt32?
+    var path: String?
+    var setup_ms: UInt32?
+    var reason: String?
 
     init(_ event: TapEvent) {
         time = Date(timeIntervalSince1970: Double(event.timeUnixMs) / 1000)
@@ -82,6 +89,25 @@ struct TapLine: Encodable {
             node = membership.member.name
             address = membership.member.ipv4.description
             members = membership.memberCount
+        case .connection(let connection):
+            self.event = switch connection.kind {
+            case .open: "connect"
+            case .refused: "refused"
+            case .failed: "connect-failed"
+            default: "connection"
+            }
+            node = connection.from.name
+            address = connection.from.ipv4.description
+            peer = connection.to.name
+            peer_address = connection.to.ipv4.description
+            port = connection.port
+            path = switch connection.path {
+            case .direct: "direct"
+            case .relay: "relay"
+            default: nil
+            }
+            setup_ms = connection.kind == .open ? connection.setupMs : nil
+            reason = connection.reason.isEmpty ? nil : connection.reason
         case nil:
             self.event = "unknown"
             node = ""
@@ -92,6 +118,10 @@ struct TapLine: Encodable {
         var line = "\(time)  \(event.padding(toLength: 7, withPad: " ", startingAt: 0))  \(mesh)/\(node)"
         if let address { line += "  \(address)" }
         if let members { line += "  members=\(members)" }
+        if let peer, let peer_address, let port { line += "  -> \(peer)/\(peer_address):\(port)" }
+        if let path { line += "  path=\(path)" }
+        if let setup_ms { line += "  setup=\(setup_ms)ms" }
+        if let reason { line += "  (\(reason))" }
         return line
     }
 

@@ -1,3 +1,4 @@
+import ChildProcess
 import Foundation
 import Logging
 import MeshNode
@@ -432,19 +433,9 @@ private struct ExternalSTUNClient: Sendable {
 
     /// Runs test 1 of RFC 3489 (one Binding request) against 127.0.0.1 and returns what it printed (stdout and stderr).
     func run(server port: UInt16, localPort: UInt16) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = ["127.0.0.1:\(port)", "1", "-v", "-p", "\(localPort)"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let killer = DispatchWorkItem { if process.isRunning { process.terminate() } }
-        DispatchQueue.global().asyncAfter(deadline: .now() + 20, execute: killer)
-        let output = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        killer.cancel()
-        return String(decoding: output, as: UTF8.self)
+        let result = try ChildProcess.run(
+            [path, "127.0.0.1:\(port)", "1", "-v", "-p", "\(localPort)"], timeout: .seconds(20))
+        return result.standardOutput + result.standardError
     }
 
     /// Whether the client reported no trouble reading the answer (it prints `ok=1` when it parsed all of it).

@@ -727,6 +727,321 @@ void   boxermesh__v1__error_reply__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__error_reply__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   boxermesh__v1__ack__init
+                     (Boxermesh__V1__Ack         *message)
+{
+  static const Boxermesh__V1__Ack init_value = BOXERMESH__V1__ACK__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__ack__get_packed_size
+                     (const Boxermesh__V1__Ack *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__ack__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__ack__pack
+                     (const Boxermesh__V1__Ack *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__ack__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__ack__pack_to_buffer
+                     (const Boxermesh__V1__Ack *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__ack__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__Ack *
+       boxermesh__v1__ack__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__Ack *)
+     protobuf_c_message_unpack (&boxermesh__v1__ack__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__ack__free_unpacked
+                     (Boxermesh__V1__Ack *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__ack__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__public_endpoint__init
+                     (Boxermesh__V1__PublicEndpoint         *message)
+{
+  static const Boxermesh__V1__PublicEndpoint init_value = BOXERMESH__V1__PUBLIC_ENDPOINT__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__public_endpoint__get_packed_size
+                     (const Boxermesh__V1__PublicEndpoint *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__public_endpoint__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__public_endpoint__pack
+                     (const Boxermesh__V1__PublicEndpoint *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__public_endpoint__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__public_endpoint__pack_to_buffer
+                     (const Boxermesh__V1__PublicEndpoint *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__public_endpoint__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__PublicEndpoint *
+       boxermesh__v1__public_endpoint__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__PublicEndpoint *)
+     protobuf_c_message_unpack (&boxermesh__v1__public_endpoint__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__public_endpoint__free_unpacked
+                     (Boxermesh__V1__PublicEndpoint *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__public_endpoint__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__connect_request__init
+                     (Boxermesh__V1__ConnectRequest         *message)
+{
+  static const Boxermesh__V1__ConnectRequest init_value = BOXERMESH__V1__CONNECT_REQUEST__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__connect_request__get_packed_size
+                     (const Boxermesh__V1__ConnectRequest *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__connect_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__connect_request__pack
+                     (const Boxermesh__V1__ConnectRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__connect_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__connect_request__pack_to_buffer
+                     (const Boxermesh__V1__ConnectRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__connect_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__ConnectRequest *
+       boxermesh__v1__connect_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__ConnectRequest *)
+     protobuf_c_message_unpack (&boxermesh__v1__connect_request__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__connect_request__free_unpacked
+                     (Boxermesh__V1__ConnectRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__connect_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__connect_offer__init
+                     (Boxermesh__V1__ConnectOffer         *message)
+{
+  static const Boxermesh__V1__ConnectOffer init_value = BOXERMESH__V1__CONNECT_OFFER__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__connect_offer__get_packed_size
+                     (const Boxermesh__V1__ConnectOffer *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__connect_offer__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__connect_offer__pack
+                     (const Boxermesh__V1__ConnectOffer *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__connect_offer__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__connect_offer__pack_to_buffer
+                     (const Boxermesh__V1__ConnectOffer *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__connect_offer__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__ConnectOffer *
+       boxermesh__v1__connect_offer__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__ConnectOffer *)
+     protobuf_c_message_unpack (&boxermesh__v1__connect_offer__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__connect_offer__free_unpacked
+                     (Boxermesh__V1__ConnectOffer *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__connect_offer__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__incoming_connection__init
+                     (Boxermesh__V1__IncomingConnection         *message)
+{
+  static const Boxermesh__V1__IncomingConnection init_value = BOXERMESH__V1__INCOMING_CONNECTION__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__incoming_connection__get_packed_size
+                     (const Boxermesh__V1__IncomingConnection *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__incoming_connection__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__incoming_connection__pack
+                     (const Boxermesh__V1__IncomingConnection *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__incoming_connection__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__incoming_connection__pack_to_buffer
+                     (const Boxermesh__V1__IncomingConnection *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__incoming_connection__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__IncomingConnection *
+       boxermesh__v1__incoming_connection__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__IncomingConnection *)
+     protobuf_c_message_unpack (&boxermesh__v1__incoming_connection__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__incoming_connection__free_unpacked
+                     (Boxermesh__V1__IncomingConnection *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__incoming_connection__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__connect_answer__init
+                     (Boxermesh__V1__ConnectAnswer         *message)
+{
+  static const Boxermesh__V1__ConnectAnswer init_value = BOXERMESH__V1__CONNECT_ANSWER__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__connect_answer__get_packed_size
+                     (const Boxermesh__V1__ConnectAnswer *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__connect_answer__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__connect_answer__pack
+                     (const Boxermesh__V1__ConnectAnswer *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__connect_answer__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__connect_answer__pack_to_buffer
+                     (const Boxermesh__V1__ConnectAnswer *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__connect_answer__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__ConnectAnswer *
+       boxermesh__v1__connect_answer__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__ConnectAnswer *)
+     protobuf_c_message_unpack (&boxermesh__v1__connect_answer__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__connect_answer__free_unpacked
+                     (Boxermesh__V1__ConnectAnswer *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__connect_answer__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__link_report__init
+                     (Boxermesh__V1__LinkReport         *message)
+{
+  static const Boxermesh__V1__LinkReport init_value = BOXERMESH__V1__LINK_REPORT__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__link_report__get_packed_size
+                     (const Boxermesh__V1__LinkReport *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__link_report__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__link_report__pack
+                     (const Boxermesh__V1__LinkReport *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__link_report__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__link_report__pack_to_buffer
+                     (const Boxermesh__V1__LinkReport *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__link_report__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__LinkReport *
+       boxermesh__v1__link_report__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__LinkReport *)
+     protobuf_c_message_unpack (&boxermesh__v1__link_report__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__link_report__free_unpacked
+                     (Boxermesh__V1__LinkReport *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__link_report__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   boxermesh__v1__tap_event__init
                      (Boxermesh__V1__TapEvent         *message)
 {
@@ -815,6 +1130,51 @@ void   boxermesh__v1__membership_event__free_unpacked
   if(!message)
     return;
   assert(message->base.descriptor == &boxermesh__v1__membership_event__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__connection_event__init
+                     (Boxermesh__V1__ConnectionEvent         *message)
+{
+  static const Boxermesh__V1__ConnectionEvent init_value = BOXERMESH__V1__CONNECTION_EVENT__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__connection_event__get_packed_size
+                     (const Boxermesh__V1__ConnectionEvent *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__connection_event__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__connection_event__pack
+                     (const Boxermesh__V1__ConnectionEvent *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__connection_event__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__connection_event__pack_to_buffer
+                     (const Boxermesh__V1__ConnectionEvent *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__connection_event__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__ConnectionEvent *
+       boxermesh__v1__connection_event__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__ConnectionEvent *)
+     protobuf_c_message_unpack (&boxermesh__v1__connection_event__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__connection_event__free_unpacked
+                     (Boxermesh__V1__ConnectionEvent *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__connection_event__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
 void   boxermesh__v1__shim_request__init
@@ -1267,7 +1627,7 @@ void   boxermesh__v1__shim_take_accepted__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__shim_take_accepted__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_descriptors[16] =
+static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_descriptors[22] =
 {
   {
     "request_id",
@@ -1461,16 +1821,94 @@ static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_desc
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "connect_request",
+    24,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ControlMessage, body_case),
+    offsetof(Boxermesh__V1__ControlMessage, connect_request),
+    &boxermesh__v1__connect_request__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "connect_offer",
+    25,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ControlMessage, body_case),
+    offsetof(Boxermesh__V1__ControlMessage, connect_offer),
+    &boxermesh__v1__connect_offer__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "incoming_connection",
+    26,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ControlMessage, body_case),
+    offsetof(Boxermesh__V1__ControlMessage, incoming_connection),
+    &boxermesh__v1__incoming_connection__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "connect_answer",
+    27,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ControlMessage, body_case),
+    offsetof(Boxermesh__V1__ControlMessage, connect_answer),
+    &boxermesh__v1__connect_answer__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "ack",
+    28,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ControlMessage, body_case),
+    offsetof(Boxermesh__V1__ControlMessage, ack),
+    &boxermesh__v1__ack__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "link_report",
+    29,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ControlMessage, body_case),
+    offsetof(Boxermesh__V1__ControlMessage, link_report),
+    &boxermesh__v1__link_report__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__control_message__field_indices_by_name[] = {
+  20,   /* field[20] = ack */
   4,   /* field[4] = authenticate */
   3,   /* field[3] = challenge */
+  19,   /* field[19] = connect_answer */
+  17,   /* field[17] = connect_offer */
+  16,   /* field[16] = connect_request */
   15,   /* field[15] = error */
   6,   /* field[6] = heartbeat */
   7,   /* field[7] = heartbeat_ack */
   2,   /* field[2] = hello */
+  18,   /* field[18] = incoming_connection */
   8,   /* field[8] = leave */
   9,   /* field[9] = leave_ack */
+  21,   /* field[21] = link_report */
   13,   /* field[13] = list_members */
   14,   /* field[14] = members */
   0,   /* field[0] = request_id */
@@ -1484,7 +1922,7 @@ static const ProtobufCIntRange boxermesh__v1__control_message__number_ranges[2 +
 {
   { 1, 0 },
   { 10, 2 },
-  { 0, 16 }
+  { 0, 22 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__control_message__descriptor =
 {
@@ -1494,7 +1932,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__control_message__descriptor =
   "Boxermesh__V1__ControlMessage",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ControlMessage),
-  16,
+  22,
   boxermesh__v1__control_message__field_descriptors,
   boxermesh__v1__control_message__field_indices_by_name,
   2,  boxermesh__v1__control_message__number_ranges,
@@ -2212,7 +2650,513 @@ const ProtobufCMessageDescriptor boxermesh__v1__error_reply__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__error_reply__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__tap_event__field_descriptors[3] =
+#define boxermesh__v1__ack__field_descriptors NULL
+#define boxermesh__v1__ack__field_indices_by_name NULL
+#define boxermesh__v1__ack__number_ranges NULL
+const ProtobufCMessageDescriptor boxermesh__v1__ack__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.Ack",
+  "Ack",
+  "Boxermesh__V1__Ack",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__Ack),
+  0,
+  boxermesh__v1__ack__field_descriptors,
+  boxermesh__v1__ack__field_indices_by_name,
+  0,  boxermesh__v1__ack__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__ack__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__public_endpoint__field_descriptors[2] =
+{
+  {
+    "address",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__PublicEndpoint, address),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "port",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__PublicEndpoint, port),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__public_endpoint__field_indices_by_name[] = {
+  0,   /* field[0] = address */
+  1,   /* field[1] = port */
+};
+static const ProtobufCIntRange boxermesh__v1__public_endpoint__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__public_endpoint__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.PublicEndpoint",
+  "PublicEndpoint",
+  "Boxermesh__V1__PublicEndpoint",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__PublicEndpoint),
+  2,
+  boxermesh__v1__public_endpoint__field_descriptors,
+  boxermesh__v1__public_endpoint__field_indices_by_name,
+  1,  boxermesh__v1__public_endpoint__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__public_endpoint__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__connect_request__field_descriptors[3] =
+{
+  {
+    "target_address",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectRequest, target_address),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "port",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectRequest, port),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "endpoint",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectRequest, endpoint),
+    &boxermesh__v1__public_endpoint__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__connect_request__field_indices_by_name[] = {
+  2,   /* field[2] = endpoint */
+  1,   /* field[1] = port */
+  0,   /* field[0] = target_address */
+};
+static const ProtobufCIntRange boxermesh__v1__connect_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__connect_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.ConnectRequest",
+  "ConnectRequest",
+  "Boxermesh__V1__ConnectRequest",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__ConnectRequest),
+  3,
+  boxermesh__v1__connect_request__field_descriptors,
+  boxermesh__v1__connect_request__field_indices_by_name,
+  1,  boxermesh__v1__connect_request__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__connect_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__connect_offer__field_descriptors[4] =
+{
+  {
+    "connection_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectOffer, connection_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "peer",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectOffer, peer),
+    &boxermesh__v1__member__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "endpoint",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectOffer, endpoint),
+    &boxermesh__v1__public_endpoint__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "token",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectOffer, token),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__connect_offer__field_indices_by_name[] = {
+  0,   /* field[0] = connection_id */
+  2,   /* field[2] = endpoint */
+  1,   /* field[1] = peer */
+  3,   /* field[3] = token */
+};
+static const ProtobufCIntRange boxermesh__v1__connect_offer__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__connect_offer__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.ConnectOffer",
+  "ConnectOffer",
+  "Boxermesh__V1__ConnectOffer",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__ConnectOffer),
+  4,
+  boxermesh__v1__connect_offer__field_descriptors,
+  boxermesh__v1__connect_offer__field_indices_by_name,
+  1,  boxermesh__v1__connect_offer__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__connect_offer__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__incoming_connection__field_descriptors[5] =
+{
+  {
+    "connection_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__IncomingConnection, connection_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "peer",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__IncomingConnection, peer),
+    &boxermesh__v1__member__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "port",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__IncomingConnection, port),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "endpoint",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__IncomingConnection, endpoint),
+    &boxermesh__v1__public_endpoint__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "token",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__IncomingConnection, token),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__incoming_connection__field_indices_by_name[] = {
+  0,   /* field[0] = connection_id */
+  3,   /* field[3] = endpoint */
+  1,   /* field[1] = peer */
+  2,   /* field[2] = port */
+  4,   /* field[4] = token */
+};
+static const ProtobufCIntRange boxermesh__v1__incoming_connection__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__incoming_connection__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.IncomingConnection",
+  "IncomingConnection",
+  "Boxermesh__V1__IncomingConnection",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__IncomingConnection),
+  5,
+  boxermesh__v1__incoming_connection__field_descriptors,
+  boxermesh__v1__incoming_connection__field_indices_by_name,
+  1,  boxermesh__v1__incoming_connection__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__incoming_connection__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__connect_answer__field_descriptors[4] =
+{
+  {
+    "connection_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectAnswer, connection_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "accepted",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectAnswer, accepted),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "endpoint",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectAnswer, endpoint),
+    &boxermesh__v1__public_endpoint__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reason",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectAnswer, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__connect_answer__field_indices_by_name[] = {
+  1,   /* field[1] = accepted */
+  0,   /* field[0] = connection_id */
+  2,   /* field[2] = endpoint */
+  3,   /* field[3] = reason */
+};
+static const ProtobufCIntRange boxermesh__v1__connect_answer__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__connect_answer__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.ConnectAnswer",
+  "ConnectAnswer",
+  "Boxermesh__V1__ConnectAnswer",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__ConnectAnswer),
+  4,
+  boxermesh__v1__connect_answer__field_descriptors,
+  boxermesh__v1__connect_answer__field_indices_by_name,
+  1,  boxermesh__v1__connect_answer__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__connect_answer__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__link_report__field_descriptors[8] =
+{
+  {
+    "connection_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LinkReport, connection_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "established",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LinkReport, established),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "path",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LinkReport, path),
+    &boxermesh__v1__path__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "setup_ms",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LinkReport, setup_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "failure",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LinkReport, failure),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "initiator",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LinkReport, initiator),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "peer_address",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LinkReport, peer_address),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "port",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LinkReport, port),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__link_report__field_indices_by_name[] = {
+  0,   /* field[0] = connection_id */
+  1,   /* field[1] = established */
+  4,   /* field[4] = failure */
+  5,   /* field[5] = initiator */
+  2,   /* field[2] = path */
+  6,   /* field[6] = peer_address */
+  7,   /* field[7] = port */
+  3,   /* field[3] = setup_ms */
+};
+static const ProtobufCIntRange boxermesh__v1__link_report__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 8 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__link_report__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.LinkReport",
+  "LinkReport",
+  "Boxermesh__V1__LinkReport",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__LinkReport),
+  8,
+  boxermesh__v1__link_report__field_descriptors,
+  boxermesh__v1__link_report__field_indices_by_name,
+  1,  boxermesh__v1__link_report__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__link_report__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__tap_event__field_descriptors[4] =
 {
   {
     "time_unix_ms",
@@ -2250,8 +3194,21 @@ static const ProtobufCFieldDescriptor boxermesh__v1__tap_event__field_descriptor
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "connection",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__TapEvent, event_case),
+    offsetof(Boxermesh__V1__TapEvent, connection),
+    &boxermesh__v1__connection_event__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__tap_event__field_indices_by_name[] = {
+  3,   /* field[3] = connection */
   2,   /* field[2] = membership */
   1,   /* field[1] = mesh */
   0,   /* field[0] = time_unix_ms */
@@ -2260,7 +3217,7 @@ static const ProtobufCIntRange boxermesh__v1__tap_event__number_ranges[2 + 1] =
 {
   { 1, 0 },
   { 10, 2 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__tap_event__descriptor =
 {
@@ -2270,7 +3227,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__tap_event__descriptor =
   "Boxermesh__V1__TapEvent",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__TapEvent),
-  3,
+  4,
   boxermesh__v1__tap_event__field_descriptors,
   boxermesh__v1__tap_event__field_indices_by_name,
   2,  boxermesh__v1__tap_event__number_ranges,
@@ -2371,6 +3328,167 @@ const ProtobufCMessageDescriptor boxermesh__v1__membership_event__descriptor =
   boxermesh__v1__membership_event__field_indices_by_name,
   1,  boxermesh__v1__membership_event__number_ranges,
   (ProtobufCMessageInit) boxermesh__v1__membership_event__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCEnumValue boxermesh__v1__connection_event__kind__enum_values_by_number[4] =
+{
+  { "KIND_UNSPECIFIED", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UNSPECIFIED", 0 },
+  { "KIND_OPEN", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_OPEN", 1 },
+  { "KIND_REFUSED", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_REFUSED", 2 },
+  { "KIND_FAILED", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_FAILED", 3 },
+};
+static const ProtobufCIntRange boxermesh__v1__connection_event__kind__value_ranges[] = {
+{0, 0},{0, 4}
+};
+static const ProtobufCEnumValueIndex boxermesh__v1__connection_event__kind__enum_values_by_name[4] =
+{
+  { "KIND_FAILED", 3 },
+  { "KIND_OPEN", 1 },
+  { "KIND_REFUSED", 2 },
+  { "KIND_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor boxermesh__v1__connection_event__kind__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.ConnectionEvent.Kind",
+  "Kind",
+  "Boxermesh__V1__ConnectionEvent__Kind",
+  "boxermesh.v1",
+  4,
+  boxermesh__v1__connection_event__kind__enum_values_by_number,
+  4,
+  boxermesh__v1__connection_event__kind__enum_values_by_name,
+  1,
+  boxermesh__v1__connection_event__kind__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__connection_event__field_descriptors[8] =
+{
+  {
+    "kind",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, kind),
+    &boxermesh__v1__connection_event__kind__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "connection_id",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, connection_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "from",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, from),
+    &boxermesh__v1__member__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "to",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, to),
+    &boxermesh__v1__member__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "port",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, port),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "path",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, path),
+    &boxermesh__v1__path__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "setup_ms",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, setup_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reason",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__connection_event__field_indices_by_name[] = {
+  1,   /* field[1] = connection_id */
+  2,   /* field[2] = from */
+  0,   /* field[0] = kind */
+  5,   /* field[5] = path */
+  4,   /* field[4] = port */
+  7,   /* field[7] = reason */
+  6,   /* field[6] = setup_ms */
+  3,   /* field[3] = to */
+};
+static const ProtobufCIntRange boxermesh__v1__connection_event__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 8 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__connection_event__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.ConnectionEvent",
+  "ConnectionEvent",
+  "Boxermesh__V1__ConnectionEvent",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__ConnectionEvent),
+  8,
+  boxermesh__v1__connection_event__field_descriptors,
+  boxermesh__v1__connection_event__field_indices_by_name,
+  1,  boxermesh__v1__connection_event__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__connection_event__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor boxermesh__v1__shim_request__field_descriptors[7] =
@@ -3006,7 +4124,7 @@ const ProtobufCEnumDescriptor boxermesh__v1__role__descriptor =
   boxermesh__v1__role__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue boxermesh__v1__error_code__enum_values_by_number[9] =
+static const ProtobufCEnumValue boxermesh__v1__error_code__enum_values_by_number[11] =
 {
   { "ERROR_UNSPECIFIED", "BOXERMESH__V1__ERROR_CODE__ERROR_UNSPECIFIED", 0 },
   { "ERROR_BAD_REQUEST", "BOXERMESH__V1__ERROR_CODE__ERROR_BAD_REQUEST", 1 },
@@ -3017,19 +4135,23 @@ static const ProtobufCEnumValue boxermesh__v1__error_code__enum_values_by_number
   { "ERROR_NOT_FOUND", "BOXERMESH__V1__ERROR_CODE__ERROR_NOT_FOUND", 6 },
   { "ERROR_NO_SESSION", "BOXERMESH__V1__ERROR_CODE__ERROR_NO_SESSION", 7 },
   { "ERROR_INVALID_NAME", "BOXERMESH__V1__ERROR_CODE__ERROR_INVALID_NAME", 8 },
+  { "ERROR_CONNECTION_REFUSED", "BOXERMESH__V1__ERROR_CODE__ERROR_CONNECTION_REFUSED", 9 },
+  { "ERROR_PEER_UNREACHABLE", "BOXERMESH__V1__ERROR_CODE__ERROR_PEER_UNREACHABLE", 10 },
 };
 static const ProtobufCIntRange boxermesh__v1__error_code__value_ranges[] = {
-{0, 0},{0, 9}
+{0, 0},{0, 11}
 };
-static const ProtobufCEnumValueIndex boxermesh__v1__error_code__enum_values_by_name[9] =
+static const ProtobufCEnumValueIndex boxermesh__v1__error_code__enum_values_by_name[11] =
 {
   { "ERROR_ADDRESSES_EXHAUSTED", 5 },
   { "ERROR_AUTHENTICATION_FAILED", 3 },
   { "ERROR_BAD_REQUEST", 1 },
+  { "ERROR_CONNECTION_REFUSED", 9 },
   { "ERROR_INVALID_NAME", 8 },
   { "ERROR_NAME_TAKEN", 4 },
   { "ERROR_NOT_FOUND", 6 },
   { "ERROR_NO_SESSION", 7 },
+  { "ERROR_PEER_UNREACHABLE", 10 },
   { "ERROR_UNSPECIFIED", 0 },
   { "ERROR_UNSUPPORTED_VERSION", 2 },
 };
@@ -3040,11 +4162,41 @@ const ProtobufCEnumDescriptor boxermesh__v1__error_code__descriptor =
   "ErrorCode",
   "Boxermesh__V1__ErrorCode",
   "boxermesh.v1",
-  9,
+  11,
   boxermesh__v1__error_code__enum_values_by_number,
-  9,
+  11,
   boxermesh__v1__error_code__enum_values_by_name,
   1,
   boxermesh__v1__error_code__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue boxermesh__v1__path__enum_values_by_number[3] =
+{
+  { "PATH_UNSPECIFIED", "BOXERMESH__V1__PATH__PATH_UNSPECIFIED", 0 },
+  { "PATH_DIRECT", "BOXERMESH__V1__PATH__PATH_DIRECT", 1 },
+  { "PATH_RELAY", "BOXERMESH__V1__PATH__PATH_RELAY", 2 },
+};
+static const ProtobufCIntRange boxermesh__v1__path__value_ranges[] = {
+{0, 0},{0, 3}
+};
+static const ProtobufCEnumValueIndex boxermesh__v1__path__enum_values_by_name[3] =
+{
+  { "PATH_DIRECT", 1 },
+  { "PATH_RELAY", 2 },
+  { "PATH_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor boxermesh__v1__path__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.Path",
+  "Path",
+  "Boxermesh__V1__Path",
+  "boxermesh.v1",
+  3,
+  boxermesh__v1__path__enum_values_by_number,
+  3,
+  boxermesh__v1__path__enum_values_by_name,
+  1,
+  boxermesh__v1__path__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };

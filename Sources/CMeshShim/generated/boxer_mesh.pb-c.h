@@ -31,8 +31,16 @@ typedef struct Boxermesh__V1__WaitMembers Boxermesh__V1__WaitMembers;
 typedef struct Boxermesh__V1__ListMembers Boxermesh__V1__ListMembers;
 typedef struct Boxermesh__V1__MemberList Boxermesh__V1__MemberList;
 typedef struct Boxermesh__V1__ErrorReply Boxermesh__V1__ErrorReply;
+typedef struct Boxermesh__V1__Ack Boxermesh__V1__Ack;
+typedef struct Boxermesh__V1__PublicEndpoint Boxermesh__V1__PublicEndpoint;
+typedef struct Boxermesh__V1__ConnectRequest Boxermesh__V1__ConnectRequest;
+typedef struct Boxermesh__V1__ConnectOffer Boxermesh__V1__ConnectOffer;
+typedef struct Boxermesh__V1__IncomingConnection Boxermesh__V1__IncomingConnection;
+typedef struct Boxermesh__V1__ConnectAnswer Boxermesh__V1__ConnectAnswer;
+typedef struct Boxermesh__V1__LinkReport Boxermesh__V1__LinkReport;
 typedef struct Boxermesh__V1__TapEvent Boxermesh__V1__TapEvent;
 typedef struct Boxermesh__V1__MembershipEvent Boxermesh__V1__MembershipEvent;
+typedef struct Boxermesh__V1__ConnectionEvent Boxermesh__V1__ConnectionEvent;
 typedef struct Boxermesh__V1__ShimRequest Boxermesh__V1__ShimRequest;
 typedef struct Boxermesh__V1__ShimResponse Boxermesh__V1__ShimResponse;
 typedef struct Boxermesh__V1__ShimResolve Boxermesh__V1__ShimResolve;
@@ -54,6 +62,22 @@ typedef enum _Boxermesh__V1__MembershipEvent__Kind {
   BOXERMESH__V1__MEMBERSHIP_EVENT__KIND__KIND_EXPIRE = 3
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__MEMBERSHIP_EVENT__KIND)
 } Boxermesh__V1__MembershipEvent__Kind;
+typedef enum _Boxermesh__V1__ConnectionEvent__Kind {
+  BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UNSPECIFIED = 0,
+  /*
+   * link verified; path and setup time set
+   */
+  BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_OPEN = 1,
+  /*
+   * nothing listens on that port
+   */
+  BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_REFUSED = 2,
+  /*
+   * reason set
+   */
+  BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_FAILED = 3
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__CONNECTION_EVENT__KIND)
+} Boxermesh__V1__ConnectionEvent__Kind;
 /*
  * What kind of session a peer asks for.
  */
@@ -78,9 +102,23 @@ typedef enum _Boxermesh__V1__ErrorCode {
   BOXERMESH__V1__ERROR_CODE__ERROR_ADDRESSES_EXHAUSTED = 5,
   BOXERMESH__V1__ERROR_CODE__ERROR_NOT_FOUND = 6,
   BOXERMESH__V1__ERROR_CODE__ERROR_NO_SESSION = 7,
-  BOXERMESH__V1__ERROR_CODE__ERROR_INVALID_NAME = 8
+  BOXERMESH__V1__ERROR_CODE__ERROR_INVALID_NAME = 8,
+  /*
+   * nothing listens on that port of that peer
+   */
+  BOXERMESH__V1__ERROR_CODE__ERROR_CONNECTION_REFUSED = 9,
+  /*
+   * the peer did not answer the broker in time
+   */
+  BOXERMESH__V1__ERROR_CODE__ERROR_PEER_UNREACHABLE = 10
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__ERROR_CODE)
 } Boxermesh__V1__ErrorCode;
+typedef enum _Boxermesh__V1__Path {
+  BOXERMESH__V1__PATH__PATH_UNSPECIFIED = 0,
+  BOXERMESH__V1__PATH__PATH_DIRECT = 1,
+  BOXERMESH__V1__PATH__PATH_RELAY = 2
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__PATH)
+} Boxermesh__V1__Path;
 
 /* --- messages --- */
 
@@ -99,7 +137,13 @@ typedef enum {
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_WAIT_MEMBERS = 20,
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_LIST_MEMBERS = 21,
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_MEMBERS = 22,
-  BOXERMESH__V1__CONTROL_MESSAGE__BODY_ERROR = 23
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_ERROR = 23,
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_CONNECT_REQUEST = 24,
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_CONNECT_OFFER = 25,
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_INCOMING_CONNECTION = 26,
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_CONNECT_ANSWER = 27,
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_ACK = 28,
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_LINK_REPORT = 29
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__CONTROL_MESSAGE__BODY__CASE)
 } Boxermesh__V1__ControlMessage__BodyCase;
 
@@ -130,6 +174,12 @@ struct  Boxermesh__V1__ControlMessage
     Boxermesh__V1__ListMembers *list_members;
     Boxermesh__V1__MemberList *members;
     Boxermesh__V1__ErrorReply *error;
+    Boxermesh__V1__ConnectRequest *connect_request;
+    Boxermesh__V1__ConnectOffer *connect_offer;
+    Boxermesh__V1__IncomingConnection *incoming_connection;
+    Boxermesh__V1__ConnectAnswer *connect_answer;
+    Boxermesh__V1__Ack *ack;
+    Boxermesh__V1__LinkReport *link_report;
   };
 };
 #define BOXERMESH__V1__CONTROL_MESSAGE__INIT \
@@ -351,9 +401,135 @@ struct  Boxermesh__V1__ErrorReply
     , BOXERMESH__V1__ERROR_CODE__ERROR_UNSPECIFIED, (char *)protobuf_c_empty_string }
 
 
+struct  Boxermesh__V1__Ack
+{
+  ProtobufCMessage base;
+};
+#define BOXERMESH__V1__ACK__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__ack__descriptor) \
+     }
+
+
+/*
+ * An ip:port as a NAT shows it to the internet.
+ */
+struct  Boxermesh__V1__PublicEndpoint
+{
+  ProtobufCMessage base;
+  uint32_t address;
+  uint32_t port;
+};
+#define BOXERMESH__V1__PUBLIC_ENDPOINT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__public_endpoint__descriptor) \
+    , 0, 0 }
+
+
+struct  Boxermesh__V1__ConnectRequest
+{
+  ProtobufCMessage base;
+  uint32_t target_address;
+  uint32_t port;
+  /*
+   * the requester's
+   */
+  Boxermesh__V1__PublicEndpoint *endpoint;
+};
+#define BOXERMESH__V1__CONNECT_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__connect_request__descriptor) \
+    , 0, 0, NULL }
+
+
+struct  Boxermesh__V1__ConnectOffer
+{
+  ProtobufCMessage base;
+  uint64_t connection_id;
+  Boxermesh__V1__Member *peer;
+  /*
+   * the peer's
+   */
+  Boxermesh__V1__PublicEndpoint *endpoint;
+  /*
+   * 32 random bytes, the same both sides got
+   */
+  ProtobufCBinaryData token;
+};
+#define BOXERMESH__V1__CONNECT_OFFER__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__connect_offer__descriptor) \
+    , 0, NULL, NULL, {0,NULL} }
+
+
+struct  Boxermesh__V1__IncomingConnection
+{
+  ProtobufCMessage base;
+  uint64_t connection_id;
+  /*
+   * who connects
+   */
+  Boxermesh__V1__Member *peer;
+  /*
+   * to which of our ports
+   */
+  uint32_t port;
+  /*
+   * the connecting side's
+   */
+  Boxermesh__V1__PublicEndpoint *endpoint;
+  ProtobufCBinaryData token;
+};
+#define BOXERMESH__V1__INCOMING_CONNECTION__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__incoming_connection__descriptor) \
+    , 0, NULL, 0, NULL, {0,NULL} }
+
+
+struct  Boxermesh__V1__ConnectAnswer
+{
+  ProtobufCMessage base;
+  uint64_t connection_id;
+  protobuf_c_boolean accepted;
+  /*
+   * when accepted
+   */
+  Boxermesh__V1__PublicEndpoint *endpoint;
+  /*
+   * when refused
+   */
+  char *reason;
+};
+#define BOXERMESH__V1__CONNECT_ANSWER__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__connect_answer__descriptor) \
+    , 0, 0, NULL, (char *)protobuf_c_empty_string }
+
+
+/*
+ * Sent by both nodes once a link is up (or has failed); the broker publishes it on the tap.
+ */
+struct  Boxermesh__V1__LinkReport
+{
+  ProtobufCMessage base;
+  uint64_t connection_id;
+  protobuf_c_boolean established;
+  Boxermesh__V1__Path path;
+  /*
+   * from the app's connect() to the verified link
+   */
+  uint32_t setup_ms;
+  char *failure;
+  protobuf_c_boolean initiator;
+  uint32_t peer_address;
+  /*
+   * the accepting side's port
+   */
+  uint32_t port;
+};
+#define BOXERMESH__V1__LINK_REPORT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__link_report__descriptor) \
+    , 0, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, (char *)protobuf_c_empty_string, 0, 0, 0 }
+
+
 typedef enum {
   BOXERMESH__V1__TAP_EVENT__EVENT__NOT_SET = 0,
-  BOXERMESH__V1__TAP_EVENT__EVENT_MEMBERSHIP = 10
+  BOXERMESH__V1__TAP_EVENT__EVENT_MEMBERSHIP = 10,
+  BOXERMESH__V1__TAP_EVENT__EVENT_CONNECTION = 11
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__TAP_EVENT__EVENT__CASE)
 } Boxermesh__V1__TapEvent__EventCase;
 
@@ -365,6 +541,7 @@ struct  Boxermesh__V1__TapEvent
   Boxermesh__V1__TapEvent__EventCase event_case;
   union {
     Boxermesh__V1__MembershipEvent *membership;
+    Boxermesh__V1__ConnectionEvent *connection;
   };
 };
 #define BOXERMESH__V1__TAP_EVENT__INIT \
@@ -385,6 +562,26 @@ struct  Boxermesh__V1__MembershipEvent
 #define BOXERMESH__V1__MEMBERSHIP_EVENT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__membership_event__descriptor) \
     , BOXERMESH__V1__MEMBERSHIP_EVENT__KIND__KIND_UNSPECIFIED, NULL, 0 }
+
+
+/*
+ * Topic kind "connection"; the topic's node is the connecting side.
+ */
+struct  Boxermesh__V1__ConnectionEvent
+{
+  ProtobufCMessage base;
+  Boxermesh__V1__ConnectionEvent__Kind kind;
+  uint64_t connection_id;
+  Boxermesh__V1__Member *from;
+  Boxermesh__V1__Member *to;
+  uint32_t port;
+  Boxermesh__V1__Path path;
+  uint32_t setup_ms;
+  char *reason;
+};
+#define BOXERMESH__V1__CONNECTION_EVENT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__connection_event__descriptor) \
+    , BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UNSPECIFIED, 0, NULL, NULL, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, (char *)protobuf_c_empty_string }
 
 
 typedef enum {
@@ -865,6 +1062,139 @@ Boxermesh__V1__ErrorReply *
 void   boxermesh__v1__error_reply__free_unpacked
                      (Boxermesh__V1__ErrorReply *message,
                       ProtobufCAllocator *allocator);
+/* Boxermesh__V1__Ack methods */
+void   boxermesh__v1__ack__init
+                     (Boxermesh__V1__Ack         *message);
+size_t boxermesh__v1__ack__get_packed_size
+                     (const Boxermesh__V1__Ack   *message);
+size_t boxermesh__v1__ack__pack
+                     (const Boxermesh__V1__Ack   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__ack__pack_to_buffer
+                     (const Boxermesh__V1__Ack   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__Ack *
+       boxermesh__v1__ack__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__ack__free_unpacked
+                     (Boxermesh__V1__Ack *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__PublicEndpoint methods */
+void   boxermesh__v1__public_endpoint__init
+                     (Boxermesh__V1__PublicEndpoint         *message);
+size_t boxermesh__v1__public_endpoint__get_packed_size
+                     (const Boxermesh__V1__PublicEndpoint   *message);
+size_t boxermesh__v1__public_endpoint__pack
+                     (const Boxermesh__V1__PublicEndpoint   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__public_endpoint__pack_to_buffer
+                     (const Boxermesh__V1__PublicEndpoint   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__PublicEndpoint *
+       boxermesh__v1__public_endpoint__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__public_endpoint__free_unpacked
+                     (Boxermesh__V1__PublicEndpoint *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__ConnectRequest methods */
+void   boxermesh__v1__connect_request__init
+                     (Boxermesh__V1__ConnectRequest         *message);
+size_t boxermesh__v1__connect_request__get_packed_size
+                     (const Boxermesh__V1__ConnectRequest   *message);
+size_t boxermesh__v1__connect_request__pack
+                     (const Boxermesh__V1__ConnectRequest   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__connect_request__pack_to_buffer
+                     (const Boxermesh__V1__ConnectRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__ConnectRequest *
+       boxermesh__v1__connect_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__connect_request__free_unpacked
+                     (Boxermesh__V1__ConnectRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__ConnectOffer methods */
+void   boxermesh__v1__connect_offer__init
+                     (Boxermesh__V1__ConnectOffer         *message);
+size_t boxermesh__v1__connect_offer__get_packed_size
+                     (const Boxermesh__V1__ConnectOffer   *message);
+size_t boxermesh__v1__connect_offer__pack
+                     (const Boxermesh__V1__ConnectOffer   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__connect_offer__pack_to_buffer
+                     (const Boxermesh__V1__ConnectOffer   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__ConnectOffer *
+       boxermesh__v1__connect_offer__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__connect_offer__free_unpacked
+                     (Boxermesh__V1__ConnectOffer *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__IncomingConnection methods */
+void   boxermesh__v1__incoming_connection__init
+                     (Boxermesh__V1__IncomingConnection         *message);
+size_t boxermesh__v1__incoming_connection__get_packed_size
+                     (const Boxermesh__V1__IncomingConnection   *message);
+size_t boxermesh__v1__incoming_connection__pack
+                     (const Boxermesh__V1__IncomingConnection   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__incoming_connection__pack_to_buffer
+                     (const Boxermesh__V1__IncomingConnection   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__IncomingConnection *
+       boxermesh__v1__incoming_connection__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__incoming_connection__free_unpacked
+                     (Boxermesh__V1__IncomingConnection *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__ConnectAnswer methods */
+void   boxermesh__v1__connect_answer__init
+                     (Boxermesh__V1__ConnectAnswer         *message);
+size_t boxermesh__v1__connect_answer__get_packed_size
+                     (const Boxermesh__V1__ConnectAnswer   *message);
+size_t boxermesh__v1__connect_answer__pack
+                     (const Boxermesh__V1__ConnectAnswer   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__connect_answer__pack_to_buffer
+                     (const Boxermesh__V1__ConnectAnswer   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__ConnectAnswer *
+       boxermesh__v1__connect_answer__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__connect_answer__free_unpacked
+                     (Boxermesh__V1__ConnectAnswer *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__LinkReport methods */
+void   boxermesh__v1__link_report__init
+                     (Boxermesh__V1__LinkReport         *message);
+size_t boxermesh__v1__link_report__get_packed_size
+                     (const Boxermesh__V1__LinkReport   *message);
+size_t boxermesh__v1__link_report__pack
+                     (const Boxermesh__V1__LinkReport   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__link_report__pack_to_buffer
+                     (const Boxermesh__V1__LinkReport   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__LinkReport *
+       boxermesh__v1__link_report__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__link_report__free_unpacked
+                     (Boxermesh__V1__LinkReport *message,
+                      ProtobufCAllocator *allocator);
 /* Boxermesh__V1__TapEvent methods */
 void   boxermesh__v1__tap_event__init
                      (Boxermesh__V1__TapEvent         *message);
@@ -902,6 +1232,25 @@ Boxermesh__V1__MembershipEvent *
                       const uint8_t       *data);
 void   boxermesh__v1__membership_event__free_unpacked
                      (Boxermesh__V1__MembershipEvent *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__ConnectionEvent methods */
+void   boxermesh__v1__connection_event__init
+                     (Boxermesh__V1__ConnectionEvent         *message);
+size_t boxermesh__v1__connection_event__get_packed_size
+                     (const Boxermesh__V1__ConnectionEvent   *message);
+size_t boxermesh__v1__connection_event__pack
+                     (const Boxermesh__V1__ConnectionEvent   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__connection_event__pack_to_buffer
+                     (const Boxermesh__V1__ConnectionEvent   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__ConnectionEvent *
+       boxermesh__v1__connection_event__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__connection_event__free_unpacked
+                     (Boxermesh__V1__ConnectionEvent *message,
                       ProtobufCAllocator *allocator);
 /* Boxermesh__V1__ShimRequest methods */
 void   boxermesh__v1__shim_request__init
@@ -1143,11 +1492,35 @@ typedef void (*Boxermesh__V1__MemberList_Closure)
 typedef void (*Boxermesh__V1__ErrorReply_Closure)
                  (const Boxermesh__V1__ErrorReply *message,
                   void *closure_data);
+typedef void (*Boxermesh__V1__Ack_Closure)
+                 (const Boxermesh__V1__Ack *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__PublicEndpoint_Closure)
+                 (const Boxermesh__V1__PublicEndpoint *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__ConnectRequest_Closure)
+                 (const Boxermesh__V1__ConnectRequest *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__ConnectOffer_Closure)
+                 (const Boxermesh__V1__ConnectOffer *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__IncomingConnection_Closure)
+                 (const Boxermesh__V1__IncomingConnection *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__ConnectAnswer_Closure)
+                 (const Boxermesh__V1__ConnectAnswer *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__LinkReport_Closure)
+                 (const Boxermesh__V1__LinkReport *message,
+                  void *closure_data);
 typedef void (*Boxermesh__V1__TapEvent_Closure)
                  (const Boxermesh__V1__TapEvent *message,
                   void *closure_data);
 typedef void (*Boxermesh__V1__MembershipEvent_Closure)
                  (const Boxermesh__V1__MembershipEvent *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__ConnectionEvent_Closure)
+                 (const Boxermesh__V1__ConnectionEvent *message,
                   void *closure_data);
 typedef void (*Boxermesh__V1__ShimRequest_Closure)
                  (const Boxermesh__V1__ShimRequest *message,
@@ -1187,6 +1560,7 @@ typedef void (*Boxermesh__V1__ShimTakeAccepted_Closure)
 
 extern const ProtobufCEnumDescriptor    boxermesh__v1__role__descriptor;
 extern const ProtobufCEnumDescriptor    boxermesh__v1__error_code__descriptor;
+extern const ProtobufCEnumDescriptor    boxermesh__v1__path__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__control_message__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__hello__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__challenge__descriptor;
@@ -1203,9 +1577,18 @@ extern const ProtobufCMessageDescriptor boxermesh__v1__wait_members__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__list_members__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__member_list__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__error_reply__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__ack__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__public_endpoint__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__connect_request__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__connect_offer__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__incoming_connection__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__connect_answer__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__link_report__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__tap_event__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__membership_event__descriptor;
 extern const ProtobufCEnumDescriptor    boxermesh__v1__membership_event__kind__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__connection_event__descriptor;
+extern const ProtobufCEnumDescriptor    boxermesh__v1__connection_event__kind__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__shim_request__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__shim_response__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__shim_resolve__descriptor;

@@ -87,6 +87,12 @@ public nonisolated enum Boxermesh_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIt
   case errorNotFound // = 6
   case errorNoSession // = 7
   case errorInvalidName // = 8
+
+  /// nothing listens on that port of that peer
+  case errorConnectionRefused // = 9
+
+  /// the peer did not answer the broker in time
+  case errorPeerUnreachable // = 10
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -104,6 +110,8 @@ public nonisolated enum Boxermesh_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIt
     case 6: self = .errorNotFound
     case 7: self = .errorNoSession
     case 8: self = .errorInvalidName
+    case 9: self = .errorConnectionRefused
+    case 10: self = .errorPeerUnreachable
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -119,6 +127,8 @@ public nonisolated enum Boxermesh_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIt
     case .errorNotFound: return 6
     case .errorNoSession: return 7
     case .errorInvalidName: return 8
+    case .errorConnectionRefused: return 9
+    case .errorPeerUnreachable: return 10
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -134,6 +144,46 @@ public nonisolated enum Boxermesh_V1_ErrorCode: SwiftProtobuf.Enum, Swift.CaseIt
     .errorNotFound,
     .errorNoSession,
     .errorInvalidName,
+    .errorConnectionRefused,
+    .errorPeerUnreachable,
+  ]
+
+}
+
+public nonisolated enum Boxermesh_V1_Path: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case unspecified // = 0
+  case direct // = 1
+  case relay // = 2
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .direct
+    case 2: self = .relay
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .direct: return 1
+    case .relay: return 2
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Boxermesh_V1_Path] = [
+    .unspecified,
+    .direct,
+    .relay,
   ]
 
 }
@@ -263,6 +313,54 @@ public nonisolated struct Boxermesh_V1_ControlMessage: Sendable {
     set {body = .error(newValue)}
   }
 
+  public var connectRequest: Boxermesh_V1_ConnectRequest {
+    get {
+      if case .connectRequest(let v)? = body {return v}
+      return Boxermesh_V1_ConnectRequest()
+    }
+    set {body = .connectRequest(newValue)}
+  }
+
+  public var connectOffer: Boxermesh_V1_ConnectOffer {
+    get {
+      if case .connectOffer(let v)? = body {return v}
+      return Boxermesh_V1_ConnectOffer()
+    }
+    set {body = .connectOffer(newValue)}
+  }
+
+  public var incomingConnection: Boxermesh_V1_IncomingConnection {
+    get {
+      if case .incomingConnection(let v)? = body {return v}
+      return Boxermesh_V1_IncomingConnection()
+    }
+    set {body = .incomingConnection(newValue)}
+  }
+
+  public var connectAnswer: Boxermesh_V1_ConnectAnswer {
+    get {
+      if case .connectAnswer(let v)? = body {return v}
+      return Boxermesh_V1_ConnectAnswer()
+    }
+    set {body = .connectAnswer(newValue)}
+  }
+
+  public var ack: Boxermesh_V1_Ack {
+    get {
+      if case .ack(let v)? = body {return v}
+      return Boxermesh_V1_Ack()
+    }
+    set {body = .ack(newValue)}
+  }
+
+  public var linkReport: Boxermesh_V1_LinkReport {
+    get {
+      if case .linkReport(let v)? = body {return v}
+      return Boxermesh_V1_LinkReport()
+    }
+    set {body = .linkReport(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -280,6 +378,12 @@ public nonisolated struct Boxermesh_V1_ControlMessage: Sendable {
     case listMembers(Boxermesh_V1_ListMembers)
     case members(Boxermesh_V1_MemberList)
     case error(Boxermesh_V1_ErrorReply)
+    case connectRequest(Boxermesh_V1_ConnectRequest)
+    case connectOffer(Boxermesh_V1_ConnectOffer)
+    case incomingConnection(Boxermesh_V1_IncomingConnection)
+    case connectAnswer(Boxermesh_V1_ConnectAnswer)
+    case ack(Boxermesh_V1_Ack)
+    case linkReport(Boxermesh_V1_LinkReport)
 
   }
 
@@ -544,6 +648,192 @@ public nonisolated struct Boxermesh_V1_ErrorReply: Sendable {
   public init() {}
 }
 
+public nonisolated struct Boxermesh_V1_Ack: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// An ip:port as a NAT shows it to the internet.
+public nonisolated struct Boxermesh_V1_PublicEndpoint: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var address: UInt32 = 0
+
+  public var port: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Boxermesh_V1_ConnectRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var targetAddress: UInt32 = 0
+
+  public var port: UInt32 = 0
+
+  /// the requester's
+  public var endpoint: Boxermesh_V1_PublicEndpoint {
+    get {_endpoint ?? Boxermesh_V1_PublicEndpoint()}
+    set {_endpoint = newValue}
+  }
+  /// Returns true if `endpoint` has been explicitly set.
+  public var hasEndpoint: Bool {self._endpoint != nil}
+  /// Clears the value of `endpoint`. Subsequent reads from it will return its default value.
+  public mutating func clearEndpoint() {self._endpoint = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _endpoint: Boxermesh_V1_PublicEndpoint? = nil
+}
+
+public nonisolated struct Boxermesh_V1_ConnectOffer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var connectionID: UInt64 = 0
+
+  public var peer: Boxermesh_V1_Member {
+    get {_peer ?? Boxermesh_V1_Member()}
+    set {_peer = newValue}
+  }
+  /// Returns true if `peer` has been explicitly set.
+  public var hasPeer: Bool {self._peer != nil}
+  /// Clears the value of `peer`. Subsequent reads from it will return its default value.
+  public mutating func clearPeer() {self._peer = nil}
+
+  /// the peer's
+  public var endpoint: Boxermesh_V1_PublicEndpoint {
+    get {_endpoint ?? Boxermesh_V1_PublicEndpoint()}
+    set {_endpoint = newValue}
+  }
+  /// Returns true if `endpoint` has been explicitly set.
+  public var hasEndpoint: Bool {self._endpoint != nil}
+  /// Clears the value of `endpoint`. Subsequent reads from it will return its default value.
+  public mutating func clearEndpoint() {self._endpoint = nil}
+
+  /// 32 random bytes, the same both sides got
+  public var token: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _peer: Boxermesh_V1_Member? = nil
+  fileprivate var _endpoint: Boxermesh_V1_PublicEndpoint? = nil
+}
+
+public nonisolated struct Boxermesh_V1_IncomingConnection: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var connectionID: UInt64 = 0
+
+  /// who connects
+  public var peer: Boxermesh_V1_Member {
+    get {_peer ?? Boxermesh_V1_Member()}
+    set {_peer = newValue}
+  }
+  /// Returns true if `peer` has been explicitly set.
+  public var hasPeer: Bool {self._peer != nil}
+  /// Clears the value of `peer`. Subsequent reads from it will return its default value.
+  public mutating func clearPeer() {self._peer = nil}
+
+  /// to which of our ports
+  public var port: UInt32 = 0
+
+  /// the connecting side's
+  public var endpoint: Boxermesh_V1_PublicEndpoint {
+    get {_endpoint ?? Boxermesh_V1_PublicEndpoint()}
+    set {_endpoint = newValue}
+  }
+  /// Returns true if `endpoint` has been explicitly set.
+  public var hasEndpoint: Bool {self._endpoint != nil}
+  /// Clears the value of `endpoint`. Subsequent reads from it will return its default value.
+  public mutating func clearEndpoint() {self._endpoint = nil}
+
+  public var token: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _peer: Boxermesh_V1_Member? = nil
+  fileprivate var _endpoint: Boxermesh_V1_PublicEndpoint? = nil
+}
+
+public nonisolated struct Boxermesh_V1_ConnectAnswer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var connectionID: UInt64 = 0
+
+  public var accepted: Bool = false
+
+  /// when accepted
+  public var endpoint: Boxermesh_V1_PublicEndpoint {
+    get {_endpoint ?? Boxermesh_V1_PublicEndpoint()}
+    set {_endpoint = newValue}
+  }
+  /// Returns true if `endpoint` has been explicitly set.
+  public var hasEndpoint: Bool {self._endpoint != nil}
+  /// Clears the value of `endpoint`. Subsequent reads from it will return its default value.
+  public mutating func clearEndpoint() {self._endpoint = nil}
+
+  /// when refused
+  public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _endpoint: Boxermesh_V1_PublicEndpoint? = nil
+}
+
+/// Sent by both nodes once a link is up (or has failed); the broker publishes it on the tap.
+public nonisolated struct Boxermesh_V1_LinkReport: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var connectionID: UInt64 = 0
+
+  public var established: Bool = false
+
+  public var path: Boxermesh_V1_Path = .unspecified
+
+  /// from the app's connect() to the verified link
+  public var setupMs: UInt32 = 0
+
+  public var failure: String = String()
+
+  public var initiator: Bool = false
+
+  public var peerAddress: UInt32 = 0
+
+  /// the accepting side's port
+  public var port: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Boxermesh_V1_TapEvent: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -563,10 +853,19 @@ public nonisolated struct Boxermesh_V1_TapEvent: Sendable {
     set {event = .membership(newValue)}
   }
 
+  public var connection: Boxermesh_V1_ConnectionEvent {
+    get {
+      if case .connection(let v)? = event {return v}
+      return Boxermesh_V1_ConnectionEvent()
+    }
+    set {event = .connection(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Event: Equatable, Sendable {
     case membership(Boxermesh_V1_MembershipEvent)
+    case connection(Boxermesh_V1_ConnectionEvent)
 
   }
 
@@ -639,6 +938,98 @@ public nonisolated struct Boxermesh_V1_MembershipEvent: Sendable {
   public init() {}
 
   fileprivate var _member: Boxermesh_V1_Member? = nil
+}
+
+/// Topic kind "connection"; the topic's node is the connecting side.
+public nonisolated struct Boxermesh_V1_ConnectionEvent: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var kind: Boxermesh_V1_ConnectionEvent.Kind = .unspecified
+
+  public var connectionID: UInt64 = 0
+
+  public var from: Boxermesh_V1_Member {
+    get {_from ?? Boxermesh_V1_Member()}
+    set {_from = newValue}
+  }
+  /// Returns true if `from` has been explicitly set.
+  public var hasFrom: Bool {self._from != nil}
+  /// Clears the value of `from`. Subsequent reads from it will return its default value.
+  public mutating func clearFrom() {self._from = nil}
+
+  public var to: Boxermesh_V1_Member {
+    get {_to ?? Boxermesh_V1_Member()}
+    set {_to = newValue}
+  }
+  /// Returns true if `to` has been explicitly set.
+  public var hasTo: Bool {self._to != nil}
+  /// Clears the value of `to`. Subsequent reads from it will return its default value.
+  public mutating func clearTo() {self._to = nil}
+
+  public var port: UInt32 = 0
+
+  public var path: Boxermesh_V1_Path = .unspecified
+
+  public var setupMs: UInt32 = 0
+
+  public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum Kind: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case unspecified // = 0
+
+    /// link verified; path and setup time set
+    case `open` // = 1
+
+    /// nothing listens on that port
+    case refused // = 2
+
+    /// reason set
+    case failed // = 3
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .unspecified
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .unspecified
+      case 1: self = .open
+      case 2: self = .refused
+      case 3: self = .failed
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .unspecified: return 0
+      case .open: return 1
+      case .refused: return 2
+      case .failed: return 3
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Boxermesh_V1_ConnectionEvent.Kind] = [
+      .unspecified,
+      .open,
+      .refused,
+      .failed,
+    ]
+
+  }
+
+  public init() {}
+
+  fileprivate var _from: Boxermesh_V1_Member? = nil
+  fileprivate var _to: Boxermesh_V1_Member? = nil
 }
 
 public nonisolated struct Boxermesh_V1_ShimRequest: Sendable {
@@ -885,12 +1276,16 @@ nonisolated extension Boxermesh_V1_Role: SwiftProtobuf._ProtoNameProviding {
 }
 
 nonisolated extension Boxermesh_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_UNSPECIFIED\0\u{1}ERROR_BAD_REQUEST\0\u{1}ERROR_UNSUPPORTED_VERSION\0\u{1}ERROR_AUTHENTICATION_FAILED\0\u{1}ERROR_NAME_TAKEN\0\u{1}ERROR_ADDRESSES_EXHAUSTED\0\u{1}ERROR_NOT_FOUND\0\u{1}ERROR_NO_SESSION\0\u{1}ERROR_INVALID_NAME\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_UNSPECIFIED\0\u{1}ERROR_BAD_REQUEST\0\u{1}ERROR_UNSUPPORTED_VERSION\0\u{1}ERROR_AUTHENTICATION_FAILED\0\u{1}ERROR_NAME_TAKEN\0\u{1}ERROR_ADDRESSES_EXHAUSTED\0\u{1}ERROR_NOT_FOUND\0\u{1}ERROR_NO_SESSION\0\u{1}ERROR_INVALID_NAME\0\u{1}ERROR_CONNECTION_REFUSED\0\u{1}ERROR_PEER_UNREACHABLE\0")
+}
+
+nonisolated extension Boxermesh_V1_Path: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PATH_UNSPECIFIED\0\u{1}PATH_DIRECT\0\u{1}PATH_RELAY\0")
 }
 
 nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ControlMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}session\0\u{2}\u{8}hello\0\u{1}challenge\0\u{1}authenticate\0\u{1}welcome\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}leave\0\u{3}leave_ack\0\u{1}resolve\0\u{1}resolved\0\u{3}wait_members\0\u{3}list_members\0\u{1}members\0\u{1}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}session\0\u{2}\u{8}hello\0\u{1}challenge\0\u{1}authenticate\0\u{1}welcome\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}leave\0\u{3}leave_ack\0\u{1}resolve\0\u{1}resolved\0\u{3}wait_members\0\u{3}list_members\0\u{1}members\0\u{1}error\0\u{3}connect_request\0\u{3}connect_offer\0\u{3}incoming_connection\0\u{3}connect_answer\0\u{1}ack\0\u{3}link_report\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1082,6 +1477,84 @@ nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftP
           self.body = .error(v)
         }
       }()
+      case 24: try {
+        var v: Boxermesh_V1_ConnectRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .connectRequest(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .connectRequest(v)
+        }
+      }()
+      case 25: try {
+        var v: Boxermesh_V1_ConnectOffer?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .connectOffer(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .connectOffer(v)
+        }
+      }()
+      case 26: try {
+        var v: Boxermesh_V1_IncomingConnection?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .incomingConnection(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .incomingConnection(v)
+        }
+      }()
+      case 27: try {
+        var v: Boxermesh_V1_ConnectAnswer?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .connectAnswer(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .connectAnswer(v)
+        }
+      }()
+      case 28: try {
+        var v: Boxermesh_V1_Ack?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .ack(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .ack(v)
+        }
+      }()
+      case 29: try {
+        var v: Boxermesh_V1_LinkReport?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .linkReport(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .linkReport(v)
+        }
+      }()
       default: break
       }
     }
@@ -1154,6 +1627,30 @@ nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftP
     case .error?: try {
       guard case .error(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 23)
+    }()
+    case .connectRequest?: try {
+      guard case .connectRequest(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 24)
+    }()
+    case .connectOffer?: try {
+      guard case .connectOffer(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 25)
+    }()
+    case .incomingConnection?: try {
+      guard case .incomingConnection(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 26)
+    }()
+    case .connectAnswer?: try {
+      guard case .connectAnswer(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 27)
+    }()
+    case .ack?: try {
+      guard case .ack(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 28)
+    }()
+    case .linkReport?: try {
+      guard case .linkReport(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 29)
     }()
     case nil: break
     }
@@ -1690,9 +2187,324 @@ nonisolated extension Boxermesh_V1_ErrorReply: SwiftProtobuf.Message, SwiftProto
   }
 }
 
+nonisolated extension Boxermesh_V1_Ack: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Ack"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_Ack, rhs: Boxermesh_V1_Ack) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_PublicEndpoint: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PublicEndpoint"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}address\0\u{1}port\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularFixed32Field(value: &self.address) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.address != 0 {
+      try visitor.visitSingularFixed32Field(value: self.address, fieldNumber: 1)
+    }
+    if self.port != 0 {
+      try visitor.visitSingularUInt32Field(value: self.port, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_PublicEndpoint, rhs: Boxermesh_V1_PublicEndpoint) -> Bool {
+    if lhs.address != rhs.address {return false}
+    if lhs.port != rhs.port {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_ConnectRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ConnectRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}target_address\0\u{1}port\0\u{1}endpoint\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularFixed32Field(value: &self.targetAddress) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._endpoint) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.targetAddress != 0 {
+      try visitor.visitSingularFixed32Field(value: self.targetAddress, fieldNumber: 1)
+    }
+    if self.port != 0 {
+      try visitor.visitSingularUInt32Field(value: self.port, fieldNumber: 2)
+    }
+    try { if let v = self._endpoint {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_ConnectRequest, rhs: Boxermesh_V1_ConnectRequest) -> Bool {
+    if lhs.targetAddress != rhs.targetAddress {return false}
+    if lhs.port != rhs.port {return false}
+    if lhs._endpoint != rhs._endpoint {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_ConnectOffer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ConnectOffer"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}peer\0\u{1}endpoint\0\u{1}token\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.connectionID) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._peer) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._endpoint) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.token) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.connectionID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.connectionID, fieldNumber: 1)
+    }
+    try { if let v = self._peer {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    try { if let v = self._endpoint {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    if !self.token.isEmpty {
+      try visitor.visitSingularBytesField(value: self.token, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_ConnectOffer, rhs: Boxermesh_V1_ConnectOffer) -> Bool {
+    if lhs.connectionID != rhs.connectionID {return false}
+    if lhs._peer != rhs._peer {return false}
+    if lhs._endpoint != rhs._endpoint {return false}
+    if lhs.token != rhs.token {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_IncomingConnection: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IncomingConnection"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}peer\0\u{1}port\0\u{1}endpoint\0\u{1}token\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.connectionID) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._peer) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._endpoint) }()
+      case 5: try { try decoder.decodeSingularBytesField(value: &self.token) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.connectionID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.connectionID, fieldNumber: 1)
+    }
+    try { if let v = self._peer {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if self.port != 0 {
+      try visitor.visitSingularUInt32Field(value: self.port, fieldNumber: 3)
+    }
+    try { if let v = self._endpoint {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    if !self.token.isEmpty {
+      try visitor.visitSingularBytesField(value: self.token, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_IncomingConnection, rhs: Boxermesh_V1_IncomingConnection) -> Bool {
+    if lhs.connectionID != rhs.connectionID {return false}
+    if lhs._peer != rhs._peer {return false}
+    if lhs.port != rhs.port {return false}
+    if lhs._endpoint != rhs._endpoint {return false}
+    if lhs.token != rhs.token {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_ConnectAnswer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ConnectAnswer"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}accepted\0\u{1}endpoint\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.connectionID) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.accepted) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._endpoint) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.connectionID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.connectionID, fieldNumber: 1)
+    }
+    if self.accepted != false {
+      try visitor.visitSingularBoolField(value: self.accepted, fieldNumber: 2)
+    }
+    try { if let v = self._endpoint {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_ConnectAnswer, rhs: Boxermesh_V1_ConnectAnswer) -> Bool {
+    if lhs.connectionID != rhs.connectionID {return false}
+    if lhs.accepted != rhs.accepted {return false}
+    if lhs._endpoint != rhs._endpoint {return false}
+    if lhs.reason != rhs.reason {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_LinkReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LinkReport"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}established\0\u{1}path\0\u{3}setup_ms\0\u{1}failure\0\u{1}initiator\0\u{3}peer_address\0\u{1}port\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.connectionID) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.established) }()
+      case 3: try { try decoder.decodeSingularEnumField(value: &self.path) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.setupMs) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.failure) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.initiator) }()
+      case 7: try { try decoder.decodeSingularFixed32Field(value: &self.peerAddress) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.connectionID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.connectionID, fieldNumber: 1)
+    }
+    if self.established != false {
+      try visitor.visitSingularBoolField(value: self.established, fieldNumber: 2)
+    }
+    if self.path != .unspecified {
+      try visitor.visitSingularEnumField(value: self.path, fieldNumber: 3)
+    }
+    if self.setupMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.setupMs, fieldNumber: 4)
+    }
+    if !self.failure.isEmpty {
+      try visitor.visitSingularStringField(value: self.failure, fieldNumber: 5)
+    }
+    if self.initiator != false {
+      try visitor.visitSingularBoolField(value: self.initiator, fieldNumber: 6)
+    }
+    if self.peerAddress != 0 {
+      try visitor.visitSingularFixed32Field(value: self.peerAddress, fieldNumber: 7)
+    }
+    if self.port != 0 {
+      try visitor.visitSingularUInt32Field(value: self.port, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_LinkReport, rhs: Boxermesh_V1_LinkReport) -> Bool {
+    if lhs.connectionID != rhs.connectionID {return false}
+    if lhs.established != rhs.established {return false}
+    if lhs.path != rhs.path {return false}
+    if lhs.setupMs != rhs.setupMs {return false}
+    if lhs.failure != rhs.failure {return false}
+    if lhs.initiator != rhs.initiator {return false}
+    if lhs.peerAddress != rhs.peerAddress {return false}
+    if lhs.port != rhs.port {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Boxermesh_V1_TapEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TapEvent"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}time_unix_ms\0\u{1}mesh\0\u{2}\u{8}membership\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}time_unix_ms\0\u{1}mesh\0\u{2}\u{8}membership\0\u{1}connection\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1715,6 +2527,19 @@ nonisolated extension Boxermesh_V1_TapEvent: SwiftProtobuf.Message, SwiftProtobu
           self.event = .membership(v)
         }
       }()
+      case 11: try {
+        var v: Boxermesh_V1_ConnectionEvent?
+        var hadOneofValue = false
+        if let current = self.event {
+          hadOneofValue = true
+          if case .connection(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.event = .connection(v)
+        }
+      }()
       default: break
       }
     }
@@ -1731,9 +2556,17 @@ nonisolated extension Boxermesh_V1_TapEvent: SwiftProtobuf.Message, SwiftProtobu
     if !self.mesh.isEmpty {
       try visitor.visitSingularStringField(value: self.mesh, fieldNumber: 2)
     }
-    try { if case .membership(let v)? = self.event {
+    switch self.event {
+    case .membership?: try {
+      guard case .membership(let v)? = self.event else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
-    } }()
+    }()
+    case .connection?: try {
+      guard case .connection(let v)? = self.event else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+    }()
+    case nil: break
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1792,6 +2625,79 @@ nonisolated extension Boxermesh_V1_MembershipEvent: SwiftProtobuf.Message, Swift
 
 nonisolated extension Boxermesh_V1_MembershipEvent.Kind: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}KIND_JOIN\0\u{1}KIND_LEAVE\0\u{1}KIND_EXPIRE\0")
+}
+
+nonisolated extension Boxermesh_V1_ConnectionEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ConnectionEvent"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{3}connection_id\0\u{1}from\0\u{1}to\0\u{1}port\0\u{1}path\0\u{3}setup_ms\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.connectionID) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._from) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._to) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
+      case 6: try { try decoder.decodeSingularEnumField(value: &self.path) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.setupMs) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.kind != .unspecified {
+      try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 1)
+    }
+    if self.connectionID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.connectionID, fieldNumber: 2)
+    }
+    try { if let v = self._from {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try { if let v = self._to {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    if self.port != 0 {
+      try visitor.visitSingularUInt32Field(value: self.port, fieldNumber: 5)
+    }
+    if self.path != .unspecified {
+      try visitor.visitSingularEnumField(value: self.path, fieldNumber: 6)
+    }
+    if self.setupMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.setupMs, fieldNumber: 7)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_ConnectionEvent, rhs: Boxermesh_V1_ConnectionEvent) -> Bool {
+    if lhs.kind != rhs.kind {return false}
+    if lhs.connectionID != rhs.connectionID {return false}
+    if lhs._from != rhs._from {return false}
+    if lhs._to != rhs._to {return false}
+    if lhs.port != rhs.port {return false}
+    if lhs.path != rhs.path {return false}
+    if lhs.setupMs != rhs.setupMs {return false}
+    if lhs.reason != rhs.reason {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_ConnectionEvent.Kind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}KIND_OPEN\0\u{1}KIND_REFUSED\0\u{1}KIND_FAILED\0")
 }
 
 nonisolated extension Boxermesh_V1_ShimRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

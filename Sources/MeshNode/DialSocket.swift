@@ -1,8 +1,9 @@
 import Glibc
 import WireFormat
 
-/// The one socket of a ``STUNClient`` exchange: non-blocking, every wait a `poll()` bounded by the deadline.
-struct STUNClientSocket {
+/// An outbound socket, optionally from a fixed local port shared with SO_REUSEADDR|SO_REUSEPORT: the socket of a
+/// ``STUNClient`` exchange and of each punch attempt. Non-blocking; every wait is a `poll()` bounded by a deadline.
+struct DialSocket {
     let fd: Int32
     let server: Endpoint
     let transport: STUNClient.Transport
@@ -64,6 +65,26 @@ struct STUNClientSocket {
             _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
         }
         Glibc.close(fd)
+    }
+
+    /// Binds to a specific local address (a signal connection's 127.77.0.1 source).
+    func bind(to endpoint: Endpoint) throws {
+        var (storage, length) = Self.address(endpoint)
+        let bound = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, length) }
+        }
+        guard bound == 0 else { throw Self.error(.socket, server, transport, "cannot bind \(endpoint)", errno) }
+    }
+
+    /// The local address and port the socket is bound to (IPv4).
+    func localEndpoint() throws -> Endpoint {
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let result = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard result == 0 else { throw Self.error(.socket, server, transport, "getsockname failed", errno) }
+        return Endpoint(IPv4Address(UInt32(bigEndian: address.sin_addr.s_addr)), port: UInt16(bigEndian: address.sin_port))
     }
 
     /// TCP: connects to the server by the deadline.

@@ -1,0 +1,131 @@
+import Foundation
+import WireFormat
+
+/// A ConnectRequest forwarded to its target, waiting for the target's ConnectAnswer.
+struct PendingConnection {
+    let id: UInt64
+    let request: ControlMessage
+    let requester: MeshRegistry.Session
+    let target: MeshRegistry.Session
+    let token: [UInt8]
+    let deadline: ContinuousClock.Instant
+}
+
+/// Hole-punch signalling: pass each side's public endpoint and a shared token to the other (see the schema).
+extension ControlPlaneHandler {
+    /// How long the target node has to answer before the requester hears "peer unreachable".
+    static let answerTimeout = Duration.seconds(5)
+
+    func handleConnectRequest(_ connect: Boxermesh_V1_ConnectRequest, request: ControlMessage, session: MeshRegistry.Session) {
+        guard let from = session.member else {
+            return refuse(request, session.routingID, .errorBadRequest, "only nodes open connections")
+        }
+        let targetAddress = IPv4Address(connect.targetAddress)
+        guard let to = registry.member(at: targetAddress, in: session.mesh),
+            let target = registry.sessions.values.first(where: { $0.mesh == session.mesh && $0.member?.name == to.name })
+        else {
+            return refuse(request, session.routingID, .errorNotFound, "no node has address \(targetAddress) in mesh '\(session.mesh)'")
+        }
+        guard connect.port > 0, connect.port <= UInt16.max, connect.hasEndpoint else {
+            return refuse(request, session.routingID, .errorBadRequest, "connect needs a port and the requester's endpoint")
+        }
+        nextConnectionID += 1
+        let pending = PendingConnection(
+            id: nextConnectionID, request: request, requester: session, target: target, token: Sodium.randomBytes(32),
+            deadline: clock.now + Self.answerTimeout)
+        pendingConnections[pending.id] = pending
+        var incoming = Boxermesh_V1_IncomingConnection()
+        incoming.connectionID = pending.id
+        incoming.peer = from
+        incoming.port = connect.port
+        incoming.endpoint = connect.endpoint
+        incoming.token = Data(pending.token)
+        var push = ControlMessage()
+        push.incomingConnection = incoming
+        send(to: target.routingID, push)
+    }
+
+    func handleConnectAnswer(_ answer: Boxermesh_V1_ConnectAnswer, request: ControlMessage, session: MeshRegistry.Session) {
+        guard let pending = pendingConnections[answer.connectionID], pending.target.token == session.token else {
+            return refuse(request, session.routingID, .errorNotFound, "no pending connection \(answer.connectionID)")
+        }
+        pendingConnections[pending.id] = nil
+        send(to: session.routingID, request.reply(.ack(.init())))
+        guard answer.accepted else {
+            publishConnection(.refused, pending, reason: answer.reason)
+            return refuse(
+                pending.request, pending.requester.routingID, .errorConnectionRefused,
+                "\(pending.target.member?.name ?? "peer") refused port \(pending.request.connectRequest.port): \(answer.reason)")
+        }
+        var offer = Boxermesh_V1_ConnectOffer()
+        offer.connectionID = pending.id
+        offer.peer = pending.target.member ?? Member()
+        offer.endpoint = answer.endpoint
+        offer.token = Data(pending.token)
+        send(to: pending.requester.routingID, pending.request.reply(.connectOffer(offer)))
+    }
+
+    func handleLinkReport(_ report: Boxermesh_V1_LinkReport, request: ControlMessage, session: MeshRegistry.Session) {
+        send(to: session.routingID, request.reply(.ack(.init())))
+        logger.info(
+            report.established ? "link up" : "link failed",
+            metadata: [
+                "mesh": "\(session.mesh)", "node": "\(session.member?.name ?? "?")", "connection": "\(report.connectionID)",
+                "path": "\(report.path)", "setup_ms": "\(report.setupMs)", "failure": "\(report.failure)",
+            ])
+        // Both ends report; the initiator's report is the one published, so each link shows once.
+        guard report.initiator, let member = session.member else { return }
+        var event = Boxermesh_V1_ConnectionEvent()
+        event.kind = report.established ? .open : .failed
+        event.connectionID = report.connectionID
+        event.from = member
+        event.to = registry.member(at: IPv4Address(report.peerAddress), in: session.mesh) ?? Member()
+        event.port = report.port
+        event.path = report.path
+        event.setupMs = report.setupMs
+        event.reason = report.failure
+        var tap = TapEvent()
+        tap.timeUnixMs = unixMilliseconds()
+        tap.mesh = session.mesh
+        tap.connection = event
+        publish(tap, topic: TapTopic(mesh: session.mesh, kind: .connection, node: member.name))
+    }
+
+    /// Requests whose target never answered: tell the requester.
+    func expirePendingConnections(now: ContinuousClock.Instant) {
+        for pending in pendingConnections.values where pending.deadline <= now {
+            pendingConnections[pending.id] = nil
+            publishConnection(.failed, pending, reason: "peer did not answer")
+            refuse(
+                pending.request, pending.requester.routingID, .errorPeerUnreachable,
+                "\(pending.target.member?.name ?? "peer") did not answer within \(Self.answerTimeout)")
+        }
+    }
+
+    /// A session ended: its half-signalled connections fail at once instead of at their deadline.
+    func dropPendingConnections(of session: MeshRegistry.Session) {
+        for pending in pendingConnections.values
+        where pending.requester.token == session.token || pending.target.token == session.token {
+            pendingConnections[pending.id] = nil
+            if pending.target.token == session.token {
+                refuse(pending.request, pending.requester.routingID, .errorPeerUnreachable, "the peer left the mesh")
+            }
+        }
+    }
+
+    private func publishConnection(_ kind: Boxermesh_V1_ConnectionEvent.Kind, _ pending: PendingConnection, reason: String) {
+        guard let from = pending.requester.member else { return }
+        var event = Boxermesh_V1_ConnectionEvent()
+        event.kind = kind
+        event.connectionID = pending.id
+        event.from = from
+        event.to = pending.target.member ?? Member()
+        event.port = pending.request.connectRequest.port
+        event.reason = reason
+        var tap = TapEvent()
+        tap.timeUnixMs = unixMilliseconds()
+        tap.mesh = pending.requester.mesh
+        tap.connection = event
+        publish(tap, topic: TapTopic(mesh: pending.requester.mesh, kind: .connection, node: from.name))
+    }
+}

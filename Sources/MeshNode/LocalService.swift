@@ -1,0 +1,154 @@
+import CNodeSupport
+import Foundation
+import Logging
+import Synchronization
+import WireFormat
+
+/// The node's end of the shim protocol (see the schema): a private AF_UNIX SEQPACKET socket, one thread per
+/// connected app process, one request at a time per connection. Connections go out as the kernel sockets
+/// themselves (SCM_RIGHTS), and the node closes its copy at once, so the app's close() really closes.
+final class LocalService: Sendable {
+    /// The socket's address for BOXER_SHIM_SOCKET ("@…": abstract, nothing to clean up on disk).
+    let address: String
+    private let listenFD: Int32
+    private let links: LinkManager
+    private let session: MeshSession
+    private let logger: Logger
+    private let clients = Mutex<Set<Int32>>([])
+
+    init(links: LinkManager, session: MeshSession, logger: Logger) throws {
+        address = "@boxer-mesh-\(getpid())-\(Sodium.randomBytes(6).map { String(format: "%02x", $0) }.joined())"
+        listenFD = boxer_listen_seqpacket(address)
+        guard listenFD >= 0 else {
+            throw LinkError(code: errno, description: "cannot open the shim socket: \(String(cString: strerror(errno)))")
+        }
+        self.links = links
+        self.session = session
+        self.logger = logger
+    }
+
+    /// Starts accepting app connections on a thread of its own.
+    func start() {
+        Thread { [self] in
+            while true {
+                let client = boxer_accept_cloexec(listenFD)
+                if client < 0 {
+                    if errno == EINTR || errno == ECONNABORTED { continue }
+                    return  // the listening socket was shut down: the node is stopping
+                }
+                clients.withLock { _ = $0.insert(client) }
+                Thread { [self] in serve(client) }.start()
+            }
+        }.start()
+    }
+
+    /// Stops accepting and ends every client connection.
+    func stop() {
+        shutdown(listenFD, Int32(SHUT_RDWR))
+        for client in clients.withLock({ $0 }) { shutdown(client, Int32(SHUT_RDWR)) }
+    }
+
+    private func serve(_ client: Int32) {
+        var listening: [UInt16] = []
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        defer {
+            for port in listening { links.unlisten(on: port) }
+            clients.withLock { _ = $0.remove(client) }
+            close(client)
+        }
+        while true {
+            var passed: Int32 = -1
+            let count = buffer.withUnsafeMutableBytes { boxer_receive_with_fd(client, $0.baseAddress, $0.count, &passed) }
+            if passed >= 0 { close(passed) }  // the shim never sends descriptors
+            guard count > 0 else { return }
+            let request: Boxermesh_V1_ShimRequest
+            do {
+                request = try Boxermesh_V1_ShimRequest(serializedBytes: Array(buffer[..<count]))
+            } catch {
+                logger.warning("dropped a malformed shim request (\(count) bytes): \(error)")
+                continue
+            }
+            let (response, fd) = blocking { await self.respond(to: request) }
+            switch request.body {
+            case .listen(let listen) where response.error == 0: listening.append(UInt16(truncatingIfNeeded: listen.port))
+            case .unlisten(let unlisten):
+                if let index = listening.firstIndex(of: UInt16(truncatingIfNeeded: unlisten.port)) { listening.remove(at: index) }
+            default: break
+            }
+            let bytes: [UInt8] = try! response.serializedBytes()
+            let sent = bytes.withUnsafeBytes { boxer_send_with_fd(client, $0.baseAddress, $0.count, fd ?? -1) }
+            if let fd { close(fd) }  // the app holds the only copy now
+            guard sent >= 0 else { return }
+        }
+    }
+
+    /// Answers one request; a connection comes with its socket.
+    private func respond(to request: Boxermesh_V1_ShimRequest) async -> (Boxermesh_V1_ShimResponse, Int32?) {
+        var response = Boxermesh_V1_ShimResponse()
+        response.id = request.id
+        func fail(_ code: Int32, _ message: String) -> (Boxermesh_V1_ShimResponse, Int32?) {
+            response.error = code
+            response.message = message
+            return (response, nil)
+        }
+        switch request.body {
+        case .resolve(let query):
+            do {
+                let member = try await session.resolve(name: query.name)
+                response.resolved = .with { $0.name = member.name; $0.address = member.address }
+            } catch let refusal as BrokerRefusal where refusal.code == .errorNotFound {
+                return fail(ENOENT, refusal.message)
+            } catch {
+                return fail(EAGAIN, "\(error)")
+            }
+        case .reverse(let query):
+            do {
+                let member = try await session.resolve(address: IPv4Address(query.address))
+                response.resolved = .with { $0.name = member.name; $0.address = member.address }
+            } catch let refusal as BrokerRefusal where refusal.code == .errorNotFound {
+                return fail(ENOENT, refusal.message)
+            } catch {
+                return fail(EAGAIN, "\(error)")
+            }
+        case .connect(let connect):
+            guard connect.port > 0, connect.port <= UInt16.max else { return fail(EINVAL, "port \(connect.port) is out of range") }
+            do {
+                let link = try await links.connect(to: IPv4Address(connect.address), port: UInt16(connect.port))
+                response.connection = link.connection
+                return (response, link.fd)
+            } catch {
+                logger.notice("connect to \(IPv4Address(connect.address)):\(connect.port) failed: \(error.description)")
+                return fail(error.code, error.description)
+            }
+        case .listen(let listen):
+            links.listen(on: UInt16(truncatingIfNeeded: listen.port))
+        case .unlisten(let unlisten):
+            links.unlisten(on: UInt16(truncatingIfNeeded: unlisten.port))
+        case .takeAccepted(let take):
+            guard let link = links.take(port: UInt16(truncatingIfNeeded: take.port), signalPort: UInt16(truncatingIfNeeded: take.signalPort))
+            else { return fail(ENOENT, "no inbound link waits behind that signal connection") }
+            response.connection = link.connection
+            return (response, link.fd)
+        case nil:
+            return fail(EINVAL, "unknown shim request")
+        }
+        return (response, nil)
+    }
+}
+
+/// Runs async work from a dedicated (non-pool) thread and waits for it.
+private func blocking<T: Sendable>(_ body: @escaping @Sendable () async -> T) -> T {
+    let done = DispatchSemaphore(value: 0)
+    let box = ResultBox<T>()
+    Task {
+        box.value = await body()
+        done.signal()
+    }
+    done.wait()
+    return box.value!
+}
+
+/// Written once before the semaphore is signalled, read once after it: the semaphore orders the two.
+private final class ResultBox<T>: @unchecked Sendable {
+    var value: T?
+}

@@ -1,0 +1,50 @@
+import Foundation
+
+/// Where the node finds the preload shim it gives the app. Two shapes ship:
+/// - a build tree: `libboxer-shim.so` beside the boxer-mesh executable (scripts/build-shim.sh puts it there);
+/// - one file for a function package (scripts/package.sh): the shim appended to the executable, followed by a
+///   16-byte trailer ("BXSHIM01" + its length, little-endian). The ELF loader ignores the tail; the node writes
+///   it out to the temporary directory (on Lambda, only /tmp is writable) once per content.
+extension Node {
+    public static let shimFileName = "libboxer-shim.so"
+    static let trailerMagic = Array("BXSHIM01".utf8)
+
+    /// The shim beside the executable, else the one carried inside it (written out), else nil.
+    public static var bundledShim: String? {
+        guard let executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") else { return nil }
+        let beside = URL(fileURLWithPath: executable).deletingLastPathComponent().appendingPathComponent(shimFileName).path
+        if FileManager.default.isReadableFile(atPath: beside) { return beside }
+        return try? extractEmbeddedShim(from: executable)
+    }
+
+    /// Writes the shim appended to `executable` to the temporary directory; nil when none is appended.
+    static func extractEmbeddedShim(from executable: String) throws -> String? {
+        let file = try FileHandle(forReadingFrom: URL(fileURLWithPath: executable))
+        defer { try? file.close() }
+        let size = try file.seekToEnd()
+        guard size > 16 else { return nil }
+        try file.seek(toOffset: size - 16)
+        let trailer = [UInt8](try file.read(upToCount: 16) ?? Data())
+        guard trailer.count == 16, Array(trailer[0..<8]) == trailerMagic else { return nil }
+        let length = trailer[8..<16].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        guard length > 0, length < size - 16 else { return nil }
+        try file.seek(toOffset: size - 16 - length)
+        let shim = try file.read(upToCount: Int(length)) ?? Data()
+        // Named by content, so nodes of one build share the file and a new build never runs an old shim.
+        let digest = shim.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
+        let directory = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
+        let path = "\(directory)/boxer-mesh-shim-\(String(digest, radix: 16)).so"
+        if FileManager.default.isReadableFile(atPath: path), (try? Data(contentsOf: URL(fileURLWithPath: path))) == shim {
+            return path
+        }
+        let temporary = "\(path).\(getpid())"
+        guard FileManager.default.createFile(atPath: temporary, contents: shim, attributes: [.posixPermissions: 0o755]) else {
+            return nil
+        }
+        guard rename(temporary, path) == 0 else {
+            unlink(temporary)
+            return nil
+        }
+        return path
+    }
+}

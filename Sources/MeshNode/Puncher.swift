@@ -1,0 +1,89 @@
+import Foundation
+import Glibc
+import WireFormat
+
+/// Opens a direct TCP connection through two NATs by simultaneous open: both ends connect() from the port the
+/// reflector saw to the other's public endpoint, at the same time, until the SYNs cross. Blocking: call it on
+/// its own thread (``onThread(_:)``).
+enum Puncher {
+    /// A punch or proof failed; the errno is what the app will see.
+    struct Failure: Error, CustomStringConvertible {
+        let code: Int32
+        let description: String
+    }
+
+    /// A free local TCP port for a new link (bound once with SO_REUSEADDR|SO_REUSEPORT to ask the kernel).
+    static func freeLocalPort() throws -> UInt16 {
+        let probe = try DialSocket(
+            server: Endpoint(IPv4Address.loopback, port: 9), transport: .tcp, localPort: 0, reuse: true)
+        defer { probe.close() }
+        return try probe.localEndpoint().port
+    }
+
+    /// Connects from `localPort` to `remote`, one attempt per `attempt` (a SYN the far NAT dropped is never
+    /// answered, so each attempt sends a fresh one), until `deadline`. Returns a blocking connected socket.
+    static func punch(
+        from localPort: UInt16, to remote: Endpoint, attempt: Duration, until deadline: ContinuousClock.Instant
+    ) throws -> Int32 {
+        var attempts = 0
+        var lastError = "no attempt made"
+        while ContinuousClock.now < deadline {
+            attempts += 1
+            let socket = try DialSocket(server: remote, transport: .tcp, localPort: localPort, reuse: true)
+            do {
+                try socket.connect(deadline: min(ContinuousClock.now + attempt, deadline), timeout: attempt)
+                _ = fcntl(socket.fd, F_SETFL, fcntl(socket.fd, F_GETFL) & ~O_NONBLOCK)
+                return socket.fd
+            } catch let error as STUNClientError where error.code == .timeout || error.code == .refused {
+                // Refused: the far side had no SYN out yet and its host answered with RST; try again shortly.
+                socket.close()
+                lastError = error.detail
+                if error.code == .refused { usleep(20_000) }
+            } catch {
+                socket.close()
+                throw Failure(code: EHOSTUNREACH, description: "punch to \(remote) failed: \(error)")
+            }
+        }
+        throw Failure(
+            code: ETIMEDOUT, description: "no direct path to \(remote) after \(attempts) attempts (last: \(lastError))")
+    }
+
+    /// Sends this end's proof of `token` and checks the other end's, reading exactly one proof so the app's
+    /// first bytes stay in the socket. Closes nothing; throws when the peer is not who the broker paired us with.
+    static func verify(
+        _ fd: Int32, token: LinkToken, connectionID: UInt64, initiator: Bool, until deadline: ContinuousClock.Instant
+    ) throws {
+        let mine = token.proof(initiator: initiator, connectionID: connectionID)
+        guard mine.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == mine.count else {
+            throw Failure(code: ECONNRESET, description: "cannot send the link proof: \(String(cString: strerror(errno)))")
+        }
+        var theirs = [UInt8](repeating: 0, count: LinkToken.proofSize)
+        var received = 0
+        while received < theirs.count {
+            let remaining = ContinuousClock.now.duration(to: deadline)
+            guard remaining > .zero else { throw Failure(code: ETIMEDOUT, description: "the peer sent no link proof in time") }
+            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let milliseconds = Int32(clamping: remaining.components.seconds * 1000 + 1)
+            guard poll(&entry, 1, milliseconds) > 0 else { continue }
+            let count = theirs.withUnsafeMutableBytes {
+                recv(fd, $0.baseAddress! + received, $0.count - received, Int32(MSG_DONTWAIT))
+            }
+            if count == 0 { throw Failure(code: ECONNRESET, description: "the peer closed before proving the link") }
+            if count < 0 {
+                if errno == EAGAIN || errno == EINTR { continue }
+                throw Failure(code: errno, description: "reading the link proof failed: \(String(cString: strerror(errno)))")
+            }
+            received += count
+        }
+        guard token.matches(theirs, initiator: !initiator, connectionID: connectionID) else {
+            throw Failure(code: ECONNREFUSED, description: "the peer's link proof is wrong: not the node the broker paired")
+        }
+    }
+}
+
+/// Runs blocking work (punching, STUN, waiting on sockets) on a thread of its own, off Swift's cooperative pool.
+func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
+    }
+}

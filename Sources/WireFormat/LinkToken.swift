@@ -1,0 +1,20 @@
+/// The token the broker gives both ends of a new link. Before any app byte, each end sends its proof over the
+/// punched connection and checks the other's, so a stranger who reaches a punched port is never handed to an app.
+public struct LinkToken: Sendable {
+    let bytes: [UInt8]
+
+    public static let proofSize = 32
+
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    /// The proof one end sends: HMAC-SHA-256(token, role ‖ connection id). The roles differ, so a proof echoed
+    /// back never passes.
+    public func proof(initiator: Bool, connectionID: UInt64) -> [UInt8] {
+        let role = initiator ? "boxer-mesh/v1/link/initiator" : "boxer-mesh/v1/link/acceptor"
+        return MeshKey.hmac(key: bytes, parts: [Array(role.utf8), withUnsafeBytes(of: connectionID.bigEndian, Array.init)])
+    }
+
+    public func matches(_ received: [UInt8], initiator: Bool, connectionID: UInt64) -> Bool {
+        MeshKey.matches(proof(initiator: initiator, connectionID: connectionID), received)
+    }
+}

@@ -1,0 +1,58 @@
+import Foundation
+import MeshLab
+import Testing
+
+/// The node's side of mesh connections, end to end, driven by an app that speaks the shim protocol itself
+/// (Tests/tools/shim_protocol_app.py), so it runs without the preload shim: signalling through the broker, the
+/// punch through both NATs, the token proof, the socket handed over with SCM_RIGHTS, inbound accept.
+@Suite(
+    "Direct links in the NAT lab", .serialized,
+    .enabled(if: NATLab.isRoot, "needs root: network namespaces, veth pairs and iptables"))
+struct LinkLabTests {
+    static let app: String = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("../tools/shim_protocol_app.py").standardizedFileURL.path
+
+    @Test("a connection between two easy-NAT functions is punched directly, proven, handed over, and shows on the tap")
+    func directLink() async throws {
+        try await MeshLabFixture.with(prefix: "itl") { mesh in
+            let tap = try mesh.lab.spawn(
+                .broker, [MeshLabFixture.binary, "tap", "--json", "--broker", "127.0.0.1", "--secret-file", mesh.secretFile])
+            defer { tap.kill() }
+            #expect(await tap.waitForLog(containing: "watching mesh"), "\(tap.standardError)")
+            let server = try mesh.node(1, name: "srv", options: ["--no-shim"], [Self.app, "serve", "5000"])
+            defer { server.kill() }
+            #expect(server.waitForOutput(containing: "listening on 5000", timeout: .seconds(15)), "\(server.standardError)")
+            let client = try mesh.node(
+                2, name: "cli", options: ["--no-shim"], ["sh", "-c", "\(Self.app) connect $(\(Self.app) resolve srv) 5000 hello-through-the-nats"])
+            #expect(client.waitUntilExit(timeout: .seconds(30)) == 0, "\(client.standardOutput)\n\(client.standardError)")
+            let lines = client.standardOutput
+            #expect(lines.contains("answer echo:hello-through-the-nats"), "\(lines)")
+            #expect(lines.contains("path direct"), "\(lines)")
+            // The kernel socket the app got is connected to the server NAT's public endpoint: no relay in between.
+            #expect(lines.contains("kernel peer \(NATLab.publicAddress(ofNAT: 1)):"), "\(lines)")
+            #expect(server.standardOutput.contains("accepted 100.64."), "\(server.standardOutput)")
+            let connected = await eventually(timeout: .seconds(5)) { tap.standardOutput.contains(#""event":"connect""#) }
+            #expect(connected, "tap printed: \(tap.standardOutput)")
+            let event = tap.standardOutput.split(separator: "\n").first { $0.contains(#""event":"connect""#) } ?? ""
+            #expect(event.contains(#""path":"direct""#) && event.contains(#""node":"cli""#) && event.contains(#""peer":"srv""#))
+            #expect(event.contains(#""port":5000"#) && event.contains(#""setup_ms":"#), "\(event)")
+        }
+    }
+
+    @Test("a port nobody listens on is refused promptly; an unknown address is unreachable")
+    func refusedAndUnreachable() async throws {
+        try await MeshLabFixture.with(prefix: "itr") { mesh in
+            let server = try mesh.node(1, name: "srv", options: ["--no-shim"], [Self.app, "serve", "5000"])
+            defer { server.kill() }
+            #expect(server.waitForOutput(containing: "listening on 5000", timeout: .seconds(15)), "\(server.standardError)")
+            let started = ContinuousClock.now
+            let refused = try mesh.node(2, name: "cli", options: ["--no-shim"], ["sh", "-c", "\(Self.app) connect $(\(Self.app) resolve srv) 5001 x"])
+            #expect(refused.waitUntilExit(timeout: .seconds(20)) == 1)
+            #expect(refused.standardOutput.contains("errno 111"), "\(refused.standardOutput)")
+            #expect(ContinuousClock.now - started < .seconds(5))
+            let unknown = try mesh.node(2, name: "cli2", options: ["--no-shim"], [Self.app, "connect", "100.64.200.200", "5000", "x"])
+            #expect(unknown.waitUntilExit(timeout: .seconds(20)) == 1)
+            #expect(unknown.standardOutput.contains("errno 113"), "\(unknown.standardOutput)")
+        }
+    }
+}

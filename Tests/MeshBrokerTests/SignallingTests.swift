@@ -1,0 +1,102 @@
+import Foundation
+import Logging
+import MeshBroker
+import MeshNode
+import Synchronization
+import Testing
+import WireFormat
+
+@Suite("Hole-punch signalling over real ZeroMQ sockets")
+struct SignallingTests {
+    /// Joins `name` with a push handler installed before the handshake, and runs `body` with the session.
+    func node<T: Sendable>(
+        _ broker: TestBroker, _ name: String, onPush: @escaping @Sendable (ControlMessage, MeshSession?) -> Void = { _, _ in },
+        _ body: (MeshSession) async throws -> T
+    ) async throws -> T {
+        try await ControlClient.withConnection(to: broker.endpoints.control) { client in
+            let holder = SessionHolder()
+            client.onPush { onPush($0, holder.session.withLock { $0 }) }
+            let session = try await MeshSession.open(
+                JoinRequest(mesh: "test", nodeName: name, secret: broker.secret), client: client, connectTimeout: .seconds(5),
+                logger: Logger(label: "test"))
+            holder.session.withLock { $0 = session }
+            let result = try await body(session)
+            await session.leave()
+            return result
+        }
+    }
+
+    final class SessionHolder: Sendable {
+        let session = Mutex<MeshSession?>(nil)
+    }
+
+    func connectRequest(to address: UInt32, port: UInt32) -> ControlMessage.OneOf_Body {
+        .connectRequest(.with {
+            $0.targetAddress = address
+            $0.port = port
+            $0.endpoint = .with { $0.address = 0xCB00_7165; $0.port = 40001 }
+        })
+    }
+
+    @Test("the target gets the request with the requester's endpoint and a token; the requester gets the answer and the same token")
+    func offer() async throws {
+        try await TestBroker.with { broker in
+            let seen = Mutex<Boxermesh_V1_IncomingConnection?>(nil)
+            try await node(broker, "server", onPush: { message, session in
+                guard case .incomingConnection(let incoming) = message.body, let session else { return }
+                seen.withLock { $0 = incoming }
+                Task {
+                    _ = try await session.request(.connectAnswer(.with {
+                        $0.connectionID = incoming.connectionID
+                        $0.accepted = true
+                        $0.endpoint = .with { $0.address = 0xCB00_7166; $0.port = 40002 }
+                    }))
+                }
+            }) { server in
+                try await node(broker, "client") { client in
+                    let reply = try await client.request(connectRequest(to: server.welcome.self_p.address, port: 5000))
+                    guard case .connectOffer(let offer) = reply.body else { Issue.record("no offer: \(reply)"); return }
+                    let incoming = try #require(seen.withLock { $0 })
+                    #expect(incoming.peer.name == "client")
+                    #expect(incoming.port == 5000)
+                    #expect(incoming.endpoint.port == 40001)
+                    #expect(incoming.token.count == 32)
+                    #expect(offer.token == incoming.token)
+                    #expect(offer.connectionID == incoming.connectionID)
+                    #expect(offer.peer.name == "server")
+                    #expect(offer.endpoint.port == 40002)
+                }
+            }
+        }
+    }
+
+    @Test("a refusal reaches the requester as connection refused; silence as peer unreachable; a stranger address as not found")
+    func failures() async throws {
+        // These sessions do not heartbeat; the expiry must outlast the broker's 5 s wait for a silent peer.
+        try await TestBroker.with(expiry: .seconds(30)) { broker in
+            try await node(broker, "refuser", onPush: { message, session in
+                guard case .incomingConnection(let incoming) = message.body, let session else { return }
+                Task { _ = try await session.request(.connectAnswer(.with { $0.connectionID = incoming.connectionID; $0.reason = "closed" })) }
+            }) { refuser in
+                try await node(broker, "silent") { silent in
+                    try await node(broker, "client") { client in
+                        let refused = await #expect(throws: BrokerRefusal.self) {
+                            try await client.request(connectRequest(to: refuser.welcome.self_p.address, port: 1))
+                        }
+                        #expect(refused?.code == .errorConnectionRefused)
+                        let started = ContinuousClock.now
+                        let silence = await #expect(throws: BrokerRefusal.self) {
+                            try await client.request(connectRequest(to: silent.welcome.self_p.address, port: 1), timeout: .seconds(10))
+                        }
+                        #expect(silence?.code == .errorPeerUnreachable)
+                        #expect(ContinuousClock.now - started < .seconds(7))
+                        let stranger = await #expect(throws: BrokerRefusal.self) {
+                            try await client.request(connectRequest(to: 0x6440_C8C8, port: 1))
+                        }
+                        #expect(stranger?.code == .errorNotFound)
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/python3
+"""An app that speaks the node's shim protocol itself (no LD_PRELOAD), to test the node's side of it alone.
+
+    shim_protocol_app.py serve PORT           listen on PORT through the mesh; answer each line with "echo:<line>"
+    shim_protocol_app.py connect IP PORT MSG  connect to IP:PORT through the mesh, send MSG, print the answer
+    shim_protocol_app.py resolve NAME         print the mesh address of NAME
+
+Uses Debian's python3-protobuf and the module protoc generates from proto/ (into a temporary folder).
+"""
+import ipaddress, os, socket, struct, subprocess, sys, tempfile
+
+root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+generated = tempfile.mkdtemp(prefix="shim-proto-")
+subprocess.run(["protoc", f"--python_out={generated}", f"-I{root}/proto", "boxer_mesh.proto"], check=True)
+sys.path.insert(0, generated)
+import boxer_mesh_pb2 as pb  # noqa: E402
+
+node = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+address = os.environ["BOXER_SHIM_SOCKET"]
+node.connect("\0" + address[1:] if address.startswith("@") else address)
+next_id = 0
+
+
+def ask(**body):
+    global next_id
+    next_id += 1
+    request = pb.ShimRequest(id=next_id, **body)
+    node.send(request.SerializeToString())
+    data, fds, _, _ = socket.recv_fds(node, 65536, 1)
+    response = pb.ShimResponse()
+    response.ParseFromString(data)
+    return response, (fds[0] if fds else None)
+
+
+def mesh(address):
+    return str(ipaddress.IPv4Address(address))
+
+
+command = sys.argv[1]
+if command == "resolve":
+    response, _ = ask(resolve=pb.ShimResolve(name=sys.argv[2]))
+    print(mesh(response.resolved.address) if response.error == 0 else f"error {response.error}: {response.message}")
+elif command == "connect":
+    target, port, message = int(ipaddress.IPv4Address(sys.argv[2])), int(sys.argv[3]), sys.argv[4]
+    response, fd = ask(connect=pb.ShimConnect(address=target, port=port))
+    if response.error != 0:
+        print(f"connect failed: errno {response.error} ({os.strerror(response.error)}): {response.message}", flush=True)
+        sys.exit(1)
+    c = response.connection
+    print(f"connected {mesh(c.local_address)}:{c.local_port} -> {mesh(c.peer_address)}:{c.peer_port} path {c.path}", flush=True)
+    link = socket.socket(fileno=fd)
+    peer = link.getpeername()
+    print(f"kernel peer {peer[0]}:{peer[1]}", flush=True)
+    link.sendall(message.encode() + b"\n")
+    print("answer " + link.makefile().readline().strip(), flush=True)
+    link.close()
+elif command == "serve":
+    port = int(sys.argv[2])
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", port))
+    listener.listen(16)
+    response, _ = ask(listen=pb.ShimListen(port=port))
+    print(f"listening on {port} (node says {response.error})", flush=True)
+    while True:
+        signal, (source, source_port) = listener.accept()
+        if source != "127.77.0.1":
+            signal.close()
+            continue
+        response, fd = ask(take_accepted=pb.ShimTakeAccepted(port=port, signal_port=source_port))
+        signal.close()
+        if response.error != 0:
+            print(f"take failed: {response.error} {response.message}", flush=True)
+            continue
+        c = response.connection
+        print(f"accepted {mesh(c.peer_address)}:{c.peer_port} on {mesh(c.local_address)}:{c.local_port}", flush=True)
+        link = socket.socket(fileno=fd)
+        line = link.makefile().readline().strip()
+        link.sendall(f"echo:{line}\n".encode())
+        link.close()
