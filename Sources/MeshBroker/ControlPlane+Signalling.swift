@@ -85,10 +85,8 @@ extension ControlPlaneHandler {
         event.setupMs = report.setupMs
         event.reason = report.failure
         var tap = TapEvent()
-        tap.timeUnixMs = unixMilliseconds()
-        tap.mesh = session.mesh
         tap.connection = event
-        publish(tap, topic: TapTopic(mesh: session.mesh, kind: .connection, node: member.name))
+        publish(tap, mesh: session.mesh, kind: .connection, node: member.name)
     }
 
     /// Requests whose target never answered: tell the requester.
@@ -123,9 +121,7 @@ extension ControlPlaneHandler {
         event.port = pending.request.connectRequest.port
         event.reason = reason
         var tap = TapEvent()
-        tap.timeUnixMs = unixMilliseconds()
-        tap.mesh = pending.requester.mesh
         tap.connection = event
-        publish(tap, topic: TapTopic(mesh: pending.requester.mesh, kind: .connection, node: from.name))
+        publish(tap, mesh: pending.requester.mesh, kind: .connection, node: from.name)
     }
 }

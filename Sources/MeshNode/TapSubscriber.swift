@@ -1,18 +1,20 @@
 import WireFormat
 import ZeroMQ
 
-/// Reads the broker's tap: a SUB socket on its own thread, decoding each [topic, TapEvent] message.
+/// Reads one mesh's events from the broker's tap: a SUB socket on its own thread, opening each sealed event
+/// with the mesh's ``TapKey``.
 public enum TapSubscriber {
-    /// Subscribes to `endpoint` for topics starting with `prefix` and calls `onEvent` for each event until it
-    /// returns false or the task is cancelled. Malformed messages are passed to `onMalformed` and skipped.
+    /// Subscribes to `endpoint` for the mesh of `key` (optionally one kind of event) and calls `onEvent` for each
+    /// event until it returns false or the task is cancelled. Messages that do not open are passed to
+    /// `onMalformed` and skipped.
     public static func run(
-        endpoint: String, prefix: String,
-        onEvent: @escaping @Sendable (_ topic: String, TapEvent) -> Bool,
+        endpoint: String, key: TapKey, kind: TapKind? = nil,
+        onEvent: @escaping @Sendable (TapEvent) -> Bool,
         onMalformed: @escaping @Sendable (String) -> Void = { _ in }
     ) async throws {
         let loop = SocketLoop<Never>(name: "tap-subscriber")
         try await loop.run {
-            try SubscriberHandler(endpoint: endpoint, prefix: prefix, stop: loop.stop, onEvent: onEvent, onMalformed: onMalformed)
+            try SubscriberHandler(endpoint: endpoint, key: key, kind: kind, stop: loop.stop, onEvent: onEvent, onMalformed: onMalformed)
         }
     }
 }
@@ -21,17 +23,19 @@ final class SubscriberHandler: SocketLoopHandler {
     typealias Command = Never
 
     private let subscriber: ZMQSocket
+    private let key: TapKey
     private let stop: @Sendable () -> Void
-    private let onEvent: @Sendable (String, TapEvent) -> Bool
+    private let onEvent: @Sendable (TapEvent) -> Bool
     private let onMalformed: @Sendable (String) -> Void
 
     init(
-        endpoint: String, prefix: String, stop: @escaping @Sendable () -> Void,
-        onEvent: @escaping @Sendable (String, TapEvent) -> Bool, onMalformed: @escaping @Sendable (String) -> Void
+        endpoint: String, key: TapKey, kind: TapKind?, stop: @escaping @Sendable () -> Void,
+        onEvent: @escaping @Sendable (TapEvent) -> Bool, onMalformed: @escaping @Sendable (String) -> Void
     ) throws {
+        self.key = key
         subscriber = try ZMQSocket(ZMQContext(), .subscriber)
         try subscriber.setMaxMessageSize(1 << 20)
-        try subscriber.subscribe(Array(prefix.utf8))
+        try subscriber.subscribe(Array(key.prefix(kind).utf8))
         try subscriber.connect(endpoint)
         self.stop = stop
         self.onEvent = onEvent
@@ -47,9 +51,8 @@ final class SubscriberHandler: SocketLoopHandler {
                 onMalformed("tap message with \(frames.count) frames (expected topic + event)")
                 continue
             }
-            let topic = String(decoding: frames[0], as: UTF8.self)
             do {
-                if !onEvent(topic, try TapEvent(frame: frames[1])) { return stop() }
+                if !onEvent(try key.open(frames[1])) { return stop() }
             } catch {
                 onMalformed("\(error)")
             }

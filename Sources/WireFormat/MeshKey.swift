@@ -28,6 +28,9 @@ public struct MeshKey: Sendable {
             ])
     }
 
+    /// A key for one purpose, derived from this mesh key: HMAC-SHA-256(mesh key, label).
+    public func derive(_ label: String) -> [UInt8] { Self.hmac(key: bytes, parts: [Array(label.utf8)]) }
+
     /// Constant-time comparison of an expected and a received proof.
     public static func matches(_ expected: [UInt8], _ received: [UInt8]) -> Bool {
         expected.count == received.count && sodium_memcmp(expected, received, expected.count) == 0

@@ -11,8 +11,10 @@ extension BoxerMesh {
             abstract: "Watch a mesh live: joins, leaves, expiries and connections, one line per event.",
             discussion: """
                 Lines go to standard output as events happen; --json prints one JSON object per line with the \
-                fields time, time_unix_ms, mesh, event (join, leave, expire, connect, refused, connect-failed), node, \
-                address, and as they apply members, peer, peer_address, port, path, setup_ms, reason. Stop with Ctrl-C.
+                fields time, time_unix_ms, mesh, event (join, leave, expire, connect, refused, connect-failed, \
+                dropped), node, address, and as they apply members, peer, peer_address, port, path, setup_ms, reason, \
+                count. Events are sealed per mesh: only a subscriber with the mesh's secret can read them. Stop with \
+                Ctrl-C.
                 """)
 
         @Option(help: ArgumentHelp("Show only events about this node.", valueName: "name"))
@@ -42,14 +44,23 @@ extension BoxerMesh {
                 "watching mesh '\(join.mesh)' at \(endpoint); \(members.count) members: \(members.map(\.name).joined(separator: ", "))")
             let filter = try node.map { try MeshName.validated($0, role: "node name") }
             let remaining = Atomic<Int>(count ?? .max)
+            let lastSequence = Atomic<UInt64>(0)
             let json = json
+            let write: @Sendable (TapLine) -> Void = { line in
+                // One unbuffered write per line: a pipe reader (jq, a test) sees each event as it happens.
+                FileHandle.standardOutput.write(Data(((json ? line.json : line.text) + "\n").utf8))
+            }
             try await TapSubscriber.run(
-                endpoint: endpoint, prefix: TapTopic.prefix(mesh: join.mesh),
-                onEvent: { _, event in
+                endpoint: endpoint, key: TapKey(secret: join.secret, mesh: join.mesh),
+                onEvent: { event in
+                    // The broker numbers each mesh's events; a gap means it dropped some for this slow reader.
+                    let previous = lastSequence.exchange(event.sequence, ordering: .relaxed)
+                    if previous != 0, event.sequence > previous + 1 {
+                        write(TapLine(droppedAfter: previous, before: event))
+                    }
                     let line = TapLine(event)
-                    if let filter, line.node != filter { return true }
-                    // One unbuffered write per line: a pipe reader (jq, a test) sees each event as it happens.
-                    FileHandle.standardOutput.write(Data(((json ? line.json : line.text) + "\n").utf8))
+                    if let filter, line.node != filter, line.peer != filter { return true }
+                    write(line)
                     return remaining.subtract(1, ordering: .relaxed).newValue > 0
                 },
                 onMalformed: { logger.warning("skipped a malformed tap message: \($0)") })
@@ -72,6 +83,7 @@ struct TapLine: Encodable {
     var path: String?
     var setup_ms: UInt32?
     var reason: String?
+    var count: UInt64?
 
     init(_ event: TapEvent) {
         time = Date(timeIntervalSince1970: Double(event.timeUnixMs) / 1000)
@@ -114,6 +126,15 @@ struct TapLine: Encodable {
         }
     }
 
+    /// The line for events the broker dropped between two sequence numbers.
+    init(droppedAfter previous: UInt64, before event: TapEvent) {
+        self.init(event)
+        self.event = "dropped"
+        node = ""
+        (address, members, peer, peer_address, port, path, setup_ms, reason) = (nil, nil, nil, nil, nil, nil, nil, nil)
+        count = event.sequence - previous - 1
+    }
+
     var text: String {
         var line = "\(time)  \(event.padding(toLength: 7, withPad: " ", startingAt: 0))  \(mesh)/\(node)"
         if let address { line += "  \(address)" }
@@ -122,6 +143,7 @@ struct TapLine: Encodable {
         if let path { line += "  path=\(path)" }
         if let setup_ms { line += "  setup=\(setup_ms)ms" }
         if let reason { line += "  (\(reason))" }
+        if let count { line += "  \(count) events dropped: this subscriber fell behind" }
         return line
     }
 

@@ -9,8 +9,13 @@ import Testing
     "Direct links in the NAT lab", .serialized,
     .enabled(if: NATLab.isRoot, "needs root: network namespaces, veth pairs and iptables"))
 struct LinkLabTests {
-    static let app: String = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .appendingPathComponent("../tools/shim_protocol_app.py").standardizedFileURL.path
+    static let app = tool("shim_protocol_app.py")
+    static let pythonSubscriber = tool("tap_subscriber.py")
+
+    static func tool(_ name: String) -> String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../tools/\(name)")
+            .standardizedFileURL.path
+    }
 
     @Test("a connection between two easy-NAT functions is punched directly, proven, handed over, and shows on the tap")
     func directLink() async throws {
@@ -19,6 +24,11 @@ struct LinkLabTests {
                 .broker, [MeshLabFixture.binary, "tap", "--json", "--broker", "127.0.0.1", "--secret-file", mesh.secretFile])
             defer { tap.kill() }
             #expect(await tap.waitForLog(containing: "watching mesh"), "\(tap.standardError)")
+            // An independent subscriber (pyzmq, protoc's Python code, PyNaCl) decodes the same events.
+            let python = try mesh.lab.spawn(.broker, [Self.pythonSubscriber, "tcp://127.0.0.1:7701", "default", mesh.secretFile, "3"])
+            defer { python.kill() }
+            #expect(await python.waitForLog(containing: "subscribed to"), "\(python.standardError)")
+            try await Task.sleep(for: .milliseconds(300))
             let server = try mesh.node(1, name: "srv", options: ["--no-shim"], [Self.app, "serve", "5000"])
             defer { server.kill() }
             #expect(server.waitForOutput(containing: "listening on 5000", timeout: .seconds(15)), "\(server.standardError)")
@@ -36,6 +46,12 @@ struct LinkLabTests {
             let event = tap.standardOutput.split(separator: "\n").first { $0.contains(#""event":"connect""#) } ?? ""
             #expect(event.contains(#""path":"direct""#) && event.contains(#""node":"cli""#) && event.contains(#""peer":"srv""#))
             #expect(event.contains(#""port":5000"#) && event.contains(#""setup_ms":"#), "\(event)")
+            #expect(python.waitUntilExit(timeout: .seconds(10)) == 0, "\(python.standardError)")
+            let decoded = python.standardOutput.split(separator: "\n")
+            #expect(decoded.count == 3, "\(python.standardOutput)")
+            #expect(decoded.filter { $0.contains(#""kind": "KIND_JOIN""#) }.count == 2, "\(python.standardOutput)")
+            #expect(decoded.contains { $0.contains(#""kind": "KIND_OPEN""#) && $0.contains(#""path": "PATH_DIRECT""#) },
+                "\(python.standardOutput)")
         }
     }
 

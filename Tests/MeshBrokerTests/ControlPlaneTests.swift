@@ -63,7 +63,7 @@ struct ControlPlaneTests {
         try await TestBroker.with(expiry: .milliseconds(800)) { broker in
             let events = Mutex<[TapEvent]>([])
             let tap = Task {
-                try await TapSubscriber.run(endpoint: broker.endpoints.tap, prefix: TapTopic.prefix(mesh: "test")) { _, event in
+                try await TapSubscriber.run(endpoint: broker.endpoints.tap, key: TapKey(secret: broker.secret, mesh: "test")) { event in
                     events.withLock { $0.append(event) }
                     return true
                 }
@@ -162,4 +162,65 @@ struct ControlPlaneTests {
             #expect(error?.message.contains("may only contain letters, digits and '-'") == true)
         }
     }
+}
+
+@Suite("Tap confidentiality on the real PUB socket")
+struct TapConfidentialityTests {
+    @Test("a subscriber to everything sees neither names nor addresses, and a wrong secret opens nothing")
+    func outsiderLearnsNothing() async throws {
+        try await TestBroker.with { broker in
+            let loop = SocketLoop<Never>(name: "raw-sub")
+            let frames = Mutex<[[UInt8]]>([])
+            let subscriber = Task {
+                try await loop.run { try RawSubscriber(endpoint: broker.endpoints.tap) { _, message in frames.withLock { $0.append(contentsOf: message) } } }
+            }
+            defer { loop.stop(); subscriber.cancel() }
+            try await Task.sleep(for: .milliseconds(300))
+            try await broker.session("secretive-node") { _ in try await Task.sleep(for: .milliseconds(100)) }
+            let seen = await eventually { frames.withLock { $0.count } >= 4 }  // join and leave, two frames each
+            #expect(seen)
+            let all = frames.withLock { $0 }
+            for frame in all {
+                let text = String(decoding: frame, as: UTF8.self)
+                #expect(!text.contains("secretive") && !text.contains("test") && !text.contains("100.64"), "\(text)")
+            }
+            let payloads = stride(from: 1, to: all.count, by: 2).map { all[$0] }
+            let wrong = TapKey(secret: MeshSecret(Array("guess".utf8)), mesh: "test")
+            for payload in payloads { #expect(throws: FrameError.self) { try wrong.open(payload) } }
+            let right = TapKey(secret: broker.secret, mesh: "test")
+            let events = try payloads.map { try right.open($0) }
+            #expect(events.map(\.membership.kind) == [.join, .leave])
+            #expect(events.map(\.sequence) == [1, 2])
+        }
+    }
+}
+
+/// A SUB socket subscribed to everything, handing each raw multipart message to `received`.
+final class RawSubscriber: SocketLoopHandler {
+    typealias Command = Never
+    let socket: ZMQSocket
+    let received: @Sendable (Int, [[UInt8]]) -> Void
+
+    init(endpoint: String, received: @escaping @Sendable (Int, [[UInt8]]) -> Void) throws {
+        socket = try ZMQSocket(ZMQContext(), .subscriber)
+        try socket.subscribe([])
+        try socket.connect(endpoint)
+        self.received = received
+    }
+
+    var sockets: [ZMQSocket] { [socket] }
+    var nextTick: ContinuousClock.Instant? { nil }
+    func readable(socketAt index: Int) { while let frames = try? socket.receive() { received(index, frames) } }
+    func handle(_ command: Never) {}
+    func tick(now: ContinuousClock.Instant) {}
+    func shutdown() { socket.close() }
+}
+
+func eventually(timeout: Duration = .seconds(5), _ condition: () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return condition()
 }

@@ -3156,7 +3156,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__link_report__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__link_report__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__tap_event__field_descriptors[4] =
+static const ProtobufCFieldDescriptor boxermesh__v1__tap_event__field_descriptors[5] =
 {
   {
     "time_unix_ms",
@@ -3179,6 +3179,18 @@ static const ProtobufCFieldDescriptor boxermesh__v1__tap_event__field_descriptor
     offsetof(Boxermesh__V1__TapEvent, mesh),
     NULL,
     &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "sequence",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__TapEvent, sequence),
+    NULL,
+    NULL,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
@@ -3208,16 +3220,17 @@ static const ProtobufCFieldDescriptor boxermesh__v1__tap_event__field_descriptor
   },
 };
 static const unsigned boxermesh__v1__tap_event__field_indices_by_name[] = {
-  3,   /* field[3] = connection */
-  2,   /* field[2] = membership */
+  4,   /* field[4] = connection */
+  3,   /* field[3] = membership */
   1,   /* field[1] = mesh */
+  2,   /* field[2] = sequence */
   0,   /* field[0] = time_unix_ms */
 };
 static const ProtobufCIntRange boxermesh__v1__tap_event__number_ranges[2 + 1] =
 {
   { 1, 0 },
-  { 10, 2 },
-  { 0, 4 }
+  { 10, 3 },
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__tap_event__descriptor =
 {
@@ -3227,7 +3240,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__tap_event__descriptor =
   "Boxermesh__V1__TapEvent",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__TapEvent),
-  4,
+  5,
   boxermesh__v1__tap_event__field_descriptors,
   boxermesh__v1__tap_event__field_indices_by_name,
   2,  boxermesh__v1__tap_event__number_ranges,

@@ -538,6 +538,10 @@ struct  Boxermesh__V1__TapEvent
   ProtobufCMessage base;
   uint64_t time_unix_ms;
   char *mesh;
+  /*
+   * Counts this mesh's events from 1; a gap tells a subscriber it fell behind and the broker dropped events for it.
+   */
+  uint64_t sequence;
   Boxermesh__V1__TapEvent__EventCase event_case;
   union {
     Boxermesh__V1__MembershipEvent *membership;
@@ -546,7 +550,7 @@ struct  Boxermesh__V1__TapEvent
 };
 #define BOXERMESH__V1__TAP_EVENT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__tap_event__descriptor) \
-    , 0, (char *)protobuf_c_empty_string, BOXERMESH__V1__TAP_EVENT__EVENT__NOT_SET, {0} }
+    , 0, (char *)protobuf_c_empty_string, 0, BOXERMESH__V1__TAP_EVENT__EVENT__NOT_SET, {0} }
 
 
 struct  Boxermesh__V1__MembershipEvent

@@ -843,6 +843,9 @@ public nonisolated struct Boxermesh_V1_TapEvent: Sendable {
 
   public var mesh: String = String()
 
+  /// Counts this mesh's events from 1; a gap tells a subscriber it fell behind and the broker dropped events for it.
+  public var sequence: UInt64 = 0
+
   public var event: Boxermesh_V1_TapEvent.OneOf_Event? = nil
 
   public var membership: Boxermesh_V1_MembershipEvent {
@@ -2504,7 +2507,7 @@ nonisolated extension Boxermesh_V1_LinkReport: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Boxermesh_V1_TapEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TapEvent"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}time_unix_ms\0\u{1}mesh\0\u{2}\u{8}membership\0\u{1}connection\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}time_unix_ms\0\u{1}mesh\0\u{1}sequence\0\u{2}\u{7}membership\0\u{1}connection\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2514,6 +2517,7 @@ nonisolated extension Boxermesh_V1_TapEvent: SwiftProtobuf.Message, SwiftProtobu
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.timeUnixMs) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.mesh) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
       case 10: try {
         var v: Boxermesh_V1_MembershipEvent?
         var hadOneofValue = false
@@ -2556,6 +2560,9 @@ nonisolated extension Boxermesh_V1_TapEvent: SwiftProtobuf.Message, SwiftProtobu
     if !self.mesh.isEmpty {
       try visitor.visitSingularStringField(value: self.mesh, fieldNumber: 2)
     }
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 3)
+    }
     switch self.event {
     case .membership?: try {
       guard case .membership(let v)? = self.event else { preconditionFailure() }
@@ -2573,6 +2580,7 @@ nonisolated extension Boxermesh_V1_TapEvent: SwiftProtobuf.Message, SwiftProtobu
   public static func ==(lhs: Boxermesh_V1_TapEvent, rhs: Boxermesh_V1_TapEvent) -> Bool {
     if lhs.timeUnixMs != rhs.timeUnixMs {return false}
     if lhs.mesh != rhs.mesh {return false}
+    if lhs.sequence != rhs.sequence {return false}
     if lhs.event != rhs.event {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
