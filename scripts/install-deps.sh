@@ -6,6 +6,7 @@ packages=(
     protobuf-compiler protobuf-c-compiler libprotobuf-c-dev  # protoc(-c) and the shim's protobuf-c runtime
     iproute2 iptables iputils-ping       # the NAT lab: namespaces, veth, NAT (delay: NFQUEUE + python3)
     stun-client socat python3 procps     # real peers the tests talk to
+    python3-protobuf python3-zmq python3-nacl  # the independent tap subscriber and the shim-protocol test app
 )
 missing=()
 for package in "${packages[@]}"; do
