@@ -7,6 +7,7 @@ packages=(
     iproute2 iptables iputils-ping       # the NAT lab: namespaces, veth, NAT (delay: NFQUEUE + python3)
     stun-client socat python3 procps     # real peers the tests talk to
     python3-protobuf python3-zmq python3-nacl  # the independent tap subscriber and the shim-protocol test app
+    redis-server redis-tools iperf3 curl nginx-light  # unmodified apps the shim and lab tests run
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/generate-proto.sh --check
 swift build --build-tests
+scripts/build-shim.sh  # beside the boxer-mesh binary, where the node finds it
 # Unit tests first, then the NAT-lab integration tests on their own: they check timing a user relies on (expiry
 # within 3 s), which the unit suites' parallel load on 2 cores would blur.
 swift test --skip-build --disable-xctest --skip IntegrationTests

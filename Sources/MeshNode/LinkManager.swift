@@ -165,22 +165,27 @@ final class LinkManager: Sendable {
     }
 
     /// Wakes the app's accept() with a signal connection from ``signalSource`` and parks the link until the shim
-    /// takes it with the signal connection's source port.
+    /// takes it with the signal connection's source port. The link is parked before the signal connects: the app
+    /// may accept and ask for it at once.
     private func announce(_ link: Link, port: UInt16) async throws {
-        let signal = try await onThread {
+        try await onThread { [self] in
             let socket = try DialSocket(server: Endpoint(IPv4Address.loopback, port: port), transport: .tcp, localPort: nil, reuse: false)
-            try socket.bind(to: Endpoint(Self.signalSource, port: 0))
+            let key: AcceptKey
             do {
-                try socket.connect(deadline: .now + .seconds(2), timeout: .seconds(2))
+                try socket.bind(to: Endpoint(Self.signalSource, port: 0))
+                key = AcceptKey(port: port, signalPort: try socket.localEndpoint().port)
             } catch {
                 socket.close()
                 throw error
             }
-            return (fd: socket.fd, port: try socket.localEndpoint().port)
-        }
-        state.withLock { state in
-            state.accepted[AcceptKey(port: port, signalPort: signal.port)] =
-                (link, signal.fd, ContinuousClock.now + Self.acceptTimeout)
+            state.withLock { $0.accepted[key] = (link, socket.fd, ContinuousClock.now + Self.acceptTimeout) }
+            do {
+                try socket.connect(deadline: .now + .seconds(2), timeout: .seconds(2))
+            } catch {
+                state.withLock { _ = $0.accepted.removeValue(forKey: key) }
+                socket.close()
+                throw error
+            }
         }
     }
 
@@ -215,7 +220,11 @@ final class LinkManager: Sendable {
         }
     }
 
-    private func isListening(on port: UInt16) -> Bool { state.withLock { $0.listeners[port] != nil } }
+    /// The app announced `port` and a socket really listens on it. Announcements outlive the process that made
+    /// them (a server may daemonize and its parent exit), so the kernel's table has the last word.
+    private func isListening(on port: UInt16) -> Bool {
+        state.withLock { $0.listeners[port] != nil } && KernelSockets.isListening(onWildcardPort: port)
+    }
 
     // MARK: Shared steps
 

@@ -49,10 +49,8 @@ final class LocalService: Sendable {
     }
 
     private func serve(_ client: Int32) {
-        var listening: [UInt16] = []
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         defer {
-            for port in listening { links.unlisten(on: port) }
             clients.withLock { _ = $0.remove(client) }
             close(client)
         }
@@ -69,12 +67,6 @@ final class LocalService: Sendable {
                 continue
             }
             let (response, fd) = blocking { await self.respond(to: request) }
-            switch request.body {
-            case .listen(let listen) where response.error == 0: listening.append(UInt16(truncatingIfNeeded: listen.port))
-            case .unlisten(let unlisten):
-                if let index = listening.firstIndex(of: UInt16(truncatingIfNeeded: unlisten.port)) { listening.remove(at: index) }
-            default: break
-            }
             let bytes: [UInt8] = try! response.serializedBytes()
             let sent = bytes.withUnsafeBytes { boxer_send_with_fd(client, $0.baseAddress, $0.count, fd ?? -1) }
             if let fd { close(fd) }  // the app holds the only copy now

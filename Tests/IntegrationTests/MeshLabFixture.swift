@@ -18,6 +18,14 @@ struct MeshLabFixture {
 
     static let brokerHost = NATLab.brokerAddress
 
+    /// The preload shim beside the binary, where the node looks for it (scripts/test.sh builds it there).
+    static func requireShim() throws {
+        let shim = URL(fileURLWithPath: binary).deletingLastPathComponent().appendingPathComponent("libboxer-shim.so").path
+        guard FileManager.default.isReadableFile(atPath: shim) else {
+            throw FixtureError("no preload shim at \(shim): build it with scripts/build-shim.sh")
+        }
+    }
+
     /// Builds the lab, starts the broker, runs `body`, and always tears everything down.
     static func with<T>(
         prefix: String, functions: Int = 2, nat: NATKind = .easy, brokerArguments: [String] = [],

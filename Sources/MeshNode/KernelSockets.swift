@@ -1,0 +1,21 @@
+import Foundation
+
+/// What the kernel's socket tables (/proc/net/tcp, /proc/net/tcp6) say, for facts the app's announcements alone
+/// cannot settle.
+enum KernelSockets {
+    /// Whether a TCP socket in this network namespace listens on `port` on a wildcard address (0.0.0.0 or ::),
+    /// the only listeners a signal connection to 127.0.0.1 can reach besides 127.0.0.1 itself.
+    static func isListening(onWildcardPort port: UInt16) -> Bool {
+        let portHex = String(format: "%04X", port)
+        let wildcards = ["00000000:\(portHex)", "0100007F:\(portHex)", "00000000000000000000000000000000:\(portHex)"]
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            guard let text = try? String(contentsOfFile: table, encoding: .utf8) else { continue }
+            for line in text.split(separator: "\n").dropFirst() {
+                let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+                // fields: sl, local_address, rem_address, st (0A = LISTEN), ...
+                if fields.count > 3, fields[3] == "0A", wildcards.contains(String(fields[1])) { return true }
+            }
+        }
+        return false
+    }
+}

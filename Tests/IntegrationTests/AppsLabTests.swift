@@ -1,0 +1,95 @@
+import Foundation
+import MeshLab
+import Testing
+
+/// Unmodified Debian binaries under `boxer-mesh node`, in two functions behind easy NATs, reaching each other by
+/// mesh name through the preload shim over direct punched links.
+@Suite(
+    "Unmodified apps across the NAT lab", .serialized,
+    .enabled(if: NATLab.isRoot, "needs root: network namespaces, veth pairs and iptables"))
+struct AppsLabTests {
+    @Test("redis-benchmark in one function completes SET and GET against redis-server in another, by name")
+    func redis() async throws {
+        try MeshLabFixture.requireShim()
+        try await MeshLabFixture.with(prefix: "itd") { mesh in
+            let server = try mesh.node(
+                1, name: "cache", ["redis-server", "--protected-mode", "no", "--port", "6379", "--save", "", "--appendonly", "no"])
+            defer { server.kill(SIGTERM) }
+            #expect(server.waitForOutput(containing: "Ready to accept connections", timeout: .seconds(15)), "\(server.standardOutput)")
+            let bench = try mesh.node(
+                2, name: "bench",
+                ["redis-benchmark", "-h", "cache", "-p", "6379", "-t", "set,get", "-n", "2000", "-c", "4", "-q"])
+            #expect(bench.waitUntilExit(timeout: .seconds(60)) == 0, "\(bench.standardOutput)\n\(bench.standardError)")
+            let output = bench.standardOutput.replacingOccurrences(of: "\r", with: "\n")
+            #expect(output.contains("SET: ") && output.contains("GET: "), "\(output)")
+            #expect(output.contains("requests per second"), "\(output)")
+        }
+    }
+
+    @Test("iperf3 completes from B to A and, with -R, from A to B")
+    func iperf() async throws {
+        try MeshLabFixture.requireShim()
+        try await MeshLabFixture.with(prefix: "iti") { mesh in
+            let server = try mesh.node(1, name: "server", ["iperf3", "-s", "-p", "5201", "--forceflush"])
+            defer { server.kill(SIGTERM) }
+            #expect(server.waitForOutput(containing: "Server listening", timeout: .seconds(15)), "\(server.standardOutput)")
+            for reverse in [false, true] {
+                let client = try mesh.node(
+                    2, name: reverse ? "client-r" : "client",
+                    ["iperf3", "-c", "server", "-p", "5201", "-t", "2", "-f", "m"] + (reverse ? ["-R"] : []))
+                #expect(client.waitUntilExit(timeout: .seconds(60)) == 0, "\(client.standardOutput)\n\(client.standardError)")
+                #expect(client.standardOutput.contains("receiver"), "\(client.standardOutput)")
+                #expect(client.standardOutput.contains("Connecting to host server"), "\(client.standardOutput)")
+                if reverse { #expect(client.standardOutput.contains("Reverse mode"), "\(client.standardOutput)") }
+            }
+        }
+    }
+
+    @Test("curl fetches a 100 MB file from python3 -m http.server intact, over the NATs' public addresses, not the broker")
+    func bigFile() async throws {
+        try MeshLabFixture.requireShim()
+        try await MeshLabFixture.with(prefix: "ith") { mesh in
+            let site = mesh.work.appendingPathComponent("site")
+            try FileManager.default.createDirectory(at: site, withIntermediateDirectories: true)
+            let file = site.appendingPathComponent("big.bin").path
+            let made = try mesh.lab.run(.broker, ["sh", "-c", "head -c 100000000 /dev/urandom > \(file) && sha256sum \(file)"])
+            let expected = try #require(made.standardOutput.split(separator: " ").first.map(String.init))
+            let server = try mesh.node(1, name: "web", ["python3", "-m", "http.server", "8000", "--directory", site.path])
+            defer { server.kill(SIGTERM) }
+            try await Task.sleep(for: .seconds(1))
+            let brokerBefore = try mesh.lab.interfaceBytes(.broker, "eth0")
+            let natBefore = try mesh.lab.interfaceBytes(.nat(1), "wan0")
+            let output = mesh.work.appendingPathComponent("fetched.bin").path
+            let client = try mesh.node(
+                2, name: "fetch", ["sh", "-c", "curl -sS --fail -o \(output) http://web:8000/big.bin && sha256sum \(output)"])
+            #expect(client.waitUntilExit(timeout: .seconds(120)) == 0, "\(client.standardOutput)\n\(client.standardError)")
+            #expect(client.standardOutput.hasPrefix(expected), "got \(client.standardOutput), want \(expected)")
+            let brokerAfter = try mesh.lab.interfaceBytes(.broker, "eth0")
+            let natAfter = try mesh.lab.interfaceBytes(.nat(1), "wan0")
+            // The file crossed NAT 1's public side and never the broker host (only control traffic did).
+            #expect(natAfter.transmitted - natBefore.transmitted > 100_000_000)
+            #expect(brokerAfter.received - brokerBefore.received < 2_000_000, "broker host received \(brokerAfter.received - brokerBefore.received) bytes")
+            // A port nobody listens on: refused promptly.
+            let started = ContinuousClock.now
+            let refused = try mesh.node(2, name: "nobody", ["curl", "-sS", "http://web:8001/"])
+            #expect(refused.waitUntilExit(timeout: .seconds(30)) == 7, "\(refused.standardError)")  // curl: couldn't connect
+            let python = try mesh.node(
+                2, name: "nobody2", ["/usr/bin/python3", "-c", "import socket; socket.create_connection(('web', 8001))"])
+            #expect(python.waitUntilExit(timeout: .seconds(30)) == 1)
+            #expect(python.standardError.contains("ConnectionRefusedError: [Errno 111] Connection refused"), "\(python.standardError)")
+            #expect(ContinuousClock.now - started < .seconds(10))
+        }
+    }
+}
+
+extension NATLab {
+    /// An interface's byte counters in a lab host, from /sys (the namespace's own view).
+    func interfaceBytes(_ host: LabHost, _ interface: String) throws -> (received: Int, transmitted: Int) {
+        let result = try run(
+            host, ["cat", "/sys/class/net/\(interface)/statistics/rx_bytes", "/sys/class/net/\(interface)/statistics/tx_bytes"]
+        ).check()
+        let numbers = result.standardOutput.split(separator: "\n").compactMap { Int($0) }
+        guard numbers.count == 2 else { throw FixtureError("cannot read \(interface) counters in \(host): \(result.standardOutput)") }
+        return (numbers[0], numbers[1])
+    }
+}
