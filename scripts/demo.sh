@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The README's demo: a broker on the lab's public host and two functions behind their own NATs; each app prints
-# its mesh name and address and resolves the other by name. Without root (no namespaces) it runs on loopback.
+# The README's demo. A broker on the lab's public host and functions behind their own NATs:
+#   1. two nodes print their mesh name and address and resolve each other by name;
+#   2. an unmodified redis-server runs in one function, an unmodified redis-benchmark in another reaches it by
+#      its mesh name "cache" over a direct punched link; the tap shows the connections and their path.
+# Without root (no network namespaces) the same runs on loopback, and it says so (BOXER_DEMO_LOOPBACK=1 forces it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -16,17 +19,15 @@ prefix=demo
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    [[ $(id -u) -eq 0 ]] && "$bin" lab down --prefix "$prefix" >/dev/null 2>&1 || true
+    if [[ $lab == yes ]]; then "$bin" lab down --prefix "$prefix" >/dev/null 2>&1 || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-# Each app: print who it is, resolve the peer by name, linger a moment so the peer can resolve it too.
-app='echo "[$BOXER_MESH_NAME] I am $BOXER_MESH_NAME at $BOXER_MESH_IP in mesh $BOXER_MESH";
-     echo "[$BOXER_MESH_NAME] $PEER resolves to $('"$bin"' resolve "$PEER")"; sleep 1'
-
-if [[ $(id -u) -eq 0 ]]; then
-    echo "== NAT lab: broker on 203.0.113.10, function fn1 and fn2 each behind its own NAT"
+lab=no
+[[ $(id -u) -eq 0 && -z "${BOXER_DEMO_LOOPBACK:-}" ]] && lab=yes
+if [[ $lab == yes ]]; then
+    echo "== NAT lab: broker on 203.0.113.10; fn1 and fn2 each behind its own port-preserving NAT"
     "$bin" lab up --prefix "$prefix" --functions 2 --nat easy
     run() { local host=$1; shift; "$bin" lab exec --prefix "$prefix" "$host" -- "$@"; }
     broker=203.0.113.10
@@ -40,9 +41,30 @@ fi
 
 run broker "$bin" broker "${listen[@]}" >"$work/broker.log" 2>&1 &
 pids+=($!)
-PEER=beta run fn1 "$bin" node --broker "$broker" --name alpha --wait-for 2 -- sh -c "$app" &
+run broker "$bin" tap --broker "$broker" >"$work/tap.log" 2>/dev/null &
 pids+=($!)
-PEER=alpha run fn2 "$bin" node --broker "$broker" --name beta --wait-for 2 -- sh -c "$app"
-wait "${pids[1]}"
-echo "== broker log"
-cat "$work/broker.log"
+sleep 1  # the tap connects before the first join
+
+echo
+echo "== 1. names: each app prints who it is and resolves the other by name"
+app='echo "[$BOXER_MESH_NAME] I am $BOXER_MESH_NAME at $BOXER_MESH_IP in mesh $BOXER_MESH";
+     echo "[$BOXER_MESH_NAME] $PEER resolves to $(getent hosts "$PEER" | cut -d" " -f1)"; sleep 1'
+PEER=beta run fn1 "$bin" node --broker "$broker" --name alpha --wait-for 2 -- sh -c "$app" 2>/dev/null &
+first=$!
+PEER=alpha run fn2 "$bin" node --broker "$broker" --name beta --wait-for 2 -- sh -c "$app" 2>/dev/null
+wait "$first"
+
+echo
+echo "== 2. unmodified redis-server in fn1 as 'cache'; unmodified redis-benchmark in fn2 connects to 'cache'"
+run fn1 "$bin" node --broker "$broker" --name cache -- \
+    redis-server --protected-mode no --port 6379 --save "" --appendonly no >"$work/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do grep -q "Ready to accept" "$work/redis.log" && break; sleep 0.1; done
+run fn2 "$bin" node --broker "$broker" --name bench -- \
+    redis-benchmark -h cache -p 6379 -t set,get -n 20000 -c 10 -q 2>/dev/null | tr '\r' '\n' | grep "requests per second"
+
+echo
+echo "== 3. what the tap saw (joins, connections with their path and setup time)"
+sleep 0.5
+grep -E "join|connect" "$work/tap.log" | head -8
+echo "... $(grep -c connect "$work/tap.log") connections in all"

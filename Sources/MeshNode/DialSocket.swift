@@ -87,6 +87,23 @@ struct DialSocket {
         return Endpoint(IPv4Address(UInt32(bigEndian: address.sin_addr.s_addr)), port: UInt16(bigEndian: address.sin_port))
     }
 
+    /// TCP: starts connecting without waiting. True when already connected; false when under way (wait for
+    /// POLLOUT, then ``pendingError()``); throws at once when refused or otherwise impossible.
+    func beginConnect() throws -> Bool {
+        if connectOnce() == 0 { return true }
+        let code = errno
+        guard code == EINPROGRESS || code == EINTR else { throw connectError(code) }
+        return false
+    }
+
+    /// TCP: the outcome of a connect under way (SO_ERROR): 0 once connected.
+    func pendingError() -> Int32 {
+        var failure: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        _ = getsockopt(fd, SOL_SOCKET, SO_ERROR, &failure, &length)
+        return failure
+    }
+
     /// TCP: connects to the server by the deadline.
     func connect(deadline: ContinuousClock.Instant, timeout: Duration) throws {
         if connectOnce() == 0 { return }

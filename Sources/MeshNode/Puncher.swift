@@ -22,30 +22,69 @@ enum Puncher {
 
     /// Connects from `localPort` to `remote`, one attempt per `attempt` (a SYN the far NAT dropped is never
     /// answered, so each attempt sends a fresh one), until `deadline`. Returns a blocking connected socket.
+    ///
+    /// With `listening` (the accepting end) the port also listens: where nothing filters between the two ends
+    /// (loopback, public addresses) SYNs never cross, because each is refused at once; then the other end's plain
+    /// connect lands here. Either way it is the one connection of this address pair.
     static func punch(
-        from localPort: UInt16, to remote: Endpoint, attempt: Duration, until deadline: ContinuousClock.Instant
+        from localPort: UInt16, to remote: Endpoint, attempt: Duration, until deadline: ContinuousClock.Instant,
+        listening: Bool = false
     ) throws -> Int32 {
+        let listener = listening ? try listen(on: localPort) : nil
+        defer { if let listener { close(listener) } }
         var attempts = 0
-        var lastError = "no attempt made"
+        var lastError = "no answer"
         while ContinuousClock.now < deadline {
+            // A connection the other end made to our listener wins; its address pair also blocks our attempts.
+            if let listener, let accepted = acceptPending(listener) { return blocking(accepted) }
             attempts += 1
             let socket = try DialSocket(server: remote, transport: .tcp, localPort: localPort, reuse: true)
+            var started = false
             do {
-                try socket.connect(deadline: min(ContinuousClock.now + attempt, deadline), timeout: attempt)
-                _ = fcntl(socket.fd, F_SETFL, fcntl(socket.fd, F_GETFL) & ~O_NONBLOCK)
-                return socket.fd
-            } catch let error as STUNClientError where error.code == .timeout || error.code == .refused {
-                // Refused: the far side had no SYN out yet and its host answered with RST; try again shortly.
-                socket.close()
+                if try socket.beginConnect() { return blocking(socket.fd) }
+                started = true
+            } catch let error as STUNClientError where error.code == .refused || listener != nil {
+                // Refused: the far side had no SYN out yet and its host answered with RST. Any other failure
+                // while listening: the pair is taken by a connection waiting in our listener. Retry shortly.
                 lastError = error.detail
-                if error.code == .refused { usleep(20_000) }
             } catch {
                 socket.close()
                 throw Failure(code: EHOSTUNREACH, description: "punch to \(remote) failed: \(error)")
             }
+            let wait = min(started ? attempt : .milliseconds(20), ContinuousClock.now.duration(to: deadline))
+            var entries = [pollfd(fd: started ? socket.fd : -1, events: Int16(POLLOUT), revents: 0)]
+            if let listener { entries.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0)) }
+            _ = poll(&entries, nfds_t(entries.count), Int32(clamping: wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000))
+            if started, entries[0].revents != 0 {
+                let failure = socket.pendingError()
+                if failure == 0 { return blocking(socket.fd) }
+                lastError = String(cString: strerror(failure))
+            }
+            socket.close()
         }
         throw Failure(
             code: ETIMEDOUT, description: "no direct path to \(remote) after \(attempts) attempts (last: \(lastError))")
+    }
+
+    /// A listener on the punch port, sharing it with the outgoing attempts (SO_REUSEADDR|SO_REUSEPORT).
+    private static func listen(on port: UInt16) throws -> Int32 {
+        let probe = try DialSocket(server: Endpoint(IPv4Address.loopback, port: 9), transport: .tcp, localPort: port, reuse: true)
+        guard Glibc.listen(probe.fd, 4) == 0 else {
+            let code = errno
+            Glibc.close(probe.fd)
+            throw Failure(code: code, description: "cannot listen on punch port \(port): \(String(cString: strerror(code)))")
+        }
+        return probe.fd
+    }
+
+    private static func acceptPending(_ listener: Int32) -> Int32? {
+        let accepted = accept(listener, nil, nil)
+        return accepted >= 0 ? accepted : nil
+    }
+
+    private static func blocking(_ fd: Int32) -> Int32 {
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        return fd
     }
 
     /// Sends this end's proof of `token` and checks the other end's, reading exactly one proof so the app's
