@@ -42,7 +42,7 @@ extension ReflectorLoop {
                     return
                 }
             }
-            guard let peer = ReflectorSocket.endpoint(storage) else {
+            guard let peer = Endpoint(socketAddress: storage) else {
                 Glibc.close(fd)
                 continue
             }

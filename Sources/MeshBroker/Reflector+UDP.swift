@@ -24,7 +24,7 @@ extension ReflectorLoop {
                 }
                 return
             }
-            guard let peer = ReflectorSocket.endpoint(storage) else { continue }
+            guard let peer = Endpoint(socketAddress: storage) else { continue }
             guard received < datagram.count else {
                 udpBadInput.drop("datagram of \(received) bytes from \(peer) is larger than any STUN request")
                 continue

@@ -109,8 +109,8 @@ public struct Reflector: Service {
             throw error
         }
         let ports = ReflectorPorts(
-            udp: sockets.udp.flatMap { ReflectorSocket.localEndpoint(of: $0)?.port },
-            tcp: sockets.tcp.flatMap { ReflectorSocket.localEndpoint(of: $0)?.port })
+            udp: sockets.udp.flatMap { Endpoint.local(of: $0)?.port },
+            tcp: sockets.tcp.flatMap { Endpoint.local(of: $0)?.port })
         logger.notice(
             "STUN reflector serving",
             metadata: [
@@ -152,7 +152,7 @@ public struct Reflector: Service {
                 sockets.udp = try ReflectorSocket.bind(.udp, Endpoint(host: host, port: configuration.port))
             }
             if configuration.tcp {
-                let udpPort = sockets.udp.flatMap { ReflectorSocket.localEndpoint(of: $0)?.port }
+                let udpPort = sockets.udp.flatMap { Endpoint.local(of: $0)?.port }
                 if configuration.port == 0, let udpPort,
                     let fd = try? ReflectorSocket.bind(.tcp, Endpoint(host: host, port: udpPort))
                 {

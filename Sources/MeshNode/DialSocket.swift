@@ -38,7 +38,7 @@ struct DialSocket {
             }
         }
         if localPort != nil {
-            var (storage, length) = Self.address(any)
+            var (storage, length) = any.socketAddress
             let bound = withUnsafePointer(to: &storage) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, length) }
             }
@@ -69,22 +69,17 @@ struct DialSocket {
 
     /// Binds to a specific local address (a signal connection's 127.77.0.1 source).
     func bind(to endpoint: Endpoint) throws {
-        var (storage, length) = Self.address(endpoint)
+        var (storage, length) = endpoint.socketAddress
         let bound = withUnsafePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, length) }
         }
         guard bound == 0 else { throw Self.error(.socket, server, transport, "cannot bind \(endpoint)", errno) }
     }
 
-    /// The local address and port the socket is bound to (IPv4).
+    /// The local address and port the socket is bound to.
     func localEndpoint() throws -> Endpoint {
-        var address = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let result = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        guard result == 0 else { throw Self.error(.socket, server, transport, "getsockname failed", errno) }
-        return Endpoint(IPv4Address(UInt32(bigEndian: address.sin_addr.s_addr)), port: UInt16(bigEndian: address.sin_port))
+        guard let endpoint = Endpoint.local(of: fd) else { throw Self.error(.socket, server, transport, "getsockname failed", errno) }
+        return endpoint
     }
 
     /// TCP: starts connecting without waiting. True when already connected; false when under way (wait for
@@ -197,7 +192,7 @@ struct DialSocket {
     }
 
     private func connectOnce() -> Int32 {
-        var (storage, length) = Self.address(server)
+        var (storage, length) = server.socketAddress
         return withUnsafePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) }
         }
@@ -222,31 +217,5 @@ struct DialSocket {
         _ errnoValue: Int32
     ) -> STUNClientError {
         STUNClientError(code, server, transport, "\(what): \(String(cString: strerror(errnoValue)))")
-    }
-
-    /// A `sockaddr_in` or `sockaddr_in6` for the endpoint, in a `sockaddr_storage`, with its length.
-    static func address(_ endpoint: Endpoint) -> (sockaddr_storage, socklen_t) {
-        var storage = sockaddr_storage()
-        switch endpoint.host {
-        case .v4(let ip):
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = endpoint.port.bigEndian
-            address.sin_addr = in_addr(s_addr: ip.value.bigEndian)
-            withUnsafeBytes(of: &address) { source in
-                withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: source) }
-            }
-            return (storage, socklen_t(MemoryLayout<sockaddr_in>.size))
-        case .v6(let ip):
-            var address = sockaddr_in6()
-            address.sin6_family = sa_family_t(AF_INET6)
-            address.sin6_port = endpoint.port.bigEndian
-            let bytes = ip.bytes
-            withUnsafeMutableBytes(of: &address.sin6_addr) { $0.copyBytes(from: bytes) }
-            withUnsafeBytes(of: &address) { source in
-                withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: source) }
-            }
-            return (storage, socklen_t(MemoryLayout<sockaddr_in6>.size))
-        }
     }
 }

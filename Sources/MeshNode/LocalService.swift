@@ -84,21 +84,16 @@ final class LocalService: Sendable {
             return (response, nil)
         }
         switch request.body {
-        case .resolve(let query):
+        case .resolve, .reverse:
             do {
-                let member = try await session.resolve(name: query.name)
+                let member = if case .resolve(let query) = request.body {
+                    try await session.resolve(name: query.name)
+                } else {
+                    try await session.resolve(address: IPv4Address(request.reverse.address))
+                }
                 response.resolved = .with { $0.name = member.name; $0.address = member.address }
             } catch let refusal as BrokerRefusal where refusal.code == .errorNotFound {
-                return fail(ENOENT, refusal.message)
-            } catch {
-                return fail(EAGAIN, "\(error)")
-            }
-        case .reverse(let query):
-            do {
-                let member = try await session.resolve(address: IPv4Address(query.address))
-                response.resolved = .with { $0.name = member.name; $0.address = member.address }
-            } catch let refusal as BrokerRefusal where refusal.code == .errorNotFound {
-                return fail(ENOENT, refusal.message)
+                return fail(ENOENT, refusal.message)  // the shim then asks the system's resolver
             } catch {
                 return fail(EAGAIN, "\(error)")
             }
