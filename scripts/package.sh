@@ -12,8 +12,11 @@ trap 'rm -f "$shim"' EXIT
 scripts/build-shim.sh "$shim"
 mkdir -p "$(dirname "$out")"
 size=$(stat -c %s "$shim")
+stripped=$(mktemp)
+trap 'rm -f "$shim" "$stripped"' EXIT
+strip -o "$stripped" "$binary"  # before appending: strip would drop the appended shim
 {
-    cat "$binary" "$shim"
+    cat "$stripped" "$shim"
     printf 'BXSHIM01'
     python3 -c "import struct,sys; sys.stdout.buffer.write(struct.pack('<Q', $size))"
 } >"$out.tmp"
