@@ -1,0 +1,593 @@
+"""The cases of bench/run. Each measures a candidate and its baseline in the same run, interleaved (the order of
+variants rotates every repetition, so drift and position hit all of them), and returns table rows (benchstats.row)
+plus the raw per-run data for the JSON.
+
+Hosts: A = fn2 (the side that connects), B = fn1 (the side that listens). "A→B" means data flows from fn2 to fn1.
+"""
+import json
+import os
+import statistics
+import time
+
+from benchlab import BROKER, Agent, BenchError, Lab, cpu_seconds, last_json, link_paths, log, mem_available_kib, \
+    memory_kib, nat_public, node_supports
+from benchstats import row
+
+RELAY_MISSING = "this build's node has no relay (no --path option; issue 5)"
+UPGRADE_MISSING = "this build's node has no relay fallback, so no live upgrade (issue 5)"
+
+# Ports. Mesh servers run inside node "srv" on fn1; plain ones beside it, reached through NAT 1's port forward.
+MESH_IPERF, RAW_IPERF = 5201, 5202
+MESH_ECHO, RAW_ECHO, RELAYED_ECHO = 7001, 7002, 7003  # socat's own echo server: no process shared with raw
+SOCAT_BIG, SOCAT_DEFAULT, SOCAT_ECHO = 6202, 6203, 6204
+
+
+def rotated(items, k):
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+class Context:
+    def __init__(self, options, binary, shim, rtt, root, work, deadline):
+        self.options, self.binary, self.shim, self.rtt = options, binary, shim, rtt
+        self.root, self.work, self.deadline = root, work, deadline
+        self.lab = None
+        self.labs = []
+        self.shim_note = ""
+        # The relay (issue 5) is detected, not assumed: a node that can be told its path has one.
+        self.relay = node_supports(binary, "--path")
+
+    def remaining(self):
+        return self.deadline - time.monotonic()
+
+
+# ---- setting up a lab with its servers ------------------------------------------------------------------------
+
+
+def serve(ctx, lab, full):
+    """Starts the servers on fn1: node "srv" (mesh side, with the shim) and the plain ones, the port forward on
+    NAT 1 (the raw baseline's path), and with `full` the socat relays on the broker host and the agent node on fn2."""
+    rtt = ctx.rtt
+    # Both iperf3 servers give up on a test whose client went silent (a run that lost its data connection).
+    iperf_server = "iperf3 -s --rcv-timeout 5000 -p"
+    mesh_app = ["sh", "-c", f"{iperf_server} {MESH_IPERF} >/dev/null 2>&1 & exec {rtt} serve {MESH_ECHO}"]
+    lab.srv = lab.node("fn1", "srv", mesh_app)
+    lab.spawn("fn1", [rtt, "serve", str(RAW_ECHO)], "raw-echo")
+    lab.spawn("fn1", [rtt, "serve", str(RELAYED_ECHO)], "relayed-echo")
+    for port in (RAW_ECHO, RELAYED_ECHO, RAW_IPERF):
+        lab.port_forward(1, port, "10.1.1.2")
+    lab.allow_forwarded(1)
+    if full:
+        lab.spawn("fn1", iperf_server.split() + [str(RAW_IPERF)], "raw-iperf3")
+        target = f"TCP:{nat_public(1)}"
+        lab.spawn("broker", ["socat", "-b", "262144", f"TCP-LISTEN:{SOCAT_BIG},fork,reuseaddr",
+                             f"{target}:{RAW_IPERF}"], "socat-262144")
+        lab.spawn("broker", ["socat", f"TCP-LISTEN:{SOCAT_DEFAULT},fork,reuseaddr", f"{target}:{RAW_IPERF}"],
+                  "socat-default")
+        lab.spawn("broker", ["socat", f"TCP-LISTEN:{SOCAT_ECHO},fork,reuseaddr", f"{target}:{RELAYED_ECHO}"],
+                  "socat-echo")
+    lab.wait_log("srv", ["joined mesh"], 20)
+    deadline = time.monotonic() + 10
+    while '"serve"' not in open(f"{lab.work}/srv.out", errors="replace").read():
+        if time.monotonic() > deadline or lab.srv.poll() is not None:
+            raise BenchError(f"the srv node's app did not start: {open(f'{lab.work}/srv.log').read()[-800:]}")
+        time.sleep(0.05)
+    if full and ctx.shim:
+        script = os.path.join(ctx.root, "bench", "agent.sh")
+        # With a relay in the build, pin each agent's path so a figure is never silently of the other path.
+        lab.agent = Agent(lab, "fn2", "cli", script,
+                          ["--path", "direct", "--log-level", "info"] if ctx.relay else ["--log-level", "info"])
+        if ctx.relay:
+            lab.relay_agent = Agent(lab, "fn2", "clr", script, ["--path", "relay", "--log-level", "info"])
+    time.sleep(0.3)  # plain servers and socat listening
+
+
+def make_lab(ctx, prefix, functions, delay_ms=0, full=True):
+    lab = Lab(ctx.binary, prefix, os.path.join(ctx.work, prefix), functions, delay_ms)
+    lab.srv = lab.agent = lab.relay_agent = None
+    ctx.labs.append(lab)
+    log(f"lab {prefix}: up, {functions} functions, delay {delay_ms} ms")
+    lab.up()
+    serve(ctx, lab, full)
+    return lab
+
+
+# ---- case 1: throughput ---------------------------------------------------------------------------------------
+
+
+def iperf_bps(text):
+    data = whole_json(text) or {}
+    bps = data.get("end", {}).get("sum_received", {}).get("bits_per_second")
+    if not bps:
+        return None, data.get("error") or "no result (iperf3 was stopped or its connection never came up)"
+    return bps, None
+
+
+def throughput(ctx):
+    lab, agent, relay, o = ctx.lab, ctx.lab.agent, ctx.lab.relay_agent, ctx.options
+    seconds, omit = o.iperf_seconds, o.iperf_omit
+    timeout = seconds + omit + 6  # a run that lost a connection to the accept race hangs until then
+    variants = ["raw", "socat256k", "socat"] + (["direct"] if agent else []) + (["relayed"] if relay else [])
+    data = {d: {v: [] for v in variants} for d in ("A→B", "B→A")}
+    cpu = {"direct": [], "relayed": []}  # per mesh run: CPU seconds of both nodes and the broker, wall seconds
+    failures = {v: [] for v in variants}
+    for rep in range(o.reps):
+        for direction in ("A→B", "B→A"):
+            reverse = ["-R"] if direction == "B→A" else []
+            for variant in rotated(variants, rep):
+                args = ["-t", str(seconds), "-O", str(omit), "-J"] + reverse
+                value = None
+                for attempt in range(2):
+                    if variant in ("direct", "relayed"):
+                        client = agent if variant == "direct" else relay
+                        pids = [client.pid, lab.srv.pid, lab.broker.pid]
+                        before = [cpu_seconds(pid) for pid in pids]
+                        started = time.monotonic()
+                        status, out, err = client.run(f"iperf3 -c srv -p {MESH_IPERF} {' '.join(args)}", timeout)
+                        wall = time.monotonic() - started
+                        after = [cpu_seconds(pid) for pid in pids]
+                    else:
+                        host, port = {"raw": (nat_public(1), RAW_IPERF), "socat256k": (BROKER, SOCAT_BIG),
+                                      "socat": (BROKER, SOCAT_DEFAULT)}[variant]
+                        status, out, err = lab.run("fn2", ["iperf3", "-c", host, "-p", str(port)] + args, timeout)
+                    value, error = iperf_bps(out)
+                    if value:
+                        break
+                    failures[variant].append(f"status {status}: {error or tail(err)}")
+                    log(f"  throughput {direction} {variant}: run failed: {failures[variant][-1]}")
+                    time.sleep(2)  # let the server end the broken test
+                data[direction][variant].append(value)
+                if variant in cpu and value and None not in before + after:
+                    cpu[variant].append({"client_node_cpu_s": after[0] - before[0],
+                                         "server_node_cpu_s": after[1] - before[1],
+                                         "broker_cpu_s": after[2] - before[2], "wall_s": wall, "direction": direction})
+                log(f"  throughput rep {rep + 1} {direction} {variant}: {(value or 0) / 1e9:.2f} Gbit/s")
+    rows = []
+    names = {"socat256k": "socat relay on broker host, -b 262144",
+             "socat": "socat relay on broker host, default buffer"}
+    for direction in ("A→B", "B→A"):
+        d = data[direction]
+        rows.append(row("throughput", f"{direction} raw TCP via port-forward (baseline)", "bit/s", d["raw"]))
+        if agent:
+            rows.append(row("throughput", f"{direction} mesh direct (iperf3 + shim)", "bit/s", d["direct"],
+                            d["raw"], "raw", goal=("≥ 0.97x raw", ">=", 0.97), note=retry_note(failures["direct"])))
+        else:
+            rows.append(row("throughput", f"{direction} mesh direct", "bit/s", available=False,
+                            note=f"not available: {ctx.shim_note}"))
+        if relay:
+            rows.append(row("throughput", f"{direction} mesh relayed vs socat -b 262144", "bit/s", d["relayed"],
+                            d["socat256k"], "socat", goal=("≥ 1.0x socat", ">=", 1.0),
+                            note=retry_note(failures["relayed"])))
+            rows.append(row("throughput", f"{direction} mesh relayed vs raw", "bit/s", d["relayed"], d["raw"], "raw"))
+        else:
+            rows.append(row("throughput", f"{direction} mesh relayed", "bit/s", available=False,
+                            note=RELAY_MISSING if agent else f"not available: {ctx.shim_note}"))
+        for v in ("socat256k", "socat"):
+            rows.append(row("throughput", f"{direction} {names[v]}", "bit/s", d[v], d["raw"], "raw"))
+    for variant, runs in cpu.items():
+        if not runs:
+            continue
+        nodes = [100 * (c["client_node_cpu_s"] + c["server_node_cpu_s"]) / c["wall_s"] for c in runs]
+        goal = ("≈ 0 (issue 3; read as ≤ 1 %)", "<=", 1.0) if variant == "direct" else None
+        rows.append(row("throughput", f"both nodes' CPU during {variant} transfers (% of one core)", "%", nodes,
+                        goal=goal))
+        if variant == "relayed":
+            rows.append(row("throughput", "broker CPU during relayed transfers (% of one core)", "%",
+                            [100 * c["broker_cpu_s"] / c["wall_s"] for c in runs]))
+    paths = {name: link_paths(read(f"{lab.work}/{name}.log")) for name in ("cli", "clr")}
+    wrong = {"cli": paths["cli"].get("relay", 0), "clr": paths["clr"].get("direct", 0)}
+    for r in rows:  # a figure is only of its path if every link of its agent came up on that path
+        agent_name = "cli" if "direct" in r["what"] else "clr" if "relayed" in r["what"] else None
+        if agent_name and wrong[agent_name]:
+            other = f"{wrong[agent_name]} link(s) of {agent_name} on the other path"
+            r["note"] = f"{r['note']}; {other}" if r.get("note") else other
+            r["verdict"] = "INVALID"
+    return rows, {"seconds": seconds, "omit": omit, "bits_per_second": data, "cpu": cpu, "failures": failures,
+                  "agent_link_paths": paths}
+
+
+def read(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def retry_note(failures):
+    return f"{len(failures)} failed attempt(s) retried" if failures else ""
+
+
+def tail(text, limit=240):
+    """The end of a program's output without the node's routine notices."""
+    lines = [line for line in text.strip().splitlines() if " notice " not in line and " info " not in line]
+    return " | ".join(lines)[-limit:]
+
+
+# ---- case 2: round trip -------------------------------------------------------------------------------------
+
+
+def rtt(ctx):
+    """One process (in an agent node, so it can reach mesh names) holds a raw, a socat-relayed and a mesh
+    connection and ping-pongs 1 KiB on them in turns of `block` round trips: baseline and candidate share the
+    process, the moment and the CPU. The shim never sees data (it hooks only connect/accept/names), so the raw
+    connection's data path is the plain kernel's. With a relay in the build, a second process in the relay agent
+    does the same with a relayed mesh connection."""
+    lab, agent, relay, o = ctx.lab, ctx.lab.agent, ctx.lab.relay_agent, ctx.options
+    count, warmup, block = o.ping_count, o.ping_warmup, 100
+    plain = {"raw": f"{nat_public(1)}:{RAW_ECHO}", "socat": f"{BROKER}:{SOCAT_ECHO}"}
+    runs = [("direct", agent)] if agent else [("plain", None)]
+    if relay:
+        runs.append(("relayed", relay))
+    p50 = {run: {} for run, _ in runs}
+    p99 = {run: {} for run, _ in runs}
+    failures = []
+    for rep in range(o.reps):
+        for run, client in rotated(runs, rep):
+            targets = dict(plain, **({run: f"srv:{MESH_ECHO}"} if client else {}))
+            variants = list(targets)
+            specs = [f"{v}={targets[v]}" for v in rotated(variants, rep)]
+            argv = [ctx.rtt, "pingmix", "1024", str(count), str(block), str(warmup)] + specs
+            result = None
+            for attempt in range(3):
+                status, out, err = client.run(" ".join(argv), 30) if client else lab.run("fn2", argv, 30)
+                result = whole_json(out)
+                if status == 0 and result and "targets" in result:
+                    break
+                failures.append(f"{run}: status {status}: {tail(out)} {tail(err)}")
+                log(f"  rtt: run failed: {failures[-1]}")
+                result = None
+            for v in variants:
+                stats = result["targets"][v] if result else {}
+                p50[run].setdefault(v, []).append(stats.get("p50_us"))
+                p99[run].setdefault(v, []).append(stats.get("p99_us"))
+            measured = ", ".join(f"{v} {p50[run][v][-1]} µs" for v in variants)
+            log(f"  rtt rep {rep + 1} ({run} process): p50 {measured}")
+    first = runs[0][0]
+    base50, base99 = p50[first]["raw"], p99[first]["raw"]
+    rows = [row("rtt", "1 KiB ping-pong p50, raw TCP via port-forward (baseline)", "us", base50)]
+    if agent:
+        rows.append(row("rtt", "1 KiB p50, mesh direct", "us", p50["direct"]["direct"], base50, "raw",
+                        goal=("≤ 1.03x raw", "<=", 1.03), note=retry_note(failures)))
+    else:
+        rows.append(row("rtt", "1 KiB p50, mesh direct", "us", available=False, note=f"not available: {ctx.shim_note}"))
+    if relay:
+        rows.append(row("rtt", "1 KiB p50, mesh relayed (vs raw in the same process)", "us", p50["relayed"]["relayed"],
+                        p50["relayed"]["raw"], "raw"))
+    else:
+        rows.append(row("rtt", "1 KiB p50, mesh relayed", "us", available=False,
+                        note=RELAY_MISSING if agent else f"not available: {ctx.shim_note}"))
+    rows.append(row("rtt", "1 KiB p50, socat relay on broker host", "us", p50[first]["socat"], base50, "raw"))
+    rows.append(row("rtt", "1 KiB p99, raw (baseline)", "us", base99))
+    if agent:
+        rows.append(row("rtt", "1 KiB p99, mesh direct", "us", p99["direct"]["direct"], base99, "raw"))
+    if relay:
+        rows.append(row("rtt", "1 KiB p99, mesh relayed (vs raw in the same process)", "us", p99["relayed"]["relayed"],
+                        p99["relayed"]["raw"], "raw"))
+    return rows, {"count_per_run": count, "warmup": warmup, "block": block, "size": 1024, "p50_us": p50,
+                  "p99_us": p99, "failures": failures}
+
+
+def whole_json(text):
+    start = text.find("{")
+    try:
+        return json.loads(text[start:]) if start >= 0 else None
+    except ValueError:
+        return None
+
+
+# ---- case 3: connection setup ---------------------------------------------------------------------------------
+
+
+def connect_setup(ctx, lab, delay_ms):
+    """Raw connect() through the port forward vs connect() of an app in a fresh node to srv: the first connect
+    is to a new peer; the later ones happen while the first connection is still open (peer already connected)."""
+    o = ctx.options
+    per_run = 3
+    raw, new, again, resolve = [], [], [], []
+    failures = []
+    paths = {}  # links the connecting nodes logged, by path (the default policy may relay a slow punch)
+    mesh = bool(ctx.shim)
+    for rep in range(o.reps):
+        for variant in rotated(["raw", "mesh"] if mesh else ["raw"], rep):
+            if variant == "raw":
+                status, out, err = lab.run("fn2", [ctx.rtt, "connect", nat_public(1), str(RAW_ECHO), str(per_run)], 30)
+                result = last_json(out)
+                raw.append(statistics.median(result["connect_us"]) if status == 0 and result and
+                           "connect_us" in result else None)
+                continue
+            result = None
+            for attempt in range(3):
+                name = f"c{delay_ms}r{rep}a{attempt}"
+                status, out, err = lab.run(
+                    "fn2", lab.node_argv(name, [ctx.rtt, "connect", "srv", str(MESH_ECHO), str(per_run)],
+                                         ["--log-level", "info"]), 8)
+                for path, n in link_paths(err).items():
+                    paths[path] = paths.get(path, 0) + n
+                result = last_json(out)
+                if status == 0 and result and "connect_us" in result:
+                    break
+                failures.append(f"status {status}: {tail(out)} {tail(err)}")
+                log(f"  connect {delay_ms} ms mesh: run failed: {failures[-1]}")
+                result = None
+            new.append(result and result["connect_us"][0])
+            again.append(result and statistics.median(result["connect_us"][1:]))
+            resolve.append(result and result["resolve_us"])
+        log(f"  connect {delay_ms} ms rep {rep + 1}: raw {raw[-1]} µs, mesh new {new[-1] if new else None} µs, "
+            f"again {again[-1] if again else None} µs")
+    label = f"delay {delay_ms} ms"
+    rows = [row("connect", f"{label}: raw connect() via port-forward (baseline)", "us", raw)]
+    if mesh:
+        note = retry_note(failures)
+        if paths.get("relay"):
+            note = (note + "; " if note else "") + f"{paths['relay']} of {sum(paths.values())} links relayed"
+        rows += [
+            row("connect", f"{label}: mesh connect() to a new peer", "us", new, raw, "raw",
+                goal=("≤ 2x raw", "<=", 2.0), note=note),
+            row("connect", f"{label}: mesh connect() to a peer already connected", "us", again, raw, "raw",
+                goal=("≤ 2x raw", "<=", 2.0)),
+            row("connect", f"{label}: mesh name lookup before it (getaddrinfo)", "us", resolve),
+        ]
+    else:
+        rows.append(row("connect", f"{label}: mesh connect()", "us", available=False,
+                        note=f"not available: {ctx.shim_note}"))
+    return rows, {"delay_ms": delay_ms, "connects_per_run": per_run, "raw_us": raw, "mesh_new_peer_us": new,
+                  "mesh_connected_peer_us": again, "mesh_resolve_us": resolve, "failures": failures,
+                  "link_paths": paths}
+
+
+# ---- case 4: control plane scale ------------------------------------------------------------------------------
+
+
+def scale(ctx):
+    lab, agent, o = ctx.lab, ctx.lab.agent, ctx.options
+    hosts = [f"fn{i}" for i in range(3, 3 + o.scale_hosts)]
+    launch = os.path.join(ctx.root, "bench", "launch.py")
+    rows, raw = [], {}
+    per_node_kib = 8 * 1024  # node PSS + its app, a guess until the first size is measured (seen: ~4 MiB)
+    seconds_per_node = None
+    for size in o.scale:
+        need = size * per_node_kib * 1.5
+        if need > 0.5 * mem_available_kib():
+            rows.append(row("scale", f"{size} nodes", "s", available=False,
+                            note=f"skipped: needs ~{need / 1048576:.1f} GiB, more than half of free memory"))
+            continue
+        reps = o.scale_reps
+        if seconds_per_node is not None:
+            estimate = 15 + seconds_per_node * size
+            fit = int((ctx.remaining() - o.reserve_seconds) // estimate)
+            if fit < 1:
+                rows.append(row("scale", f"{size} nodes", "s", available=False,
+                                note=f"skipped: ~{estimate:.0f} s a run does not fit the 15-minute budget"))
+                continue
+            if fit < reps:
+                log(f"  scale {size}: only {fit} run(s) fit the time budget")
+                reps = fit
+        runs = []
+        for rep in range(reps):
+            started = time.monotonic()
+            runs.append(scale_run(ctx, lab, agent, hosts, launch, size, rep))
+            seconds_per_node = (time.monotonic() - started) / size
+            r = runs[-1]
+            if r["node_pss_kib"]:
+                per_node_kib = statistics.median(r["node_pss_kib"]) + 2048
+            log(f"  scale {size} rep {rep + 1}: {r['joined']}/{size} joined in {r['all_joined_s']} s, "
+                f"resolved by {r['all_resolved_s']} s, broker {r['broker_cpu_s']} CPU-s, "
+                f"node RSS median {statistics.median(r['node_rss_kib'] or [0]) / 1024:.1f} MiB")
+        raw[str(size)] = runs
+        pick = lambda key: [r[key] for r in runs]  # noqa: E731
+        complete = all(r["joined"] == size for r in runs)
+        note = "" if complete else f"not all joined: {[r['joined'] for r in runs]}"
+        goal = ("≤ 5 s", "<=", 5.0) if size == 500 else None
+        rows += [
+            row("scale", f"{size} nodes: time until all joined (from spawning)", "s", pick("all_joined_s"), goal=goal,
+                note=note),
+            row("scale", f"{size} nodes: time until all resolved a name", "s", pick("all_resolved_s")),
+            row("scale", f"{size} nodes: one node's spawn→joined, median of nodes", "s",
+                pick("node_spawn_to_joined_p50_s")),
+            row("scale", f"{size} nodes: broker CPU while they join", "cpu-s", pick("broker_cpu_s")),
+            row("scale", f"{size} nodes: all nodes' CPU until all joined (process start + join)", "cpu-s",
+                pick("nodes_cpu_s")),
+            row("scale", f"{size} nodes: broker RSS with all joined", "KiB", pick("broker_rss_kib")),
+            row("scale", f"{size} nodes: node RSS (median of nodes)", "KiB",
+                [statistics.median(r["node_rss_kib"]) if r["node_rss_kib"] else None for r in runs],
+                goal=("≤ 25 MiB", "<=", 25 * 1024)),
+            row("scale", f"{size} nodes: node PSS (median; shared pages split)", "KiB",
+                [statistics.median(r["node_pss_kib"]) if r["node_pss_kib"] else None for r in runs]),
+        ]
+        if agent:
+            rows += [
+                row("scale", f"{size} nodes: resolve latency p50 during the join storm", "us", pick("storm_p50_us")),
+                row("scale", f"{size} nodes: resolve latency p99 during the join storm", "us", pick("storm_p99_us")),
+                row("scale", f"{size} nodes: resolve latency p50 with all joined", "us", pick("steady_p50_us")),
+                row("scale", f"{size} nodes: resolve latency p99 with all joined", "us", pick("steady_p99_us")),
+            ]
+    return rows, raw
+
+
+def scale_run(ctx, lab, agent, hosts, launch, size, rep):
+    o = ctx.options
+    members = f"{lab.work}/scale-{size}-{rep}.members"
+    if os.path.exists(members):
+        os.unlink(members)
+    counts = [size // len(hosts) + (1 if i < size % len(hosts) else 0) for i in range(len(hosts))]
+    broker_before = cpu_seconds(lab.broker.pid)
+    storm_probe = agent.start(f"{ctx.rtt} resolve srv 1000000 {o.storm_probe_seconds}", 60) if agent else None
+    t0 = time.time_ns()
+    launchers = []
+    for k, (host, count) in enumerate(zip(hosts, counts)):
+        if count == 0:
+            continue
+        name = f"scale-{size}-{rep}-{host}"
+        # Each node's app resolves a mesh name once joined; without the shim it looks up localhost instead (never
+        # a name the system resolver would send to DNS).
+        target = "srv" if ctx.shim else "localhost"
+        argv = ["/usr/bin/python3", launch, f"{lab.work}/{name}.nodes.log", str(count), f"s{size}r{rep}h{k}", "--",
+                *lab.node_argv("{name}", [ctx.rtt, "member", members, target])]
+        launchers.append((lab.spawn(host, argv, name), name))
+    timeout = 30 + 0.2 * size
+    deadline = time.monotonic() + timeout
+    lines = []
+    while time.monotonic() < deadline:
+        lines = read_lines(members)
+        if len(lines) >= size:
+            break
+        time.sleep(0.05)
+    broker_after = cpu_seconds(lab.broker.pid)
+    broker_memory = memory_kib(lab.broker.pid)
+    pids, spawned = [], {}
+    for _, name in launchers:
+        data = last_json(open(f"{lab.work}/{name}.out", errors="replace").read()) or {}
+        pids += data.get("pids", [])
+        spawned.update(zip(data.get("names", []), data.get("spawned_ns", [])))
+    memories = [memory_kib(pid) for pid in pids]
+    node_cpu = [cpu_seconds(pid) for pid in pids]
+    # Each node's own time from its spawn to the start of its app (the app starts right after the join).
+    own = sorted((int(parts[1]) - spawned[parts[0]]) / 1e9 for parts in lines if parts[0] in spawned)
+    storm = steady = None
+    if agent:
+        storm = last_json(agent.wait(storm_probe, 60)[1])
+        steady = last_json(agent.run(f"{ctx.rtt} resolve srv {o.steady_probe_count}", 60)[1])
+    for process, _ in launchers:
+        lab.stop(process, timeout=25)
+    starts = [int(parts[1]) for parts in lines]
+    resolved = [int(parts[2]) for parts in lines if parts[3] == "0"]
+    time.sleep(1)  # the broker frees the leavers
+    return {
+        "size": size, "hosts": len(launchers), "joined": len(lines), "resolved": len(resolved),
+        "all_joined_s": (max(starts) - t0) / 1e9 if len(lines) >= size else None,
+        "first_joined_s": (min(starts) - t0) / 1e9 if starts else None,
+        "all_resolved_s": (max(resolved) - t0) / 1e9 if len(resolved) >= size else None,
+        "node_spawn_to_joined_p50_s": own[len(own) // 2] if own else None,
+        "node_spawn_to_joined_max_s": own[-1] if own else None,
+        "nodes_cpu_s": sum(c for c in node_cpu if c is not None),
+        "broker_cpu_s": broker_after - broker_before if None not in (broker_before, broker_after) else None,
+        "broker_rss_kib": broker_memory.get("VmRSS"), "broker_hwm_kib": broker_memory.get("VmHWM"),
+        "node_rss_kib": [m["VmRSS"] for m in memories if "VmRSS" in m],
+        "node_pss_kib": [m["Pss"] for m in memories if "Pss" in m],
+        "node_pss_anon_kib": [m["Pss_Anon"] for m in memories if "Pss_Anon" in m],
+        "storm_p50_us": storm and storm.get("p50_us"), "storm_p99_us": storm and storm.get("p99_us"),
+        "storm_count": storm and storm.get("count"),
+        "steady_p50_us": steady and steady.get("p50_us"), "steady_p99_us": steady and steady.get("p99_us"),
+    }
+
+
+def read_lines(path):
+    try:
+        with open(path) as f:
+            return [line.split() for line in f if len(line.split()) == 4]
+    except OSError:
+        return []
+
+
+# ---- case 5: upgrade --------------------------------------------------------------------------------------------
+
+
+def set_punch_block(lab, on):
+    """Drops TCP between function 1 and NAT 2's public address in NAT 1's forwarding path, both ways: no punch can
+    get through, while both functions still reach the broker (so the relay works)."""
+    action = "-I" if on else "-D"
+    for match in (["-s", nat_public(2)], ["-d", nat_public(2)]):
+        rule = ["FORWARD", "-p", "tcp"] + match + ["-j", "DROP"]
+        lab.iptables("nat1", [action] + (rule[:1] + ["1"] + rule[1:] if on else rule))
+
+
+def upgrade(ctx):
+    """A connection opened while punching is blocked comes up relayed; after `hold` seconds the block is lifted
+    ("punching becomes possible") and we time until the broker's tap reports the connection's upgrade to a direct
+    link (KIND_UPGRADE, stamped by the broker). The app pings all along (rtt watch), so the JSON also shows the RTT
+    the app saw on each path. The result depends on where the node's retry backoff is (1 s, then doubling) when
+    the block is lifted: the hold is part of the result."""
+    if not ctx.relay or not ctx.shim:
+        why = UPGRADE_MISSING if ctx.shim else f"not available: {ctx.shim_note}"
+        return [row("upgrade", "time from punching possible to connection on the direct path", "s", available=False,
+                    note=why)], {"available": False, "why": why}
+    lab, o = ctx.lab, ctx.options
+    tap_tool = os.path.join(ctx.root, "Tests", "tools", "tap_subscriber.py")
+    tap = lab.spawn("broker", ["/usr/bin/python3", tap_tool, "tcp://127.0.0.1:7701", "default", lab.secret], "tap")
+    lab.wait_log("tap", ["subscribed to"], 30)
+    hold, watch_seconds = o.upgrade_hold_seconds, o.upgrade_hold_seconds + 40
+    runs = []
+    try:
+        for rep in range(o.scale_reps):
+            name = f"up{rep}"
+            set_punch_block(lab, True)
+            blocked = True
+            node = lab.spawn("fn2", lab.node_argv(name, [ctx.rtt, "watch", "srv", str(MESH_ECHO), str(watch_seconds)],
+                                                  ["--log-level", "info"]), name)
+            try:
+                opened = wait_tap(lab, lambda e: e.get("kind") == "KIND_OPEN" and sender(e) == name, 20)
+                if not opened:
+                    raise BenchError(f"{name}: no connection opened (node log: {tail(read(f'{lab.work}/{name}.log'))})")
+                connection = opened.get("connection_id")
+                if opened.get("path") != "PATH_RELAY":
+                    raise BenchError(f"{name}: came up on {opened.get('path')} although punching was blocked")
+                time.sleep(hold)
+                lifted_ms = time.time_ns() / 1e6
+                set_punch_block(lab, False)
+                blocked = False
+                upgraded = wait_tap(lab, lambda e: e.get("kind") == "KIND_UPGRADE"
+                                    and e.get("connection_id") == connection, 40)
+                if upgraded:
+                    time.sleep(1)  # the app pings on the direct path for a while: its RTT there
+                result = {"hold_s": hold, "opened_ms": int(opened["time"]), "lifted_ms": lifted_ms,
+                          "upgraded_ms": upgraded and int(upgraded["time"]),
+                          "upgrade_s": upgraded and (int(upgraded["time"]) - lifted_ms) / 1000}
+            finally:
+                if blocked:
+                    set_punch_block(lab, False)
+                lab.stop(node)
+            buckets = [(b["bucket_ms"], b["p50_us"]) for b in json_lines(read(f"{lab.work}/{name}.out"))
+                       if "bucket_ms" in b]
+            before = [b[1] for b in buckets if b[0] < result["lifted_ms"] - 100]
+            after = [b[1] for b in buckets if result["upgraded_ms"] and b[0] > result["upgraded_ms"] + 100]
+            result.update({"app_rtt_relayed_p50_us": statistics.median(before) if before else None,
+                           "app_rtt_direct_p50_us": statistics.median(after) if after else None,
+                           "app_watch": buckets})
+            if lab.agent:  # the same paced pings on a connection that was direct from the start
+                status, out, _ = lab.agent.run(f"{ctx.rtt} watch srv {MESH_ECHO} 1.5", 10)
+                paced = [b["p50_us"] for b in json_lines(out) if "p50_us" in b]
+                result["direct_from_start_p50_us"] = statistics.median(paced) if paced else None
+            runs.append(result)
+            log(f"  upgrade rep {rep + 1}: {result['upgrade_s']} s after the block was lifted "
+                f"(held {hold} s); app RTT relayed {result['app_rtt_relayed_p50_us']} µs, "
+                f"direct {result['app_rtt_direct_p50_us']} µs")
+    finally:
+        lab.stop(tap)
+    times = [r["upgrade_s"] for r in runs]
+    note = "" if all(t is not None for t in times) else f"{times.count(None)} run(s) never upgraded within 40 s"
+    return [
+        row("upgrade", f"time from punching possible to direct path (tap; relayed {hold} s before)", "s", times,
+            note=note),
+        row("upgrade", "app's 1 KiB RTT while relayed (a ping every ms; p50)", "us",
+            [r["app_rtt_relayed_p50_us"] for r in runs]),
+        row("upgrade", "app's 1 KiB RTT after the upgrade (same connection), vs direct from the start", "us",
+            [r["app_rtt_direct_p50_us"] for r in runs], [r.get("direct_from_start_p50_us") for r in runs],
+            "direct"),
+    ], {"runs": runs}
+
+
+def json_lines(text):
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def sender(event):
+    return (event.get("from") or {}).get("name")
+
+
+def wait_tap(lab, match, timeout):
+    """The first connection event on the tap (tap_subscriber.py's JSON lines) that matches, or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in json_lines(read(f"{lab.work}/tap.out")):
+            connection = event.get("connection")
+            if connection and match(connection):
+                return dict(connection, time=event.get("time_unix_ms"))
+        time.sleep(0.05)
+    return None
