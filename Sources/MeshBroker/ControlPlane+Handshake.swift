@@ -80,6 +80,7 @@ extension ControlPlaneHandler {
         welcome.tapPort = UInt32(port(of: publisher.lastEndpoint))
         welcome.stunPort = UInt32(configuration.stunPort)
         if let member = session.member {
+            relay?.sessionOpened(token: session.token)
             welcome.self_p = member
             logger.notice("joined", metadata: ["mesh": "\(hello.mesh)", "node": "\(member.name)", "address": "\(member.ipv4)"])
             publishMembership(.join, member, mesh: hello.mesh)

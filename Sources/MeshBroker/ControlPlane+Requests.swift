@@ -91,6 +91,7 @@ extension ControlPlaneHandler {
     func sessionEnded(_ session: MeshRegistry.Session, kind: Boxermesh_V1_MembershipEvent.Kind) {
         waiters.removeAll { $0.session == session.token }
         dropPendingConnections(of: session)
+        relay?.sessionEnded(token: session.token)
         guard let member = session.member else { return }
         logger.notice(
             kind == .expire ? "expired (no heartbeat)" : "left",

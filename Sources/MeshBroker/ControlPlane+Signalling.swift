@@ -34,6 +34,7 @@ extension ControlPlaneHandler {
             id: nextConnectionID, request: request, requester: session, target: target, token: Sodium.randomBytes(32),
             deadline: clock.now + Self.answerTimeout)
         pendingConnections[pending.id] = pending
+        relay?.connectionSignalled(pending.id, initiator: session.token, acceptor: target.token)
         var incoming = Boxermesh_V1_IncomingConnection()
         incoming.connectionID = pending.id
         incoming.peer = from
@@ -76,7 +77,9 @@ extension ControlPlaneHandler {
         // Both ends report; the initiator's report is the one published, so each link shows once.
         guard report.initiator, let member = session.member else { return }
         var event = Boxermesh_V1_ConnectionEvent()
-        event.kind = report.established ? .open : .failed
+        // A direct link reported for a connection the relay carried is its upgrade (relay -> direct).
+        let upgrade = report.established && report.path == .direct && relay?.wasRelayed(report.connectionID) == true
+        event.kind = upgrade ? .upgrade : report.established ? .open : .failed
         event.connectionID = report.connectionID
         event.from = member
         event.to = registry.member(at: IPv4Address(report.peerAddress), in: session.mesh) ?? Member()

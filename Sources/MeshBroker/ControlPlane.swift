@@ -31,22 +31,26 @@ public struct BoundEndpoints: Sendable {
 public struct ControlPlane: Service {
     let configuration: BrokerConfiguration
     let logger: Logger
+    let relay: RelayDirectory?
     let onReady: @Sendable (BoundEndpoints) -> Void
 
+    /// `relay`: where the control plane tells the broker's ``Relay`` about sessions and signalled connections.
     public init(
-        configuration: BrokerConfiguration, logger: Logger, onReady: @escaping @Sendable (BoundEndpoints) -> Void = { _ in }
+        configuration: BrokerConfiguration, logger: Logger, relay: RelayDirectory? = nil,
+        onReady: @escaping @Sendable (BoundEndpoints) -> Void = { _ in }
     ) {
         self.configuration = configuration
         self.logger = logger
+        self.relay = relay
         self.onReady = onReady
     }
 
     public func run() async throws {
         let loop = SocketLoop<Never>(name: "control-plane")
-        let (configuration, logger, onReady) = (configuration, logger, onReady)
+        let (configuration, logger, relay, onReady) = (configuration, logger, relay, onReady)
         try await cancelWhenGracefulShutdown {
             try await loop.run {
-                let handler = try ControlPlaneHandler(configuration: configuration, logger: logger)
+                let handler = try ControlPlaneHandler(configuration: configuration, logger: logger, relay: relay)
                 onReady(BoundEndpoints(control: handler.router.lastEndpoint, tap: handler.publisher.lastEndpoint))
                 return handler
             }
@@ -62,6 +66,7 @@ final class ControlPlaneHandler: SocketLoopHandler {
     let publisher: ZMQSocket
     let configuration: BrokerConfiguration
     let logger: Logger
+    let relay: RelayDirectory?
     let badInput: BadInputLog
     var registry: MeshRegistry
     /// Hellos waiting for their Authenticate, by routing id. Bounded: a flood of hellos evicts the oldest.
@@ -80,9 +85,10 @@ final class ControlPlaneHandler: SocketLoopHandler {
     static let maximumPendingHandshakes = 4096
     static let handshakeTimeout = Duration.seconds(10)
 
-    init(configuration: BrokerConfiguration, logger: Logger) throws {
+    init(configuration: BrokerConfiguration, logger: Logger, relay: RelayDirectory? = nil) throws {
         self.configuration = configuration
         self.logger = logger
+        self.relay = relay
         badInput = BadInputLog(logger: logger, port: "control")
         registry = MeshRegistry(subnet: configuration.subnet)
         let context = try ZMQContext()

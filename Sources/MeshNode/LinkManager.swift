@@ -15,18 +15,51 @@ struct LinkError: Error, CustomStringConvertible {
     let description: String
 }
 
+/// Which paths this node's connections may take.
+public enum PathPolicy: String, Sendable, CaseIterable {
+    /// Punch within a deadline derived from the round trip to the broker; relay if no direct link is up by then.
+    case auto
+    /// Direct links only: the relay is forbidden (a connection fails when punching does).
+    case direct
+    /// Always relay through the broker (no punching).
+    case relay
+}
+
+/// How this node chooses a connection's path.
+public struct LinkPolicy: Sendable {
+    public var path = PathPolicy.auto
+    /// How long the connecting side punches before it relays (auto) or fails (direct). nil: auto derives it from
+    /// the broker round trip, max(1 s, 4 × RTT); direct waits 5 s.
+    public var punchTimeout: Duration?
+
+    public init(path: PathPolicy = .auto, punchTimeout: Duration? = nil) {
+        self.path = path
+        self.punchTimeout = punchTimeout
+    }
+}
+
 /// Builds this node's mesh connections: outbound ones the app asks for through the shim, inbound ones the broker
-/// announces. Each is a direct TCP link punched through both NATs and proven with the broker's token; the app
-/// gets the kernel socket itself, so no byte of its traffic passes through the node.
+/// announces. Each is first tried as a direct TCP link punched through both NATs and proven with the broker's
+/// token; the app gets the kernel socket itself, so no byte of its traffic passes through the node. When no
+/// direct link comes up in time the connection is relayed through the broker (``RelayClient``): the app then
+/// gets one end of a loopback TCP pair that the node pumps, and the node moves it to a direct link later.
 final class LinkManager: Sendable {
     private let session: MeshSession
     private let reflector: Endpoint
     private let logger: Logger
+    private let relay: RelayClient?
+    private let policy: LinkPolicy
     private let state = Mutex(State())
 
-    /// How long one punch attempt waits for its SYN to be answered, and how long punching may take in all.
+    /// How long one punch attempt waits for its SYN to be answered.
     static let attempt = Duration.milliseconds(300)
+    /// How long punching may take when the relay is forbidden and no --punch-timeout is given.
     static let punchTimeout = Duration.seconds(5)
+    /// The accepting side punches this long (or its --punch-timeout, if longer) unless the connecting side
+    /// relays first.
+    static let acceptorPunchTimeout = Duration.seconds(10)
+    /// The accepting side waits this long for a connection to come up, direct or relayed.
+    static let acceptorTimeout = Duration.seconds(30)
     /// An announced inbound connection the app does not accept within this time is dropped.
     static let acceptTimeout = Duration.seconds(30)
     /// Signal connections come from here, so the shim can tell them from the app's own local clients.
@@ -37,6 +70,10 @@ final class LinkManager: Sendable {
         var listeners: [UInt16: Int] = [:]
         /// Inbound links waiting for the app's accept(), by (port, signal connection's source port).
         var accepted: [AcceptKey: (link: Link, signalFD: Int32, deadline: ContinuousClock.Instant)] = [:]
+        /// The lowest round trip to the broker seen (half a STUN exchange over TCP).
+        var brokerRTT: Duration?
+        /// Peers a relayed connection was upgraded with: punching works between us now.
+        var punchable: Set<IPv4Address> = []
     }
 
     struct AcceptKey: Hashable {
@@ -44,21 +81,43 @@ final class LinkManager: Sendable {
         let signalPort: UInt16
     }
 
-    init(session: MeshSession, reflector: Endpoint, logger: Logger) {
+    init(session: MeshSession, reflector: Endpoint, logger: Logger, relay: RelayClient? = nil, policy: LinkPolicy = .init()) {
         self.session = session
         self.reflector = reflector
         self.logger = logger
+        self.relay = relay
+        self.policy = policy
+    }
+
+    /// How long the connecting side punches before it relays: --punch-timeout, else max(1 s, 4 × broker RTT)
+    /// (at least 3 s towards a peer a connection was already upgraded with), else 5 s when the relay is forbidden.
+    func punchDeadline(towards peer: IPv4Address) -> Duration {
+        if let timeout = policy.punchTimeout { return timeout }
+        guard policy.path == .auto, relay != nil else { return Self.punchTimeout }
+        let (rtt, known) = state.withLock { ($0.brokerRTT ?? .milliseconds(250), $0.punchable.contains(peer)) }
+        return max(known ? .seconds(3) : .seconds(1), rtt * 4)
     }
 
     private var me: Member { session.welcome.self_p }
 
     // MARK: Outbound
 
-    /// Connects to `port` on the node at `address`: signal through the broker, punch, prove, return the socket.
+    /// Connects to `port` on the node at `address`: signal through the broker, punch and prove (direct), or
+    /// relay when no direct link is up within the punch deadline; return the app's socket.
     func connect(to address: IPv4Address, port: UInt16) async throws(LinkError) -> Link {
         let started = ContinuousClock.now
         if address == me.ipv4 { return try await loopback(port: port) }
-        let (localPort, endpoint) = try await publicEndpoint()
+        var punching = policy.path != .relay
+        // Forcing the relay, we skip the reflector and say so with port 0: the peer then does not punch either.
+        var (localPort, endpoint) = (UInt16(0), Endpoint(IPv4Address.any, port: 0))
+        if punching {
+            do {
+                (localPort, endpoint) = try await publicEndpoint()
+            } catch where policy.path == .auto && relay != nil {
+                logger.notice("no public endpoint, so no punching: \(error.description)")
+                punching = false
+            }
+        }
         var request = Boxermesh_V1_ConnectRequest()
         request.targetAddress = address.value
         request.port = UInt32(port)
@@ -77,21 +136,70 @@ final class LinkManager: Sendable {
         } catch {
             throw LinkError(code: ETIMEDOUT, description: "signalling through the broker failed: \(error)")
         }
-        let peer = Endpoint(IPv4Address(offer.endpoint.address), port: UInt16(truncatingIfNeeded: offer.endpoint.port))
-        let fd = try await establish(
-            from: localPort, to: peer, token: LinkToken([UInt8](offer.token)), connectionID: offer.connectionID, initiator: true)
+        let token = LinkToken([UInt8](offer.token))
+        let peerPunches = offer.endpoint.port != 0
+        var punchFailure: LinkError? = nil
+        if punching && peerPunches {
+            let peer = Endpoint(IPv4Address(offer.endpoint.address), port: UInt16(truncatingIfNeeded: offer.endpoint.port))
+            do {
+                let fd = try await establish(
+                    from: localPort, to: peer, token: token, connectionID: offer.connectionID, initiator: true,
+                    deadline: .now + punchDeadline(towards: address))
+                let setup = ContinuousClock.now - started
+                logger.info(
+                    "link up",
+                    metadata: ["peer": "\(offer.peer.name)", "port": "\(port)", "path": "direct", "setup": "\(setup)", "via": "\(peer)"])
+                report(offer.connectionID, established: true, setup: setup, peer: address, port: port, initiator: true)
+                var connection = Boxermesh_V1_ShimConnection()
+                connection.localAddress = me.address
+                connection.localPort = UInt32(localPort)
+                connection.peerAddress = address.value
+                connection.peerPort = UInt32(port)
+                connection.path = "direct"
+                return Link(fd: fd, connection: connection)
+            } catch {
+                punchFailure = error
+            }
+        }
+        guard policy.path != .direct, let relay else {
+            let failure = punchFailure ?? LinkError(code: EHOSTUNREACH, description: "the peer only accepts relayed connections, and the relay is forbidden here")
+            relay?.giveUp(offer.connectionID, reason: "no direct path: \(failure.description)")
+            report(offer.connectionID, established: false, setup: ContinuousClock.now - started, peer: address, port: port,
+                initiator: true, failure: failure.description)
+            throw failure
+        }
+        if let punchFailure { logger.info("no direct link in time; relaying", metadata: ["peer": "\(offer.peer.name)", "why": "\(punchFailure.description)"]) }
+        let context = RelayStreamContext(token: token, initiator: true, peer: address, port: port, started: started)
+        let fd: Int32
+        do {
+            fd = try await relay.open(offer.connectionID, context: context)
+        } catch {
+            report(offer.connectionID, established: false, setup: ContinuousClock.now - started, peer: address, port: port,
+                initiator: true, failure: error.description)
+            throw error
+        }
         let setup = ContinuousClock.now - started
-        logger.info(
-            "link up",
-            metadata: ["peer": "\(offer.peer.name)", "port": "\(port)", "path": "direct", "setup": "\(setup)", "via": "\(peer)"])
-        report(offer.connectionID, established: true, setup: setup, peer: address, port: port, initiator: true)
+        logger.info("link up", metadata: ["peer": "\(offer.peer.name)", "port": "\(port)", "path": "relay", "setup": "\(setup)"])
+        report(offer.connectionID, established: true, setup: setup, peer: address, port: port, initiator: true, path: .relay)
         var connection = Boxermesh_V1_ShimConnection()
         connection.localAddress = me.address
-        connection.localPort = UInt32(localPort)
+        connection.localPort = UInt32(Self.relayPort(offer.connectionID))
         connection.peerAddress = address.value
         connection.peerPort = UInt32(port)
-        connection.path = "direct"
+        connection.path = "relay"
         return Link(fd: fd, connection: connection)
+    }
+
+    /// The port the app sees on the connecting side of a relayed connection (it has no punched port): stable per
+    /// connection, in the ephemeral range.
+    static func relayPort(_ connectionID: UInt64) -> UInt16 { UInt16(49152 + connectionID % 16384) }
+
+    /// A relayed connection moved to a direct link: report it (the tap shows the upgrade), and remember that
+    /// this peer can be punched.
+    func upgraded(_ id: UInt64, _ context: RelayStreamContext) {
+        state.withLock { _ = $0.punchable.insert(context.peer) }
+        report(id, established: true, setup: ContinuousClock.now - context.started, peer: context.peer, port: context.port,
+            initiator: context.initiator, path: .direct)
     }
 
     /// A connection to our own mesh address is a plain loopback connection to the app.
@@ -128,39 +236,111 @@ final class LinkManager: Sendable {
     func accept(_ incoming: Boxermesh_V1_IncomingConnection) async {
         let started = ContinuousClock.now
         let port = UInt16(truncatingIfNeeded: incoming.port)
+        let id = incoming.connectionID
         var answer = Boxermesh_V1_ConnectAnswer()
-        answer.connectionID = incoming.connectionID
+        answer.connectionID = id
+        let peerPunches = incoming.endpoint.port != 0
+        let relayAllowed = policy.path != .direct && relay != nil
         guard isListening(on: port) else {
             answer.reason = "nothing listens on port \(port)"
             logger.info("refused a connection", metadata: ["peer": "\(incoming.peer.name)", "port": "\(port)"])
             _ = try? await session.request(.connectAnswer(answer))
             return
         }
-        do {
-            let (localPort, endpoint) = try await publicEndpoint()
-            answer.accepted = true
-            answer.endpoint = .with { $0.address = endpoint.v4Value; $0.port = UInt32(endpoint.port) }
+        guard peerPunches || relayAllowed else {
+            answer.reason = "the connecting node forces the relay, and this node forbids it (--path direct)"
+            _ = try? await session.request(.connectAnswer(answer))
+            return
+        }
+        let token = LinkToken([UInt8](incoming.token))
+        let race = LinkRace()
+        if relayAllowed, let relay {
+            let context = RelayStreamContext(token: token, initiator: false, peer: incoming.peer.ipv4, port: port, started: started)
+            relay.expect(id, context: context) { result in race.relayed(result) }
+        } else {
+            race.noRelay()
+        }
+        answer.accepted = true
+        var punchFrom: UInt16? = nil
+        if peerPunches && policy.path != .relay {
+            do {
+                let (localPort, endpoint) = try await publicEndpoint()
+                answer.endpoint = .with { $0.address = endpoint.v4Value; $0.port = UInt32(endpoint.port) }
+                punchFrom = localPort
+            } catch {
+                guard relayAllowed else {
+                    answer.accepted = false
+                    answer.reason = error.description
+                    _ = try? await session.request(.connectAnswer(answer))
+                    return
+                }
+            }
+        }
+        // No endpoint (port 0): we do not punch, and the connecting node relays at once.
+        if let localPort = punchFrom {
             // Punching starts before the answer goes out: our SYNs open our NAT for the requester's.
             let peer = Endpoint(IPv4Address(incoming.endpoint.address), port: UInt16(truncatingIfNeeded: incoming.endpoint.port))
-            async let punched = establish(
-                from: localPort, to: peer, token: LinkToken([UInt8](incoming.token)), connectionID: incoming.connectionID,
-                initiator: false)
-            _ = try? await session.request(.connectAnswer(answer))
-            let fd = try await punched
-            var connection = Boxermesh_V1_ShimConnection()
-            connection.localAddress = me.address
-            connection.localPort = UInt32(port)
-            connection.peerAddress = incoming.peer.address
-            connection.peerPort = UInt32(peer.port)
-            connection.path = "direct"
-            let setup = ContinuousClock.now - started
-            logger.info("link up", metadata: ["peer": "\(incoming.peer.name)", "port": "\(port)", "path": "direct", "setup": "\(setup)"])
-            report(incoming.connectionID, established: true, setup: setup, peer: incoming.peer.ipv4, port: port, initiator: false)
+            let deadline = ContinuousClock.now + max(Self.acceptorPunchTimeout, policy.punchTimeout ?? .zero)
+            Thread {
+                do {
+                    // A second at a time: once the connection is relayed (or given up) punching stops soon.
+                    var fd: Int32? = nil
+                    while fd == nil, !race.isDecided {
+                        do {
+                            fd = try Puncher.punch(
+                                from: localPort, to: peer, attempt: Self.attempt,
+                                until: min(ContinuousClock.now + .seconds(1), deadline), listening: true)
+                        } catch let failure as Puncher.Failure where failure.code == ETIMEDOUT && ContinuousClock.now < deadline {
+                            continue
+                        }
+                    }
+                    guard let fd else { return }
+                    do {
+                        try Puncher.verify(fd, token: token, connectionID: id, initiator: false, until: .now + .seconds(2))
+                    } catch {
+                        close(fd)
+                        throw error
+                    }
+                    if !race.direct(fd) { RelaySockets.reset(fd) }
+                } catch let failure as Puncher.Failure {
+                    race.punchFailed(LinkError(code: failure.code, description: failure.description))
+                } catch {
+                    race.punchFailed(LinkError(code: EHOSTUNREACH, description: "\(error)"))
+                }
+            }.start()
+        } else {
+            race.punchFailed(LinkError(code: EHOSTUNREACH, description: "not punching"))
+        }
+        _ = try? await session.request(.connectAnswer(answer))
+        let outcome = await race.outcome(timeout: Self.acceptorTimeout)
+        var connection = Boxermesh_V1_ShimConnection()
+        connection.localAddress = me.address
+        connection.localPort = UInt32(port)
+        connection.peerAddress = incoming.peer.address
+        connection.peerPort = UInt32(incoming.endpoint.port != 0 ? incoming.endpoint.port : UInt32(Self.relayPort(id)))
+        let fd: Int32
+        let path: Boxermesh_V1_Path
+        switch outcome {
+        case .direct(let direct):
+            relay?.unexpect(id)
+            (fd, path, connection.path) = (direct, .direct, "direct")
+        case .relay(let relayed):
+            (fd, path, connection.path) = (relayed, .relay, "relay")
+        case .failed(let error):
+            relay?.unexpect(id)
+            logger.warning("inbound link failed", metadata: ["peer": "\(incoming.peer.name)", "port": "\(port)", "error": "\(error)"])
+            report(id, established: false, setup: ContinuousClock.now - started, peer: incoming.peer.ipv4, port: port,
+                initiator: false, failure: error.description)
+            return
+        }
+        let setup = ContinuousClock.now - started
+        logger.info("link up", metadata: ["peer": "\(incoming.peer.name)", "port": "\(port)", "path": "\(connection.path)", "setup": "\(setup)"])
+        report(id, established: true, setup: setup, peer: incoming.peer.ipv4, port: port, initiator: false, path: path)
+        do {
             try await announce(Link(fd: fd, connection: connection), port: port)
         } catch {
-            logger.warning("inbound link failed", metadata: ["peer": "\(incoming.peer.name)", "port": "\(port)", "error": "\(error)"])
-            report(incoming.connectionID, established: false, setup: ContinuousClock.now - started, peer: incoming.peer.ipv4,
-                port: port, initiator: false, failure: "\(error)")
+            logger.warning("cannot announce an inbound link to the app", metadata: ["port": "\(port)", "error": "\(error)"])
+            RelaySockets.reset(fd)
         }
     }
 
@@ -232,11 +412,15 @@ final class LinkManager: Sendable {
     private func publicEndpoint() async throws(LinkError) -> (UInt16, Endpoint) {
         let reflector = reflector
         do {
-            return try await onThread {
+            let (port, mapped, elapsed) = try await onThread {
                 let port = try Puncher.freeLocalPort()
+                let started = ContinuousClock.now
                 let mapped = try STUNClient.mappedEndpoint(server: reflector, transport: .tcp, localPort: port, timeout: .seconds(3))
-                return (port, mapped)
+                return (port, mapped, ContinuousClock.now - started)
             }
+            // A STUN exchange over TCP takes two round trips (handshake, request): keep the fastest seen.
+            state.withLock { $0.brokerRTT = min($0.brokerRTT ?? elapsed / 2, elapsed / 2) }
+            return (port, mapped)
         } catch {
             throw LinkError(code: ENETUNREACH, description: "cannot learn our public endpoint from \(reflector): \(error)")
         }
@@ -244,15 +428,18 @@ final class LinkManager: Sendable {
 
     /// Punches to `peer` and proves the token. Returns the verified socket.
     private func establish(
-        from localPort: UInt16, to peer: Endpoint, token: LinkToken, connectionID: UInt64, initiator: Bool
+        from localPort: UInt16, to peer: Endpoint, token: LinkToken, connectionID: UInt64, initiator: Bool,
+        deadline punchDeadline: ContinuousClock.Instant? = nil
     ) async throws(LinkError) -> Int32 {
         do {
             return try await onThread {
-                let deadline = ContinuousClock.now + Self.punchTimeout
+                let deadline = punchDeadline ?? ContinuousClock.now + Self.punchTimeout
                 let fd = try Puncher.punch(
                     from: localPort, to: peer, attempt: Self.attempt, until: deadline, listening: !initiator)
                 do {
-                    try Puncher.verify(fd, token: token, connectionID: connectionID, initiator: initiator, until: deadline)
+                    // The proof gets its own time: a punch that lands just before the deadline still counts.
+                    let proofDeadline = max(deadline, ContinuousClock.now + .seconds(2))
+                    try Puncher.verify(fd, token: token, connectionID: connectionID, initiator: initiator, until: proofDeadline)
                 } catch {
                     close(fd)
                     throw error
@@ -267,12 +454,13 @@ final class LinkManager: Sendable {
     }
 
     private func report(
-        _ id: UInt64, established: Bool, setup: Duration, peer: IPv4Address, port: UInt16, initiator: Bool, failure: String = ""
+        _ id: UInt64, established: Bool, setup: Duration, peer: IPv4Address, port: UInt16, initiator: Bool, failure: String = "",
+        path: Boxermesh_V1_Path = .direct
     ) {
         var report = Boxermesh_V1_LinkReport()
         report.connectionID = id
         report.established = established
-        report.path = .direct
+        report.path = path
         report.setupMs = UInt32(clamping: setup.components.seconds * 1000 + setup.components.attoseconds / 1_000_000_000_000_000)
         report.initiator = initiator
         report.peerAddress = peer.value

@@ -14,6 +14,12 @@ public struct NodeConfiguration: Sendable {
     public var command: [String]
     /// The preload shim given to the app; nil runs the app without mesh sockets.
     public var shim: String?
+    /// Which paths connections take, and how long punching may take.
+    public var links = LinkPolicy()
+    /// The broker's relay port.
+    public var relayPort: UInt16 = 7702
+    /// While relayed, upgrade attempts back off up to this interval.
+    public var upgradeMaxInterval = Duration.seconds(30)
 
     public init(
         broker: BrokerAddress, join: JoinRequest, waitFor: Int?, connectTimeout: Duration, command: [String],
@@ -48,7 +54,24 @@ public enum Node {
             let me = session.welcome.self_p
             let reflector = Endpoint(
                 try configuration.broker.ipv4Address(), port: UInt16(truncatingIfNeeded: session.welcome.stunPort))
-            let links = LinkManager(session: session, reflector: reflector, logger: logger)
+            var relayOptions = RelayOptions(endpoint: configuration.broker.endpoint(port: configuration.relayPort), reflector: reflector)
+            relayOptions.upgradeMaxInterval = configuration.upgradeMaxInterval
+            // A node that forces the relay stays on it.
+            relayOptions.upgrade = configuration.links.path != .relay
+            let relay = RelayClient(options: relayOptions)
+            let links = LinkManager(session: session, reflector: reflector, logger: logger, relay: relay, policy: configuration.links)
+            // The relay runs for the node's whole life (it must be attached before a peer relays to us).
+            let relayTask = Task {
+                do {
+                    try await relay.run(session: session, logger: logger) { id, context in links.upgraded(id, context) }
+                } catch {
+                    logger.error("the relay client stopped: \(error)")
+                }
+            }
+            defer {
+                relay.stop()
+                relayTask.cancel()
+            }
             client.onPush { message in
                 if case .incomingConnection(let incoming) = message.body { Task { await links.accept(incoming) } }
             }

@@ -51,7 +51,8 @@ enum Puncher {
                 socket.close()
                 throw Failure(code: EHOSTUNREACH, description: "punch to \(remote) failed: \(error)")
             }
-            let wait = min(started ? attempt : .milliseconds(20), ContinuousClock.now.duration(to: deadline))
+            // Never negative: the deadline may pass inside the loop, and poll() takes a negative wait as "forever".
+            let wait = max(.zero, min(started ? attempt : .milliseconds(20), ContinuousClock.now.duration(to: deadline)))
             var entries = [pollfd(fd: started ? socket.fd : -1, events: Int16(POLLOUT), revents: 0)]
             if let listener { entries.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0)) }
             _ = poll(&entries, nfds_t(entries.count), Int32(clamping: wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000))

@@ -17,6 +17,28 @@ public protocol SocketLoopHandler<Command>: AnyObject {
     func tick(now: ContinuousClock.Instant)
     /// The loop is ending: answer whatever still waits, close sockets.
     func shutdown()
+    /// Plain file descriptors to poll besides the sockets, asked for before every poll (default: none).
+    var descriptors: [PolledDescriptor] { get }
+    /// A descriptor from ``descriptors`` is ready: `events` holds what poll reported (POLLIN, POLLOUT, POLLERR,
+    /// POLLHUP).
+    func ready(descriptor: Int32, events: Int16)
+}
+
+/// A plain file descriptor (a TCP socket, a pipe) for a ``SocketLoop`` to poll, and what to wait for.
+public struct PolledDescriptor: Sendable, Equatable {
+    public var fd: Int32
+    /// POLLIN, POLLOUT or both.
+    public var events: Int16
+
+    public init(fd: Int32, events: Int16) {
+        self.fd = fd
+        self.events = events
+    }
+}
+
+extension SocketLoopHandler {
+    public var descriptors: [PolledDescriptor] { [] }
+    public func ready(descriptor: Int32, events: Int16) {}
 }
 
 /// A dedicated thread that owns ZeroMQ sockets and polls them, so blocking zmq calls never touch Swift's
@@ -109,7 +131,17 @@ public final class SocketLoop<Command: Sendable>: Sendable {
         var items = sockets.map { zmq_pollitem_t(socket: $0.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0) }
         items.append(zmq_pollitem_t(socket: nil, fd: wakeRead, events: Int16(ZMQ_POLLIN), revents: 0))
         let clock = ContinuousClock()
+        var extra: [PolledDescriptor] = []
         while true {
+            // Descriptors go after the sockets and before the wake pipe, which always stays last.
+            let wanted = handler.descriptors
+            if wanted != extra {
+                items.removeSubrange(sockets.count..<(items.count - 1))
+                items.insert(
+                    contentsOf: wanted.map { zmq_pollitem_t(socket: nil, fd: $0.fd, events: Self.zmqEvents($0.events), revents: 0) },
+                    at: sockets.count)
+                extra = wanted
+            }
             var timeout = -1
             if let next = handler.nextTick {
                 let wait = clock.now.duration(to: next)
@@ -120,7 +152,10 @@ public final class SocketLoop<Command: Sendable>: Sendable {
             for index in sockets.indices where items[index].revents & Int16(ZMQ_POLLIN) != 0 {
                 handler.readable(socketAt: index)
             }
-            if items[sockets.count].revents & Int16(ZMQ_POLLIN) != 0 {
+            for (offset, descriptor) in extra.enumerated() where items[sockets.count + offset].revents != 0 {
+                handler.ready(descriptor: descriptor.fd, events: Self.pollEvents(items[sockets.count + offset].revents))
+            }
+            if items[items.count - 1].revents & Int16(ZMQ_POLLIN) != 0 {
                 var drain = [UInt8](repeating: 0, count: 64)
                 while Glibc.read(wakeRead, &drain, drain.count) > 0 {}
             }
@@ -133,5 +168,22 @@ public final class SocketLoop<Command: Sendable>: Sendable {
             if let next = handler.nextTick, clock.now >= next { handler.tick(now: clock.now) }
         }
         handler.shutdown()
+    }
+
+    /// zmq_poll speaks its own flags for plain descriptors too (ZMQ_POLLOUT is 2, POLLOUT is 4).
+    static func zmqEvents(_ events: Int16) -> Int16 {
+        var flags: Int32 = 0
+        if Int32(events) & Int32(POLLIN) != 0 { flags |= ZMQ_POLLIN }
+        if Int32(events) & Int32(POLLOUT) != 0 { flags |= ZMQ_POLLOUT }
+        return Int16(flags)
+    }
+
+    /// zmq_poll's result flags back as poll's; ZMQ_POLLERR stands for POLLERR and POLLHUP.
+    static func pollEvents(_ revents: Int16) -> Int16 {
+        var flags: Int32 = 0
+        if Int32(revents) & ZMQ_POLLIN != 0 { flags |= Int32(POLLIN) }
+        if Int32(revents) & ZMQ_POLLOUT != 0 { flags |= Int32(POLLOUT) }
+        if Int32(revents) & ZMQ_POLLERR != 0 { flags |= Int32(POLLERR) }
+        return Int16(flags)
     }
 }

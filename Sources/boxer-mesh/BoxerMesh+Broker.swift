@@ -7,7 +7,7 @@ import WireFormat
 extension BoxerMesh {
     struct Broker: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Run the broker: membership, names, addresses, hole-punch signalling, STUN reflector and tap.",
+            abstract: "Run the broker: membership, names, addresses, hole-punch signalling, STUN reflector, relay and tap.",
             discussion: """
                 Run it on a host the functions can reach. Nodes prove they know the mesh secret; with no secret \
                 the broker refuses to start unless --insecure is given. Stops cleanly on SIGINT or SIGTERM.
@@ -21,6 +21,15 @@ extension BoxerMesh {
 
         @Option(help: "STUN reflector port (UDP and TCP) on the --listen host.")
         var stunPort: UInt16 = 3478
+
+        @Option(help: "Relay port (ZeroMQ ROUTER) on the --listen host: carries connections no direct link could be punched for.")
+        var relayPort: UInt16 = 7702
+
+        @Option(help: ArgumentHelp("Relayed bytes the broker may hold at once, all connections together (MiB).", valueName: "mib"))
+        var relayMemoryMib = 256
+
+        @Option(help: ArgumentHelp("Each relayed connection's window per direction while the budget has room (KiB).", valueName: "kib"))
+        var relayWindowKib = 1024
 
         @Option(help: ArgumentHelp("Virtual addresses come from this subnet; every mesh has all of it.", valueName: "cidr"))
         var subnet = "100.64.0.0/16"
@@ -41,6 +50,10 @@ extension BoxerMesh {
             guard heartbeatMs >= 50 else { throw ValidationError("--heartbeat-ms must be at least 50") }
             guard expiryMs > heartbeatMs * 2 else {
                 throw ValidationError("--expiry-ms must be more than twice --heartbeat-ms, or healthy nodes expire")
+            }
+            guard (64...65536).contains(relayWindowKib) else { throw ValidationError("--relay-window-kib must be 64...65536") }
+            guard relayMemoryMib >= 1, relayMemoryMib * 1024 >= 2 * relayWindowKib else {
+                throw ValidationError("--relay-memory-mib must hold at least one connection's two windows")
             }
         }
 
@@ -63,10 +76,17 @@ extension BoxerMesh {
                 logger.warning("subnet \(configuration.subnet) is outside 100.64.0.0/10; it may clash with real addresses")
             }
             let reflector = ReflectorConfiguration(host: Self.host(of: control), port: stunPort)
+            var relay = RelayConfiguration()
+            relay.endpoint = Self.replacingPort(of: control, with: relayPort)
+            relay.memoryBudget = relayMemoryMib << 20
+            relay.maximumWindow = relayWindowKib << 10
+            relay.minimumWindow = min(relay.minimumWindow, relay.maximumWindow)
+            let directory = RelayDirectory()
             let group = ServiceGroup(
                 services: [
-                    ControlPlane(configuration: configuration, logger: logger),
+                    ControlPlane(configuration: configuration, logger: logger, relay: directory),
                     Reflector(configuration: reflector, logger: logger),
+                    Relay(configuration: relay, directory: directory, logger: logger),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger)

@@ -25,6 +25,22 @@ extension BoxerMesh {
         @Flag(help: "Run the app without the preload shim (it then cannot reach mesh names and addresses by itself).")
         var noShim = false
 
+        @Option(help: ArgumentHelp(
+            "Connection paths: auto (punch, relay through the broker if no direct link is up in time), direct (never relay), relay (always relay).",
+            valueName: "auto|direct|relay"))
+        var path = "auto"
+
+        @Option(help: ArgumentHelp(
+            "Seconds a connect punches before it relays (auto) or fails (direct). Default: max(1, 4 x the broker round trip); 5 with --path direct.",
+            valueName: "seconds"))
+        var punchTimeout: Double?
+
+        @Option(help: "The broker's relay port.")
+        var relayPort: UInt16 = 7702
+
+        @Option(help: ArgumentHelp("While a connection is relayed, retries to punch back off up to this many seconds.", valueName: "seconds"))
+        var upgradeMaxInterval: Double = 30
+
         @OptionGroup var mesh: MeshOptions
         @OptionGroup var logging: LoggingOptions
 
@@ -36,6 +52,9 @@ extension BoxerMesh {
                 throw ValidationError("give the app to run after '--', e.g. boxer-mesh node --name db -- redis-server")
             }
             if let waitFor, waitFor < 1 { throw ValidationError("--wait-for must be at least 1") }
+            guard PathPolicy(rawValue: path) != nil else { throw ValidationError("--path must be auto, direct or relay") }
+            if let punchTimeout, !(punchTimeout > 0 && punchTimeout <= 600) { throw ValidationError("--punch-timeout must be 0...600 seconds") }
+            guard upgradeMaxInterval >= 0.1 else { throw ValidationError("--upgrade-max-interval must be at least 0.1 seconds") }
             if let shim {
                 guard shim.hasPrefix("/") else { throw ValidationError("--shim needs an absolute path (the app may change directory)") }
                 guard FileManager.default.isReadableFile(atPath: shim) else { throw ValidationError("--shim \(shim): no such readable file") }
@@ -45,10 +64,14 @@ extension BoxerMesh {
 
         func run() async throws {
             let logger = logging.makeLogger("boxer-mesh.node")
-            let configuration = NodeConfiguration(
+            var configuration = NodeConfiguration(
                 broker: try mesh.brokerAddress(), join: try mesh.joinRequest(nodeName: name), waitFor: waitFor,
                 connectTimeout: mesh.connectTimeoutDuration, command: command,
                 shim: noShim ? nil : shim ?? MeshNode.Node.bundledShim)
+            configuration.links = LinkPolicy(
+                path: PathPolicy(rawValue: path) ?? .auto, punchTimeout: punchTimeout.map { .milliseconds(Int64($0 * 1000)) })
+            configuration.relayPort = relayPort
+            configuration.upgradeMaxInterval = .milliseconds(Int64(upgradeMaxInterval * 1000))
             let status = try await MeshNode.Node.run(configuration, logger: logger)
             throw ExitCode(status)
         }

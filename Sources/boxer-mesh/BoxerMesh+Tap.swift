@@ -11,7 +11,7 @@ extension BoxerMesh {
             abstract: "Watch a mesh live: joins, leaves, expiries and connections, one line per event.",
             discussion: """
                 Lines go to standard output as events happen; --json prints one JSON object per line with the \
-                fields time, time_unix_ms, mesh, event (join, leave, expire, connect, refused, connect-failed, \
+                fields time, time_unix_ms, mesh, event (join, leave, expire, connect, upgrade, refused, connect-failed, \
                 dropped), node, address, and as they apply members, peer, peer_address, port, path, setup_ms, reason, \
                 count. Events are sealed per mesh: only a subscriber with the mesh's secret can read them. Stop with \
                 Ctrl-C.
@@ -104,6 +104,7 @@ struct TapLine: Encodable {
         case .connection(let connection):
             self.event = switch connection.kind {
             case .open: "connect"
+            case .upgrade: "upgrade"
             case .refused: "refused"
             case .failed: "connect-failed"
             default: "connection"

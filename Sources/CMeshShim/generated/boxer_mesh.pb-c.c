@@ -1627,6 +1627,231 @@ void   boxermesh__v1__shim_take_accepted__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__shim_take_accepted__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   boxermesh__v1__relay_frame__init
+                     (Boxermesh__V1__RelayFrame         *message)
+{
+  static const Boxermesh__V1__RelayFrame init_value = BOXERMESH__V1__RELAY_FRAME__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__relay_frame__get_packed_size
+                     (const Boxermesh__V1__RelayFrame *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_frame__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__relay_frame__pack
+                     (const Boxermesh__V1__RelayFrame *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_frame__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__relay_frame__pack_to_buffer
+                     (const Boxermesh__V1__RelayFrame *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_frame__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__RelayFrame *
+       boxermesh__v1__relay_frame__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__RelayFrame *)
+     protobuf_c_message_unpack (&boxermesh__v1__relay_frame__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__relay_frame__free_unpacked
+                     (Boxermesh__V1__RelayFrame *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__relay_frame__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__relay_hello__init
+                     (Boxermesh__V1__RelayHello         *message)
+{
+  static const Boxermesh__V1__RelayHello init_value = BOXERMESH__V1__RELAY_HELLO__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__relay_hello__get_packed_size
+                     (const Boxermesh__V1__RelayHello *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_hello__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__relay_hello__pack
+                     (const Boxermesh__V1__RelayHello *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_hello__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__relay_hello__pack_to_buffer
+                     (const Boxermesh__V1__RelayHello *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_hello__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__RelayHello *
+       boxermesh__v1__relay_hello__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__RelayHello *)
+     protobuf_c_message_unpack (&boxermesh__v1__relay_hello__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__relay_hello__free_unpacked
+                     (Boxermesh__V1__RelayHello *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__relay_hello__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__relay_open__init
+                     (Boxermesh__V1__RelayOpen         *message)
+{
+  static const Boxermesh__V1__RelayOpen init_value = BOXERMESH__V1__RELAY_OPEN__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__relay_open__get_packed_size
+                     (const Boxermesh__V1__RelayOpen *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_open__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__relay_open__pack
+                     (const Boxermesh__V1__RelayOpen *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_open__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__relay_open__pack_to_buffer
+                     (const Boxermesh__V1__RelayOpen *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_open__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__RelayOpen *
+       boxermesh__v1__relay_open__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__RelayOpen *)
+     protobuf_c_message_unpack (&boxermesh__v1__relay_open__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__relay_open__free_unpacked
+                     (Boxermesh__V1__RelayOpen *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__relay_open__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__relay_reset__init
+                     (Boxermesh__V1__RelayReset         *message)
+{
+  static const Boxermesh__V1__RelayReset init_value = BOXERMESH__V1__RELAY_RESET__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__relay_reset__get_packed_size
+                     (const Boxermesh__V1__RelayReset *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_reset__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__relay_reset__pack
+                     (const Boxermesh__V1__RelayReset *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_reset__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__relay_reset__pack_to_buffer
+                     (const Boxermesh__V1__RelayReset *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_reset__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__RelayReset *
+       boxermesh__v1__relay_reset__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__RelayReset *)
+     protobuf_c_message_unpack (&boxermesh__v1__relay_reset__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__relay_reset__free_unpacked
+                     (Boxermesh__V1__RelayReset *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__relay_reset__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__relay_punch__init
+                     (Boxermesh__V1__RelayPunch         *message)
+{
+  static const Boxermesh__V1__RelayPunch init_value = BOXERMESH__V1__RELAY_PUNCH__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__relay_punch__get_packed_size
+                     (const Boxermesh__V1__RelayPunch *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_punch__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__relay_punch__pack
+                     (const Boxermesh__V1__RelayPunch *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_punch__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__relay_punch__pack_to_buffer
+                     (const Boxermesh__V1__RelayPunch *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_punch__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__RelayPunch *
+       boxermesh__v1__relay_punch__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__RelayPunch *)
+     protobuf_c_message_unpack (&boxermesh__v1__relay_punch__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__relay_punch__free_unpacked
+                     (Boxermesh__V1__RelayPunch *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__relay_punch__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_descriptors[22] =
 {
   {
@@ -3343,22 +3568,24 @@ const ProtobufCMessageDescriptor boxermesh__v1__membership_event__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__membership_event__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCEnumValue boxermesh__v1__connection_event__kind__enum_values_by_number[4] =
+static const ProtobufCEnumValue boxermesh__v1__connection_event__kind__enum_values_by_number[5] =
 {
   { "KIND_UNSPECIFIED", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UNSPECIFIED", 0 },
   { "KIND_OPEN", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_OPEN", 1 },
   { "KIND_REFUSED", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_REFUSED", 2 },
   { "KIND_FAILED", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_FAILED", 3 },
+  { "KIND_UPGRADE", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UPGRADE", 4 },
 };
 static const ProtobufCIntRange boxermesh__v1__connection_event__kind__value_ranges[] = {
-{0, 0},{0, 4}
+{0, 0},{0, 5}
 };
-static const ProtobufCEnumValueIndex boxermesh__v1__connection_event__kind__enum_values_by_name[4] =
+static const ProtobufCEnumValueIndex boxermesh__v1__connection_event__kind__enum_values_by_name[5] =
 {
   { "KIND_FAILED", 3 },
   { "KIND_OPEN", 1 },
   { "KIND_REFUSED", 2 },
   { "KIND_UNSPECIFIED", 0 },
+  { "KIND_UPGRADE", 4 },
 };
 const ProtobufCEnumDescriptor boxermesh__v1__connection_event__kind__descriptor =
 {
@@ -3367,9 +3594,9 @@ const ProtobufCEnumDescriptor boxermesh__v1__connection_event__kind__descriptor 
   "Kind",
   "Boxermesh__V1__ConnectionEvent__Kind",
   "boxermesh.v1",
-  4,
+  5,
   boxermesh__v1__connection_event__kind__enum_values_by_number,
-  4,
+  5,
   boxermesh__v1__connection_event__kind__enum_values_by_name,
   1,
   boxermesh__v1__connection_event__kind__value_ranges,
@@ -4105,6 +4332,373 @@ const ProtobufCMessageDescriptor boxermesh__v1__shim_take_accepted__descriptor =
   boxermesh__v1__shim_take_accepted__field_indices_by_name,
   1,  boxermesh__v1__shim_take_accepted__number_ranges,
   (ProtobufCMessageInit) boxermesh__v1__shim_take_accepted__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__relay_frame__field_descriptors[9] =
+{
+  {
+    "connection_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayFrame, connection_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "data",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    offsetof(Boxermesh__V1__RelayFrame, body_case),
+    offsetof(Boxermesh__V1__RelayFrame, data),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "fin",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    offsetof(Boxermesh__V1__RelayFrame, body_case),
+    offsetof(Boxermesh__V1__RelayFrame, fin),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "rst",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__RelayFrame, body_case),
+    offsetof(Boxermesh__V1__RelayFrame, rst),
+    &boxermesh__v1__relay_reset__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "credit",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Boxermesh__V1__RelayFrame, body_case),
+    offsetof(Boxermesh__V1__RelayFrame, credit),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "switch_offset",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Boxermesh__V1__RelayFrame, body_case),
+    offsetof(Boxermesh__V1__RelayFrame, switch_offset),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "hello",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__RelayFrame, body_case),
+    offsetof(Boxermesh__V1__RelayFrame, hello),
+    &boxermesh__v1__relay_hello__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "open",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__RelayFrame, body_case),
+    offsetof(Boxermesh__V1__RelayFrame, open),
+    &boxermesh__v1__relay_open__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "punch",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__RelayFrame, body_case),
+    offsetof(Boxermesh__V1__RelayFrame, punch),
+    &boxermesh__v1__relay_punch__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__relay_frame__field_indices_by_name[] = {
+  0,   /* field[0] = connection_id */
+  4,   /* field[4] = credit */
+  1,   /* field[1] = data */
+  2,   /* field[2] = fin */
+  6,   /* field[6] = hello */
+  7,   /* field[7] = open */
+  8,   /* field[8] = punch */
+  3,   /* field[3] = rst */
+  5,   /* field[5] = switch_offset */
+};
+static const ProtobufCIntRange boxermesh__v1__relay_frame__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 9 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__relay_frame__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.RelayFrame",
+  "RelayFrame",
+  "Boxermesh__V1__RelayFrame",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__RelayFrame),
+  9,
+  boxermesh__v1__relay_frame__field_descriptors,
+  boxermesh__v1__relay_frame__field_indices_by_name,
+  1,  boxermesh__v1__relay_frame__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__relay_frame__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__relay_hello__field_descriptors[1] =
+{
+  {
+    "session",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayHello, session),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__relay_hello__field_indices_by_name[] = {
+  0,   /* field[0] = session */
+};
+static const ProtobufCIntRange boxermesh__v1__relay_hello__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__relay_hello__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.RelayHello",
+  "RelayHello",
+  "Boxermesh__V1__RelayHello",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__RelayHello),
+  1,
+  boxermesh__v1__relay_hello__field_descriptors,
+  boxermesh__v1__relay_hello__field_indices_by_name,
+  1,  boxermesh__v1__relay_hello__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__relay_hello__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__relay_open__field_descriptors[1] =
+{
+  {
+    "window",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayOpen, window),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__relay_open__field_indices_by_name[] = {
+  0,   /* field[0] = window */
+};
+static const ProtobufCIntRange boxermesh__v1__relay_open__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__relay_open__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.RelayOpen",
+  "RelayOpen",
+  "Boxermesh__V1__RelayOpen",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__RelayOpen),
+  1,
+  boxermesh__v1__relay_open__field_descriptors,
+  boxermesh__v1__relay_open__field_indices_by_name,
+  1,  boxermesh__v1__relay_open__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__relay_open__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__relay_reset__field_descriptors[1] =
+{
+  {
+    "reason",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayReset, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__relay_reset__field_indices_by_name[] = {
+  0,   /* field[0] = reason */
+};
+static const ProtobufCIntRange boxermesh__v1__relay_reset__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__relay_reset__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.RelayReset",
+  "RelayReset",
+  "Boxermesh__V1__RelayReset",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__RelayReset),
+  1,
+  boxermesh__v1__relay_reset__field_descriptors,
+  boxermesh__v1__relay_reset__field_indices_by_name,
+  1,  boxermesh__v1__relay_reset__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__relay_reset__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCEnumValue boxermesh__v1__relay_punch__stage__enum_values_by_number[5] =
+{
+  { "STAGE_UNSPECIFIED", "BOXERMESH__V1__RELAY_PUNCH__STAGE__STAGE_UNSPECIFIED", 0 },
+  { "STAGE_OFFER", "BOXERMESH__V1__RELAY_PUNCH__STAGE__STAGE_OFFER", 1 },
+  { "STAGE_ANSWER", "BOXERMESH__V1__RELAY_PUNCH__STAGE__STAGE_ANSWER", 2 },
+  { "STAGE_READY", "BOXERMESH__V1__RELAY_PUNCH__STAGE__STAGE_READY", 3 },
+  { "STAGE_FAILED", "BOXERMESH__V1__RELAY_PUNCH__STAGE__STAGE_FAILED", 4 },
+};
+static const ProtobufCIntRange boxermesh__v1__relay_punch__stage__value_ranges[] = {
+{0, 0},{0, 5}
+};
+static const ProtobufCEnumValueIndex boxermesh__v1__relay_punch__stage__enum_values_by_name[5] =
+{
+  { "STAGE_ANSWER", 2 },
+  { "STAGE_FAILED", 4 },
+  { "STAGE_OFFER", 1 },
+  { "STAGE_READY", 3 },
+  { "STAGE_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor boxermesh__v1__relay_punch__stage__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.RelayPunch.Stage",
+  "Stage",
+  "Boxermesh__V1__RelayPunch__Stage",
+  "boxermesh.v1",
+  5,
+  boxermesh__v1__relay_punch__stage__enum_values_by_number,
+  5,
+  boxermesh__v1__relay_punch__stage__enum_values_by_name,
+  1,
+  boxermesh__v1__relay_punch__stage__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__relay_punch__field_descriptors[4] =
+{
+  {
+    "attempt",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayPunch, attempt),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "stage",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayPunch, stage),
+    &boxermesh__v1__relay_punch__stage__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "endpoint",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayPunch, endpoint),
+    &boxermesh__v1__public_endpoint__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reason",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayPunch, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__relay_punch__field_indices_by_name[] = {
+  0,   /* field[0] = attempt */
+  2,   /* field[2] = endpoint */
+  3,   /* field[3] = reason */
+  1,   /* field[1] = stage */
+};
+static const ProtobufCIntRange boxermesh__v1__relay_punch__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__relay_punch__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.RelayPunch",
+  "RelayPunch",
+  "Boxermesh__V1__RelayPunch",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__RelayPunch),
+  4,
+  boxermesh__v1__relay_punch__field_descriptors,
+  boxermesh__v1__relay_punch__field_indices_by_name,
+  1,  boxermesh__v1__relay_punch__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__relay_punch__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCEnumValue boxermesh__v1__role__enum_values_by_number[3] =

@@ -51,6 +51,11 @@ typedef struct Boxermesh__V1__ShimConnection Boxermesh__V1__ShimConnection;
 typedef struct Boxermesh__V1__ShimListen Boxermesh__V1__ShimListen;
 typedef struct Boxermesh__V1__ShimUnlisten Boxermesh__V1__ShimUnlisten;
 typedef struct Boxermesh__V1__ShimTakeAccepted Boxermesh__V1__ShimTakeAccepted;
+typedef struct Boxermesh__V1__RelayFrame Boxermesh__V1__RelayFrame;
+typedef struct Boxermesh__V1__RelayHello Boxermesh__V1__RelayHello;
+typedef struct Boxermesh__V1__RelayOpen Boxermesh__V1__RelayOpen;
+typedef struct Boxermesh__V1__RelayReset Boxermesh__V1__RelayReset;
+typedef struct Boxermesh__V1__RelayPunch Boxermesh__V1__RelayPunch;
 
 
 /* --- enums --- */
@@ -75,9 +80,33 @@ typedef enum _Boxermesh__V1__ConnectionEvent__Kind {
   /*
    * reason set
    */
-  BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_FAILED = 3
+  BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_FAILED = 3,
+  /*
+   * a relayed connection moved to a direct link (path PATH_DIRECT); see Relay below
+   */
+  BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UPGRADE = 4
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__CONNECTION_EVENT__KIND)
 } Boxermesh__V1__ConnectionEvent__Kind;
+typedef enum _Boxermesh__V1__RelayPunch__Stage {
+  BOXERMESH__V1__RELAY_PUNCH__STAGE__STAGE_UNSPECIFIED = 0,
+  /*
+   * initiator -> acceptor: endpoint set
+   */
+  BOXERMESH__V1__RELAY_PUNCH__STAGE__STAGE_OFFER = 1,
+  /*
+   * acceptor -> initiator: endpoint set
+   */
+  BOXERMESH__V1__RELAY_PUNCH__STAGE__STAGE_ANSWER = 2,
+  /*
+   * the sender holds a proven direct socket for this attempt
+   */
+  BOXERMESH__V1__RELAY_PUNCH__STAGE__STAGE_READY = 3,
+  /*
+   * the sender gave this attempt up (reason set)
+   */
+  BOXERMESH__V1__RELAY_PUNCH__STAGE__STAGE_FAILED = 4
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__RELAY_PUNCH__STAGE)
+} Boxermesh__V1__RelayPunch__Stage;
 /*
  * What kind of session a peer asks for.
  */
@@ -760,6 +789,101 @@ struct  Boxermesh__V1__ShimTakeAccepted
 #define BOXERMESH__V1__SHIM_TAKE_ACCEPTED__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__shim_take_accepted__descriptor) \
     , 0, 0 }
+
+
+typedef enum {
+  BOXERMESH__V1__RELAY_FRAME__BODY__NOT_SET = 0,
+  BOXERMESH__V1__RELAY_FRAME__BODY_DATA = 2,
+  BOXERMESH__V1__RELAY_FRAME__BODY_FIN = 3,
+  BOXERMESH__V1__RELAY_FRAME__BODY_RST = 4,
+  BOXERMESH__V1__RELAY_FRAME__BODY_CREDIT = 5,
+  BOXERMESH__V1__RELAY_FRAME__BODY_SWITCH_OFFSET = 6,
+  BOXERMESH__V1__RELAY_FRAME__BODY_HELLO = 7,
+  BOXERMESH__V1__RELAY_FRAME__BODY_OPEN = 8,
+  BOXERMESH__V1__RELAY_FRAME__BODY_PUNCH = 9
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__RELAY_FRAME__BODY__CASE)
+} Boxermesh__V1__RelayFrame__BodyCase;
+
+struct  Boxermesh__V1__RelayFrame
+{
+  ProtobufCMessage base;
+  /*
+   * The control plane's connection id; 0 for hello.
+   */
+  uint64_t connection_id;
+  Boxermesh__V1__RelayFrame__BodyCase body_case;
+  union {
+    /*
+     * at most 65536 bytes
+     */
+    ProtobufCBinaryData data;
+    protobuf_c_boolean fin;
+    Boxermesh__V1__RelayReset *rst;
+    /*
+     * bytes the receiver handed to its app since its last credit
+     */
+    uint32_t credit;
+    /*
+     * upgrade marker: the sender's relay stream ends after this many bytes
+     */
+    uint64_t switch_offset;
+    Boxermesh__V1__RelayHello *hello;
+    Boxermesh__V1__RelayOpen *open;
+    Boxermesh__V1__RelayPunch *punch;
+  };
+};
+#define BOXERMESH__V1__RELAY_FRAME__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__relay_frame__descriptor) \
+    , 0, BOXERMESH__V1__RELAY_FRAME__BODY__NOT_SET, {0} }
+
+
+struct  Boxermesh__V1__RelayHello
+{
+  ProtobufCMessage base;
+  /*
+   * the node's session token (empty in the broker's answer)
+   */
+  ProtobufCBinaryData session;
+};
+#define BOXERMESH__V1__RELAY_HELLO__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__relay_hello__descriptor) \
+    , {0,NULL} }
+
+
+struct  Boxermesh__V1__RelayOpen
+{
+  ProtobufCMessage base;
+  /*
+   * set by the broker: bytes each side may have unacknowledged
+   */
+  uint32_t window;
+};
+#define BOXERMESH__V1__RELAY_OPEN__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__relay_open__descriptor) \
+    , 0 }
+
+
+struct  Boxermesh__V1__RelayReset
+{
+  ProtobufCMessage base;
+  char *reason;
+};
+#define BOXERMESH__V1__RELAY_RESET__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__relay_reset__descriptor) \
+    , (char *)protobuf_c_empty_string }
+
+
+struct  Boxermesh__V1__RelayPunch
+{
+  ProtobufCMessage base;
+  uint32_t attempt;
+  Boxermesh__V1__RelayPunch__Stage stage;
+  Boxermesh__V1__PublicEndpoint *endpoint;
+  char *reason;
+};
+#define BOXERMESH__V1__RELAY_PUNCH__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__relay_punch__descriptor) \
+    , 0, BOXERMESH__V1__RELAY_PUNCH__STAGE__STAGE_UNSPECIFIED, NULL, (char *)protobuf_c_empty_string }
 
 
 /* Boxermesh__V1__ControlMessage methods */
@@ -1446,6 +1570,101 @@ Boxermesh__V1__ShimTakeAccepted *
 void   boxermesh__v1__shim_take_accepted__free_unpacked
                      (Boxermesh__V1__ShimTakeAccepted *message,
                       ProtobufCAllocator *allocator);
+/* Boxermesh__V1__RelayFrame methods */
+void   boxermesh__v1__relay_frame__init
+                     (Boxermesh__V1__RelayFrame         *message);
+size_t boxermesh__v1__relay_frame__get_packed_size
+                     (const Boxermesh__V1__RelayFrame   *message);
+size_t boxermesh__v1__relay_frame__pack
+                     (const Boxermesh__V1__RelayFrame   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__relay_frame__pack_to_buffer
+                     (const Boxermesh__V1__RelayFrame   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__RelayFrame *
+       boxermesh__v1__relay_frame__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__relay_frame__free_unpacked
+                     (Boxermesh__V1__RelayFrame *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__RelayHello methods */
+void   boxermesh__v1__relay_hello__init
+                     (Boxermesh__V1__RelayHello         *message);
+size_t boxermesh__v1__relay_hello__get_packed_size
+                     (const Boxermesh__V1__RelayHello   *message);
+size_t boxermesh__v1__relay_hello__pack
+                     (const Boxermesh__V1__RelayHello   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__relay_hello__pack_to_buffer
+                     (const Boxermesh__V1__RelayHello   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__RelayHello *
+       boxermesh__v1__relay_hello__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__relay_hello__free_unpacked
+                     (Boxermesh__V1__RelayHello *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__RelayOpen methods */
+void   boxermesh__v1__relay_open__init
+                     (Boxermesh__V1__RelayOpen         *message);
+size_t boxermesh__v1__relay_open__get_packed_size
+                     (const Boxermesh__V1__RelayOpen   *message);
+size_t boxermesh__v1__relay_open__pack
+                     (const Boxermesh__V1__RelayOpen   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__relay_open__pack_to_buffer
+                     (const Boxermesh__V1__RelayOpen   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__RelayOpen *
+       boxermesh__v1__relay_open__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__relay_open__free_unpacked
+                     (Boxermesh__V1__RelayOpen *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__RelayReset methods */
+void   boxermesh__v1__relay_reset__init
+                     (Boxermesh__V1__RelayReset         *message);
+size_t boxermesh__v1__relay_reset__get_packed_size
+                     (const Boxermesh__V1__RelayReset   *message);
+size_t boxermesh__v1__relay_reset__pack
+                     (const Boxermesh__V1__RelayReset   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__relay_reset__pack_to_buffer
+                     (const Boxermesh__V1__RelayReset   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__RelayReset *
+       boxermesh__v1__relay_reset__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__relay_reset__free_unpacked
+                     (Boxermesh__V1__RelayReset *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__RelayPunch methods */
+void   boxermesh__v1__relay_punch__init
+                     (Boxermesh__V1__RelayPunch         *message);
+size_t boxermesh__v1__relay_punch__get_packed_size
+                     (const Boxermesh__V1__RelayPunch   *message);
+size_t boxermesh__v1__relay_punch__pack
+                     (const Boxermesh__V1__RelayPunch   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__relay_punch__pack_to_buffer
+                     (const Boxermesh__V1__RelayPunch   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__RelayPunch *
+       boxermesh__v1__relay_punch__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__relay_punch__free_unpacked
+                     (Boxermesh__V1__RelayPunch *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Boxermesh__V1__ControlMessage_Closure)
@@ -1556,6 +1775,21 @@ typedef void (*Boxermesh__V1__ShimUnlisten_Closure)
 typedef void (*Boxermesh__V1__ShimTakeAccepted_Closure)
                  (const Boxermesh__V1__ShimTakeAccepted *message,
                   void *closure_data);
+typedef void (*Boxermesh__V1__RelayFrame_Closure)
+                 (const Boxermesh__V1__RelayFrame *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__RelayHello_Closure)
+                 (const Boxermesh__V1__RelayHello *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__RelayOpen_Closure)
+                 (const Boxermesh__V1__RelayOpen *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__RelayReset_Closure)
+                 (const Boxermesh__V1__RelayReset *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__RelayPunch_Closure)
+                 (const Boxermesh__V1__RelayPunch *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -1603,6 +1837,12 @@ extern const ProtobufCMessageDescriptor boxermesh__v1__shim_connection__descript
 extern const ProtobufCMessageDescriptor boxermesh__v1__shim_listen__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__shim_unlisten__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__shim_take_accepted__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__relay_frame__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__relay_hello__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__relay_open__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__relay_reset__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__relay_punch__descriptor;
+extern const ProtobufCEnumDescriptor    boxermesh__v1__relay_punch__stage__descriptor;
 
 PROTOBUF_C__END_DECLS
 

@@ -993,6 +993,9 @@ public nonisolated struct Boxermesh_V1_ConnectionEvent: Sendable {
 
     /// reason set
     case failed // = 3
+
+    /// a relayed connection moved to a direct link (path PATH_DIRECT); see Relay below
+    case upgrade // = 4
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -1005,6 +1008,7 @@ public nonisolated struct Boxermesh_V1_ConnectionEvent: Sendable {
       case 1: self = .open
       case 2: self = .refused
       case 3: self = .failed
+      case 4: self = .upgrade
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -1015,6 +1019,7 @@ public nonisolated struct Boxermesh_V1_ConnectionEvent: Sendable {
       case .open: return 1
       case .refused: return 2
       case .failed: return 3
+      case .upgrade: return 4
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -1025,6 +1030,7 @@ public nonisolated struct Boxermesh_V1_ConnectionEvent: Sendable {
       .open,
       .refused,
       .failed,
+      .upgrade,
     ]
 
   }
@@ -1268,6 +1274,222 @@ public nonisolated struct Boxermesh_V1_ShimTakeAccepted: Sendable {
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+}
+
+public nonisolated struct Boxermesh_V1_RelayFrame: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The control plane's connection id; 0 for hello.
+  public var connectionID: UInt64 = 0
+
+  public var body: Boxermesh_V1_RelayFrame.OneOf_Body? = nil
+
+  /// at most 65536 bytes
+  public var data: Data {
+    get {
+      if case .data(let v)? = body {return v}
+      return Data()
+    }
+    set {body = .data(newValue)}
+  }
+
+  public var fin: Bool {
+    get {
+      if case .fin(let v)? = body {return v}
+      return false
+    }
+    set {body = .fin(newValue)}
+  }
+
+  public var rst: Boxermesh_V1_RelayReset {
+    get {
+      if case .rst(let v)? = body {return v}
+      return Boxermesh_V1_RelayReset()
+    }
+    set {body = .rst(newValue)}
+  }
+
+  /// bytes the receiver handed to its app since its last credit
+  public var credit: UInt32 {
+    get {
+      if case .credit(let v)? = body {return v}
+      return 0
+    }
+    set {body = .credit(newValue)}
+  }
+
+  /// upgrade marker: the sender's relay stream ends after this many bytes
+  public var switchOffset: UInt64 {
+    get {
+      if case .switchOffset(let v)? = body {return v}
+      return 0
+    }
+    set {body = .switchOffset(newValue)}
+  }
+
+  public var hello: Boxermesh_V1_RelayHello {
+    get {
+      if case .hello(let v)? = body {return v}
+      return Boxermesh_V1_RelayHello()
+    }
+    set {body = .hello(newValue)}
+  }
+
+  public var `open`: Boxermesh_V1_RelayOpen {
+    get {
+      if case .open(let v)? = body {return v}
+      return Boxermesh_V1_RelayOpen()
+    }
+    set {body = .open(newValue)}
+  }
+
+  public var punch: Boxermesh_V1_RelayPunch {
+    get {
+      if case .punch(let v)? = body {return v}
+      return Boxermesh_V1_RelayPunch()
+    }
+    set {body = .punch(newValue)}
+  }
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Body: Equatable, Sendable {
+    /// at most 65536 bytes
+    case data(Data)
+    case fin(Bool)
+    case rst(Boxermesh_V1_RelayReset)
+    /// bytes the receiver handed to its app since its last credit
+    case credit(UInt32)
+    /// upgrade marker: the sender's relay stream ends after this many bytes
+    case switchOffset(UInt64)
+    case hello(Boxermesh_V1_RelayHello)
+    case `open`(Boxermesh_V1_RelayOpen)
+    case punch(Boxermesh_V1_RelayPunch)
+
+  }
+
+  public init() {}
+}
+
+public nonisolated struct Boxermesh_V1_RelayHello: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// the node's session token (empty in the broker's answer)
+  public var session: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Boxermesh_V1_RelayOpen: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// set by the broker: bytes each side may have unacknowledged
+  public var window: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Boxermesh_V1_RelayReset: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Boxermesh_V1_RelayPunch: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var attempt: UInt32 = 0
+
+  public var stage: Boxermesh_V1_RelayPunch.Stage = .unspecified
+
+  public var endpoint: Boxermesh_V1_PublicEndpoint {
+    get {_endpoint ?? Boxermesh_V1_PublicEndpoint()}
+    set {_endpoint = newValue}
+  }
+  /// Returns true if `endpoint` has been explicitly set.
+  public var hasEndpoint: Bool {self._endpoint != nil}
+  /// Clears the value of `endpoint`. Subsequent reads from it will return its default value.
+  public mutating func clearEndpoint() {self._endpoint = nil}
+
+  public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum Stage: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case unspecified // = 0
+
+    /// initiator -> acceptor: endpoint set
+    case offer // = 1
+
+    /// acceptor -> initiator: endpoint set
+    case answer // = 2
+
+    /// the sender holds a proven direct socket for this attempt
+    case ready // = 3
+
+    /// the sender gave this attempt up (reason set)
+    case failed // = 4
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .unspecified
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .unspecified
+      case 1: self = .offer
+      case 2: self = .answer
+      case 3: self = .ready
+      case 4: self = .failed
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .unspecified: return 0
+      case .offer: return 1
+      case .answer: return 2
+      case .ready: return 3
+      case .failed: return 4
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Boxermesh_V1_RelayPunch.Stage] = [
+      .unspecified,
+      .offer,
+      .answer,
+      .ready,
+      .failed,
+    ]
+
+  }
+
+  public init() {}
+
+  fileprivate var _endpoint: Boxermesh_V1_PublicEndpoint? = nil
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -2705,7 +2927,7 @@ nonisolated extension Boxermesh_V1_ConnectionEvent: SwiftProtobuf.Message, Swift
 }
 
 nonisolated extension Boxermesh_V1_ConnectionEvent.Kind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}KIND_OPEN\0\u{1}KIND_REFUSED\0\u{1}KIND_FAILED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}KIND_OPEN\0\u{1}KIND_REFUSED\0\u{1}KIND_FAILED\0\u{1}KIND_UPGRADE\0")
 }
 
 nonisolated extension Boxermesh_V1_ShimRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -3203,4 +3425,301 @@ nonisolated extension Boxermesh_V1_ShimTakeAccepted: SwiftProtobuf.Message, Swif
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
+}
+
+nonisolated extension Boxermesh_V1_RelayFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RelayFrame"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}data\0\u{1}fin\0\u{1}rst\0\u{1}credit\0\u{3}switch_offset\0\u{1}hello\0\u{1}open\0\u{1}punch\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.connectionID) }()
+      case 2: try {
+        var v: Data?
+        try decoder.decodeSingularBytesField(value: &v)
+        if let v = v {
+          if self.body != nil {try decoder.handleConflictingOneOf()}
+          self.body = .data(v)
+        }
+      }()
+      case 3: try {
+        var v: Bool?
+        try decoder.decodeSingularBoolField(value: &v)
+        if let v = v {
+          if self.body != nil {try decoder.handleConflictingOneOf()}
+          self.body = .fin(v)
+        }
+      }()
+      case 4: try {
+        var v: Boxermesh_V1_RelayReset?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .rst(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .rst(v)
+        }
+      }()
+      case 5: try {
+        var v: UInt32?
+        try decoder.decodeSingularUInt32Field(value: &v)
+        if let v = v {
+          if self.body != nil {try decoder.handleConflictingOneOf()}
+          self.body = .credit(v)
+        }
+      }()
+      case 6: try {
+        var v: UInt64?
+        try decoder.decodeSingularUInt64Field(value: &v)
+        if let v = v {
+          if self.body != nil {try decoder.handleConflictingOneOf()}
+          self.body = .switchOffset(v)
+        }
+      }()
+      case 7: try {
+        var v: Boxermesh_V1_RelayHello?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .hello(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .hello(v)
+        }
+      }()
+      case 8: try {
+        var v: Boxermesh_V1_RelayOpen?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .open(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .open(v)
+        }
+      }()
+      case 9: try {
+        var v: Boxermesh_V1_RelayPunch?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .punch(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .punch(v)
+        }
+      }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.connectionID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.connectionID, fieldNumber: 1)
+    }
+    switch self.body {
+    case .data?: try {
+      guard case .data(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularBytesField(value: v, fieldNumber: 2)
+    }()
+    case .fin?: try {
+      guard case .fin(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularBoolField(value: v, fieldNumber: 3)
+    }()
+    case .rst?: try {
+      guard case .rst(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case .credit?: try {
+      guard case .credit(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularUInt32Field(value: v, fieldNumber: 5)
+    }()
+    case .switchOffset?: try {
+      guard case .switchOffset(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularUInt64Field(value: v, fieldNumber: 6)
+    }()
+    case .hello?: try {
+      guard case .hello(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    }()
+    case .open?: try {
+      guard case .open(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
+    }()
+    case .punch?: try {
+      guard case .punch(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    }()
+    case nil: break
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_RelayFrame, rhs: Boxermesh_V1_RelayFrame) -> Bool {
+    if lhs.connectionID != rhs.connectionID {return false}
+    if lhs.body != rhs.body {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_RelayHello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RelayHello"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}session\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.session) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.session.isEmpty {
+      try visitor.visitSingularBytesField(value: self.session, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_RelayHello, rhs: Boxermesh_V1_RelayHello) -> Bool {
+    if lhs.session != rhs.session {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_RelayOpen: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RelayOpen"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}window\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.window) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.window != 0 {
+      try visitor.visitSingularUInt32Field(value: self.window, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_RelayOpen, rhs: Boxermesh_V1_RelayOpen) -> Bool {
+    if lhs.window != rhs.window {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_RelayReset: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RelayReset"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_RelayReset, rhs: Boxermesh_V1_RelayReset) -> Bool {
+    if lhs.reason != rhs.reason {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_RelayPunch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RelayPunch"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}attempt\0\u{1}stage\0\u{1}endpoint\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.attempt) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.stage) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._endpoint) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.attempt != 0 {
+      try visitor.visitSingularUInt32Field(value: self.attempt, fieldNumber: 1)
+    }
+    if self.stage != .unspecified {
+      try visitor.visitSingularEnumField(value: self.stage, fieldNumber: 2)
+    }
+    try { if let v = self._endpoint {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_RelayPunch, rhs: Boxermesh_V1_RelayPunch) -> Bool {
+    if lhs.attempt != rhs.attempt {return false}
+    if lhs.stage != rhs.stage {return false}
+    if lhs._endpoint != rhs._endpoint {return false}
+    if lhs.reason != rhs.reason {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_RelayPunch.Stage: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0STAGE_UNSPECIFIED\0\u{1}STAGE_OFFER\0\u{1}STAGE_ANSWER\0\u{1}STAGE_READY\0\u{1}STAGE_FAILED\0")
 }

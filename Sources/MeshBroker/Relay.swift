@@ -1,0 +1,57 @@
+import Logging
+import ServiceLifecycle
+import WireFormat
+import ZeroMQ
+
+/// What the relay listens on and how much memory it may hold.
+public struct RelayConfiguration: Sendable {
+    /// ZeroMQ ROUTER endpoint the nodes' relay DEALERs connect to.
+    public var endpoint = "tcp://0.0.0.0:7702"
+    /// Relayed bytes the broker may hold at once, all connections together: each open connection reserves
+    /// 2 × its window from this budget until it ends, and a node never has more than its window unacknowledged
+    /// per direction (the relay resets one that tries). An open that finds too little left is refused.
+    public var memoryBudget = 256 << 20
+    /// Each connection's window per direction while the budget has room for it; less once it fills up.
+    public var maximumWindow = 1 << 20
+    /// Below this the budget counts as full: new relayed connections are refused.
+    public var minimumWindow = 64 << 10
+    /// Frames per node that libzmq reads ahead of the relay before it stops reading that node's TCP connection:
+    /// the most a node that ignores its windows can make the broker hold (× 64 KiB) until the relay resets it.
+    public var receiveHighWaterMark: Int32 = 64
+
+    public init() {}
+}
+
+/// The broker's relay: forwards RelayFrames between the two nodes of each relayed connection, on its own
+/// ZeroMQ ROUTER and thread (a heavy relay never delays the control plane). Per-connection credit windows,
+/// checked here, keep its memory within ``RelayConfiguration/memoryBudget`` however many connections there are
+/// and however slow their readers.
+public struct Relay: Service {
+    let configuration: RelayConfiguration
+    let directory: RelayDirectory
+    let logger: Logger
+    let onReady: @Sendable (String) -> Void
+
+    public init(
+        configuration: RelayConfiguration, directory: RelayDirectory, logger: Logger,
+        onReady: @escaping @Sendable (String) -> Void = { _ in }
+    ) {
+        self.configuration = configuration
+        self.directory = directory
+        self.logger = logger
+        self.onReady = onReady
+    }
+
+    public func run() async throws {
+        RelayAllocator.tune()
+        let loop = SocketLoop<Never>(name: "relay")
+        let (configuration, directory, logger, onReady) = (configuration, directory, logger, onReady)
+        try await cancelWhenGracefulShutdown {
+            try await loop.run {
+                let handler = try RelayHandler(configuration: configuration, directory: directory, logger: logger)
+                onReady(handler.router.lastEndpoint)
+                return handler
+            }
+        }
+    }
+}

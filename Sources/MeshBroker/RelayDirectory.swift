@@ -1,0 +1,87 @@
+import Synchronization
+
+/// What the broker's control plane tells its relay: which node sessions are live, and which two sessions each
+/// signalled connection joins. The control plane writes it from its thread, the relay reads it from its own; a
+/// mutex keeps both consistent. The relay forwards frames only between the two sessions of a connection the
+/// control plane signalled, so a node proves itself to the relay with its control-plane session token.
+public final class RelayDirectory: Sendable {
+    struct Pairing: Equatable {
+        let initiator: [UInt8]
+        let acceptor: [UInt8]
+        let signalled: ContinuousClock.Instant
+        /// The relay opened it.
+        var relayed = false
+        /// When the relay let it go (closed, reset or moved to a direct link).
+        var ended: ContinuousClock.Instant?
+    }
+
+    private struct State {
+        var sessions: Set<[UInt8]> = []
+        var pairings: [UInt64: Pairing] = [:]
+        var lastPurge = ContinuousClock.now
+    }
+
+    private let state = Mutex(State())
+
+    /// A signalled connection that was never relayed is forgotten after this long (its punch has long succeeded
+    /// or failed); a relayed one is kept this long after it ended, so late reports still find it.
+    static let retention = Duration.seconds(120)
+
+    public init() {}
+
+    // MARK: Control plane
+
+    func sessionOpened(token: [UInt8]) {
+        state.withLock { _ = $0.sessions.insert(token) }
+    }
+
+    /// The session left or expired: its connections can no longer be opened, and the relay resets live ones.
+    func sessionEnded(token: [UInt8]) {
+        state.withLock { state in
+            state.sessions.remove(token)
+            state.pairings = state.pairings.filter { $0.value.initiator != token && $0.value.acceptor != token }
+        }
+    }
+
+    func connectionSignalled(_ id: UInt64, initiator: [UInt8], acceptor: [UInt8]) {
+        let now = ContinuousClock.now
+        state.withLock { state in
+            state.pairings[id] = Pairing(initiator: initiator, acceptor: acceptor, signalled: now)
+            guard now - state.lastPurge >= .seconds(1) else { return }
+            state.lastPurge = now
+            state.pairings = state.pairings.filter { _, pairing in
+                if let ended = pairing.ended { return now - ended < Self.retention }
+                return pairing.relayed || now - pairing.signalled < Self.retention
+            }
+        }
+    }
+
+    /// Whether the relay carried this connection: a later report of a direct link is then an upgrade.
+    func wasRelayed(_ id: UInt64) -> Bool {
+        state.withLock { $0.pairings[id]?.relayed ?? false }
+    }
+
+    // MARK: Relay
+
+    func isLive(_ token: [UInt8]) -> Bool {
+        state.withLock { $0.sessions.contains(token) }
+    }
+
+    func pairing(_ id: UInt64) -> Pairing? {
+        state.withLock { $0.pairings[id] }
+    }
+
+    func markRelayed(_ id: UInt64) {
+        state.withLock { $0.pairings[id]?.relayed = true }
+    }
+
+    func markEnded(_ id: UInt64) {
+        let now = ContinuousClock.now
+        state.withLock { $0.pairings[id]?.ended = now }
+    }
+
+    /// For tests and status: live sessions and known pairings.
+    var counts: (sessions: Int, pairings: Int) {
+        state.withLock { ($0.sessions.count, $0.pairings.count) }
+    }
+}

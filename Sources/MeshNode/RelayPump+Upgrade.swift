@@ -1,0 +1,206 @@
+import Foundation
+import WireFormat
+
+/// Moving a relayed connection onto a direct link without losing, duplicating or reordering a byte.
+///
+/// The initiator starts an attempt (1 s after the relay opened, then backing off to
+/// ``RelayOptions/upgradeMaxInterval``): a fresh port's public endpoint goes to the acceptor as punch OFFER, the
+/// acceptor answers with its own (ANSWER) and both punch and prove the link token on the new socket, each on a
+/// thread of its own. Each end then says READY (it holds a proven socket) or FAILED. An end switches only once
+/// it has said READY and heard READY: it ends its relay stream with `switch_offset` = the bytes it sent on the
+/// relay and writes the rest to the direct socket; the other end hands its app the relay bytes up to that
+/// offset, then reads the direct socket. So both ends hold a proven socket before a byte goes onto it.
+extension RelayPump {
+    func scheduleUpgrade(_ stream: RelayStream, after delay: Duration) {
+        stream.upgrade.phase = .idle
+        stream.upgrade.deadline = nil
+        stream.upgrade.next = .now + delay
+    }
+
+    /// Starts due attempts; gives up offers nobody answered.
+    func upgradeTick(now: ContinuousClock.Instant) {
+        for stream in streams.values {
+            if let deadline = stream.upgrade.deadline, deadline <= now {
+                stream.upgrade.deadline = nil
+                if case .offered(let attempt, _) = stream.upgrade.phase {
+                    failAttempt(stream, attempt, reason: "no answer to the punch offer")
+                }
+            }
+            guard let next = stream.upgrade.next, next <= now else { continue }
+            stream.upgrade.next = nil
+            guard stream.upgrade.phase == .idle, !stream.appEOF, !stream.finReceived else { continue }
+            stream.upgrade.attempt += 1
+            gather(stream, attempt: stream.upgrade.attempt)
+        }
+    }
+
+    /// Learns a fresh port's public endpoint on a thread of its own.
+    private func gather(_ stream: RelayStream, attempt: UInt32) {
+        stream.upgrade.phase = .gathering(attempt)
+        let (id, reflector, post) = (stream.id, options.reflector, post)
+        Thread {
+            let result: Result<(port: UInt16, endpoint: Endpoint), LinkError>
+            do {
+                let port = try Puncher.freeLocalPort()
+                let mapped = try STUNClient.mappedEndpoint(server: reflector, transport: .tcp, localPort: port, timeout: .seconds(3))
+                result = .success((port, mapped))
+            } catch {
+                result = .failure(LinkError(code: ENETUNREACH, description: "no public endpoint: \(error)"))
+            }
+            post(.gathered(id, attempt: attempt, result))
+        }.start()
+    }
+
+    func gathered(_ id: UInt64, attempt: UInt32, _ result: Result<(port: UInt16, endpoint: Endpoint), LinkError>) {
+        guard let stream = streams[id], stream.upgrade.phase == .gathering(attempt) else { return }
+        switch result {
+        case .failure(let error):
+            failAttempt(stream, attempt, reason: error.description)
+        case .success(let (port, endpoint)):
+            var punch = Boxermesh_V1_RelayPunch()
+            punch.attempt = attempt
+            punch.endpoint = .with { $0.address = endpoint.v4Value; $0.port = UInt32(endpoint.port) }
+            if stream.context.initiator {
+                punch.stage = .offer
+                stream.upgrade.phase = .offered(attempt, port: port)
+                stream.upgrade.deadline = .now + .seconds(5)
+                send(RelayFrame.with(id, .punch(punch)))
+            } else {
+                // Punching starts before the answer goes out: our SYNs open our NAT for the initiator's.
+                punch.stage = .answer
+                guard let peer = stream.upgrade.peerEndpoint else { return failAttempt(stream, attempt, reason: "no offer") }
+                startPunch(stream, attempt: attempt, from: port, to: peer)
+                send(RelayFrame.with(id, .punch(punch)))
+            }
+        }
+    }
+
+    private func startPunch(_ stream: RelayStream, attempt: UInt32, from port: UInt16, to peer: Endpoint) {
+        stream.upgrade.phase = .punching(attempt)
+        let (id, token, initiator, post) = (stream.id, stream.context.token, stream.context.initiator, post)
+        let timeout = options.upgradePunchTimeout
+        Thread {
+            let result: Result<Int32, LinkError>
+            do {
+                let deadline = ContinuousClock.now + timeout
+                let fd = try Puncher.punch(from: port, to: peer, attempt: LinkManager.attempt, until: deadline)
+                do {
+                    try Puncher.verify(fd, token: token, connectionID: id, initiator: initiator, until: deadline + .seconds(2))
+                } catch {
+                    close(fd)
+                    throw error
+                }
+                result = .success(fd)
+            } catch let failure as Puncher.Failure {
+                result = .failure(LinkError(code: failure.code, description: failure.description))
+            } catch {
+                result = .failure(LinkError(code: EHOSTUNREACH, description: "\(error)"))
+            }
+            post(.punched(id, attempt: attempt, result))
+        }.start()
+    }
+
+    func punched(_ id: UInt64, attempt: UInt32, _ result: Result<Int32, LinkError>) {
+        guard let stream = streams[id], stream.upgrade.phase == .punching(attempt) else {
+            if case .success(let fd) = result { RelaySockets.reset(fd) }
+            return
+        }
+        switch result {
+        case .failure(let error):
+            failAttempt(stream, attempt, reason: error.description)
+        case .success(let fd):
+            RelaySockets.setNonBlocking(fd)
+            RelaySockets.setNoDelay(fd)
+            stream.direct = fd
+            stream.upgrade.phase = .ready(attempt)
+            send(RelayFrame.with(id, .punch(.with { $0.attempt = attempt; $0.stage = .ready })))
+            if stream.upgrade.peerReady == attempt { switchToDirect(stream) }
+        }
+    }
+
+    /// A punch frame from the peer.
+    func punchSignal(_ stream: RelayStream, _ punch: Boxermesh_V1_RelayPunch) {
+        let attempt = punch.attempt
+        let endpoint = Endpoint(IPv4Address(punch.endpoint.address), port: UInt16(truncatingIfNeeded: punch.endpoint.port))
+        switch punch.stage {
+        case .offer where !stream.context.initiator:
+            guard options.upgrade, stream.upgrade.phase != .done, !stream.appEOF, !stream.finReceived else {
+                return send(RelayFrame.with(stream.id, .punch(.with { $0.attempt = attempt; $0.stage = .failed; $0.reason = "not upgrading" })))
+            }
+            dropDirect(stream)
+            stream.upgrade.attempt = attempt
+            stream.upgrade.peerEndpoint = endpoint
+            gather(stream, attempt: attempt)
+        case .answer where stream.context.initiator:
+            guard case .offered(attempt, let port) = stream.upgrade.phase else { return }
+            stream.upgrade.deadline = nil
+            startPunch(stream, attempt: attempt, from: port, to: endpoint)
+        case .ready:
+            stream.upgrade.peerReady = attempt
+            switch stream.upgrade.phase {
+            case .ready(attempt): switchToDirect(stream)
+            case .punching(attempt): break  // our own result is on its way
+            default:
+                send(RelayFrame.with(stream.id, .punch(.with { $0.attempt = attempt; $0.stage = .failed; $0.reason = "attempt abandoned" })))
+            }
+        case .failed:
+            guard stream.upgrade.attempt == attempt, stream.upgrade.phase != .done else { return }
+            dropDirect(stream)
+            logger.debug("upgrade attempt failed at the peer", metadata: ["connection": "\(stream.id)", "attempt": "\(attempt)", "reason": "\(punch.reason)"])
+            backOff(stream)
+        default:
+            break
+        }
+    }
+
+    /// This end gave the attempt up: tell the peer, and (the initiator) try again later.
+    private func failAttempt(_ stream: RelayStream, _ attempt: UInt32, reason: String) {
+        logger.debug("upgrade attempt failed", metadata: ["connection": "\(stream.id)", "attempt": "\(attempt)", "reason": "\(reason)"])
+        send(RelayFrame.with(stream.id, .punch(.with { $0.attempt = attempt; $0.stage = .failed; $0.reason = reason })))
+        dropDirect(stream)
+        backOff(stream)
+    }
+
+    private func backOff(_ stream: RelayStream) {
+        stream.upgrade.phase = .idle
+        stream.upgrade.deadline = nil
+        guard stream.context.initiator else { return }
+        let delay = stream.upgrade.delay
+        stream.upgrade.delay = min(delay * 2, options.upgradeMaxInterval)
+        stream.upgrade.next = .now + min(delay, options.upgradeMaxInterval)
+    }
+
+    /// A proven socket of an attempt that will not be used.
+    private func dropDirect(_ stream: RelayStream) {
+        guard stream.upgrade.phase != .done, let direct = stream.direct else { return }
+        stream.direct = nil
+        RelaySockets.reset(direct)
+    }
+
+    /// Both ends are READY: end our relay stream at its current offset and go on on the direct link.
+    private func switchToDirect(_ stream: RelayStream) {
+        guard let direct = stream.direct else { return }
+        stream.upgrade.phase = .done
+        stream.upgrade.next = nil
+        owners[direct] = stream.id
+        if !stream.appEOF {
+            send(RelayFrame.with(stream.id, .switchOffset(stream.sentOnRelay)))
+            stream.outboundDirect = true
+        }
+        logger.info(
+            "relayed connection moved to a direct link",
+            metadata: [
+                "connection": "\(stream.id)", "peer": "\(stream.context.peer)", "attempt": "\(stream.upgrade.attempt)",
+                "relayed_bytes_out": "\(stream.sentOnRelay)",
+            ])
+        onUpgraded(stream.id, stream.context)
+        // The pair can punch now: its other relayed connections try at once instead of at their next backoff.
+        for other in streams.values
+        where other !== stream && other.context.initiator && other.context.peer == stream.context.peer
+            && other.upgrade.phase == .idle
+        {
+            other.upgrade.next = .now
+            other.upgrade.delay = .seconds(1)
+        }
+    }
+}
