@@ -113,29 +113,23 @@ final class ControlPlaneHandler: SocketLoopHandler {
     var sockets: [ZMQSocket] { [router] }
 
     func readable(socketAt index: Int) {
-        while true {
-            let frames: [[UInt8]]
-            do {
-                guard let received = try router.receive() else { return }
-                frames = received
-            } catch {
-                logger.warning("control socket receive failed: \(error)")
-                return
+        do {
+            try router.receiveAll { frames in
+                guard frames.count == 2 else {
+                    return badInput.drop("message with \(frames.count) frames (expected 1 after the routing id)")
+                }
+                let routingID = frames[0]
+                let request: ControlMessage
+                do {
+                    request = try ControlMessage(frame: frames[1])
+                } catch {
+                    badInput.drop("\(error)")
+                    return send(to: routingID, ControlMessage().reply(.error(.init(.errorBadRequest, "\(error)"))))
+                }
+                handle(request, from: routingID)
             }
-            guard frames.count == 2 else {
-                badInput.drop("message with \(frames.count) frames (expected 1 after the routing id)")
-                continue
-            }
-            let routingID = frames[0]
-            let request: ControlMessage
-            do {
-                request = try ControlMessage(frame: frames[1])
-            } catch {
-                badInput.drop("\(error)")
-                send(to: routingID, ControlMessage().reply(.error(.init(.errorBadRequest, "\(error)"))))
-                continue
-            }
-            handle(request, from: routingID)
+        } catch {
+            logger.warning("control socket receive failed: \(error)")
         }
     }
 

@@ -59,31 +59,26 @@ final class RelayHandler: SocketLoopHandler {
     var sockets: [ZMQSocket] { [router] }
 
     func readable(socketAt index: Int) {
-        while true {
-            let frames: [[UInt8]]
-            do {
-                guard let received = try router.receive() else { return }
-                frames = received
-            } catch {
-                logger.warning("relay socket receive failed: \(error)")
-                return
-            }
-            guard frames.count >= 2 else {
-                badInput.drop("message without a relay frame after the routing id")
-                continue
-            }
-            // A node may send several frames (parts) in one message; each is a RelayFrame of its own.
-            for frame in frames[1...] {
-                let header: RelayFrameHeader
-                do {
-                    header = try RelayFrameHeader(scanning: frame)
-                } catch {
-                    badInput.drop("\(error)")
-                    continue
+        do {
+            try router.receiveAll { frames in
+                guard frames.count >= 2 else {
+                    return badInput.drop("message without a relay frame after the routing id")
                 }
-                handle(header, frame: frame, from: frames[0])
+                // A node may send several frames (parts) in one message; each is a RelayFrame of its own.
+                for frame in frames[1...] {
+                    let header: RelayFrameHeader
+                    do {
+                        header = try RelayFrameHeader(scanning: frame)
+                    } catch {
+                        badInput.drop("\(error)")
+                        continue
+                    }
+                    handle(header, frame: frame, from: frames[0])
+                }
+                flush()
             }
-            flush()
+        } catch {
+            logger.warning("relay socket receive failed: \(error)")
         }
     }
 

@@ -120,17 +120,11 @@ final class RelayPump: SocketLoopHandler {
     // MARK: Relay frames
 
     func readable(socketAt index: Int) {
-        while true {
-            let frames: [[UInt8]]
-            do {
-                guard let received = try dealer.receive() else { return }
-                frames = received
-            } catch {
-                logger.warning("relay receive failed: \(error)")
-                return
-            }
+        do {
             // One message may hold several frames (the broker batches what it forwards to us).
-            for frame in frames { received(frame) }
+            try dealer.receiveAll { frames in for frame in frames { received(frame) } }
+        } catch {
+            logger.warning("relay receive failed: \(error)")
         }
     }
 

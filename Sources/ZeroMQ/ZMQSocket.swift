@@ -72,6 +72,12 @@ public final class ZMQSocket {
         }
     }
 
+    /// Receives every message waiting on the socket, handing each to `body`: one poll wake-up drains the socket.
+    /// A receive error ends the drain and is thrown.
+    public func receiveAll(_ body: ([[UInt8]]) -> Void) throws(ZMQError) {
+        while let frames = try receive() { body(frames) }
+    }
+
     /// Receives one multipart message, or nil when none is waiting.
     public func receive() throws(ZMQError) -> [[UInt8]]? {
         var frames: [[UInt8]] = []
