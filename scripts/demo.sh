@@ -17,7 +17,8 @@ pids=()
 prefix=demo
 
 cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # A background `run` is a subshell: end its child (the real process) as well as the subshell itself.
+    for pid in "${pids[@]}"; do pkill -TERM -P "$pid" 2>/dev/null || true; kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     if [[ $lab == yes ]]; then "$bin" lab down --prefix "$prefix" >/dev/null 2>&1 || true; fi
     rm -rf "$work"
