@@ -3,6 +3,7 @@ import Logging
 import ServiceLifecycle
 import Synchronization
 import WireFormat
+import ZeroMQ
 
 /// What the STUN reflector listens on and how much it tolerates.
 public struct ReflectorConfiguration: Sendable {
@@ -180,30 +181,21 @@ struct ReflectorSockets: Sendable {
     }
 }
 
-/// Stops the reflector thread from any thread: sets a flag and writes to a pipe the thread polls.
+/// Stops the reflector thread from any thread: sets a flag and wakes the pipe the thread polls.
 final class ReflectorWake: Sendable {
     private let stopping = Atomic<Bool>(false)
-    /// Polled by the loop thread.
-    let readEnd: Int32
-    private let writeEnd: Int32
+    private let pipe: WakePipe
 
     init() throws {
-        var fds: [Int32] = [-1, -1]
-        guard pipe(&fds) == 0 else {
-            let reason = ReflectorSocket.describe(errno: errno)
-            throw ReflectorError(.noResources, "reflector cannot create its wake-up pipe: \(reason)")
+        do {
+            pipe = try WakePipe()
+        } catch {
+            throw ReflectorError(.noResources, "reflector \(error)")
         }
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-        (readEnd, writeEnd) = (fds[0], fds[1])
     }
 
-    deinit {
-        Glibc.close(readEnd)
-        Glibc.close(writeEnd)
-    }
+    /// Polled by the loop thread.
+    var readEnd: Int32 { pipe.readEnd }
 
     /// Whether ``stop()`` was called.
     var isStopping: Bool { stopping.load(ordering: .acquiring) }
@@ -211,13 +203,9 @@ final class ReflectorWake: Sendable {
     /// Asks the loop to end; safe to call any number of times from any thread.
     func stop() {
         stopping.store(true, ordering: .releasing)
-        var byte: UInt8 = 1
-        _ = Glibc.write(writeEnd, &byte, 1)  // a full pipe already means "wake up"
+        pipe.wake()
     }
 
     /// Empties the pipe (called by the loop thread when it is readable).
-    func drain() {
-        var buffer = [UInt8](repeating: 0, count: 64)
-        while Glibc.read(readEnd, &buffer, buffer.count) > 0 {}
-    }
+    func drain() { pipe.drain() }
 }

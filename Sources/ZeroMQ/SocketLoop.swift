@@ -46,30 +46,19 @@ extension SocketLoopHandler {
 public final class SocketLoop<Command: Sendable>: Sendable {
     private let name: String
     private let mailbox = Mutex<(commands: [Command], stopping: Bool)>(([], false))
-    /// Self-pipe: writing to `wakeWrite` makes `wakeRead` readable, which ends the poll.
-    private let wakeRead: Int32
-    private let wakeWrite: Int32
-
-    /// Receives commands that no handler will ever see (the handler failed to start), so callers waiting on
-    /// them can be answered.
+    /// Wakes the loop's poll from other threads.
+    private let wake: WakePipe
     private let abandon: @Sendable ([Command]) -> Void
 
     public init(name: String, abandon: @escaping @Sendable ([Command]) -> Void = { _ in }) {
         self.name = name
         self.abandon = abandon
-        var fds: [Int32] = [-1, -1]
-        // Only fails when the process is out of descriptors: nothing sensible is left to do then.
-        precondition(pipe(&fds) == 0, "pipe failed: errno \(errno)")
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        do {
+            wake = try WakePipe()
+        } catch {
+            // Only fails when the process is out of descriptors: nothing sensible is left to do then.
+            preconditionFailure("\(error)")
         }
-        (wakeRead, wakeWrite) = (fds[0], fds[1])
-    }
-
-    deinit {
-        Glibc.close(wakeRead)
-        Glibc.close(wakeWrite)
     }
 
     /// Queues `command` for the handler and wakes the loop. Returns false (and drops it) once the loop is stopping;
@@ -81,19 +70,14 @@ public final class SocketLoop<Command: Sendable>: Sendable {
             box.commands.append(command)
             return true
         }
-        if accepted { wake() }
+        if accepted { wake.wake() }
         return accepted
     }
 
     /// Asks the loop to end; ``run(_:)`` returns once the handler has shut down.
     public func stop() {
         mailbox.withLock { $0.stopping = true }
-        wake()
-    }
-
-    private func wake() {
-        var byte: UInt8 = 1
-        _ = Glibc.write(wakeWrite, &byte, 1)  // a full pipe already means "wake up"
+        wake.wake()
     }
 
     /// Starts the thread, builds the handler there with `makeHandler`, and runs until ``stop()`` or until the
@@ -129,7 +113,7 @@ public final class SocketLoop<Command: Sendable>: Sendable {
     private func loop<Handler: SocketLoopHandler<Command>>(_ handler: Handler) {
         let sockets = handler.sockets
         var items = sockets.map { zmq_pollitem_t(socket: $0.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0) }
-        items.append(zmq_pollitem_t(socket: nil, fd: wakeRead, events: Int16(ZMQ_POLLIN), revents: 0))
+        items.append(zmq_pollitem_t(socket: nil, fd: wake.readEnd, events: Int16(ZMQ_POLLIN), revents: 0))
         let clock = ContinuousClock()
         var extra: [PolledDescriptor] = []
         while true {
@@ -155,10 +139,7 @@ public final class SocketLoop<Command: Sendable>: Sendable {
             for (offset, descriptor) in extra.enumerated() where items[sockets.count + offset].revents != 0 {
                 handler.ready(descriptor: descriptor.fd, events: Self.pollEvents(items[sockets.count + offset].revents))
             }
-            if items[items.count - 1].revents & Int16(ZMQ_POLLIN) != 0 {
-                var drain = [UInt8](repeating: 0, count: 64)
-                while Glibc.read(wakeRead, &drain, drain.count) > 0 {}
-            }
+            if items[items.count - 1].revents & Int16(ZMQ_POLLIN) != 0 { wake.drain() }
             let (commands, stopping) = mailbox.withLock { box in
                 defer { box.commands.removeAll() }
                 return (box.commands, box.stopping)
