@@ -1,5 +1,6 @@
 import Foundation
 import WireFormat
+import ZeroMQ
 
 /// The current protocol version; a Hello with another is refused with a clear error.
 public let controlProtocolVersion: UInt32 = 1
@@ -101,6 +102,3 @@ func port(of endpoint: String) -> UInt16 {
     endpoint.split(separator: ":").last.flatMap { UInt16($0) } ?? 0
 }
 
-extension Duration {
-    var milliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
-}

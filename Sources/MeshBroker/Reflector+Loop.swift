@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import WireFormat
+import ZeroMQ
 
 /// The reflector's poll loop. Created on, and confined to, the reflector thread: its state needs no locks.
 /// UDP handling is in `Reflector+UDP.swift`, TCP handling in `Reflector+TCP.swift`.
@@ -107,8 +108,6 @@ final class ReflectorLoop {
         if let acceptPausedUntil {
             wait = min(wait, clock.now.duration(to: acceptPausedUntil))
         }
-        guard wait > .zero else { return 0 }
-        let (seconds, attoseconds) = wait.components
-        return Int32(seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1)
+        return wait.pollTimeout
     }
 }

@@ -1,5 +1,6 @@
 import Glibc
 import WireFormat
+import ZeroMQ
 
 /// An outbound socket, optionally from a fixed local port shared with SO_REUSEADDR|SO_REUSEPORT: the socket of a
 /// ``STUNClient`` exchange and of each punch attempt. Non-blocking; every wait is a `poll()` bounded by a deadline.
@@ -180,10 +181,8 @@ struct DialSocket {
         while true {
             let remaining = ContinuousClock.now.duration(to: deadline)
             guard remaining > .zero else { return false }
-            let (seconds, attoseconds) = remaining.components
-            let milliseconds = Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1)
             var entry = pollfd(fd: fd, events: events, revents: 0)
-            let ready = poll(&entry, 1, milliseconds)
+            let ready = poll(&entry, 1, remaining.pollTimeout)
             if ready > 0 { return true }
             if ready < 0 && errno != EINTR {
                 throw Self.error(.socket, server, transport, "poll failed", errno)

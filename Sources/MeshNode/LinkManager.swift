@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Synchronization
 import WireFormat
+import ZeroMQ
 
 /// A verified mesh connection, ready to hand to the app: the kernel socket and the mesh addresses the app sees.
 struct Link: Sendable {
@@ -461,7 +462,7 @@ final class LinkManager: Sendable {
         report.connectionID = id
         report.established = established
         report.path = path
-        report.setupMs = UInt32(clamping: setup.components.seconds * 1000 + setup.components.attoseconds / 1_000_000_000_000_000)
+        report.setupMs = UInt32(clamping: setup.milliseconds)
         report.initiator = initiator
         report.peerAddress = peer.value
         report.port = UInt32(port)

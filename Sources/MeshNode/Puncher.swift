@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import WireFormat
+import ZeroMQ
 
 /// Opens a direct TCP connection through two NATs by simultaneous open: both ends connect() from the port the
 /// reflector saw to the other's public endpoint, at the same time, until the SYNs cross. Blocking: call it on
@@ -55,7 +56,7 @@ enum Puncher {
             let wait = max(.zero, min(started ? attempt : .milliseconds(20), ContinuousClock.now.duration(to: deadline)))
             var entries = [pollfd(fd: started ? socket.fd : -1, events: Int16(POLLOUT), revents: 0)]
             if let listener { entries.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0)) }
-            _ = poll(&entries, nfds_t(entries.count), Int32(clamping: wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000))
+            _ = poll(&entries, nfds_t(entries.count), Int32(clamping: wait.milliseconds))
             if started, entries[0].revents != 0 {
                 let failure = socket.pendingError()
                 if failure == 0 { return blocking(socket.fd) }

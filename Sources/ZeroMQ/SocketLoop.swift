@@ -126,11 +126,7 @@ public final class SocketLoop<Command: Sendable>: Sendable {
                     at: sockets.count)
                 extra = wanted
             }
-            var timeout = -1
-            if let next = handler.nextTick {
-                let wait = clock.now.duration(to: next)
-                timeout = wait <= .zero ? 0 : Int(wait.components.seconds * 1000 + wait.components.attoseconds / 1_000_000_000_000_000 + 1)
-            }
+            let timeout = handler.nextTick.map { Int(clock.now.duration(to: $0).pollTimeout) } ?? -1
             let ready = zmq_poll(&items, Int32(items.count), timeout)
             if ready < 0 && zmq_errno() != EINTR { break }
             for index in sockets.indices where items[index].revents & Int16(ZMQ_POLLIN) != 0 {
