@@ -4,7 +4,12 @@ import Foundation
 /// The kinds of tap events, the middle part of a topic.
 public enum TapKind: String, Sendable, CaseIterable {
     case membership
+    /// Open, upgrade, refused, failed and close.
     case connection
+    /// Periodic samples of open connections (many: a subscriber may leave them out).
+    case flow
+    /// Relayed payload, only on the capture port of a broker started with the capture opt-in.
+    case capture
 }
 
 /// A mesh's tap key: it names the mesh's topics and seals its events, so a subscriber without the mesh's secret

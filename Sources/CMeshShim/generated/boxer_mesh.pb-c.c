@@ -1042,6 +1042,96 @@ void   boxermesh__v1__link_report__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__link_report__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   boxermesh__v1__flow_report__init
+                     (Boxermesh__V1__FlowReport         *message)
+{
+  static const Boxermesh__V1__FlowReport init_value = BOXERMESH__V1__FLOW_REPORT__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__flow_report__get_packed_size
+                     (const Boxermesh__V1__FlowReport *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__flow_report__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__flow_report__pack
+                     (const Boxermesh__V1__FlowReport *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__flow_report__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__flow_report__pack_to_buffer
+                     (const Boxermesh__V1__FlowReport *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__flow_report__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__FlowReport *
+       boxermesh__v1__flow_report__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__FlowReport *)
+     protobuf_c_message_unpack (&boxermesh__v1__flow_report__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__flow_report__free_unpacked
+                     (Boxermesh__V1__FlowReport *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__flow_report__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__flow_sample__init
+                     (Boxermesh__V1__FlowSample         *message)
+{
+  static const Boxermesh__V1__FlowSample init_value = BOXERMESH__V1__FLOW_SAMPLE__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__flow_sample__get_packed_size
+                     (const Boxermesh__V1__FlowSample *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__flow_sample__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__flow_sample__pack
+                     (const Boxermesh__V1__FlowSample *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__flow_sample__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__flow_sample__pack_to_buffer
+                     (const Boxermesh__V1__FlowSample *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__flow_sample__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__FlowSample *
+       boxermesh__v1__flow_sample__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__FlowSample *)
+     protobuf_c_message_unpack (&boxermesh__v1__flow_sample__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__flow_sample__free_unpacked
+                     (Boxermesh__V1__FlowSample *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__flow_sample__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   boxermesh__v1__tap_event__init
                      (Boxermesh__V1__TapEvent         *message)
 {
@@ -1175,6 +1265,51 @@ void   boxermesh__v1__connection_event__free_unpacked
   if(!message)
     return;
   assert(message->base.descriptor == &boxermesh__v1__connection_event__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__capture_segment__init
+                     (Boxermesh__V1__CaptureSegment         *message)
+{
+  static const Boxermesh__V1__CaptureSegment init_value = BOXERMESH__V1__CAPTURE_SEGMENT__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__capture_segment__get_packed_size
+                     (const Boxermesh__V1__CaptureSegment *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__capture_segment__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__capture_segment__pack
+                     (const Boxermesh__V1__CaptureSegment *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__capture_segment__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__capture_segment__pack_to_buffer
+                     (const Boxermesh__V1__CaptureSegment *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__capture_segment__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__CaptureSegment *
+       boxermesh__v1__capture_segment__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__CaptureSegment *)
+     protobuf_c_message_unpack (&boxermesh__v1__capture_segment__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__capture_segment__free_unpacked
+                     (Boxermesh__V1__CaptureSegment *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__capture_segment__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
 void   boxermesh__v1__shim_request__init
@@ -1852,7 +1987,7 @@ void   boxermesh__v1__relay_punch__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__relay_punch__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_descriptors[22] =
+static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_descriptors[23] =
 {
   {
     "request_id",
@@ -2118,6 +2253,18 @@ static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_desc
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "flow_report",
+    30,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ControlMessage, body_case),
+    offsetof(Boxermesh__V1__ControlMessage, flow_report),
+    &boxermesh__v1__flow_report__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__control_message__field_indices_by_name[] = {
   20,   /* field[20] = ack */
@@ -2127,6 +2274,7 @@ static const unsigned boxermesh__v1__control_message__field_indices_by_name[] = 
   17,   /* field[17] = connect_offer */
   16,   /* field[16] = connect_request */
   15,   /* field[15] = error */
+  22,   /* field[22] = flow_report */
   6,   /* field[6] = heartbeat */
   7,   /* field[7] = heartbeat_ack */
   2,   /* field[2] = hello */
@@ -2147,7 +2295,7 @@ static const ProtobufCIntRange boxermesh__v1__control_message__number_ranges[2 +
 {
   { 1, 0 },
   { 10, 2 },
-  { 0, 22 }
+  { 0, 23 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__control_message__descriptor =
 {
@@ -2157,7 +2305,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__control_message__descriptor =
   "Boxermesh__V1__ControlMessage",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ControlMessage),
-  22,
+  23,
   boxermesh__v1__control_message__field_descriptors,
   boxermesh__v1__control_message__field_indices_by_name,
   2,  boxermesh__v1__control_message__number_ranges,
@@ -2356,7 +2504,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__authenticate__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__authenticate__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__welcome__field_descriptors[8] =
+static const ProtobufCFieldDescriptor boxermesh__v1__welcome__field_descriptors[9] =
 {
   {
     "session",
@@ -2454,8 +2602,21 @@ static const ProtobufCFieldDescriptor boxermesh__v1__welcome__field_descriptors[
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "capture_port",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__Welcome, capture_port),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__welcome__field_indices_by_name[] = {
+  8,   /* field[8] = capture_port */
   4,   /* field[4] = expiry_ms */
   3,   /* field[3] = heartbeat_interval_ms */
   5,   /* field[5] = member_count */
@@ -2468,7 +2629,7 @@ static const unsigned boxermesh__v1__welcome__field_indices_by_name[] = {
 static const ProtobufCIntRange boxermesh__v1__welcome__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 0, 9 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__welcome__descriptor =
 {
@@ -2478,7 +2639,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__welcome__descriptor =
   "Boxermesh__V1__Welcome",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__Welcome),
-  8,
+  9,
   boxermesh__v1__welcome__field_descriptors,
   boxermesh__v1__welcome__field_indices_by_name,
   1,  boxermesh__v1__welcome__number_ranges,
@@ -3381,7 +3542,226 @@ const ProtobufCMessageDescriptor boxermesh__v1__link_report__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__link_report__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__tap_event__field_descriptors[5] =
+static const ProtobufCFieldDescriptor boxermesh__v1__flow_report__field_descriptors[1] =
+{
+  {
+    "samples",
+    1,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__FlowReport, n_samples),
+    offsetof(Boxermesh__V1__FlowReport, samples),
+    &boxermesh__v1__flow_sample__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__flow_report__field_indices_by_name[] = {
+  0,   /* field[0] = samples */
+};
+static const ProtobufCIntRange boxermesh__v1__flow_report__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__flow_report__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.FlowReport",
+  "FlowReport",
+  "Boxermesh__V1__FlowReport",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__FlowReport),
+  1,
+  boxermesh__v1__flow_report__field_descriptors,
+  boxermesh__v1__flow_report__field_indices_by_name,
+  1,  boxermesh__v1__flow_report__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__flow_report__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__flow_sample__field_descriptors[12] =
+{
+  {
+    "connection_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__FlowSample, connection_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "initiator",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__FlowSample, initiator),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "peer_address",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__FlowSample, peer_address),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "port",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__FlowSample, port),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "path",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__FlowSample, path),
+    &boxermesh__v1__path__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "bytes_sent",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__FlowSample, bytes_sent),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "bytes_received",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__FlowSample, bytes_received),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "rtt_us",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__FlowSample, rtt_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "duration_ms",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__FlowSample, duration_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "closed",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__FlowSample, closed),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "send_rate_bps",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__FlowSample, send_rate_bps),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "receive_rate_bps",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__FlowSample, receive_rate_bps),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__flow_sample__field_indices_by_name[] = {
+  6,   /* field[6] = bytes_received */
+  5,   /* field[5] = bytes_sent */
+  9,   /* field[9] = closed */
+  0,   /* field[0] = connection_id */
+  8,   /* field[8] = duration_ms */
+  1,   /* field[1] = initiator */
+  4,   /* field[4] = path */
+  2,   /* field[2] = peer_address */
+  3,   /* field[3] = port */
+  11,   /* field[11] = receive_rate_bps */
+  7,   /* field[7] = rtt_us */
+  10,   /* field[10] = send_rate_bps */
+};
+static const ProtobufCIntRange boxermesh__v1__flow_sample__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 12 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__flow_sample__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.FlowSample",
+  "FlowSample",
+  "Boxermesh__V1__FlowSample",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__FlowSample),
+  12,
+  boxermesh__v1__flow_sample__field_descriptors,
+  boxermesh__v1__flow_sample__field_indices_by_name,
+  1,  boxermesh__v1__flow_sample__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__flow_sample__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__tap_event__field_descriptors[6] =
 {
   {
     "time_unix_ms",
@@ -3443,8 +3823,21 @@ static const ProtobufCFieldDescriptor boxermesh__v1__tap_event__field_descriptor
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "capture",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__TapEvent, event_case),
+    offsetof(Boxermesh__V1__TapEvent, capture),
+    &boxermesh__v1__capture_segment__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__tap_event__field_indices_by_name[] = {
+  5,   /* field[5] = capture */
   4,   /* field[4] = connection */
   3,   /* field[3] = membership */
   1,   /* field[1] = mesh */
@@ -3455,7 +3848,7 @@ static const ProtobufCIntRange boxermesh__v1__tap_event__number_ranges[2 + 1] =
 {
   { 1, 0 },
   { 10, 3 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__tap_event__descriptor =
 {
@@ -3465,7 +3858,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__tap_event__descriptor =
   "Boxermesh__V1__TapEvent",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__TapEvent),
-  5,
+  6,
   boxermesh__v1__tap_event__field_descriptors,
   boxermesh__v1__tap_event__field_indices_by_name,
   2,  boxermesh__v1__tap_event__number_ranges,
@@ -3568,20 +3961,24 @@ const ProtobufCMessageDescriptor boxermesh__v1__membership_event__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__membership_event__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCEnumValue boxermesh__v1__connection_event__kind__enum_values_by_number[5] =
+static const ProtobufCEnumValue boxermesh__v1__connection_event__kind__enum_values_by_number[7] =
 {
   { "KIND_UNSPECIFIED", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UNSPECIFIED", 0 },
   { "KIND_OPEN", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_OPEN", 1 },
   { "KIND_REFUSED", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_REFUSED", 2 },
   { "KIND_FAILED", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_FAILED", 3 },
   { "KIND_UPGRADE", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UPGRADE", 4 },
+  { "KIND_CLOSE", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_CLOSE", 5 },
+  { "KIND_FLOW", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_FLOW", 6 },
 };
 static const ProtobufCIntRange boxermesh__v1__connection_event__kind__value_ranges[] = {
-{0, 0},{0, 5}
+{0, 0},{0, 7}
 };
-static const ProtobufCEnumValueIndex boxermesh__v1__connection_event__kind__enum_values_by_name[5] =
+static const ProtobufCEnumValueIndex boxermesh__v1__connection_event__kind__enum_values_by_name[7] =
 {
+  { "KIND_CLOSE", 5 },
   { "KIND_FAILED", 3 },
+  { "KIND_FLOW", 6 },
   { "KIND_OPEN", 1 },
   { "KIND_REFUSED", 2 },
   { "KIND_UNSPECIFIED", 0 },
@@ -3594,15 +3991,15 @@ const ProtobufCEnumDescriptor boxermesh__v1__connection_event__kind__descriptor 
   "Kind",
   "Boxermesh__V1__ConnectionEvent__Kind",
   "boxermesh.v1",
-  5,
+  7,
   boxermesh__v1__connection_event__kind__enum_values_by_number,
-  5,
+  7,
   boxermesh__v1__connection_event__kind__enum_values_by_name,
   1,
   boxermesh__v1__connection_event__kind__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__connection_event__field_descriptors[8] =
+static const ProtobufCFieldDescriptor boxermesh__v1__connection_event__field_descriptors[14] =
 {
   {
     "kind",
@@ -3700,21 +4097,99 @@ static const ProtobufCFieldDescriptor boxermesh__v1__connection_event__field_des
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "bytes_from_to",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, bytes_from_to),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "bytes_to_from",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, bytes_to_from),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "duration_ms",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, duration_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "rtt_us",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, rtt_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "rate_from_to_bps",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, rate_from_to_bps),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "rate_to_from_bps",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, rate_to_from_bps),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__connection_event__field_indices_by_name[] = {
+  8,   /* field[8] = bytes_from_to */
+  9,   /* field[9] = bytes_to_from */
   1,   /* field[1] = connection_id */
+  10,   /* field[10] = duration_ms */
   2,   /* field[2] = from */
   0,   /* field[0] = kind */
   5,   /* field[5] = path */
   4,   /* field[4] = port */
+  12,   /* field[12] = rate_from_to_bps */
+  13,   /* field[13] = rate_to_from_bps */
   7,   /* field[7] = reason */
+  11,   /* field[11] = rtt_us */
   6,   /* field[6] = setup_ms */
   3,   /* field[3] = to */
 };
 static const ProtobufCIntRange boxermesh__v1__connection_event__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 0, 14 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__connection_event__descriptor =
 {
@@ -3724,11 +4199,172 @@ const ProtobufCMessageDescriptor boxermesh__v1__connection_event__descriptor =
   "Boxermesh__V1__ConnectionEvent",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ConnectionEvent),
-  8,
+  14,
   boxermesh__v1__connection_event__field_descriptors,
   boxermesh__v1__connection_event__field_indices_by_name,
   1,  boxermesh__v1__connection_event__number_ranges,
   (ProtobufCMessageInit) boxermesh__v1__connection_event__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCEnumValue boxermesh__v1__capture_segment__kind__enum_values_by_number[4] =
+{
+  { "KIND_DATA", "BOXERMESH__V1__CAPTURE_SEGMENT__KIND__KIND_DATA", 0 },
+  { "KIND_OPEN", "BOXERMESH__V1__CAPTURE_SEGMENT__KIND__KIND_OPEN", 1 },
+  { "KIND_FIN", "BOXERMESH__V1__CAPTURE_SEGMENT__KIND__KIND_FIN", 2 },
+  { "KIND_RST", "BOXERMESH__V1__CAPTURE_SEGMENT__KIND__KIND_RST", 3 },
+};
+static const ProtobufCIntRange boxermesh__v1__capture_segment__kind__value_ranges[] = {
+{0, 0},{0, 4}
+};
+static const ProtobufCEnumValueIndex boxermesh__v1__capture_segment__kind__enum_values_by_name[4] =
+{
+  { "KIND_DATA", 0 },
+  { "KIND_FIN", 2 },
+  { "KIND_OPEN", 1 },
+  { "KIND_RST", 3 },
+};
+const ProtobufCEnumDescriptor boxermesh__v1__capture_segment__kind__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.CaptureSegment.Kind",
+  "Kind",
+  "Boxermesh__V1__CaptureSegment__Kind",
+  "boxermesh.v1",
+  4,
+  boxermesh__v1__capture_segment__kind__enum_values_by_number,
+  4,
+  boxermesh__v1__capture_segment__kind__enum_values_by_name,
+  1,
+  boxermesh__v1__capture_segment__kind__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__capture_segment__field_descriptors[8] =
+{
+  {
+    "kind",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__CaptureSegment, kind),
+    &boxermesh__v1__capture_segment__kind__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "connection_id",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__CaptureSegment, connection_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "source_address",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__CaptureSegment, source_address),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "source_port",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__CaptureSegment, source_port),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "destination_address",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__CaptureSegment, destination_address),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "destination_port",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__CaptureSegment, destination_port),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "offset",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__CaptureSegment, offset),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "data",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__CaptureSegment, data),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__capture_segment__field_indices_by_name[] = {
+  1,   /* field[1] = connection_id */
+  7,   /* field[7] = data */
+  4,   /* field[4] = destination_address */
+  5,   /* field[5] = destination_port */
+  0,   /* field[0] = kind */
+  6,   /* field[6] = offset */
+  2,   /* field[2] = source_address */
+  3,   /* field[3] = source_port */
+};
+static const ProtobufCIntRange boxermesh__v1__capture_segment__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 8 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__capture_segment__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.CaptureSegment",
+  "CaptureSegment",
+  "Boxermesh__V1__CaptureSegment",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__CaptureSegment),
+  8,
+  boxermesh__v1__capture_segment__field_descriptors,
+  boxermesh__v1__capture_segment__field_indices_by_name,
+  1,  boxermesh__v1__capture_segment__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__capture_segment__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor boxermesh__v1__shim_request__field_descriptors[7] =

@@ -38,9 +38,12 @@ typedef struct Boxermesh__V1__ConnectOffer Boxermesh__V1__ConnectOffer;
 typedef struct Boxermesh__V1__IncomingConnection Boxermesh__V1__IncomingConnection;
 typedef struct Boxermesh__V1__ConnectAnswer Boxermesh__V1__ConnectAnswer;
 typedef struct Boxermesh__V1__LinkReport Boxermesh__V1__LinkReport;
+typedef struct Boxermesh__V1__FlowReport Boxermesh__V1__FlowReport;
+typedef struct Boxermesh__V1__FlowSample Boxermesh__V1__FlowSample;
 typedef struct Boxermesh__V1__TapEvent Boxermesh__V1__TapEvent;
 typedef struct Boxermesh__V1__MembershipEvent Boxermesh__V1__MembershipEvent;
 typedef struct Boxermesh__V1__ConnectionEvent Boxermesh__V1__ConnectionEvent;
+typedef struct Boxermesh__V1__CaptureSegment Boxermesh__V1__CaptureSegment;
 typedef struct Boxermesh__V1__ShimRequest Boxermesh__V1__ShimRequest;
 typedef struct Boxermesh__V1__ShimResponse Boxermesh__V1__ShimResponse;
 typedef struct Boxermesh__V1__ShimResolve Boxermesh__V1__ShimResolve;
@@ -84,9 +87,33 @@ typedef enum _Boxermesh__V1__ConnectionEvent__Kind {
   /*
    * a relayed connection moved to a direct link (path PATH_DIRECT); see Relay below
    */
-  BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UPGRADE = 4
+  BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UPGRADE = 4,
+  /*
+   * the connection ended: bytes each way and duration set (topic kind "connection")
+   */
+  BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_CLOSE = 5,
+  /*
+   * a periodic sample of an open connection: bytes so far, rates, RTT (topic kind "flow")
+   */
+  BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_FLOW = 6
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__CONNECTION_EVENT__KIND)
 } Boxermesh__V1__ConnectionEvent__Kind;
+typedef enum _Boxermesh__V1__CaptureSegment__Kind {
+  BOXERMESH__V1__CAPTURE_SEGMENT__KIND__KIND_DATA = 0,
+  /*
+   * the relayed connection opened (no data)
+   */
+  BOXERMESH__V1__CAPTURE_SEGMENT__KIND__KIND_OPEN = 1,
+  /*
+   * the source shut down writing
+   */
+  BOXERMESH__V1__CAPTURE_SEGMENT__KIND__KIND_FIN = 2,
+  /*
+   * the connection was reset
+   */
+  BOXERMESH__V1__CAPTURE_SEGMENT__KIND__KIND_RST = 3
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__CAPTURE_SEGMENT__KIND)
+} Boxermesh__V1__CaptureSegment__Kind;
 typedef enum _Boxermesh__V1__RelayPunch__Stage {
   BOXERMESH__V1__RELAY_PUNCH__STAGE__STAGE_UNSPECIFIED = 0,
   /*
@@ -172,7 +199,8 @@ typedef enum {
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_INCOMING_CONNECTION = 26,
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_CONNECT_ANSWER = 27,
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_ACK = 28,
-  BOXERMESH__V1__CONTROL_MESSAGE__BODY_LINK_REPORT = 29
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_LINK_REPORT = 29,
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_FLOW_REPORT = 30
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__CONTROL_MESSAGE__BODY__CASE)
 } Boxermesh__V1__ControlMessage__BodyCase;
 
@@ -209,6 +237,7 @@ struct  Boxermesh__V1__ControlMessage
     Boxermesh__V1__ConnectAnswer *connect_answer;
     Boxermesh__V1__Ack *ack;
     Boxermesh__V1__LinkReport *link_report;
+    Boxermesh__V1__FlowReport *flow_report;
   };
 };
 #define BOXERMESH__V1__CONTROL_MESSAGE__INIT \
@@ -297,10 +326,14 @@ struct  Boxermesh__V1__Welcome
    * the broker's STUN reflector port (UDP and TCP)
    */
   uint32_t stun_port;
+  /*
+   * The broker's capture PUB port: 0 unless the broker was started with the payload-capture opt-in.
+   */
+  uint32_t capture_port;
 };
 #define BOXERMESH__V1__WELCOME__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__welcome__descriptor) \
-    , {0,NULL}, NULL, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0 }
+    , {0,NULL}, NULL, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0 }
 
 
 struct  Boxermesh__V1__Member
@@ -555,10 +588,70 @@ struct  Boxermesh__V1__LinkReport
     , 0, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, (char *)protobuf_c_empty_string, 0, 0, 0 }
 
 
+/*
+ * Node -> broker: what the kernel knows of the app's sockets of mesh connections. Sent every few seconds while
+ * the node has open connections (the connecting side's samples are published as flow events), and as soon as a
+ * connection's socket is gone (closed = true, final counts; the first side to report publishes the close event).
+ */
+struct  Boxermesh__V1__FlowReport
+{
+  ProtobufCMessage base;
+  size_t n_samples;
+  Boxermesh__V1__FlowSample **samples;
+};
+#define BOXERMESH__V1__FLOW_REPORT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__flow_report__descriptor) \
+    , 0,NULL }
+
+
+struct  Boxermesh__V1__FlowSample
+{
+  ProtobufCMessage base;
+  uint64_t connection_id;
+  /*
+   * this node connected (else it accepted)
+   */
+  protobuf_c_boolean initiator;
+  uint32_t peer_address;
+  /*
+   * the accepting side's port
+   */
+  uint32_t port;
+  Boxermesh__V1__Path path;
+  /*
+   * by this node's app, acknowledged (TCP_INFO bytes_acked)
+   */
+  uint64_t bytes_sent;
+  /*
+   * by this node's app (TCP_INFO bytes_received)
+   */
+  uint64_t bytes_received;
+  /*
+   * Smoothed round trip: the kernel's, of the direct link; for a relayed connection the node's round trip to the
+   * broker, doubled (an estimate: the path is node -> broker -> node).
+   */
+  uint32_t rtt_us;
+  /*
+   * since the link came up
+   */
+  uint64_t duration_ms;
+  protobuf_c_boolean closed;
+  /*
+   * bits per second since the previous sample
+   */
+  uint64_t send_rate_bps;
+  uint64_t receive_rate_bps;
+};
+#define BOXERMESH__V1__FLOW_SAMPLE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__flow_sample__descriptor) \
+    , 0, 0, 0, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0 }
+
+
 typedef enum {
   BOXERMESH__V1__TAP_EVENT__EVENT__NOT_SET = 0,
   BOXERMESH__V1__TAP_EVENT__EVENT_MEMBERSHIP = 10,
-  BOXERMESH__V1__TAP_EVENT__EVENT_CONNECTION = 11
+  BOXERMESH__V1__TAP_EVENT__EVENT_CONNECTION = 11,
+  BOXERMESH__V1__TAP_EVENT__EVENT_CAPTURE = 12
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__TAP_EVENT__EVENT__CASE)
 } Boxermesh__V1__TapEvent__EventCase;
 
@@ -575,6 +668,7 @@ struct  Boxermesh__V1__TapEvent
   union {
     Boxermesh__V1__MembershipEvent *membership;
     Boxermesh__V1__ConnectionEvent *connection;
+    Boxermesh__V1__CaptureSegment *capture;
   };
 };
 #define BOXERMESH__V1__TAP_EVENT__INIT \
@@ -611,10 +705,53 @@ struct  Boxermesh__V1__ConnectionEvent
   Boxermesh__V1__Path path;
   uint32_t setup_ms;
   char *reason;
+  /*
+   * close, flow: bytes the connecting app sent to the accepting app
+   */
+  uint64_t bytes_from_to;
+  /*
+   * close, flow: bytes the accepting app sent back
+   */
+  uint64_t bytes_to_from;
+  /*
+   * close, flow: since the link came up
+   */
+  uint64_t duration_ms;
+  /*
+   * close, flow: see FlowSample.rtt_us
+   */
+  uint32_t rtt_us;
+  /*
+   * flow: bits per second since the previous sample
+   */
+  uint64_t rate_from_to_bps;
+  uint64_t rate_to_from_bps;
 };
 #define BOXERMESH__V1__CONNECTION_EVENT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__connection_event__descriptor) \
-    , BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UNSPECIFIED, 0, NULL, NULL, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, (char *)protobuf_c_empty_string }
+    , BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UNSPECIFIED, 0, NULL, NULL, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0 }
+
+
+/*
+ * Topic kind "capture": relayed payload as the broker forwarded it, published only on the capture port of a
+ * broker started with the capture opt-in. Addresses and ports are the mesh ones the apps see; `offset` counts
+ * this direction's bytes from 0, so a subscriber can rebuild each TCP stream (and tell what it missed).
+ */
+struct  Boxermesh__V1__CaptureSegment
+{
+  ProtobufCMessage base;
+  Boxermesh__V1__CaptureSegment__Kind kind;
+  uint64_t connection_id;
+  uint32_t source_address;
+  uint32_t source_port;
+  uint32_t destination_address;
+  uint32_t destination_port;
+  uint64_t offset;
+  ProtobufCBinaryData data;
+};
+#define BOXERMESH__V1__CAPTURE_SEGMENT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__capture_segment__descriptor) \
+    , BOXERMESH__V1__CAPTURE_SEGMENT__KIND__KIND_DATA, 0, 0, 0, 0, 0, 0, {0,NULL} }
 
 
 typedef enum {
@@ -1323,6 +1460,44 @@ Boxermesh__V1__LinkReport *
 void   boxermesh__v1__link_report__free_unpacked
                      (Boxermesh__V1__LinkReport *message,
                       ProtobufCAllocator *allocator);
+/* Boxermesh__V1__FlowReport methods */
+void   boxermesh__v1__flow_report__init
+                     (Boxermesh__V1__FlowReport         *message);
+size_t boxermesh__v1__flow_report__get_packed_size
+                     (const Boxermesh__V1__FlowReport   *message);
+size_t boxermesh__v1__flow_report__pack
+                     (const Boxermesh__V1__FlowReport   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__flow_report__pack_to_buffer
+                     (const Boxermesh__V1__FlowReport   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__FlowReport *
+       boxermesh__v1__flow_report__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__flow_report__free_unpacked
+                     (Boxermesh__V1__FlowReport *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__FlowSample methods */
+void   boxermesh__v1__flow_sample__init
+                     (Boxermesh__V1__FlowSample         *message);
+size_t boxermesh__v1__flow_sample__get_packed_size
+                     (const Boxermesh__V1__FlowSample   *message);
+size_t boxermesh__v1__flow_sample__pack
+                     (const Boxermesh__V1__FlowSample   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__flow_sample__pack_to_buffer
+                     (const Boxermesh__V1__FlowSample   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__FlowSample *
+       boxermesh__v1__flow_sample__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__flow_sample__free_unpacked
+                     (Boxermesh__V1__FlowSample *message,
+                      ProtobufCAllocator *allocator);
 /* Boxermesh__V1__TapEvent methods */
 void   boxermesh__v1__tap_event__init
                      (Boxermesh__V1__TapEvent         *message);
@@ -1379,6 +1554,25 @@ Boxermesh__V1__ConnectionEvent *
                       const uint8_t       *data);
 void   boxermesh__v1__connection_event__free_unpacked
                      (Boxermesh__V1__ConnectionEvent *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__CaptureSegment methods */
+void   boxermesh__v1__capture_segment__init
+                     (Boxermesh__V1__CaptureSegment         *message);
+size_t boxermesh__v1__capture_segment__get_packed_size
+                     (const Boxermesh__V1__CaptureSegment   *message);
+size_t boxermesh__v1__capture_segment__pack
+                     (const Boxermesh__V1__CaptureSegment   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__capture_segment__pack_to_buffer
+                     (const Boxermesh__V1__CaptureSegment   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__CaptureSegment *
+       boxermesh__v1__capture_segment__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__capture_segment__free_unpacked
+                     (Boxermesh__V1__CaptureSegment *message,
                       ProtobufCAllocator *allocator);
 /* Boxermesh__V1__ShimRequest methods */
 void   boxermesh__v1__shim_request__init
@@ -1736,6 +1930,12 @@ typedef void (*Boxermesh__V1__ConnectAnswer_Closure)
 typedef void (*Boxermesh__V1__LinkReport_Closure)
                  (const Boxermesh__V1__LinkReport *message,
                   void *closure_data);
+typedef void (*Boxermesh__V1__FlowReport_Closure)
+                 (const Boxermesh__V1__FlowReport *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__FlowSample_Closure)
+                 (const Boxermesh__V1__FlowSample *message,
+                  void *closure_data);
 typedef void (*Boxermesh__V1__TapEvent_Closure)
                  (const Boxermesh__V1__TapEvent *message,
                   void *closure_data);
@@ -1744,6 +1944,9 @@ typedef void (*Boxermesh__V1__MembershipEvent_Closure)
                   void *closure_data);
 typedef void (*Boxermesh__V1__ConnectionEvent_Closure)
                  (const Boxermesh__V1__ConnectionEvent *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__CaptureSegment_Closure)
+                 (const Boxermesh__V1__CaptureSegment *message,
                   void *closure_data);
 typedef void (*Boxermesh__V1__ShimRequest_Closure)
                  (const Boxermesh__V1__ShimRequest *message,
@@ -1822,11 +2025,15 @@ extern const ProtobufCMessageDescriptor boxermesh__v1__connect_offer__descriptor
 extern const ProtobufCMessageDescriptor boxermesh__v1__incoming_connection__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__connect_answer__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__link_report__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__flow_report__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__flow_sample__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__tap_event__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__membership_event__descriptor;
 extern const ProtobufCEnumDescriptor    boxermesh__v1__membership_event__kind__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__connection_event__descriptor;
 extern const ProtobufCEnumDescriptor    boxermesh__v1__connection_event__kind__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__capture_segment__descriptor;
+extern const ProtobufCEnumDescriptor    boxermesh__v1__capture_segment__kind__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__shim_request__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__shim_response__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__shim_resolve__descriptor;

@@ -361,6 +361,14 @@ public nonisolated struct Boxermesh_V1_ControlMessage: Sendable {
     set {body = .linkReport(newValue)}
   }
 
+  public var flowReport: Boxermesh_V1_FlowReport {
+    get {
+      if case .flowReport(let v)? = body {return v}
+      return Boxermesh_V1_FlowReport()
+    }
+    set {body = .flowReport(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -384,6 +392,7 @@ public nonisolated struct Boxermesh_V1_ControlMessage: Sendable {
     case connectAnswer(Boxermesh_V1_ConnectAnswer)
     case ack(Boxermesh_V1_Ack)
     case linkReport(Boxermesh_V1_LinkReport)
+    case flowReport(Boxermesh_V1_FlowReport)
 
   }
 
@@ -477,6 +486,9 @@ public nonisolated struct Boxermesh_V1_Welcome: Sendable {
 
   /// the broker's STUN reflector port (UDP and TCP)
   public var stunPort: UInt32 = 0
+
+  /// The broker's capture PUB port: 0 unless the broker was started with the payload-capture opt-in.
+  public var capturePort: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -834,6 +846,63 @@ public nonisolated struct Boxermesh_V1_LinkReport: Sendable {
   public init() {}
 }
 
+/// Node -> broker: what the kernel knows of the app's sockets of mesh connections. Sent every few seconds while
+/// the node has open connections (the connecting side's samples are published as flow events), and as soon as a
+/// connection's socket is gone (closed = true, final counts; the first side to report publishes the close event).
+public nonisolated struct Boxermesh_V1_FlowReport: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var samples: [Boxermesh_V1_FlowSample] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Boxermesh_V1_FlowSample: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var connectionID: UInt64 = 0
+
+  /// this node connected (else it accepted)
+  public var initiator: Bool = false
+
+  public var peerAddress: UInt32 = 0
+
+  /// the accepting side's port
+  public var port: UInt32 = 0
+
+  public var path: Boxermesh_V1_Path = .unspecified
+
+  /// by this node's app, acknowledged (TCP_INFO bytes_acked)
+  public var bytesSent: UInt64 = 0
+
+  /// by this node's app (TCP_INFO bytes_received)
+  public var bytesReceived: UInt64 = 0
+
+  /// Smoothed round trip: the kernel's, of the direct link; for a relayed connection the node's round trip to the
+  /// broker, doubled (an estimate: the path is node -> broker -> node).
+  public var rttUs: UInt32 = 0
+
+  /// since the link came up
+  public var durationMs: UInt64 = 0
+
+  public var closed: Bool = false
+
+  /// bits per second since the previous sample
+  public var sendRateBps: UInt64 = 0
+
+  public var receiveRateBps: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct Boxermesh_V1_TapEvent: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -864,11 +933,20 @@ public nonisolated struct Boxermesh_V1_TapEvent: Sendable {
     set {event = .connection(newValue)}
   }
 
+  public var capture: Boxermesh_V1_CaptureSegment {
+    get {
+      if case .capture(let v)? = event {return v}
+      return Boxermesh_V1_CaptureSegment()
+    }
+    set {event = .capture(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Event: Equatable, Sendable {
     case membership(Boxermesh_V1_MembershipEvent)
     case connection(Boxermesh_V1_ConnectionEvent)
+    case capture(Boxermesh_V1_CaptureSegment)
 
   }
 
@@ -944,40 +1022,93 @@ public nonisolated struct Boxermesh_V1_MembershipEvent: Sendable {
 }
 
 /// Topic kind "connection"; the topic's node is the connecting side.
-public nonisolated struct Boxermesh_V1_ConnectionEvent: Sendable {
+public nonisolated struct Boxermesh_V1_ConnectionEvent: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var kind: Boxermesh_V1_ConnectionEvent.Kind = .unspecified
+  public var kind: Boxermesh_V1_ConnectionEvent.Kind {
+    get {_storage._kind}
+    set {_uniqueStorage()._kind = newValue}
+  }
 
-  public var connectionID: UInt64 = 0
+  public var connectionID: UInt64 {
+    get {_storage._connectionID}
+    set {_uniqueStorage()._connectionID = newValue}
+  }
 
   public var from: Boxermesh_V1_Member {
-    get {_from ?? Boxermesh_V1_Member()}
-    set {_from = newValue}
+    get {_storage._from ?? Boxermesh_V1_Member()}
+    set {_uniqueStorage()._from = newValue}
   }
   /// Returns true if `from` has been explicitly set.
-  public var hasFrom: Bool {self._from != nil}
+  public var hasFrom: Bool {_storage._from != nil}
   /// Clears the value of `from`. Subsequent reads from it will return its default value.
-  public mutating func clearFrom() {self._from = nil}
+  public mutating func clearFrom() {_uniqueStorage()._from = nil}
 
   public var to: Boxermesh_V1_Member {
-    get {_to ?? Boxermesh_V1_Member()}
-    set {_to = newValue}
+    get {_storage._to ?? Boxermesh_V1_Member()}
+    set {_uniqueStorage()._to = newValue}
   }
   /// Returns true if `to` has been explicitly set.
-  public var hasTo: Bool {self._to != nil}
+  public var hasTo: Bool {_storage._to != nil}
   /// Clears the value of `to`. Subsequent reads from it will return its default value.
-  public mutating func clearTo() {self._to = nil}
+  public mutating func clearTo() {_uniqueStorage()._to = nil}
 
-  public var port: UInt32 = 0
+  public var port: UInt32 {
+    get {_storage._port}
+    set {_uniqueStorage()._port = newValue}
+  }
 
-  public var path: Boxermesh_V1_Path = .unspecified
+  public var path: Boxermesh_V1_Path {
+    get {_storage._path}
+    set {_uniqueStorage()._path = newValue}
+  }
 
-  public var setupMs: UInt32 = 0
+  public var setupMs: UInt32 {
+    get {_storage._setupMs}
+    set {_uniqueStorage()._setupMs = newValue}
+  }
 
-  public var reason: String = String()
+  public var reason: String {
+    get {_storage._reason}
+    set {_uniqueStorage()._reason = newValue}
+  }
+
+  /// close, flow: bytes the connecting app sent to the accepting app
+  public var bytesFromTo: UInt64 {
+    get {_storage._bytesFromTo}
+    set {_uniqueStorage()._bytesFromTo = newValue}
+  }
+
+  /// close, flow: bytes the accepting app sent back
+  public var bytesToFrom: UInt64 {
+    get {_storage._bytesToFrom}
+    set {_uniqueStorage()._bytesToFrom = newValue}
+  }
+
+  /// close, flow: since the link came up
+  public var durationMs: UInt64 {
+    get {_storage._durationMs}
+    set {_uniqueStorage()._durationMs = newValue}
+  }
+
+  /// close, flow: see FlowSample.rtt_us
+  public var rttUs: UInt32 {
+    get {_storage._rttUs}
+    set {_uniqueStorage()._rttUs = newValue}
+  }
+
+  /// flow: bits per second since the previous sample
+  public var rateFromToBps: UInt64 {
+    get {_storage._rateFromToBps}
+    set {_uniqueStorage()._rateFromToBps = newValue}
+  }
+
+  public var rateToFromBps: UInt64 {
+    get {_storage._rateToFromBps}
+    set {_uniqueStorage()._rateToFromBps = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -996,6 +1127,12 @@ public nonisolated struct Boxermesh_V1_ConnectionEvent: Sendable {
 
     /// a relayed connection moved to a direct link (path PATH_DIRECT); see Relay below
     case upgrade // = 4
+
+    /// the connection ended: bytes each way and duration set (topic kind "connection")
+    case close // = 5
+
+    /// a periodic sample of an open connection: bytes so far, rates, RTT (topic kind "flow")
+    case flow // = 6
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -1009,6 +1146,8 @@ public nonisolated struct Boxermesh_V1_ConnectionEvent: Sendable {
       case 2: self = .refused
       case 3: self = .failed
       case 4: self = .upgrade
+      case 5: self = .close
+      case 6: self = .flow
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -1020,6 +1159,8 @@ public nonisolated struct Boxermesh_V1_ConnectionEvent: Sendable {
       case .refused: return 2
       case .failed: return 3
       case .upgrade: return 4
+      case .close: return 5
+      case .flow: return 6
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -1031,14 +1172,92 @@ public nonisolated struct Boxermesh_V1_ConnectionEvent: Sendable {
       .refused,
       .failed,
       .upgrade,
+      .close,
+      .flow,
     ]
 
   }
 
   public init() {}
 
-  fileprivate var _from: Boxermesh_V1_Member? = nil
-  fileprivate var _to: Boxermesh_V1_Member? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// Topic kind "capture": relayed payload as the broker forwarded it, published only on the capture port of a
+/// broker started with the capture opt-in. Addresses and ports are the mesh ones the apps see; `offset` counts
+/// this direction's bytes from 0, so a subscriber can rebuild each TCP stream (and tell what it missed).
+public nonisolated struct Boxermesh_V1_CaptureSegment: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var kind: Boxermesh_V1_CaptureSegment.Kind = .data
+
+  public var connectionID: UInt64 = 0
+
+  public var sourceAddress: UInt32 = 0
+
+  public var sourcePort: UInt32 = 0
+
+  public var destinationAddress: UInt32 = 0
+
+  public var destinationPort: UInt32 = 0
+
+  public var offset: UInt64 = 0
+
+  public var data: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum Kind: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case data // = 0
+
+    /// the relayed connection opened (no data)
+    case `open` // = 1
+
+    /// the source shut down writing
+    case fin // = 2
+
+    /// the connection was reset
+    case rst // = 3
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .data
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .data
+      case 1: self = .open
+      case 2: self = .fin
+      case 3: self = .rst
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .data: return 0
+      case .open: return 1
+      case .fin: return 2
+      case .rst: return 3
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Boxermesh_V1_CaptureSegment.Kind] = [
+      .data,
+      .open,
+      .fin,
+      .rst,
+    ]
+
+  }
+
+  public init() {}
 }
 
 public nonisolated struct Boxermesh_V1_ShimRequest: Sendable {
@@ -1510,7 +1729,7 @@ nonisolated extension Boxermesh_V1_Path: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ControlMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}session\0\u{2}\u{8}hello\0\u{1}challenge\0\u{1}authenticate\0\u{1}welcome\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}leave\0\u{3}leave_ack\0\u{1}resolve\0\u{1}resolved\0\u{3}wait_members\0\u{3}list_members\0\u{1}members\0\u{1}error\0\u{3}connect_request\0\u{3}connect_offer\0\u{3}incoming_connection\0\u{3}connect_answer\0\u{1}ack\0\u{3}link_report\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}session\0\u{2}\u{8}hello\0\u{1}challenge\0\u{1}authenticate\0\u{1}welcome\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}leave\0\u{3}leave_ack\0\u{1}resolve\0\u{1}resolved\0\u{3}wait_members\0\u{3}list_members\0\u{1}members\0\u{1}error\0\u{3}connect_request\0\u{3}connect_offer\0\u{3}incoming_connection\0\u{3}connect_answer\0\u{1}ack\0\u{3}link_report\0\u{3}flow_report\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1780,6 +1999,19 @@ nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftP
           self.body = .linkReport(v)
         }
       }()
+      case 30: try {
+        var v: Boxermesh_V1_FlowReport?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .flowReport(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .flowReport(v)
+        }
+      }()
       default: break
       }
     }
@@ -1876,6 +2108,10 @@ nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftP
     case .linkReport?: try {
       guard case .linkReport(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 29)
+    }()
+    case .flowReport?: try {
+      guard case .flowReport(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
     }()
     case nil: break
     }
@@ -2013,7 +2249,7 @@ nonisolated extension Boxermesh_V1_Authenticate: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Boxermesh_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Welcome"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}session\0\u{1}self\0\u{1}subnet\0\u{3}heartbeat_interval_ms\0\u{3}expiry_ms\0\u{3}member_count\0\u{3}tap_port\0\u{3}stun_port\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}session\0\u{1}self\0\u{1}subnet\0\u{3}heartbeat_interval_ms\0\u{3}expiry_ms\0\u{3}member_count\0\u{3}tap_port\0\u{3}stun_port\0\u{3}capture_port\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2029,6 +2265,7 @@ nonisolated extension Boxermesh_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf
       case 6: try { try decoder.decodeSingularUInt32Field(value: &self.memberCount) }()
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.tapPort) }()
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.stunPort) }()
+      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.capturePort) }()
       default: break
       }
     }
@@ -2063,6 +2300,9 @@ nonisolated extension Boxermesh_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf
     if self.stunPort != 0 {
       try visitor.visitSingularUInt32Field(value: self.stunPort, fieldNumber: 8)
     }
+    if self.capturePort != 0 {
+      try visitor.visitSingularUInt32Field(value: self.capturePort, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2075,6 +2315,7 @@ nonisolated extension Boxermesh_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.memberCount != rhs.memberCount {return false}
     if lhs.tapPort != rhs.tapPort {return false}
     if lhs.stunPort != rhs.stunPort {return false}
+    if lhs.capturePort != rhs.capturePort {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2727,9 +2968,124 @@ nonisolated extension Boxermesh_V1_LinkReport: SwiftProtobuf.Message, SwiftProto
   }
 }
 
+nonisolated extension Boxermesh_V1_FlowReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FlowReport"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}samples\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.samples) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.samples.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.samples, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_FlowReport, rhs: Boxermesh_V1_FlowReport) -> Bool {
+    if lhs.samples != rhs.samples {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_FlowSample: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".FlowSample"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}initiator\0\u{3}peer_address\0\u{1}port\0\u{1}path\0\u{3}bytes_sent\0\u{3}bytes_received\0\u{3}rtt_us\0\u{3}duration_ms\0\u{1}closed\0\u{3}send_rate_bps\0\u{3}receive_rate_bps\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.connectionID) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.initiator) }()
+      case 3: try { try decoder.decodeSingularFixed32Field(value: &self.peerAddress) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
+      case 5: try { try decoder.decodeSingularEnumField(value: &self.path) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.bytesSent) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.bytesReceived) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.rttUs) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.durationMs) }()
+      case 10: try { try decoder.decodeSingularBoolField(value: &self.closed) }()
+      case 11: try { try decoder.decodeSingularUInt64Field(value: &self.sendRateBps) }()
+      case 12: try { try decoder.decodeSingularUInt64Field(value: &self.receiveRateBps) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.connectionID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.connectionID, fieldNumber: 1)
+    }
+    if self.initiator != false {
+      try visitor.visitSingularBoolField(value: self.initiator, fieldNumber: 2)
+    }
+    if self.peerAddress != 0 {
+      try visitor.visitSingularFixed32Field(value: self.peerAddress, fieldNumber: 3)
+    }
+    if self.port != 0 {
+      try visitor.visitSingularUInt32Field(value: self.port, fieldNumber: 4)
+    }
+    if self.path != .unspecified {
+      try visitor.visitSingularEnumField(value: self.path, fieldNumber: 5)
+    }
+    if self.bytesSent != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytesSent, fieldNumber: 6)
+    }
+    if self.bytesReceived != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytesReceived, fieldNumber: 7)
+    }
+    if self.rttUs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.rttUs, fieldNumber: 8)
+    }
+    if self.durationMs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.durationMs, fieldNumber: 9)
+    }
+    if self.closed != false {
+      try visitor.visitSingularBoolField(value: self.closed, fieldNumber: 10)
+    }
+    if self.sendRateBps != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sendRateBps, fieldNumber: 11)
+    }
+    if self.receiveRateBps != 0 {
+      try visitor.visitSingularUInt64Field(value: self.receiveRateBps, fieldNumber: 12)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_FlowSample, rhs: Boxermesh_V1_FlowSample) -> Bool {
+    if lhs.connectionID != rhs.connectionID {return false}
+    if lhs.initiator != rhs.initiator {return false}
+    if lhs.peerAddress != rhs.peerAddress {return false}
+    if lhs.port != rhs.port {return false}
+    if lhs.path != rhs.path {return false}
+    if lhs.bytesSent != rhs.bytesSent {return false}
+    if lhs.bytesReceived != rhs.bytesReceived {return false}
+    if lhs.rttUs != rhs.rttUs {return false}
+    if lhs.durationMs != rhs.durationMs {return false}
+    if lhs.closed != rhs.closed {return false}
+    if lhs.sendRateBps != rhs.sendRateBps {return false}
+    if lhs.receiveRateBps != rhs.receiveRateBps {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Boxermesh_V1_TapEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TapEvent"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}time_unix_ms\0\u{1}mesh\0\u{1}sequence\0\u{2}\u{7}membership\0\u{1}connection\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}time_unix_ms\0\u{1}mesh\0\u{1}sequence\0\u{2}\u{7}membership\0\u{1}connection\0\u{1}capture\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2766,6 +3122,19 @@ nonisolated extension Boxermesh_V1_TapEvent: SwiftProtobuf.Message, SwiftProtobu
           self.event = .connection(v)
         }
       }()
+      case 12: try {
+        var v: Boxermesh_V1_CaptureSegment?
+        var hadOneofValue = false
+        if let current = self.event {
+          hadOneofValue = true
+          if case .capture(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.event = .capture(v)
+        }
+      }()
       default: break
       }
     }
@@ -2793,6 +3162,10 @@ nonisolated extension Boxermesh_V1_TapEvent: SwiftProtobuf.Message, SwiftProtobu
     case .connection?: try {
       guard case .connection(let v)? = self.event else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+    }()
+    case .capture?: try {
+      guard case .capture(let v)? = self.event else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
     }()
     case nil: break
     }
@@ -2859,7 +3232,172 @@ nonisolated extension Boxermesh_V1_MembershipEvent.Kind: SwiftProtobuf._ProtoNam
 
 nonisolated extension Boxermesh_V1_ConnectionEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ConnectionEvent"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{3}connection_id\0\u{1}from\0\u{1}to\0\u{1}port\0\u{1}path\0\u{3}setup_ms\0\u{1}reason\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{3}connection_id\0\u{1}from\0\u{1}to\0\u{1}port\0\u{1}path\0\u{3}setup_ms\0\u{1}reason\0\u{3}bytes_from_to\0\u{3}bytes_to_from\0\u{3}duration_ms\0\u{3}rtt_us\0\u{3}rate_from_to_bps\0\u{3}rate_to_from_bps\0")
+
+  fileprivate class _StorageClass {
+    var _kind: Boxermesh_V1_ConnectionEvent.Kind = .unspecified
+    var _connectionID: UInt64 = 0
+    var _from: Boxermesh_V1_Member? = nil
+    var _to: Boxermesh_V1_Member? = nil
+    var _port: UInt32 = 0
+    var _path: Boxermesh_V1_Path = .unspecified
+    var _setupMs: UInt32 = 0
+    var _reason: String = String()
+    var _bytesFromTo: UInt64 = 0
+    var _bytesToFrom: UInt64 = 0
+    var _durationMs: UInt64 = 0
+    var _rttUs: UInt32 = 0
+    var _rateFromToBps: UInt64 = 0
+    var _rateToFromBps: UInt64 = 0
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _kind = source._kind
+      _connectionID = source._connectionID
+      _from = source._from
+      _to = source._to
+      _port = source._port
+      _path = source._path
+      _setupMs = source._setupMs
+      _reason = source._reason
+      _bytesFromTo = source._bytesFromTo
+      _bytesToFrom = source._bytesToFrom
+      _durationMs = source._durationMs
+      _rttUs = source._rttUs
+      _rateFromToBps = source._rateFromToBps
+      _rateToFromBps = source._rateToFromBps
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularEnumField(value: &_storage._kind) }()
+        case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._connectionID) }()
+        case 3: try { try decoder.decodeSingularMessageField(value: &_storage._from) }()
+        case 4: try { try decoder.decodeSingularMessageField(value: &_storage._to) }()
+        case 5: try { try decoder.decodeSingularUInt32Field(value: &_storage._port) }()
+        case 6: try { try decoder.decodeSingularEnumField(value: &_storage._path) }()
+        case 7: try { try decoder.decodeSingularUInt32Field(value: &_storage._setupMs) }()
+        case 8: try { try decoder.decodeSingularStringField(value: &_storage._reason) }()
+        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._bytesFromTo) }()
+        case 10: try { try decoder.decodeSingularUInt64Field(value: &_storage._bytesToFrom) }()
+        case 11: try { try decoder.decodeSingularUInt64Field(value: &_storage._durationMs) }()
+        case 12: try { try decoder.decodeSingularUInt32Field(value: &_storage._rttUs) }()
+        case 13: try { try decoder.decodeSingularUInt64Field(value: &_storage._rateFromToBps) }()
+        case 14: try { try decoder.decodeSingularUInt64Field(value: &_storage._rateToFromBps) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._kind != .unspecified {
+        try visitor.visitSingularEnumField(value: _storage._kind, fieldNumber: 1)
+      }
+      if _storage._connectionID != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._connectionID, fieldNumber: 2)
+      }
+      try { if let v = _storage._from {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+      } }()
+      try { if let v = _storage._to {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+      } }()
+      if _storage._port != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._port, fieldNumber: 5)
+      }
+      if _storage._path != .unspecified {
+        try visitor.visitSingularEnumField(value: _storage._path, fieldNumber: 6)
+      }
+      if _storage._setupMs != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._setupMs, fieldNumber: 7)
+      }
+      if !_storage._reason.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._reason, fieldNumber: 8)
+      }
+      if _storage._bytesFromTo != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._bytesFromTo, fieldNumber: 9)
+      }
+      if _storage._bytesToFrom != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._bytesToFrom, fieldNumber: 10)
+      }
+      if _storage._durationMs != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._durationMs, fieldNumber: 11)
+      }
+      if _storage._rttUs != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._rttUs, fieldNumber: 12)
+      }
+      if _storage._rateFromToBps != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._rateFromToBps, fieldNumber: 13)
+      }
+      if _storage._rateToFromBps != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._rateToFromBps, fieldNumber: 14)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_ConnectionEvent, rhs: Boxermesh_V1_ConnectionEvent) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._kind != rhs_storage._kind {return false}
+        if _storage._connectionID != rhs_storage._connectionID {return false}
+        if _storage._from != rhs_storage._from {return false}
+        if _storage._to != rhs_storage._to {return false}
+        if _storage._port != rhs_storage._port {return false}
+        if _storage._path != rhs_storage._path {return false}
+        if _storage._setupMs != rhs_storage._setupMs {return false}
+        if _storage._reason != rhs_storage._reason {return false}
+        if _storage._bytesFromTo != rhs_storage._bytesFromTo {return false}
+        if _storage._bytesToFrom != rhs_storage._bytesToFrom {return false}
+        if _storage._durationMs != rhs_storage._durationMs {return false}
+        if _storage._rttUs != rhs_storage._rttUs {return false}
+        if _storage._rateFromToBps != rhs_storage._rateFromToBps {return false}
+        if _storage._rateToFromBps != rhs_storage._rateToFromBps {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_ConnectionEvent.Kind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}KIND_OPEN\0\u{1}KIND_REFUSED\0\u{1}KIND_FAILED\0\u{1}KIND_UPGRADE\0\u{1}KIND_CLOSE\0\u{1}KIND_FLOW\0")
+}
+
+nonisolated extension Boxermesh_V1_CaptureSegment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CaptureSegment"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{3}connection_id\0\u{3}source_address\0\u{3}source_port\0\u{3}destination_address\0\u{3}destination_port\0\u{1}offset\0\u{1}data\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2869,65 +3407,61 @@ nonisolated extension Boxermesh_V1_ConnectionEvent: SwiftProtobuf.Message, Swift
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.connectionID) }()
-      case 3: try { try decoder.decodeSingularMessageField(value: &self._from) }()
-      case 4: try { try decoder.decodeSingularMessageField(value: &self._to) }()
-      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
-      case 6: try { try decoder.decodeSingularEnumField(value: &self.path) }()
-      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.setupMs) }()
-      case 8: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 3: try { try decoder.decodeSingularFixed32Field(value: &self.sourceAddress) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.sourcePort) }()
+      case 5: try { try decoder.decodeSingularFixed32Field(value: &self.destinationAddress) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.destinationPort) }()
+      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.offset) }()
+      case 8: try { try decoder.decodeSingularBytesField(value: &self.data) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if self.kind != .unspecified {
+    if self.kind != .data {
       try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 1)
     }
     if self.connectionID != 0 {
       try visitor.visitSingularUInt64Field(value: self.connectionID, fieldNumber: 2)
     }
-    try { if let v = self._from {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
-    } }()
-    try { if let v = self._to {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
-    } }()
-    if self.port != 0 {
-      try visitor.visitSingularUInt32Field(value: self.port, fieldNumber: 5)
+    if self.sourceAddress != 0 {
+      try visitor.visitSingularFixed32Field(value: self.sourceAddress, fieldNumber: 3)
     }
-    if self.path != .unspecified {
-      try visitor.visitSingularEnumField(value: self.path, fieldNumber: 6)
+    if self.sourcePort != 0 {
+      try visitor.visitSingularUInt32Field(value: self.sourcePort, fieldNumber: 4)
     }
-    if self.setupMs != 0 {
-      try visitor.visitSingularUInt32Field(value: self.setupMs, fieldNumber: 7)
+    if self.destinationAddress != 0 {
+      try visitor.visitSingularFixed32Field(value: self.destinationAddress, fieldNumber: 5)
     }
-    if !self.reason.isEmpty {
-      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 8)
+    if self.destinationPort != 0 {
+      try visitor.visitSingularUInt32Field(value: self.destinationPort, fieldNumber: 6)
+    }
+    if self.offset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.offset, fieldNumber: 7)
+    }
+    if !self.data.isEmpty {
+      try visitor.visitSingularBytesField(value: self.data, fieldNumber: 8)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Boxermesh_V1_ConnectionEvent, rhs: Boxermesh_V1_ConnectionEvent) -> Bool {
+  public static func ==(lhs: Boxermesh_V1_CaptureSegment, rhs: Boxermesh_V1_CaptureSegment) -> Bool {
     if lhs.kind != rhs.kind {return false}
     if lhs.connectionID != rhs.connectionID {return false}
-    if lhs._from != rhs._from {return false}
-    if lhs._to != rhs._to {return false}
-    if lhs.port != rhs.port {return false}
-    if lhs.path != rhs.path {return false}
-    if lhs.setupMs != rhs.setupMs {return false}
-    if lhs.reason != rhs.reason {return false}
+    if lhs.sourceAddress != rhs.sourceAddress {return false}
+    if lhs.sourcePort != rhs.sourcePort {return false}
+    if lhs.destinationAddress != rhs.destinationAddress {return false}
+    if lhs.destinationPort != rhs.destinationPort {return false}
+    if lhs.offset != rhs.offset {return false}
+    if lhs.data != rhs.data {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
 }
 
-nonisolated extension Boxermesh_V1_ConnectionEvent.Kind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}KIND_OPEN\0\u{1}KIND_REFUSED\0\u{1}KIND_FAILED\0\u{1}KIND_UPGRADE\0")
+nonisolated extension Boxermesh_V1_CaptureSegment.Kind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_DATA\0\u{1}KIND_OPEN\0\u{1}KIND_FIN\0\u{1}KIND_RST\0")
 }
 
 nonisolated extension Boxermesh_V1_ShimRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
