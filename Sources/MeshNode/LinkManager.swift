@@ -184,16 +184,12 @@ final class LinkManager: Sendable {
         report(offer.connectionID, established: true, setup: setup, peer: address, port: port, initiator: true, path: .relay)
         var connection = Boxermesh_V1_ShimConnection()
         connection.localAddress = me.address
-        connection.localPort = UInt32(Self.relayPort(offer.connectionID))
+        connection.localPort = UInt32(RelayFrame.initiatorPort(connectionID: offer.connectionID))
         connection.peerAddress = address.value
         connection.peerPort = UInt32(port)
         connection.path = "relay"
         return Link(fd: fd, connection: connection)
     }
-
-    /// The port the app sees on the connecting side of a relayed connection (it has no punched port): stable per
-    /// connection, in the ephemeral range.
-    static func relayPort(_ connectionID: UInt64) -> UInt16 { UInt16(49152 + connectionID % 16384) }
 
     /// A relayed connection moved to a direct link: report it (the tap shows the upgrade), and remember that
     /// this peer can be punched.
@@ -318,7 +314,7 @@ final class LinkManager: Sendable {
         connection.localAddress = me.address
         connection.localPort = UInt32(port)
         connection.peerAddress = incoming.peer.address
-        connection.peerPort = UInt32(incoming.endpoint.port != 0 ? incoming.endpoint.port : UInt32(Self.relayPort(id)))
+        connection.peerPort = incoming.endpoint.port
         let fd: Int32
         let path: Boxermesh_V1_Path
         switch outcome {
@@ -327,6 +323,8 @@ final class LinkManager: Sendable {
             (fd, path, connection.path) = (direct, .direct, "direct")
         case .relay(let relayed):
             (fd, path, connection.path) = (relayed, .relay, "relay")
+            // The same port the connecting app sees as its own (it has no punched port on the relay).
+            connection.peerPort = UInt32(RelayFrame.initiatorPort(connectionID: id))
         case .failed(let error):
             relay?.unexpect(id)
             logger.warning("inbound link failed", metadata: ["peer": "\(incoming.peer.name)", "port": "\(port)", "error": "\(error)"])

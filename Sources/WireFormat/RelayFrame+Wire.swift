@@ -15,6 +15,10 @@ extension RelayFrame {
     /// A frame larger than this is refused (libzmq drops a peer that sends more).
     public static let maximumFrameSize = maximumData + 64
 
+    /// The port the connecting app's end of a relayed connection has on the mesh (it has no punched port):
+    /// stable per connection, in the ephemeral range. Both apps, and the broker's capture, use it.
+    public static func initiatorPort(connectionID: UInt64) -> UInt16 { UInt16(49152 + connectionID % 16384) }
+
     /// Decodes a whole frame (hello, open, punch, rst: the small ones).
     public init(frame: [UInt8]) throws(FrameError) {
         guard frame.count <= Self.maximumFrameSize else {
