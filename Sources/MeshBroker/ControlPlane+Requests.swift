@@ -42,6 +42,8 @@ extension ControlPlaneHandler {
             handleConnectAnswer(answer, request: request, session: session)
         case .linkReport(let report):
             handleLinkReport(report, request: request, session: session)
+        case .flowReport(let report):
+            handleFlowReport(report, request: request, session: session)
         case .waitMembers(let wait):
             waiters.append(
                 MemberWaiter(routingID: routingID, session: token, request: request, mesh: session.mesh, count: Int(wait.count)))

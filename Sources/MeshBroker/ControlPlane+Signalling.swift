@@ -89,7 +89,7 @@ extension ControlPlaneHandler {
         event.reason = report.failure
         var tap = TapEvent()
         tap.connection = event
-        publish(tap, mesh: session.mesh, kind: .connection, node: member.name)
+        publish(tap, mesh: session.mesh, node: member.name)
     }
 
     /// Requests whose target never answered: tell the requester.
@@ -125,6 +125,6 @@ extension ControlPlaneHandler {
         event.reason = reason
         var tap = TapEvent()
         tap.connection = event
-        publish(tap, mesh: pending.requester.mesh, kind: .connection, node: from.name)
+        publish(tap, mesh: pending.requester.mesh, node: from.name)
     }
 }

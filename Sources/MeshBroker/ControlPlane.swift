@@ -76,9 +76,11 @@ final class ControlPlaneHandler: SocketLoopHandler {
     /// Connections signalled to their target, waiting for its answer.
     var pendingConnections: [UInt64: PendingConnection] = [:]
     var nextConnectionID: UInt64 = 0
-    /// Per mesh: the tap key (derived once) and the last event's sequence number.
+    /// Connections whose close was published (bounded; see ControlPlane+Flows).
+    var closedConnections: Set<UInt64> = []
+    /// Per mesh: the tap key (derived once); per mesh and kind, the last event's sequence number.
     var tapKeys: [String: TapKey] = [:]
-    var tapSequences: [String: UInt64] = [:]
+    var tapSequences: [TapStream: UInt64] = [:]
     let clock = ContinuousClock()
     var nextTick: ContinuousClock.Instant?
 

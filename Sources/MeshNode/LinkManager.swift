@@ -50,6 +50,7 @@ final class LinkManager: Sendable {
     private let logger: Logger
     private let relay: RelayClient?
     private let policy: LinkPolicy
+    private let flows: FlowMonitor?
     private let state = Mutex(State())
 
     /// How long one punch attempt waits for its SYN to be answered.
@@ -82,12 +83,17 @@ final class LinkManager: Sendable {
         let signalPort: UInt16
     }
 
-    init(session: MeshSession, reflector: Endpoint, logger: Logger, relay: RelayClient? = nil, policy: LinkPolicy = .init()) {
+    /// `flows`: where each connection's socket is followed for the tap's flow and close events.
+    init(
+        session: MeshSession, reflector: Endpoint, logger: Logger, relay: RelayClient? = nil, policy: LinkPolicy = .init(),
+        flows: FlowMonitor? = nil
+    ) {
         self.session = session
         self.reflector = reflector
         self.logger = logger
         self.relay = relay
         self.policy = policy
+        self.flows = flows
     }
 
     /// How long the connecting side punches before it relays: --punch-timeout, else max(1 s, 4 × broker RTT)
@@ -151,6 +157,7 @@ final class LinkManager: Sendable {
                     "link up",
                     metadata: ["peer": "\(offer.peer.name)", "port": "\(port)", "path": "direct", "setup": "\(setup)", "via": "\(peer)"])
                 report(offer.connectionID, established: true, setup: setup, peer: address, port: port, initiator: true)
+                flows?.track(fd: fd, id: offer.connectionID, initiator: true, peer: address, port: port, path: .direct)
                 var connection = Boxermesh_V1_ShimConnection()
                 connection.localAddress = me.address
                 connection.localPort = UInt32(localPort)
@@ -182,6 +189,7 @@ final class LinkManager: Sendable {
         let setup = ContinuousClock.now - started
         logger.info("link up", metadata: ["peer": "\(offer.peer.name)", "port": "\(port)", "path": "relay", "setup": "\(setup)"])
         report(offer.connectionID, established: true, setup: setup, peer: address, port: port, initiator: true, path: .relay)
+        flows?.track(fd: fd, id: offer.connectionID, initiator: true, peer: address, port: port, path: .relay)
         var connection = Boxermesh_V1_ShimConnection()
         connection.localAddress = me.address
         connection.localPort = UInt32(RelayFrame.initiatorPort(connectionID: offer.connectionID))
@@ -191,10 +199,11 @@ final class LinkManager: Sendable {
         return Link(fd: fd, connection: connection)
     }
 
-    /// A relayed connection moved to a direct link: report it (the tap shows the upgrade), and remember that
-    /// this peer can be punched.
-    func upgraded(_ id: UInt64, _ context: RelayStreamContext) {
+    /// A relayed connection moved to the direct link `direct`: report it (the tap shows the upgrade), and remember
+    /// that this peer can be punched.
+    func upgraded(_ id: UInt64, _ context: RelayStreamContext, direct: Int32?) {
         state.withLock { _ = $0.punchable.insert(context.peer) }
+        flows?.upgraded(id, direct: direct)
         report(id, established: true, setup: ContinuousClock.now - context.started, peer: context.peer, port: context.port,
             initiator: context.initiator, path: .direct)
     }
@@ -335,6 +344,7 @@ final class LinkManager: Sendable {
         let setup = ContinuousClock.now - started
         logger.info("link up", metadata: ["peer": "\(incoming.peer.name)", "port": "\(port)", "path": "\(connection.path)", "setup": "\(setup)"])
         report(id, established: true, setup: setup, peer: incoming.peer.ipv4, port: port, initiator: false, path: path)
+        flows?.track(fd: fd, id: id, initiator: false, peer: incoming.peer.ipv4, port: port, path: path)
         do {
             try await announce(Link(fd: fd, connection: connection), port: port)
         } catch {
@@ -418,7 +428,11 @@ final class LinkManager: Sendable {
                 return (port, mapped, ContinuousClock.now - started)
             }
             // A STUN exchange over TCP takes two round trips (handshake, request): keep the fastest seen.
-            state.withLock { $0.brokerRTT = min($0.brokerRTT ?? elapsed / 2, elapsed / 2) }
+            let rtt = state.withLock { state in
+                state.brokerRTT = min(state.brokerRTT ?? elapsed / 2, elapsed / 2)
+                return state.brokerRTT!
+            }
+            flows?.brokerRoundTrip(rtt)
             return (port, mapped)
         } catch {
             throw LinkError(code: ENETUNREACH, description: "cannot learn our public endpoint from \(reflector): \(error)")

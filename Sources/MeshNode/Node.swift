@@ -20,6 +20,8 @@ public struct NodeConfiguration: Sendable {
     public var relayPort: UInt16 = 7702
     /// While relayed, upgrade attempts back off up to this interval.
     public var upgradeMaxInterval = Duration.seconds(30)
+    /// How often open connections' counters are sampled for the tap's flow events.
+    public var flowInterval = Duration.seconds(5)
 
     public init(
         broker: BrokerAddress, join: JoinRequest, waitFor: Int?, connectTimeout: Duration, command: [String],
@@ -59,11 +61,16 @@ public enum Node {
             // A node that forces the relay stays on it.
             relayOptions.upgrade = configuration.links.path != .relay
             let relay = RelayClient(options: relayOptions)
-            let links = LinkManager(session: session, reflector: reflector, logger: logger, relay: relay, policy: configuration.links)
+            let flows = try FlowMonitor(session: session, interval: configuration.flowInterval, logger: logger)
+            flows.start()
+            let links = LinkManager(
+                session: session, reflector: reflector, logger: logger, relay: relay, policy: configuration.links, flows: flows)
             // The relay runs for the node's whole life (it must be attached before a peer relays to us).
             let relayTask = Task {
                 do {
-                    try await relay.run(session: session, logger: logger) { id, context in links.upgraded(id, context) }
+                    try await relay.run(session: session, logger: logger) { id, context, direct in
+                        links.upgraded(id, context, direct: direct)
+                    }
                 } catch {
                     logger.error("the relay client stopped: \(error)")
                 }
@@ -116,6 +123,8 @@ public enum Node {
                 return status
             }
             logger.info("app exited with status \(status); leaving the mesh")
+            // The app's sockets are closed now: their close events go out before we leave.
+            await flows.finish()
             await session.leave()
             return status
         }

@@ -58,9 +58,10 @@ final class RelayClient: Sendable {
         }
     }
 
-    /// Runs the pump until cancelled. `onUpgraded` hears of each connection that moved to a direct link.
+    /// Runs the pump until cancelled. `onUpgraded` hears of each connection that moved to a direct link (with the
+    /// direct socket, valid during the call).
     func run(
-        session: MeshSession, logger: Logger, onUpgraded: @escaping @Sendable (UInt64, RelayStreamContext) -> Void
+        session: MeshSession, logger: Logger, onUpgraded: @escaping @Sendable (UInt64, RelayStreamContext, Int32?) -> Void
     ) async throws {
         let (options, loop) = (options, loop)
         RelayAllocator.tune()

@@ -193,7 +193,7 @@ extension RelayPump {
                 "connection": "\(stream.id)", "peer": "\(stream.context.peer)", "attempt": "\(stream.upgrade.attempt)",
                 "relayed_bytes_out": "\(stream.sentOnRelay)",
             ])
-        onUpgraded(stream.id, stream.context)
+        onUpgraded(stream.id, stream.context, stream.direct)
         // The pair can punch now: its other relayed connections try at once instead of at their next backoff.
         for other in streams.values
         where other !== stream && other.context.initiator && other.context.peer == stream.context.peer

@@ -17,7 +17,7 @@ final class RelayPump: SocketLoopHandler {
     let session: MeshSession
     let logger: Logger
     let post: @Sendable (RelayCommand) -> Void
-    let onUpgraded: @Sendable (UInt64, RelayStreamContext) -> Void
+    let onUpgraded: @Sendable (UInt64, RelayStreamContext, Int32?) -> Void
 
     var streams: [UInt64: RelayStream] = [:]
     /// Which stream each polled descriptor (an app end or a direct socket) belongs to.
@@ -35,7 +35,7 @@ final class RelayPump: SocketLoopHandler {
 
     init(
         options: RelayOptions, session: MeshSession, logger: Logger, post: @escaping @Sendable (RelayCommand) -> Void,
-        onUpgraded: @escaping @Sendable (UInt64, RelayStreamContext) -> Void
+        onUpgraded: @escaping @Sendable (UInt64, RelayStreamContext, Int32?) -> Void
     ) throws {
         self.options = options
         self.session = session

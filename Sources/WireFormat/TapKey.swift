@@ -12,6 +12,18 @@ public enum TapKind: String, Sendable, CaseIterable {
     case capture
 }
 
+extension TapEvent {
+    /// The kind this event is published under (its topic's middle part, and its sequence's counter).
+    public var tapKind: TapKind {
+        switch event {
+        case .membership: .membership
+        case .connection(let connection) where connection.kind == .flow: .flow
+        case .capture: .capture
+        case .connection, nil: .connection
+        }
+    }
+}
+
 /// A mesh's tap key: it names the mesh's topics and seals its events, so a subscriber without the mesh's secret
 /// learns nothing of that mesh (see the schema's Tap section for the exact construction, for other languages).
 public struct TapKey: Sendable {

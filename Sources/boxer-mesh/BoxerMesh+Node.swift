@@ -41,6 +41,9 @@ extension BoxerMesh {
         @Option(help: ArgumentHelp("While a connection is relayed, retries to punch back off up to this many seconds.", valueName: "seconds"))
         var upgradeMaxInterval: Double = 30
 
+        @Option(help: ArgumentHelp("Seconds between samples of open connections' bytes, rates and RTT (the tap's flow events).", valueName: "seconds"))
+        var flowInterval: Double = 5
+
         @OptionGroup var mesh: MeshOptions
         @OptionGroup var logging: LoggingOptions
 
@@ -55,6 +58,7 @@ extension BoxerMesh {
             guard PathPolicy(rawValue: path) != nil else { throw ValidationError("--path must be auto, direct or relay") }
             if let punchTimeout, !(punchTimeout > 0 && punchTimeout <= 600) { throw ValidationError("--punch-timeout must be 0...600 seconds") }
             guard upgradeMaxInterval >= 0.1 else { throw ValidationError("--upgrade-max-interval must be at least 0.1 seconds") }
+            guard flowInterval >= 0.1 && flowInterval <= 3600 else { throw ValidationError("--flow-interval must be 0.1...3600 seconds") }
             if let shim {
                 guard shim.hasPrefix("/") else { throw ValidationError("--shim needs an absolute path (the app may change directory)") }
                 guard FileManager.default.isReadableFile(atPath: shim) else { throw ValidationError("--shim \(shim): no such readable file") }
@@ -72,6 +76,7 @@ extension BoxerMesh {
                 path: PathPolicy(rawValue: path) ?? .auto, punchTimeout: punchTimeout.map { .milliseconds(Int64($0 * 1000)) })
             configuration.relayPort = relayPort
             configuration.upgradeMaxInterval = .milliseconds(Int64(upgradeMaxInterval * 1000))
+            configuration.flowInterval = .milliseconds(Int64(flowInterval * 1000))
             let status = try await MeshNode.Node.run(configuration, logger: logger)
             throw ExitCode(status)
         }

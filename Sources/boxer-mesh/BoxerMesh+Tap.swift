@@ -12,9 +12,12 @@ extension BoxerMesh {
             discussion: """
                 Lines go to standard output as events happen; --json prints one JSON object per line with the \
                 fields time, time_unix_ms, mesh, event (join, leave, expire, connect, upgrade, refused, connect-failed, \
-                dropped), node, address, and as they apply members, peer, peer_address, port, path, setup_ms, reason, \
-                count. Events are sealed per mesh: only a subscriber with the mesh's secret can read them. Stop with \
-                Ctrl-C.
+                close, flow, dropped), node, address, and as they apply members, connection, peer, peer_address, port, \
+                path, setup_ms, reason, count; close and flow add bytes_to_peer and bytes_from_peer (what the node's app \
+                sent to and received from the peer's), duration_ms and rtt_us, flow adds rate_to_peer_bps and \
+                rate_from_peer_bps. In a connection event the node is the connecting side. Flow samples come every \
+                few seconds per open connection; --no-flows leaves them out. Events are sealed per mesh: only a \
+                subscriber with the mesh's secret can read them. Stop with Ctrl-C.
                 """)
 
         @Option(help: ArgumentHelp("Show only events about this node.", valueName: "name"))
@@ -22,6 +25,9 @@ extension BoxerMesh {
 
         @Flag(help: "One JSON object per line (for jq).")
         var json = false
+
+        @Flag(help: "Leave out the periodic flow samples (subscribes to the other kinds only).")
+        var noFlows = false
 
         @Option(help: ArgumentHelp("Exit after this many events.", valueName: "n"))
         var count: Int?
@@ -44,7 +50,7 @@ extension BoxerMesh {
                 "watching mesh '\(join.mesh)' at \(endpoint); \(members.count) members: \(members.map(\.name).joined(separator: ", "))")
             let filter = try node.map { try MeshName.validated($0, role: "node name") }
             let remaining = Atomic<Int>(count ?? .max)
-            let lastSequence = Atomic<UInt64>(0)
+            let lastSequence = Mutex<[TapKind: UInt64]>([:])
             let json = json
             let write: @Sendable (TapLine) -> Void = { line in
                 // One unbuffered write per line: a pipe reader (jq, a test) sees each event as it happens.
@@ -52,9 +58,10 @@ extension BoxerMesh {
             }
             try await TapSubscriber.run(
                 endpoint: endpoint, key: TapKey(secret: join.secret, mesh: join.mesh),
+                kinds: noFlows ? [.membership, .connection] : [.membership, .connection, .flow],
                 onEvent: { event in
-                    // The broker numbers each mesh's events; a gap means it dropped some for this slow reader.
-                    let previous = lastSequence.exchange(event.sequence, ordering: .relaxed)
+                    // The broker numbers each mesh's events per kind; a gap means it dropped some for this slow reader.
+                    let previous = lastSequence.withLock { $0.updateValue(event.sequence, forKey: event.tapKind) ?? 0 }
                     if previous != 0, event.sequence > previous + 1 {
                         write(TapLine(droppedAfter: previous, before: event))
                     }
@@ -84,6 +91,13 @@ struct TapLine: Encodable {
     var setup_ms: UInt32?
     var reason: String?
     var count: UInt64?
+    var connection: UInt64?
+    var bytes_to_peer: UInt64?
+    var bytes_from_peer: UInt64?
+    var duration_ms: UInt64?
+    var rtt_us: UInt32?
+    var rate_to_peer_bps: UInt64?
+    var rate_from_peer_bps: UInt64?
 
     init(_ event: TapEvent) {
         time = Date(timeIntervalSince1970: Double(event.timeUnixMs) / 1000)
@@ -107,7 +121,17 @@ struct TapLine: Encodable {
             case .upgrade: "upgrade"
             case .refused: "refused"
             case .failed: "connect-failed"
+            case .close: "close"
+            case .flow: "flow"
             default: "connection"
+            }
+            self.connection = connection.connectionID
+            if connection.kind == .close || connection.kind == .flow {
+                (bytes_to_peer, bytes_from_peer) = (connection.bytesFromTo, connection.bytesToFrom)
+                (duration_ms, rtt_us) = (connection.durationMs, connection.rttUs)
+            }
+            if connection.kind == .flow {
+                (rate_to_peer_bps, rate_from_peer_bps) = (connection.rateFromToBps, connection.rateToFromBps)
             }
             node = connection.from.name
             address = connection.from.ipv4.description
@@ -152,8 +176,25 @@ struct TapLine: Encodable {
         if let path { line += "  path=\(path)" }
         if let setup_ms { line += "  setup=\(setup_ms)ms" }
         if let reason { line += "  (\(reason))" }
+        if let bytes_to_peer, let bytes_from_peer {
+            line += "  bytes=\(bytes_to_peer)/\(bytes_from_peer)"
+        }
+        if let rate_to_peer_bps, let rate_from_peer_bps {
+            line += "  rate=\(Self.rate(rate_to_peer_bps))/\(Self.rate(rate_from_peer_bps))"
+        }
+        if let rtt_us, rtt_us > 0 { line += "  rtt=\(rtt_us)us" }
+        if let duration_ms { line += "  duration=\(duration_ms)ms" }
         if let count { line += "  \(count) events dropped: this subscriber fell behind" }
         return line
+    }
+
+    /// Bits per second, readable: 950bit/s, 12.3kbit/s, 4.1Mbit/s, 12.2Gbit/s.
+    static func rate(_ bps: UInt64) -> String {
+        let units = [(1e9, "G"), (1e6, "M"), (1e3, "k")]
+        for (scale, unit) in units where Double(bps) >= scale {
+            return String(format: "%.1f%@bit/s", Double(bps) / scale, unit)
+        }
+        return "\(bps)bit/s"
     }
 
     var json: String {

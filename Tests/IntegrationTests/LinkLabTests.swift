@@ -17,7 +17,7 @@ struct LinkLabTests {
             .standardizedFileURL.path
     }
 
-    @Test("a connection between two easy-NAT functions is punched directly, proven, handed over, and shows on the tap")
+    @Test("a connection between two easy-NAT functions is punched directly, proven, handed over, and shows on the tap from open to close")
     func directLink() async throws {
         try await MeshLabFixture.with(prefix: "itl") { mesh in
             let tap = try mesh.lab.spawn(
@@ -25,7 +25,7 @@ struct LinkLabTests {
             defer { tap.kill() }
             #expect(await tap.waitForLog(containing: "watching mesh"), "\(tap.standardError)")
             // An independent subscriber (pyzmq, protoc's Python code, PyNaCl) decodes the same events.
-            let python = try mesh.lab.spawn(.broker, [Self.pythonSubscriber, "tcp://127.0.0.1:7701", "default", mesh.secretFile, "3"])
+            let python = try mesh.lab.spawn(.broker, [Self.pythonSubscriber, "tcp://127.0.0.1:7701", "default", mesh.secretFile])
             defer { python.kill() }
             #expect(await python.waitForLog(containing: "subscribed to"), "\(python.standardError)")
             try await Task.sleep(for: .milliseconds(300))
@@ -46,12 +46,18 @@ struct LinkLabTests {
             let event = tap.standardOutput.split(separator: "\n").first { $0.contains(#""event":"connect""#) } ?? ""
             #expect(event.contains(#""path":"direct""#) && event.contains(#""node":"cli""#) && event.contains(#""peer":"srv""#))
             #expect(event.contains(#""port":5000"#) && event.contains(#""setup_ms":"#), "\(event)")
-            #expect(python.waitUntilExit(timeout: .seconds(10)) == 0, "\(python.standardError)")
+            // Both apps closed their sockets: the close event carries what each app sent (the client's line of 23
+            // bytes, the server's echo of 28), read from the kernel's counters of the sockets the apps held.
+            let closed = await eventually(timeout: .seconds(10)) { python.standardOutput.contains(#""kind": "KIND_CLOSE""#) }
+            #expect(closed, "\(python.standardOutput)")
             let decoded = python.standardOutput.split(separator: "\n")
-            #expect(decoded.count == 3, "\(python.standardOutput)")
             #expect(decoded.filter { $0.contains(#""kind": "KIND_JOIN""#) }.count == 2, "\(python.standardOutput)")
             #expect(decoded.contains { $0.contains(#""kind": "KIND_OPEN""#) && $0.contains(#""path": "PATH_DIRECT""#) },
                 "\(python.standardOutput)")
+            let close = decoded.first { $0.contains(#""kind": "KIND_CLOSE""#) } ?? ""
+            #expect(close.contains(#""bytes_from_to": "23""#) && close.contains(#""bytes_to_from": "28""#), "\(close)")
+            #expect(close.contains(#""path": "PATH_DIRECT""#) && close.contains(#""duration_ms""#), "\(close)")
+            #expect(decoded.filter { $0.contains(#""kind": "KIND_CLOSE""#) }.count == 1, "both sides report; one close is published")
         }
     }
 

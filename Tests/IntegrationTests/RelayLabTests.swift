@@ -54,6 +54,17 @@ struct RelayLabTests {
             let brokerAfter = try mesh.lab.interfaceBytes(.broker, "eth0")
             #expect(brokerAfter.received - brokerBefore.received > 20_000_000, "the stream did not cross the broker host")
             #expect(server.standardOutput.contains("path relay"), "\(server.standardOutput)")
+            // The tap's close event counts what the apps sent through the relay, to the byte: the client's "SINK\n"
+            // and 20,000,000 bytes, the server's answer "sha256 <64 hex digits> 20000000\n".
+            var close = ""
+            let closed = await eventually(timeout: .seconds(10)) {
+                close = tap.standardOutput.split(separator: "\n").map(String.init)
+                    .first { $0.contains(#""event":"close""#) && $0.contains(#""node":"c-sink""#) } ?? ""
+                return !close.isEmpty
+            }
+            #expect(closed, "\(tap.standardOutput)")
+            #expect(close.contains(#""bytes_to_peer":20000005"#) && close.contains(#""bytes_from_peer":81"#)
+                && close.contains(#""path":"relay""#), "\(close)")
 
             for (name, test, expected) in [
                 ("c-source", ["source", "20000000"], "ok source: EOF after the last byte"),

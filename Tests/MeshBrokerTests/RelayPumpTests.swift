@@ -48,7 +48,7 @@ struct RelayedPair {
             client.onPush { message in
                 if case .incomingConnection(let incoming) = message.body { Task { await links.accept(incoming) } }
             }
-            let pump = Task { try await relay.run(session: session, logger: logger) { _, _ in } }
+            let pump = Task { try await relay.run(session: session, logger: logger) { _, _, _ in } }
             defer {
                 relay.stop()
                 pump.cancel()

@@ -19,3 +19,33 @@ ssize_t boxer_receive_with_fd(int socket, void *buffer, size_t capacity, int *fd
 
 /// accept4(fd, NULL, NULL, SOCK_CLOEXEC), which Swift's Glibc module does not expose. -1 with errno on failure.
 int boxer_accept_cloexec(int fd);
+
+// ---- TCP socket counters from the kernel's sock_diag (NETLINK_SOCK_DIAG), for the tap's flow and close events.
+// The node hands each connection's socket to the app and keeps no copy (else the app's close() would send no FIN),
+// so it finds the socket again in the kernel's tables by its cookie (SO_COOKIE, unique per socket per boot).
+
+#include <stdint.h>
+
+/// One TCP socket as sock_diag reports it.
+typedef struct {
+    uint64_t cookie;
+    uint8_t state;             // TCP_ESTABLISHED, ... (linux/tcp.h)
+    uint64_t bytes_acked;      // sent by the app and acknowledged by the peer (tcpi_bytes_acked)
+    uint64_t bytes_received;   // received from the peer (tcpi_bytes_received)
+    uint32_t rtt_us;           // smoothed round trip (tcpi_rtt)
+} boxer_tcp_counters;
+
+/// The socket's cookie (SO_COOKIE); 0 when the kernel cannot tell.
+uint64_t boxer_socket_cookie(int fd);
+
+/// Counters of the TCP sockets (IPv4 and IPv6) in this network namespace, except listeners and TIME_WAIT: up to
+/// `capacity` into `out`. Returns how many, or -1 with errno set.
+int boxer_tcp_dump(boxer_tcp_counters *out, int capacity);
+
+/// A non-blocking netlink socket that hears of every TCP socket destroyed in this network namespace, with its
+/// final counters (SKNLGRP_INET_TCP_DESTROY and SKNLGRP_INET6_TCP_DESTROY). -1 with errno where not allowed.
+int boxer_tcp_destroy_listen(void);
+
+/// Reads pending destroy notices from `fd`: up to `capacity` into `out`. Returns how many (0: none pending), or -1
+/// with errno set.
+int boxer_tcp_destroy_read(int fd, boxer_tcp_counters *out, int capacity);

@@ -1,0 +1,50 @@
+import WireFormat
+
+/// Flow reports from nodes become the tap's flow samples and close events (see FlowReport in the schema).
+extension ControlPlaneHandler {
+    /// How many closed connection ids are remembered, so the second side's close report is not published again.
+    static let closedMemory = 100_000
+
+    func handleFlowReport(_ report: Boxermesh_V1_FlowReport, request: ControlMessage, session: MeshRegistry.Session) {
+        send(to: session.routingID, request.reply(.ack(.init())))
+        guard let reporter = session.member else { return }
+        for sample in report.samples {
+            guard sample.connectionID != 0, sample.connectionID <= nextConnectionID else {
+                badInput.drop("flow sample for unknown connection \(sample.connectionID) from \(reporter.name)")
+                continue
+            }
+            if sample.closed {
+                // Both ends report a close; the first one is published.
+                guard closedConnections.insert(sample.connectionID).inserted else { continue }
+                forgetOldClosedConnections()
+            } else if !sample.initiator || closedConnections.contains(sample.connectionID) {
+                continue
+            }
+            let peer = registry.member(at: IPv4Address(sample.peerAddress), in: session.mesh)
+                ?? Member.with { $0.address = sample.peerAddress }
+            var event = Boxermesh_V1_ConnectionEvent()
+            event.kind = sample.closed ? .close : .flow
+            event.connectionID = sample.connectionID
+            (event.from, event.to) = sample.initiator ? (reporter, peer) : (peer, reporter)
+            (event.bytesFromTo, event.bytesToFrom) =
+                sample.initiator ? (sample.bytesSent, sample.bytesReceived) : (sample.bytesReceived, sample.bytesSent)
+            (event.rateFromToBps, event.rateToFromBps) =
+                sample.initiator ? (sample.sendRateBps, sample.receiveRateBps) : (sample.receiveRateBps, sample.sendRateBps)
+            event.port = sample.port
+            event.path = sample.path
+            event.durationMs = sample.durationMs
+            event.rttUs = sample.rttUs
+            var tap = TapEvent()
+            tap.connection = event
+            publish(tap, mesh: session.mesh, node: event.from.name)
+        }
+    }
+
+    /// Connection ids grow one by one; a close report comes within seconds of the other side's, so ids far
+    /// behind the newest can be forgotten.
+    private func forgetOldClosedConnections() {
+        guard closedConnections.count > Self.closedMemory else { return }
+        let oldest = nextConnectionID > UInt64(Self.closedMemory / 2) ? nextConnectionID - UInt64(Self.closedMemory / 2) : 0
+        closedConnections = closedConnections.filter { $0 >= oldest }
+    }
+}

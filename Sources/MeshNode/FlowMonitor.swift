@@ -1,0 +1,241 @@
+import CNodeSupport
+import Foundation
+import Logging
+import Synchronization
+import WireFormat
+import ZeroMQ
+
+/// Follows the app's sockets of mesh connections in the kernel's tables and tells the broker what moved, for
+/// the tap's flow and close events. The node keeps no copy of a socket it hands to the app (the app's close()
+/// must send the FIN), so it finds the socket again by its cookie through sock_diag: every `interval` it samples
+/// bytes and RTT (TCP_INFO); the kernel's destroy notices give each socket's final counts the moment it is gone.
+/// Where notices are not allowed, a socket missing from the table is closed with its last sample's counts.
+///
+/// Samples of connections this node opened go to the broker every interval (the tap's flow events); a closed
+/// connection is reported by both sides, and the broker publishes the first report.
+final class FlowMonitor: Sendable {
+    private let session: MeshSession
+    private let interval: Duration
+    private let logger: Logger
+    private let state = Mutex(State())
+    private let wake: WakePipe
+    private let destroyFD: Int32
+    private let stopped = Atomic<Bool>(false)
+    private let done = Mutex<CheckedContinuation<Void, Never>?>(nil)
+
+    /// The most sockets one table read returns; a function holds far fewer.
+    static let tableCapacity = 65536
+
+    struct Flow {
+        let id: UInt64
+        let initiator: Bool
+        let peer: IPv4Address
+        let port: UInt16
+        var path: Boxermesh_V1_Path
+        let started: ContinuousClock.Instant
+        let cookie: UInt64
+        /// Bytes each way on the socket before the app got it (a direct link's token proofs), not the app's.
+        let preamble: UInt64
+        /// Whose RTT to report: the app's socket (direct), the node's direct socket (upgraded), or none (relayed).
+        var rttCookie: UInt64?
+        var sent: UInt64 = 0
+        var received: UInt64 = 0
+        var rttMicroseconds: UInt32 = 0
+        var sampledAt: ContinuousClock.Instant
+        /// Missing from one table read: gone, unless a destroy notice is still on its way.
+        var missing = false
+    }
+
+    private struct State {
+        var flows: [UInt64: Flow] = [:]  // by cookie
+        var nextSample = ContinuousClock.now
+        /// The node's round trip to the broker, for relayed connections' RTT estimate.
+        var brokerRTT: Duration?
+    }
+
+    init(session: MeshSession, interval: Duration, logger: Logger) throws {
+        self.session = session
+        self.interval = interval
+        self.logger = logger
+        wake = try WakePipe()
+        destroyFD = boxer_tcp_destroy_listen()
+        if destroyFD < 0 {
+            logger.notice(
+                "no socket destroy notices here (\(String(cString: strerror(errno)))): close events carry the last sample's counts")
+        }
+    }
+
+    deinit {
+        if destroyFD >= 0 { close(destroyFD) }
+    }
+
+    // MARK: What the link manager tells
+
+    /// Follows the socket `fd` (about to go to the app) of connection `id`. A direct link's socket carried the
+    /// two token proofs before the app got it; those bytes are not counted.
+    func track(fd: Int32, id: UInt64, initiator: Bool, peer: IPv4Address, port: UInt16, path: Boxermesh_V1_Path) {
+        let cookie = boxer_socket_cookie(fd)
+        guard cookie != 0 else { return logger.debug("socket \(fd) has no cookie: its flow is not followed") }
+        let now = ContinuousClock.now
+        let flow = Flow(
+            id: id, initiator: initiator, peer: peer, port: port, path: path, started: now, cookie: cookie,
+            preamble: path == .direct ? UInt64(LinkToken.proofSize) : 0, rttCookie: path == .direct ? cookie : nil, sampledAt: now)
+        state.withLock { $0.flows[cookie] = flow }
+    }
+
+    /// Connection `id` moved from the relay to the direct socket `direct` (held by the relay pump).
+    func upgraded(_ id: UInt64, direct: Int32?) {
+        let cookie = direct.map { boxer_socket_cookie($0) }
+        state.withLock { state in
+            guard let key = state.flows.first(where: { $0.value.id == id })?.key else { return }
+            state.flows[key]?.path = .direct
+            state.flows[key]?.rttCookie = cookie == 0 ? nil : cookie
+        }
+    }
+
+    func brokerRoundTrip(_ rtt: Duration) { state.withLock { $0.brokerRTT = rtt } }
+
+    // MARK: Running
+
+    /// Samples and listens for destroy notices on a thread of its own until ``finish()``.
+    func start() {
+        Thread { [self] in
+            while !stopped.load(ordering: .acquiring) {
+                let wait = state.withLock { ContinuousClock.now.duration(to: $0.nextSample) }
+                var fds = [pollfd(fd: wake.readEnd, events: Int16(POLLIN), revents: 0)]
+                if destroyFD >= 0 { fds.append(pollfd(fd: destroyFD, events: Int16(POLLIN), revents: 0)) }
+                _ = poll(&fds, nfds_t(fds.count), wait.pollTimeout)
+                wake.drain()
+                if stopped.load(ordering: .acquiring) { break }
+                report(pass(sampling: ContinuousClock.now >= state.withLock { $0.nextSample }))
+            }
+            // The last pass: what closed while the app exited.
+            let final = pass(sampling: true)
+            Task { [self] in
+                if !final.isEmpty { await send(final) }
+                done.withLock { $0?.resume(); $0 = nil }
+            }
+        }.start()
+    }
+
+    /// Stops, and reports the connections whose sockets closed meanwhile (the app has exited: all of them).
+    func finish() async {
+        await withCheckedContinuation { continuation in
+            done.withLock { $0 = continuation }
+            stopped.store(true, ordering: .releasing)
+            wake.wake()
+        }
+    }
+
+    /// Reads destroy notices, and with `sampling` the socket table; returns the samples to report.
+    private func pass(sampling: Bool) -> [Boxermesh_V1_FlowSample] {
+        var destroyed: [boxer_tcp_counters] = []
+        if destroyFD >= 0 {
+            var buffer = [boxer_tcp_counters](repeating: .init(), count: 1024)
+            while true {
+                let count = Int(boxer_tcp_destroy_read(destroyFD, &buffer, Int32(buffer.count)))
+                guard count > 0 else { break }
+                destroyed += buffer[0..<count]
+                if count < buffer.count { break }
+            }
+        }
+        var table: [UInt64: boxer_tcp_counters]? = nil
+        if sampling {
+            var buffer = [boxer_tcp_counters](repeating: .init(), count: Self.tableCapacity)
+            let count = Int(boxer_tcp_dump(&buffer, Int32(buffer.count)))
+            if count >= 0 {
+                table = Dictionary(buffer[0..<count].map { ($0.cookie, $0) }, uniquingKeysWith: { first, _ in first })
+            } else {
+                logger.debug("cannot read the kernel's socket table: \(String(cString: strerror(errno)))")
+            }
+        }
+        let now = ContinuousClock.now
+        return state.withLock { state in
+            var samples: [Boxermesh_V1_FlowSample] = []
+            for counters in destroyed {
+                guard var flow = state.flows.removeValue(forKey: counters.cookie) else { continue }
+                Self.update(&flow, with: counters, relayRTT: state.brokerRTT, now: now)
+                samples.append(Self.sample(flow, closed: true, previous: nil, now: now))
+            }
+            guard let table else { return samples }
+            state.nextSample = now + interval
+            for (cookie, var flow) in state.flows {
+                guard let counters = table[cookie] else {
+                    // Gone. A destroy notice may still be on its way; without notices, the last sample is final.
+                    if flow.missing || destroyFD < 0 {
+                        state.flows[cookie] = nil
+                        samples.append(Self.sample(flow, closed: true, previous: nil, now: now))
+                    } else {
+                        state.flows[cookie]?.missing = true
+                    }
+                    continue
+                }
+                let previous = flow
+                Self.update(&flow, with: counters, relayRTT: state.brokerRTT, now: now)
+                if let rttCookie = flow.rttCookie, rttCookie != cookie, let direct = table[rttCookie] {
+                    flow.rttMicroseconds = direct.rtt_us
+                }
+                state.flows[cookie] = flow
+                // Only the connecting side's samples are published: one flow line per connection.
+                if flow.initiator { samples.append(Self.sample(flow, closed: false, previous: previous, now: now)) }
+            }
+            return samples
+        }
+    }
+
+    /// The kernel counts the SYN in bytes_acked, and each FIN once acknowledged or received: app bytes are the
+    /// counters less those and less the preamble (a reset connection may be off by one byte).
+    private static func update(_ flow: inout Flow, with counters: boxer_tcp_counters, relayRTT: Duration?, now: ContinuousClock.Instant) {
+        let finished = [5, 6, 7, 11].contains(counters.state)  // FIN_WAIT2, TIME_WAIT, CLOSE, CLOSING: our FIN is out
+        let finReceived = [6, 7, 8, 9, 11].contains(counters.state)  // TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING
+        let overhead = 1 + (finished && counters.bytes_acked >= 2 ? 1 : 0) + flow.preamble
+        let receivedOverhead = (finReceived && counters.bytes_received > 0 ? 1 : 0) + flow.preamble
+        flow.sent = max(flow.sent, counters.bytes_acked >= overhead ? counters.bytes_acked - overhead : 0)
+        flow.received = max(flow.received, counters.bytes_received >= receivedOverhead ? counters.bytes_received - receivedOverhead : 0)
+        if flow.rttCookie == flow.cookie {
+            flow.rttMicroseconds = counters.rtt_us
+        } else if flow.rttCookie == nil, let relayRTT {
+            // Relayed: node -> broker -> node, about twice our round trip to the broker.
+            flow.rttMicroseconds = UInt32(clamping: relayRTT.microseconds * 2)
+        }
+        flow.missing = false
+        flow.sampledAt = now
+    }
+
+    private static func sample(_ flow: Flow, closed: Bool, previous: Flow?, now: ContinuousClock.Instant) -> Boxermesh_V1_FlowSample {
+        var sample = Boxermesh_V1_FlowSample()
+        sample.connectionID = flow.id
+        sample.initiator = flow.initiator
+        sample.peerAddress = flow.peer.value
+        sample.port = UInt32(flow.port)
+        sample.path = flow.path
+        sample.bytesSent = flow.sent
+        sample.bytesReceived = flow.received
+        sample.rttUs = flow.rttMicroseconds
+        sample.durationMs = UInt64(clamping: (now - flow.started).milliseconds)
+        sample.closed = closed
+        if let previous {
+            let seconds = Double((now - previous.sampledAt).microseconds) / 1e6
+            if seconds > 0 {
+                sample.sendRateBps = UInt64(Double(flow.sent - previous.sent) * 8 / seconds)
+                sample.receiveRateBps = UInt64(Double(flow.received - previous.received) * 8 / seconds)
+            }
+        }
+        return sample
+    }
+
+    private func report(_ samples: [Boxermesh_V1_FlowSample]) {
+        guard !samples.isEmpty else { return }
+        Task { [self] in await send(samples) }
+    }
+
+    private func send(_ samples: [Boxermesh_V1_FlowSample]) async {
+        var report = Boxermesh_V1_FlowReport()
+        report.samples = samples
+        do {
+            _ = try await session.request(.flowReport(report), timeout: .seconds(2))
+        } catch {
+            logger.debug("flow report not delivered: \(error)")
+        }
+    }
+}
