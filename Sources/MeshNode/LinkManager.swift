@@ -64,6 +64,8 @@ final class LinkManager: Sendable {
     static let acceptorTimeout = Duration.seconds(30)
     /// An announced inbound connection the app does not accept within this time is dropped.
     static let acceptTimeout = Duration.seconds(30)
+    /// How long a failed punch towards a peer makes new connections to it relay at once.
+    static let unpunchableMemory = Duration.seconds(300)
     /// Signal connections come from here, so the shim can tell them from the app's own local clients.
     static let signalSource = IPv4Address(127, 77, 0, 1)
 
@@ -76,6 +78,9 @@ final class LinkManager: Sendable {
         var brokerRTT: Duration?
         /// Peers a relayed connection was upgraded with: punching works between us now.
         var punchable: Set<IPv4Address> = []
+        /// Peers punching failed with lately, and when: new connections to them relay at once (their relayed
+        /// connections keep trying to upgrade, and a success clears the mark).
+        var unpunchable: [IPv4Address: ContinuousClock.Instant] = [:]
     }
 
     struct AcceptKey: Hashable {
@@ -107,6 +112,18 @@ final class LinkManager: Sendable {
 
     private var me: Member { session.welcome.self_p }
 
+    /// When punching towards `peer` last failed, if within ``unpunchableMemory``.
+    private func recentPunchFailure(towards peer: IPv4Address) -> ContinuousClock.Instant? {
+        state.withLock { state in
+            guard let failed = state.unpunchable[peer] else { return nil }
+            guard ContinuousClock.now - failed < Self.unpunchableMemory else {
+                state.unpunchable[peer] = nil
+                return nil
+            }
+            return failed
+        }
+    }
+
     // MARK: Outbound
 
     /// Connects to `port` on the node at `address`: signal through the broker, punch and prove (direct), or
@@ -115,6 +132,11 @@ final class LinkManager: Sendable {
         let started = ContinuousClock.now
         if address == me.ipv4 { return try await loopback(port: port) }
         var punching = policy.path != .relay
+        if punching, policy.path == .auto, relay != nil, let failed = recentPunchFailure(towards: address) {
+            logger.info("relaying at once: punching towards this peer failed \(ContinuousClock.now - failed) ago",
+                metadata: ["peer": "\(address)", "port": "\(port)"])
+            punching = false
+        }
         // Forcing the relay, we skip the reflector and say so with port 0: the peer then does not punch either.
         var (localPort, endpoint) = (UInt16(0), Endpoint(IPv4Address.any, port: 0))
         if punching {
@@ -176,7 +198,10 @@ final class LinkManager: Sendable {
                 initiator: true, failure: failure.description)
             throw failure
         }
-        if let punchFailure { logger.info("no direct link in time; relaying", metadata: ["peer": "\(offer.peer.name)", "why": "\(punchFailure.description)"]) }
+        if let punchFailure {
+            logger.info("no direct link in time; relaying", metadata: ["peer": "\(offer.peer.name)", "why": "\(punchFailure.description)"])
+            state.withLock { $0.unpunchable[address] = .now }
+        }
         let context = RelayStreamContext(token: token, initiator: true, peer: address, port: port, started: started)
         let fd: Int32
         do {
@@ -202,7 +227,10 @@ final class LinkManager: Sendable {
     /// A relayed connection moved to the direct link `direct`: report it (the tap shows the upgrade), and remember
     /// that this peer can be punched.
     func upgraded(_ id: UInt64, _ context: RelayStreamContext, direct: Int32?) {
-        state.withLock { _ = $0.punchable.insert(context.peer) }
+        state.withLock {
+            $0.punchable.insert(context.peer)
+            $0.unpunchable[context.peer] = nil
+        }
         flows?.upgraded(id, direct: direct)
         report(id, established: true, setup: ContinuousClock.now - context.started, peer: context.peer, port: context.port,
             initiator: context.initiator, path: .direct)

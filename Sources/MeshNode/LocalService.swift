@@ -5,8 +5,11 @@ import Synchronization
 import WireFormat
 
 /// The node's end of the shim protocol (see the schema): a private AF_UNIX SEQPACKET socket, one thread per
-/// connected app process, one request at a time per connection. Connections go out as the kernel sockets
-/// themselves (SCM_RIGHTS), and the node closes its copy at once, so the app's close() really closes.
+/// connected app process. Requests that wait on the network (connect, resolve) are answered concurrently, each
+/// when ready (the shim matches replies by id): one slow connect never holds up the next. Listen, unlisten and
+/// take are answered in order on the connection's thread, so a close-and-listen-again keeps its order.
+/// Connections go out as the kernel sockets themselves (SCM_RIGHTS), and the node closes its copy at once, so
+/// the app's close() really closes.
 final class LocalService: Sendable {
     /// The socket's address for BOXER_SHIM_SOCKET ("@…": abstract, nothing to clean up on disk).
     let address: String
@@ -48,15 +51,16 @@ final class LocalService: Sendable {
         for client in clients.withLock({ $0 }) { shutdown(client, Int32(SHUT_RDWR)) }
     }
 
-    private func serve(_ client: Int32) {
+    private func serve(_ fd: Int32) {
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        let client = ShimClient(fd: fd)
         defer {
-            clients.withLock { _ = $0.remove(client) }
-            close(client)
+            clients.withLock { _ = $0.remove(fd) }
+            client.finish()
         }
         while true {
             var passed: Int32 = -1
-            let count = buffer.withUnsafeMutableBytes { boxer_receive_with_fd(client, $0.baseAddress, $0.count, &passed) }
+            let count = buffer.withUnsafeMutableBytes { boxer_receive_with_fd(fd, $0.baseAddress, $0.count, &passed) }
             if passed >= 0 { close(passed) }  // the shim never sends descriptors
             guard count > 0 else { return }
             let request: Boxermesh_V1_ShimRequest
@@ -66,11 +70,18 @@ final class LocalService: Sendable {
                 logger.warning("dropped a malformed shim request (\(count) bytes): \(error)")
                 continue
             }
-            let (response, fd) = blocking { await self.respond(to: request) }
-            let bytes: [UInt8] = try! response.serializedBytes()
-            let sent = bytes.withUnsafeBytes { boxer_send_with_fd(client, $0.baseAddress, $0.count, fd ?? -1) }
-            if let fd { close(fd) }  // the app holds the only copy now
-            guard sent >= 0 else { return }
+            switch request.body {
+            case .connect, .resolve, .reverse:
+                client.begin()
+                Task {
+                    let (response, link) = await respond(to: request)
+                    client.reply(response, passing: link)
+                    client.end()
+                }
+            default:
+                let (response, link) = blocking { await self.respond(to: request) }
+                guard client.reply(response, passing: link) else { return }
+            }
         }
     }
 
@@ -138,4 +149,43 @@ private func blocking<T: Sendable>(_ body: @escaping @Sendable () async -> T) ->
 /// Written once before the semaphore is signalled, read once after it: the semaphore orders the two.
 private final class ResultBox<T>: @unchecked Sendable {
     var value: T?
+}
+
+/// One app process's shim connection. Replies may come from several tasks at once (a SEQPACKET datagram goes out
+/// whole), and the descriptor stays open until the last one is sent: a reply never goes to a reused number.
+private final class ShimClient: Sendable {
+    let fd: Int32
+    /// Replies still being worked on, and whether the app hung up.
+    private let state = Mutex((inFlight: 0, finished: false))
+
+    init(fd: Int32) { self.fd = fd }
+
+    func begin() { state.withLock { $0.inFlight += 1 } }
+
+    /// Sends a reply (with the connection's socket, which the node then closes: the app holds the only copy).
+    /// False when the app is gone.
+    @discardableResult
+    func reply(_ response: Boxermesh_V1_ShimResponse, passing link: Int32?) -> Bool {
+        let bytes: [UInt8] = try! response.serializedBytes()
+        let sent = bytes.withUnsafeBytes { boxer_send_with_fd(fd, $0.baseAddress, $0.count, link ?? -1) }
+        if let link { close(link) }
+        return sent >= 0
+    }
+
+    func end() {
+        let last = state.withLock { state in
+            state.inFlight -= 1
+            return state.finished && state.inFlight == 0
+        }
+        if last { close(fd) }
+    }
+
+    /// The app hung up (or the node stops): close once no reply is in flight.
+    func finish() {
+        let idle = state.withLock { state in
+            state.finished = true
+            return state.inFlight == 0
+        }
+        if idle { close(fd) }
+    }
 }

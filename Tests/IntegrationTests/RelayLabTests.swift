@@ -106,6 +106,50 @@ struct RelayLabTests {
         }
     }
 
+    @Test("hard NAT on both sides: unmodified redis-benchmark (8 clients) and iperf3 both ways complete through the broker host")
+    func unmodifiedApps() async throws {
+        try MeshLabFixture.requireShim()
+        try await MeshLabFixture.with(prefix: "rla", nat: .hard) { mesh in
+            let tap = try mesh.lab.spawn(
+                .broker, [MeshLabFixture.binary, "tap", "--json", "--no-flows", "--broker", "127.0.0.1", "--secret-file", mesh.secretFile])
+            defer { tap.kill() }
+            #expect(await tap.waitForLog(containing: "watching mesh"), "\(tap.standardError)")
+            let redis = try mesh.node(
+                1, name: "cache", ["redis-server", "--protected-mode", "no", "--port", "6379", "--save", "", "--appendonly", "no"])
+            defer { redis.kill(SIGTERM) }
+            #expect(redis.waitForOutput(containing: "Ready to accept connections", timeout: .seconds(15)), "\(redis.standardOutput)")
+            let iperf = try mesh.node(1, name: "server", ["iperf3", "-s", "-p", "5201", "--forceflush"])
+            defer { iperf.kill(SIGTERM) }
+            #expect(iperf.waitForOutput(containing: "Server listening", timeout: .seconds(15)), "\(iperf.standardOutput)")
+            let brokerBefore = try mesh.lab.interfaceBytes(.broker, "eth0")
+            // One process opening 8 connections at once: the node answers its connects concurrently, and after the
+            // first punch towards cache failed, the rest relay at once.
+            let started = ContinuousClock.now
+            let bench = try mesh.node(
+                2, name: "bench", options: ["--log-level", "info"],
+                ["redis-benchmark", "-h", "cache", "-p", "6379", "-t", "set,get", "-n", "4000", "-c", "8", "-q"])
+            #expect(bench.waitUntilExit(timeout: .seconds(120)) == 0, "\(bench.standardOutput)\n\(bench.standardError)")
+            print("relay lab: redis-benchmark -c 8 over the relay took \(ContinuousClock.now - started)")
+            let output = bench.standardOutput.replacingOccurrences(of: "\r", with: "\n")
+            #expect(output.contains("SET: ") && output.contains("GET: ") && output.contains("requests per second"), "\(output)")
+            for reverse in [false, true] {
+                let client = try mesh.node(
+                    2, name: reverse ? "client-r" : "client",
+                    ["iperf3", "-c", "server", "-p", "5201", "-t", "2", "-f", "m"] + (reverse ? ["-R"] : []))
+                #expect(client.waitUntilExit(timeout: .seconds(60)) == 0, "\(client.standardOutput)\n\(client.standardError)")
+                #expect(client.standardOutput.contains("receiver"), "\(client.standardOutput)")
+                let summary = client.standardOutput.split(separator: "\n").last { $0.contains("receiver") } ?? ""
+                print("relay lab: iperf3\(reverse ? " -R" : ""): \(summary)")
+            }
+            let brokerAfter = try mesh.lab.interfaceBytes(.broker, "eth0")
+            #expect(brokerAfter.received - brokerBefore.received > 50_000_000, "the traffic did not cross the broker host")
+            let connects = tap.standardOutput.split(separator: "\n").filter { $0.contains(#""event":"connect""#) }
+            #expect(connects.count >= 10, "\(tap.standardOutput)")
+            #expect(connects.allSatisfy { $0.contains(#""path":"relay""#) }, "\(connects)")
+            #expect(bench.standardError.contains("relaying at once"), "\(bench.standardError)")
+        }
+    }
+
     @Test("200 MB over a relayed connection arrive with the same sha256; a 1 KB/s reader slows its writer and the broker's memory stays bounded")
     func bigTransferAndSlowReader() async throws {
         try await MeshLabFixture.with(prefix: "rlb", nat: .hard) { mesh in
