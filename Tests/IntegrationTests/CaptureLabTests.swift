@@ -34,7 +34,9 @@ struct CaptureLabTests {
             // Port 8080: tshark dissects it as HTTP by default (8000 would need `-d tcp.port==8000,http`).
             let server = try mesh.node(1, name: "web", ["/usr/bin/python3", "-u", "-m", "http.server", "8080", "--directory", site.path])
             defer { server.kill(SIGTERM) }
-            #expect(server.waitForOutput(containing: "Serving HTTP", timeout: .seconds(15)), "\(server.standardOutput)\n\(server.standardError)")
+            #expect(
+                server.waitForOutput(containing: "Serving HTTP", timeout: .seconds(15)),
+                "\(server.standardOutput)\n\(server.standardError)")
 
             let pcap = mesh.work.appendingPathComponent("relayed.pcap").path
             let tap = try mesh.lab.spawn(
@@ -76,7 +78,7 @@ struct CaptureLabTests {
             print("capture lab: curl saw \(seen); tshark's HTTP response: \(response.standardOutput)", terminator: "")
             print("capture lab: tap: \(tap.standardError)", terminator: "")
             // One response, between the same mesh addresses and ports curl reported.
-            #expect(response.standardOutput == "200\t\(seen[0])\t\(seen[1])\t\(seen[2])\t\(seen[3])\n", "\(response.standardOutput) vs \(seen)")
+            #expect(response.standardOutput == "200\t" + seen.joined(separator: "\t") + "\n", "\(response.standardOutput) vs \(seen)")
 
             let exported = mesh.work.appendingPathComponent("exported")
             let export = try tshark(mesh, ["-r", pcap, "-Q", "--export-objects", "http,\(exported.path)"])

@@ -155,7 +155,11 @@ struct CaptureStreamsTests {
         #expect(first[3].sequence == isn &+ 1001)
 
         let (later, missed) = streams.packets(for: segment(.data, id: 9, from: server, to: client, offset: 5010, bytes: 1))
-        #expect(missed == ["connection 9 100.64.0.1:8080 -> 100.64.0.2:50000: 4000 bytes missed (from offset 1010); the broker dropped segments for this slow reader"])
+        #expect(
+            missed == [
+                "connection 9 100.64.0.1:8080 -> 100.64.0.2:50000: 4000 bytes missed (from offset 1010); "
+                    + "the broker dropped segments for this slow reader"
+            ])
         #expect(later[0].sequence == isn &+ 5011)
         let (reset, _) = streams.packets(for: segment(.rst, id: 9, from: client, to: server))
         #expect(reset.map(\.flags) == [[.rst, .ack]])
