@@ -8,6 +8,7 @@ packages=(
     stun-client socat python3 procps     # real peers the tests talk to
     python3-protobuf python3-zmq python3-nacl  # the independent tap subscriber and the shim-protocol test app
     redis-server redis-tools iperf3 curl nginx-light  # unmodified apps the shim and lab tests run
+    tshark                               # an independent reader of `tap --pcap` files (the capture lab test)
 )
 missing=()
 for package in "${packages[@]}"; do
@@ -20,5 +21,7 @@ if ((${#missing[@]})); then
     fi
     echo "install-deps: installing ${missing[*]}"
     apt-get update -qq
+    # wireshark-common asks whether non-root users may capture; the answer here is no, and never a prompt.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -80,6 +80,7 @@ extension ControlPlaneHandler {
         welcome.memberCount = UInt32(registry.memberCount(of: hello.mesh))
         welcome.tapPort = UInt32(port(of: publisher.lastEndpoint))
         welcome.stunPort = UInt32(configuration.stunPort)
+        welcome.capturePort = UInt32(configuration.capturePort)
         if let member = session.member {
             relay?.sessionOpened(token: session.token)
             welcome.self_p = member

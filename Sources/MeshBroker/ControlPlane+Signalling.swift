@@ -34,7 +34,9 @@ extension ControlPlaneHandler {
             id: nextConnectionID, request: request, requester: session, target: target, token: Sodium.randomBytes(32),
             deadline: clock.now + Self.answerTimeout)
         pendingConnections[pending.id] = pending
-        relay?.connectionSignalled(pending.id, initiator: session.token, acceptor: target.token)
+        relay?.connectionSignalled(
+            pending.id, initiator: session.token, acceptor: target.token,
+            ends: .init(mesh: session.mesh, initiator: from, acceptor: to, port: UInt16(connect.port)))
         var incoming = Boxermesh_V1_IncomingConnection()
         incoming.connectionID = pending.id
         incoming.peer = from

@@ -14,6 +14,8 @@ final class RelayHandler: SocketLoopHandler {
     let directory: RelayDirectory
     let logger: Logger
     let badInput: BadInputLog
+    /// Only when the broker opted in to payload capture; nil costs one check per frame.
+    let capture: RelayCapture?
     /// Attached nodes: routing id → session token, and the newest routing id of each session.
     var attached: [[UInt8]: [UInt8]] = [:]
     var routes: [[UInt8]: [UInt8]] = [:]
@@ -47,6 +49,7 @@ final class RelayHandler: SocketLoopHandler {
         try router.setHighWaterMarks(send: 0, receive: configuration.receiveHighWaterMark)
         try router.setHeartbeat(intervalMs: 2000, timeoutMs: 10000)
         try router.bind(configuration.endpoint)
+        capture = try configuration.capture.map { try RelayCapture(context: context, configuration: $0, logger: logger) }
         nextTick = .now + .seconds(1)
         logger.notice(
             "relay serving",
@@ -96,7 +99,7 @@ final class RelayHandler: SocketLoopHandler {
             for (end, isLive) in zip(connection.ends, live) where isLive {
                 send(.rst(.with { $0.reason = "the peer left the mesh" }), connection.id, to: end.routingID)
             }
-            drop(connection.id)
+            drop(connection.id, resetBy: live.firstIndex(of: false) ?? 0)
         }
         badInput.flush()
         nextTick = now + .seconds(1)
@@ -104,6 +107,7 @@ final class RelayHandler: SocketLoopHandler {
 
     func shutdown() {
         router.close()
+        capture?.close()
     }
 
     // MARK: Frames
@@ -130,15 +134,17 @@ final class RelayHandler: SocketLoopHandler {
             guard !connection.finished[side], connection.unacknowledged[side] <= connection.window else {
                 return violation(connection, "data beyond its window or after its end")
             }
+            capture?.data(connection.id, from: side, frame[header.payload])
         case .credit(let credit):
             connection.unacknowledged[other] -= Int(credit)
             guard connection.unacknowledged[other] >= 0 else { return violation(connection, "credit for bytes never sent") }
         case .fin, .switchOffset:
             connection.finished[side] = true
+            if header.kind == .fin { capture?.finished(connection.id, from: side) }
         case .rst:
             forward(frame, connection, to: other)
             flush()
-            return drop(connection.id)
+            return drop(connection.id, resetBy: side)
         case .punch:
             break
         case .hello, .open:
@@ -181,6 +187,7 @@ final class RelayHandler: SocketLoopHandler {
             ends: [.init(token: token, routingID: routingID), .init(token: pairing.acceptor, routingID: acceptorRoute)])
         connections[id] = connection
         directory.markRelayed(id)
+        capture?.opened(id, pairing.ends)
         let open = RelayFrame.with(id, .open(.with { $0.window = UInt32(window) })).frame()
         flush()
         guard (try? router.send([acceptorRoute, open])) != nil else {
@@ -258,8 +265,11 @@ final class RelayHandler: SocketLoopHandler {
         }
     }
 
-    func drop(_ id: UInt64) {
+    /// Forgets a connection that ended. Unless both its directions finished, it was reset (by side `resetBy`,
+    /// as far as the capture tells).
+    func drop(_ id: UInt64, resetBy side: Int = 0) {
         guard let connection = connections.removeValue(forKey: id) else { return }
+        capture?.ended(id, resetBy: connection.finished == [true, true] ? nil : side)
         budgetFree += 2 * connection.window
         directory.markEnded(id)
     }

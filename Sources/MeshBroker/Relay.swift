@@ -18,6 +18,8 @@ public struct RelayConfiguration: Sendable {
     /// Frames per node that libzmq reads ahead of the relay before it stops reading that node's TCP connection:
     /// the most a node that ignores its windows can make the broker hold (× 64 KiB) until the relay resets it.
     public var receiveHighWaterMark: Int32 = 64
+    /// Payload capture: nil (the default) publishes nothing and opens no capture socket at all.
+    public var capture: RelayCaptureConfiguration?
 
     public init() {}
 }

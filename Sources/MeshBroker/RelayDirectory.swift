@@ -1,13 +1,24 @@
 import Synchronization
+import WireFormat
 
 /// What the broker's control plane tells its relay: which node sessions are live, and which two sessions each
 /// signalled connection joins. The control plane writes it from its thread, the relay reads it from its own; a
 /// mutex keeps both consistent. The relay forwards frames only between the two sessions of a connection the
 /// control plane signalled, so a node proves itself to the relay with its control-plane session token.
 public final class RelayDirectory: Sendable {
+    /// Who a signalled connection joins, on the mesh: what the relay's capture names its segments by.
+    struct Ends: Equatable {
+        let mesh: String
+        let initiator: Member
+        let acceptor: Member
+        /// The port the initiator connected to on the acceptor.
+        let port: UInt16
+    }
+
     struct Pairing: Equatable {
         let initiator: [UInt8]
         let acceptor: [UInt8]
+        let ends: Ends
         let signalled: ContinuousClock.Instant
         /// The relay opened it.
         var relayed = false
@@ -43,10 +54,10 @@ public final class RelayDirectory: Sendable {
         }
     }
 
-    func connectionSignalled(_ id: UInt64, initiator: [UInt8], acceptor: [UInt8]) {
+    func connectionSignalled(_ id: UInt64, initiator: [UInt8], acceptor: [UInt8], ends: Ends) {
         let now = ContinuousClock.now
         state.withLock { state in
-            state.pairings[id] = Pairing(initiator: initiator, acceptor: acceptor, signalled: now)
+            state.pairings[id] = Pairing(initiator: initiator, acceptor: acceptor, ends: ends, signalled: now)
             guard now - state.lastPurge >= .seconds(1) else { return }
             state.lastPurge = now
             state.pairings = state.pairings.filter { _, pairing in

@@ -31,6 +31,16 @@ extension BoxerMesh {
         @Option(help: ArgumentHelp("Each relayed connection's window per direction while the budget has room (KiB).", valueName: "kib"))
         var relayWindowKib = 1024
 
+        @Flag(help: """
+            Publish every relayed connection's payload (sealed per mesh) for `boxer-mesh tap --pcap`. Off by default: \
+            without it no payload is published anywhere. Direct links never cross the broker and are never captured.
+            """)
+        var capturePayloads = false
+
+        @Option(help: ArgumentHelp(
+            "Capture endpoint (ZeroMQ PUB), with --capture-payloads. Default: the --listen host, port 7703.", valueName: "endpoint"))
+        var captureListen: String?
+
         @Option(help: ArgumentHelp("Virtual addresses come from this subnet; every mesh has all of it.", valueName: "cidr"))
         var subnet = "100.64.0.0/16"
 
@@ -52,6 +62,9 @@ extension BoxerMesh {
                 throw ValidationError("--expiry-ms must be more than twice --heartbeat-ms, or healthy nodes expire")
             }
             guard (64...65536).contains(relayWindowKib) else { throw ValidationError("--relay-window-kib must be 64...65536") }
+            guard capturePayloads || captureListen == nil else {
+                throw ValidationError("--capture-listen needs --capture-payloads (payload capture is off without it)")
+            }
             guard relayMemoryMib >= 1, relayMemoryMib * 1024 >= 2 * relayWindowKib else {
                 throw ValidationError("--relay-memory-mib must hold at least one connection's two windows")
             }
@@ -81,6 +94,14 @@ extension BoxerMesh {
             relay.memoryBudget = relayMemoryMib << 20
             relay.maximumWindow = relayWindowKib << 10
             relay.minimumWindow = min(relay.minimumWindow, relay.maximumWindow)
+            if capturePayloads {
+                let endpoint = captureListen.map(Self.endpoint) ?? Self.replacingPort(of: control, with: 7703)
+                relay.capture = RelayCaptureConfiguration(endpoint: endpoint, secret: secret)
+                configuration.capturePort = Self.port(of: endpoint)
+                guard configuration.capturePort != 0 else {
+                    throw ValidationError("--capture-listen needs a fixed port (nodes and taps learn it from the broker)")
+                }
+            }
             let directory = RelayDirectory()
             let group = ServiceGroup(
                 services: [
@@ -101,6 +122,10 @@ extension BoxerMesh {
             if let colon = host.lastIndex(of: ":") { host = String(host[..<colon]) }
             host = host.trimmingCharacters(in: ["[", "]"])
             return host == "*" ? "0.0.0.0" : host
+        }
+
+        static func port(of endpoint: String) -> UInt16 {
+            endpoint.split(separator: ":").last.flatMap { UInt16($0) } ?? 0
         }
 
         static func replacingPort(of endpoint: String, with port: UInt16) -> String {

@@ -32,10 +32,20 @@ extension BoxerMesh {
         @Option(help: ArgumentHelp("Exit after this many events.", valueName: "n"))
         var count: Int?
 
+        @Option(help: ArgumentHelp(
+            """
+            Write the mesh's relayed traffic to this pcap file (TCP streams between mesh addresses, for Wireshark or \
+            tshark) instead of printing events. Needs a broker started with --capture-payloads; direct links are not \
+            captured. With --count, stops after that many captured segments; after Ctrl-C the file is complete.
+            """,
+            valueName: "file"))
+        var pcap: String?
+
         @OptionGroup var mesh: MeshOptions
         @OptionGroup var logging: LoggingOptions
 
         func run() async throws {
+            if let pcap { return try await capture(to: pcap) }
             let logger = logging.makeLogger("boxer-mesh.tap")
             let join = try mesh.joinRequest(nodeName: nil)
             let broker = try mesh.brokerAddress()
