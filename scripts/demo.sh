@@ -65,7 +65,9 @@ run fn2 "$bin" node --broker "$broker" --name bench -- \
     redis-benchmark -h cache -p 6379 -t set,get -n 20000 -c 10 -q 2>/dev/null | tr '\r' '\n' | grep "requests per second"
 
 echo
-echo "== 3. what the tap saw (joins, connections with their path and setup time)"
+echo "== 3. what the tap saw (joins, connections with their path and setup time, closes with bytes each way)"
 sleep 0.5
-grep -E "join|connect" "$work/tap.log" | head -8
-echo "... $(grep -c connect "$work/tap.log") connections in all"
+grep -E "join|connect" "$work/tap.log" | head -6
+echo "..."
+grep -E " close " "$work/tap.log" | tail -2
+echo "... $(grep -c ' connect ' "$work/tap.log") connections, $(grep -c ' close ' "$work/tap.log") closed"

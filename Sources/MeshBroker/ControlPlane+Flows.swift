@@ -21,7 +21,7 @@ extension ControlPlaneHandler {
                 continue
             }
             let peer = registry.member(at: IPv4Address(sample.peerAddress), in: session.mesh)
-                ?? Member.with { $0.address = sample.peerAddress }
+                ?? Member.with { $0.address = sample.peerAddress; $0.name = sample.peerName }
             var event = Boxermesh_V1_ConnectionEvent()
             event.kind = sample.closed ? .close : .flow
             event.connectionID = sample.connectionID

@@ -30,6 +30,7 @@ final class FlowMonitor: Sendable {
         let id: UInt64
         let initiator: Bool
         let peer: IPv4Address
+        let peerName: String
         let port: UInt16
         var path: Boxermesh_V1_Path
         let started: ContinuousClock.Instant
@@ -73,12 +74,12 @@ final class FlowMonitor: Sendable {
 
     /// Follows the socket `fd` (about to go to the app) of connection `id`. A direct link's socket carried the
     /// two token proofs before the app got it; those bytes are not counted.
-    func track(fd: Int32, id: UInt64, initiator: Bool, peer: IPv4Address, port: UInt16, path: Boxermesh_V1_Path) {
+    func track(fd: Int32, id: UInt64, initiator: Bool, peer: Member, port: UInt16, path: Boxermesh_V1_Path) {
         let cookie = boxer_socket_cookie(fd)
         guard cookie != 0 else { return logger.debug("socket \(fd) has no cookie: its flow is not followed") }
         let now = ContinuousClock.now
         let flow = Flow(
-            id: id, initiator: initiator, peer: peer, port: port, path: path, started: now, cookie: cookie,
+            id: id, initiator: initiator, peer: peer.ipv4, peerName: peer.name, port: port, path: path, started: now, cookie: cookie,
             preamble: path == .direct ? UInt64(LinkToken.proofSize) : 0, rttCookie: path == .direct ? cookie : nil, sampledAt: now)
         state.withLock { $0.flows[cookie] = flow }
     }
@@ -97,6 +98,9 @@ final class FlowMonitor: Sendable {
 
     // MARK: Running
 
+    /// How long ``finish()`` waits for the exited app's sockets to be gone (a FIN exchange, normally).
+    static let finishTimeout = Duration.seconds(1)
+
     /// Samples and listens for destroy notices on a thread of its own until ``finish()``.
     func start() {
         Thread { [self] in
@@ -109,8 +113,15 @@ final class FlowMonitor: Sendable {
                 if stopped.load(ordering: .acquiring) { break }
                 report(pass(sampling: ContinuousClock.now >= state.withLock { $0.nextSample }))
             }
-            // The last pass: what closed while the app exited.
-            let final = pass(sampling: true)
+            // The app has exited: its sockets go as soon as their FINs are exchanged. Report them before we leave,
+            // while the peer is still a member the broker can name.
+            var final: [Boxermesh_V1_FlowSample] = []
+            let deadline = ContinuousClock.now + Self.finishTimeout
+            repeat {
+                final += pass(sampling: true).filter(\.closed)
+                if state.withLock({ $0.flows.isEmpty }) { break }
+                usleep(50_000)
+            } while ContinuousClock.now < deadline
             Task { [self] in
                 if !final.isEmpty { await send(final) }
                 done.withLock { $0?.resume(); $0 = nil }
@@ -207,6 +218,7 @@ final class FlowMonitor: Sendable {
         sample.connectionID = flow.id
         sample.initiator = flow.initiator
         sample.peerAddress = flow.peer.value
+        sample.peerName = flow.peerName
         sample.port = UInt32(flow.port)
         sample.path = flow.path
         sample.bytesSent = flow.sent

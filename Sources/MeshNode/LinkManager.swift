@@ -179,7 +179,7 @@ final class LinkManager: Sendable {
                     "link up",
                     metadata: ["peer": "\(offer.peer.name)", "port": "\(port)", "path": "direct", "setup": "\(setup)", "via": "\(peer)"])
                 report(offer.connectionID, established: true, setup: setup, peer: address, port: port, initiator: true)
-                flows?.track(fd: fd, id: offer.connectionID, initiator: true, peer: address, port: port, path: .direct)
+                flows?.track(fd: fd, id: offer.connectionID, initiator: true, peer: offer.peer, port: port, path: .direct)
                 var connection = Boxermesh_V1_ShimConnection()
                 connection.localAddress = me.address
                 connection.localPort = UInt32(localPort)
@@ -214,7 +214,7 @@ final class LinkManager: Sendable {
         let setup = ContinuousClock.now - started
         logger.info("link up", metadata: ["peer": "\(offer.peer.name)", "port": "\(port)", "path": "relay", "setup": "\(setup)"])
         report(offer.connectionID, established: true, setup: setup, peer: address, port: port, initiator: true, path: .relay)
-        flows?.track(fd: fd, id: offer.connectionID, initiator: true, peer: address, port: port, path: .relay)
+        flows?.track(fd: fd, id: offer.connectionID, initiator: true, peer: offer.peer, port: port, path: .relay)
         var connection = Boxermesh_V1_ShimConnection()
         connection.localAddress = me.address
         connection.localPort = UInt32(RelayFrame.initiatorPort(connectionID: offer.connectionID))
@@ -372,7 +372,7 @@ final class LinkManager: Sendable {
         let setup = ContinuousClock.now - started
         logger.info("link up", metadata: ["peer": "\(incoming.peer.name)", "port": "\(port)", "path": "\(connection.path)", "setup": "\(setup)"])
         report(id, established: true, setup: setup, peer: incoming.peer.ipv4, port: port, initiator: false, path: path)
-        flows?.track(fd: fd, id: id, initiator: false, peer: incoming.peer.ipv4, port: port, path: path)
+        flows?.track(fd: fd, id: id, initiator: false, peer: incoming.peer, port: port, path: path)
         do {
             try await announce(Link(fd: fd, connection: connection), port: port)
         } catch {

@@ -3580,7 +3580,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__flow_report__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__flow_report__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__flow_sample__field_descriptors[12] =
+static const ProtobufCFieldDescriptor boxermesh__v1__flow_sample__field_descriptors[13] =
 {
   {
     "connection_id",
@@ -3726,6 +3726,18 @@ static const ProtobufCFieldDescriptor boxermesh__v1__flow_sample__field_descript
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "peer_name",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__FlowSample, peer_name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__flow_sample__field_indices_by_name[] = {
   6,   /* field[6] = bytes_received */
@@ -3736,6 +3748,7 @@ static const unsigned boxermesh__v1__flow_sample__field_indices_by_name[] = {
   1,   /* field[1] = initiator */
   4,   /* field[4] = path */
   2,   /* field[2] = peer_address */
+  12,   /* field[12] = peer_name */
   3,   /* field[3] = port */
   11,   /* field[11] = receive_rate_bps */
   7,   /* field[7] = rtt_us */
@@ -3744,7 +3757,7 @@ static const unsigned boxermesh__v1__flow_sample__field_indices_by_name[] = {
 static const ProtobufCIntRange boxermesh__v1__flow_sample__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 12 }
+  { 0, 13 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__flow_sample__descriptor =
 {
@@ -3754,7 +3767,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__flow_sample__descriptor =
   "Boxermesh__V1__FlowSample",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__FlowSample),
-  12,
+  13,
   boxermesh__v1__flow_sample__field_descriptors,
   boxermesh__v1__flow_sample__field_indices_by_name,
   1,  boxermesh__v1__flow_sample__number_ranges,

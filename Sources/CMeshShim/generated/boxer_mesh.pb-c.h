@@ -641,10 +641,14 @@ struct  Boxermesh__V1__FlowSample
    */
   uint64_t send_rate_bps;
   uint64_t receive_rate_bps;
+  /*
+   * The peer's name, for events about a peer that has left the mesh by the time the report arrives.
+   */
+  char *peer_name;
 };
 #define BOXERMESH__V1__FLOW_SAMPLE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__flow_sample__descriptor) \
-    , 0, 0, 0, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string }
 
 
 typedef enum {

@@ -898,6 +898,9 @@ public nonisolated struct Boxermesh_V1_FlowSample: Sendable {
 
   public var receiveRateBps: UInt64 = 0
 
+  /// The peer's name, for events about a peer that has left the mesh by the time the report arrives.
+  public var peerName: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -3000,7 +3003,7 @@ nonisolated extension Boxermesh_V1_FlowReport: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Boxermesh_V1_FlowSample: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".FlowSample"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}initiator\0\u{3}peer_address\0\u{1}port\0\u{1}path\0\u{3}bytes_sent\0\u{3}bytes_received\0\u{3}rtt_us\0\u{3}duration_ms\0\u{1}closed\0\u{3}send_rate_bps\0\u{3}receive_rate_bps\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}initiator\0\u{3}peer_address\0\u{1}port\0\u{1}path\0\u{3}bytes_sent\0\u{3}bytes_received\0\u{3}rtt_us\0\u{3}duration_ms\0\u{1}closed\0\u{3}send_rate_bps\0\u{3}receive_rate_bps\0\u{3}peer_name\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3020,6 +3023,7 @@ nonisolated extension Boxermesh_V1_FlowSample: SwiftProtobuf.Message, SwiftProto
       case 10: try { try decoder.decodeSingularBoolField(value: &self.closed) }()
       case 11: try { try decoder.decodeSingularUInt64Field(value: &self.sendRateBps) }()
       case 12: try { try decoder.decodeSingularUInt64Field(value: &self.receiveRateBps) }()
+      case 13: try { try decoder.decodeSingularStringField(value: &self.peerName) }()
       default: break
       }
     }
@@ -3062,6 +3066,9 @@ nonisolated extension Boxermesh_V1_FlowSample: SwiftProtobuf.Message, SwiftProto
     if self.receiveRateBps != 0 {
       try visitor.visitSingularUInt64Field(value: self.receiveRateBps, fieldNumber: 12)
     }
+    if !self.peerName.isEmpty {
+      try visitor.visitSingularStringField(value: self.peerName, fieldNumber: 13)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3078,6 +3085,7 @@ nonisolated extension Boxermesh_V1_FlowSample: SwiftProtobuf.Message, SwiftProto
     if lhs.closed != rhs.closed {return false}
     if lhs.sendRateBps != rhs.sendRateBps {return false}
     if lhs.receiveRateBps != rhs.receiveRateBps {return false}
+    if lhs.peerName != rhs.peerName {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
