@@ -78,7 +78,7 @@ extension ControlPlaneHandler {
         welcome.heartbeatIntervalMs = UInt32(configuration.heartbeatInterval.milliseconds)
         welcome.expiryMs = UInt32(configuration.expiry.milliseconds)
         welcome.memberCount = UInt32(registry.memberCount(of: hello.mesh))
-        welcome.tapPort = UInt32(port(of: publisher.lastEndpoint))
+        welcome.tapPort = UInt32(port(of: tap.socket.lastEndpoint))
         welcome.stunPort = UInt32(configuration.stunPort)
         welcome.capturePort = UInt32(configuration.capturePort)
         if let member = session.member {

@@ -53,7 +53,7 @@ public struct ControlPlane: Service {
         try await cancelWhenGracefulShutdown {
             try await loop.run {
                 let handler = try ControlPlaneHandler(configuration: configuration, logger: logger, relay: relay)
-                onReady(BoundEndpoints(control: handler.router.lastEndpoint, tap: handler.publisher.lastEndpoint))
+                onReady(BoundEndpoints(control: handler.router.lastEndpoint, tap: handler.tap.socket.lastEndpoint))
                 return handler
             }
         }
@@ -65,7 +65,7 @@ final class ControlPlaneHandler: SocketLoopHandler {
     typealias Command = Never
 
     let router: ZMQSocket
-    let publisher: ZMQSocket
+    var tap: TapPublisher
     let configuration: BrokerConfiguration
     let logger: Logger
     let relay: RelayDirectory?
@@ -80,9 +80,6 @@ final class ControlPlaneHandler: SocketLoopHandler {
     var nextConnectionID: UInt64 = 0
     /// Connections whose close was published (bounded; see ControlPlane+Flows).
     var closedConnections: Set<UInt64> = []
-    /// Per mesh: the tap key (derived once); per mesh and kind, the last event's sequence number.
-    var tapKeys: [String: TapKey] = [:]
-    var tapSequences: [TapStream: UInt64] = [:]
     let clock = ContinuousClock()
     var nextTick: ContinuousClock.Instant?
 
@@ -101,15 +98,14 @@ final class ControlPlaneHandler: SocketLoopHandler {
         try router.setMaxMessageSize(Int64(ControlMessage.maximumFrameSize))
         try router.setHighWaterMarks(send: 1000, receive: 10000)
         try router.bind(configuration.controlEndpoint)
-        publisher = try ZMQSocket(context, .publisher)
         // PUB drops for a subscriber past its queue: a stuck tap never slows the broker.
-        try publisher.setHighWaterMarks(send: 10000, receive: 1000)
-        try publisher.bind(configuration.tapEndpoint)
+        tap = try TapPublisher(
+            context: context, endpoint: configuration.tapEndpoint, highWaterMark: 10000, secret: configuration.secret, logger: logger)
         nextTick = clock.now
         logger.notice(
             "control plane serving",
             metadata: [
-                "control": "\(router.lastEndpoint)", "tap": "\(publisher.lastEndpoint)",
+                "control": "\(router.lastEndpoint)", "tap": "\(tap.socket.lastEndpoint)",
                 "subnet": "\(configuration.subnet)", "expiry": "\(configuration.expiry)",
             ])
     }
@@ -151,7 +147,7 @@ final class ControlPlaneHandler: SocketLoopHandler {
 
     func shutdown() {
         router.close()
-        publisher.close()
+        tap.socket.close()
     }
 
     /// Replies are best effort: a peer that vanished (EHOSTUNREACH) or stopped reading (EAGAIN) is not waited for.

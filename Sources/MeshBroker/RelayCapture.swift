@@ -26,7 +26,6 @@ final class RelayCapture {
     /// One relayed connection as its capture names it.
     struct Connection {
         let mesh: String
-        let key: TapKey
         /// Per direction (0 = initiator → acceptor): the event topic (its node is the sender) and the addresses.
         let topics: [[UInt8]]
         let sources: [(address: UInt32, port: UInt32)]
@@ -34,35 +33,28 @@ final class RelayCapture {
         var offsets: [UInt64] = [0, 0]
     }
 
-    let publisher: ZMQSocket
-    let secret: MeshSecret
-    let logger: Logger
-    var keys: [String: TapKey] = [:]
-    /// Per mesh: the last capture event's sequence number (the capture stream counts on its own).
-    var sequences: [String: UInt64] = [:]
+    /// The capture stream's own PUB socket, keys and sequence numbers.
+    var publisher: TapPublisher
     var connections: [UInt64: Connection] = [:]
 
     init(context: ZMQContext, configuration: RelayCaptureConfiguration, logger: Logger) throws {
-        secret = configuration.secret
-        self.logger = logger
-        publisher = try ZMQSocket(context, .publisher)
-        try publisher.setHighWaterMarks(send: configuration.highWaterMark, receive: 1000)
-        try publisher.bind(configuration.endpoint)
+        publisher = try TapPublisher(
+            context: context, endpoint: configuration.endpoint, highWaterMark: configuration.highWaterMark,
+            secret: configuration.secret, logger: logger)
         logger.notice(
             """
             payload capture ON (--capture-payloads): relayed payloads are published, sealed per mesh, on \
-            \(publisher.lastEndpoint); anyone with a mesh's secret can read that mesh's relayed traffic
+            \(publisher.socket.lastEndpoint); anyone with a mesh's secret can read that mesh's relayed traffic
             """,
-            metadata: ["capture": "\(publisher.lastEndpoint)"])
+            metadata: ["capture": "\(publisher.socket.lastEndpoint)"])
     }
 
     /// The relay opened connection `id`: from now on its bytes are captured.
     func opened(_ id: UInt64, _ ends: RelayDirectory.Ends) {
-        let key = keys[ends.mesh] ?? TapKey(secret: secret, mesh: ends.mesh)
-        keys[ends.mesh] = key
+        let key = publisher.key(for: ends.mesh)
         let initiatorPort = UInt32(RelayFrame.initiatorPort(connectionID: id))
         connections[id] = Connection(
-            mesh: ends.mesh, key: key,
+            mesh: ends.mesh,
             topics: [ends.initiator.name, ends.acceptor.name].map { Array(key.topic(.capture, node: $0).utf8) },
             sources: [(ends.initiator.address, initiatorPort), (ends.acceptor.address, UInt32(ends.port))])
         publish(id, from: 0, .open, data: [])
@@ -96,16 +88,8 @@ final class RelayCapture {
         segment.data = Data(data)
         var event = TapEvent()
         event.capture = segment
-        event.timeUnixMs = unixMilliseconds()
-        event.mesh = connection.mesh
-        event.sequence = (sequences[connection.mesh] ?? 0) + 1
-        sequences[connection.mesh] = event.sequence
-        do {
-            try publisher.send([connection.topics[side], connection.key.seal(event)])
-        } catch {
-            logger.debug("capture event dropped: \(error)")
-        }
+        publisher.publish(event, mesh: connection.mesh, topic: connection.topics[side])
     }
 
-    func close() { publisher.close() }
+    func close() { publisher.socket.close() }
 }

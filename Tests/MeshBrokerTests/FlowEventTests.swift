@@ -87,7 +87,8 @@ struct FlowEventTests {
 
     @Test("a subscriber that stops reading never slows the broker; when it reads again, the sequence gap tells how many it lost")
     func stuckSubscriber() async throws {
-        try await TestBroker.with { broker in
+        // A long expiry: on a loaded machine, publishing 50,000 events may hold up a heartbeat for seconds.
+        try await TestBroker.with(expiry: .seconds(60)) { broker in
             let key = TapKey(secret: broker.secret, mesh: "test")
             // A raw SUB (default queue, as the tap's) that does not read while 50,000 events go out.
             let stuck = try ZMQSocket(ZMQContext(), .subscriber)
