@@ -155,15 +155,8 @@ struct TapLine: Encodable {
             }
             setup_ms = connection.kind == .open ? connection.setupMs : nil
             reason = connection.reason.isEmpty ? nil : connection.reason
-        case .capture(let segment):
-            // Captured payload is written to a pcap file (--pcap), not printed; a line only names the segment.
-            self.event = "capture"
-            node = ""
-            address = IPv4Address(segment.sourceAddress).description
-            peer_address = IPv4Address(segment.destinationAddress).description
-            port = segment.destinationPort
-            count = UInt64(segment.data.count)
-        case nil:
+        case .capture, nil:
+            // Captured payloads come only on the capture port, and go to a pcap file (--pcap), never to lines.
             self.event = "unknown"
             node = ""
         }

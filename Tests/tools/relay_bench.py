@@ -7,7 +7,10 @@ Builds a NAT lab with hard NATs (so punching fails and the mesh relays), starts 
 alternates runs of the same sender and sink (Tests/tools/relay_app.py `bench`, which only sends a fixed buffer):
   relay  fn2 node -> broker relay (ZeroMQ) -> fn1 node
   socat  fn2 -> socat -b 262144 on the broker host -> fn1 (both ends dial the broker, as they must behind NATs)
-and prints every run and the median ratio relay/socat. Root only; removes the lab at the end.
+  chain  fn2 -> socat on fn2 -> socat on the broker host -> socat on fn1 -> fn1: the same four TCP hops as the
+         relay (app <-> its node on loopback, node <-> broker through the NATs), every hop relayed by socat
+and prints every run and the median ratios relay/socat and chain/socat: the chain shows what the relay's extra
+hops cost by themselves on this machine. Root only; removes the lab at the end.
 """
 import argparse, os, re, statistics, subprocess, sys, tempfile, time
 
@@ -60,7 +63,7 @@ try:
         stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "srv.log"), "w"))
     processes.append(server)
     time.sleep(3)
-    results = {"relay": [], "socat": []}
+    results = {"relay": [], "socat": [], "chain": []}
     # CPU seconds the middle host spends per GB relayed: the broker's vs socat's.
     costs = {"relay": [], "socat": []}
     for run in range(args.runs):
@@ -86,9 +89,28 @@ try:
         print(f"run {run + 1} socat: {out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-300:]}", flush=True)
         sink.wait(timeout=10)
         socat.wait(timeout=10)
+        # The chain: a local socat in each function in front of the broker's, as a node is in front of the relay.
+        chain = [
+            subprocess.Popen(ns("broker", "socat", "-b", "262144", "TCP-LISTEN:6001,reuseaddr", "TCP-LISTEN:6002,reuseaddr")),
+            subprocess.Popen(ns("fn1", "socat", "-b", "262144", "TCP-LISTEN:7001,bind=127.0.0.1,reuseaddr", "TCP:203.0.113.10:6001")),
+            subprocess.Popen(ns("fn2", "socat", "-b", "262144", "TCP-LISTEN:7002,bind=127.0.0.1,reuseaddr", "TCP:203.0.113.10:6002")),
+        ]
+        time.sleep(0.3)
+        sink = subprocess.Popen(ns("fn1", app, "raw-serve", "127.0.0.1", "7001"), stdout=subprocess.DEVNULL)
+        time.sleep(0.5)
+        out = subprocess.run(ns("fn2", app, "raw", "127.0.0.1", "7002", "bench", str(args.seconds)),
+                             capture_output=True, text=True, timeout=args.seconds + 60)
+        results["chain"].append(mbps(out.stdout))
+        print(f"run {run + 1} chain: {out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-300:]}", flush=True)
+        sink.wait(timeout=10)
+        for process in chain:
+            process.wait(timeout=10)
     relay = statistics.median(r for r in results["relay"] if r)
     socat = statistics.median(r for r in results["socat"] if r)
+    chained = statistics.median(r for r in results["chain"] if r)
     print(f"median relay {relay:.1f} MB/s, socat -b 262144 {socat:.1f} MB/s, ratio {relay / socat:.2f}")
+    print(f"median socat chain with the relay's four hops {chained:.1f} MB/s, ratio chain/socat {chained / socat:.2f}, "
+          f"relay/chain {relay / chained:.2f}")
     print(f"middle host CPU per GB: broker {statistics.median(costs['relay']):.2f} s, socat {statistics.median(costs['socat']):.2f} s")
 finally:
     for process in processes:
