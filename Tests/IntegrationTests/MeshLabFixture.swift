@@ -64,6 +64,18 @@ struct MeshLabFixture {
             environment: environment)
     }
 
+    /// Runs iperf3 for 2 s from function `index` to the node `server` (iperf3 -s on port 5201), then with -R;
+    /// returns both clients once they exited (named client and client-r).
+    func iperfBothWays(from index: Int, to server: String) throws -> [LabProcess] {
+        try [false, true].map { reverse in
+            let client = try node(
+                index, name: reverse ? "client-r" : "client",
+                ["iperf3", "-c", server, "-p", "5201", "-t", "2", "-f", "m"] + (reverse ? ["-R"] : []))
+            client.waitUntilExit(timeout: .seconds(60))
+            return client
+        }
+    }
+
     /// Runs a boxer-mesh tool (resolve, …) in function `index` and waits for it.
     func tool(_ index: Int, _ arguments: [String]) throws -> CommandResult {
         try lab.run(

@@ -61,27 +61,20 @@ struct ControlPlaneTests {
     @Test("a node that stops heartbeating is expired, shows on the tap, and frees its name")
     func expiry() async throws {
         try await TestBroker.with(expiry: .milliseconds(800)) { broker in
-            let events = Mutex<[TapEvent]>([])
-            let tap = Task {
-                try await TapSubscriber.run(endpoint: broker.endpoints.tap, key: TapKey(secret: broker.secret, mesh: "test")) { event in
-                    events.withLock { $0.append(event) }
-                    return true
-                }
-            }
-            defer { tap.cancel() }
-            try await Task.sleep(for: .milliseconds(300))  // a SUB socket misses what is published before it connects
+            let tap = try await TapRecorder(broker)
+            defer { tap.stop() }
             let started = ContinuousClock.now
             let ghost = try await broker.abandonedSession("ghost")
             var expired: TapEvent?
             while expired == nil, ContinuousClock.now - started < .seconds(5) {
                 try await Task.sleep(for: .milliseconds(50))
-                expired = events.withLock { $0.first { $0.membership.kind == .expire } }
+                expired = tap.events.first { $0.membership.kind == .expire }
             }
             let event = try #require(expired)
             #expect(event.membership.member.name == "ghost")
             #expect(event.membership.member.address == ghost.address)
             #expect(ContinuousClock.now - started < .seconds(3))
-            #expect(events.withLock { $0.first?.membership.kind } == .join)
+            #expect(tap.events.first?.membership.kind == .join)
             try await broker.session("ghost") { #expect($0.welcome.self_p.name == "ghost") }
         }
     }

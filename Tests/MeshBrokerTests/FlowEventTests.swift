@@ -46,15 +46,8 @@ struct FlowEventTests {
     @Test("samples become flow events from the connecting side; each side's close arrives, one close is published, in the connection's direction")
     func flowAndClose() async throws {
         try await TestBroker.with { broker in
-            let events = Mutex<[TapEvent]>([])
-            let tap = Task {
-                try await TapSubscriber.run(endpoint: broker.endpoints.tap, key: TapKey(secret: broker.secret, mesh: "test")) { event in
-                    events.withLock { $0.append(event) }
-                    return true
-                }
-            }
-            defer { tap.cancel() }
-            try await Task.sleep(for: .milliseconds(300))
+            let tap = try await TapRecorder(broker)
+            defer { tap.stop() }
             try await broker.session("bench") { bench in
                 try await broker.session("cache") { cache in
                     try await Self.signalConnection(from: bench, to: cache)
@@ -70,7 +63,7 @@ struct FlowEventTests {
                     try await Task.sleep(for: .milliseconds(300))
                 }
             }
-            let connection = events.withLock { $0 }.filter { $0.tapKind != .membership }.map(\.connection)
+            let connection = tap.events.filter { $0.tapKind != .membership }.map(\.connection)
             #expect(connection.map(\.kind) == [.flow, .close], "\(connection)")
             let flow = try #require(connection.first)
             #expect(flow.from.name == "bench" && flow.to.name == "cache" && flow.port == 6379)
@@ -79,7 +72,7 @@ struct FlowEventTests {
             #expect(close.from.name == "bench" && close.to.name == "cache", "the connecting side is `from`, whoever reports")
             #expect(close.bytesFromTo == 1000 && close.bytesToFrom == 2000 && close.durationMs == 1500)
             // Sequences count per kind: flow and connection events are numbered apart.
-            let all = events.withLock { $0 }
+            let all = tap.events
             #expect(all.filter { $0.tapKind == .flow }.map(\.sequence) == [1])
             #expect(all.filter { $0.tapKind == .connection }.map(\.sequence) == [1])
         }

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MeshBroker
 import MeshNode
+import Synchronization
 import WireFormat
 
 /// A real control plane on loopback with ephemeral ports, for the length of one test.
@@ -71,4 +72,29 @@ func sendRawTCP(_ bytes: [UInt8], toPort port: UInt16) throws {
     guard connected == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .ECONNREFUSED) }
     _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     usleep(50_000)
+}
+
+/// A real tap subscriber recording one mesh's events for the length of a test.
+final class TapRecorder: Sendable {
+    private let recorded = Mutex<[TapEvent]>([])
+    private let task = Mutex<Task<Void, Error>?>(nil)
+
+    /// Subscribes and waits a moment: a SUB socket misses what is published before it is connected.
+    init(_ broker: TestBroker, mesh: String = "test") async throws {
+        let key = TapKey(secret: broker.secret, mesh: mesh)
+        let endpoint = broker.endpoints.tap
+        task.withLock {
+            $0 = Task { [self] in
+                try await TapSubscriber.run(endpoint: endpoint, key: key) { event in
+                    self.recorded.withLock { $0.append(event) }
+                    return true
+                }
+            }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+    }
+
+    var events: [TapEvent] { recorded.withLock { $0 } }
+
+    func stop() { task.withLock { $0?.cancel() } }
 }
