@@ -129,12 +129,8 @@ public final class SocketLoop<Command: Sendable>: Sendable {
             let timeout = handler.nextTick.map { Int(clock.now.duration(to: $0).pollTimeout) } ?? -1
             let ready = zmq_poll(&items, Int32(items.count), timeout)
             if ready < 0 && zmq_errno() != EINTR { break }
-            for index in sockets.indices where items[index].revents & Int16(ZMQ_POLLIN) != 0 {
-                handler.readable(socketAt: index)
-            }
-            for (offset, descriptor) in extra.enumerated() where items[sockets.count + offset].revents != 0 {
-                handler.ready(descriptor: descriptor.fd, events: Self.pollEvents(items[sockets.count + offset].revents))
-            }
+            // Commands first: one posted before a message was sent to us (the node expects a relayed connection,
+            // then answers the broker, whose open follows) must be handled before that message is read.
             if items[items.count - 1].revents & Int16(ZMQ_POLLIN) != 0 { wake.drain() }
             let (commands, stopping) = mailbox.withLock { box in
                 defer { box.commands.removeAll() }
@@ -142,6 +138,12 @@ public final class SocketLoop<Command: Sendable>: Sendable {
             }
             for command in commands { handler.handle(command) }
             if stopping { break }
+            for index in sockets.indices where items[index].revents & Int16(ZMQ_POLLIN) != 0 {
+                handler.readable(socketAt: index)
+            }
+            for (offset, descriptor) in extra.enumerated() where items[sockets.count + offset].revents != 0 {
+                handler.ready(descriptor: descriptor.fd, events: Self.pollEvents(items[sockets.count + offset].revents))
+            }
             if let next = handler.nextTick, clock.now >= next { handler.tick(now: clock.now) }
         }
         handler.shutdown()
