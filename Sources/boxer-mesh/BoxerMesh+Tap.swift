@@ -8,7 +8,7 @@ import WireFormat
 extension BoxerMesh {
     struct Tap: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Watch a mesh live: joins, leaves, expiries and connections, one line per event.",
+            abstract: "Watch a mesh live: joins, leaves, expiries, connections and their flows, one line per event (or relayed traffic into a pcap file).",
             discussion: """
                 Lines go to standard output as events happen; --json prints one JSON object per line with the \
                 fields time, time_unix_ms, mesh, event (join, leave, expire, connect, upgrade, refused, connect-failed, \
