@@ -51,7 +51,8 @@ static int parse_message(const struct nlmsghdr *header, boxer_tcp_counters *coun
     return 1;
 }
 
-/// Parses every inet_diag message in `buffer`; sets *done at NLMSG_DONE. Returns messages stored, or -1.
+/// Parses every inet_diag message in `buffer`, storing while there is room and counting all in *count; sets *done
+/// at NLMSG_DONE. Returns 0, or -1 with errno set.
 static int parse_batch(const char *buffer, ssize_t length, boxer_tcp_counters *out, int capacity, int *count, int *done) {
     for (const struct nlmsghdr *header = (const struct nlmsghdr *)buffer; NLMSG_OK(header, length);
          header = NLMSG_NEXT(header, length)) {
@@ -64,7 +65,10 @@ static int parse_batch(const char *buffer, ssize_t length, boxer_tcp_counters *o
             errno = error->error ? -error->error : EPROTO;
             return -1;
         }
-        if (*count < capacity && parse_message(header, &out[*count])) (*count)++;
+        boxer_tcp_counters counters;
+        if (!parse_message(header, &counters)) continue;
+        if (*count < capacity) out[*count] = counters;
+        (*count)++;
     }
     return 0;
 }
@@ -131,8 +135,10 @@ int boxer_tcp_destroy_listen(void) {
 
 int boxer_tcp_destroy_read(int fd, boxer_tcp_counters *out, int capacity) {
     char buffer[32768] __attribute__((aligned(8)));
+    // One datagram holds at most this many notices (each is more than 64 bytes): read one only while it fits.
+    const int per_datagram = (int)(sizeof buffer / 64);
     int count = 0;
-    while (count < capacity) {
+    while (capacity - count >= per_datagram) {
         ssize_t length = recv(fd, buffer, sizeof buffer, 0);
         if (length < 0) {
             if (errno == EINTR) continue;

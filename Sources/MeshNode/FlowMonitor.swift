@@ -23,8 +23,6 @@ final class FlowMonitor: Sendable {
     private let stopped = Atomic<Bool>(false)
     private let done = Mutex<CheckedContinuation<Void, Never>?>(nil)
 
-    /// The most sockets one table read returns; a function holds far fewer.
-    static let tableCapacity = 65536
 
     struct Flow {
         let id: UInt64
@@ -147,18 +145,12 @@ final class FlowMonitor: Sendable {
                 let count = Int(boxer_tcp_destroy_read(destroyFD, &buffer, Int32(buffer.count)))
                 guard count > 0 else { break }
                 destroyed += buffer[0..<count]
-                if count < buffer.count { break }
             }
         }
         var table: [UInt64: boxer_tcp_counters]? = nil
-        if sampling {
-            var buffer = [boxer_tcp_counters](repeating: .init(), count: Self.tableCapacity)
-            let count = Int(boxer_tcp_dump(&buffer, Int32(buffer.count)))
-            if count >= 0 {
-                table = Dictionary(buffer[0..<count].map { ($0.cookie, $0) }, uniquingKeysWith: { first, _ in first })
-            } else {
-                logger.debug("cannot read the kernel's socket table: \(String(cString: strerror(errno)))")
-            }
+        // The table is read only while the app holds mesh connections.
+        if sampling, state.withLock({ !$0.flows.isEmpty }) {
+            table = Self.socketTable(logger: logger)
         }
         let now = ContinuousClock.now
         return state.withLock { state in
@@ -168,8 +160,8 @@ final class FlowMonitor: Sendable {
                 Self.update(&flow, with: counters, relayRTT: state.brokerRTT, now: now)
                 samples.append(Self.sample(flow, closed: true, previous: nil, now: now))
             }
+            if sampling { state.nextSample = now + interval }
             guard let table else { return samples }
-            state.nextSample = now + interval
             for (cookie, var flow) in state.flows {
                 guard let counters = table[cookie] else {
                     // Gone. A destroy notice may still be on its way; without notices, the last sample is final.
@@ -191,6 +183,24 @@ final class FlowMonitor: Sendable {
                 if flow.initiator { samples.append(Self.sample(flow, closed: false, previous: previous, now: now)) }
             }
             return samples
+        }
+    }
+
+    /// This namespace's TCP sockets by cookie; nil when the kernel will not tell.
+    private static func socketTable(logger: Logger) -> [UInt64: boxer_tcp_counters]? {
+        var buffer = [boxer_tcp_counters](repeating: .init(), count: 256)
+        while true {
+            let count = Int(boxer_tcp_dump(&buffer, Int32(buffer.count)))
+            guard count >= 0 else {
+                logger.debug("cannot read the kernel's socket table: \(String(cString: strerror(errno)))")
+                return nil
+            }
+            // More sockets than room: read again with room for them all (and some that may have come meanwhile).
+            guard count <= buffer.count else {
+                buffer = [boxer_tcp_counters](repeating: .init(), count: count * 2)
+                continue
+            }
+            return Dictionary(buffer[0..<count].map { ($0.cookie, $0) }, uniquingKeysWith: { first, _ in first })
         }
     }
 

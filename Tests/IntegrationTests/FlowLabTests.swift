@@ -36,13 +36,13 @@ struct FlowLabTests {
             defer { tap.kill() }
             #expect(await tap.waitForLog(containing: "watching mesh"), "\(tap.standardError)")
             let server = try mesh.node(
-                1, name: "cache", options: ["--flow-interval", "1"],
+                1, name: "cache", options: ["--flow-interval", "0.2"],
                 ["redis-server", "--protected-mode", "no", "--port", "6379", "--save", "", "--appendonly", "no"])
             defer { server.kill(SIGTERM) }
             #expect(server.waitForOutput(containing: "Ready to accept connections", timeout: .seconds(15)), "\(server.standardOutput)")
             let before = try Self.redisTraffic(mesh)
             let bench = try mesh.node(
-                2, name: "bench", options: ["--flow-interval", "1"],
+                2, name: "bench", options: ["--flow-interval", "0.2"],
                 ["redis-benchmark", "-h", "cache", "-p", "6379", "-t", "set,get", "-n", "40000", "-c", "4", "-d", "1000", "-q"])
             #expect(bench.waitUntilExit(timeout: .seconds(120)) == 0, "\(bench.standardOutput)\n\(bench.standardError)")
             let after = try Self.redisTraffic(mesh)
@@ -74,7 +74,7 @@ struct FlowLabTests {
             #expect(abs(Double(received - output)) / Double(output) < 0.03, "received \(received) vs redis wrote \(output)")
             #expect(closes.allSatisfy { ($0["duration_ms"] as? Int ?? -1) >= 0 && $0["path"] as? String == "direct" }, "\(closes)")
 
-            // While the benchmark ran, the connecting node sampled its open connections every second.
+            // While the benchmark ran, the connecting node sampled its open connections every 0.2 s.
             let flows = events.filter { $0["event"] as? String == "flow" && $0["peer"] as? String == "cache" }
             #expect(!flows.isEmpty, "no flow samples: \(tap.standardOutput)")
             #expect(flows.contains { ($0["bytes_to_peer"] as? Int ?? 0) > 0 && ($0["rtt_us"] as? Int ?? 0) > 0

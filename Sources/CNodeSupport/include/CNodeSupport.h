@@ -39,13 +39,14 @@ typedef struct {
 uint64_t boxer_socket_cookie(int fd);
 
 /// Counters of the TCP sockets (IPv4 and IPv6) in this network namespace, except listeners and TIME_WAIT: up to
-/// `capacity` into `out`. Returns how many, or -1 with errno set.
+/// `capacity` into `out`. Returns how many sockets there are (more than `capacity`: ask again with more room), or
+/// -1 with errno set.
 int boxer_tcp_dump(boxer_tcp_counters *out, int capacity);
 
 /// A non-blocking netlink socket that hears of every TCP socket destroyed in this network namespace, with its
 /// final counters (SKNLGRP_INET_TCP_DESTROY and SKNLGRP_INET6_TCP_DESTROY). -1 with errno where not allowed.
 int boxer_tcp_destroy_listen(void);
 
-/// Reads pending destroy notices from `fd`: up to `capacity` into `out`. Returns how many (0: none pending), or -1
-/// with errno set.
+/// Reads pending destroy notices from `fd` into `out`, as many datagrams as surely fit in `capacity` (give at least
+/// 512). Returns how many (0: none pending), or -1 with errno set. Call again until it returns 0.
 int boxer_tcp_destroy_read(int fd, boxer_tcp_counters *out, int capacity);
