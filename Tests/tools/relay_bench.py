@@ -46,6 +46,24 @@ def mbps(output):
     return float(found.group(1)) if found else None
 
 
+def socat_run(run, name, relays, sink_at, source_at):
+    """One run of the raw sender and sink through socat relays (started first); returns the sender's output and the
+    first relay's CPU seconds."""
+    socats = [subprocess.Popen(command) for command in relays]
+    time.sleep(0.3)
+    sink = subprocess.Popen(ns("fn1", app, "raw-serve", *sink_at), stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    out = subprocess.run(ns("fn2", app, "raw", *source_at, "bench", str(args.seconds)),
+                         capture_output=True, text=True, timeout=args.seconds + 60)
+    results[name].append(mbps(out.stdout))
+    cpu = cpu_seconds(socats[0].pid)
+    print(f"run {run + 1} {name}: {out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-300:]}", flush=True)
+    sink.wait(timeout=10)
+    for socat in socats:
+        socat.wait(timeout=10)
+    return out.stdout, cpu
+
+
 work = tempfile.mkdtemp(prefix="relay-bench-")
 secret = os.path.join(work, "secret")
 open(secret, "w").write("bench-secret\n")
@@ -76,35 +94,16 @@ try:
         if moved(out.stdout):
             costs["relay"].append((cpu_seconds(broker.pid) - before) / (moved(out.stdout) / 1e9))
         print(f"run {run + 1} relay: {out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-300:]}", flush=True)
-        socat = subprocess.Popen(ns("broker", "socat", "-b", "262144", "TCP-LISTEN:6001,reuseaddr", "TCP-LISTEN:6002,reuseaddr"))
-        time.sleep(0.3)
-        sink = subprocess.Popen(ns("fn1", app, "raw-serve", "203.0.113.10", "6001"), stdout=subprocess.DEVNULL)
-        time.sleep(0.5)
-        out = subprocess.run(ns("fn2", app, "raw", "203.0.113.10", "6002", "bench", str(args.seconds)),
-                             capture_output=True, text=True, timeout=args.seconds + 60)
-        results["socat"].append(mbps(out.stdout))
-        socat_cpu = cpu_seconds(socat.pid)
-        if moved(out.stdout):
-            costs["socat"].append(socat_cpu / (moved(out.stdout) / 1e9))
-        print(f"run {run + 1} socat: {out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-300:]}", flush=True)
-        sink.wait(timeout=10)
-        socat.wait(timeout=10)
+        broker_socat = ns("broker", "socat", "-b", "262144", "TCP-LISTEN:6001,reuseaddr", "TCP-LISTEN:6002,reuseaddr")
+        socat_out, socat_cpu = socat_run(run, "socat", [broker_socat], ("203.0.113.10", "6001"), ("203.0.113.10", "6002"))
+        if moved(socat_out):
+            costs["socat"].append(socat_cpu / (moved(socat_out) / 1e9))
         # The chain: a local socat in each function in front of the broker's, as a node is in front of the relay.
-        chain = [
-            subprocess.Popen(ns("broker", "socat", "-b", "262144", "TCP-LISTEN:6001,reuseaddr", "TCP-LISTEN:6002,reuseaddr")),
-            subprocess.Popen(ns("fn1", "socat", "-b", "262144", "TCP-LISTEN:7001,bind=127.0.0.1,reuseaddr", "TCP:203.0.113.10:6001")),
-            subprocess.Popen(ns("fn2", "socat", "-b", "262144", "TCP-LISTEN:7002,bind=127.0.0.1,reuseaddr", "TCP:203.0.113.10:6002")),
-        ]
-        time.sleep(0.3)
-        sink = subprocess.Popen(ns("fn1", app, "raw-serve", "127.0.0.1", "7001"), stdout=subprocess.DEVNULL)
-        time.sleep(0.5)
-        out = subprocess.run(ns("fn2", app, "raw", "127.0.0.1", "7002", "bench", str(args.seconds)),
-                             capture_output=True, text=True, timeout=args.seconds + 60)
-        results["chain"].append(mbps(out.stdout))
-        print(f"run {run + 1} chain: {out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-300:]}", flush=True)
-        sink.wait(timeout=10)
-        for process in chain:
-            process.wait(timeout=10)
+        socat_run(run, "chain", [
+            broker_socat,
+            ns("fn1", "socat", "-b", "262144", "TCP-LISTEN:7001,bind=127.0.0.1,reuseaddr", "TCP:203.0.113.10:6001"),
+            ns("fn2", "socat", "-b", "262144", "TCP-LISTEN:7002,bind=127.0.0.1,reuseaddr", "TCP:203.0.113.10:6002"),
+        ], ("127.0.0.1", "7001"), ("127.0.0.1", "7002"))
     relay = statistics.median(r for r in results["relay"] if r)
     socat = statistics.median(r for r in results["socat"] if r)
     chained = statistics.median(r for r in results["chain"] if r)
