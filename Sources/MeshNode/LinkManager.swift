@@ -64,6 +64,8 @@ final class LinkManager: Sendable {
     static let acceptorTimeout = Duration.seconds(30)
     /// An announced inbound connection the app does not accept within this time is dropped.
     static let acceptTimeout = Duration.seconds(30)
+    /// A warm endpoint older than this is learned again before use.
+    static let warmLifetime = Duration.seconds(20)
     /// How long a failed punch towards a peer makes new connections to it relay at once.
     static let unpunchableMemory = Duration.seconds(300)
     /// Signal connections come from here, so the shim can tell them from the app's own local clients.
@@ -81,6 +83,18 @@ final class LinkManager: Sendable {
         /// Peers punching failed with lately, and when: new connections to them relay at once (their relayed
         /// connections keep trying to upgrade, and a success clears the mark).
         var unpunchable: [IPv4Address: ContinuousClock.Instant] = [:]
+        /// A port whose public endpoint was learned ahead of time, and whether one is being learned.
+        var warm: WarmEndpoint?
+        var warming = false
+    }
+
+    /// A fresh local port and its public endpoint, learned before a connection needs it: a connect (or an
+    /// answer to one) then skips the reflector's two round trips. Where the NAT keeps source ports (the NATs
+    /// punching works through), the mapping holds for any destination while the port is unused.
+    struct WarmEndpoint {
+        let port: UInt16
+        let endpoint: Endpoint
+        let learned: ContinuousClock.Instant
     }
 
     struct AcceptKey: Hashable {
@@ -445,8 +459,48 @@ final class LinkManager: Sendable {
 
     // MARK: Shared steps
 
-    /// A fresh local port and the public endpoint the NAT maps it to, as the broker's reflector sees it over TCP.
+    /// A fresh local port and the public endpoint the NAT maps it to: the warm one if it is fresh (another is
+    /// learned in the background for the next connection), else learned now.
     private func publicEndpoint() async throws(LinkError) -> (UInt16, Endpoint) {
+        let now = ContinuousClock.now
+        let warm = state.withLock { state in
+            defer { state.warm = nil }
+            return state.warm.flatMap { now - $0.learned < Self.warmLifetime ? $0 : nil }
+        }
+        defer { warmUp() }
+        if let warm { return (warm.port, warm.endpoint) }
+        return try await learnPublicEndpoint()
+    }
+
+    /// Learns a warm endpoint in the background unless one is ready or on its way. Called after each use, and
+    /// every ``warmLifetime`` by ``keepWarm()``.
+    func warmUp() {
+        let start = state.withLock { state in
+            let fresh = state.warm.map { ContinuousClock.now - $0.learned < Self.warmLifetime / 2 } ?? false
+            guard policy.path != .relay, !fresh, !state.warming else { return false }
+            state.warming = true
+            return true
+        }
+        guard start else { return }
+        Task {
+            let learned = try? await learnPublicEndpoint()
+            state.withLock { state in
+                state.warming = false
+                if let (port, endpoint) = learned { state.warm = WarmEndpoint(port: port, endpoint: endpoint, learned: .now) }
+            }
+        }
+    }
+
+    /// Keeps a warm endpoint ready while the node runs (one reflector exchange every ``warmLifetime`` / 2).
+    func keepWarm() async {
+        while !Task.isCancelled {
+            warmUp()
+            try? await Task.sleep(for: Self.warmLifetime / 2)
+        }
+    }
+
+    /// A fresh local port and the public endpoint the NAT maps it to, as the broker's reflector sees it over TCP.
+    private func learnPublicEndpoint() async throws(LinkError) -> (UInt16, Endpoint) {
         let reflector = reflector
         do {
             let (port, mapped, elapsed) = try await onThread {

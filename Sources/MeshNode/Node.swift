@@ -108,6 +108,7 @@ public enum Node {
             signals.onSignal { app.send($0) }
             let status = await withTaskGroup(of: Int32?.self) { group in
                 group.addTask { await session.keepAlive(); return nil }
+                group.addTask { await links.keepWarm(); return nil }
                 group.addTask {
                     while (try? await Task.sleep(for: .seconds(5))) != nil { links.dropUnaccepted(now: .now) }
                     return nil
