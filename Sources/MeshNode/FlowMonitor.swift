@@ -19,7 +19,6 @@ final class FlowMonitor: Sendable {
     private let logger: Logger
     private let state = Mutex(State())
     private let wake: WakePipe
-    private let destroyFD: Int32
     private let stopped = Atomic<Bool>(false)
     private let done = Mutex<CheckedContinuation<Void, Never>?>(nil)
 
@@ -50,6 +49,12 @@ final class FlowMonitor: Sendable {
         var nextSample = ContinuousClock.now
         /// The node's round trip to the broker, for relayed connections' RTT estimate.
         var brokerRTT: Duration?
+        /// The destroy-notice subscription, open only while there are flows: the kernel tells every subscriber
+        /// in the namespace of every TCP socket that goes, which costs nodes that share one (the scale lab)
+        /// in proportion to all of their sockets. -1 when closed.
+        var destroyFD: Int32 = -1
+        /// The kernel refused the subscription once (no permission): close counts come from the last sample.
+        var destroyRefused = false
     }
 
     init(session: MeshSession, interval: Duration, logger: Logger) throws {
@@ -57,15 +62,10 @@ final class FlowMonitor: Sendable {
         self.interval = interval
         self.logger = logger
         wake = try WakePipe()
-        destroyFD = boxer_tcp_destroy_listen()
-        if destroyFD < 0 {
-            logger.notice(
-                "no socket destroy notices here (\(String(cString: strerror(errno)))): close events carry the last sample's counts")
-        }
     }
 
     deinit {
-        if destroyFD >= 0 { close(destroyFD) }
+        state.withLock { if $0.destroyFD >= 0 { close($0.destroyFD) } }
     }
 
     // MARK: What the link manager tells
@@ -79,7 +79,19 @@ final class FlowMonitor: Sendable {
         let flow = Flow(
             id: id, initiator: initiator, peer: peer.ipv4, peerName: peer.name, port: port, path: path, started: now, cookie: cookie,
             preamble: path == .direct ? UInt64(LinkToken.proofSize) : 0, rttCookie: path == .direct ? cookie : nil, sampledAt: now)
-        state.withLock { $0.flows[cookie] = flow }
+        let refused = state.withLock { state in
+            state.flows[cookie] = flow
+            // Subscribed before the app has the socket, so its destroy notice cannot be missed.
+            guard state.destroyFD < 0, !state.destroyRefused else { return nil as Int32? }
+            state.destroyFD = boxer_tcp_destroy_listen()
+            state.destroyRefused = state.destroyFD < 0
+            return state.destroyRefused ? errno : nil
+        }
+        if let refused {
+            logger.notice(
+                "no socket destroy notices here (\(String(cString: strerror(refused)))): close events carry the last sample's counts")
+        }
+        wake.wake()  // the thread polls the subscription from now on
     }
 
     /// Connection `id` moved from the relay to the direct socket `direct` (held by the relay pump).
@@ -103,13 +115,18 @@ final class FlowMonitor: Sendable {
     func start() {
         Thread { [self] in
             while !stopped.load(ordering: .acquiring) {
-                let wait = state.withLock { ContinuousClock.now.duration(to: $0.nextSample) }
+                let (wait, destroyFD) = state.withLock { (ContinuousClock.now.duration(to: $0.nextSample), $0.destroyFD) }
                 var fds = [pollfd(fd: wake.readEnd, events: Int16(POLLIN), revents: 0)]
                 if destroyFD >= 0 { fds.append(pollfd(fd: destroyFD, events: Int16(POLLIN), revents: 0)) }
                 _ = poll(&fds, nfds_t(fds.count), wait.pollTimeout)
                 wake.drain()
                 if stopped.load(ordering: .acquiring) { break }
                 report(pass(sampling: ContinuousClock.now >= state.withLock { $0.nextSample }))
+                state.withLock { state in
+                    guard state.flows.isEmpty, state.destroyFD >= 0 else { return }
+                    close(state.destroyFD)
+                    state.destroyFD = -1
+                }
             }
             // The app has exited: its sockets go as soon as their FINs are exchanged. Report them before we leave,
             // while the peer is still a member the broker can name.
@@ -139,6 +156,8 @@ final class FlowMonitor: Sendable {
     /// Reads destroy notices, and with `sampling` the socket table; returns the samples to report.
     private func pass(sampling: Bool) -> [Boxermesh_V1_FlowSample] {
         var destroyed: [boxer_tcp_counters] = []
+        // Only this thread closes the subscription, so the descriptor stays valid while it reads.
+        let destroyFD = state.withLock { $0.destroyFD }
         if destroyFD >= 0 {
             var buffer = [boxer_tcp_counters](repeating: .init(), count: 1024)
             while true {
@@ -165,7 +184,7 @@ final class FlowMonitor: Sendable {
             for (cookie, var flow) in state.flows {
                 guard let counters = table[cookie] else {
                     // Gone. A destroy notice may still be on its way; without notices, the last sample is final.
-                    if flow.missing || destroyFD < 0 {
+                    if flow.missing || state.destroyFD < 0 {
                         state.flows[cookie] = nil
                         samples.append(Self.sample(flow, closed: true, previous: nil, now: now))
                     } else {

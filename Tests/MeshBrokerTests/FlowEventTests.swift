@@ -7,7 +7,8 @@ import ZeroMQ
 
 /// Flow reports through a real control plane: flow samples and close events on the tap, one close per
 /// connection, and a stuck subscriber that neither slows the broker nor hides what it missed.
-@Suite("Flow and close events")
+// Serialized: the stuck-subscriber flood keeps a core busy, and a loaded box is what made heartbeats late.
+@Suite("Flow and close events", .serialized)
 struct FlowEventTests {
     /// Signals one connection from `from` to `to` (its id is 1): flow reports name a signalled connection.
     static func signalConnection(from: MeshSession, to: MeshSession) async throws {
@@ -45,7 +46,7 @@ struct FlowEventTests {
 
     @Test("samples become flow events from the connecting side; each side's close arrives, one close is published, in the connection's direction")
     func flowAndClose() async throws {
-        try await TestBroker.with { broker in
+        try await TestBroker.with(expiry: .seconds(60)) { broker in
             let tap = try await TapRecorder(broker)
             defer { tap.stop() }
             try await broker.session("bench") { bench in
