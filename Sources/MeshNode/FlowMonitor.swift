@@ -22,7 +22,6 @@ final class FlowMonitor: Sendable {
     private let stopped = Atomic<Bool>(false)
     private let done = Mutex<CheckedContinuation<Void, Never>?>(nil)
 
-
     struct Flow {
         let id: UInt64
         let initiator: Bool
