@@ -13,11 +13,13 @@ extension ControlPlaneHandler {
                 badInput.drop("flow sample for unknown connection \(sample.connectionID) from \(reporter.name)")
                 continue
             }
+            // Per mesh: a member of one mesh cannot silence another mesh's events by reporting its ids.
+            let key = ClosedConnection(mesh: session.mesh, id: sample.connectionID)
             if sample.closed {
                 // Both ends report a close; the first one is published.
-                guard closedConnections.insert(sample.connectionID).inserted else { continue }
+                guard closedConnections.insert(key).inserted else { continue }
                 forgetOldClosedConnections()
-            } else if !sample.initiator || closedConnections.contains(sample.connectionID) {
+            } else if !sample.initiator || closedConnections.contains(key) {
                 continue
             }
             let peer = registry.member(at: IPv4Address(sample.peerAddress), in: session.mesh)
@@ -45,6 +47,12 @@ extension ControlPlaneHandler {
     private func forgetOldClosedConnections() {
         guard closedConnections.count > Self.closedMemory else { return }
         let oldest = nextConnectionID > UInt64(Self.closedMemory / 2) ? nextConnectionID - UInt64(Self.closedMemory / 2) : 0
-        closedConnections = closedConnections.filter { $0 >= oldest }
+        closedConnections = closedConnections.filter { $0.id >= oldest }
     }
+}
+
+/// A connection whose close was published, in its mesh.
+struct ClosedConnection: Hashable {
+    let mesh: String
+    let id: UInt64
 }

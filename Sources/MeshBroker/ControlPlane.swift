@@ -79,7 +79,7 @@ final class ControlPlaneHandler: SocketLoopHandler {
     var pendingConnections: [UInt64: PendingConnection] = [:]
     var nextConnectionID: UInt64 = 0
     /// Connections whose close was published (bounded; see ControlPlane+Flows).
-    var closedConnections: Set<UInt64> = []
+    var closedConnections: Set<ClosedConnection> = []
     let clock = ContinuousClock()
     var nextTick: ContinuousClock.Instant?
 
