@@ -13,7 +13,7 @@ extension BoxerMesh {
                 Lines go to standard output as events happen; --json prints one JSON object per line with the \
                 fields time, time_unix_ms, mesh, event (join, leave, expire, connect, upgrade, refused, connect-failed, \
                 close, flow, dropped), node, address, and as they apply members, connection, peer, peer_address, port, \
-                path, setup_ms, reason, count; close and flow add bytes_to_peer and bytes_from_peer (what the node's app \
+                path, setup_ms, reason, count and kind (dropped: how many events of which kind); close and flow add bytes_to_peer and bytes_from_peer (what the node's app \
                 sent to and received from the peer's), duration_ms and rtt_us, flow adds rate_to_peer_bps and \
                 rate_from_peer_bps. In a connection event the node is the connecting side. Flow samples come every \
                 few seconds per open connection; --no-flows leaves them out. Events are sealed per mesh: only a \
@@ -101,6 +101,8 @@ struct TapLine: Encodable {
     var setup_ms: UInt32?
     var reason: String?
     var count: UInt64?
+    /// Of a dropped line: which kind of event was dropped (membership, connection, flow).
+    var kind: String?
     var connection: UInt64?
     var bytes_to_peer: UInt64?
     var bytes_from_peer: UInt64?
@@ -110,8 +112,7 @@ struct TapLine: Encodable {
     var rate_from_peer_bps: UInt64?
 
     init(_ event: TapEvent) {
-        time = Date(timeIntervalSince1970: Double(event.timeUnixMs) / 1000)
-            .formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+        time = Self.timestamp(event.timeUnixMs)
         time_unix_ms = event.timeUnixMs
         mesh = event.mesh
         switch event.event {
@@ -162,13 +163,19 @@ struct TapLine: Encodable {
         }
     }
 
-    /// The line for events the broker dropped between two sequence numbers.
+    /// The line for events of one kind the broker dropped between two sequence numbers.
     init(droppedAfter previous: UInt64, before event: TapEvent) {
-        self.init(event)
+        time = Self.timestamp(event.timeUnixMs)
+        time_unix_ms = event.timeUnixMs
+        mesh = event.mesh
         self.event = "dropped"
         node = ""
-        (address, members, peer, peer_address, port, path, setup_ms, reason) = (nil, nil, nil, nil, nil, nil, nil, nil)
+        kind = event.tapKind.rawValue
         count = event.sequence - previous - 1
+    }
+
+    static func timestamp(_ unixMilliseconds: UInt64) -> String {
+        Date(timeIntervalSince1970: Double(unixMilliseconds) / 1000).formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
     }
 
     var text: String {
@@ -187,7 +194,7 @@ struct TapLine: Encodable {
         }
         if let rtt_us, rtt_us > 0 { line += "  rtt=\(rtt_us)us" }
         if let duration_ms { line += "  duration=\(duration_ms)ms" }
-        if let count { line += "  \(count) events dropped: this subscriber fell behind" }
+        if let count { line += "  \(count) \(kind ?? "") events dropped: this subscriber fell behind" }
         return line
     }
 
