@@ -36,9 +36,7 @@ extension ControlPlaneHandler {
             event.path = sample.path
             event.durationMs = sample.durationMs
             event.rttUs = sample.rttUs
-            var tap = TapEvent()
-            tap.connection = event
-            publish(tap, mesh: session.mesh, node: event.from.name)
+            publish(event, mesh: session.mesh)
         }
     }
 

@@ -89,9 +89,7 @@ extension ControlPlaneHandler {
         event.path = report.path
         event.setupMs = report.setupMs
         event.reason = report.failure
-        var tap = TapEvent()
-        tap.connection = event
-        publish(tap, mesh: session.mesh, node: member.name)
+        publish(event, mesh: session.mesh)
     }
 
     /// Requests whose target never answered: tell the requester.
@@ -125,8 +123,6 @@ extension ControlPlaneHandler {
         event.to = pending.target.member ?? Member()
         event.port = pending.request.connectRequest.port
         event.reason = reason
-        var tap = TapEvent()
-        tap.connection = event
-        publish(tap, mesh: pending.requester.mesh, node: from.name)
+        publish(event, mesh: pending.requester.mesh)
     }
 }

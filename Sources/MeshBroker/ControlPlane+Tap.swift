@@ -13,4 +13,11 @@ extension ControlPlaneHandler {
     }
 
     func publish(_ event: TapEvent, mesh: String, node: String) { tap.publish(event, mesh: mesh, node: node) }
+
+    /// A connection event goes out under its connecting node.
+    func publish(_ connection: Boxermesh_V1_ConnectionEvent, mesh: String) {
+        var event = TapEvent()
+        event.connection = connection
+        publish(event, mesh: mesh, node: connection.from.name)
+    }
 }
