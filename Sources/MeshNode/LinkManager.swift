@@ -86,6 +86,8 @@ final class LinkManager: Sendable {
         /// A port whose public endpoint was learned ahead of time, and whether one is being learned.
         var warm: WarmEndpoint?
         var warming = false
+        /// Connects waiting for the warm endpoint on its way (it started earlier than they could start one).
+        var warmWaiters: [CheckedContinuation<WarmEndpoint?, Never>] = []
     }
 
     /// A fresh local port and its public endpoint, learned before a connection needs it: a connect (or an
@@ -463,13 +465,29 @@ final class LinkManager: Sendable {
     /// learned in the background for the next connection), else learned now.
     private func publicEndpoint() async throws(LinkError) -> (UInt16, Endpoint) {
         let now = ContinuousClock.now
-        let warm = state.withLock { state in
+        enum Ready { case warm(WarmEndpoint), onItsWay, none }
+        let ready = state.withLock { state -> Ready in
             defer { state.warm = nil }
-            return state.warm.flatMap { now - $0.learned < Self.warmLifetime ? $0 : nil }
+            if let warm = state.warm, now - warm.learned < Self.warmLifetime { return .warm(warm) }
+            return state.warming && state.warmWaiters.isEmpty ? .onItsWay : .none
         }
         defer { warmUp() }
-        if let warm { return (warm.port, warm.endpoint) }
-        return try await learnPublicEndpoint()
+        switch ready {
+        case .warm(let warm):
+            return (warm.port, warm.endpoint)
+        case .onItsWay:
+            // Right after the node started, the first warm endpoint is being learned: waiting for it is quicker
+            // than starting over.
+            let arrived = await withCheckedContinuation { continuation in
+                state.withLock { state in
+                    if state.warming { state.warmWaiters.append(continuation) } else { continuation.resume(returning: nil) }
+                }
+            }
+            if let arrived { return (arrived.port, arrived.endpoint) }
+            return try await learnPublicEndpoint()
+        case .none:
+            return try await learnPublicEndpoint()
+        }
     }
 
     /// Learns a warm endpoint in the background unless one is ready or on its way. Called after each use, and
@@ -484,10 +502,15 @@ final class LinkManager: Sendable {
         guard start else { return }
         Task {
             let learned = try? await learnPublicEndpoint()
-            state.withLock { state in
+            let warm = learned.map { WarmEndpoint(port: $0.0, endpoint: $0.1, learned: .now) }
+            let waiters = state.withLock { state in
                 state.warming = false
-                if let (port, endpoint) = learned { state.warm = WarmEndpoint(port: port, endpoint: endpoint, learned: .now) }
+                defer { state.warmWaiters = [] }
+                // A waiting connect takes it; the rest (there is at most one) learn their own.
+                if state.warmWaiters.isEmpty { state.warm = warm }
+                return state.warmWaiters
             }
+            for (index, waiter) in waiters.enumerated() { waiter.resume(returning: index == 0 ? warm : nil) }
         }
     }
 

@@ -65,6 +65,7 @@ public enum Node {
             flows.start()
             let links = LinkManager(
                 session: session, reflector: reflector, logger: logger, relay: relay, policy: configuration.links, flows: flows)
+            links.warmUp()  // before the app starts: its first connect may come at once
             // The relay runs for the node's whole life (it must be attached before a peer relays to us).
             let relayTask = Task {
                 do {
