@@ -99,7 +99,8 @@ extension ControlPlaneHandler {
     }
 }
 
-func port(of endpoint: String) -> UInt16 {
+/// The port of a ZeroMQ TCP endpoint ("tcp://HOST:PORT"); 0 when it has none (a wildcard "*" not yet bound).
+public func port(of endpoint: String) -> UInt16 {
     endpoint.split(separator: ":").last.flatMap { UInt16($0) } ?? 0
 }
 

@@ -97,7 +97,7 @@ extension BoxerMesh {
             if capturePayloads {
                 let endpoint = captureListen.map(Self.endpoint) ?? Self.replacingPort(of: control, with: 7703)
                 relay.capture = RelayCaptureConfiguration(endpoint: endpoint, secret: secret)
-                configuration.capturePort = Self.port(of: endpoint)
+                configuration.capturePort = MeshBroker.port(of: endpoint)
                 guard configuration.capturePort != 0 else {
                     throw ValidationError("--capture-listen needs a fixed port (nodes and taps learn it from the broker)")
                 }
@@ -122,10 +122,6 @@ extension BoxerMesh {
             if let colon = host.lastIndex(of: ":") { host = String(host[..<colon]) }
             host = host.trimmingCharacters(in: ["[", "]"])
             return host == "*" ? "0.0.0.0" : host
-        }
-
-        static func port(of endpoint: String) -> UInt16 {
-            endpoint.split(separator: ":").last.flatMap { UInt16($0) } ?? 0
         }
 
         static func replacingPort(of endpoint: String, with port: UInt16) -> String {
