@@ -534,8 +534,9 @@ final class LinkManager: Sendable {
             }
             // A STUN exchange over TCP takes two round trips (handshake, request): keep the fastest seen.
             let rtt = state.withLock { state in
-                state.brokerRTT = min(state.brokerRTT ?? elapsed / 2, elapsed / 2)
-                return state.brokerRTT!
+                let fastest = min(state.brokerRTT ?? elapsed / 2, elapsed / 2)
+                state.brokerRTT = fastest
+                return fastest
             }
             flows?.brokerRoundTrip(rtt)
             return (port, mapped)
