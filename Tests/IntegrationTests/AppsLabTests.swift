@@ -12,10 +12,8 @@ struct AppsLabTests {
     func redis() async throws {
         try MeshLabFixture.requireShim()
         try await MeshLabFixture.with(prefix: "itd") { mesh in
-            let server = try mesh.node(
-                1, name: "cache", ["redis-server", "--protected-mode", "no", "--port", "6379", "--save", "", "--appendonly", "no"])
+            let server = try mesh.redisServer(1)
             defer { server.kill(SIGTERM) }
-            #expect(server.waitForOutput(containing: "Ready to accept connections", timeout: .seconds(15)), "\(server.standardOutput)")
             let bench = try mesh.node(
                 2, name: "bench",
                 ["redis-benchmark", "-h", "cache", "-p", "6379", "-t", "set,get", "-n", "2000", "-c", "4", "-q"])

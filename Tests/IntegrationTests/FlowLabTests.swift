@@ -35,11 +35,8 @@ struct FlowLabTests {
                 .broker, [MeshLabFixture.binary, "tap", "--json", "--broker", "127.0.0.1", "--secret-file", mesh.secretFile])
             defer { tap.kill() }
             #expect(await tap.waitForLog(containing: "watching mesh"), "\(tap.standardError)")
-            let server = try mesh.node(
-                1, name: "cache", options: ["--flow-interval", "0.2"],
-                ["redis-server", "--protected-mode", "no", "--port", "6379", "--save", "", "--appendonly", "no"])
+            let server = try mesh.redisServer(1, options: ["--flow-interval", "0.2"])
             defer { server.kill(SIGTERM) }
-            #expect(server.waitForOutput(containing: "Ready to accept connections", timeout: .seconds(15)), "\(server.standardOutput)")
             let before = try Self.redisTraffic(mesh)
             let bench = try mesh.node(
                 2, name: "bench", options: ["--flow-interval", "0.2"],

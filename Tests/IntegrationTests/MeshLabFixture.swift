@@ -64,6 +64,19 @@ struct MeshLabFixture {
             environment: environment)
     }
 
+    /// Starts unmodified redis-server on port 6379 as node `cache` in function `index` and waits until it is ready
+    /// (the caller stops it).
+    func redisServer(_ index: Int, options: [String] = []) throws -> LabProcess {
+        let server = try node(
+            index, name: "cache", options: options,
+            ["redis-server", "--protected-mode", "no", "--port", "6379", "--save", "", "--appendonly", "no"])
+        guard server.waitForOutput(containing: "Ready to accept connections", timeout: .seconds(15)) else {
+            server.kill(SIGTERM)
+            throw FixtureError("redis-server did not start: \(server.standardOutput)\n\(server.standardError)")
+        }
+        return server
+    }
+
     /// Runs iperf3 for 2 s from function `index` to the node `server` (iperf3 -s on port 5201), then with -R;
     /// returns both clients once they exited (named client and client-r).
     func iperfBothWays(from index: Int, to server: String) throws -> [LabProcess] {

@@ -114,10 +114,8 @@ struct RelayLabTests {
                 .broker, [MeshLabFixture.binary, "tap", "--json", "--no-flows", "--broker", "127.0.0.1", "--secret-file", mesh.secretFile])
             defer { tap.kill() }
             #expect(await tap.waitForLog(containing: "watching mesh"), "\(tap.standardError)")
-            let redis = try mesh.node(
-                1, name: "cache", ["redis-server", "--protected-mode", "no", "--port", "6379", "--save", "", "--appendonly", "no"])
+            let redis = try mesh.redisServer(1)
             defer { redis.kill(SIGTERM) }
-            #expect(redis.waitForOutput(containing: "Ready to accept connections", timeout: .seconds(15)), "\(redis.standardOutput)")
             let iperf = try mesh.node(1, name: "server", ["iperf3", "-s", "-p", "5201", "--forceflush"])
             defer { iperf.kill(SIGTERM) }
             #expect(iperf.waitForOutput(containing: "Server listening", timeout: .seconds(15)), "\(iperf.standardOutput)")
