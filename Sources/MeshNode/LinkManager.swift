@@ -64,6 +64,9 @@ final class LinkManager: Sendable {
     static let acceptorTimeout = Duration.seconds(30)
     /// An announced inbound connection the app does not accept within this time is dropped.
     static let acceptTimeout = Duration.seconds(30)
+    /// How long a signal connection may take to reach the app's listener: a full accept queue drops SYNs, and the
+    /// kernel retries after 1, 2 and 4 s (a burst of hundreds of connections overflows a backlog of 128).
+    static let signalConnectTimeout = Duration.seconds(10)
     /// A warm endpoint older than this is learned again before use.
     static let warmLifetime = Duration.seconds(20)
     /// How long a failed punch towards a peer makes new connections to it relay at once.
@@ -413,7 +416,7 @@ final class LinkManager: Sendable {
             }
             state.withLock { $0.accepted[key] = (link, socket.fd, ContinuousClock.now + Self.acceptTimeout) }
             do {
-                try socket.connect(deadline: .now + .seconds(2), timeout: .seconds(2))
+                try socket.connect(deadline: .now + Self.signalConnectTimeout, timeout: Self.signalConnectTimeout)
             } catch {
                 state.withLock { _ = $0.accepted.removeValue(forKey: key) }
                 socket.close()

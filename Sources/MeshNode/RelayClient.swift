@@ -26,10 +26,6 @@ public struct RelayOptions: Sendable {
 enum RelayCommand: Sendable {
     /// The initiator relays `id`; the continuation gets the app's socket once the broker opened it.
     case open(UInt64, RelayStreamContext, CheckedContinuation<Int32, Error>)
-    /// The acceptor waits for the initiator to relay `id`; `deliver` gets the app's socket or why not.
-    case expect(UInt64, RelayStreamContext, @Sendable (Result<Int32, LinkError>) -> Void)
-    /// The acceptor no longer waits (a direct link won); a late open is reset.
-    case unexpect(UInt64)
     /// The initiator gave the connection up (no direct path and the relay forbidden): tell the acceptor.
     case giveUp(UInt64, String)
     /// An upgrade thread learnt a fresh port's public endpoint.
@@ -43,14 +39,16 @@ enum RelayCommand: Sendable {
 final class RelayClient: Sendable {
     let options: RelayOptions
     private let loop: SocketLoop<RelayCommand>
+    private let expectations = RelayExpectations()
 
     init(options: RelayOptions) {
         self.options = options
+        let expectations = expectations
         loop = SocketLoop(name: "relay-pump") { orphans in
+            expectations.close(LinkError(code: ENETDOWN, description: "the relay is not running"))
             for command in orphans {
                 switch command {
                 case .open(_, _, let continuation): continuation.resume(throwing: LinkError(code: ENETDOWN, description: "the relay is not running"))
-                case .expect(_, _, let deliver): deliver(.failure(LinkError(code: ENETDOWN, description: "the relay is not running")))
                 case .punched(_, _, .success(let fd)): close(fd)
                 default: break
                 }
@@ -63,10 +61,12 @@ final class RelayClient: Sendable {
     func run(
         session: MeshSession, logger: Logger, onUpgraded: @escaping @Sendable (UInt64, RelayStreamContext, Int32?) -> Void
     ) async throws {
-        let (options, loop) = (options, loop)
+        let (options, loop, expectations) = (options, loop, expectations)
         RelayAllocator.tune()
         try await loop.run {
-            try RelayPump(options: options, session: session, logger: logger, post: { loop.post($0) }, onUpgraded: onUpgraded)
+            try RelayPump(
+                options: options, session: session, logger: logger, expectations: expectations, post: { loop.post($0) },
+                onUpgraded: onUpgraded)
         }
     }
 
@@ -87,14 +87,13 @@ final class RelayClient: Sendable {
         }
     }
 
-    /// Waits for the initiator to relay `id` (we accept it); `deliver` runs on the pump's thread.
-    func expect(_ id: UInt64, context: RelayStreamContext, deliver: @escaping @Sendable (Result<Int32, LinkError>) -> Void) {
-        if !loop.post(.expect(id, context, deliver)) {
-            deliver(.failure(LinkError(code: ENETDOWN, description: "the relay is not running")))
-        }
+    /// Waits for the initiator to relay `id` (we accept it); `deliver` runs on the pump's thread. Call it before
+    /// answering the broker: the open that answer causes finds it then.
+    func expect(_ id: UInt64, context: RelayStreamContext, deliver: @escaping RelayExpectations.Deliver) {
+        expectations.expect(id, .init(context: context, deliver: deliver))
     }
 
-    func unexpect(_ id: UInt64) { loop.post(.unexpect(id)) }
+    func unexpect(_ id: UInt64) { expectations.cancel(id) }
 
     func giveUp(_ id: UInt64, reason: String) { loop.post(.giveUp(id, reason)) }
 }

@@ -23,7 +23,7 @@ final class RelayPump: SocketLoopHandler {
     /// Which stream each polled descriptor (an app end or a direct socket) belongs to.
     var owners: [Int32: UInt64] = [:]
     var opening: [UInt64: (context: RelayStreamContext, deadline: ContinuousClock.Instant, continuation: CheckedContinuation<Int32, Error>)] = [:]
-    var expected: [UInt64: (context: RelayStreamContext, deliver: @Sendable (Result<Int32, LinkError>) -> Void)] = [:]
+    let expectations: RelayExpectations
     var attached = false
     var nextHello = ContinuousClock.now
     /// Copy buffer for direct links (app ↔ direct socket).
@@ -34,12 +34,13 @@ final class RelayPump: SocketLoopHandler {
     static let openTimeout = Duration.seconds(5)
 
     init(
-        options: RelayOptions, session: MeshSession, logger: Logger, post: @escaping @Sendable (RelayCommand) -> Void,
-        onUpgraded: @escaping @Sendable (UInt64, RelayStreamContext, Int32?) -> Void
+        options: RelayOptions, session: MeshSession, logger: Logger, expectations: RelayExpectations,
+        post: @escaping @Sendable (RelayCommand) -> Void, onUpgraded: @escaping @Sendable (UInt64, RelayStreamContext, Int32?) -> Void
     ) throws {
         self.options = options
         self.session = session
         self.logger = logger
+        self.expectations = expectations
         self.post = post
         self.onUpgraded = onUpgraded
         dealer = try ZMQSocket(ZMQContext(), .dealer)
@@ -92,7 +93,7 @@ final class RelayPump: SocketLoopHandler {
         for entry in opening.values {
             entry.continuation.resume(throwing: LinkError(code: ENETDOWN, description: "the node is stopping"))
         }
-        for entry in expected.values { entry.deliver(.failure(LinkError(code: ENETDOWN, description: "the node is stopping"))) }
+        expectations.close(LinkError(code: ENETDOWN, description: "the node is stopping"))
         for stream in streams.values { abort(stream, reason: "the node is stopping", notify: true) }
         dealer.close()
     }
@@ -104,10 +105,6 @@ final class RelayPump: SocketLoopHandler {
         case .open(let id, let context, let continuation):
             opening[id] = (context, .now + Self.openTimeout, continuation)
             send(RelayFrame.with(id, .open(.init())))
-        case .expect(let id, let context, let deliver):
-            expected[id] = (context, deliver)
-        case .unexpect(let id):
-            expected[id] = nil
         case .giveUp(let id, let reason):
             send(RelayFrame.with(id, .rst(.with { $0.reason = reason })))
         case .gathered(let id, let attempt, let result):
@@ -171,7 +168,7 @@ final class RelayPump: SocketLoopHandler {
             let reason = (try? RelayFrame(frame: frame))?.rst.reason ?? ""
             let error = LinkError(code: ECONNREFUSED, description: "the relay reset the connection: \(reason)")
             if let entry = opening.removeValue(forKey: id) { entry.continuation.resume(throwing: error) }
-            if let entry = expected.removeValue(forKey: id) { entry.deliver(.failure(error)) }
+            if let entry = expectations.take(id) { entry.deliver(.failure(error)) }
             if id == 0 {
                 attached = false
                 logger.warning("the relay refused this node: \(reason)")
@@ -191,7 +188,7 @@ final class RelayPump: SocketLoopHandler {
         let waiter: (context: RelayStreamContext, deliver: (Result<Int32, LinkError>) -> Void)
         if let entry = opening.removeValue(forKey: id) {
             waiter = (entry.context, { result in entry.continuation.resume(with: result.mapError { $0 as Error }) })
-        } else if let entry = expected.removeValue(forKey: id) {
+        } else if let entry = expectations.take(id) {
             waiter = (entry.context, entry.deliver)
         } else {
             return send(RelayFrame.with(id, .rst(.with { $0.reason = "the accepting node no longer waits for this connection" })))
