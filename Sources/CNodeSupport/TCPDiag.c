@@ -9,6 +9,7 @@
 #include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
 #include <linux/tcp.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -100,6 +101,60 @@ static int dump_family(int fd, int family, boxer_tcp_counters *out, int capacity
         if (parse_batch(buffer, length, out, capacity, count, &done) < 0) return -1;
     }
     return 0;
+}
+
+/// Whether one dumped message is a listener on `port` whose local address a connection to 127.0.0.1 reaches.
+static int is_loopback_reachable_listener(const struct nlmsghdr *header, uint16_t port) {
+    if (header->nlmsg_type != SOCK_DIAG_BY_FAMILY || header->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg))) return 0;
+    const struct inet_diag_msg *message = NLMSG_DATA(header);
+    if (message->idiag_state != STATE_LISTEN || ntohs(message->id.idiag_sport) != port) return 0;
+    const uint32_t *address = message->id.idiag_src;
+    if (message->idiag_family == AF_INET) return address[0] == htonl(INADDR_ANY) || address[0] == htonl(INADDR_LOOPBACK);
+    return (address[0] | address[1] | address[2] | address[3]) == 0;  // :: (dual-stack unless IPV6_V6ONLY)
+}
+
+int boxer_tcp_listening(uint16_t port) {
+    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (fd < 0) return -1;
+    int found = 0, failed = 0;
+    int families[] = {AF_INET, AF_INET6};
+    for (int index = 0; index < 2 && !found && !failed; index++) {
+        struct {
+            struct nlmsghdr header;
+            struct inet_diag_req_v2 request;
+        } query;
+        memset(&query, 0, sizeof query);
+        query.header.nlmsg_len = sizeof query;
+        query.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+        query.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+        query.request.sdiag_family = (uint8_t)families[index];
+        query.request.sdiag_protocol = IPPROTO_TCP;
+        query.request.idiag_states = 1u << STATE_LISTEN;
+        struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+        if (sendto(fd, &query, sizeof query, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) {
+            failed = 1;
+            break;
+        }
+        char buffer[32768] __attribute__((aligned(8)));
+        for (int done = 0; !done;) {
+            ssize_t length = recv(fd, buffer, sizeof buffer, 0);
+            if (length < 0 && errno == EINTR) continue;
+            if (length <= 0) {
+                failed = length < 0;
+                break;
+            }
+            for (const struct nlmsghdr *header = (const struct nlmsghdr *)buffer; NLMSG_OK(header, length);
+                 header = NLMSG_NEXT(header, length)) {
+                if (header->nlmsg_type == NLMSG_DONE) done = 1;
+                else if (header->nlmsg_type == NLMSG_ERROR) done = failed = 1;
+                else if (is_loopback_reachable_listener(header, port)) found = 1;
+            }
+        }
+    }
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return found ? 1 : failed ? -1 : 0;
 }
 
 int boxer_tcp_dump(boxer_tcp_counters *out, int capacity) {

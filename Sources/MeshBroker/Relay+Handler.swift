@@ -274,11 +274,10 @@ final class RelayHandler: SocketLoopHandler {
         directory.markEnded(id)
     }
 
-    /// The window for a new connection: the full one while the budget has room, then what is left, down to
-    /// the minimum; nil when not even that fits.
+    /// Reserves both windows of a new connection from the budget (``RelayConfiguration/window(free:)``); nil when
+    /// the budget is full.
     func reserveWindow() -> Int? {
-        let window = min(configuration.maximumWindow, budgetFree / 2 / 4096 * 4096)
-        guard window >= configuration.minimumWindow else { return nil }
+        guard let window = configuration.window(free: budgetFree) else { return nil }
         budgetFree -= 2 * window
         return window
     }

@@ -15,6 +15,10 @@ public struct RelayConfiguration: Sendable {
     public var maximumWindow = 1 << 20
     /// Below this the budget counts as full: new relayed connections are refused.
     public var minimumWindow = 64 << 10
+    /// A new connection's two windows take at most this fraction (1/N) of the budget still free, so windows shrink
+    /// gradually as connections pile up instead of the first ones taking it all: with the defaults, the first 64
+    /// connections get full windows and 242 fit at once before an open is refused.
+    public var windowShare = 64
     /// Frames per node that libzmq reads ahead of the relay before it stops reading that node's TCP connection:
     /// the most a node that ignores its windows can make the broker hold (× 64 KiB) until the relay resets it.
     public var receiveHighWaterMark: Int32 = 64
@@ -22,6 +26,13 @@ public struct RelayConfiguration: Sendable {
     public var capture: RelayCaptureConfiguration?
 
     public init() {}
+
+    /// The window for a new connection when `free` bytes of the budget are left: the full one while the budget has
+    /// room, then a share of what is left, in whole pages; nil when that is below the minimum.
+    public func window(free: Int) -> Int? {
+        let window = min(maximumWindow, free / 2 / max(1, windowShare) / 4096 * 4096)
+        return window >= minimumWindow ? window : nil
+    }
 }
 
 /// The broker's relay: forwards RelayFrames between the two nodes of each relayed connection, on its own

@@ -106,6 +106,34 @@ struct RelayLabTests {
         }
     }
 
+    /// Hundreds of relayed connections opened at once, five rounds, in both directions, while two CPU hogs take the
+    /// cores: every connection must echo its bytes intact. fn2 → fn1 forces the relay; fn1 → fn2 punches first
+    /// (and fails, behind hard NATs) then relays, as an app with the default path would.
+    @Test("stress: 5 rounds of 100 + 100 relayed connections at once beside two CPU hogs, none reset or failed")
+    func concurrentStress() async throws {
+        try await MeshLabFixture.with(prefix: "rls", nat: .hard) { mesh in
+            let hogs = try (0..<2).map { _ in try mesh.lab.spawn(.broker, ["python3", "-c", "while True: pass"]) }
+            defer { for hog in hogs { hog.kill() } }
+            let forwardServer = try server(mesh, 1)
+            defer { forwardServer.kill() }
+            let backwardServer = try server(mesh, 2, name: "srv2")
+            defer { backwardServer.kill() }
+            let rounds = Array(repeating: ["many", "100", "100000"], count: 5).joined(separator: ["then"])
+            let forward = try mesh.node(
+                2, name: "s-fwd", options: ["--no-shim", "--log-level", "info", "--path", "relay"],
+                [Self.app, "client", "srv", "5000"] + rounds)
+            let backward = try mesh.node(
+                1, name: "s-back", options: ["--no-shim", "--log-level", "info"], [Self.app, "client", "srv2", "5000"] + rounds)
+            for run in [forward, backward] {
+                #expect(run.waitUntilExit(timeout: .seconds(300)) == 0, "\(run.standardOutput)\n\(run.standardError)")
+                let intact = run.standardOutput.components(separatedBy: "many: 100/100 connections echoed 100000 bytes intact")
+                #expect(intact.count - 1 == 5, "\(run.standardOutput)")
+                #expect(!run.standardOutput.contains("failed"), "\(run.standardOutput)")
+            }
+            print("relay stress: \(forward.standardOutput)\(backward.standardOutput)")
+        }
+    }
+
     @Test("hard NAT on both sides: unmodified redis-benchmark (8 clients) and iperf3 both ways complete through the broker host")
     func unmodifiedApps() async throws {
         try MeshLabFixture.requireShim()

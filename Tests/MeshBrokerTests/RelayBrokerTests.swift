@@ -182,6 +182,7 @@ struct RelayBrokerTests {
         configuration.maximumWindow = 64 << 10
         configuration.minimumWindow = 16 << 10
         configuration.memoryBudget = 160 << 10
+        configuration.windowShare = 1
         try await RelayTestBroker.with(relay: configuration) { broker in
             try await node(broker, "a") { a in
                 try await node(broker, "b") { b in
@@ -209,6 +210,22 @@ struct RelayBrokerTests {
             }
         }
     }
+}
+
+@Test("default relay budget: the first 65 connections get full windows, then windows shrink, and hundreds fit")
+func defaultWindowShares() {
+    let configuration = RelayConfiguration()
+    var free = configuration.memoryBudget
+    var windows: [Int] = []
+    while let window = configuration.window(free: free) {
+        windows.append(window)
+        free -= 2 * window
+    }
+    #expect(windows.prefix(65).allSatisfy { $0 == configuration.maximumWindow })
+    #expect(windows[65] < configuration.maximumWindow)
+    #expect(zip(windows, windows.dropFirst()).allSatisfy { $0 >= $1 })
+    #expect(windows.count == 242 && (windows.last ?? 0) >= configuration.minimumWindow, "\(windows.count) connections fit")
+    #expect(free >= 0 && configuration.window(free: free) == nil)
 }
 
 /// A raw relay DEALER, used on one thread only.

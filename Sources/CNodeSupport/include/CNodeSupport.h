@@ -35,6 +35,11 @@ typedef struct {
     uint32_t rtt_us;           // smoothed round trip (tcpi_rtt)
 } boxer_tcp_counters;
 
+/// Whether a TCP socket in this network namespace listens on `port` at 0.0.0.0, 127.0.0.1 or ::, the listeners a
+/// connection to 127.0.0.1 reaches: 1 or 0, or -1 with errno set. Walks only the kernel's listener table, so sockets
+/// coming and going meanwhile cannot hide one (as they can from a read of /proc/net/tcp).
+int boxer_tcp_listening(uint16_t port);
+
 /// The socket's cookie (SO_COOKIE); 0 when the kernel cannot tell.
 uint64_t boxer_socket_cookie(int fd);
 
