@@ -441,18 +441,35 @@ final class LinkManager: Sendable {
             return stale.values
         }
         for entry in stale {
-            logger.warning("the app did not accept an inbound link in time; closing it")
+            logger.warning("the app did not accept an inbound link in time; resetting it")
             close(entry.signalFD)
-            close(entry.link.fd)
+            RelaySockets.reset(entry.link.fd)
         }
     }
 
     func listen(on port: UInt16) { state.withLock { $0.listeners[port, default: 0] += 1 } }
 
+    /// The app closed a listener on `port`. Once no socket listens there any more, links parked for it are reset
+    /// at once: their signal connections died with the listener's queue, and their peers would otherwise wait for
+    /// an answer until ``acceptTimeout``.
     func unlisten(on port: UInt16) {
-        state.withLock { state in
-            guard let count = state.listeners[port] else { return }
+        let announced = state.withLock { state -> Bool in
+            guard let count = state.listeners[port] else { return false }
             state.listeners[port] = count > 1 ? count - 1 : nil
+            return count > 1
+        }
+        guard !announced, !KernelSockets.isListening(onWildcardPort: port) else { return }
+        let orphans = state.withLock { state in
+            let keys = state.accepted.keys.filter { $0.port == port }
+            return keys.compactMap { state.accepted.removeValue(forKey: $0) }
+        }
+        if !orphans.isEmpty {
+            logger.info("the app stopped listening; resetting connections it never accepted",
+                metadata: ["port": "\(port)", "count": "\(orphans.count)"])
+        }
+        for entry in orphans {
+            close(entry.signalFD)
+            RelaySockets.reset(entry.link.fd)
         }
     }
 
