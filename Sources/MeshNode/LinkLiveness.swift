@@ -5,25 +5,23 @@ import Glibc
 /// for the app: the kernel must. Every direct mesh socket gets these before anyone else uses it (``apply(to:)``,
 /// from ``Puncher``); the shim replays the app's own settings afterwards, and later ones simply override.
 ///
-/// Bound: with nothing answered for ``userTimeout`` the kernel resets the connection and the app's recv or send
-/// fails with ETIMEDOUT. A peer that vanishes at T0 was last heard at or before T0, and the broker expires it at
-/// T0 + 1.5 to 2.1 s (2 s of silence, 500 ms heartbeats), so its peers' apps fail at most ~3.5 s after the expiry.
+/// Bound: an idle link whose peer stops answering is reset after idle + count × interval = 5 s of silence, and the
+/// app's recv or send fails with ETIMEDOUT. A peer that vanishes at T0 was last heard at or before T0, and the
+/// broker expires it at T0 + 1.5 to 2.1 s (2 s of silence, 500 ms heartbeats), so its peers' apps fail at most
+/// ~3.5 s after the expiry. No TCP_USER_TIMEOUT: the kernel applies it to a receive window that stays shut as well,
+/// so it would break a live reader that merely pauses (measured here: a 3 s user timeout ended such a connection
+/// after 3.4 s).
 enum LinkLiveness {
     /// Silence before the first probe: far below the NAT timeouts for established TCP (cloud NAT gateways ~350 s,
     /// home routers minutes), so an idle link's probes keep its NAT mappings; and short enough that three probes
-    /// fit in ``userTimeout``.
+    /// still end within 5 s.
     static let idleSeconds: Int32 = 2
     /// Between unanswered probes: one lost probe is not the end.
     static let intervalSeconds: Int32 = 1
-    /// Unanswered probes before giving up (idle + count × interval = ``userTimeout``, the same bound for an app
-    /// that turns the user timeout off).
+    /// Unanswered probes before giving up: 2 + 3 × 1 = 5 s of silence in all.
     static let probeCount: Int32 = 3
-    /// Nothing acknowledged for this long, data or probe: reset. Matches the broker's view (a node silent for
-    /// 2 s is gone) with room for a peer that is only slow; it also ends a link whose reader leaves its
-    /// receive window shut this long (the kernel applies it to zero-window probes too).
-    static let userTimeoutMilliseconds: UInt32 = 5000
 
-    /// Sets keepalive and the user timeout on a direct mesh socket. Best effort: a socket without them still works.
+    /// Sets keepalive on a direct mesh socket. Best effort: a socket without it still works.
     static func apply(to fd: Int32) {
         var on: Int32 = 1
         _ = setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, socklen_t(MemoryLayout<Int32>.size))
@@ -31,7 +29,5 @@ enum LinkLiveness {
             var value = value
             _ = setsockopt(fd, Int32(IPPROTO_TCP), option, &value, socklen_t(MemoryLayout<Int32>.size))
         }
-        var timeout = userTimeoutMilliseconds
-        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, &timeout, socklen_t(MemoryLayout<UInt32>.size))
     }
 }

@@ -13,7 +13,7 @@ import Testing
 struct FailureLabTests {
     static let app = LinkLabTests.tool("liveness_app.py")
     /// What the node sets on every direct mesh socket, as liveness_app.py prints it (LinkLiveness).
-    static let tuned = "keepalive 1 idle 2 interval 1 count 3 user_timeout 5000"
+    static let tuned = "keepalive 1 idle 2 interval 1 count 3 user_timeout 0"
 
     @Test("a vanished peer on a direct link: the app blocked in recv fails within 5 s of the broker's expiry; the tap shows the close")
     func vanishedDirect() async throws {
