@@ -223,5 +223,8 @@ void shim_epoll_forget_epfd_locked(int epfd);
 void shim_connect_complete_locked(struct shim_waiter *waiter);
 // Sets the mesh addresses of a connection from the node's description.
 void shim_sock_set_connection(struct shim_sock *sock, const Boxermesh__V1__ShimConnection *connection);
+// Sets the options the app set on sock (recorded by setsockopt) on fd, a socket the node handed over; they
+// override the node's own.
+void shim_replay_opts_locked(struct shim_sock *sock, int fd);
 
 #endif

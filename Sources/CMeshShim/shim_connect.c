@@ -58,7 +58,7 @@ static void record_opt_locked(struct shim_sock *sock, int level, int name, const
     memcpy(opt->value, value, len);
 }
 
-static void replay_opts(struct shim_sock *sock, int fd) {
+void shim_replay_opts_locked(struct shim_sock *sock, int fd) {
     for (size_t i = 0; i < sock->n_opts; i++) {
         struct shim_opt *opt = &sock->opts[i];
         if (real.setsockopt(fd, opt->level, opt->name, opt->value, opt->len) < 0) {
@@ -125,7 +125,7 @@ static int connection_error(int transport, const Boxermesh__V1__ShimResponse *re
 // Swaps in the connection; no more swaps follow, so the epoll shadow and the recorded options can go.
 static int become_mesh_locked(struct shim_sock *sock, int fd, int connected, bool wake,
                               const Boxermesh__V1__ShimConnection *connection) {
-    replay_opts(sock, connected);
+    shim_replay_opts_locked(sock, connected);
     int error = swap_locked(sock, fd, connected, wake);
     if (error) return error;
     sock->state = SHIM_MESH;
@@ -336,7 +336,9 @@ SHIM_EXPORT int setsockopt(int fd, int level, int name, const void *value, sockl
     }
     int rc = real.setsockopt(fd, level, name, value, len);
     int saved = errno;
-    if (rc == 0 && sock && (sock->state == SHIM_TCP || sock->state == SHIM_BLOCKING || sock->state == SHIM_FAILED)) {
+    // A listener's options are kept for the mesh sockets accepted on it, which the kernel did not clone from it.
+    if (rc == 0 && sock && (sock->state == SHIM_TCP || sock->state == SHIM_BLOCKING || sock->state == SHIM_FAILED ||
+                            sock->state == SHIM_LISTENING)) {
         record_opt_locked(sock, level, name, value, len);
     }
     pthread_mutex_unlock(&shim_lock);

@@ -149,6 +149,10 @@ static int take_accepted(int listen_fd, int signal_fd, uint16_t signal_port, int
     if (!(flags & SOCK_CLOEXEC)) real.fcntl(fd, F_SETFD, 0);
     const Boxermesh__V1__ShimConnection *c = response->connection;
     pthread_mutex_lock(&shim_lock);
+    // A kernel-accepted socket inherits the listener's options; the node's socket gets the ones the app set on it
+    // (over the node's own, such as keepalive).
+    struct shim_sock *listener = shim_fd_get_locked(listen_fd);
+    if (listener) shim_replay_opts_locked(listener, fd);
     shim_fd_forget_locked(fd);
     struct shim_sock *sock = shim_sock_new(SHIM_MESH, family);
     if (sock) {

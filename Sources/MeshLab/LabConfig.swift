@@ -23,12 +23,17 @@ public struct LabConfig: Codable, Sendable, Equatable {
     public var delayMs: Int
     /// Packet loss in percent added on the same links as the delay (0 for none).
     public var lossPercent: Double
+    /// How long each NAT keeps an idle established TCP connection's mapping, in seconds (its namespace's
+    /// `net.netfilter.nf_conntrack_tcp_timeout_established`); nil keeps the kernel's 5 days. Real NATs forget
+    /// sooner (cloud NAT gateways after about 350 s): a short one shows whether idle links survive.
+    public var natTCPTimeout: Int?
 
-    public init(functions: Int, nat: NATKind = .easy, delayMs: Int = 0, lossPercent: Double = 0) {
+    public init(functions: Int, nat: NATKind = .easy, delayMs: Int = 0, lossPercent: Double = 0, natTCPTimeout: Int? = nil) {
         self.functions = functions
         self.nat = nat
         self.delayMs = delayMs
         self.lossPercent = lossPercent
+        self.natTCPTimeout = natTCPTimeout
     }
 
     /// Throws ``LabError/Code/invalidConfig`` when a value is out of range.
@@ -41,6 +46,9 @@ public struct LabConfig: Codable, Sendable, Equatable {
         }
         guard lossPercent >= 0, lossPercent <= 100 else {
             throw LabError(.invalidConfig, "loss must be 0...100 %, got \(lossPercent)")
+        }
+        if let natTCPTimeout, !(1...432_000).contains(natTCPTimeout) {
+            throw LabError(.invalidConfig, "the NAT TCP timeout must be 1...432000 s, got \(natTCPTimeout)")
         }
     }
 

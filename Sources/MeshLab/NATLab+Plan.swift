@@ -73,6 +73,10 @@ extension NATLab {
                 [ip, "netns", "exec", nat, tools.sysctl, "-qw", "net.ipv4.ip_forward=1"],
             ]
             plan += natRules(config.nat).map { [ip, "netns", "exec", nat, tools.iptables] + $0 }
+            // After the rules: conntrack's settings exist in a namespace once its rules use conntrack.
+            if let timeout = config.natTCPTimeout {
+                plan.append([ip, "netns", "exec", nat, tools.sysctl, "-qw", "net.netfilter.nf_conntrack_tcp_timeout_established=\(timeout)"])
+            }
         }
 
         return plan

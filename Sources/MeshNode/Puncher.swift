@@ -37,12 +37,12 @@ enum Puncher {
         var lastError = "no answer"
         while ContinuousClock.now < deadline {
             // A connection the other end made to our listener wins; its address pair also blocks our attempts.
-            if let listener, let accepted = acceptPending(listener) { return blocking(accepted) }
+            if let listener, let accepted = acceptPending(listener) { return established(accepted) }
             attempts += 1
             let socket = try DialSocket(server: remote, transport: .tcp, localPort: localPort, reuse: true)
             var started = false
             do {
-                if try socket.beginConnect() { return blocking(socket.fd) }
+                if try socket.beginConnect() { return established(socket.fd) }
                 started = true
             } catch let error as STUNClientError where error.code == .refused || listener != nil {
                 // Refused: the far side had no SYN out yet and its host answered with RST. Any other failure
@@ -59,7 +59,7 @@ enum Puncher {
             _ = poll(&entries, nfds_t(entries.count), Int32(clamping: wait.milliseconds))
             if started, entries[0].revents != 0 {
                 let failure = socket.pendingError()
-                if failure == 0 { return blocking(socket.fd) }
+                if failure == 0 { return established(socket.fd) }
                 lastError = String(cString: strerror(failure))
             }
             socket.close()
@@ -84,8 +84,11 @@ enum Puncher {
         return accepted >= 0 ? accepted : nil
     }
 
-    private static func blocking(_ fd: Int32) -> Int32 {
+    /// Every direct link leaves here (connecting, accepting, upgrading a relayed connection): blocking, with the
+    /// liveness settings of ``LinkLiveness``.
+    private static func established(_ fd: Int32) -> Int32 {
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        LinkLiveness.apply(to: fd)
         return fd
     }
 

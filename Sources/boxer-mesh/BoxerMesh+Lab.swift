@@ -74,9 +74,23 @@ extension BoxerMesh.Lab {
         )
         var lossPercent: Double = 0
 
+        @Option(
+            name: .customLong("nat-tcp-timeout"),
+            help: """
+                Seconds each NAT keeps an idle established TCP mapping (conntrack's \
+                nf_conntrack_tcp_timeout_established in the NAT's namespace; default: the kernel's 5 days). \
+                Real NATs forget sooner (cloud NAT gateways after about 350 s).
+                """
+        )
+        var natTCPTimeout: Int?
+
+        var config: LabConfig {
+            LabConfig(functions: functions, nat: nat, delayMs: delayMs, lossPercent: lossPercent, natTCPTimeout: natTCPTimeout)
+        }
+
         func validate() throws {
             do {
-                try LabConfig(functions: functions, nat: nat, delayMs: delayMs, lossPercent: lossPercent).validate()
+                try config.validate()
             } catch let error as LabError {
                 throw ValidationError(error.message)
             }
@@ -84,7 +98,7 @@ extension BoxerMesh.Lab {
 
         func run() async throws {
             let natLab = lab.makeLab()
-            try natLab.up(LabConfig(functions: functions, nat: nat, delayMs: delayMs, lossPercent: lossPercent))
+            try natLab.up(config)
             print(try natLab.status().report)
         }
     }

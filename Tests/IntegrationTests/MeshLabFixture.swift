@@ -28,11 +28,11 @@ struct MeshLabFixture {
 
     /// Builds the lab, starts the broker, runs `body`, and always tears everything down.
     static func with<T>(
-        prefix: String, functions: Int = 2, nat: NATKind = .easy, brokerArguments: [String] = [],
+        prefix: String, functions: Int = 2, nat: NATKind = .easy, natTCPTimeout: Int? = nil, brokerArguments: [String] = [],
         _ body: (MeshLabFixture) async throws -> T
     ) async throws -> T {
         let lab = NATLab(prefix: prefix)
-        let config = LabConfig(functions: functions, nat: nat)
+        let config = LabConfig(functions: functions, nat: nat, natTCPTimeout: natTCPTimeout)
         try lab.up(config)
         defer { _ = try? lab.down() }
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("boxer-mesh-\(prefix)-\(UUID())")

@@ -47,7 +47,7 @@ import Testing
         try LabConfig(functions: 150, nat: .hard, delayMs: 20, lossPercent: 1).validate()
         for bad in [
             LabConfig(functions: 0), LabConfig(functions: 151), LabConfig(functions: 1, delayMs: -1),
-            LabConfig(functions: 1, lossPercent: 101),
+            LabConfig(functions: 1, lossPercent: 101), LabConfig(functions: 1, natTCPTimeout: 0),
         ] {
             #expect(throws: LabError.self) { try bad.validate() }
         }
@@ -78,6 +78,19 @@ import Testing
                     $0.joined(separator: " ") == "/ip netns exec lt1-nat2 /sysctl -qw net.ipv4.ip_forward=1"
                 }
             )
+        }
+    }
+
+    @Test func planNATTCPTimeout() {
+        let lab = NATLab(prefix: "lt1")
+        let setting = "net.netfilter.nf_conntrack_tcp_timeout_established"
+        #expect(!lab.plan(for: LabConfig(functions: 2), tools: Self.tools).contains { $0.last?.hasPrefix(setting) == true })
+        let plan = lab.plan(for: LabConfig(functions: 2, natTCPTimeout: 20), tools: Self.tools).map { $0.joined(separator: " ") }
+        for i in 1...2 {
+            // In each NAT's namespace (conntrack's settings are per namespace), after its rules loaded conntrack.
+            let index = plan.firstIndex(of: "/ip netns exec lt1-nat\(i) /sysctl -qw \(setting)=20")
+            let lastRule = plan.lastIndex { $0.hasPrefix("/ip netns exec lt1-nat\(i) /iptables") }
+            #expect(index != nil && lastRule != nil && index! > lastRule!, "\(plan)")
         }
     }
 
