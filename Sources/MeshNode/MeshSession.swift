@@ -199,7 +199,7 @@ public final class MeshSession: Sendable {
     }
 
     private func resolved(_ query: Boxermesh_V1_ResolveRequest) async throws -> Member {
-        let reply = try await request(.resolve(query))
+        let reply = try await request(.resolve(query), timeout: connectTimeout)
         guard case .resolved(let answer) = reply.body else {
             throw ControlError.protocolViolation("expected a ResolveReply, got \(String(describing: reply.body))")
         }

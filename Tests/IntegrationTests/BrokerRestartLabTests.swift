@@ -20,8 +20,10 @@ struct BrokerRestartLabTests {
     }
 
     /// Starts `relay_app.py client srv 5000 TEST…` under a node in function `index` and returns it at once.
-    func client(_ mesh: MeshLabFixture, _ index: Int, name: String, options: [String] = [], _ test: [String]) throws -> LabProcess {
-        try mesh.node(index, name: name, options: ["--no-shim", "--log-level", "info"] + options, [Self.app, "client", "srv", "5000"] + test)
+    func client(
+        _ mesh: MeshLabFixture, _ index: Int, name: String, options: [String] = [], target: String = "srv", _ test: [String]
+    ) throws -> LabProcess {
+        try mesh.node(index, name: name, options: ["--no-shim", "--log-level", "info"] + options, [Self.app, "client", target, "5000"] + test)
     }
 
     /// The address `name` resolves to at the broker, asked from function `index`.
@@ -98,8 +100,11 @@ struct BrokerRestartLabTests {
             defer { server.kill() }
             let stream = try client(mesh, 2, name: "c-stream", ["stream", "60"])
             defer { stream.kill() }
-            // Waits, then connects while the broker is down: the connect waits --connect-timeout, then fails.
-            let late = try client(mesh, 2, name: "c-late", options: ["--connect-timeout", "4"], ["sleep", "5", "then", "sink", "1000"])
+            // Waits, then connects (by address: a name would not resolve) while the broker is down: the connect
+            // waits --connect-timeout, then fails.
+            let late = try client(
+                mesh, 2, name: "c-late", options: ["--connect-timeout", "4"], target: try address(mesh, 1, of: "srv"),
+                ["sleep", "5", "then", "sink", "1000"])
             defer { late.kill() }
             #expect(stream.waitForOutput(containing: "path relay", timeout: .seconds(20)), "\(stream.standardOutput)\n\(stream.standardError)")
             try mesh.killBroker()
