@@ -65,8 +65,10 @@ struct BrokerRestartLabTests {
         }
     }
 
-    @Test("kill -9 during a relayed stream both ways, back within 3 s: the stream resumes and completes with the same sha256")
-    func relayedStream() async throws {
+    @Test(
+        "kill -9 during a relayed stream both ways, back within 3 or 9 s: the stream resumes and completes with the same sha256",
+        arguments: [3, 9])
+    func relayedStream(secondsDown: Int) async throws {
         try await MeshLabFixture.with(prefix: "brr", nat: .hard) { mesh in
             let server = try server(mesh, 1)
             defer { server.kill() }
@@ -76,14 +78,15 @@ struct BrokerRestartLabTests {
             try await Task.sleep(for: .seconds(2))
             try mesh.killBroker()
             let killed = ContinuousClock.now
-            try await Task.sleep(for: .seconds(3))
+            try await Task.sleep(for: .seconds(secondsDown))
             let restarted = try await mesh.restartBroker()
             let rejoin = await rejoined([server, echo], after: restarted)
             print("broker restart lab: relay: both nodes rejoined \(rejoin.map { "\($0)" } ?? "never") after the broker was back")
             #expect(rejoin != nil && rejoin! < .seconds(2))
             #expect(await echo.waitForLog(containing: "relayed connection resumed", timeout: .seconds(10)), "\(echo.standardError)")
             #expect(await server.waitForLog(containing: "relayed connection resumed", timeout: .seconds(10)), "\(server.standardError)")
-            print("broker restart lab: relay: resumed \(ContinuousClock.now - killed) after the kill; "
+            print("broker restart lab: relay (\(secondsDown) s down): resumed \(ContinuousClock.now - killed) after the kill, "
+                + "\(ContinuousClock.now - restarted) after the broker was back; "
                 + (echo.standardError.split(separator: "\n").first { $0.contains("relayed connection resumed") }.map(String.init) ?? ""))
             #expect(echo.waitUntilExit(timeout: .seconds(90)) == 0, "\(echo.standardOutput)\n\(echo.standardError)")
             let output = echo.standardOutput.split(separator: "\n").filter { !$0.hasPrefix("streaming") }
