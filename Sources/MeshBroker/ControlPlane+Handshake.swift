@@ -82,7 +82,7 @@ extension ControlPlaneHandler {
         welcome.stunPort = UInt32(configuration.stunPort)
         welcome.capturePort = UInt32(configuration.capturePort)
         if let member = session.member {
-            relay?.sessionOpened(token: session.token)
+            relay?.sessionOpened(token: session.token, mesh: hello.mesh)
             welcome.self_p = member
             logger.notice("joined", metadata: ["mesh": "\(hello.mesh)", "node": "\(member.name)", "address": "\(member.ipv4)"])
             publishMembership(.join, member, mesh: hello.mesh)

@@ -77,7 +77,10 @@ final class ControlPlaneHandler: SocketLoopHandler {
     var waiters: [MemberWaiter] = []
     /// Connections signalled to their target, waiting for its answer.
     var pendingConnections: [UInt64: PendingConnection] = [:]
-    var nextConnectionID: UInt64 = 0
+    /// Connection ids go on from the wall clock (ms × 1024) rather than from 0, so a restarted broker never hands
+    /// out the id of a connection its nodes still hold (a relayed one resumes under its old id), and flow reports
+    /// for those keep passing the "id was handed out" check. Under 2^53, so JSON readers keep every digit.
+    var nextConnectionID: UInt64 = unixMilliseconds() << 10
     /// Connections whose close was published (bounded; see ControlPlane+Flows).
     var closedConnections: Set<ClosedConnection> = []
     let clock = ContinuousClock()

@@ -20,6 +20,8 @@ final class RelayHandler: SocketLoopHandler {
     var attached: [[UInt8]: [UInt8]] = [:]
     var routes: [[UInt8]: [UInt8]] = [:]
     var connections: [UInt64: RelayedConnection] = [:]
+    /// Resumes after a broker restart, waiting for the other end of their connection.
+    var pendingResumes: [ResumeKey: PendingResume] = [:]
     /// Frames to forward to one node, not sent yet (see ``forward(_:_:to:)``).
     var pending: Batch?
 
@@ -101,6 +103,7 @@ final class RelayHandler: SocketLoopHandler {
             }
             drop(connection.id, resetBy: live.firstIndex(of: false) ?? 0)
         }
+        expireResumes(now: now)
         badInput.flush()
         nextTick = now + .seconds(1)
     }
@@ -116,9 +119,13 @@ final class RelayHandler: SocketLoopHandler {
         if header.kind == .hello { return hello(frame, from: routingID) }
         guard let token = attached[routingID] else {
             badInput.drop("relay frame from a node that is not attached")
-            return send(.rst(.with { $0.reason = "not attached: send hello with your session first" }), header.connectionID, to: routingID)
+            return send(.rst(.with {
+                $0.reason = "not attached: send hello with your session first"
+                $0.unknown = true
+            }), header.connectionID, to: routingID)
         }
         if header.kind == .open { return open(header.connectionID, token: token, from: routingID) }
+        if header.kind == .resume { return resume(header.connectionID, frame: frame, token: token, from: routingID) }
         guard var connection = connections[header.connectionID] else {
             return notOpen(header, frame: frame, token: token, from: routingID)
         }
@@ -147,7 +154,7 @@ final class RelayHandler: SocketLoopHandler {
             return drop(connection.id, resetBy: side)
         case .punch:
             break
-        case .hello, .open:
+        case .hello, .open, .resume:
             return  // handled above
         }
         connections[connection.id] = connection
@@ -162,7 +169,10 @@ final class RelayHandler: SocketLoopHandler {
         }
         let token = [UInt8](hello.session)
         guard directory.isLive(token) else {
-            return send(.rst(.with { $0.reason = "no such session (expired, or the broker restarted): join again" }), 0, to: routingID)
+            return send(.rst(.with {
+                $0.reason = "no such session (expired, or the broker restarted): join again"
+                $0.unknown = true
+            }), 0, to: routingID)
         }
         if let previous = attached[routingID], previous != token { attached[routingID] = nil }
         attached[routingID] = token
@@ -214,7 +224,10 @@ final class RelayHandler: SocketLoopHandler {
                 try? router.send([route, frame])
             }
         case .data:
-            send(.rst(.with { $0.reason = "the relay carries no connection \(header.connectionID)" }), header.connectionID, to: routingID)
+            send(.rst(.with {
+                $0.reason = "the relay carries no connection \(header.connectionID)"
+                $0.unknown = true
+            }), header.connectionID, to: routingID)
         default:
             break
         }

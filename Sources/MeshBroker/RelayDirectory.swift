@@ -27,7 +27,8 @@ public final class RelayDirectory: Sendable {
     }
 
     private struct State {
-        var sessions: Set<[UInt8]> = []
+        /// Live node sessions and their mesh.
+        var sessions: [[UInt8]: String] = [:]
         var pairings: [UInt64: Pairing] = [:]
         var lastPurge = ContinuousClock.now
     }
@@ -42,14 +43,14 @@ public final class RelayDirectory: Sendable {
 
     // MARK: Control plane
 
-    func sessionOpened(token: [UInt8]) {
-        state.withLock { _ = $0.sessions.insert(token) }
+    func sessionOpened(token: [UInt8], mesh: String) {
+        state.withLock { $0.sessions[token] = mesh }
     }
 
     /// The session left or expired: its connections can no longer be opened, and the relay resets live ones.
     func sessionEnded(token: [UInt8]) {
         state.withLock { state in
-            state.sessions.remove(token)
+            state.sessions[token] = nil
             state.pairings = state.pairings.filter { $0.value.initiator != token && $0.value.acceptor != token }
         }
     }
@@ -75,7 +76,12 @@ public final class RelayDirectory: Sendable {
     // MARK: Relay
 
     func isLive(_ token: [UInt8]) -> Bool {
-        state.withLock { $0.sessions.contains(token) }
+        state.withLock { $0.sessions[token] != nil }
+    }
+
+    /// The mesh of a live session.
+    func mesh(of token: [UInt8]) -> String? {
+        state.withLock { $0.sessions[token] }
     }
 
     func pairing(_ id: UInt64) -> Pairing? {

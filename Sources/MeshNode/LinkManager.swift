@@ -172,7 +172,8 @@ final class LinkManager: Sendable {
         request.endpoint = .with { $0.address = endpoint.v4Value; $0.port = UInt32(endpoint.port) }
         let offer: Boxermesh_V1_ConnectOffer
         do {
-            let reply = try await session.request(.connectRequest(request), timeout: .seconds(10))
+            // While the broker is away (restarting) the request waits for it, up to the node's connect timeout.
+            let reply = try await session.request(.connectRequest(request), timeout: session.connectTimeout)
             guard case .connectOffer(let answer) = reply.body else {
                 throw LinkError(code: EPROTO, description: "the broker answered a connect with \(String(describing: reply.body))")
             }
@@ -181,6 +182,10 @@ final class LinkManager: Sendable {
             throw LinkError(code: Self.errno(for: refusal.code), description: refusal.message)
         } catch let error as LinkError {
             throw error
+        } catch ControlError.timeout {
+            logger.warning("connect failed: the broker is unreachable (no answer within \(session.connectTimeout))",
+                metadata: ["peer": "\(address)", "port": "\(port)"])
+            throw LinkError(code: ETIMEDOUT, description: "the broker is unreachable: no answer within \(session.connectTimeout)")
         } catch {
             throw LinkError(code: ETIMEDOUT, description: "signalling through the broker failed: \(error)")
         }

@@ -22,15 +22,21 @@ public struct JoinRequest: Sendable {
 public final class MeshSession: Sendable {
     public let client: ControlClient
     public let join: JoinRequest
+    /// How long to keep trying to reach the broker: joining, rejoining, and a request while it is away.
+    public let connectTimeout: Duration
     private let logger: Logger
     private let state: Mutex<Boxermesh_V1_Welcome>
+    /// The rejoin under way, which every request that found its session lost waits for.
+    private let rejoining = Mutex<Task<Void, Never>?>(nil)
+    private let observers = Mutex<[@Sendable (SessionEvent) -> Void]>([])
 
     /// How long one handshake step may wait before it is sent again.
     static let stepTimeout = Duration.seconds(2)
 
-    private init(client: ControlClient, join: JoinRequest, welcome: Boxermesh_V1_Welcome, logger: Logger) {
+    private init(client: ControlClient, join: JoinRequest, welcome: Boxermesh_V1_Welcome, connectTimeout: Duration, logger: Logger) {
         self.client = client
         self.join = join
+        self.connectTimeout = connectTimeout
         self.logger = logger
         state = Mutex(welcome)
     }
@@ -44,7 +50,7 @@ public final class MeshSession: Sendable {
         _ join: JoinRequest, client: ControlClient, connectTimeout: Duration, logger: Logger
     ) async throws -> MeshSession {
         let welcome = try await handshake(join, client: client, requestedAddress: nil, connectTimeout: connectTimeout)
-        return MeshSession(client: client, join: join, welcome: welcome, logger: logger)
+        return MeshSession(client: client, join: join, welcome: welcome, connectTimeout: connectTimeout, logger: logger)
     }
 
     private static func handshake(
@@ -96,16 +102,26 @@ public final class MeshSession: Sendable {
         }
     }
 
-    /// Sends a request inside this session.
+    /// Sends a request inside this session. When the broker no longer knows the session (it restarted) the
+    /// request waits for this node to join again, then goes out once more, all within `timeout`.
     public func request(_ body: ControlMessage.OneOf_Body, timeout: Duration = .seconds(5)) async throws -> ControlMessage {
-        var message = ControlMessage()
-        message.session = welcome.session
-        message.body = body
-        return try await client.request(message, timeout: timeout)
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            var message = ControlMessage()
+            message.session = welcome.session
+            message.body = body
+            do {
+                return try await client.request(message, timeout: ContinuousClock.now.duration(to: deadline))
+            } catch let refusal as BrokerRefusal where refusal.code == .errorNoSession && join.nodeName != nil {
+                await recover(lost: message.session)
+                guard ContinuousClock.now < deadline else { throw ControlError.timeout }
+            }
+        }
     }
 
     /// Heartbeats until cancelled. When the broker no longer knows the session (it restarted, or we were silent
-    /// too long) this node joins again, asking for its old address back.
+    /// too long) this node joins again, asking for its old name and address back; observers hear when the broker
+    /// stops answering and when the node rejoined.
     public func keepAlive() async {
         let interval = Duration.milliseconds(Int64(max(welcome.heartbeatIntervalMs, 100)))
         var warned = false
@@ -117,27 +133,52 @@ public final class MeshSession: Sendable {
                 warned = false
             } catch is CancellationError {
                 return
-            } catch let refusal as BrokerRefusal where refusal.code == .errorNoSession {
-                await rejoin()
             } catch {
-                if !warned { logger.warning("broker not answering heartbeats: \(error)") }
+                if !warned {
+                    logger.warning("the broker is unreachable (no answer to heartbeats): \(error)")
+                    notify(.unreachable)
+                }
                 warned = true
             }
         }
     }
 
+    /// Hears when the broker stops answering and when this node joined again (with a new session token).
+    public func observe(_ observer: @escaping @Sendable (SessionEvent) -> Void) {
+        observers.withLock { $0.append(observer) }
+    }
+
+    private func notify(_ event: SessionEvent) {
+        for observer in observers.withLock({ $0 }) { observer(event) }
+    }
+
+    /// Joins again unless another request already did since `lost` was refused; one rejoin at a time.
+    private func recover(lost: Data) async {
+        let task = rejoining.withLock { current -> Task<Void, Never>? in
+            if let current { return current }
+            guard welcome.session == lost else { return nil }
+            let task = Task { await self.rejoin() }
+            current = task
+            return task
+        }
+        await task?.value
+    }
+
     private func rejoin() async {
+        defer { rejoining.withLock { $0 = nil } }
         let previous = welcome.self_p
         do {
             let fresh = try await Self.handshake(
                 join, client: client, requestedAddress: previous.address == 0 ? nil : previous.ipv4,
-                connectTimeout: .seconds(10))
+                connectTimeout: connectTimeout)
             state.withLock { $0 = fresh }
             if fresh.self_p.address != previous.address {
                 logger.error("rejoined the mesh with a different address \(fresh.self_p.ipv4) (was \(previous.ipv4))")
             } else {
-                logger.notice("rejoined the mesh after the broker lost our session")
+                logger.notice("rejoined the mesh after the broker lost our session", metadata: [
+                    "name": "\(fresh.self_p.name)", "address": "\(fresh.self_p.ipv4)"])
             }
+            notify(.rejoined)
         } catch {
             logger.error("could not rejoin the mesh: \(error)")
         }
@@ -158,7 +199,7 @@ public final class MeshSession: Sendable {
     }
 
     private func resolved(_ query: Boxermesh_V1_ResolveRequest) async throws -> Member {
-        let reply = try await request(.resolve(query))
+        let reply = try await request(.resolve(query), timeout: connectTimeout)
         guard case .resolved(let answer) = reply.body else {
             throw ControlError.protocolViolation("expected a ResolveReply, got \(String(describing: reply.body))")
         }
@@ -191,6 +232,15 @@ public final class MeshSession: Sendable {
             logger.info("leave not confirmed (\(error)); the broker will expire the session")
         }
     }
+}
+
+/// What a session's observers hear.
+public enum SessionEvent: Sendable {
+    /// Heartbeats go unanswered: the broker is down or out of reach.
+    case unreachable
+    /// The broker had lost this node's session and the node joined again: a new session token, same name and
+    /// address (the broker's relay lost every relayed connection too).
+    case rejoined
 }
 
 /// Joining failed; the message says why in words a user can act on.

@@ -32,6 +32,9 @@ enum RelayCommand: Sendable {
     case gathered(UInt64, attempt: UInt32, Result<(port: UInt16, endpoint: Endpoint), LinkError>)
     /// An upgrade thread punched and proved a direct socket, or failed.
     case punched(UInt64, attempt: UInt32, Result<Int32, LinkError>)
+    /// The broker stopped answering, or this node joined again after it restarted: relayed connections wait for
+    /// the relay and resume there.
+    case session(SessionEvent)
 }
 
 /// This node's side of the relay: one DEALER to the broker's relay and one thread (``RelayPump``) that pumps
@@ -63,6 +66,7 @@ final class RelayClient: Sendable {
     ) async throws {
         let (options, loop, expectations) = (options, loop, expectations)
         RelayAllocator.tune()
+        session.observe { loop.post(.session($0)) }
         try await loop.run {
             try RelayPump(
                 options: options, session: session, logger: logger, expectations: expectations, post: { loop.post($0) },

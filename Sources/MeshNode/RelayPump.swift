@@ -63,6 +63,7 @@ final class RelayPump: SocketLoopHandler {
         var next = nextHello
         for entry in opening.values { next = min(next, entry.deadline) }
         for stream in streams.values {
+            if let at = stream.resumeBy { next = min(next, at) }
             if let at = stream.upgrade.next { next = min(next, at) }
             if let at = stream.upgrade.deadline { next = min(next, at) }
         }
@@ -87,6 +88,7 @@ final class RelayPump: SocketLoopHandler {
             entry.continuation.resume(throwing: LinkError(code: ETIMEDOUT, description: "the relay did not open the connection in time"))
         }
         upgradeTick(now: now)
+        resumeTick(now: now)
     }
 
     func shutdown() {
@@ -111,6 +113,8 @@ final class RelayPump: SocketLoopHandler {
             gathered(id, attempt: attempt, result)
         case .punched(let id, let attempt, let result):
             punched(id, attempt: attempt, result)
+        case .session(let event):
+            sessionChanged(event)
         }
     }
 
@@ -137,6 +141,7 @@ final class RelayPump: SocketLoopHandler {
         case .hello:
             if !attached { logger.debug("attached to the relay at \(options.endpoint)") }
             attached = true
+            sendResumes()
         case .open:
             let window = (try? RelayFrame(frame: frame))?.open.window ?? 0
             opened(id, window: Int(window))
@@ -152,7 +157,12 @@ final class RelayPump: SocketLoopHandler {
             stream.receivedOnRelay += UInt64(header.payload.count)
             writeApp(stream)
         case .credit(let credit):
-            streams[id]?.credit += Int(credit)
+            guard let stream = streams[id] else { return }
+            do {
+                try stream.outbound.acknowledge(Int(credit))
+            } catch {
+                abort(stream, reason: "the peer broke the relay protocol: \(error)", notify: true)
+            }
         case .fin:
             guard let stream = streams[id] else { return }
             stream.finReceived = true
@@ -165,7 +175,9 @@ final class RelayPump: SocketLoopHandler {
             stream.switchAt = offset
             writeApp(stream)
         case .rst:
-            let reason = (try? RelayFrame(frame: frame))?.rst.reason ?? ""
+            let reset = (try? RelayFrame(frame: frame))?.rst ?? .init()
+            if reset.unknown, relayLostState(id) { return }
+            let reason = reset.reason
             let error = LinkError(code: ECONNREFUSED, description: "the relay reset the connection: \(reason)")
             if let entry = opening.removeValue(forKey: id) { entry.continuation.resume(throwing: error) }
             if let entry = expectations.take(id) { entry.deliver(.failure(error)) }
@@ -180,6 +192,14 @@ final class RelayPump: SocketLoopHandler {
         case .punch:
             guard let stream = streams[id], let decoded = try? RelayFrame(frame: frame) else { return }
             punchSignal(stream, decoded.punch)
+        case .resume:
+            guard let stream = streams[id] else {
+                return send(RelayFrame.with(id, .rst(.with { $0.reason = "no such relayed connection to resume" })))
+            }
+            guard let decoded = try? RelayFrame(frame: frame), case .resume(let resume) = decoded.body else {
+                return abort(stream, reason: "a malformed resume", notify: true)
+            }
+            peerResumed(stream, resume)
         }
     }
 
@@ -228,7 +248,7 @@ final class RelayPump: SocketLoopHandler {
 
     /// App → peer: one frame within the credit (relay), or one buffer (direct link).
     func readApp(_ stream: RelayStream) {
-        guard !stream.appEOF else { return }
+        guard !stream.appEOF, stream.outboundDirect || !stream.suspended else { return }
         if stream.outboundDirect {
             guard stream.directOut.isEmpty, let direct = stream.direct else { return }
             let outcome = scratch.withUnsafeMutableBytes { IO.read(stream.fd, into: $0) }
@@ -265,8 +285,7 @@ final class RelayPump: SocketLoopHandler {
             switch outcome {
             case .moved(let count):
                 guard let frame else { return }
-                stream.credit -= count
-                stream.sentOnRelay += UInt64(count)
+                stream.outbound.sent(frame, payload: (frame.count - count)..<frame.count)
                 batch.append(frame)
                 if count < capacity { break }
                 continue
@@ -310,8 +329,10 @@ final class RelayPump: SocketLoopHandler {
             stream.inboundHead = 0
         }
         // Credit goes back in batches; the sender still holds ≥ 3/4 of its window meanwhile.
-        if stream.creditOwed >= stream.window / 4, stream.switchAt == nil, !stream.finReceived {
+        // None while the relay is away: the resume tells the peer what its app took.
+        if stream.creditOwed >= stream.window / 4, stream.switchAt == nil, !stream.finReceived, !stream.suspended {
             send(RelayFrame.with(stream.id, .credit(UInt32(stream.creditOwed))))
+            stream.creditSent += UInt64(stream.creditOwed)
             stream.creditOwed = 0
         }
         if stream.queued == 0 {

@@ -29,8 +29,11 @@ final class RelayStream {
     let context: RelayStreamContext
 
     // Outbound.
-    var credit: Int
-    var sentOnRelay: UInt64 = 0
+    /// What went out on the relay and is not yet acknowledged, kept to send again after a broker restart.
+    var outbound = RelayResendBuffer()
+    /// Bytes we may still send on the relay: the window less what the peer has not acknowledged.
+    var credit: Int { window - outbound.unacknowledged }
+    var sentOnRelay: UInt64 { outbound.sent }
     /// The app shut down writing (EOF read); fin sent on the relay, or SHUT_WR on the direct socket.
     var appEOF = false
     /// Outbound bytes go to the direct socket (after our switch marker).
@@ -43,6 +46,8 @@ final class RelayStream {
     var queued = 0
     var receivedOnRelay: UInt64 = 0
     var creditOwed = 0
+    /// Credit returned so far, in bytes (a resume tells the peer, whose copy of some of it the relay may have lost).
+    var creditSent: UInt64 = 0
     var finReceived = false
     /// The peer's switch marker: its relay stream ends after this many bytes.
     var switchAt: UInt64?
@@ -55,12 +60,19 @@ final class RelayStream {
     var direct: Int32?
     var upgrade = UpgradeState()
 
+    // Resume (the broker restarted).
+    /// While the relay is away: when the connection gives up waiting for it (reset).
+    var resumeBy: ContinuousClock.Instant?
+    var suspendedAt: ContinuousClock.Instant?
+    /// Our resume is out to the relay we are attached to now.
+    var resumeSent = false
+    var suspended: Bool { resumeBy != nil }
+
     init(id: UInt64, fd: Int32, window: Int, context: RelayStreamContext) {
         self.id = id
         self.fd = fd
         self.window = window
         self.context = context
-        credit = window
     }
 
     /// Bytes read from one socket that the other did not take yet.
@@ -83,7 +95,7 @@ final class RelayStream {
     /// What to poll: the app's end and, once in use, the direct socket.
     var descriptors: [PolledDescriptor] {
         var appEvents: Int16 = 0
-        if !appEOF && (outboundDirect ? directOut.isEmpty : credit > 0) { appEvents |= Int16(POLLIN) }
+        if !appEOF && (outboundDirect ? directOut.isEmpty : credit > 0 && !suspended) { appEvents |= Int16(POLLIN) }
         if queued > 0 || !directIn.isEmpty { appEvents |= Int16(POLLOUT) }
         var list: [PolledDescriptor] = []
         if appEvents != 0 { list.append(PolledDescriptor(fd: fd, events: appEvents)) }

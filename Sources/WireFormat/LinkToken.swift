@@ -17,4 +17,11 @@ public struct LinkToken: Sendable {
     public func matches(_ received: [UInt8], initiator: Bool, connectionID: UInt64) -> Bool {
         MeshKey.matches(proof(initiator: initiator, connectionID: connectionID), received)
     }
+
+    /// What both ends show the broker to resume a relayed connection after it restarted:
+    /// HMAC-SHA-256(token, "boxer-mesh/v1/relay/resume" ‖ connection id). Only the two ends hold the token, so a
+    /// broker that lost all state can still tell they belong together (the same value from both).
+    public func resumeProof(connectionID: UInt64) -> [UInt8] {
+        MeshKey.hmac(key: bytes, parts: [Array("boxer-mesh/v1/relay/resume".utf8), withUnsafeBytes(of: connectionID.bigEndian, Array.init)])
+    }
 }

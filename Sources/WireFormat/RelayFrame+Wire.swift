@@ -97,6 +97,7 @@ public struct RelayFrameHeader: Sendable, Equatable {
         case hello
         case open
         case punch
+        case resume
     }
 
     public var connectionID: UInt64
@@ -139,7 +140,10 @@ public struct RelayFrameHeader: Sendable, Equatable {
             case (9, 2):
                 _ = try reader.lengthDelimited()
                 kind = .punch
-            case (1...9, _): throw FrameError("relay frame field \(field) has the wrong wire type \(key & 7)")
+            case (10, 2):
+                _ = try reader.lengthDelimited()
+                kind = .resume
+            case (1...10, _): throw FrameError("relay frame field \(field) has the wrong wire type \(key & 7)")
             case (_, let wireType): try reader.skip(wireType: wireType)
             }
             if kind != .data { payload = 0..<0 }

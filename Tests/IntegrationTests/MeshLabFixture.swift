@@ -1,5 +1,6 @@
 import Foundation
 import MeshLab
+import Synchronization
 
 /// A NAT lab with a real `boxer-mesh broker` on its public host, for one integration test.
 /// Everything runs the built `boxer-mesh` binary in the lab's namespaces; nothing leaves them.
@@ -7,8 +8,14 @@ struct MeshLabFixture {
     let lab: NATLab
     let config: LabConfig
     let secretFile: String
-    let broker: LabProcess
     let work: URL
+    /// The broker's arguments, so ``restartBroker()`` starts it again the same way.
+    let brokerCommand: [String]
+    /// Every broker process started, the one running now last.
+    private let brokers = BrokerProcesses()
+
+    /// The broker process running now (a new one after ``restartBroker()``).
+    var broker: LabProcess { brokers.list.withLock { $0.last! } }
 
     /// The built CLI beside this test binary (SwiftPM puts both in the same folder).
     static let binary: String = {
@@ -40,16 +47,39 @@ struct MeshLabFixture {
         defer { try? FileManager.default.removeItem(at: work) }
         let secretFile = work.appendingPathComponent("secret").path
         try "integration-\(UUID())\n".write(toFile: secretFile, atomically: true, encoding: .utf8)
-        let broker = try lab.spawn(.broker, [binary, "broker", "--secret-file", secretFile] + brokerArguments)
-        defer { broker.kill() }
+        let fixture = MeshLabFixture(
+            lab: lab, config: config, secretFile: secretFile, work: work,
+            brokerCommand: [binary, "broker", "--secret-file", secretFile] + brokerArguments)
+        defer { fixture.brokers.list.withLock { $0.forEach { $0.kill() } } }
+        try await fixture.startBroker()
+        return try await body(fixture)
+    }
+
+    /// Starts the broker and waits until it serves.
+    private func startBroker() async throws {
+        let broker = try lab.spawn(.broker, brokerCommand)
+        brokers.list.withLock { $0.append(broker) }
         let started = await eventually(timeout: .seconds(10)) {
             broker.standardError.contains("STUN reflector serving") && broker.standardError.contains("control plane serving")
         }
         guard started else {
             throw FixtureError("broker did not start: \(broker.standardError)")
         }
-        let fixture = MeshLabFixture(lab: lab, config: config, secretFile: secretFile, broker: broker, work: work)
-        return try await body(fixture)
+    }
+
+    /// Kills the broker with SIGKILL (no goodbye to anyone) and waits until it is gone.
+    func killBroker() throws {
+        let broker = broker
+        broker.kill(SIGKILL)
+        guard broker.waitUntilExit(timeout: .seconds(10)) != nil else { throw FixtureError("the broker survived SIGKILL") }
+    }
+
+    /// Starts a fresh broker on the same address and ports (it knows nothing of the old one's state) and waits
+    /// until it serves; returns when it began serving.
+    @discardableResult
+    func restartBroker() async throws -> ContinuousClock.Instant {
+        try await startBroker()
+        return .now
     }
 
     /// Starts `boxer-mesh node` in function `index` running `app`.
@@ -96,6 +126,11 @@ struct MeshLabFixture {
             [Self.binary] + arguments + ["--broker", Self.brokerHost, "--secret-file", secretFile],
             timeout: .seconds(20))
     }
+}
+
+/// Shared by the fixture's copies: a restart is seen by all of them.
+private final class BrokerProcesses: Sendable {
+    let list = Mutex<[LabProcess]>([])
 }
 
 struct FixtureError: Error, CustomStringConvertible {

@@ -10,8 +10,14 @@ import ZeroMQ
 // Serialized: the stuck-subscriber flood keeps a core busy, and a loaded box is what made heartbeats late.
 @Suite("Flow and close events", .serialized)
 struct FlowEventTests {
-    /// Signals one connection from `from` to `to` (its id is 1): flow reports name a signalled connection.
-    static func signalConnection(from: MeshSession, to: MeshSession) async throws {
+    /// Signals one connection from `from` to `to` and returns its id (the target hears it): flow reports name a
+    /// signalled connection.
+    @discardableResult
+    static func signalConnection(from: MeshSession, to: MeshSession) async throws -> UInt64 {
+        let announced = Mutex<UInt64?>(nil)
+        to.client.onPush { message in
+            if case .incomingConnection(let incoming) = message.body { announced.withLock { $0 = incoming.connectionID } }
+        }
         var request = Boxermesh_V1_ConnectRequest()
         request.targetAddress = to.welcome.self_p.address
         request.port = 6379
@@ -19,6 +25,8 @@ struct FlowEventTests {
         // Nobody answers the target's IncomingConnection here; the id is taken when the request arrives.
         Task { _ = try? await from.request(.connectRequest(request), timeout: .seconds(1)) }
         try await Task.sleep(for: .milliseconds(200))
+        guard let id = announced.withLock({ $0 }) else { throw FixtureFailure("the target heard of no connection") }
+        return id
     }
 
     static func sample(_ id: UInt64, initiator: Bool, peer: UInt32, sent: UInt64, received: UInt64, closed: Bool) -> Boxermesh_V1_FlowSample {
@@ -51,16 +59,16 @@ struct FlowEventTests {
             defer { tap.stop() }
             try await broker.session("bench") { bench in
                 try await broker.session("cache") { cache in
-                    try await Self.signalConnection(from: bench, to: cache)
+                    let id = try await Self.signalConnection(from: bench, to: cache)
                     let (benchAddress, cacheAddress) = (bench.welcome.self_p.address, cache.welcome.self_p.address)
                     // The accepting side's samples are not published (one flow line per connection).
-                    try await Self.report(cache, [Self.sample(1, initiator: false, peer: benchAddress, sent: 9, received: 90, closed: false)])
-                    try await Self.report(bench, [Self.sample(1, initiator: true, peer: cacheAddress, sent: 100, received: 10, closed: false)])
+                    try await Self.report(cache, [Self.sample(id, initiator: false, peer: benchAddress, sent: 9, received: 90, closed: false)])
+                    try await Self.report(bench, [Self.sample(id, initiator: true, peer: cacheAddress, sent: 100, received: 10, closed: false)])
                     // The acceptor closes first: its view is published, turned to the connection's direction.
-                    try await Self.report(cache, [Self.sample(1, initiator: false, peer: benchAddress, sent: 2000, received: 1000, closed: true)])
-                    try await Self.report(bench, [Self.sample(1, initiator: true, peer: cacheAddress, sent: 1000, received: 2000, closed: true)])
+                    try await Self.report(cache, [Self.sample(id, initiator: false, peer: benchAddress, sent: 2000, received: 1000, closed: true)])
+                    try await Self.report(bench, [Self.sample(id, initiator: true, peer: cacheAddress, sent: 1000, received: 2000, closed: true)])
                     // A sample for a connection the broker never signalled is refused as bad input, not published.
-                    try await Self.report(bench, [Self.sample(99, initiator: true, peer: cacheAddress, sent: 1, received: 1, closed: true)])
+                    try await Self.report(bench, [Self.sample(id + 1_000_000, initiator: true, peer: cacheAddress, sent: 1, received: 1, closed: true)])
                     try await Task.sleep(for: .milliseconds(300))
                 }
             }
@@ -93,8 +101,8 @@ struct FlowEventTests {
             let published = 50_000
             try await broker.session("bench") { bench in
                 try await broker.session("cache") { cache in
-                    try await Self.signalConnection(from: bench, to: cache)
-                    let sample = Self.sample(1, initiator: true, peer: cache.welcome.self_p.address, sent: 1, received: 1, closed: false)
+                    let id = try await Self.signalConnection(from: bench, to: cache)
+                    let sample = Self.sample(id, initiator: true, peer: cache.welcome.self_p.address, sent: 1, received: 1, closed: false)
                     // Every report is answered: publishing never waited for the stuck reader.
                     for _ in 0..<(published / 1000) {
                         try await Self.report(bench, Array(repeating: sample, count: 1000))

@@ -7,6 +7,7 @@ direct connections are tested without the C shim. Run under `boxer-mesh node --n
         sink BYTES          send BYTES random bytes, shut down writing, check the server's sha256 of what it read
         source BYTES        the server sends BYTES random bytes and its sha256 after them; check both
         echo BYTES          send BYTES while reading the echo back at the same time; check the echo
+        echo-stream SECONDS as echo, sending for SECONDS instead of a byte count (both directions at once)
         many N BYTES        N connections at once, each an echo of BYTES in both directions
         reset               the server resets the connection: expect ECONNRESET
         client-reset        reset our end; the server reports that it saw ECONNRESET
@@ -14,6 +15,7 @@ direct connections are tested without the C shim. Run under `boxer-mesh node --n
         flood SECONDS       the server reads 1 KB/s; push as fast as possible for SECONDS, print what got through
         bench SECONDS       send a fixed buffer as fast as possible for SECONDS; print MB/s (no hashing)
         options             set common TCP options on the socket and print the mesh addresses the node gave
+        sleep SECONDS       no connection: wait, then go on with the next test
     TEST ARGS then TEST ARGS ...            one connection after the other, from the same node
     relay_app.py raw HOST PORT TEST ARGS    the same tests over a plain TCP connection (no node)
     relay_app.py raw-serve HOST PORT        connect out to HOST:PORT and serve that one connection
@@ -222,14 +224,27 @@ def sink_test(conn, size, stream_seconds=None):
     check(conn.recv(1) == b"", "sink: EOF after the answer")
 
 
-def echo_test(conn, size, label=""):
+def echo_test(conn, size, seconds=None):
     conn.sendall(b"ECHO\n")
-    sent_digest, received_digest = hashlib.sha256(), hashlib.sha256()
-    writer = threading.Thread(target=lambda: (send_random(conn, size, sent_digest), conn.shutdown(socket.SHUT_WR)))
+    sent_digest, received_digest, sent = hashlib.sha256(), hashlib.sha256(), [0]
+
+    def write():
+        if seconds is None:
+            sent[0] = send_random(conn, size, sent_digest)
+        else:
+            started, last = time.monotonic(), time.monotonic()
+            while time.monotonic() - started < seconds:
+                sent[0] += send_random(conn, 256 * 1024, sent_digest)
+                if time.monotonic() - last >= 0.5:
+                    last = time.monotonic()
+                    say(f"streaming t={last - started:.1f}s sent={sent[0]}")
+        conn.shutdown(socket.SHUT_WR)
+
+    writer = threading.Thread(target=write)
     writer.start()
     received = read_all(conn, received_digest)
     writer.join()
-    return received == size and sent_digest.digest() == received_digest.digest(), received
+    return received == sent[0] and sent_digest.digest() == received_digest.digest(), received
 
 
 class Raw:
@@ -296,6 +311,9 @@ def client(target, port, test, args, raw=False):
         check(conn.recv(1) == b"", "source: EOF after the last byte")
     elif test == "echo":
         ok, received = echo_test(conn, int(args[0]))
+        check(ok, f"echo: {received} bytes back intact")
+    elif test == "echo-stream":
+        ok, received = echo_test(conn, 0, seconds=float(args[0]))
         check(ok, f"echo: {received} bytes back intact")
     elif test == "reset":
         conn.sendall(b"RESET\n")
@@ -368,6 +386,10 @@ if __name__ == "__main__":
                 else:
                     segments[-1].append(word)
             for segment in segments:
+                if segment[0] == "sleep":
+                    time.sleep(float(segment[1]))
+                    say(f"slept {segment[1]} s")
+                    continue
                 client(sys.argv[2], int(sys.argv[3]), segment[0], segment[1:], raw=sys.argv[1] == "raw")
         except OSError as error:
             say(f"client failed: errno {error.errno}: {error}")

@@ -1942,6 +1942,51 @@ void   boxermesh__v1__relay_reset__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__relay_reset__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   boxermesh__v1__relay_resume__init
+                     (Boxermesh__V1__RelayResume         *message)
+{
+  static const Boxermesh__V1__RelayResume init_value = BOXERMESH__V1__RELAY_RESUME__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__relay_resume__get_packed_size
+                     (const Boxermesh__V1__RelayResume *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_resume__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__relay_resume__pack
+                     (const Boxermesh__V1__RelayResume *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_resume__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__relay_resume__pack_to_buffer
+                     (const Boxermesh__V1__RelayResume *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__relay_resume__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__RelayResume *
+       boxermesh__v1__relay_resume__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__RelayResume *)
+     protobuf_c_message_unpack (&boxermesh__v1__relay_resume__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__relay_resume__free_unpacked
+                     (Boxermesh__V1__RelayResume *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__relay_resume__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   boxermesh__v1__relay_punch__init
                      (Boxermesh__V1__RelayPunch         *message)
 {
@@ -4983,7 +5028,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__shim_take_accepted__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__shim_take_accepted__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__relay_frame__field_descriptors[9] =
+static const ProtobufCFieldDescriptor boxermesh__v1__relay_frame__field_descriptors[10] =
 {
   {
     "connection_id",
@@ -5093,6 +5138,18 @@ static const ProtobufCFieldDescriptor boxermesh__v1__relay_frame__field_descript
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "resume",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__RelayFrame, body_case),
+    offsetof(Boxermesh__V1__RelayFrame, resume),
+    &boxermesh__v1__relay_resume__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__relay_frame__field_indices_by_name[] = {
   0,   /* field[0] = connection_id */
@@ -5102,13 +5159,14 @@ static const unsigned boxermesh__v1__relay_frame__field_indices_by_name[] = {
   6,   /* field[6] = hello */
   7,   /* field[7] = open */
   8,   /* field[8] = punch */
+  9,   /* field[9] = resume */
   3,   /* field[3] = rst */
   5,   /* field[5] = switch_offset */
 };
 static const ProtobufCIntRange boxermesh__v1__relay_frame__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__relay_frame__descriptor =
 {
@@ -5118,7 +5176,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__relay_frame__descriptor =
   "Boxermesh__V1__RelayFrame",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__RelayFrame),
-  9,
+  10,
   boxermesh__v1__relay_frame__field_descriptors,
   boxermesh__v1__relay_frame__field_indices_by_name,
   1,  boxermesh__v1__relay_frame__number_ranges,
@@ -5201,7 +5259,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__relay_open__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__relay_open__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__relay_reset__field_descriptors[1] =
+static const ProtobufCFieldDescriptor boxermesh__v1__relay_reset__field_descriptors[2] =
 {
   {
     "reason",
@@ -5215,14 +5273,27 @@ static const ProtobufCFieldDescriptor boxermesh__v1__relay_reset__field_descript
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "unknown",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayReset, unknown),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__relay_reset__field_indices_by_name[] = {
   0,   /* field[0] = reason */
+  1,   /* field[1] = unknown */
 };
 static const ProtobufCIntRange boxermesh__v1__relay_reset__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__relay_reset__descriptor =
 {
@@ -5232,11 +5303,114 @@ const ProtobufCMessageDescriptor boxermesh__v1__relay_reset__descriptor =
   "Boxermesh__V1__RelayReset",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__RelayReset),
-  1,
+  2,
   boxermesh__v1__relay_reset__field_descriptors,
   boxermesh__v1__relay_reset__field_indices_by_name,
   1,  boxermesh__v1__relay_reset__number_ranges,
   (ProtobufCMessageInit) boxermesh__v1__relay_reset__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__relay_resume__field_descriptors[6] =
+{
+  {
+    "proof",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayResume, proof),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "initiator",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayResume, initiator),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "window",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayResume, window),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "received",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayResume, received),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "acknowledged",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayResume, acknowledged),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "end_received",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayResume, end_received),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__relay_resume__field_indices_by_name[] = {
+  4,   /* field[4] = acknowledged */
+  5,   /* field[5] = end_received */
+  1,   /* field[1] = initiator */
+  0,   /* field[0] = proof */
+  3,   /* field[3] = received */
+  2,   /* field[2] = window */
+};
+static const ProtobufCIntRange boxermesh__v1__relay_resume__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 6 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__relay_resume__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.RelayResume",
+  "RelayResume",
+  "Boxermesh__V1__RelayResume",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__RelayResume),
+  6,
+  boxermesh__v1__relay_resume__field_descriptors,
+  boxermesh__v1__relay_resume__field_indices_by_name,
+  1,  boxermesh__v1__relay_resume__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__relay_resume__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCEnumValue boxermesh__v1__relay_punch__stage__enum_values_by_number[5] =

@@ -58,6 +58,7 @@ typedef struct Boxermesh__V1__RelayFrame Boxermesh__V1__RelayFrame;
 typedef struct Boxermesh__V1__RelayHello Boxermesh__V1__RelayHello;
 typedef struct Boxermesh__V1__RelayOpen Boxermesh__V1__RelayOpen;
 typedef struct Boxermesh__V1__RelayReset Boxermesh__V1__RelayReset;
+typedef struct Boxermesh__V1__RelayResume Boxermesh__V1__RelayResume;
 typedef struct Boxermesh__V1__RelayPunch Boxermesh__V1__RelayPunch;
 
 
@@ -941,7 +942,8 @@ typedef enum {
   BOXERMESH__V1__RELAY_FRAME__BODY_SWITCH_OFFSET = 6,
   BOXERMESH__V1__RELAY_FRAME__BODY_HELLO = 7,
   BOXERMESH__V1__RELAY_FRAME__BODY_OPEN = 8,
-  BOXERMESH__V1__RELAY_FRAME__BODY_PUNCH = 9
+  BOXERMESH__V1__RELAY_FRAME__BODY_PUNCH = 9,
+  BOXERMESH__V1__RELAY_FRAME__BODY_RESUME = 10
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__RELAY_FRAME__BODY__CASE)
 } Boxermesh__V1__RelayFrame__BodyCase;
 
@@ -971,6 +973,7 @@ struct  Boxermesh__V1__RelayFrame
     Boxermesh__V1__RelayHello *hello;
     Boxermesh__V1__RelayOpen *open;
     Boxermesh__V1__RelayPunch *punch;
+    Boxermesh__V1__RelayResume *resume;
   };
 };
 #define BOXERMESH__V1__RELAY_FRAME__INIT \
@@ -1008,10 +1011,51 @@ struct  Boxermesh__V1__RelayReset
 {
   ProtobufCMessage base;
   char *reason;
+  /*
+   * The relay has no state for this node or connection (it restarted): a node that can resume does so instead
+   * of resetting its app's connection.
+   */
+  protobuf_c_boolean unknown;
 };
 #define BOXERMESH__V1__RELAY_RESET__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__relay_reset__descriptor) \
-    , (char *)protobuf_c_empty_string }
+    , (char *)protobuf_c_empty_string, 0 }
+
+
+/*
+ * Re-opens a relayed connection at a broker that lost it (see 5. above).
+ */
+struct  Boxermesh__V1__RelayResume
+{
+  ProtobufCMessage base;
+  /*
+   * HMAC-SHA-256(link token, "boxer-mesh/v1/relay/resume" || connection id): the same from both ends
+   */
+  ProtobufCBinaryData proof;
+  /*
+   * the sender connected (it is the connection's initiator)
+   */
+  protobuf_c_boolean initiator;
+  /*
+   * the connection's window, as the broker first opened it
+   */
+  uint32_t window;
+  /*
+   * bytes the sender received from its peer on the relay: the peer resends from here
+   */
+  uint64_t received;
+  /*
+   * of them, bytes the sender returned as credit
+   */
+  uint64_t acknowledged;
+  /*
+   * the peer's fin or switch_offset arrived
+   */
+  protobuf_c_boolean end_received;
+};
+#define BOXERMESH__V1__RELAY_RESUME__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__relay_resume__descriptor) \
+    , {0,NULL}, 0, 0, 0, 0, 0 }
 
 
 struct  Boxermesh__V1__RelayPunch
@@ -1844,6 +1888,25 @@ Boxermesh__V1__RelayReset *
 void   boxermesh__v1__relay_reset__free_unpacked
                      (Boxermesh__V1__RelayReset *message,
                       ProtobufCAllocator *allocator);
+/* Boxermesh__V1__RelayResume methods */
+void   boxermesh__v1__relay_resume__init
+                     (Boxermesh__V1__RelayResume         *message);
+size_t boxermesh__v1__relay_resume__get_packed_size
+                     (const Boxermesh__V1__RelayResume   *message);
+size_t boxermesh__v1__relay_resume__pack
+                     (const Boxermesh__V1__RelayResume   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__relay_resume__pack_to_buffer
+                     (const Boxermesh__V1__RelayResume   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__RelayResume *
+       boxermesh__v1__relay_resume__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__relay_resume__free_unpacked
+                     (Boxermesh__V1__RelayResume *message,
+                      ProtobufCAllocator *allocator);
 /* Boxermesh__V1__RelayPunch methods */
 void   boxermesh__v1__relay_punch__init
                      (Boxermesh__V1__RelayPunch         *message);
@@ -1994,6 +2057,9 @@ typedef void (*Boxermesh__V1__RelayOpen_Closure)
 typedef void (*Boxermesh__V1__RelayReset_Closure)
                  (const Boxermesh__V1__RelayReset *message,
                   void *closure_data);
+typedef void (*Boxermesh__V1__RelayResume_Closure)
+                 (const Boxermesh__V1__RelayResume *message,
+                  void *closure_data);
 typedef void (*Boxermesh__V1__RelayPunch_Closure)
                  (const Boxermesh__V1__RelayPunch *message,
                   void *closure_data);
@@ -2052,6 +2118,7 @@ extern const ProtobufCMessageDescriptor boxermesh__v1__relay_frame__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__relay_hello__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__relay_open__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__relay_reset__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__relay_resume__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__relay_punch__descriptor;
 extern const ProtobufCEnumDescriptor    boxermesh__v1__relay_punch__stage__descriptor;
 

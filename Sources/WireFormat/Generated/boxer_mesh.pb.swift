@@ -1575,6 +1575,14 @@ public nonisolated struct Boxermesh_V1_RelayFrame: Sendable {
     set {body = .punch(newValue)}
   }
 
+  public var resume: Boxermesh_V1_RelayResume {
+    get {
+      if case .resume(let v)? = body {return v}
+      return Boxermesh_V1_RelayResume()
+    }
+    set {body = .resume(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -1589,6 +1597,7 @@ public nonisolated struct Boxermesh_V1_RelayFrame: Sendable {
     case hello(Boxermesh_V1_RelayHello)
     case `open`(Boxermesh_V1_RelayOpen)
     case punch(Boxermesh_V1_RelayPunch)
+    case resume(Boxermesh_V1_RelayResume)
 
   }
 
@@ -1627,6 +1636,39 @@ public nonisolated struct Boxermesh_V1_RelayReset: Sendable {
   // methods supported on all messages.
 
   public var reason: String = String()
+
+  /// The relay has no state for this node or connection (it restarted): a node that can resume does so instead
+  /// of resetting its app's connection.
+  public var unknown: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Re-opens a relayed connection at a broker that lost it (see 5. above).
+public nonisolated struct Boxermesh_V1_RelayResume: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// HMAC-SHA-256(link token, "boxer-mesh/v1/relay/resume" || connection id): the same from both ends
+  public var proof: Data = Data()
+
+  /// the sender connected (it is the connection's initiator)
+  public var initiator: Bool = false
+
+  /// the connection's window, as the broker first opened it
+  public var window: UInt32 = 0
+
+  /// bytes the sender received from its peer on the relay: the peer resends from here
+  public var received: UInt64 = 0
+
+  /// of them, bytes the sender returned as credit
+  public var acknowledged: UInt64 = 0
+
+  /// the peer's fin or switch_offset arrived
+  public var endReceived: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -3971,7 +4013,7 @@ nonisolated extension Boxermesh_V1_ShimTakeAccepted: SwiftProtobuf.Message, Swif
 
 nonisolated extension Boxermesh_V1_RelayFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RelayFrame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}data\0\u{1}fin\0\u{1}rst\0\u{1}credit\0\u{3}switch_offset\0\u{1}hello\0\u{1}open\0\u{1}punch\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}data\0\u{1}fin\0\u{1}rst\0\u{1}credit\0\u{3}switch_offset\0\u{1}hello\0\u{1}open\0\u{1}punch\0\u{1}resume\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4064,6 +4106,19 @@ nonisolated extension Boxermesh_V1_RelayFrame: SwiftProtobuf.Message, SwiftProto
           self.body = .punch(v)
         }
       }()
+      case 10: try {
+        var v: Boxermesh_V1_RelayResume?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .resume(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .resume(v)
+        }
+      }()
       default: break
       }
     }
@@ -4109,6 +4164,10 @@ nonisolated extension Boxermesh_V1_RelayFrame: SwiftProtobuf.Message, SwiftProto
     case .punch?: try {
       guard case .punch(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 9)
+    }()
+    case .resume?: try {
+      guard case .resume(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
     }()
     case nil: break
     }
@@ -4185,7 +4244,7 @@ nonisolated extension Boxermesh_V1_RelayOpen: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Boxermesh_V1_RelayReset: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RelayReset"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}reason\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}reason\0\u{1}unknown\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4194,6 +4253,7 @@ nonisolated extension Boxermesh_V1_RelayReset: SwiftProtobuf.Message, SwiftProto
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.unknown) }()
       default: break
       }
     }
@@ -4203,11 +4263,70 @@ nonisolated extension Boxermesh_V1_RelayReset: SwiftProtobuf.Message, SwiftProto
     if !self.reason.isEmpty {
       try visitor.visitSingularStringField(value: self.reason, fieldNumber: 1)
     }
+    if self.unknown != false {
+      try visitor.visitSingularBoolField(value: self.unknown, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Boxermesh_V1_RelayReset, rhs: Boxermesh_V1_RelayReset) -> Bool {
     if lhs.reason != rhs.reason {return false}
+    if lhs.unknown != rhs.unknown {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_RelayResume: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".RelayResume"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}proof\0\u{1}initiator\0\u{1}window\0\u{1}received\0\u{1}acknowledged\0\u{3}end_received\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.proof) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.initiator) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.window) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.received) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.acknowledged) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.endReceived) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.proof.isEmpty {
+      try visitor.visitSingularBytesField(value: self.proof, fieldNumber: 1)
+    }
+    if self.initiator != false {
+      try visitor.visitSingularBoolField(value: self.initiator, fieldNumber: 2)
+    }
+    if self.window != 0 {
+      try visitor.visitSingularUInt32Field(value: self.window, fieldNumber: 3)
+    }
+    if self.received != 0 {
+      try visitor.visitSingularUInt64Field(value: self.received, fieldNumber: 4)
+    }
+    if self.acknowledged != 0 {
+      try visitor.visitSingularUInt64Field(value: self.acknowledged, fieldNumber: 5)
+    }
+    if self.endReceived != false {
+      try visitor.visitSingularBoolField(value: self.endReceived, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_RelayResume, rhs: Boxermesh_V1_RelayResume) -> Bool {
+    if lhs.proof != rhs.proof {return false}
+    if lhs.initiator != rhs.initiator {return false}
+    if lhs.window != rhs.window {return false}
+    if lhs.received != rhs.received {return false}
+    if lhs.acknowledged != rhs.acknowledged {return false}
+    if lhs.endReceived != rhs.endReceived {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
