@@ -52,9 +52,26 @@ static int parse_message(const struct nlmsghdr *header, boxer_tcp_counters *coun
     return 1;
 }
 
-/// Parses every inet_diag message in `buffer`, storing while there is room and counting all in *count; sets *done
-/// at NLMSG_DONE. Returns 0, or -1 with errno set.
-static int parse_batch(const char *buffer, ssize_t length, boxer_tcp_counters *out, int capacity, int *count, int *done) {
+/// What to do with each inet_diag message of a dump or a destroy notice.
+typedef void (*diag_visitor)(const struct nlmsghdr *header, void *context);
+
+/// Where counters go: up to `capacity` into `out`, all of them counted.
+struct counters_sink {
+    boxer_tcp_counters *out;
+    int capacity;
+    int count;
+};
+
+static void store_counters(const struct nlmsghdr *header, void *context) {
+    struct counters_sink *sink = context;
+    boxer_tcp_counters counters;
+    if (!parse_message(header, &counters)) return;
+    if (sink->count < sink->capacity) sink->out[sink->count] = counters;
+    sink->count++;
+}
+
+/// Hands every message in `buffer` to `visit`; sets *done at NLMSG_DONE. Returns 0, or -1 with errno set.
+static int parse_batch(const char *buffer, ssize_t length, diag_visitor visit, void *context, int *done) {
     for (const struct nlmsghdr *header = (const struct nlmsghdr *)buffer; NLMSG_OK(header, length);
          header = NLMSG_NEXT(header, length)) {
         if (header->nlmsg_type == NLMSG_DONE) {
@@ -66,15 +83,14 @@ static int parse_batch(const char *buffer, ssize_t length, boxer_tcp_counters *o
             errno = error->error ? -error->error : EPROTO;
             return -1;
         }
-        boxer_tcp_counters counters;
-        if (!parse_message(header, &counters)) continue;
-        if (*count < capacity) out[*count] = counters;
-        (*count)++;
+        visit(header, context);
     }
     return 0;
 }
 
-static int dump_family(int fd, int family, boxer_tcp_counters *out, int capacity, int *count) {
+/// Dumps the TCP sockets of `family` in `states` (a bit per TCP state), with `extensions` (INET_DIAG_* bits), to
+/// `visit`. Returns 0, or -1 with errno set.
+static int dump_family(int fd, int family, uint32_t states, uint8_t extensions, diag_visitor visit, void *context) {
     struct {
         struct nlmsghdr header;
         struct inet_diag_req_v2 request;
@@ -85,8 +101,8 @@ static int dump_family(int fd, int family, boxer_tcp_counters *out, int capacity
     query.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
     query.request.sdiag_family = (uint8_t)family;
     query.request.sdiag_protocol = IPPROTO_TCP;
-    query.request.idiag_states = ~((1u << STATE_LISTEN) | (1u << STATE_TIME_WAIT));
-    query.request.idiag_ext = 1 << (INET_DIAG_INFO - 1);
+    query.request.idiag_states = states;
+    query.request.idiag_ext = extensions;
     struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
     if (sendto(fd, &query, sizeof query, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) return -1;
     char buffer[32768] __attribute__((aligned(8)));
@@ -98,75 +114,54 @@ static int dump_family(int fd, int family, boxer_tcp_counters *out, int capacity
             return -1;
         }
         if (length == 0) break;
-        if (parse_batch(buffer, length, out, capacity, count, &done) < 0) return -1;
+        if (parse_batch(buffer, length, visit, context, &done) < 0) return -1;
     }
     return 0;
 }
 
-/// Whether one dumped message is a listener on `port` whose local address a connection to 127.0.0.1 reaches.
-static int is_loopback_reachable_listener(const struct nlmsghdr *header, uint16_t port) {
-    if (header->nlmsg_type != SOCK_DIAG_BY_FAMILY || header->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg))) return 0;
+/// Dumps both families (IPv4, then IPv6) on a netlink socket of its own. Returns 0, or -1 with errno set.
+static int dump_both(uint32_t states, uint8_t extensions, diag_visitor visit, void *context) {
+    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (fd < 0) return -1;
+    int result = dump_family(fd, AF_INET, states, extensions, visit, context);
+    if (result == 0) result = dump_family(fd, AF_INET6, states, extensions, visit, context);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return result;
+}
+
+/// A listener on `port` whose local address a connection to 127.0.0.1 reaches (0.0.0.0, 127.0.0.1, or ::,
+/// dual-stack unless IPV6_V6ONLY) sets *found.
+struct listener_search {
+    uint16_t port;
+    int found;
+};
+
+static void find_listener(const struct nlmsghdr *header, void *context) {
+    struct listener_search *search = context;
+    if (header->nlmsg_type != SOCK_DIAG_BY_FAMILY || header->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg))) return;
     const struct inet_diag_msg *message = NLMSG_DATA(header);
-    if (message->idiag_state != STATE_LISTEN || ntohs(message->id.idiag_sport) != port) return 0;
+    if (message->idiag_state != STATE_LISTEN || ntohs(message->id.idiag_sport) != search->port) return;
     const uint32_t *address = message->id.idiag_src;
-    if (message->idiag_family == AF_INET) return address[0] == htonl(INADDR_ANY) || address[0] == htonl(INADDR_LOOPBACK);
-    return (address[0] | address[1] | address[2] | address[3]) == 0;  // :: (dual-stack unless IPV6_V6ONLY)
+    if (message->idiag_family == AF_INET) {
+        if (address[0] == htonl(INADDR_ANY) || address[0] == htonl(INADDR_LOOPBACK)) search->found = 1;
+    } else if ((address[0] | address[1] | address[2] | address[3]) == 0) {
+        search->found = 1;
+    }
 }
 
 int boxer_tcp_listening(uint16_t port) {
-    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-    if (fd < 0) return -1;
-    int found = 0, failed = 0;
-    int families[] = {AF_INET, AF_INET6};
-    for (int index = 0; index < 2 && !found && !failed; index++) {
-        struct {
-            struct nlmsghdr header;
-            struct inet_diag_req_v2 request;
-        } query;
-        memset(&query, 0, sizeof query);
-        query.header.nlmsg_len = sizeof query;
-        query.header.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-        query.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-        query.request.sdiag_family = (uint8_t)families[index];
-        query.request.sdiag_protocol = IPPROTO_TCP;
-        query.request.idiag_states = 1u << STATE_LISTEN;
-        struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-        if (sendto(fd, &query, sizeof query, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) {
-            failed = 1;
-            break;
-        }
-        char buffer[32768] __attribute__((aligned(8)));
-        for (int done = 0; !done;) {
-            ssize_t length = recv(fd, buffer, sizeof buffer, 0);
-            if (length < 0 && errno == EINTR) continue;
-            if (length <= 0) {
-                failed = length < 0;
-                break;
-            }
-            for (const struct nlmsghdr *header = (const struct nlmsghdr *)buffer; NLMSG_OK(header, length);
-                 header = NLMSG_NEXT(header, length)) {
-                if (header->nlmsg_type == NLMSG_DONE) done = 1;
-                else if (header->nlmsg_type == NLMSG_ERROR) done = failed = 1;
-                else if (is_loopback_reachable_listener(header, port)) found = 1;
-            }
-        }
-    }
-    int saved = errno;
-    close(fd);
-    errno = saved;
-    return found ? 1 : failed ? -1 : 0;
+    struct listener_search search = {.port = port, .found = 0};
+    if (dump_both(1u << STATE_LISTEN, 0, find_listener, &search) < 0) return -1;
+    return search.found;
 }
 
 int boxer_tcp_dump(boxer_tcp_counters *out, int capacity) {
-    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-    if (fd < 0) return -1;
-    int count = 0;
-    int result = dump_family(fd, AF_INET, out, capacity, &count);
-    if (result == 0) result = dump_family(fd, AF_INET6, out, capacity, &count);
-    int saved = errno;
-    close(fd);
-    errno = saved;
-    return result < 0 ? -1 : count;
+    struct counters_sink sink = {.out = out, .capacity = capacity, .count = 0};
+    uint32_t states = ~((1u << STATE_LISTEN) | (1u << STATE_TIME_WAIT));
+    if (dump_both(states, 1 << (INET_DIAG_INFO - 1), store_counters, &sink) < 0) return -1;
+    return sink.count;
 }
 
 int boxer_tcp_destroy_listen(void) {
@@ -192,16 +187,16 @@ int boxer_tcp_destroy_read(int fd, boxer_tcp_counters *out, int capacity) {
     char buffer[32768] __attribute__((aligned(8)));
     // One datagram holds at most this many notices (each is more than 64 bytes): read one only while it fits.
     const int per_datagram = (int)(sizeof buffer / 64);
-    int count = 0;
-    while (capacity - count >= per_datagram) {
+    struct counters_sink sink = {.out = out, .capacity = capacity, .count = 0};
+    while (capacity - sink.count >= per_datagram) {
         ssize_t length = recv(fd, buffer, sizeof buffer, 0);
         if (length < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-            return count > 0 ? count : -1;
+            return sink.count > 0 ? sink.count : -1;
         }
         int done = 0;
-        if (parse_batch(buffer, length, out, capacity, &count, &done) < 0) return count > 0 ? count : -1;
+        if (parse_batch(buffer, length, store_counters, &sink, &done) < 0) return sink.count > 0 ? sink.count : -1;
     }
-    return count;
+    return sink.count;
 }

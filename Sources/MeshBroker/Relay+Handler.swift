@@ -34,6 +34,8 @@ final class RelayHandler: SocketLoopHandler {
     /// Bytes of ``RelayConfiguration/memoryBudget`` not reserved by an open connection.
     var budgetFree: Int
     var nextTick: ContinuousClock.Instant?
+    /// When an idle relay next trims the allocator (``RelayAllocator/trim()``).
+    var nextTrim = ContinuousClock.now
 
     init(configuration: RelayConfiguration, directory: RelayDirectory, logger: Logger) throws {
         self.configuration = configuration
@@ -105,6 +107,11 @@ final class RelayHandler: SocketLoopHandler {
         }
         expireResumes(now: now)
         badInput.flush()
+        // Idle, the broker gives back what relaying and the nodes that came and went left in the allocator.
+        if connections.isEmpty, now >= nextTrim {
+            RelayAllocator.trim()
+            nextTrim = now + .seconds(5)
+        }
         nextTick = now + .seconds(1)
     }
 

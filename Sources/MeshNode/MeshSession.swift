@@ -129,7 +129,10 @@ public final class MeshSession: Sendable {
             do {
                 try await Task.sleep(for: interval)
                 _ = try await request(.heartbeat(.init()), timeout: .milliseconds(Int64(max(welcome.expiryMs, 1000))))
-                if warned { logger.notice("broker answers heartbeats again") }
+                if warned {
+                    logger.notice("broker answers heartbeats again")
+                    notify(.reachable)
+                }
                 warned = false
             } catch is CancellationError {
                 return
@@ -236,8 +239,10 @@ public final class MeshSession: Sendable {
 
 /// What a session's observers hear.
 public enum SessionEvent: Sendable {
-    /// Heartbeats go unanswered: the broker is down or out of reach.
+    /// Heartbeats go unanswered: the broker is down, out of reach, or only slow.
     case unreachable
+    /// Heartbeats are answered again, in the same session: the broker was only slow or briefly out of reach.
+    case reachable
     /// The broker had lost this node's session and the node joined again: a new session token, same name and
     /// address (the broker's relay lost every relayed connection too).
     case rejoined

@@ -1,10 +1,10 @@
 import Foundation
 import WireFormat
 
-/// Relayed connections across a broker restart. The broker's relay keeps no state a node cannot rebuild: when the
-/// broker stops answering, or this node had to join again, every connection still using the relay is suspended
-/// (its app's bytes stay in the socket; nothing more goes to a relay that may drop it), the node attaches with
-/// its new session, and sends `resume` with its counts. Once the peer's resume comes back, each side sends again
+/// Relayed connections across a broker restart. The broker's relay keeps no state a node cannot rebuild: when
+/// this node had to join again, or the relay says it does not know a connection, every connection still using the
+/// relay is suspended (its app's bytes stay in the socket; nothing more goes to a relay that may drop it), the node
+/// attaches with its new session, and sends `resume` with its counts. Once the peer's resume comes back, each side sends again
 /// what the other did not receive (``RelayResendBuffer``) and goes on. A connection the relay does not take back
 /// within ``resumeTimeout`` of the loss is reset: the app gets ECONNRESET, never a hang.
 extension RelayPump {
@@ -14,8 +14,14 @@ extension RelayPump {
     func sessionChanged(_ event: SessionEvent) {
         switch event {
         case .unreachable:
-            for stream in streams.values { suspend(stream) }
+            // The broker may only be slow (a loaded broker misses a heartbeat's deadline): connections go on, each
+            // within its credit. Should it have lost them, it says so (a reset marked unknown, or our rejoin) and
+            // they are resumed; should it stay silent, they are reset after ``resumeTimeout``.
+            brokerSilentSince = brokerSilentSince ?? .now
+        case .reachable:
+            brokerSilentSince = nil
         case .rejoined:
+            brokerSilentSince = nil
             // A new session means a broker that knows nothing of our connections: resume all, with the new one.
             for stream in streams.values {
                 suspend(stream)
@@ -107,6 +113,10 @@ extension RelayPump {
 
     /// Connections whose relay did not come back in time are reset.
     func resumeTick(now: ContinuousClock.Instant) {
+        if let silent = brokerSilentSince, now - silent >= Self.resumeTimeout {
+            brokerSilentSince = nil
+            for stream in streams.values where !stream.relayDone { stream.resumeBy = now }
+        }
         for stream in streams.values {
             guard let deadline = stream.resumeBy, deadline <= now else { continue }
             logger.warning(

@@ -25,6 +25,8 @@ final class RelayPump: SocketLoopHandler {
     var opening: [UInt64: (context: RelayStreamContext, deadline: ContinuousClock.Instant, continuation: CheckedContinuation<Int32, Error>)] = [:]
     let expectations: RelayExpectations
     var attached = false
+    /// Since when heartbeats go unanswered (nil while the broker answers): relayed connections end if it stays so.
+    var brokerSilentSince: ContinuousClock.Instant?
     var nextHello = ContinuousClock.now
     /// Copy buffer for direct links (app ↔ direct socket).
     var scratch = [UInt8](repeating: 0, count: RelayFrame.maximumData)
@@ -62,6 +64,7 @@ final class RelayPump: SocketLoopHandler {
     var nextTick: ContinuousClock.Instant? {
         var next = nextHello
         for entry in opening.values { next = min(next, entry.deadline) }
+        if let silent = brokerSilentSince { next = min(next, silent + Self.resumeTimeout) }
         for stream in streams.values {
             if let at = stream.resumeBy { next = min(next, at) }
             if let at = stream.upgrade.next { next = min(next, at) }

@@ -217,4 +217,11 @@ public enum RelayAllocator {
         _ = mallopt(-1, 64 << 20)
         _ = mallopt(-3, 1 << 20)
     }
+
+    /// Hands the freed memory that ``tune()`` keeps back to the kernel (malloc_trim(0), every arena): for a
+    /// process whose relay has gone idle, so its resident size returns to what it holds.
+    public static func trim() {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_trim") else { return }
+        _ = unsafeBitCast(symbol, to: (@convention(c) (Int) -> Int32).self)(0)
+    }
 }

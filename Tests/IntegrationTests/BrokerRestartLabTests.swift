@@ -96,6 +96,29 @@ struct BrokerRestartLabTests {
         }
     }
 
+    /// A broker that is only slow — frozen longer than a heartbeat's deadline, as a loaded one can be — is not a
+    /// lost relay: relayed connections go on where they were.
+    @Test("a broker frozen for 3 s (SIGSTOP) during a relayed stream both ways: the nodes notice, the stream goes on intact")
+    func brokerFrozen() async throws {
+        try await MeshLabFixture.with(prefix: "brf", nat: .hard) { mesh in
+            let server = try server(mesh, 1)
+            defer { server.kill() }
+            let echo = try client(mesh, 2, name: "c-echo", ["echo-stream", "8"])
+            defer { echo.kill() }
+            #expect(echo.waitForOutput(containing: "path relay", timeout: .seconds(20)), "\(echo.standardOutput)\n\(echo.standardError)")
+            try await Task.sleep(for: .seconds(2))
+            mesh.broker.kill(SIGSTOP)
+            try await Task.sleep(for: .seconds(3))
+            mesh.broker.kill(SIGCONT)
+            #expect(echo.waitUntilExit(timeout: .seconds(60)) == 0, "\(echo.standardOutput)\n\(echo.standardError)")
+            #expect(echo.standardOutput.split(separator: "\n").contains {
+                $0.hasPrefix("ok echo:") && $0.contains("bytes back intact")
+            }, "\(echo.standardOutput)")
+            #expect(echo.standardError.contains("the broker is unreachable"), "the freeze went unnoticed: \(echo.standardError)")
+            #expect(!echo.standardError.contains("relayed connection reset"), "\(echo.standardError)")
+        }
+    }
+
     @Test("broker away for 15 s: the relayed connection ends with ECONNRESET, a connect meanwhile fails with ETIMEDOUT; all works after")
     func brokerAwayTooLong() async throws {
         try await MeshLabFixture.with(prefix: "brl", nat: .hard) { mesh in

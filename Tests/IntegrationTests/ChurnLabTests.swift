@@ -52,8 +52,8 @@ struct ChurnLabTests {
             let started = ContinuousClock.now
             var wave = 0
             while ContinuousClock.now - started < Self.duration - .seconds(Self.lifetimes.upperBound) {
-                // Peers: this wave and the two before it (some of them gone: their names must fail clearly).
-                let peers = (max(0, wave - 2)...wave).flatMap { w in
+                // Peers: this wave and the one before it (some of them gone: their names must fail clearly).
+                let peers = (max(0, wave - 1)...wave).flatMap { w in
                     (0..<Self.waveSize).map { "w\(w)n\($0):\(Self.port(wave: w, index: $0))" }
                 }
                 for index in 0..<Self.waveSize {
@@ -80,13 +80,14 @@ struct ChurnLabTests {
                     live = max(live, nodes.filter { $0.process.isRunning }.count)
                 }
             }
-            for node in nodes {
-                #expect(node.process.waitUntilExit(timeout: .seconds(90)) == 0, "\(node.name): \(node.process.standardError)")
-            }
-
             var total = (ok: 0, hung: 0, corrupt: 0, served: 0)
             var errors: [String: Int] = [:]
             for node in nodes {
+                let status = node.process.waitUntilExit(timeout: .seconds(90))
+                // A node told to stop before its app set up its handler ends as the signal did (128 + 15), with no
+                // summary; every other one finishes its app and exits 0.
+                if node.terminated, status == 128 + SIGTERM, node.process.standardOutput.isEmpty { continue }
+                #expect(status == 0, "\(node.name): \(node.process.standardError)")
                 guard let line = node.process.standardOutput.split(separator: "\n").last,
                     let summary = try? JSONDecoder().decode(Summary.self, from: Data(line.utf8))
                 else {
@@ -107,18 +108,18 @@ struct ChurnLabTests {
             #expect(total.hung == 0 && total.corrupt == 0)
             #expect(Set(errors.keys).isSubset(of: Self.clearErrors), "\(errors)")
             // Most connections find their peer alive: the failures are the peers that left.
-            #expect(total.ok > 10 * nodes.count && failed * 4 < total.ok, "\(total.ok) ok, \(failed) failed")
+            #expect(total.ok > 5 * nodes.count && failed * 2 < total.ok, "\(total.ok) ok, \(failed) failed")
 
             // Everyone left: the broker lets go of what they held.
+            // An idle broker gives freed memory back every 5 s; allocator and libzmq bookkeeping may keep a little.
+            let slack = 4 * 1024
             var after = try BrokerUsage(pid: broker)
-            let settled = try await eventually(timeout: .seconds(10)) {
+            let settled = try await eventually(timeout: .seconds(15)) {
                 after = try BrokerUsage(pid: broker)
-                return after.fds <= baseline.fds
+                return after.fds <= baseline.fds && after.rssKiB <= baseline.rssKiB + slack
             }
             print("churn: broker \(after.rssKiB) KiB / \(after.fds) fds after everyone left")
-            #expect(settled, "broker fds: \(baseline.fds) before, \(after.fds) after")
-            // Freed memory stays with the allocator for reuse; it must not grow with the nodes that came and went.
-            #expect(after.rssKiB <= baseline.rssKiB + 16 * 1024, "broker RSS: \(baseline.rssKiB) KiB before, \(after.rssKiB) after")
+            #expect(settled, "broker: \(baseline.rssKiB) KiB / \(baseline.fds) fds before, \(after.rssKiB) KiB / \(after.fds) fds after")
             let leftovers = try FileManager.default.contentsOfDirectory(atPath: temporary.path)
             #expect(leftovers.isEmpty, "left in the nodes' TMPDIR: \(leftovers)")
             for index in 1...functions {
