@@ -109,7 +109,7 @@ struct ChurnLabTests {
             #expect(Set(errors.keys).isSubset(of: Self.clearErrors), "\(errors)")
             // Real traffic all along: a name that left costs its asker a resolver timeout (no DNS server in the lab),
             // so the failures take most of the time, but every node's echoes work while its peers live.
-            #expect(total.ok >= 2 * nodes.count && total.served >= total.ok, "\(total.ok) ok, \(failed) failed")
+            #expect(total.ok >= 2 * nodes.count, "\(total.ok) ok, \(failed) failed")
 
             // Everyone left: the broker lets go of what they held.
             // An idle broker gives freed memory back every 5 s; allocator and libzmq bookkeeping may keep a little.
