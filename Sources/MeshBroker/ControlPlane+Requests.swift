@@ -99,5 +99,15 @@ extension ControlPlaneHandler {
             kind == .expire ? "expired (no heartbeat)" : "left",
             metadata: ["mesh": "\(session.mesh)", "node": "\(member.name)", "address": "\(member.ipv4)"])
         publishMembership(kind, member, mesh: session.mesh)
+        if kind == .expire { announceExpiry(of: member, mesh: session.mesh) }
+    }
+
+    /// Tells every node of `mesh` that `member` vanished, so each ends its apps' connections to it at once.
+    private func announceExpiry(of member: Member, mesh: String) {
+        var push = ControlMessage()
+        push.memberExpired = .with { $0.member = member }
+        for other in registry.sessions.values where other.mesh == mesh && other.member != nil {
+            send(to: other.routingID, push)
+        }
     }
 }

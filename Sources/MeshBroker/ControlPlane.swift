@@ -85,6 +85,12 @@ final class ControlPlaneHandler: SocketLoopHandler {
     var closedConnections: Set<ClosedConnection> = []
     let clock = ContinuousClock()
     var nextTick: ContinuousClock.Instant?
+    /// When the last tick ran, and until when no session expires: a broker that was not running (stopped, starved
+    /// of CPU) heard nobody meanwhile, and the silence it caused is not its nodes'.
+    var lastTick: ContinuousClock.Instant?
+    var expiryPausedUntil = ContinuousClock.now
+    /// A tick this late means the broker itself stalled (they run every 100 ms).
+    static let stallThreshold = Duration.milliseconds(500)
 
     static let maximumPendingHandshakes = 4096
     static let handshakeTimeout = Duration.seconds(10)
@@ -139,8 +145,16 @@ final class ControlPlaneHandler: SocketLoopHandler {
     func handle(_ command: Never) {}
 
     func tick(now: ContinuousClock.Instant) {
-        for session in registry.expire(silentSince: now - configuration.expiry) {
-            sessionEnded(session, kind: .expire)
+        if let last = lastTick, now - last > Self.stallThreshold {
+            // Their heartbeats may still sit in the kernel and libzmq's queues: give them one expiry period.
+            logger.warning("the broker stalled for \(now - last); no node expires before its heartbeats had time to arrive")
+            expiryPausedUntil = now + configuration.expiry
+        }
+        lastTick = now
+        if now >= expiryPausedUntil {
+            for session in registry.expire(silentSince: now - configuration.expiry) {
+                sessionEnded(session, kind: .expire)
+            }
         }
         pendingHandshakes = pendingHandshakes.filter { now - $0.value.created < Self.handshakeTimeout }
         expirePendingConnections(now: now)

@@ -31,6 +31,8 @@ final class FlowMonitor: Sendable {
         var path: Boxermesh_V1_Path
         let started: ContinuousClock.Instant
         let cookie: UInt64
+        /// The app's socket's inode: how the node finds it in the app's descriptors (``peerExpired(_:)``).
+        let inode: UInt64
         /// Bytes each way on the socket before the app got it (a direct link's token proofs), not the app's.
         let preamble: UInt64
         /// Whose RTT to report: the app's socket (direct), the node's direct socket (upgraded), or none (relayed).
@@ -75,9 +77,11 @@ final class FlowMonitor: Sendable {
         let cookie = boxer_socket_cookie(fd)
         guard cookie != 0 else { return logger.debug("socket \(fd) has no cookie: its flow is not followed") }
         let now = ContinuousClock.now
+        var status = stat()
+        let inode = fstat(fd, &status) == 0 ? UInt64(status.st_ino) : 0
         let flow = Flow(
             id: id, initiator: initiator, peer: peer.ipv4, peerName: peer.name, port: port, path: path, started: now, cookie: cookie,
-            preamble: path == .direct ? UInt64(LinkToken.proofSize) : 0, rttCookie: path == .direct ? cookie : nil, sampledAt: now)
+            inode: inode, preamble: path == .direct ? UInt64(LinkToken.proofSize) : 0, rttCookie: path == .direct ? cookie : nil, sampledAt: now)
         let refused = state.withLock { state in
             state.flows[cookie] = flow
             // Subscribed before the app has the socket, so its destroy notice cannot be missed.
@@ -104,6 +108,34 @@ final class FlowMonitor: Sendable {
     }
 
     func brokerRoundTrip(_ rtt: Duration) { state.withLock { $0.brokerRTT = rtt } }
+
+    // MARK: What the broker tells
+
+    /// The broker expired `peer` (it vanished without a FIN): resets the app's socket of every connection to it, so
+    /// the app's calls fail with ECONNRESET now rather than when TCP gives up (keepalive after 5 s of silence; a
+    /// writer's unacknowledged data only after the retransmission limit, minutes). Blocks while it reads /proc.
+    func peerExpired(_ peer: Member) {
+        let inodes = state.withLock { state in
+            state.flows.values.filter { $0.peer == peer.ipv4 && $0.inode != 0 }.map(\.inode)
+        }
+        guard !inodes.isEmpty else { return }
+        var reset = 0
+        var refusal: Int32?
+        for inode in inodes {
+            switch boxer_reset_app_socket(inode) {
+            case 1: reset += 1
+            case 0: break  // the app closed it meanwhile
+            default: refusal = errno
+            }
+        }
+        logger.notice(
+            "a peer vanished: its connections reset", metadata: ["peer": "\(peer.name)", "connections": "\(reset)"])
+        if let refusal {
+            logger.warning(
+                "cannot reach the app's sockets to end them (\(String(cString: strerror(refusal)))): connections to a vanished peer end by keepalive, after 5 s of silence, or by TCP's retransmission limit",
+                metadata: ["peer": "\(peer.name)"])
+        }
+    }
 
     // MARK: Running
 

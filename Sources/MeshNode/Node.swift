@@ -81,7 +81,11 @@ public enum Node {
                 relayTask.cancel()
             }
             client.onPush { message in
-                if case .incomingConnection(let incoming) = message.body { Task { await links.accept(incoming) } }
+                switch message.body {
+                case .incomingConnection(let incoming): Task { await links.accept(incoming) }
+                case .memberExpired(let expired): Task { flows.peerExpired(expired.member) }
+                default: break
+                }
             }
             let local = try LocalService(links: links, session: session, logger: logger)
             local.start()

@@ -25,15 +25,21 @@ struct FailureLabTests {
         try await vanished(prefix: "kar", nat: .hard, path: "relay")
     }
 
-    /// fn2's app holds a connection to fn1's app and blocks in recv; then fn1 vanishes.
-    func vanished(prefix: String, nat: NATKind, path: String) async throws {
+    /// A writer's unacknowledged data keeps keepalive from probing: only the node, told of the expiry, ends it.
+    @Test("a vanished peer on a direct link: the app writing to it fails within 5 s of the broker's expiry; the tap shows the close")
+    func vanishedWriter() async throws {
+        try await vanished(prefix: "kaw", nat: .easy, path: "direct", mode: "write")
+    }
+
+    /// fn2's app holds a connection to fn1's app, blocked in recv (`hold`) or writing (`write`); then fn1 vanishes.
+    func vanished(prefix: String, nat: NATKind, path: String, mode: String = "hold") async throws {
         try MeshLabFixture.requireShim()
         try await MeshLabFixture.with(prefix: prefix, nat: nat) { mesh in
             let tap = try await Self.tap(mesh)
             defer { tap.kill() }
             let server = try Self.server(mesh)
             defer { server.kill() }
-            let client = try mesh.node(2, name: "cli", [Self.app, "hold", "srv", "7000"])
+            let client = try mesh.node(2, name: "cli", [Self.app, mode, "srv", "7000"])
             defer { client.kill() }
             try #require(client.waitForOutput(containing: "connected at", timeout: .seconds(30)), "\(client.standardOutput)\n\(client.standardError)")
             let connect = await Self.event(in: tap, "connect", node: "cli")
@@ -41,20 +47,23 @@ struct FailureLabTests {
             if path == "direct" {
                 // Both ends carry the node's settings: the connecting app's socket and the accepted one.
                 #expect(client.standardOutput.contains("connected to 7000: \(Self.tuned)"), "\(client.standardOutput)")
-                #expect(server.standardOutput.contains("HOLD on 7000: \(Self.tuned)"), "\(server.standardOutput)")
+                #expect(server.standardOutput.contains("\(mode == "hold" ? "HOLD" : "SINK") on 7000: \(Self.tuned)"), "\(server.standardOutput)")
             }
 
             let frozen = try Self.vanish(mesh, function: 1, node: server)
             defer { Self.kill(frozen) }
             let expire = await Self.event(in: tap, "expire", node: "srv", timeout: .seconds(10))
             let expiredAt = try #require(expire?["time_unix_ms"] as? Int, "no expire event: \(tap.standardOutput)")
-            try #require(client.waitForOutput(containing: "recv ended", timeout: .seconds(15)), "\(client.standardOutput)")
-            let ended = try #require(client.standardOutput.split(separator: "\n").first { $0.hasPrefix("recv ended") })
+            let call = mode == "hold" ? "recv" : "send"
+            try #require(client.waitForOutput(containing: "\(call) ended", timeout: .seconds(15)), "\(client.standardOutput)")
+            let ended = try #require(client.standardOutput.split(separator: "\n").first { $0.hasPrefix("\(call) ended") })
             let words = ended.split(separator: " ")
             let failedAt = try #require(Int(words.last ?? ""), "\(ended)")
             let delay = failedAt - expiredAt
-            print("failure lab (\(path)): the app's recv ended with \(words[2]) \(delay) ms after the broker expired its peer")
-            #expect(words[2] == "ETIMEDOUT" || words[2] == "ECONNRESET", "recv must fail, not end cleanly: \(ended)")
+            print("failure lab (\(path), \(mode)): the app's \(call) ended with \(words[2]) \(delay) ms after the broker expired its peer")
+            // The node resets the socket (a recv blocked at that moment returns EPIPE, later calls ECONNRESET); where
+            // it cannot, keepalive does (ETIMEDOUT).
+            #expect(["ECONNRESET", "EPIPE", "ETIMEDOUT"].contains(words[2]), "\(call) must fail, not end cleanly: \(ended)")
             #expect(delay <= 5000, "\(delay) ms after the expiry")
             let close = await Self.event(in: tap, "close", node: "cli")
             #expect(close?["peer"] as? String == "srv" && close?["path"] as? String == path, "\(tap.standardOutput)")

@@ -6,6 +6,8 @@
                                         SO_KEEPALIVE off (accepted sockets inherit it); each client's first line
                                         says what to do
     liveness_app.py hold HOST PORT      connect, then block in recv; print how and when (Unix ms) recv ended
+    liveness_app.py write HOST PORT     connect, then write as fast as the server reads (it discards); print how
+                                        and when (Unix ms) the writing ended
     liveness_app.py echo HOST PORT S    send a numbered line every 20 ms for S seconds while reading the echo;
                                         check every line came back in order
     liveness_app.py idle HOST PORT S    two connections, to PORT (as the node set it up) and to PORT+1 with
@@ -53,6 +55,10 @@ def serve_one(conn, port):
         if command[0] == "HOLD":
             conn.sendall(b"held\n")
             conn.recv(1)
+        elif command[0] == "SINK":
+            conn.sendall(b"sinking\n")
+            while conn.recv(65536):
+                pass
         elif command[0] == "ECHO":
             while data := conn.recv(65536):
                 conn.sendall(data)
@@ -115,6 +121,19 @@ def hold(host, port):
         say(f"recv ended {errno.errorcode.get(error.errno, error.errno)} at {now_ms()}")
 
 
+def write(host, port):
+    sock = connect(host, port)
+    sock.sendall(b"SINK\n")
+    read_line(sock)
+    say(f"connected at {now_ms()}")
+    block = b"x" * 65536
+    try:
+        while True:
+            sock.sendall(block)
+    except OSError as error:
+        say(f"send ended {errno.errorcode.get(error.errno, error.errno)} at {now_ms()}")
+
+
 def echo(host, port, seconds):
     sock = connect(host, port)
     sock.sendall(b"ECHO\n")
@@ -175,6 +194,8 @@ if __name__ == "__main__":
         serve(int(sys.argv[2]))
     elif mode == "hold":
         hold(sys.argv[2], int(sys.argv[3]))
+    elif mode == "write":
+        write(sys.argv[2], int(sys.argv[3]))
     elif mode == "echo":
         echo(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
     elif mode == "idle":

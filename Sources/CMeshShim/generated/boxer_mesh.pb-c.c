@@ -907,6 +907,51 @@ void   boxermesh__v1__connect_offer__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__connect_offer__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   boxermesh__v1__member_expired__init
+                     (Boxermesh__V1__MemberExpired         *message)
+{
+  static const Boxermesh__V1__MemberExpired init_value = BOXERMESH__V1__MEMBER_EXPIRED__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__member_expired__get_packed_size
+                     (const Boxermesh__V1__MemberExpired *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__member_expired__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__member_expired__pack
+                     (const Boxermesh__V1__MemberExpired *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__member_expired__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__member_expired__pack_to_buffer
+                     (const Boxermesh__V1__MemberExpired *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__member_expired__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__MemberExpired *
+       boxermesh__v1__member_expired__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__MemberExpired *)
+     protobuf_c_message_unpack (&boxermesh__v1__member_expired__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__member_expired__free_unpacked
+                     (Boxermesh__V1__MemberExpired *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__member_expired__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   boxermesh__v1__incoming_connection__init
                      (Boxermesh__V1__IncomingConnection         *message)
 {
@@ -2032,7 +2077,7 @@ void   boxermesh__v1__relay_punch__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__relay_punch__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_descriptors[23] =
+static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_descriptors[24] =
 {
   {
     "request_id",
@@ -2310,6 +2355,18 @@ static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_desc
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "member_expired",
+    31,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ControlMessage, body_case),
+    offsetof(Boxermesh__V1__ControlMessage, member_expired),
+    &boxermesh__v1__member_expired__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__control_message__field_indices_by_name[] = {
   20,   /* field[20] = ack */
@@ -2328,6 +2385,7 @@ static const unsigned boxermesh__v1__control_message__field_indices_by_name[] = 
   9,   /* field[9] = leave_ack */
   21,   /* field[21] = link_report */
   13,   /* field[13] = list_members */
+  23,   /* field[23] = member_expired */
   14,   /* field[14] = members */
   0,   /* field[0] = request_id */
   10,   /* field[10] = resolve */
@@ -2340,7 +2398,7 @@ static const ProtobufCIntRange boxermesh__v1__control_message__number_ranges[2 +
 {
   { 1, 0 },
   { 10, 2 },
-  { 0, 23 }
+  { 0, 24 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__control_message__descriptor =
 {
@@ -2350,7 +2408,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__control_message__descriptor =
   "Boxermesh__V1__ControlMessage",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ControlMessage),
-  23,
+  24,
   boxermesh__v1__control_message__field_descriptors,
   boxermesh__v1__control_message__field_indices_by_name,
   2,  boxermesh__v1__control_message__number_ranges,
@@ -3289,6 +3347,44 @@ const ProtobufCMessageDescriptor boxermesh__v1__connect_offer__descriptor =
   boxermesh__v1__connect_offer__field_indices_by_name,
   1,  boxermesh__v1__connect_offer__number_ranges,
   (ProtobufCMessageInit) boxermesh__v1__connect_offer__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__member_expired__field_descriptors[1] =
+{
+  {
+    "member",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__MemberExpired, member),
+    &boxermesh__v1__member__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__member_expired__field_indices_by_name[] = {
+  0,   /* field[0] = member */
+};
+static const ProtobufCIntRange boxermesh__v1__member_expired__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__member_expired__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.MemberExpired",
+  "MemberExpired",
+  "Boxermesh__V1__MemberExpired",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__MemberExpired),
+  1,
+  boxermesh__v1__member_expired__field_descriptors,
+  boxermesh__v1__member_expired__field_indices_by_name,
+  1,  boxermesh__v1__member_expired__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__member_expired__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor boxermesh__v1__incoming_connection__field_descriptors[5] =

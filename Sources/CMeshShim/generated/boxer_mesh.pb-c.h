@@ -35,6 +35,7 @@ typedef struct Boxermesh__V1__Ack Boxermesh__V1__Ack;
 typedef struct Boxermesh__V1__PublicEndpoint Boxermesh__V1__PublicEndpoint;
 typedef struct Boxermesh__V1__ConnectRequest Boxermesh__V1__ConnectRequest;
 typedef struct Boxermesh__V1__ConnectOffer Boxermesh__V1__ConnectOffer;
+typedef struct Boxermesh__V1__MemberExpired Boxermesh__V1__MemberExpired;
 typedef struct Boxermesh__V1__IncomingConnection Boxermesh__V1__IncomingConnection;
 typedef struct Boxermesh__V1__ConnectAnswer Boxermesh__V1__ConnectAnswer;
 typedef struct Boxermesh__V1__LinkReport Boxermesh__V1__LinkReport;
@@ -201,7 +202,8 @@ typedef enum {
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_CONNECT_ANSWER = 27,
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_ACK = 28,
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_LINK_REPORT = 29,
-  BOXERMESH__V1__CONTROL_MESSAGE__BODY_FLOW_REPORT = 30
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_FLOW_REPORT = 30,
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_MEMBER_EXPIRED = 31
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__CONTROL_MESSAGE__BODY__CASE)
 } Boxermesh__V1__ControlMessage__BodyCase;
 
@@ -239,6 +241,7 @@ struct  Boxermesh__V1__ControlMessage
     Boxermesh__V1__Ack *ack;
     Boxermesh__V1__LinkReport *link_report;
     Boxermesh__V1__FlowReport *flow_report;
+    Boxermesh__V1__MemberExpired *member_expired;
   };
 };
 #define BOXERMESH__V1__CONTROL_MESSAGE__INIT \
@@ -519,6 +522,22 @@ struct  Boxermesh__V1__ConnectOffer
 #define BOXERMESH__V1__CONNECT_OFFER__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__connect_offer__descriptor) \
     , 0, NULL, NULL, {0,NULL} }
+
+
+/*
+ * Broker -> every other node of the mesh, pushed: a member was expired (no heartbeat for the expiry time; its
+ * function froze or vanished without leaving). Its peers end their apps' connections to it at once, where TCP alone
+ * would notice only after its own timeouts (a writer's unacknowledged data: minutes). Not sent for a graceful leave:
+ * a node leaves once its app ended, and the app's sockets closed then.
+ */
+struct  Boxermesh__V1__MemberExpired
+{
+  ProtobufCMessage base;
+  Boxermesh__V1__Member *member;
+};
+#define BOXERMESH__V1__MEMBER_EXPIRED__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__member_expired__descriptor) \
+    , NULL }
 
 
 struct  Boxermesh__V1__IncomingConnection
@@ -1451,6 +1470,25 @@ Boxermesh__V1__ConnectOffer *
 void   boxermesh__v1__connect_offer__free_unpacked
                      (Boxermesh__V1__ConnectOffer *message,
                       ProtobufCAllocator *allocator);
+/* Boxermesh__V1__MemberExpired methods */
+void   boxermesh__v1__member_expired__init
+                     (Boxermesh__V1__MemberExpired         *message);
+size_t boxermesh__v1__member_expired__get_packed_size
+                     (const Boxermesh__V1__MemberExpired   *message);
+size_t boxermesh__v1__member_expired__pack
+                     (const Boxermesh__V1__MemberExpired   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__member_expired__pack_to_buffer
+                     (const Boxermesh__V1__MemberExpired   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__MemberExpired *
+       boxermesh__v1__member_expired__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__member_expired__free_unpacked
+                     (Boxermesh__V1__MemberExpired *message,
+                      ProtobufCAllocator *allocator);
 /* Boxermesh__V1__IncomingConnection methods */
 void   boxermesh__v1__incoming_connection__init
                      (Boxermesh__V1__IncomingConnection         *message);
@@ -1988,6 +2026,9 @@ typedef void (*Boxermesh__V1__ConnectRequest_Closure)
 typedef void (*Boxermesh__V1__ConnectOffer_Closure)
                  (const Boxermesh__V1__ConnectOffer *message,
                   void *closure_data);
+typedef void (*Boxermesh__V1__MemberExpired_Closure)
+                 (const Boxermesh__V1__MemberExpired *message,
+                  void *closure_data);
 typedef void (*Boxermesh__V1__IncomingConnection_Closure)
                  (const Boxermesh__V1__IncomingConnection *message,
                   void *closure_data);
@@ -2092,6 +2133,7 @@ extern const ProtobufCMessageDescriptor boxermesh__v1__ack__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__public_endpoint__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__connect_request__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__connect_offer__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__member_expired__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__incoming_connection__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__connect_answer__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__link_report__descriptor;

@@ -40,6 +40,12 @@ typedef struct {
 /// coming and going meanwhile cannot hide one (as they can from a read of /proc/net/tcp).
 int boxer_tcp_listening(uint16_t port);
 
+/// Resets the TCP socket with inode `inode` wherever this process may reach it (the node's own app, same user): the
+/// first process found holding it lends a copy through pidfd_getfd (Linux 5.6; needs ptrace access to that
+/// process), and connect(AF_UNSPEC) on the copy disconnects it, so the app's calls on it fail with ECONNRESET.
+/// Returns 1, 0 when no process holds it (errno ESRCH), or -1 with errno set (EPERM: not allowed here).
+int boxer_reset_app_socket(uint64_t inode);
+
 /// The socket's cookie (SO_COOKIE); 0 when the kernel cannot tell.
 uint64_t boxer_socket_cookie(int fd);
 

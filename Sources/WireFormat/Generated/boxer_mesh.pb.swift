@@ -369,6 +369,14 @@ public nonisolated struct Boxermesh_V1_ControlMessage: Sendable {
     set {body = .flowReport(newValue)}
   }
 
+  public var memberExpired: Boxermesh_V1_MemberExpired {
+    get {
+      if case .memberExpired(let v)? = body {return v}
+      return Boxermesh_V1_MemberExpired()
+    }
+    set {body = .memberExpired(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -393,6 +401,7 @@ public nonisolated struct Boxermesh_V1_ControlMessage: Sendable {
     case ack(Boxermesh_V1_Ack)
     case linkReport(Boxermesh_V1_LinkReport)
     case flowReport(Boxermesh_V1_FlowReport)
+    case memberExpired(Boxermesh_V1_MemberExpired)
 
   }
 
@@ -746,6 +755,31 @@ public nonisolated struct Boxermesh_V1_ConnectOffer: Sendable {
 
   fileprivate var _peer: Boxermesh_V1_Member? = nil
   fileprivate var _endpoint: Boxermesh_V1_PublicEndpoint? = nil
+}
+
+/// Broker -> every other node of the mesh, pushed: a member was expired (no heartbeat for the expiry time; its
+/// function froze or vanished without leaving). Its peers end their apps' connections to it at once, where TCP alone
+/// would notice only after its own timeouts (a writer's unacknowledged data: minutes). Not sent for a graceful leave:
+/// a node leaves once its app ended, and the app's sockets closed then.
+public nonisolated struct Boxermesh_V1_MemberExpired: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var member: Boxermesh_V1_Member {
+    get {_member ?? Boxermesh_V1_Member()}
+    set {_member = newValue}
+  }
+  /// Returns true if `member` has been explicitly set.
+  public var hasMember: Bool {self._member != nil}
+  /// Clears the value of `member`. Subsequent reads from it will return its default value.
+  public mutating func clearMember() {self._member = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _member: Boxermesh_V1_Member? = nil
 }
 
 public nonisolated struct Boxermesh_V1_IncomingConnection: Sendable {
@@ -1774,7 +1808,7 @@ nonisolated extension Boxermesh_V1_Path: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ControlMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}session\0\u{2}\u{8}hello\0\u{1}challenge\0\u{1}authenticate\0\u{1}welcome\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}leave\0\u{3}leave_ack\0\u{1}resolve\0\u{1}resolved\0\u{3}wait_members\0\u{3}list_members\0\u{1}members\0\u{1}error\0\u{3}connect_request\0\u{3}connect_offer\0\u{3}incoming_connection\0\u{3}connect_answer\0\u{1}ack\0\u{3}link_report\0\u{3}flow_report\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}session\0\u{2}\u{8}hello\0\u{1}challenge\0\u{1}authenticate\0\u{1}welcome\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}leave\0\u{3}leave_ack\0\u{1}resolve\0\u{1}resolved\0\u{3}wait_members\0\u{3}list_members\0\u{1}members\0\u{1}error\0\u{3}connect_request\0\u{3}connect_offer\0\u{3}incoming_connection\0\u{3}connect_answer\0\u{1}ack\0\u{3}link_report\0\u{3}flow_report\0\u{3}member_expired\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2057,6 +2091,19 @@ nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftP
           self.body = .flowReport(v)
         }
       }()
+      case 31: try {
+        var v: Boxermesh_V1_MemberExpired?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .memberExpired(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .memberExpired(v)
+        }
+      }()
       default: break
       }
     }
@@ -2157,6 +2204,10 @@ nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftP
     case .flowReport?: try {
       guard case .flowReport(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
+    }()
+    case .memberExpired?: try {
+      guard case .memberExpired(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
     }()
     case nil: break
     }
@@ -2840,6 +2891,40 @@ nonisolated extension Boxermesh_V1_ConnectOffer: SwiftProtobuf.Message, SwiftPro
     if lhs._peer != rhs._peer {return false}
     if lhs._endpoint != rhs._endpoint {return false}
     if lhs.token != rhs.token {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_MemberExpired: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MemberExpired"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}member\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._member) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._member {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_MemberExpired, rhs: Boxermesh_V1_MemberExpired) -> Bool {
+    if lhs._member != rhs._member {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
