@@ -86,22 +86,28 @@ extension BoxerMesh.Lab {
 
         @Option(
             name: .customLong("function-memory"),
-            help: """
+            help: ArgumentHelp(
+                """
                 Make every function host an AWS Lambda function of MB megabytes (128-10240): its programs (lab \
                 exec, and what tests spawn) run as uid 65534 without capabilities, in cgroups with the CPU \
                 quota MB/1769 of one CPU and the hard memory limit MB, with the root file system read-only, \
                 a private 512 MB /tmp (TMPDIR=/tmp), and its link shaped to --function-bandwidth. Without it \
                 function hosts are plain root shells.
-                """
+                """,
+                valueName: "MB"
+            )
         )
         var functionMemory: Int?
 
         @Option(
             name: .customLong("function-bandwidth"),
-            help: """
+            help: ArgumentHelp(
+                """
                 With --function-memory: each function's link rate in Mbit/s, each way (tbf on its eth0 and its \
                 NAT's lan0). Default 600, about what a Lambda function gets.
-                """
+                """,
+                valueName: "MBIT"
+            )
         )
         var functionBandwidth: Int?
 
