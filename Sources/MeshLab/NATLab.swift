@@ -177,8 +177,7 @@ public struct NATLab: Sendable {
     // MARK: Running programs in the lab
 
     /// Runs `args` (program first, found through PATH) in `host`'s namespace (as the function, in a function host of
-    /// a lab with function limits), waits, and returns how it ended and
-    /// what it printed. Throws only if the host does not exist or the program cannot be started; check
+    /// a lab with function limits), waits, and returns how it ended and what it printed. Throws only if the host does not exist or the program cannot be started; check
     /// ``CommandResult/status`` or call ``CommandResult/check()`` for the outcome. With `timeout`, a program still
     /// running then is killed and the result says ``CommandResult/timedOut``.
     public func run(_ host: LabHost, _ args: [String], timeout: Duration? = nil) throws -> CommandResult {
@@ -188,7 +187,8 @@ public struct NATLab: Sendable {
         return result
     }
 
-    /// Starts `args` (program first, found through PATH) in `host`'s namespace and returns at once.
+    /// Starts `args` (program first, found through PATH) in `host`'s namespace (as the function, in a function host
+    /// of a lab with function limits) and returns at once.
     /// `environment` is added to this process's environment.
     public func spawn(_ host: LabHost, _ args: [String], environment: [String: String] = [:]) throws -> LabProcess {
         try LabProcess(
