@@ -8,7 +8,8 @@ public enum NATKind: String, Codable, Sendable, CaseIterable {
     case hard
 }
 
-/// What `NATLab.up` builds: how many functions, which NAT, and how slow or lossy the internet is.
+/// What `NATLab.up` builds: how many functions, which NAT, how slow or lossy the internet is, and whether each
+/// function host models a Lambda function of some size.
 public struct LabConfig: Codable, Sendable, Equatable {
     /// The most functions one lab holds: NAT i's public address is 203.0.113.(100 + i).
     public static let maxFunctions = 150
@@ -27,13 +28,20 @@ public struct LabConfig: Codable, Sendable, Equatable {
     /// `net.netfilter.nf_conntrack_tcp_timeout_established`); nil keeps the kernel's 5 days. Real NATs forget
     /// sooner (cloud NAT gateways after about 350 s): a short one shows whether idle links survive.
     public var natTCPTimeout: Int?
+    /// The Lambda function every function host models (unprivileged user, cgroup, read-only root, private /tmp,
+    /// shaped link); nil leaves function hosts as plain root shells in their namespaces.
+    public var functionLimits: FunctionLimits?
 
-    public init(functions: Int, nat: NATKind = .easy, delayMs: Int = 0, lossPercent: Double = 0, natTCPTimeout: Int? = nil) {
+    public init(
+        functions: Int, nat: NATKind = .easy, delayMs: Int = 0, lossPercent: Double = 0, natTCPTimeout: Int? = nil,
+        functionLimits: FunctionLimits? = nil
+    ) {
         self.functions = functions
         self.nat = nat
         self.delayMs = delayMs
         self.lossPercent = lossPercent
         self.natTCPTimeout = natTCPTimeout
+        self.functionLimits = functionLimits
     }
 
     /// Throws ``LabError/Code/invalidConfig`` when a value is out of range.
@@ -50,6 +58,7 @@ public struct LabConfig: Codable, Sendable, Equatable {
         if let natTCPTimeout, !(1...432_000).contains(natTCPTimeout) {
             throw LabError(.invalidConfig, "the NAT TCP timeout must be 1...432000 s, got \(natTCPTimeout)")
         }
+        try functionLimits?.validate()
     }
 
     /// Every host of a lab with this config, in the order `status` lists them.

@@ -8,7 +8,7 @@ public struct LabError: Error, Sendable, CustomStringConvertible, LocalizedError
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: Hashable, Sendable {
             case notRoot, invalidPrefix, invalidConfig, toolMissing
-            case commandFailed, launchFailed, noSuchNamespace, stateFile
+            case commandFailed, launchFailed, noSuchNamespace, stateFile, functionLimits
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -29,6 +29,8 @@ public struct LabError: Error, Sendable, CustomStringConvertible, LocalizedError
         public static let noSuchNamespace = Code(.noSuchNamespace)
         /// The state file could not be read or written.
         public static let stateFile = Code(.stateFile)
+        /// A function host's limits could not be set up (no cgroup v1, a cgroup refused a value).
+        public static let functionLimits = Code(.functionLimits)
 
         public var description: String { String(describing: base) }
     }

@@ -19,7 +19,8 @@ public final class LabProcess: @unchecked Sendable {
     public let host: LabHost
     /// The program and its arguments, as given to `spawn`.
     public let arguments: [String]
-    /// The program's pid. `ip netns exec` execs the program, so this is the program itself: signal it directly.
+    /// The program's pid. `ip netns exec` (and a function host's launcher) execs the program, so this is the program
+    /// itself: signal it directly.
     public let pid: Int32
     /// The file that collects standard output.
     public var standardOutputURL: URL { files.stdoutURL }
@@ -29,14 +30,14 @@ public final class LabProcess: @unchecked Sendable {
     private let child: ChildProcess
     private let files: OutputFiles
 
-    init(host: LabHost, namespace: String, arguments: [String], environment: [String: String]) throws {
-        let ip = try LabShell.ip()
+    /// Starts `command`, which runs `arguments` in `host` (``NATLab/netnsExec(_:_:)``).
+    init(host: LabHost, namespace: String, command: [String], arguments: [String], environment: [String: String]) throws {
         let files = try OutputFiles(
             tag: "\(namespace)-\(arguments.first.map { ($0 as NSString).lastPathComponent } ?? "")"
         )
         do throws(SpawnError) {
             child = try ChildProcess(
-                [ip, "netns", "exec", namespace] + arguments,
+                command,
                 environment: ProcessInfo.processInfo.environment.merging(environment) { _, new in new },
                 standardInput: .null,
                 standardOutput: .file(files.stdoutURL.path),

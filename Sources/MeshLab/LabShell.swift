@@ -10,7 +10,7 @@ import Darwin
 #endif
 
 /// The one place the lab runs commands (``ChildProcess``, not Foundation's `Process`, which crashes under load on
-/// this toolchain); finds `ip`, `iptables`, `sysctl` and `python3`.
+/// this toolchain); finds the programs it runs.
 enum LabShell {
     /// Runs `arguments` (absolute program path first), waits for it, and captures its output.
     ///
@@ -60,7 +60,10 @@ enum LabShell {
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
         }
         let package =
-            ["ip": "iproute2", "iptables": "iptables", "sysctl": "procps", "python3": "python3"][name] ?? name
+            [
+                "ip": "iproute2", "tc": "iproute2", "iptables": "iptables", "sysctl": "procps", "python3": "python3",
+                "mount": "mount", "unshare": "util-linux", "setpriv": "util-linux", "sh": "dash",
+            ][name] ?? name
         throw LabError(.toolMissing, "`\(name)` not found in /usr/sbin, /sbin or PATH (Debian package \(package))")
     }
 

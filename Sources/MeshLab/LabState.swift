@@ -33,7 +33,7 @@ public struct LabState: Codable, Sendable, Equatable {
         let I = NATLab.Interface.self
         hosts = config.hosts.map { host in
             let addresses: [String]
-            let role: String
+            var role: String
             switch host {
             case .internet:
                 addresses = ["\(I.bridge) (no address) \(NATLab.internetSubnet)"]
@@ -50,6 +50,9 @@ public struct LabState: Codable, Sendable, Equatable {
             case .function(let i):
                 addresses = ["\(I.host) \(NATLab.privateAddress(ofFunction: i))/24"]
                 role = "function behind nat\(i), default via \(NATLab.gatewayAddress(ofFunction: i))"
+                if let limits = config.functionLimits {
+                    role += "; as a \(limits.memoryMB) MB Lambda: cgroups \(lab.namespace(of: host))"
+                }
             }
             return Host(name: host.name, namespace: lab.namespace(of: host), addresses: addresses, role: role)
         }
@@ -103,7 +106,16 @@ public struct LabStatus: Sendable {
             summary += " \(config.functions) function\(config.functions == 1 ? "" : "s"), NAT \(config.nat)"
             summary += ", delay \(config.delayMs) ms"
             if config.lossPercent > 0 { summary += ", loss \(config.lossPercent) %" }
+            if let limits = config.functionLimits { summary += ", functions of \(limits.summary)" }
             lines.append(summary)
+            if let limits = config.functionLimits {
+                lines.append(
+                    "(each fnI runs as uid \(FunctionLimits.user) without capabilities in cgroups boxer-mesh/\(prefix)-fnI:"
+                        + " CPU quota \(limits.cpuQuotaMicroseconds)/\(FunctionLimits.cpuPeriodMicroseconds) us,"
+                        + " memory \(limits.memoryMB) MiB; root read-only, private /tmp of"
+                        + " \(FunctionLimits.tmpMegabytes) MB; tbf \(limits.bandwidthMbit) Mbit/s on its eth0 and its NAT's lan0)"
+                )
+            }
             if config.delayMs > 0 || config.lossPercent > 0 {
                 lines.append(
                     "(held by a netfilter-queue delayer on all that leaves each NAT's wan0 and the broker's eth0)"
@@ -117,7 +129,12 @@ public struct LabStatus: Sendable {
             let nsWidth = max(9, state.hosts.map(\.namespace.count).max() ?? 0)
             lines.append(Self.pad("HOST", nameWidth) + "  " + Self.pad("NAMESPACE", nsWidth) + "  ADDRESSES / ROLE")
             for host in state.hosts {
-                let here = namespaces.contains(host.namespace) ? "" : "  [namespace MISSING]"
+                var here = namespaces.contains(host.namespace) ? "" : "  [namespace MISSING]"
+                if config.functionLimits != nil, case .function(let i) = LabHost(name: host.name),
+                    !NATLab(prefix: prefix).isLimited(function: i)
+                {
+                    here += "  [cgroup MISSING: runs unlimited]"
+                }
                 lines.append(
                     Self.pad(host.name, nameWidth) + "  " + Self.pad(host.namespace, nsWidth) + "  "
                         + host.addresses.joined(separator: ", ") + " — " + host.role + here

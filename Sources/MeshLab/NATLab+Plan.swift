@@ -5,6 +5,14 @@ struct LabTools: Sendable {
     var sysctl: String
     /// Runs the delayer; needed only for a delay or loss.
     var python: String?
+    /// Shapes function links (iproute2, like `ip`).
+    var tc: String
+    /// What function hosts are entered through (util-linux and the POSIX shell, on every Linux): `mount` for their
+    /// private `/tmp` and read-only root, `unshare` for their mount namespace, `setpriv` to drop to their user.
+    var mount: String
+    var unshare: String
+    var setpriv: String
+    var sh: String
 
     /// Finds every tool, or throws ``LabError/Code/toolMissing`` naming the Debian package to install.
     static func find() throws -> LabTools {
@@ -12,7 +20,12 @@ struct LabTools: Sendable {
             ip: LabShell.tool("ip"),
             iptables: LabShell.tool("iptables"),
             sysctl: LabShell.tool("sysctl"),
-            python: try? LabShell.tool("python3")
+            python: try? LabShell.tool("python3"),
+            tc: LabShell.tool("tc"),
+            mount: LabShell.tool("mount"),
+            unshare: LabShell.tool("unshare"),
+            setpriv: LabShell.tool("setpriv"),
+            sh: LabShell.tool("sh")
         )
     }
 }
@@ -76,6 +89,9 @@ extension NATLab {
             // After the rules: conntrack's settings exist in a namespace once its rules use conntrack.
             if let timeout = config.natTCPTimeout {
                 plan.append([ip, "netns", "exec", nat, tools.sysctl, "-qw", "net.netfilter.nf_conntrack_tcp_timeout_established=\(timeout)"])
+            }
+            if let limits = config.functionLimits {
+                plan += functionPlan(i, limits, tools: tools)
             }
         }
 

@@ -83,6 +83,7 @@ public struct NATLab: Sendable {
                 logger.debug("lab", metadata: ["command": "\(LabShell.quoted(command))"])
                 try LabShell.check(command, timeout: .seconds(30))
             }
+            try makeFunctionCgroups(config)
             var delayers: [String: Int32] = [:]
             for (host, rules) in delayRules(for: config) {
                 guard let python = tools.python else {
@@ -124,7 +125,8 @@ public struct NATLab: Sendable {
     }
 
     /// Removes every network namespace whose name starts with `PREFIX-` (killing the processes in them first, the
-    /// delayers among them), the state file and the run folder. Works on a half-built lab and without a state file.
+    /// delayers among them), the function hosts' cgroups and private /tmp folders, the state file and the run folder.
+    /// Works on a half-built lab and without a state file.
     /// Returns the namespaces it removed.
     @discardableResult
     public func down() throws -> [String] {
@@ -146,6 +148,8 @@ public struct NATLab: Sendable {
                 failures.append("\(name): \(result.standardError.trimmingCharacters(in: .whitespacesAndNewlines))")
             }
         }
+        // After the namespaces: what still runs in a cgroup then is a stray, and the tmpfs are no longer in use.
+        failures += removeFunctionLeftovers()
         for path in [stateFile, runDirectory] where FileManager.default.fileExists(atPath: path) {
             do {
                 try FileManager.default.removeItem(atPath: path)
@@ -172,8 +176,8 @@ public struct NATLab: Sendable {
 
     // MARK: Running programs in the lab
 
-    /// Runs `args` (program first, found through PATH) in `host`'s namespace, waits, and returns how it ended and
-    /// what it printed. Throws only if the host does not exist or the program cannot be started; check
+    /// Runs `args` (program first, found through PATH) in `host`'s namespace (as the function, in a function host of
+    /// a lab with function limits), waits, and returns how it ended and what it printed. Throws only if the host does not exist or the program cannot be started; check
     /// ``CommandResult/status`` or call ``CommandResult/check()`` for the outcome. With `timeout`, a program still
     /// running then is killed and the result says ``CommandResult/timedOut``.
     public func run(_ host: LabHost, _ args: [String], timeout: Duration? = nil) throws -> CommandResult {
@@ -183,11 +187,14 @@ public struct NATLab: Sendable {
         return result
     }
 
-    /// Starts `args` (program first, found through PATH) in `host`'s namespace and returns at once.
+    /// Starts `args` (program first, found through PATH) in `host`'s namespace (as the function, in a function host
+    /// of a lab with function limits) and returns at once.
     /// `environment` is added to this process's environment.
     public func spawn(_ host: LabHost, _ args: [String], environment: [String: String] = [:]) throws -> LabProcess {
-        _ = try netnsExec(host, args)
-        return try LabProcess(host: host, namespace: namespace(of: host), arguments: args, environment: environment)
+        try LabProcess(
+            host: host, namespace: namespace(of: host), command: netnsExec(host, args), arguments: args,
+            environment: environment
+        )
     }
 
     /// Replaces this process with `args` run in `host`'s namespace (`ip netns exec`), with standard input, output
@@ -203,7 +210,8 @@ public struct NATLab: Sendable {
         throw LabError(.launchFailed, "cannot exec `\(LabShell.quoted(command))`: \(reason)", command: command)
     }
 
-    /// `ip netns exec NS args…`, after checking root, the prefix, and that the namespace exists.
+    /// `ip netns exec NS args…`, after checking root, the prefix, and that the namespace exists; in a function host
+    /// of a lab with function limits, the launcher that runs `args` as the function (see `NATLab+Function.swift`).
     func netnsExec(_ host: LabHost, _ args: [String]) throws -> [String] {
         try checkReady()
         guard !args.isEmpty else { throw LabError(.launchFailed, "no command given to run in \(host)") }
@@ -213,6 +221,9 @@ public struct NATLab: Sendable {
                 .noSuchNamespace,
                 "no namespace \(name) for host \(host) (is the lab up? see `boxer-mesh lab status --prefix \(prefix)`)"
             )
+        }
+        if case .function(let i) = host, isLimited(function: i) {
+            return functionLauncher(i, tools: try LabTools.find()) + args
         }
         return [try LabShell.ip(), "netns", "exec", name] + args
     }

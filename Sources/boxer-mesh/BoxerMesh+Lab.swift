@@ -84,11 +84,46 @@ extension BoxerMesh.Lab {
         )
         var natTCPTimeout: Int?
 
+        @Option(
+            name: .customLong("function-memory"),
+            help: ArgumentHelp(
+                """
+                Make every function host an AWS Lambda function of MB megabytes (128-10240): its programs (lab \
+                exec, and what tests spawn) run as uid 65534 without capabilities, in cgroups with the CPU \
+                quota MB/1769 of one CPU and the hard memory limit MB, with the root file system read-only, \
+                a private 512 MB /tmp (TMPDIR=/tmp), and its link shaped to --function-bandwidth. Without it \
+                function hosts are plain root shells.
+                """,
+                valueName: "MB"
+            )
+        )
+        var functionMemory: Int?
+
+        @Option(
+            name: .customLong("function-bandwidth"),
+            help: ArgumentHelp(
+                """
+                With --function-memory: each function's link rate in Mbit/s, each way (tbf on its eth0 and its \
+                NAT's lan0). Default 600, about what a Lambda function gets.
+                """,
+                valueName: "MBIT"
+            )
+        )
+        var functionBandwidth: Int?
+
         var config: LabConfig {
-            LabConfig(functions: functions, nat: nat, delayMs: delayMs, lossPercent: lossPercent, natTCPTimeout: natTCPTimeout)
+            LabConfig(
+                functions: functions, nat: nat, delayMs: delayMs, lossPercent: lossPercent, natTCPTimeout: natTCPTimeout,
+                functionLimits: functionMemory.map {
+                    FunctionLimits(memoryMB: $0, bandwidthMbit: functionBandwidth ?? FunctionLimits.defaultBandwidthMbit)
+                }
+            )
         }
 
         func validate() throws {
+            if functionBandwidth != nil && functionMemory == nil {
+                throw ValidationError("--function-bandwidth shapes function hosts: give --function-memory too")
+            }
             do {
                 try config.validate()
             } catch let error as LabError {
@@ -105,7 +140,10 @@ extension BoxerMesh.Lab {
 
     struct Exec: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Run a command inside one lab host; exits with the command's status.",
+            abstract: """
+                Run a command inside one lab host (as the function, in a lab with --function-memory); exits with \
+                the command's status.
+                """,
             usage: "boxer-mesh lab exec [--prefix <prefix>] <host> -- <command> [<argument> ...]"
         )
 
@@ -131,7 +169,7 @@ extension BoxerMesh.Lab {
 
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Show the lab's hosts, namespaces, addresses, NAT kind and delay."
+            abstract: "Show the lab's hosts, namespaces, addresses, NAT kind, delay and function limits."
         )
 
         @OptionGroup var lab: LabOptions
@@ -148,7 +186,10 @@ extension BoxerMesh.Lab {
 
     struct Down: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Remove every namespace named PREFIX-* and the state file, even of a half-built lab."
+            abstract: """
+                Remove every namespace named PREFIX-*, the function hosts' cgroups and /tmp, and the state file, \
+                even of a half-built lab.
+                """
         )
 
         @OptionGroup var lab: LabOptions

@@ -33,20 +33,28 @@ struct MeshLabFixture {
         }
     }
 
-    /// Builds the lab, starts the broker, runs `body`, and always tears everything down.
+    /// Builds the lab, starts the broker, runs `body`, and always tears everything down. With `functionMemory`,
+    /// every function host is a Lambda function of that many MB (``FunctionLimits``): its programs run as an
+    /// unprivileged user with a read-only root and a private /tmp.
     static func with<T>(
-        prefix: String, functions: Int = 2, nat: NATKind = .easy, natTCPTimeout: Int? = nil, brokerArguments: [String] = [],
+        prefix: String, functions: Int = 2, nat: NATKind = .easy, natTCPTimeout: Int? = nil, functionMemory: Int? = nil,
+        brokerArguments: [String] = [],
         _ body: (MeshLabFixture) async throws -> T
     ) async throws -> T {
         let lab = NATLab(prefix: prefix)
-        let config = LabConfig(functions: functions, nat: nat, natTCPTimeout: natTCPTimeout)
+        let config = LabConfig(
+            functions: functions, nat: nat, natTCPTimeout: natTCPTimeout,
+            functionLimits: functionMemory.map { FunctionLimits(memoryMB: $0) })
         try lab.up(config)
         defer { _ = try? lab.down() }
-        let work = FileManager.default.temporaryDirectory.appendingPathComponent("boxer-mesh-\(prefix)-\(UUID())")
-        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        // Not under /tmp, which a function host replaces with its own; readable by a function's unprivileged user
+        // (the secret is test data).
+        let work = URL(fileURLWithPath: "/var/tmp/boxer-mesh-\(prefix)-\(UUID())")
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         defer { try? FileManager.default.removeItem(at: work) }
         let secretFile = work.appendingPathComponent("secret").path
         try "integration-\(UUID())\n".write(toFile: secretFile, atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: secretFile)
         let fixture = MeshLabFixture(
             lab: lab, config: config, secretFile: secretFile, work: work,
             brokerCommand: [binary, "broker", "--secret-file", secretFile] + brokerArguments)

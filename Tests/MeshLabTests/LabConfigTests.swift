@@ -53,7 +53,10 @@ import Testing
         }
     }
 
-    static let tools = LabTools(ip: "/ip", iptables: "/iptables", sysctl: "/sysctl", python: "/python3")
+    static let tools = LabTools(
+        ip: "/ip", iptables: "/iptables", sysctl: "/sysctl", python: "/python3", tc: "/tc", mount: "/mount",
+        unshare: "/unshare", setpriv: "/setpriv", sh: "/sh"
+    )
 
     @Test func planNATRules() {
         let lab = NATLab(prefix: "lt1")
@@ -132,6 +135,109 @@ import Testing
         #expect(
             !lab.plan(for: LabConfig(functions: 2, delayMs: 20), tools: Self.tools).contains { $0.contains("NFQUEUE") }
         )
+    }
+
+    // MARK: Function limits
+
+    @Test func functionCPUShareFollowsLambda() {
+        // Lambda: one vCPU per 1,769 MB; quota per 100 ms period.
+        let expected = [(128, 7_236), (512, 28_943), (1_769, 100_000), (3_538, 200_000), (10_240, 578_858)]
+        for (memory, quota) in expected {
+            let limits = FunctionLimits(memoryMB: memory)
+            #expect(limits.cpuQuotaMicroseconds == quota, "\(memory) MB")
+            #expect(limits.memoryBytes == memory << 20)
+            #expect(limits.bandwidthMbit == 600)
+        }
+        #expect(abs(FunctionLimits(memoryMB: 128).cpus - 0.072) < 0.001)
+        #expect(abs(FunctionLimits(memoryMB: 512).cpus - 0.289) < 0.001)
+        #expect(FunctionLimits(memoryMB: 128, bandwidthMbit: 100).summary == "128 MB, 0.072 CPU, 100 Mbit/s")
+    }
+
+    @Test func functionLimitsValidation() throws {
+        try LabConfig(functions: 2, functionLimits: FunctionLimits(memoryMB: 128)).validate()
+        try LabConfig(functions: 2, functionLimits: FunctionLimits(memoryMB: 10_240, bandwidthMbit: 1)).validate()
+        let bad: [(FunctionLimits, String)] = [
+            (FunctionLimits(memoryMB: 127), "function memory must be 128...10240 MB (AWS Lambda's sizes), got 127"),
+            (FunctionLimits(memoryMB: 10_241), "function memory must be 128...10240 MB (AWS Lambda's sizes), got 10241"),
+            (FunctionLimits(memoryMB: 512, bandwidthMbit: 0), "function bandwidth must be 1...100000 Mbit/s, got 0"),
+        ]
+        for (limits, message) in bad {
+            #expect {
+                try LabConfig(functions: 1, functionLimits: limits).validate()
+            } throws: { error in
+                (error as? LabError)?.code == .invalidConfig && (error as? LabError)?.message == message
+            }
+        }
+    }
+
+    @Test func functionPlanShapesBothWaysAndMountsATmp() {
+        let lab = NATLab(prefix: "lt1")
+        let plain = lab.plan(for: LabConfig(functions: 2), tools: Self.tools)
+        #expect(!plain.contains { ["/tc", "/mount"].contains($0[0]) }, "a lab without limits stays as it was")
+
+        let config = LabConfig(functions: 2, functionLimits: FunctionLimits(memoryMB: 128, bandwidthMbit: 600))
+        let plan = lab.plan(for: config, tools: Self.tools).map { $0.joined(separator: " ") }
+        for i in 1...2 {
+            let tbf = "root tbf rate 600mbit burst 75000 latency 20ms"
+            #expect(plan.contains("/tc -n lt1-nat\(i) qdisc add dev lan0 \(tbf)"), "\(plan)")
+            #expect(plan.contains("/tc -n lt1-fn\(i) qdisc add dev eth0 \(tbf)"), "\(plan)")
+            #expect(
+                plan.contains(
+                    "/mount --mkdir -t tmpfs -o size=512m,mode=1777,nosuid,nodev boxer-mesh-tmp /run/boxer-mesh/lab-lt1/fn\(i)-tmp"
+                )
+            )
+        }
+        // A slow link still gets a bucket that holds a whole GSO packet.
+        let slow = lab.functionPlan(1, FunctionLimits(memoryMB: 128, bandwidthMbit: 10), tools: Self.tools)
+        #expect(slow[1].joined(separator: " ").contains("rate 10mbit burst 65536 "))
+    }
+
+    @Test func functionCgroupsAndLauncher() {
+        let lab = NATLab(prefix: "lt1")
+        #expect(lab.cgroup(ofFunction: 2, hierarchy: "cpu") == "/sys/fs/cgroup/cpu/boxer-mesh/lt1-fn2")
+        let settings = lab.cgroupSettings(ofFunction: 2, FunctionLimits(memoryMB: 512))
+        #expect(settings.map { "\($0.file)=\($0.value)" } == [
+            "/sys/fs/cgroup/cpu/boxer-mesh/lt1-fn2/cpu.cfs_period_us=100000",
+            "/sys/fs/cgroup/cpu/boxer-mesh/lt1-fn2/cpu.cfs_quota_us=28943",
+            "/sys/fs/cgroup/memory/boxer-mesh/lt1-fn2/memory.limit_in_bytes=536870912",
+            "/sys/fs/cgroup/memory/boxer-mesh/lt1-fn2/memory.memsw.limit_in_bytes=536870912",
+        ])
+        #expect(settings.map(\.ifPresent) == [false, false, false, true])
+
+        let launcher = lab.functionLauncher(2, tools: Self.tools)
+        #expect(launcher.prefix(2) == ["/sh", "-c"])
+        let after = Array(launcher.dropFirst(3))
+        #expect(
+            after == [
+                "boxer-mesh-lab",
+                "/sys/fs/cgroup/cpu/boxer-mesh/lt1-fn2/cgroup.procs", "/sys/fs/cgroup/memory/boxer-mesh/lt1-fn2/cgroup.procs",
+                "/ip", "netns", "exec", "lt1-fn2", "/unshare", "--mount", "--propagation", "private",
+                "/sh", "-c", NATLab.enterFunction, "boxer-mesh-lab", "/mount", "/run/boxer-mesh/lab-lt1/fn2-tmp",
+                "/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+                "--no-new-privs", "--",
+            ]
+        )
+    }
+
+    @Test func stateWithFunctionLimits() throws {
+        let lab = NATLab(prefix: "lt1")
+        let state = LabState(
+            prefix: "lt1",
+            config: LabConfig(functions: 1, functionLimits: FunctionLimits(memoryMB: 128)),
+            createdAt: Date(timeIntervalSince1970: 1_700_000_000),
+            lab: lab
+        )
+        #expect(try LabState.decoder().decode(LabState.self, from: LabState.encoder().encode(state)) == state)
+        let report = LabStatus(prefix: "lt1", state: state, namespaces: state.hosts.map(\.namespace)).report
+        #expect(report.contains("functions of 128 MB, 0.072 CPU, 600 Mbit/s"), "\(report)")
+        #expect(report.contains("CPU quota 7236/100000 us, memory 128 MiB"), "\(report)")
+        #expect(report.contains("as a 128 MB Lambda: cgroups lt1-fn1"), "\(report)")
+        // No lab lt1 made that cgroup here: the report says so.
+        #expect(report.contains("[cgroup MISSING: runs unlimited]"), "\(report)")
+
+        // A state file written before function limits existed still reads.
+        let old = #"{"functions":2,"nat":"easy","delayMs":0,"lossPercent":0}"#
+        #expect(try JSONDecoder().decode(LabConfig.self, from: Data(old.utf8)) == LabConfig(functions: 2))
     }
 
     @Test func stateRoundTripAndReport() throws {
