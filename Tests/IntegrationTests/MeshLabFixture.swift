@@ -1,5 +1,6 @@
 import Foundation
 import MeshLab
+import Testing
 import Synchronization
 
 /// A NAT lab with a real `boxer-mesh broker` on its public host, for one integration test.
@@ -113,6 +114,21 @@ struct MeshLabFixture {
             throw FixtureError("redis-server did not start: \(server.standardOutput)\n\(server.standardError)")
         }
         return server
+    }
+
+    /// Runs unmodified `redis-benchmark` (SET and GET, `requests` requests over `clients` connections) as node `bench`
+    /// in function `index` against `cache` (``redisServer(_:options:)``), expects it to complete both, and returns the
+    /// process once it exited, with its output one line per report.
+    func redisBenchmark(
+        from index: Int, requests: Int = 2000, clients: Int = 4, options: [String] = [], timeout: Duration = .seconds(60)
+    ) throws -> (process: LabProcess, output: String) {
+        let bench = try node(
+            index, name: "bench", options: options,
+            ["redis-benchmark", "-h", "cache", "-p", "6379", "-t", "set,get", "-n", "\(requests)", "-c", "\(clients)", "-q"])
+        #expect(bench.waitUntilExit(timeout: timeout) == 0, "\(bench.standardOutput)\n\(bench.standardError)")
+        let output = bench.standardOutput.replacingOccurrences(of: "\r", with: "\n")
+        #expect(output.contains("SET: ") && output.contains("GET: ") && output.contains("requests per second"), "\(output)")
+        return (bench, output)
     }
 
     /// Runs iperf3 for 2 s from function `index` to the node `server` (iperf3 -s on port 5201), then with -R;
