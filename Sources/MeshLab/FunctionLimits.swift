@@ -25,10 +25,14 @@ public struct FunctionLimits: Codable, Sendable, Equatable {
     public var memoryMB: Int
     /// The function's link rate in Mbit/s, each way.
     public var bandwidthMbit: Int
+    /// Folders inside the machine's `/tmp` that function hosts still see, at the same paths (their `/tmp` is
+    /// otherwise their own): a checkout or build there, whose programs the hosts run.
+    public var keptFromMachineTmp: [String]
 
-    public init(memoryMB: Int, bandwidthMbit: Int = Self.defaultBandwidthMbit) {
+    public init(memoryMB: Int, bandwidthMbit: Int = Self.defaultBandwidthMbit, keptFromMachineTmp: [String] = []) {
         self.memoryMB = memoryMB
         self.bandwidthMbit = bandwidthMbit
+        self.keptFromMachineTmp = keptFromMachineTmp.filter { $0.hasPrefix("/tmp/") }
     }
 
     /// The CFS quota per ``cpuPeriodMicroseconds``: memory / 1,769 of one CPU, rounded

@@ -59,11 +59,16 @@ extension NATLab {
         // A bucket of 1 ms at the rate, but at least 64 KiB: a whole GSO packet must fit, or tbf splits it up.
         let burst = max(limits.bandwidthMbit * 1_000_000 / 8 / 1000, 65_536)
         let tbf = ["root", "tbf", "rate", "\(limits.bandwidthMbit)mbit", "burst", "\(burst)", "latency", "20ms"]
+        // Kept folders are bound into the private /tmp at their own paths (the host binds it with its submounts).
+        let kept = limits.keptFromMachineTmp.map { path in
+            [tools.mount, "--mkdir", "--bind", path, privateTmp(ofFunction: i) + path.dropFirst("/tmp".count)]
+        }
         return [
             [
                 tools.mount, "--mkdir", "-t", "tmpfs", "-o", "size=\(FunctionLimits.tmpMegabytes)m,mode=1777,nosuid,nodev",
                 "boxer-mesh-tmp", privateTmp(ofFunction: i),
-            ],
+            ]
+        ] + kept + [
             [tools.tc, "-n", namespace(of: .nat(i)), "qdisc", "add", "dev", Interface.lan] + tbf,
             [tools.tc, "-n", namespace(of: .function(i)), "qdisc", "add", "dev", Interface.host] + tbf,
         ]
@@ -92,7 +97,7 @@ extension NATLab {
     static let enterFunction = #"""
         set -e
         mount=$1
-        "$mount" --bind "$2" /tmp
+        "$mount" --rbind "$2" /tmp
         while read -r _ _ _ _ point _; do
             case $point in
             /proc | /proc/* | /sys | /sys/* | /dev | /dev/pts | /dev/mqueue | /run/netns/* | /tmp) ;;

@@ -34,6 +34,14 @@ struct MeshLabFixture {
         }
     }
 
+    /// What function hosts must see of the machine, though their /tmp is their own: the checkout (the test tools)
+    /// and the build, should they live under /tmp (as a CI clone may).
+    static let keptInFunctions: [String] = {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..").standardizedFileURL.path
+        let build = URL(fileURLWithPath: binary).deletingLastPathComponent().path
+        return build.hasPrefix(root + "/") ? [root] : [root, build]
+    }()
+
     /// Builds the lab, starts the broker, runs `body`, and always tears everything down. With `functionMemory`,
     /// every function host is a Lambda function of that many MB (``FunctionLimits``): its programs run as an
     /// unprivileged user with a read-only root and a private /tmp.
@@ -45,7 +53,7 @@ struct MeshLabFixture {
         let lab = NATLab(prefix: prefix)
         let config = LabConfig(
             functions: functions, nat: nat, natTCPTimeout: natTCPTimeout,
-            functionLimits: functionMemory.map { FunctionLimits(memoryMB: $0) })
+            functionLimits: functionMemory.map { FunctionLimits(memoryMB: $0, keptFromMachineTmp: keptInFunctions) })
         try lab.up(config)
         defer { _ = try? lab.down() }
         // Not under /tmp, which a function host replaces with its own; readable by a function's unprivileged user
