@@ -112,8 +112,9 @@ struct ChurnLabTests {
             #expect(total.ok >= 2 * nodes.count, "\(total.ok) ok, \(failed) failed")
 
             // Everyone left: the broker lets go of what they held.
-            // An idle broker gives freed memory back every 5 s; allocator and libzmq bookkeeping may keep a little.
-            let slack = 4 * 1024
+            // An idle broker gives freed memory back every 5 s. What stays (allocator fragments, tables' capacity) was
+            // 3.9-4.0 MiB after 250 and after 850 nodes came and went: it does not grow with the churn.
+            let slack = 6 * 1024
             var after = try BrokerUsage(pid: broker)
             let settled = try await eventually(timeout: .seconds(15)) {
                 after = try BrokerUsage(pid: broker)
