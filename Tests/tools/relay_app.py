@@ -21,13 +21,9 @@ direct connections are tested without the C shim. Run under `boxer-mesh node --n
     relay_app.py raw-serve HOST PORT        connect out to HOST:PORT and serve that one connection
 Every line of output is flushed at once; exit status 0 means every check passed.
 """
-import hashlib, ipaddress, os, socket, struct, subprocess, sys, tempfile, threading, time
+import hashlib, ipaddress, os, socket, struct, sys, threading, time
 
-root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-generated = tempfile.mkdtemp(prefix="relay-proto-")
-subprocess.run(["protoc", f"--python_out={generated}", f"-I{root}/proto", "boxer_mesh.proto"], check=True)
-sys.path.insert(0, generated)
-import boxer_mesh_pb2 as pb  # noqa: E402
+from mesh_proto import pb  # noqa: E402
 
 CHUNK = 1 << 20
 lock = threading.Lock()

@@ -7,13 +7,9 @@
 
 Uses Debian's python3-protobuf and the module protoc generates from proto/ (into a temporary folder).
 """
-import ipaddress, os, socket, struct, subprocess, sys, tempfile
+import ipaddress, os, socket, struct, sys
 
-root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-generated = tempfile.mkdtemp(prefix="shim-proto-")
-subprocess.run(["protoc", f"--python_out={generated}", f"-I{root}/proto", "boxer_mesh.proto"], check=True)
-sys.path.insert(0, generated)
-import boxer_mesh_pb2 as pb  # noqa: E402
+from mesh_proto import pb  # noqa: E402
 
 node = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 address = os.environ["BOXER_SHIM_SOCKET"]

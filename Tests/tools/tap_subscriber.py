@@ -5,16 +5,12 @@ to the mesh's topic prefix, opens each sealed event and prints it as one JSON li
 
     tap_subscriber.py ENDPOINT MESH SECRET_FILE [COUNT]     e.g. tcp://203.0.113.10:7701 default /tmp/secret 5
 """
-import hashlib, hmac, json, os, struct, subprocess, sys, tempfile
+import hashlib, hmac, json, struct, sys
 
 import nacl.secret
 import zmq
 
-root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-generated = tempfile.mkdtemp(prefix="tap-proto-")
-subprocess.run(["protoc", f"--python_out={generated}", f"-I{root}/proto", "boxer_mesh.proto"], check=True)
-sys.path.insert(0, generated)
-import boxer_mesh_pb2 as pb  # noqa: E402
+from mesh_proto import pb  # noqa: E402
 from google.protobuf.json_format import MessageToDict  # noqa: E402
 
 
