@@ -145,9 +145,7 @@ struct RelayBrokerTests {
                     let (tokenA, tokenB) = (a.welcome.session, b.welcome.session)
                     try await onTestThread {
                         let context = try ZMQContext()
-                        let (dealerA, dealerB) = try (Dealer(context, broker.relay), Dealer(context, broker.relay))
-                        try dealerA.attach(tokenA)
-                        try dealerB.attach(tokenB)
+                        let (dealerA, dealerB) = try Dealer.attachedPair(context, broker.relay, tokenA, tokenB)
                         for id in [first, second] {
                             dealerA.send(.with(id, .open(.init())))
                             #expect(try dealerA.next().open.window == 64 << 10)
@@ -191,9 +189,7 @@ struct RelayBrokerTests {
                     let (tokenA, tokenB) = (a.welcome.session, b.welcome.session)
                     try await onTestThread { [ids] in
                         let context = try ZMQContext()
-                        let (dealerA, dealerB) = try (Dealer(context, broker.relay), Dealer(context, broker.relay))
-                        try dealerA.attach(tokenA)
-                        try dealerB.attach(tokenB)
+                        let (dealerA, dealerB) = try Dealer.attachedPair(context, broker.relay, tokenA, tokenB)
                         dealerA.send(.with(ids[0], .open(.init())))
                         #expect(try dealerA.next().open.window == 64 << 10)  // 128 KiB of 160 reserved
                         dealerA.send(.with(ids[1], .open(.init())))
@@ -235,6 +231,14 @@ final class Dealer {
     init(_ context: ZMQContext, _ endpoint: String) throws {
         socket = try ZMQSocket(context, .dealer)
         try socket.connect(endpoint)
+    }
+
+    /// Two dealers on the relay at `endpoint`, attached with the sessions `a` and `b`.
+    static func attachedPair(_ context: ZMQContext, _ endpoint: String, _ a: Data, _ b: Data) throws -> (Dealer, Dealer) {
+        let pair = try (Dealer(context, endpoint), Dealer(context, endpoint))
+        try pair.0.attach(a)
+        try pair.1.attach(b)
+        return pair
     }
 
     func send(_ frame: RelayFrame) { try? socket.send([frame.frame()]) }

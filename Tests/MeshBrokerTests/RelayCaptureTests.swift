@@ -51,9 +51,7 @@ struct RelayCaptureTests {
                         let subscriber = try Subscriber(context, endpoint, key: key)
                         let other = try Subscriber(context, endpoint, key: TapKey(secret: TestBroker.secret, mesh: "other"))
                         usleep(300_000)  // the subscriptions reach the PUB socket
-                        let (dealerA, dealerB) = try (Dealer(context, broker.relay), Dealer(context, broker.relay))
-                        try dealerA.attach(tokenA)
-                        try dealerB.attach(tokenB)
+                        let (dealerA, dealerB) = try Dealer.attachedPair(context, broker.relay, tokenA, tokenB)
                         dealerA.send(.with(first, .open(.init())))
                         #expect(try dealerA.next().open.window > 0)
                         #expect(try dealerB.next().open.window > 0)

@@ -30,9 +30,7 @@ struct RelayResumeTests {
                     let (tokenA, tokenB) = (a.welcome.session, b.welcome.session)
                     try await onTestThread {
                         let context = try ZMQContext()
-                        let (dealerA, dealerB) = try (Dealer(context, broker.relay), Dealer(context, broker.relay))
-                        try dealerA.attach(tokenA)
-                        try dealerB.attach(tokenB)
+                        let (dealerA, dealerB) = try Dealer.attachedPair(context, broker.relay, tokenA, tokenB)
                         let id: UInt64 = 77
                         let proof = LinkToken([UInt8](repeating: 9, count: 32)).resumeProof(connectionID: id)
                         // Malformed, and offsets that cannot be: refused at once.
