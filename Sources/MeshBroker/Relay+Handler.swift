@@ -126,10 +126,7 @@ final class RelayHandler: SocketLoopHandler {
         if header.kind == .hello { return hello(frame, from: routingID) }
         guard let token = attached[routingID] else {
             badInput.drop("relay frame from a node that is not attached")
-            return send(.rst(.with {
-                $0.reason = "not attached: send hello with your session first"
-                $0.unknown = true
-            }), header.connectionID, to: routingID)
+            return send(Self.unknownState("not attached: send hello with your session first"), header.connectionID, to: routingID)
         }
         if header.kind == .open { return open(header.connectionID, token: token, from: routingID) }
         if header.kind == .resume { return resume(header.connectionID, frame: frame, token: token, from: routingID) }
@@ -176,10 +173,7 @@ final class RelayHandler: SocketLoopHandler {
         }
         let token = [UInt8](hello.session)
         guard directory.isLive(token) else {
-            return send(.rst(.with {
-                $0.reason = "no such session (expired, or the broker restarted): join again"
-                $0.unknown = true
-            }), 0, to: routingID)
+            return send(Self.unknownState("no such session (expired, or the broker restarted): join again"), 0, to: routingID)
         }
         if let previous = attached[routingID], previous != token { attached[routingID] = nil }
         attached[routingID] = token
@@ -231,10 +225,7 @@ final class RelayHandler: SocketLoopHandler {
                 try? router.send([route, frame])
             }
         case .data:
-            send(.rst(.with {
-                $0.reason = "the relay carries no connection \(header.connectionID)"
-                $0.unknown = true
-            }), header.connectionID, to: routingID)
+            send(Self.unknownState("the relay carries no connection \(header.connectionID)"), header.connectionID, to: routingID)
         default:
             break
         }
@@ -274,6 +265,15 @@ final class RelayHandler: SocketLoopHandler {
                 drop(id)
             }
         }
+    }
+
+    /// A reset saying this relay holds no state for the frame's session or connection (it restarted): the node
+    /// resumes the connection instead of resetting its app's.
+    static func unknownState(_ reason: String) -> RelayFrame.OneOf_Body {
+        .rst(.with {
+            $0.reason = reason
+            $0.unknown = true
+        })
     }
 
     func send(_ body: RelayFrame.OneOf_Body, _ id: UInt64, to routingID: [UInt8]) {
