@@ -6,11 +6,11 @@ import Musl
 
 /// A pthread mutex with one condition variable. Timed waits use the monotonic clock, so changing the wall clock
 /// cannot shorten or stretch them.
-final class ConditionLock: @unchecked Sendable {
+package final class ConditionLock: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
 
-    init() {
+    package init() {
         pthread_mutex_init(mutex, nil)
         var attributes = pthread_condattr_t()
         pthread_condattr_init(&attributes)
@@ -27,30 +27,30 @@ final class ConditionLock: @unchecked Sendable {
     }
 
     /// Runs `body` with the mutex held.
-    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+    package func withLock<T>(_ body: () throws -> T) rethrows -> T {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body()
     }
 
     /// Wakes every thread in ``wait()`` or ``wait(until:)``. Call with the mutex held.
-    func broadcast() {
+    package func broadcast() {
         pthread_cond_broadcast(condition)
     }
 
     /// Releases the mutex until woken (or woken spuriously), then takes it again. Call with the mutex held.
-    func wait() {
+    package func wait() {
         pthread_cond_wait(condition, mutex)
     }
 
     /// Like ``wait()``, but returns false once `deadline` (from ``deadline(after:)``) has passed.
-    func wait(until deadline: timespec) -> Bool {
+    package func wait(until deadline: timespec) -> Bool {
         var deadline = deadline
         return pthread_cond_timedwait(condition, mutex, &deadline) != ETIMEDOUT
     }
 
     /// The monotonic-clock time `duration` from now, for ``wait(until:)``.
-    static func deadline(after duration: Duration) -> timespec {
+    package static func deadline(after duration: Duration) -> timespec {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
         let parts = max(duration, .zero).components

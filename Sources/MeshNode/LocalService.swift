@@ -23,7 +23,7 @@ final class LocalService: Sendable {
         address = "@boxer-mesh-\(getpid())-\(Sodium.randomBytes(6).map { String(format: "%02x", $0) }.joined())"
         listenFD = boxer_listen_seqpacket(address)
         guard listenFD >= 0 else {
-            throw LinkError(code: errno, description: "cannot open the shim socket: \(String(cString: strerror(errno)))")
+            throw SocketError.lastError("cannot open the shim socket")
         }
         self.links = links
         self.session = session

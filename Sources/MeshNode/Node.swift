@@ -19,7 +19,7 @@ public struct NodeConfiguration: Sendable {
     /// The broker's relay port.
     public var relayPort: UInt16 = 7702
     /// While relayed, upgrade attempts back off up to this interval.
-    public var upgradeMaxInterval = Duration.seconds(30)
+    public var upgradeMaxInterval = Timing.Choice.upgradeMaxInterval
     /// How often open connections' counters are sampled for the tap's flow events.
     public var flowInterval = Duration.seconds(5)
 
@@ -56,16 +56,18 @@ public enum Node {
             let me = session.welcome.self_p
             let reflector = Endpoint(
                 try configuration.broker.ipv4Address(), port: UInt16(truncatingIfNeeded: session.welcome.stunPort))
-            var relayOptions = RelayOptions(endpoint: configuration.broker.endpoint(port: configuration.relayPort), reflector: reflector)
+            var relayOptions = RelayOptions(endpoint: configuration.broker.endpoint(port: configuration.relayPort))
             relayOptions.upgradeMaxInterval = configuration.upgradeMaxInterval
             // A node that forces the relay stays on it.
             relayOptions.upgrade = configuration.links.path != .relay
-            let relay = RelayClient(options: relayOptions)
             let flows = try FlowMonitor(session: session, interval: configuration.flowInterval, logger: logger)
             flows.start()
+            let direct = DirectPath(reflector: reflector, onRoundTrip: { flows.brokerRoundTrip($0) })
+            let relay = RelayClient(options: relayOptions, direct: direct)
             let links = LinkManager(
-                session: session, reflector: reflector, logger: logger, relay: relay, policy: configuration.links, flows: flows)
-            links.warmUp()  // before the app starts: its first connect may come at once
+                session: session, direct: direct, logger: logger, relay: relay, policy: configuration.links, flows: flows)
+            // Before the app starts: its first connect may come at once.
+            if links.punches { direct.warmUp() }
             // The relay runs for the node's whole life (it must be attached before a peer relays to us).
             let relayTask = Task {
                 do {
@@ -114,10 +116,7 @@ public enum Node {
             let status = await withTaskGroup(of: Int32?.self) { group in
                 group.addTask { await session.keepAlive(); return nil }
                 group.addTask { await links.keepWarm(); return nil }
-                group.addTask {
-                    while (try? await Task.sleep(for: .seconds(5))) != nil { links.dropUnaccepted(now: .now) }
-                    return nil
-                }
+                group.addTask { await links.dropUnaccepted(); return nil }
                 group.addTask { await app.waitForExit() }
                 var status: Int32 = 0
                 for await result in group {

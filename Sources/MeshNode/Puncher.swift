@@ -4,15 +4,9 @@ import WireFormat
 import ZeroMQ
 
 /// Opens a direct TCP connection through two NATs by simultaneous open: both ends connect() from the port the
-/// reflector saw to the other's public endpoint, at the same time, until the SYNs cross. Blocking: call it on
-/// its own thread (``onThread(_:)``).
+/// reflector saw to the other's public endpoint, at the same time, until the SYNs cross. Blocking: only
+/// ``DirectPath`` calls it, on its pool.
 enum Puncher {
-    /// A punch or proof failed; the errno is what the app will see.
-    struct Failure: Error, CustomStringConvertible {
-        let code: Int32
-        let description: String
-    }
-
     /// A free local TCP port for a new link (bound once with SO_REUSEADDR|SO_REUSEPORT to ask the kernel).
     static func freeLocalPort() throws -> UInt16 {
         let probe = try DialSocket(
@@ -21,25 +15,32 @@ enum Puncher {
         return try probe.localEndpoint().port
     }
 
-    /// Connects from `localPort` to `remote`, one attempt per `attempt` (a SYN the far NAT dropped is never
-    /// answered, so each attempt sends a fresh one), until `deadline`. Returns a blocking connected socket.
+    /// Connects from `localPort` to `remote`, one attempt per ``Timing/Choice/punchAttempt`` (a SYN the far NAT
+    /// dropped is never answered, so each attempt sends a fresh one), until `deadline` or until `abandoned` says
+    /// so. Returns a blocking connected socket.
     ///
     /// With `listening` (the accepting end) the port also listens: where nothing filters between the two ends
     /// (loopback, public addresses) SYNs never cross, because each is refused at once; then the other end's plain
     /// connect lands here. Either way it is the one connection of this address pair.
     static func punch(
-        from localPort: UInt16, to remote: Endpoint, attempt: Duration, until deadline: ContinuousClock.Instant,
-        listening: Bool = false
-    ) throws -> Int32 {
+        from localPort: UInt16, to remote: Endpoint, until deadline: ContinuousClock.Instant, listening: Bool,
+        abandoned: () -> Bool
+    ) throws(SocketError) -> Int32 {
         let listener = listening ? try listen(on: localPort) : nil
         defer { if let listener { close(listener) } }
         var attempts = 0
         var lastError = "no answer"
         while ContinuousClock.now < deadline {
+            if abandoned() { throw SocketError(ECANCELED, "punching to \(remote) was abandoned") }
             // A connection the other end made to our listener wins; its address pair also blocks our attempts.
             if let listener, let accepted = acceptPending(listener) { return established(accepted) }
             attempts += 1
-            let socket = try DialSocket(server: remote, transport: .tcp, localPort: localPort, reuse: true)
+            let socket: DialSocket
+            do {
+                socket = try DialSocket(server: remote, transport: .tcp, localPort: localPort, reuse: true)
+            } catch {
+                throw SocketError(EHOSTUNREACH, "punch to \(remote) failed: \(error)")
+            }
             var started = false
             do {
                 if try socket.beginConnect() { return established(socket.fd) }
@@ -50,10 +51,10 @@ enum Puncher {
                 lastError = error.detail
             } catch {
                 socket.close()
-                throw Failure(code: EHOSTUNREACH, description: "punch to \(remote) failed: \(error)")
+                throw SocketError(EHOSTUNREACH, "punch to \(remote) failed: \(error)")
             }
             // Never negative: the deadline may pass inside the loop, and poll() takes a negative wait as "forever".
-            let wait = max(.zero, min(started ? attempt : .milliseconds(20), ContinuousClock.now.duration(to: deadline)))
+            let wait = max(.zero, min(started ? Timing.Choice.punchAttempt : Timing.Choice.punchRetry, ContinuousClock.now.duration(to: deadline)))
             var entries = [pollfd(fd: started ? socket.fd : -1, events: Int16(POLLOUT), revents: 0)]
             if let listener { entries.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0)) }
             _ = poll(&entries, nfds_t(entries.count), Int32(clamping: wait.milliseconds))
@@ -64,17 +65,22 @@ enum Puncher {
             }
             socket.close()
         }
-        throw Failure(
-            code: ETIMEDOUT, description: "no direct path to \(remote) after \(attempts) attempts (last: \(lastError))")
+        throw SocketError(
+            ETIMEDOUT, "no direct path to \(remote) after \(attempts) attempts (last: \(lastError))")
     }
 
     /// A listener on the punch port, sharing it with the outgoing attempts (SO_REUSEADDR|SO_REUSEPORT).
-    private static func listen(on port: UInt16) throws -> Int32 {
-        let probe = try DialSocket(server: Endpoint(IPv4Address.loopback, port: 9), transport: .tcp, localPort: port, reuse: true)
+    private static func listen(on port: UInt16) throws(SocketError) -> Int32 {
+        let probe: DialSocket
+        do {
+            probe = try DialSocket(server: Endpoint(IPv4Address.loopback, port: 9), transport: .tcp, localPort: port, reuse: true)
+        } catch {
+            throw SocketError(EADDRINUSE, "cannot listen on punch port \(port): \(error)")
+        }
         guard Glibc.listen(probe.fd, 4) == 0 else {
-            let code = errno
+            let error = SocketError.lastError("cannot listen on punch port \(port)")
             Glibc.close(probe.fd)
-            throw Failure(code: code, description: "cannot listen on punch port \(port): \(String(cString: strerror(code)))")
+            throw error
         }
         return probe.fd
     }
@@ -92,42 +98,34 @@ enum Puncher {
         return fd
     }
 
-    /// Sends this end's proof of `token` and checks the other end's, reading exactly one proof so the app's
-    /// first bytes stay in the socket. Closes nothing; throws when the peer is not who the broker paired us with.
-    static func verify(
-        _ fd: Int32, token: LinkToken, connectionID: UInt64, initiator: Bool, until deadline: ContinuousClock.Instant
-    ) throws {
+    /// Sends this end's proof and checks the other end's, reading exactly one proof so the app's first bytes stay
+    /// in the socket. Closes nothing; throws when the peer is not who the broker paired us with.
+    static func verify(_ fd: Int32, _ proof: DirectPath.Proof, until deadline: ContinuousClock.Instant) throws(SocketError) {
+        let (token, connectionID, initiator) = (proof.token, proof.connectionID, proof.initiator)
         let mine = token.proof(initiator: initiator, connectionID: connectionID)
         guard mine.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == mine.count else {
-            throw Failure(code: ECONNRESET, description: "cannot send the link proof: \(String(cString: strerror(errno)))")
+            throw SocketError.lastError("cannot send the link proof")
         }
         var theirs = [UInt8](repeating: 0, count: LinkToken.proofSize)
         var received = 0
         while received < theirs.count {
             let remaining = ContinuousClock.now.duration(to: deadline)
-            guard remaining > .zero else { throw Failure(code: ETIMEDOUT, description: "the peer sent no link proof in time") }
+            guard remaining > .zero else { throw SocketError(ETIMEDOUT, "the peer sent no link proof in time") }
             var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             let milliseconds = Int32(clamping: remaining.components.seconds * 1000 + 1)
             guard poll(&entry, 1, milliseconds) > 0 else { continue }
             let count = theirs.withUnsafeMutableBytes {
                 recv(fd, $0.baseAddress! + received, $0.count - received, Int32(MSG_DONTWAIT))
             }
-            if count == 0 { throw Failure(code: ECONNRESET, description: "the peer closed before proving the link") }
+            if count == 0 { throw SocketError(ECONNRESET, "the peer closed before proving the link") }
             if count < 0 {
                 if errno == EAGAIN || errno == EINTR { continue }
-                throw Failure(code: errno, description: "reading the link proof failed: \(String(cString: strerror(errno)))")
+                throw SocketError.lastError("reading the link proof failed")
             }
             received += count
         }
         guard token.matches(theirs, initiator: !initiator, connectionID: connectionID) else {
-            throw Failure(code: ECONNREFUSED, description: "the peer's link proof is wrong: not the node the broker paired")
+            throw SocketError(ECONNREFUSED, "the peer's link proof is wrong: not the node the broker paired")
         }
-    }
-}
-
-/// Runs blocking work (punching, STUN, waiting on sockets) on a thread of its own, off Swift's cooperative pool.
-func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try body() }) }.start()
     }
 }

@@ -7,51 +7,52 @@ import ZeroMQ
 public struct RelayOptions: Sendable {
     /// The broker's relay endpoint (ZeroMQ ROUTER).
     public var endpoint: String
-    /// The broker's STUN reflector: where an upgrade learns the public endpoint of a fresh port.
-    public var reflector: Endpoint
     /// While relayed, keep trying to punch a direct link and move onto it.
     public var upgrade = true
     /// Upgrade attempts start 1 s after the relay opens and back off, doubling, up to this.
-    public var upgradeMaxInterval = Duration.seconds(30)
+    public var upgradeMaxInterval = Timing.Choice.upgradeMaxInterval
     /// How long one upgrade attempt may punch.
-    public var upgradePunchTimeout = Duration.seconds(2)
+    public var upgradePunchTimeout = Timing.Choice.upgradePunch
 
-    public init(endpoint: String, reflector: Endpoint) {
+    public init(endpoint: String) {
         self.endpoint = endpoint
-        self.reflector = reflector
     }
 }
 
 /// Commands to the relay pump's thread.
 enum RelayCommand: Sendable {
-    /// The initiator relays `id`; the continuation gets the app's socket once the broker opened it.
-    case open(UInt64, RelayStreamContext, CheckedContinuation<Int32, Error>)
+    /// The initiator relays `id`; `deliver` gets the app's socket once the broker opened it (on the pump's thread).
+    case open(UInt64, RelayStreamContext, RelayExpectations.Deliver)
     /// The initiator gave the connection up (no direct path and the relay forbidden): tell the acceptor.
     case giveUp(UInt64, String)
-    /// An upgrade thread learnt a fresh port's public endpoint.
-    case gathered(UInt64, attempt: UInt32, Result<(port: UInt16, endpoint: Endpoint), LinkError>)
-    /// An upgrade thread punched and proved a direct socket, or failed.
-    case punched(UInt64, attempt: UInt32, Result<Int32, LinkError>)
+    /// An upgrade learnt a fresh port's public endpoint.
+    case gathered(UInt64, attempt: UInt32, Result<DirectPath.PunchPort, SocketError>)
+    /// An upgrade punched and proved a direct socket, or failed.
+    case punched(UInt64, attempt: UInt32, Result<Int32, SocketError>)
     /// The broker stopped answering, or this node joined again after it restarted: relayed connections wait for
     /// the relay and resume there.
     case session(SessionEvent)
 }
 
-/// This node's side of the relay: one DEALER to the broker's relay and one thread (``RelayPump``) that pumps
-/// every relayed connection between the app's loopback socket and the relay, and later the direct link.
+/// This node's side of the relay: one DEALER to the broker's relay and one thread (``RelayLoop``) whose
+/// ``RelayPump`` moves every relayed connection between the app's loopback socket and the relay, and later the
+/// direct link (``DirectPath`` punches it).
 final class RelayClient: Sendable {
     let options: RelayOptions
+    private let direct: DirectPath
     private let loop: SocketLoop<RelayCommand>
     private let expectations = RelayExpectations()
 
-    init(options: RelayOptions) {
+    init(options: RelayOptions, direct: DirectPath) {
         self.options = options
+        self.direct = direct
         let expectations = expectations
         loop = SocketLoop(name: "relay-pump") { orphans in
-            expectations.close(LinkError(code: ENETDOWN, description: "the relay is not running"))
+            let stopped = SocketError(ENETDOWN, "the relay is not running")
+            expectations.close(stopped)
             for command in orphans {
                 switch command {
-                case .open(_, _, let continuation): continuation.resume(throwing: LinkError(code: ENETDOWN, description: "the relay is not running"))
+                case .open(_, _, let deliver): deliver(.failure(stopped))
                 case .punched(_, _, .success(let fd)): close(fd)
                 default: break
                 }
@@ -64,31 +65,52 @@ final class RelayClient: Sendable {
     func run(
         session: MeshSession, logger: Logger, onUpgraded: @escaping @Sendable (UInt64, RelayStreamContext, Int32?) -> Void
     ) async throws {
-        let (options, loop, expectations) = (options, loop, expectations)
+        let (options, loop, expectations, direct) = (options, loop, expectations, direct)
         RelayAllocator.tune()
         session.observe { loop.post(.session($0)) }
         try await loop.run {
-            try RelayPump(
-                options: options, session: session, logger: logger, expectations: expectations, post: { loop.post($0) },
-                onUpgraded: onUpgraded)
+            try RelayLoop(
+                options: options, expectations: expectations, logger: logger,
+                effects: { send in
+                    RelayPumpEffects(
+                        send: send,
+                        session: { session.welcome.session },
+                        gather: { id, attempt in
+                            Task {
+                                let result: Result<DirectPath.PunchPort, SocketError>
+                                do throws(SocketError) { result = .success(try await direct.punchPort()) } catch { result = .failure(error) }
+                                loop.post(.gathered(id, attempt: attempt, result))
+                            }
+                        },
+                        punch: { id, attempt, request in
+                            Task {
+                                let result: Result<Int32, SocketError>
+                                do throws(SocketError) {
+                                    result = .success(
+                                        try await direct.punch(
+                                            from: request.port, to: request.peer, proving: request.proof, until: request.deadline,
+                                            listening: false))
+                                } catch {
+                                    result = .failure(error)
+                                }
+                                if !loop.post(.punched(id, attempt: attempt, result)), case .success(let fd) = result { close(fd) }
+                            }
+                        },
+                        upgraded: onUpgraded)
+                })
         }
     }
 
     func stop() { loop.stop() }
 
     /// Opens a relayed connection the control plane signalled (we are its initiator); returns the app's socket.
-    func open(_ id: UInt64, context: RelayStreamContext) async throws(LinkError) -> Int32 {
-        do {
-            return try await withCheckedThrowingContinuation { continuation in
-                if !loop.post(.open(id, context, continuation)) {
-                    continuation.resume(throwing: LinkError(code: ENETDOWN, description: "the relay is not running"))
-                }
+    func open(_ id: UInt64, context: RelayStreamContext) async throws(SocketError) -> Int32 {
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Int32, SocketError>, Never>) in
+            if !loop.post(.open(id, context, { continuation.resume(returning: $0) })) {
+                continuation.resume(returning: .failure(SocketError(ENETDOWN, "the relay is not running")))
             }
-        } catch let error as LinkError {
-            throw error
-        } catch {
-            throw LinkError(code: EHOSTUNREACH, description: "\(error)")
         }
+        return try result.get()
     }
 
     /// Waits for the initiator to relay `id` (we accept it); `deliver` runs on the pump's thread. Call it before

@@ -9,7 +9,7 @@ import Synchronization
 /// that arrives meanwhile is read in the same pass). A registration made before the answer is sent is always
 /// there when the open is read.
 final class RelayExpectations: Sendable {
-    typealias Deliver = @Sendable (Result<Int32, LinkError>) -> Void
+    typealias Deliver = @Sendable (Result<Int32, SocketError>) -> Void
 
     struct Expectation: Sendable {
         let context: RelayStreamContext
@@ -32,7 +32,7 @@ final class RelayExpectations: Sendable {
             state.waiting[id] = expectation
             return true
         }
-        if !accepted { expectation.deliver(.failure(LinkError(code: ENETDOWN, description: "the relay is not running"))) }
+        if !accepted { expectation.deliver(.failure(SocketError(ENETDOWN, "the relay is not running"))) }
     }
 
     /// No longer waits for `id` (a direct link won); a later open is reset.
@@ -46,7 +46,7 @@ final class RelayExpectations: Sendable {
     }
 
     /// The relay stops: every waiter hears `error`, and later ones at once.
-    func close(_ error: LinkError) {
+    func close(_ error: SocketError) {
         let waiting = state.withLock { state in
             state.closed = true
             defer { state.waiting = [:] }

@@ -6,17 +6,14 @@ import WireFormat
 /// relay is suspended (its app's bytes stay in the socket; nothing more goes to a relay that may drop it), the node
 /// attaches with its new session, and sends `resume` with its counts. Once the peer's resume comes back, each side sends again
 /// what the other did not receive (``RelayResendBuffer``) and goes on. A connection the relay does not take back
-/// within ``resumeTimeout`` of the loss is reset: the app gets ECONNRESET, never a hang.
+/// within ``Timing/Wire/relayResume`` of the loss is reset: the app gets ECONNRESET, never a hang.
 extension RelayPump {
-    /// How long a relayed connection waits for the relay to come back.
-    static let resumeTimeout = Duration.seconds(10)
-
     func sessionChanged(_ event: SessionEvent) {
         switch event {
         case .unreachable:
             // The broker may only be slow (a loaded broker misses a heartbeat's deadline): connections go on, each
             // within its credit. Should it have lost them, it says so (a reset marked unknown, or our rejoin) and
-            // they are resumed; should it stay silent, they are reset after ``resumeTimeout``.
+            // they are resumed; should it stay silent, they are reset after ``Timing/Wire/relayResume``.
             brokerSilentSince = brokerSilentSince ?? .now
         case .reachable:
             brokerSilentSince = nil
@@ -51,7 +48,7 @@ extension RelayPump {
         guard !stream.relayDone, !stream.suspended else { return }
         let now = ContinuousClock.now
         stream.suspendedAt = now
-        stream.resumeBy = now + Self.resumeTimeout
+        stream.resumeBy = now + Timing.Wire.relayResume
     }
 
     /// Sends hello with the session we hold now, at once; its answer sends the resumes.
@@ -69,7 +66,7 @@ extension RelayPump {
             resume.window = UInt32(stream.window)
             resume.received = stream.receivedOnRelay
             resume.acknowledged = stream.creditSent
-            resume.endReceived = stream.finReceived || stream.switchAt != nil
+            resume.endReceived = stream.inboundRelayOver
             send(RelayFrame.with(stream.id, .resume(resume)))
             stream.resumeSent = true
         }
@@ -85,16 +82,16 @@ extension RelayPump {
         }
         let missing: [ArraySlice<UInt8>]
         do {
-            missing = try stream.outbound.resume(peerReceived: resume.received, peerAcknowledged: resume.acknowledged)
+            missing = try stream.resend.resume(peerReceived: resume.received, peerAcknowledged: resume.acknowledged)
         } catch {
             return abort(stream, reason: "a resume whose \(error)", notify: true)
         }
         var frames = missing.map { RelayFrame.with(stream.id, .data(Data($0))).frame() }
         if !resume.endReceived {
-            if stream.outboundDirect {
-                frames.append(RelayFrame.with(stream.id, .switchOffset(stream.sentOnRelay)).frame())
-            } else if stream.appEOF {
-                frames.append(RelayFrame.with(stream.id, .fin(true)).frame())
+            switch stream.outbound {
+            case .direct, .directEnded: frames.append(RelayFrame.with(stream.id, .switchOffset(stream.sentOnRelay)).frame())
+            case .relayEnded: frames.append(RelayFrame.with(stream.id, .fin(true)).frame())
+            case .relay: break
             }
         }
         if !frames.isEmpty { send(frames) }
@@ -113,16 +110,16 @@ extension RelayPump {
 
     /// Connections whose relay did not come back in time are reset.
     func resumeTick(now: ContinuousClock.Instant) {
-        if let silent = brokerSilentSince, now - silent >= Self.resumeTimeout {
+        if let silent = brokerSilentSince, now - silent >= Timing.Wire.relayResume {
             brokerSilentSince = nil
             for stream in streams.values where !stream.relayDone { stream.resumeBy = now }
         }
         for stream in streams.values {
             guard let deadline = stream.resumeBy, deadline <= now else { continue }
             logger.warning(
-                "relayed connection reset: the relay did not come back within \(Self.resumeTimeout)",
+                "relayed connection reset: the relay did not come back within \(Timing.Wire.relayResume)",
                 metadata: ["connection": "\(stream.id)"])
-            abort(stream, reason: "the relay did not come back within \(Self.resumeTimeout)", notify: false)
+            abort(stream, reason: "the relay did not come back within \(Timing.Wire.relayResume)", notify: false)
         }
     }
 }

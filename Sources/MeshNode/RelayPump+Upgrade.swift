@@ -5,9 +5,9 @@ import WireFormat
 ///
 /// The initiator starts an attempt (1 s after the relay opened, then backing off to
 /// ``RelayOptions/upgradeMaxInterval``): a fresh port's public endpoint goes to the acceptor as punch OFFER, the
-/// acceptor answers with its own (ANSWER) and both punch and prove the link token on the new socket, each on a
-/// thread of its own. Each end then says READY (it holds a proven socket) or FAILED. An end switches only once
-/// it has said READY and heard READY: it ends its relay stream with `switch_offset` = the bytes it sent on the
+/// acceptor answers with its own (ANSWER) and both punch and prove the link token on the new socket, through
+/// ``RelayPumpEffects`` (``DirectPath``). Each end then says READY (it holds a proven socket) or FAILED. An end
+/// switches only once it has said READY and heard READY: it ends its relay stream with `switch_offset` = the bytes it sent on the
 /// relay and writes the rest to the direct socket; the other end hands its app the relay bytes up to that
 /// offset, then reads the direct socket. So both ends hold a proven socket before a byte goes onto it.
 extension RelayPump {
@@ -28,79 +28,50 @@ extension RelayPump {
             }
             guard let next = stream.upgrade.next, next <= now else { continue }
             stream.upgrade.next = nil
-            guard stream.upgrade.phase == .idle, !stream.appEOF, !stream.finReceived else { continue }
+            guard stream.upgrade.phase == .idle, stream.outbound == .relay, stream.inbound == .relay else { continue }
             stream.upgrade.attempt += 1
             gather(stream, attempt: stream.upgrade.attempt)
         }
     }
 
-    /// Learns a fresh port's public endpoint on a thread of its own.
+    /// Learns a fresh port's public endpoint (``RelayPumpEffects/gather``); ``gathered(_:attempt:_:)`` goes on.
     private func gather(_ stream: RelayStream, attempt: UInt32) {
         stream.upgrade.phase = .gathering(attempt)
-        let (id, reflector, post) = (stream.id, options.reflector, post)
-        Thread {
-            let result: Result<(port: UInt16, endpoint: Endpoint), LinkError>
-            do {
-                let port = try Puncher.freeLocalPort()
-                let mapped = try STUNClient.mappedEndpoint(server: reflector, transport: .tcp, localPort: port, timeout: .seconds(3))
-                result = .success((port, mapped))
-            } catch {
-                result = .failure(LinkError(code: ENETUNREACH, description: "no public endpoint: \(error)"))
-            }
-            post(.gathered(id, attempt: attempt, result))
-        }.start()
+        effects.gather(stream.id, attempt)
     }
 
-    func gathered(_ id: UInt64, attempt: UInt32, _ result: Result<(port: UInt16, endpoint: Endpoint), LinkError>) {
+    func gathered(_ id: UInt64, attempt: UInt32, _ result: Result<DirectPath.PunchPort, SocketError>) {
         guard let stream = streams[id], stream.upgrade.phase == .gathering(attempt) else { return }
         switch result {
         case .failure(let error):
             failAttempt(stream, attempt, reason: error.description)
-        case .success(let (port, endpoint)):
+        case .success(let ours):
             var punch = Boxermesh_V1_RelayPunch()
             punch.attempt = attempt
-            punch.endpoint = .with { $0.address = endpoint.v4Value; $0.port = UInt32(endpoint.port) }
+            punch.endpoint = ours.endpoint.message
             if stream.context.initiator {
                 punch.stage = .offer
-                stream.upgrade.phase = .offered(attempt, port: port)
-                stream.upgrade.deadline = .now + .seconds(5)
+                stream.upgrade.phase = .offered(attempt, port: ours.port)
+                stream.upgrade.deadline = .now + Timing.Wire.upgradeAnswer
                 send(RelayFrame.with(id, .punch(punch)))
             } else {
                 // Punching starts before the answer goes out: our SYNs open our NAT for the initiator's.
                 punch.stage = .answer
                 guard let peer = stream.upgrade.peerEndpoint else { return failAttempt(stream, attempt, reason: "no offer") }
-                startPunch(stream, attempt: attempt, from: port, to: peer)
+                startPunch(stream, attempt: attempt, from: ours.port, to: peer)
                 send(RelayFrame.with(id, .punch(punch)))
             }
         }
     }
 
+    /// Punches and proves (``RelayPumpEffects/punch``); ``punched(_:attempt:_:)`` goes on.
     private func startPunch(_ stream: RelayStream, attempt: UInt32, from port: UInt16, to peer: Endpoint) {
         stream.upgrade.phase = .punching(attempt)
-        let (id, token, initiator, post) = (stream.id, stream.context.token, stream.context.initiator, post)
-        let timeout = options.upgradePunchTimeout
-        Thread {
-            let result: Result<Int32, LinkError>
-            do {
-                let deadline = ContinuousClock.now + timeout
-                let fd = try Puncher.punch(from: port, to: peer, attempt: LinkManager.attempt, until: deadline)
-                do {
-                    try Puncher.verify(fd, token: token, connectionID: id, initiator: initiator, until: deadline + .seconds(2))
-                } catch {
-                    close(fd)
-                    throw error
-                }
-                result = .success(fd)
-            } catch let failure as Puncher.Failure {
-                result = .failure(LinkError(code: failure.code, description: failure.description))
-            } catch {
-                result = .failure(LinkError(code: EHOSTUNREACH, description: "\(error)"))
-            }
-            post(.punched(id, attempt: attempt, result))
-        }.start()
+        let proof = DirectPath.Proof(token: stream.context.token, connectionID: stream.id, initiator: stream.context.initiator)
+        effects.punch(stream.id, attempt, UpgradePunch(port: port, peer: peer, proof: proof, deadline: .now + options.upgradePunchTimeout))
     }
 
-    func punched(_ id: UInt64, attempt: UInt32, _ result: Result<Int32, LinkError>) {
+    func punched(_ id: UInt64, attempt: UInt32, _ result: Result<Int32, SocketError>) {
         guard let stream = streams[id], stream.upgrade.phase == .punching(attempt) else {
             if case .success(let fd) = result { RelaySockets.reset(fd) }
             return
@@ -121,10 +92,10 @@ extension RelayPump {
     /// A punch frame from the peer.
     func punchSignal(_ stream: RelayStream, _ punch: Boxermesh_V1_RelayPunch) {
         let attempt = punch.attempt
-        let endpoint = Endpoint(IPv4Address(punch.endpoint.address), port: UInt16(truncatingIfNeeded: punch.endpoint.port))
+        let endpoint = Endpoint(punch.endpoint)
         switch punch.stage {
         case .offer where !stream.context.initiator:
-            guard options.upgrade, stream.upgrade.phase != .done, !stream.appEOF, !stream.finReceived else {
+            guard options.upgrade, stream.upgrade.phase != .done, stream.outbound == .relay, stream.inbound == .relay else {
                 return send(RelayFrame.with(stream.id, .punch(.with { $0.attempt = attempt; $0.stage = .failed; $0.reason = "not upgrading" })))
             }
             dropDirect(stream)
@@ -183,9 +154,9 @@ extension RelayPump {
         stream.upgrade.phase = .done
         stream.upgrade.next = nil
         owners[direct] = stream.id
-        if !stream.appEOF {
+        if stream.outbound == .relay {
             send(RelayFrame.with(stream.id, .switchOffset(stream.sentOnRelay)))
-            stream.outboundDirect = true
+            stream.move(RelayStream.Outbound.direct)
         }
         logger.info(
             "relayed connection moved to a direct link",
@@ -193,14 +164,14 @@ extension RelayPump {
                 "connection": "\(stream.id)", "peer": "\(stream.context.peer)", "attempt": "\(stream.upgrade.attempt)",
                 "relayed_bytes_out": "\(stream.sentOnRelay)",
             ])
-        onUpgraded(stream.id, stream.context, stream.direct)
+        effects.upgraded(stream.id, stream.context, stream.direct)
         // The pair can punch now: its other relayed connections try at once instead of at their next backoff.
         for other in streams.values
         where other !== stream && other.context.initiator && other.context.peer == stream.context.peer
             && other.upgrade.phase == .idle
         {
             other.upgrade.next = .now
-            other.upgrade.delay = .seconds(1)
+            other.upgrade.delay = Timing.Choice.upgradeFirst
         }
     }
 }

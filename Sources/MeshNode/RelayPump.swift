@@ -3,27 +3,27 @@ import Logging
 import WireFormat
 import ZeroMQ
 
-/// The relay's thread on a node: the DEALER to the broker's relay, and every relayed connection's sockets,
-/// polled together. Nothing here blocks: sockets are non-blocking, and the blocking steps of an upgrade (STUN,
-/// punching) run on threads of their own that post their results back.
+/// Every relayed connection of this node: frames from the broker's relay in, the app's loopback sockets and
+/// (after an upgrade) direct sockets polled, credit and switch markers kept. It runs on the relay loop's thread
+/// (``RelayLoop``) and does not block: its sockets are non-blocking, and the blocking steps of an upgrade (learn
+/// an endpoint, punch) go out through ``RelayPumpEffects`` and come back as ``gathered(_:attempt:_:)`` and
+/// ``punched(_:attempt:_:)``. Tests drive it directly, with fake effects and no broker (MeshNodeTests).
 ///
 /// Fairness: poll is level-triggered and each ready socket gets one read or write (≤ 64 KiB) per turn, so a heavy
 /// connection takes its turn like the others. Memory: a connection holds at most its window of relay bytes.
-final class RelayPump: SocketLoopHandler {
-    typealias Command = RelayCommand
-
-    let dealer: ZMQSocket
+final class RelayPump {
     let options: RelayOptions
-    let session: MeshSession
+    let effects: RelayPumpEffects
     let logger: Logger
-    let post: @Sendable (RelayCommand) -> Void
-    let onUpgraded: @Sendable (UInt64, RelayStreamContext, Int32?) -> Void
+    let expectations: RelayExpectations
+    /// The thread the pump belongs to (where it was made); loop-only methods check it in debug builds.
+    private let owner = pthread_self()
 
     var streams: [UInt64: RelayStream] = [:]
     /// Which stream each polled descriptor (an app end or a direct socket) belongs to.
     var owners: [Int32: UInt64] = [:]
-    var opening: [UInt64: (context: RelayStreamContext, deadline: ContinuousClock.Instant, continuation: CheckedContinuation<Int32, Error>)] = [:]
-    let expectations: RelayExpectations
+    /// Our relayed opens, waiting for the broker's open.
+    var opening: [UInt64: (context: RelayStreamContext, deadline: ContinuousClock.Instant, deliver: RelayExpectations.Deliver)] = [:]
     var attached = false
     /// Since when heartbeats go unanswered (nil while the broker answers): relayed connections end if it stays so.
     var brokerSilentSince: ContinuousClock.Instant?
@@ -31,29 +31,20 @@ final class RelayPump: SocketLoopHandler {
     /// Copy buffer for direct links (app ↔ direct socket).
     var scratch = [UInt8](repeating: 0, count: RelayFrame.maximumData)
 
-    static let helloInterval = Duration.seconds(5)
+    /// Frames read from one app socket per turn, sent as one message.
     static let framesPerTurn = 4
-    static let openTimeout = Duration.seconds(5)
 
-    init(
-        options: RelayOptions, session: MeshSession, logger: Logger, expectations: RelayExpectations,
-        post: @escaping @Sendable (RelayCommand) -> Void, onUpgraded: @escaping @Sendable (UInt64, RelayStreamContext, Int32?) -> Void
-    ) throws {
+    init(options: RelayOptions, effects: RelayPumpEffects, expectations: RelayExpectations, logger: Logger) {
         self.options = options
-        self.session = session
-        self.logger = logger
+        self.effects = effects
         self.expectations = expectations
-        self.post = post
-        self.onUpgraded = onUpgraded
-        dealer = try ZMQSocket(ZMQContext(), .dealer)
-        try dealer.setMaxMessageSize(Int64(RelayFrame.maximumFrameSize))
-        // Unlimited queues: every byte in them is within some connection's window, which bounds them.
-        try dealer.setHighWaterMarks(send: 0, receive: 0)
-        try dealer.setHeartbeat(intervalMs: 2000, timeoutMs: 10000)
-        try dealer.connect(options.endpoint)
+        self.logger = logger
     }
 
-    var sockets: [ZMQSocket] { [dealer] }
+    /// Loop-only code calls this first: in debug builds, it stops the node when called from another thread.
+    func assertOnLoop(_ function: StaticString = #function) {
+        assert(pthread_equal(owner, pthread_self()) != 0, "RelayPump.\(function) ran off the relay loop's thread")
+    }
 
     var descriptors: [PolledDescriptor] {
         var list: [PolledDescriptor] = []
@@ -64,7 +55,7 @@ final class RelayPump: SocketLoopHandler {
     var nextTick: ContinuousClock.Instant? {
         var next = nextHello
         for entry in opening.values { next = min(next, entry.deadline) }
-        if let silent = brokerSilentSince { next = min(next, silent + Self.resumeTimeout) }
+        if let silent = brokerSilentSince { next = min(next, silent + Timing.Wire.relayResume) }
         for stream in streams.values {
             if let at = stream.resumeBy { next = min(next, at) }
             if let at = stream.upgrade.next { next = min(next, at) }
@@ -74,41 +65,43 @@ final class RelayPump: SocketLoopHandler {
     }
 
     func tick(now: ContinuousClock.Instant) {
+        assertOnLoop()
         if now >= nextHello {
             var hello = Boxermesh_V1_RelayHello()
-            hello.session = session.welcome.session
+            hello.session = effects.session()
             send(RelayFrame.with(0, .hello(hello)))
-            nextHello = now + Self.helloInterval
+            nextHello = now + Timing.Wire.relayHello
             for stream in streams.values {
                 logger.trace("relay stream", metadata: [
                     "connection": "\(stream.id)", "credit": "\(stream.credit)", "sent": "\(stream.sentOnRelay)",
                     "received": "\(stream.receivedOnRelay)", "queued": "\(stream.queued)", "owed": "\(stream.creditOwed)",
-                    "eof": "\(stream.appEOF)", "descriptors": "\(stream.descriptors)"])
+                    "outbound": "\(stream.outbound)", "inbound": "\(stream.inbound)", "descriptors": "\(stream.descriptors)"])
             }
         }
         for (id, entry) in opening where entry.deadline <= now {
             opening[id] = nil
-            entry.continuation.resume(throwing: LinkError(code: ETIMEDOUT, description: "the relay did not open the connection in time"))
+            entry.deliver(.failure(SocketError(ETIMEDOUT, "the relay did not open the connection in time")))
         }
         upgradeTick(now: now)
         resumeTick(now: now)
     }
 
+    /// The node stops: whoever waits hears so, every relayed connection is reset.
     func shutdown() {
-        for entry in opening.values {
-            entry.continuation.resume(throwing: LinkError(code: ENETDOWN, description: "the node is stopping"))
-        }
-        expectations.close(LinkError(code: ENETDOWN, description: "the node is stopping"))
+        let stopping = SocketError(ENETDOWN, "the node is stopping")
+        for entry in opening.values { entry.deliver(.failure(stopping)) }
+        opening = [:]
+        expectations.close(stopping)
         for stream in streams.values { abort(stream, reason: "the node is stopping", notify: true) }
-        dealer.close()
     }
 
     // MARK: Commands
 
     func handle(_ command: RelayCommand) {
+        assertOnLoop()
         switch command {
-        case .open(let id, let context, let continuation):
-            opening[id] = (context, .now + Self.openTimeout, continuation)
+        case .open(let id, let context, let deliver):
+            opening[id] = (context, .now + Timing.Choice.relayOpen, deliver)
             send(RelayFrame.with(id, .open(.init())))
         case .giveUp(let id, let reason):
             send(RelayFrame.with(id, .rst(.with { $0.reason = reason })))
@@ -123,16 +116,9 @@ final class RelayPump: SocketLoopHandler {
 
     // MARK: Relay frames
 
-    func readable(socketAt index: Int) {
-        do {
-            // One message may hold several frames (the broker batches what it forwards to us).
-            try dealer.receiveAll { frames in for frame in frames { received(frame) } }
-        } catch {
-            logger.warning("relay receive failed: \(error)")
-        }
-    }
-
+    /// One frame from the broker's relay.
     func received(_ frame: [UInt8]) {
+        assertOnLoop()
         let header: RelayFrameHeader
         do {
             header = try RelayFrameHeader(scanning: frame)
@@ -152,37 +138,40 @@ final class RelayPump: SocketLoopHandler {
             guard let stream = streams[id] else {
                 return send(RelayFrame.with(id, .rst(.with { $0.reason = "no such relayed connection" })))
             }
-            guard !stream.finReceived, stream.switchAt == nil, stream.queued + header.payload.count <= stream.window else {
+            guard stream.inbound == .relay, stream.queued + header.payload.count <= stream.window else {
                 return abort(stream, reason: "the peer broke the relay protocol (data past its window or end)", notify: true)
             }
-            stream.inbound.append((frame, header.payload))
+            stream.pending.append((frame, header.payload))
             stream.queued += header.payload.count
             stream.receivedOnRelay += UInt64(header.payload.count)
             writeApp(stream)
         case .credit(let credit):
             guard let stream = streams[id] else { return }
             do {
-                try stream.outbound.acknowledge(Int(credit))
+                try stream.resend.acknowledge(Int(credit))
             } catch {
                 abort(stream, reason: "the peer broke the relay protocol: \(error)", notify: true)
             }
         case .fin:
             guard let stream = streams[id] else { return }
-            stream.finReceived = true
+            guard stream.inbound == .relay else {
+                return abort(stream, reason: "the peer broke the relay protocol (fin after its end)", notify: true)
+            }
+            stream.move(RelayStream.Inbound.ending)
             writeApp(stream)
         case .switchOffset(let offset):
             guard let stream = streams[id] else { return }
-            guard stream.direct != nil, offset == stream.receivedOnRelay else {
+            guard stream.direct != nil, stream.inbound == .relay, offset == stream.receivedOnRelay else {
                 return abort(stream, reason: "the peer switched to a direct link this node does not hold", notify: true)
             }
-            stream.switchAt = offset
+            stream.move(.draining(until: offset))
             writeApp(stream)
         case .rst:
             let reset = (try? RelayFrame(frame: frame))?.rst ?? .init()
             if reset.unknown, relayLostState(id) { return }
             let reason = reset.reason
-            let error = LinkError(code: ECONNREFUSED, description: "the relay reset the connection: \(reason)")
-            if let entry = opening.removeValue(forKey: id) { entry.continuation.resume(throwing: error) }
+            let error = SocketError(ECONNREFUSED, "the relay reset the connection: \(reason)")
+            if let entry = opening.removeValue(forKey: id) { entry.deliver(.failure(error)) }
             if let entry = expectations.take(id) { entry.deliver(.failure(error)) }
             if id == 0 {
                 attached = false
@@ -208,9 +197,9 @@ final class RelayPump: SocketLoopHandler {
 
     /// The broker opened `id`: hand a fresh loopback socket to whoever waits for it.
     private func opened(_ id: UInt64, window: Int) {
-        let waiter: (context: RelayStreamContext, deliver: (Result<Int32, LinkError>) -> Void)
+        let waiter: (context: RelayStreamContext, deliver: RelayExpectations.Deliver)
         if let entry = opening.removeValue(forKey: id) {
-            waiter = (entry.context, { result in entry.continuation.resume(with: result.mapError { $0 as Error }) })
+            waiter = (entry.context, entry.deliver)
         } else if let entry = expectations.take(id) {
             waiter = (entry.context, entry.deliver)
         } else {
@@ -218,25 +207,27 @@ final class RelayPump: SocketLoopHandler {
         }
         guard window > 0 else {
             send(RelayFrame.with(id, .rst(.with { $0.reason = "no window" })))
-            return waiter.deliver(.failure(LinkError(code: EPROTO, description: "the relay opened the connection without a window")))
+            return waiter.deliver(.failure(SocketError(EPROTO, "the relay opened the connection without a window")))
         }
         let pair: (app: Int32, node: Int32)
         do {
             pair = try RelaySockets.loopbackPair()
         } catch {
             send(RelayFrame.with(id, .rst(.with { $0.reason = "the node cannot make a socket: \(error)" })))
-            return waiter.deliver(.failure(LinkError(code: error.code, description: error.description)))
+            return waiter.deliver(.failure(error))
         }
         let stream = RelayStream(id: id, fd: pair.node, window: window, context: waiter.context)
         streams[id] = stream
         owners[pair.node] = id
-        if options.upgrade && stream.context.initiator { scheduleUpgrade(stream, after: .seconds(1)) }
+        if options.upgrade && stream.context.initiator { scheduleUpgrade(stream, after: Timing.Choice.upgradeFirst) }
         waiter.deliver(.success(pair.app))
     }
 
     // MARK: Sockets
 
+    /// A polled descriptor is ready.
     func ready(descriptor fd: Int32, events: Int16) {
+        assertOnLoop()
         guard let id = owners[fd], let stream = streams[id] else { return }
         let readable = events & Int16(POLLIN | POLLHUP | POLLERR) != 0
         let writable = events & Int16(POLLOUT | POLLHUP | POLLERR) != 0
@@ -251,8 +242,12 @@ final class RelayPump: SocketLoopHandler {
 
     /// App → peer: one frame within the credit (relay), or one buffer (direct link).
     func readApp(_ stream: RelayStream) {
-        guard !stream.appEOF, stream.outboundDirect || !stream.suspended else { return }
-        if stream.outboundDirect {
+        switch stream.outbound {
+        case .relay where !stream.suspended: break
+        case .direct: break
+        default: return
+        }
+        if stream.outbound == .direct {
             guard stream.directOut.isEmpty, let direct = stream.direct else { return }
             let outcome = scratch.withUnsafeMutableBytes { IO.read(stream.fd, into: $0) }
             switch outcome {
@@ -265,7 +260,7 @@ final class RelayPump: SocketLoopHandler {
                 case .eof, .failed: return abort(stream, reason: "the direct link failed", notify: true)
                 }
             case .eof:
-                stream.appEOF = true
+                stream.move(RelayStream.Outbound.directEnded)
                 Glibc.shutdown(direct, Int32(SHUT_WR))
             case .wouldBlock: break
             case .failed: return abort(stream, reason: "the app reset the connection", notify: true)
@@ -288,12 +283,12 @@ final class RelayPump: SocketLoopHandler {
             switch outcome {
             case .moved(let count):
                 guard let frame else { return }
-                stream.outbound.sent(frame, payload: (frame.count - count)..<frame.count)
+                stream.resend.sent(frame, payload: (frame.count - count)..<frame.count)
                 batch.append(frame)
                 if count < capacity { break }
                 continue
             case .eof:
-                stream.appEOF = true
+                stream.move(RelayStream.Outbound.relayEnded)
                 batch.append(RelayFrame.with(stream.id, .fin(true)).frame())
             case .wouldBlock: break
             case .failed:
@@ -308,38 +303,38 @@ final class RelayPump: SocketLoopHandler {
 
     /// Peer → app: relay bytes in order, then (after the switch marker) the direct link's.
     func writeApp(_ stream: RelayStream) {
-        drain: while stream.inboundHead < stream.inbound.count {
-            let (frame, range) = stream.inbound[stream.inboundHead]
+        drain: while stream.pendingHead < stream.pending.count {
+            let (frame, range) = stream.pending[stream.pendingHead]
             let outcome = frame.withUnsafeBytes { IO.write(stream.fd, UnsafeRawBufferPointer(rebasing: $0[range])) }
             switch outcome {
             case .moved(let count):
                 stream.queued -= count
                 stream.creditOwed += count
                 guard count == range.count else {
-                    stream.inbound[stream.inboundHead].range = range.lowerBound + count..<range.upperBound
+                    stream.pending[stream.pendingHead].range = range.lowerBound + count..<range.upperBound
                     break drain
                 }
-                stream.inboundHead += 1
+                stream.pendingHead += 1
             case .wouldBlock, .eof: break drain
             case .failed: return abort(stream, reason: "the app closed the connection", notify: true)
             }
         }
-        if stream.inboundHead == stream.inbound.count, !stream.inbound.isEmpty {
-            stream.inbound.removeAll(keepingCapacity: true)
-            stream.inboundHead = 0
-        } else if stream.inboundHead > 64 {
-            stream.inbound.removeFirst(stream.inboundHead)
-            stream.inboundHead = 0
+        if stream.pendingHead == stream.pending.count, !stream.pending.isEmpty {
+            stream.pending.removeAll(keepingCapacity: true)
+            stream.pendingHead = 0
+        } else if stream.pendingHead > 64 {
+            stream.pending.removeFirst(stream.pendingHead)
+            stream.pendingHead = 0
         }
         // Credit goes back in batches; the sender still holds ≥ 3/4 of its window meanwhile.
         // None while the relay is away: the resume tells the peer what its app took.
-        if stream.creditOwed >= stream.window / 4, stream.switchAt == nil, !stream.finReceived, !stream.suspended {
+        if stream.creditOwed >= stream.window / 4, stream.inbound == .relay, !stream.suspended {
             send(RelayFrame.with(stream.id, .credit(UInt32(stream.creditOwed))))
             stream.creditSent += UInt64(stream.creditOwed)
             stream.creditOwed = 0
         }
         if stream.queued == 0 {
-            if stream.switchAt != nil && !stream.inboundDirect { stream.inboundDirect = true }
+            if case .draining = stream.inbound { stream.move(RelayStream.Inbound.direct) }
             if !stream.directIn.isEmpty {
                 let outcome = stream.directIn.bytes.withUnsafeBytes {
                     IO.write(stream.fd, UnsafeRawBufferPointer(rebasing: $0[stream.directIn.offset...]))
@@ -351,9 +346,8 @@ final class RelayPump: SocketLoopHandler {
                 }
                 if stream.directIn.isEmpty { stream.directIn = .init() }
             }
-            let peerDone = stream.finReceived || (stream.inboundDirect && stream.directEOF && stream.directIn.isEmpty)
-            if peerDone && !stream.appWriteShut {
-                stream.appWriteShut = true
+            if stream.inbound == .ending && stream.directIn.isEmpty {
+                stream.move(RelayStream.Inbound.shut)
                 Glibc.shutdown(stream.fd, Int32(SHUT_WR))
             }
         }
@@ -362,7 +356,7 @@ final class RelayPump: SocketLoopHandler {
 
     /// Direct link → app, after the switch.
     func readDirect(_ stream: RelayStream) {
-        guard let direct = stream.direct, stream.inboundDirect, stream.directIn.isEmpty, !stream.directEOF else { return }
+        guard let direct = stream.direct, stream.inbound == .direct, stream.directIn.isEmpty else { return }
         let outcome = scratch.withUnsafeMutableBytes { IO.read(direct, into: $0) }
         switch outcome {
         case .moved(let count):
@@ -374,7 +368,7 @@ final class RelayPump: SocketLoopHandler {
             case .eof, .failed: return abort(stream, reason: "the app closed the connection", notify: true)
             }
         case .eof:
-            stream.directEOF = true
+            stream.move(RelayStream.Inbound.ending)
             writeApp(stream)
             return
         case .wouldBlock: break
@@ -429,11 +423,5 @@ final class RelayPump: SocketLoopHandler {
     func send(_ bytes: [UInt8]) { send([bytes]) }
 
     /// Several frames as one multipart message.
-    func send(_ frames: [[UInt8]]) {
-        do {
-            try dealer.send(frames)
-        } catch {
-            logger.warning("relay send failed: \(error)")
-        }
-    }
+    func send(_ frames: [[UInt8]]) { effects.send(frames) }
 }

@@ -4,13 +4,8 @@ import Glibc
 /// small per-descriptor settings. The app's end is a real TCP socket, so every TCP option, shutdown() and
 /// reset behaves as on a direct link.
 enum RelaySockets {
-    struct Failure: Error, CustomStringConvertible {
-        let code: Int32
-        let description: String
-    }
-
     /// A connected TCP pair on 127.0.0.1: (the app's end, blocking; the node's end, non-blocking).
-    static func loopbackPair() throws(Failure) -> (app: Int32, node: Int32) {
+    static func loopbackPair() throws(SocketError) -> (app: Int32, node: Int32) {
         let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard listener >= 0 else { throw failure("cannot create a socket") }
         defer { close(listener) }
@@ -65,7 +60,5 @@ enum RelaySockets {
         close(fd)
     }
 
-    private static func failure(_ what: String) -> Failure {
-        Failure(code: errno, description: "\(what): \(String(cString: strerror(errno)))")
-    }
+    private static func failure(_ what: String) -> SocketError { SocketError.lastError(what) }
 }

@@ -16,45 +16,63 @@ struct RelayStreamContext: Sendable {
 /// One relayed connection inside the pump: the node's end of the app's loopback socket, the credit windows of
 /// both directions, the relay bytes waiting for the app, and — once upgraded — the direct socket.
 ///
-/// Outbound (app → peer): read the app's socket only while there is credit, one frame (≤ 64 KiB) per turn;
-/// app EOF → fin; after the switch to a direct link, bytes go to the direct socket instead.
-/// Inbound (peer → app): relay data is queued and written to the app's socket as it takes it; credit goes back
-/// for what it took; fin → shutdown(SHUT_WR) after the last byte; the switch marker → read the direct socket
-/// once every relay byte up to it is written.
+/// Each direction is a state machine (``Outbound``, ``Inbound``); the pump moves it only through
+/// ``move(_:)-(Outbound)`` and ``move(_:)-(Inbound)``, which stop the node on a transition that the design does not
+/// allow — a bug in the pump, never something a peer can cause (the pump checks the peer's frames first).
 final class RelayStream {
+    /// App → peer.
+    enum Outbound: Equatable {
+        /// App bytes go on the relay, within the credit.
+        case relay
+        /// The app shut down writing: fin went out on the relay.
+        case relayEnded
+        /// After our switch marker: app bytes go to the direct socket.
+        case direct
+        /// The app shut down writing after the switch: SHUT_WR went out on the direct socket.
+        case directEnded
+    }
+
+    /// Peer → app.
+    enum Inbound: Equatable {
+        /// Relay bytes are queued for the app as they come.
+        case relay
+        /// The peer's switch marker came: the relay bytes up to `until` still go to the app before the direct
+        /// socket's.
+        case draining(until: UInt64)
+        /// The app gets the direct socket's bytes.
+        case direct
+        /// The peer is done (fin on the relay, or EOF on the direct socket): what is left goes to the app, then
+        /// its socket is shut for writing.
+        case ending
+        /// The app's socket is shut for writing: this direction is over.
+        case shut
+    }
+
     let id: UInt64
     /// The node's end of the loopback pair (non-blocking); the app holds the other.
     let fd: Int32
     let window: Int
     let context: RelayStreamContext
+    private(set) var outbound = Outbound.relay
+    private(set) var inbound = Inbound.relay
 
     // Outbound.
     /// What went out on the relay and is not yet acknowledged, kept to send again after a broker restart.
-    var outbound = RelayResendBuffer()
+    var resend = RelayResendBuffer()
     /// Bytes we may still send on the relay: the window less what the peer has not acknowledged.
-    var credit: Int { window - outbound.unacknowledged }
-    var sentOnRelay: UInt64 { outbound.sent }
-    /// The app shut down writing (EOF read); fin sent on the relay, or SHUT_WR on the direct socket.
-    var appEOF = false
-    /// Outbound bytes go to the direct socket (after our switch marker).
-    var outboundDirect = false
+    var credit: Int { window - resend.unacknowledged }
+    var sentOnRelay: UInt64 { resend.sent }
     var directOut = Pending()
 
     // Inbound.
-    var inbound: [(frame: [UInt8], range: Range<Int>)] = []
-    var inboundHead = 0
+    var pending: [(frame: [UInt8], range: Range<Int>)] = []
+    var pendingHead = 0
     var queued = 0
     var receivedOnRelay: UInt64 = 0
     var creditOwed = 0
     /// Credit returned so far, in bytes (a resume tells the peer, whose copy of some of it the relay may have lost).
     var creditSent: UInt64 = 0
-    var finReceived = false
-    /// The peer's switch marker: its relay stream ends after this many bytes.
-    var switchAt: UInt64?
-    var inboundDirect = false
     var directIn = Pending()
-    var directEOF = false
-    var appWriteShut = false
 
     // Upgrade.
     var direct: Int32?
@@ -75,6 +93,29 @@ final class RelayStream {
         self.context = context
     }
 
+    /// Moves the outbound direction; a transition the design does not allow stops the node.
+    func move(_ next: Outbound) {
+        switch (outbound, next) {
+        case (.relay, .relayEnded), (.relay, .direct), (.direct, .directEnded): outbound = next
+        default: preconditionFailure("relayed connection \(id): outbound cannot go from \(outbound) to \(next)")
+        }
+    }
+
+    /// Moves the inbound direction; a transition the design does not allow stops the node.
+    func move(_ next: Inbound) {
+        switch (inbound, next) {
+        case (.relay, .draining), (.relay, .ending), (.draining, .direct), (.direct, .ending), (.ending, .shut): inbound = next
+        default: preconditionFailure("relayed connection \(id): inbound cannot go from \(inbound) to \(next)")
+        }
+    }
+
+    /// The app shut down writing (its EOF was read).
+    var appEOF: Bool { outbound == .relayEnded || outbound == .directEnded }
+    /// App bytes go to the direct socket.
+    var outboundDirect: Bool { outbound == .direct || outbound == .directEnded }
+    /// The relay carries no more of the peer's bytes (fin or switch marker received).
+    var inboundRelayOver: Bool { inbound != .relay }
+
     /// Bytes read from one socket that the other did not take yet.
     struct Pending {
         var bytes: [UInt8] = []
@@ -83,25 +124,25 @@ final class RelayStream {
     }
 
     /// The relay carries nothing more for this connection in either direction.
-    var relayDone: Bool {
-        (appEOF || outboundDirect) && (finReceived || switchAt != nil)
-    }
+    var relayDone: Bool { outbound != .relay && inboundRelayOver }
 
-    /// Both directions are over: the app read EOF (or we are resetting) and the app shut down writing.
-    var finished: Bool {
-        appEOF && directOut.isEmpty && appWriteShut
-    }
+    /// Both directions are over: the app's EOF went out, and the app's socket is shut for writing.
+    var finished: Bool { appEOF && directOut.isEmpty && inbound == .shut }
 
     /// What to poll: the app's end and, once in use, the direct socket.
     var descriptors: [PolledDescriptor] {
         var appEvents: Int16 = 0
-        if !appEOF && (outboundDirect ? directOut.isEmpty : credit > 0 && !suspended) { appEvents |= Int16(POLLIN) }
+        switch outbound {
+        case .relay where credit > 0 && !suspended: appEvents |= Int16(POLLIN)
+        case .direct where directOut.isEmpty: appEvents |= Int16(POLLIN)
+        default: break
+        }
         if queued > 0 || !directIn.isEmpty { appEvents |= Int16(POLLOUT) }
         var list: [PolledDescriptor] = []
         if appEvents != 0 { list.append(PolledDescriptor(fd: fd, events: appEvents)) }
         if let direct {
             var directEvents: Int16 = 0
-            if inboundDirect && directIn.isEmpty && !directEOF { directEvents |= Int16(POLLIN) }
+            if inbound == .direct && directIn.isEmpty { directEvents |= Int16(POLLIN) }
             if !directOut.isEmpty { directEvents |= Int16(POLLOUT) }
             if directEvents != 0 { list.append(PolledDescriptor(fd: direct, events: directEvents)) }
         }

@@ -40,11 +40,12 @@ struct RelayedPair {
             let session = try await MeshSession.open(
                 JoinRequest(mesh: "test", nodeName: name, secret: broker.secret), client: client, connectTimeout: .seconds(5),
                 logger: logger)
-            var options = RelayOptions(endpoint: broker.relay, reflector: Endpoint(IPv4Address.loopback, port: 9))
+            var options = RelayOptions(endpoint: broker.relay)
             options.upgrade = false
-            let relay = RelayClient(options: options)
+            let direct = DirectPath(reflector: Endpoint(IPv4Address.loopback, port: 9))
+            let relay = RelayClient(options: options, direct: direct)
             let links = LinkManager(
-                session: session, reflector: options.reflector, logger: logger, relay: relay, policy: LinkPolicy(path: .relay))
+                session: session, direct: direct, logger: logger, relay: relay, policy: LinkPolicy(path: .relay))
             client.onPush { message in
                 if case .incomingConnection(let incoming) = message.body { Task { await links.accept(incoming) } }
             }

@@ -8,12 +8,12 @@ final class LinkRace: Sendable {
     enum Outcome: Sendable {
         case direct(Int32)
         case relay(Int32)
-        case failed(LinkError)
+        case failed(SocketError)
     }
 
     private struct State {
         var outcome: Outcome?
-        var punchFailure: LinkError?
+        var punchFailure: SocketError?
         var relayPossible = true
         var waiter: CheckedContinuation<Outcome, Never>?
     }
@@ -27,7 +27,7 @@ final class LinkRace: Sendable {
 
     /// The relay's answer: the app's socket of the relayed connection, or why there will be none (the
     /// connecting side gave up, or the node stops): then the connection has failed.
-    func relayed(_ result: Result<Int32, LinkError>) {
+    func relayed(_ result: Result<Int32, SocketError>) {
         switch result {
         case .success(let fd):
             if !decide(.relay(fd)) { RelaySockets.reset(fd) }
@@ -46,7 +46,7 @@ final class LinkRace: Sendable {
         if let failure { decide(.failed(failure)) }
     }
 
-    func punchFailed(_ error: LinkError) {
+    func punchFailed(_ error: SocketError) {
         let relayPossible = state.withLock { state in
             state.punchFailure = error
             return state.relayPossible
@@ -58,7 +58,7 @@ final class LinkRace: Sendable {
     func outcome(timeout: Duration) async -> Outcome {
         let timer = Task {
             try await Task.sleep(for: timeout)
-            decide(.failed(LinkError(code: ETIMEDOUT, description: "no direct or relayed connection within \(timeout)")))
+            decide(.failed(SocketError(ETIMEDOUT, "no direct or relayed connection within \(timeout)")))
         }
         defer { timer.cancel() }
         return await withCheckedContinuation { continuation in

@@ -1,0 +1,172 @@
+import Foundation
+import Synchronization
+import WireFormat
+
+/// The one way this node makes a direct link, for a connect, an accept and an upgrade alike: learn the public
+/// endpoint of a fresh local port from the broker's reflector, punch through both NATs from it, and prove the
+/// broker's link token on the new socket. The blocking steps run on a ``BlockingPool``; whoever calls decides
+/// only when to punch and for how long.
+final class DirectPath: Sendable {
+    /// A fresh local port and the public endpoint the NAT maps it to: what goes to the peer to punch towards.
+    struct PunchPort: Sendable {
+        let port: UInt16
+        let endpoint: Endpoint
+    }
+
+    /// What each end proves on a new direct socket: it holds the broker's token for this connection, in its role.
+    struct Proof: Sendable {
+        let token: LinkToken
+        let connectionID: UInt64
+        let initiator: Bool
+    }
+
+    private let reflector: Endpoint
+    private let pool: BlockingPool
+    /// Hears every broker round trip measured (half a reflector exchange over TCP), for the tap.
+    private let onRoundTrip: @Sendable (Duration) -> Void
+    private let state = Mutex(State())
+
+    private struct State {
+        /// The lowest round trip to the broker seen.
+        var brokerRTT: Duration?
+        /// A port whose public endpoint was learned ahead of time, and whether one is being learned.
+        var warm: (port: PunchPort, learned: ContinuousClock.Instant)?
+        var warming = false
+        /// Callers waiting for the warm endpoint on its way (it started earlier than they could start one).
+        var warmWaiters: [CheckedContinuation<PunchPort?, Never>] = []
+    }
+
+    init(reflector: Endpoint, pool: BlockingPool = .shared, onRoundTrip: @escaping @Sendable (Duration) -> Void = { _ in }) {
+        self.reflector = reflector
+        self.pool = pool
+        self.onRoundTrip = onRoundTrip
+    }
+
+    /// The lowest round trip to the broker measured so far.
+    var brokerRTT: Duration? { state.withLock { $0.brokerRTT } }
+
+    // MARK: Endpoints
+
+    /// A fresh local port and its public endpoint: the warm one if it is fresh (another is learned in the
+    /// background for the next caller), else learned now. Where the NAT keeps source ports (the NATs punching
+    /// works through), a warm mapping holds for any destination while the port is unused.
+    func punchPort() async throws(SocketError) -> PunchPort {
+        let now = ContinuousClock.now
+        enum Ready { case warm(PunchPort), onItsWay, none }
+        let ready = state.withLock { state -> Ready in
+            defer { state.warm = nil }
+            if let warm = state.warm, now - warm.learned < Timing.Choice.warmLifetime { return .warm(warm.port) }
+            return state.warming && state.warmWaiters.isEmpty ? .onItsWay : .none
+        }
+        defer { warmUp() }
+        switch ready {
+        case .warm(let port):
+            return port
+        case .onItsWay:
+            // Right after the node started the first warm endpoint is being learned: waiting for it is quicker
+            // than starting over.
+            let arrived = await withCheckedContinuation { continuation in
+                state.withLock { state in
+                    if state.warming { state.warmWaiters.append(continuation) } else { continuation.resume(returning: nil) }
+                }
+            }
+            if let arrived { return arrived }
+            return try await learn()
+        case .none:
+            return try await learn()
+        }
+    }
+
+    /// Learns a warm endpoint in the background unless one is fresh or on its way. Called after each use, and
+    /// every half ``Timing/Choice/warmLifetime`` by ``keepWarm()``.
+    func warmUp() {
+        let start = state.withLock { state in
+            let fresh = state.warm.map { ContinuousClock.now - $0.learned < Timing.Choice.warmLifetime / 2 } ?? false
+            guard !fresh, !state.warming else { return false }
+            state.warming = true
+            return true
+        }
+        guard start else { return }
+        Task {
+            let learned = try? await learn()
+            let waiters = state.withLock { state in
+                state.warming = false
+                defer { state.warmWaiters = [] }
+                // A waiting caller takes it; the rest (there is at most one) learn their own.
+                if state.warmWaiters.isEmpty { state.warm = learned.map { ($0, ContinuousClock.now) } }
+                return state.warmWaiters
+            }
+            for (index, waiter) in waiters.enumerated() { waiter.resume(returning: index == 0 ? learned : nil) }
+        }
+    }
+
+    /// Keeps a warm endpoint ready until cancelled.
+    func keepWarm() async {
+        while !Task.isCancelled {
+            warmUp()
+            try? await Task.sleep(for: Timing.Choice.warmLifetime / 2)
+        }
+    }
+
+    /// A fresh local port and the public endpoint the broker's reflector sees for it over TCP.
+    private func learn() async throws(SocketError) -> PunchPort {
+        let reflector = reflector
+        let (port, elapsed): (PunchPort, Duration)
+        do {
+            (port, elapsed) = try await pool.run { _ in
+                let local = try Puncher.freeLocalPort()
+                let started = ContinuousClock.now
+                let mapped = try STUNClient.mappedEndpoint(
+                    server: reflector, transport: .tcp, localPort: local, timeout: Timing.Choice.reflector)
+                return (PunchPort(port: local, endpoint: mapped), ContinuousClock.now - started)
+            }
+        } catch {
+            throw SocketError(ENETUNREACH, "cannot learn our public endpoint from \(reflector): \(error)")
+        }
+        // A reflector exchange over TCP takes two round trips (handshake, request): keep the fastest seen.
+        let rtt = state.withLock { state in
+            let fastest = min(state.brokerRTT ?? elapsed / 2, elapsed / 2)
+            state.brokerRTT = fastest
+            return fastest
+        }
+        onRoundTrip(rtt)
+        return port
+    }
+
+    // MARK: Punch and prove
+
+    /// Punches from `port` to the peer's public endpoint until `deadline` (or until `abandoned` says so), then
+    /// proves `proof` on the new socket — the proof gets ``Timing/Wire/proof`` of its own, so a punch that lands
+    /// just before the deadline still counts. With `listening` (the accepting end) the port also listens, so a
+    /// peer's plain connect lands where nothing filters. Returns the proven, blocking socket.
+    func punch(
+        from port: UInt16, to peer: Endpoint, proving proof: Proof, until deadline: ContinuousClock.Instant,
+        listening: Bool, abandoned: @escaping @Sendable () -> Bool = { false }
+    ) async throws(SocketError) -> Int32 {
+        do {
+            return try await pool.run { cancellation in
+                let fd = try Puncher.punch(
+                    from: port, to: peer, until: deadline, listening: listening,
+                    abandoned: { cancellation.isCancelled || abandoned() })
+                do {
+                    try Puncher.verify(fd, proof, until: max(deadline, ContinuousClock.now + Timing.Wire.proof))
+                } catch {
+                    close(fd)
+                    throw error
+                }
+                return fd
+            }
+        } catch {
+            throw SocketError.wrapping(error)
+        }
+    }
+
+    /// Runs other blocking socket work (dialling the app's listener) on the same pool.
+    func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws(SocketError) -> T {
+        do {
+            return try await pool.run { _ in try body() }
+        } catch {
+            throw SocketError.wrapping(error)
+        }
+    }
+}

@@ -1,0 +1,186 @@
+import Foundation
+import WireFormat
+
+/// Inbound: a connection the broker announces, from the broker's push to the app's accept().
+extension LinkManager {
+    /// The broker announced a connection to one of our ports: refuse it, or answer with our endpoint, punch,
+    /// prove, and wake the app's accept() with a signal connection.
+    func accept(_ incoming: Boxermesh_V1_IncomingConnection) async {
+        let started = ContinuousClock.now
+        let port = UInt16(truncatingIfNeeded: incoming.port)
+        let id = incoming.connectionID
+        var answer = Boxermesh_V1_ConnectAnswer()
+        answer.connectionID = id
+        let peerPunches = incoming.endpoint.port != 0
+        guard isListening(on: port) else {
+            answer.reason = "nothing listens on port \(port)"
+            logger.info("refused a connection", metadata: ["peer": "\(incoming.peer.name)", "port": "\(port)"])
+            _ = try? await session.request(.connectAnswer(answer))
+            return
+        }
+        guard peerPunches || relayAllowed else {
+            answer.reason = "the connecting node forces the relay, and this node forbids it (--path direct)"
+            _ = try? await session.request(.connectAnswer(answer))
+            return
+        }
+        let token = LinkToken([UInt8](incoming.token))
+        let race = LinkRace()
+        if relayAllowed, let relay {
+            let context = RelayStreamContext(token: token, initiator: false, peer: incoming.peer.ipv4, port: port, started: started)
+            relay.expect(id, context: context) { result in race.relayed(result) }
+        } else {
+            race.noRelay()
+        }
+        answer.accepted = true
+        var ours: DirectPath.PunchPort? = nil
+        if peerPunches && punches {
+            do {
+                ours = try await direct.punchPort()
+                answer.endpoint = ours!.endpoint.message
+            } catch {
+                guard relayAllowed else {
+                    answer.accepted = false
+                    answer.reason = error.description
+                    _ = try? await session.request(.connectAnswer(answer))
+                    return
+                }
+            }
+        }
+        // No endpoint (port 0): we do not punch, and the connecting node relays at once.
+        if let ours {
+            // Punching starts before the answer goes out: our SYNs open our NAT for the requester's. It goes on
+            // until the race is decided (the connecting side may relay first).
+            let proof = DirectPath.Proof(token: token, connectionID: id, initiator: false)
+            let deadline = ContinuousClock.now + max(Timing.Choice.acceptorPunch, policy.punchTimeout ?? .zero)
+            let (direct, peer) = (direct, Endpoint(incoming.endpoint))
+            Task {
+                do throws(SocketError) {
+                    let fd = try await direct.punch(
+                        from: ours.port, to: peer, proving: proof, until: deadline, listening: true,
+                        abandoned: { race.isDecided })
+                    if !race.direct(fd) { RelaySockets.reset(fd) }
+                } catch {
+                    race.punchFailed(error)
+                }
+            }
+        } else {
+            race.punchFailed(SocketError(EHOSTUNREACH, "not punching"))
+        }
+        _ = try? await session.request(.connectAnswer(answer))
+        let outcome = await race.outcome(timeout: Timing.Choice.acceptorWait)
+        var connection = Boxermesh_V1_ShimConnection()
+        connection.localAddress = me.address
+        connection.localPort = UInt32(port)
+        connection.peerAddress = incoming.peer.address
+        connection.peerPort = incoming.endpoint.port
+        let fd: Int32
+        let path: Boxermesh_V1_Path
+        switch outcome {
+        case .direct(let direct):
+            relay?.unexpect(id)
+            (fd, path, connection.path) = (direct, .direct, "direct")
+        case .relay(let relayed):
+            (fd, path, connection.path) = (relayed, .relay, "relay")
+            // The same port the connecting app sees as its own (it has no punched port on the relay).
+            connection.peerPort = UInt32(RelayFrame.initiatorPort(connectionID: id))
+        case .failed(let error):
+            relay?.unexpect(id)
+            logger.warning("inbound link failed", metadata: ["peer": "\(incoming.peer.name)", "port": "\(port)", "error": "\(error)"])
+            report(id, established: false, setup: ContinuousClock.now - started, peer: incoming.peer.ipv4, port: port,
+                initiator: false, failure: error.description)
+            return
+        }
+        let setup = ContinuousClock.now - started
+        logger.info("link up", metadata: ["peer": "\(incoming.peer.name)", "port": "\(port)", "path": "\(connection.path)", "setup": "\(setup)"])
+        report(id, established: true, setup: setup, peer: incoming.peer.ipv4, port: port, initiator: false, path: path)
+        flows?.track(fd: fd, id: id, initiator: false, peer: incoming.peer, port: port, path: path)
+        do {
+            try await announce(Link(fd: fd, connection: connection), port: port)
+        } catch {
+            logger.warning("cannot announce an inbound link to the app", metadata: ["port": "\(port)", "error": "\(error)"])
+            RelaySockets.reset(fd)
+        }
+    }
+
+    /// Wakes the app's accept() with a signal connection from ``signalSource`` and parks the link until the shim
+    /// takes it with the signal connection's source port. The link is parked before the signal connects: the app
+    /// may accept and ask for it at once.
+    private func announce(_ link: Link, port: UInt16) async throws(SocketError) {
+        try await direct.blocking { [self] in
+            let socket = try DialSocket(server: Endpoint(IPv4Address.loopback, port: port), transport: .tcp, localPort: nil, reuse: false)
+            let key: AcceptKey
+            do {
+                try socket.bind(to: Endpoint(Self.signalSource, port: 0))
+                key = AcceptKey(port: port, signalPort: try socket.localEndpoint().port)
+            } catch {
+                socket.close()
+                throw error
+            }
+            state.withLock { $0.accepted[key] = (link, socket.fd, ContinuousClock.now + Timing.Choice.unacceptedLifetime) }
+            do {
+                try socket.connect(deadline: .now + Timing.Choice.signalConnect, timeout: Timing.Choice.signalConnect)
+            } catch {
+                state.withLock { _ = $0.accepted.removeValue(forKey: key) }
+                socket.close()
+                throw error
+            }
+        }
+    }
+
+    /// The shim accepted the signal connection from `signalPort`: the link it stands for.
+    func take(port: UInt16, signalPort: UInt16) -> Link? {
+        guard let entry = state.withLock({ $0.accepted.removeValue(forKey: AcceptKey(port: port, signalPort: signalPort)) })
+        else { return nil }
+        close(entry.signalFD)
+        return entry.link
+    }
+
+    /// Resets announced links the app never accepted, every ``Timing/Choice/unacceptedSweep`` until cancelled.
+    func dropUnaccepted() async {
+        while (try? await Task.sleep(for: Timing.Choice.unacceptedSweep)) != nil {
+            let now = ContinuousClock.now
+            let stale = state.withLock { state in
+                let stale = state.accepted.filter { $0.value.deadline <= now }
+                for key in stale.keys { state.accepted[key] = nil }
+                return stale.values
+            }
+            for entry in stale {
+                logger.warning("the app did not accept an inbound link in time; resetting it")
+                close(entry.signalFD)
+                RelaySockets.reset(entry.link.fd)
+            }
+        }
+    }
+
+    func listen(on port: UInt16) { state.withLock { $0.listeners[port, default: 0] += 1 } }
+
+    /// The app closed a listener on `port`. Once no socket listens there any more, links parked for it are reset
+    /// at once: their signal connections died with the listener's queue, and their peers would otherwise wait for
+    /// an answer until ``Timing/Choice/unacceptedLifetime``.
+    func unlisten(on port: UInt16) {
+        let announced = state.withLock { state -> Bool in
+            guard let count = state.listeners[port] else { return false }
+            state.listeners[port] = count > 1 ? count - 1 : nil
+            return count > 1
+        }
+        guard !announced, !KernelSockets.isListening(onWildcardPort: port) else { return }
+        let orphans = state.withLock { state in
+            let keys = state.accepted.keys.filter { $0.port == port }
+            return keys.compactMap { state.accepted.removeValue(forKey: $0) }
+        }
+        if !orphans.isEmpty {
+            logger.info("the app stopped listening; resetting connections it never accepted",
+                metadata: ["port": "\(port)", "count": "\(orphans.count)"])
+        }
+        for entry in orphans {
+            close(entry.signalFD)
+            RelaySockets.reset(entry.link.fd)
+        }
+    }
+
+    /// The app announced `port` and a socket really listens on it. Announcements outlive the process that made
+    /// them (a server may daemonize and its parent exit), so the kernel's table has the last word.
+    private func isListening(on port: UInt16) -> Bool {
+        state.withLock { $0.listeners[port] != nil } && KernelSockets.isListening(onWildcardPort: port)
+    }
+}

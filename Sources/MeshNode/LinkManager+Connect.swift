@@ -1,0 +1,150 @@
+import Foundation
+import Logging
+import WireFormat
+
+/// Outbound: the app's connect() to a mesh address, from the shim's request to the app's socket.
+extension LinkManager {
+    /// Connects to `port` on the node at `address`: signal through the broker, punch and prove (direct), or
+    /// relay when no direct link is up within the punch deadline; returns the app's socket.
+    func connect(to address: IPv4Address, port: UInt16) async throws(SocketError) -> Link {
+        let started = ContinuousClock.now
+        if address == me.ipv4 { return try await loopback(port: port) }
+        var punching = punches
+        if punching, policy.path == .auto, relay != nil, let failed = recentPunchFailure(towards: address) {
+            logger.info("relaying at once: punching towards this peer failed \(ContinuousClock.now - failed) ago",
+                metadata: ["peer": "\(address)", "port": "\(port)"])
+            punching = false
+        }
+        // Forcing the relay, we skip the reflector and say so with port 0: the peer then does not punch either.
+        var ours: DirectPath.PunchPort? = nil
+        if punching {
+            do {
+                ours = try await direct.punchPort()
+            } catch where relayAllowed {
+                logger.notice("no public endpoint, so no punching: \(error.description)")
+            }
+        }
+        let offer = try await signal(to: address, port: port, from: ours?.endpoint)
+        let peer = offer.peer
+        let token = LinkToken([UInt8](offer.token))
+        var punchFailure: SocketError? = nil
+        if let ours, offer.endpoint.port != 0 {
+            let proof = DirectPath.Proof(token: token, connectionID: offer.connectionID, initiator: true)
+            do {
+                let fd = try await direct.punch(
+                    from: ours.port, to: Endpoint(offer.endpoint), proving: proof,
+                    until: .now + punchDeadline(towards: address), listening: false)
+                return established(offer, fd: fd, path: .direct, localPort: ours.port, port: port, started: started)
+            } catch {
+                punchFailure = error
+            }
+        }
+        guard relayAllowed, let relay else {
+            let failure = punchFailure ?? SocketError(EHOSTUNREACH, "the peer only accepts relayed connections, and the relay is forbidden here")
+            relay?.giveUp(offer.connectionID, reason: "no direct path: \(failure.description)")
+            report(offer.connectionID, established: false, setup: ContinuousClock.now - started, peer: address, port: port,
+                initiator: true, failure: failure.description)
+            throw failure
+        }
+        if let punchFailure {
+            logger.info("no direct link in time; relaying", metadata: ["peer": "\(peer.name)", "why": "\(punchFailure.description)"])
+            punchFailed(towards: address)
+        }
+        let context = RelayStreamContext(token: token, initiator: true, peer: address, port: port, started: started)
+        do {
+            let fd = try await relay.open(offer.connectionID, context: context)
+            return established(
+                offer, fd: fd, path: .relay, localPort: RelayFrame.initiatorPort(connectionID: offer.connectionID), port: port,
+                started: started)
+        } catch {
+            report(offer.connectionID, established: false, setup: ContinuousClock.now - started, peer: address, port: port,
+                initiator: true, failure: error.description)
+            throw error
+        }
+    }
+
+    /// Asks the broker to connect us to `port` at `address`, offering our public endpoint to punch towards (none:
+    /// we relay); returns the broker's offer with the peer's endpoint and the link token.
+    private func signal(to address: IPv4Address, port: UInt16, from endpoint: Endpoint?) async throws(SocketError)
+        -> Boxermesh_V1_ConnectOffer
+    {
+        var request = Boxermesh_V1_ConnectRequest()
+        request.targetAddress = address.value
+        request.port = UInt32(port)
+        request.endpoint = (endpoint ?? Endpoint(IPv4Address.any, port: 0)).message
+        do {
+            // While the broker is away (restarting) the request waits for it, up to the node's connect timeout.
+            let reply = try await session.request(.connectRequest(request), timeout: session.connectTimeout)
+            guard case .connectOffer(let offer) = reply.body else {
+                throw SocketError(EPROTO, "the broker answered a connect with \(String(describing: reply.body))")
+            }
+            return offer
+        } catch let refusal as BrokerRefusal {
+            throw SocketError(Self.errno(for: refusal.code), refusal.message)
+        } catch let error as SocketError {
+            throw error
+        } catch ControlError.timeout {
+            logger.warning("connect failed: the broker is unreachable (no answer within \(session.connectTimeout))",
+                metadata: ["peer": "\(address)", "port": "\(port)"])
+            throw SocketError(ETIMEDOUT, "the broker is unreachable: no answer within \(session.connectTimeout)")
+        } catch {
+            throw SocketError(ETIMEDOUT, "signalling through the broker failed: \(error)")
+        }
+    }
+
+    /// The connection is up: report it, follow it for the tap, and describe it to the app.
+    private func established(
+        _ offer: Boxermesh_V1_ConnectOffer, fd: Int32, path: Boxermesh_V1_Path, localPort: UInt16, port: UInt16,
+        started: ContinuousClock.Instant
+    ) -> Link {
+        let setup = ContinuousClock.now - started
+        let name = path == .relay ? "relay" : "direct"
+        var metadata: Logger.Metadata = ["peer": "\(offer.peer.name)", "port": "\(port)", "path": "\(name)", "setup": "\(setup)"]
+        if path == .direct { metadata["via"] = "\(Endpoint(offer.endpoint))" }
+        logger.info("link up", metadata: metadata)
+        report(offer.connectionID, established: true, setup: setup, peer: offer.peer.ipv4, port: port, initiator: true, path: path)
+        flows?.track(fd: fd, id: offer.connectionID, initiator: true, peer: offer.peer, port: port, path: path)
+        var connection = Boxermesh_V1_ShimConnection()
+        connection.localAddress = me.address
+        connection.localPort = UInt32(localPort)
+        connection.peerAddress = offer.peer.address
+        connection.peerPort = UInt32(port)
+        connection.path = name
+        return Link(fd: fd, connection: connection)
+    }
+
+    /// A connection to our own mesh address is a plain loopback connection to the app.
+    private func loopback(port: UInt16) async throws(SocketError) -> Link {
+        let me = me
+        do {
+            return try await direct.blocking {
+                let socket = try DialSocket(server: Endpoint(IPv4Address.loopback, port: port), transport: .tcp, localPort: nil, reuse: false)
+                do {
+                    try socket.connect(deadline: .now + Timing.Choice.loopbackConnect, timeout: Timing.Choice.loopbackConnect)
+                } catch {
+                    socket.close()
+                    throw error
+                }
+                _ = fcntl(socket.fd, F_SETFL, fcntl(socket.fd, F_GETFL) & ~O_NONBLOCK)
+                var connection = Boxermesh_V1_ShimConnection()
+                connection.localAddress = me.address
+                connection.peerAddress = me.address
+                connection.peerPort = UInt32(port)
+                connection.path = "loopback"
+                return Link(fd: socket.fd, connection: connection)
+            }
+        } catch where error.code == ECONNREFUSED {
+            throw SocketError(ECONNREFUSED, "nothing listens on port \(port) of this node")
+        } catch {
+            throw SocketError(ECONNREFUSED, error.description)
+        }
+    }
+
+    static func errno(for code: Boxermesh_V1_ErrorCode) -> Int32 {
+        switch code {
+        case .errorConnectionRefused: ECONNREFUSED
+        case .errorNotFound, .errorPeerUnreachable: EHOSTUNREACH
+        default: ECONNREFUSED
+        }
+    }
+}

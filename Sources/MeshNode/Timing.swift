@@ -1,0 +1,78 @@
+/// Every timer of the node, in one place. ``Timing/Wire`` holds what the other end (the broker, the peer node)
+/// counts on: change one and the two sides disagree. ``Timing/Choice`` holds this node's own trade-offs: change
+/// one and only this node behaves differently.
+enum Timing {
+    /// Values the broker or the peer relies on.
+    enum Wire {
+        /// A peer must answer an upgrade's punch OFFER within this (the initiator then gives the attempt up).
+        static let upgradeAnswer = Duration.seconds(5)
+        /// A proven link needs both proofs: each end waits this long for the other's after its punch landed.
+        static let proof = Duration.seconds(2)
+        /// The relay's DEALER heartbeats: ZeroMQ's own ping every 2 s, the connection counted dead after 10 s.
+        static let relayHeartbeat = Duration.seconds(2)
+        static let relayHeartbeatTimeout = Duration.seconds(10)
+        /// Hello on the relay: it tells the broker's relay (which forgets idle nodes) that this node is still here.
+        static let relayHello = Duration.seconds(5)
+        /// How long a relayed connection waits for a restarted broker's relay to take it back; both ends reset
+        /// after it, so neither waits for the other for ever.
+        static let relayResume = Duration.seconds(10)
+    }
+
+    /// This node's own trade-offs.
+    enum Choice {
+        // Punching.
+        /// One punch attempt waits this long for its SYN to be answered (a SYN the far NAT dropped never is).
+        static let punchAttempt = Duration.milliseconds(300)
+        /// Between refused attempts: the far side had no SYN out yet.
+        static let punchRetry = Duration.milliseconds(20)
+        /// Punching when the relay is forbidden and no --punch-timeout is given.
+        static let punchWithoutRelay = Duration.seconds(5)
+        /// With the relay allowed the connecting side punches max(this, 4 × broker RTT) before it relays…
+        static let punchBeforeRelay = Duration.seconds(1)
+        /// …or at least this towards a peer a relayed connection was upgraded with (punching works there).
+        static let punchKnownPeer = Duration.seconds(3)
+        /// Assumed broker round trip until one was measured.
+        static let assumedBrokerRTT = Duration.milliseconds(250)
+        /// The accepting side punches this long (or the --punch-timeout, if longer) unless the connecting side
+        /// relays first…
+        static let acceptorPunch = Duration.seconds(10)
+        /// …a slice at a time, so that a connection that went to the relay stops punching soon.
+        static let acceptorPunchSlice = Duration.seconds(1)
+        /// A failed punch towards a peer makes new connections to it relay at once for this long.
+        static let unpunchableMemory = Duration.seconds(300)
+        /// How long one relayed connection's upgrade attempt may punch (default of --upgrade options).
+        static let upgradePunch = Duration.seconds(2)
+        /// The first upgrade attempt starts this long after the relay opened, and backs off doubling…
+        static let upgradeFirst = Duration.seconds(1)
+        /// …up to this (default of --upgrade-max-interval).
+        static let upgradeMaxInterval = Duration.seconds(30)
+
+        // Public endpoints.
+        /// One exchange with the broker's reflector.
+        static let reflector = Duration.seconds(3)
+        /// A warm endpoint (learned ahead of a connect) older than this is learned again: NATs keep an unused
+        /// mapping for at least 30 s.
+        static let warmLifetime = Duration.seconds(20)
+
+        // Accepting.
+        /// The accepting side waits this long for a connection to come up, direct or relayed.
+        static let acceptorWait = Duration.seconds(30)
+        /// An inbound link the app does not accept within this is reset…
+        static let unacceptedLifetime = Duration.seconds(30)
+        /// …checked this often.
+        static let unacceptedSweep = Duration.seconds(5)
+        /// A signal connection may take this long to reach the app's listener: a full accept queue drops SYNs,
+        /// and the kernel retries after 1, 2 and 4 s.
+        static let signalConnect = Duration.seconds(10)
+        /// A connection to our own mesh address (plain loopback).
+        static let loopbackConnect = Duration.seconds(2)
+
+        // Relay.
+        /// The broker must open a relayed connection within this after we asked.
+        static let relayOpen = Duration.seconds(5)
+
+        // Blocking pool.
+        /// A pool thread with nothing to do for this long ends (the pool grows again on demand).
+        static let poolIdle = Duration.seconds(10)
+    }
+}
