@@ -75,6 +75,8 @@ let package = Package(
         .testTarget(name: "MeshBrokerTests", dependencies: ["MeshBroker", "MeshNode", "WireFormat", "ZeroMQ", "ChildProcess"]),
         .testTarget(name: "ChildProcessTests", dependencies: ["ChildProcess"]),
         .testTarget(name: "MeshLabTests", dependencies: ["MeshLab", "ChildProcess"]),
+        /// The node's parts driven directly: no broker, no root, no sleeps.
+        .testTarget(name: "MeshNodeTests", dependencies: ["MeshNode", "WireFormat", "ZeroMQ", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "IntegrationTests", dependencies: ["MeshLab", "WireFormat", "ChildProcess"]),
     ]
 )

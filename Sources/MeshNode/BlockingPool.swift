@@ -59,11 +59,12 @@ final class BlockingPool: @unchecked Sendable {
             return started
         }
         guard let number = spawn else { return }
-        let thread = Thread { [self] in
+        let name = "\(name)-\(number)"
+        Thread { [self] in
+            // Set from inside: Foundation does not pass a name given before start() on to the kernel.
+            Thread.current.name = name
             while let job = nextJob() { job() }
-        }
-        thread.name = "\(name)-\(number)"
-        thread.start()
+        }.start()
     }
 
     /// The next piece of work, or nil when none came for ``Timing/Choice/poolIdle`` (the thread then ends).

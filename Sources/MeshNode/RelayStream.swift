@@ -95,17 +95,34 @@ final class RelayStream {
 
     /// Moves the outbound direction; a transition the design does not allow stops the node.
     func move(_ next: Outbound) {
-        switch (outbound, next) {
-        case (.relay, .relayEnded), (.relay, .direct), (.direct, .directEnded): outbound = next
-        default: preconditionFailure("relayed connection \(id): outbound cannot go from \(outbound) to \(next)")
+        guard Self.allows(outbound, next) else {
+            preconditionFailure("relayed connection \(id): outbound cannot go from \(outbound) to \(next)")
         }
+        outbound = next
     }
 
     /// Moves the inbound direction; a transition the design does not allow stops the node.
     func move(_ next: Inbound) {
-        switch (inbound, next) {
-        case (.relay, .draining), (.relay, .ending), (.draining, .direct), (.direct, .ending), (.ending, .shut): inbound = next
-        default: preconditionFailure("relayed connection \(id): inbound cannot go from \(inbound) to \(next)")
+        guard Self.allows(inbound, next) else {
+            preconditionFailure("relayed connection \(id): inbound cannot go from \(inbound) to \(next)")
+        }
+        inbound = next
+    }
+
+    /// The outbound transitions: the app's EOF ends either path; only the relay can switch to direct.
+    static func allows(_ from: Outbound, _ to: Outbound) -> Bool {
+        switch (from, to) {
+        case (.relay, .relayEnded), (.relay, .direct), (.direct, .directEnded): true
+        default: false
+        }
+    }
+
+    /// The inbound transitions: fin ends the relay; the switch marker drains it before the direct link takes
+    /// over, whose EOF ends it; the app's socket is shut last.
+    static func allows(_ from: Inbound, _ to: Inbound) -> Bool {
+        switch (from, to) {
+        case (.relay, .draining), (.relay, .ending), (.draining, .direct), (.direct, .ending), (.ending, .shut): true
+        default: false
         }
     }
 

@@ -88,6 +88,8 @@ public final class SocketLoop<Command: Sendable>: Sendable {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
                 let thread = Thread { [self] in
+                    // Named from inside: Foundation does not pass a name given before start() on to the kernel.
+                    Thread.current.name = name
                     do {
                         let handler = try makeHandler()
                         loop(handler)
@@ -102,7 +104,6 @@ public final class SocketLoop<Command: Sendable>: Sendable {
                         continuation.resume(throwing: error)
                     }
                 }
-                thread.name = name
                 thread.start()
             }
         } onCancel: {
