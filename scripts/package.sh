@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds what ships into a function: a release boxer-mesh that needs nothing beyond glibc's own libraries at
-# GLIBC_2.34 or older (Amazon Linux 2023, AWS Lambda's provided.al2023): the Swift runtime, libzmq, libsodium,
-# libstdc++ and libgcc linked in statically (scripts/static-deps.sh), the few glibc 2.35+ calls of those archives
+# Builds what ships into a function: a release boxer-mesh and the preload shim built with it. The binary needs
+# nothing beyond glibc's own libraries at GLIBC_2.34 or older (Amazon Linux 2023, AWS Lambda's provided.al2023):
+# the Swift runtime, libzmq, libsodium, libstdc++ and libgcc linked in statically (scripts/static-deps.sh), the few glibc 2.35+ calls of those archives
 # redirected to 2.34's (scripts/glibc234-compat.c). Checked by scripts/check-lambda-binary.sh before it is written.
 #   scripts/package.sh [OUTPUT]          one file, default dist/boxer-mesh: the preload shim appended to the
 #                                        binary (see Sources/MeshNode/Node+Shim.swift for the trailer format)
@@ -32,8 +32,7 @@ swift build -c release --static-swift-stdlib --product boxer-mesh \
 binary="$bin/boxer-mesh"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-scripts/build-shim.sh "$work/shim-debug.so" >/dev/null
-strip --strip-unneeded -o "$work/libboxer-shim.so" "$work/shim-debug.so"
+strip --strip-unneeded -o "$work/libboxer-shim.so" "$bin/boxer-mesh_PreloadShim.resources/libboxer-shim.so"
 strip -o "$work/boxer-mesh" "$binary"  # before appending: strip would drop an appended shim
 scripts/check-lambda-binary.sh "$work/boxer-mesh" --shim "$work/libboxer-shim.so"
 mkdir -p "$(dirname "$out")"

@@ -22,8 +22,7 @@ fi
 lab_suites='IntegrationTests|NATLabTests'
 scripts/install-deps.sh
 scripts/generate-proto.sh --check
-swift build --build-tests
-scripts/build-shim.sh  # beside the boxer-mesh binary, where the node finds it
+swift build --build-tests  # also builds the preload shim (the PreloadShimBuilder plugin)
 swift test --skip-build --disable-xctest --skip "$lab_suites"
 # The function package, as shipped: what its bootstrap and shim need must exist on Amazon Linux 2023.
 package=$(mktemp -d)
