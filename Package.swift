@@ -56,6 +56,13 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        /// The LD_PRELOAD shim (Sources/CMeshShim, plain C) built with cc by the PreloadShimBuilder plugin, never as a
+        /// SwiftPM C library (that would link the Swift runtime into every app). This target has no code: it makes
+        /// every build of boxer-mesh (`swift build`, `swift run`) build the shim, and SwiftPM copies it beside the
+        /// executable in `<package>_PreloadShim.resources/`, where the node finds it.
+        .target(name: "PreloadShim", plugins: ["PreloadShimBuilder"]),
+        .plugin(name: "PreloadShimBuilder", capability: .buildTool()),
+
         /// Network-namespace NAT lab used by `boxer-mesh lab` and the integration tests.
         .target(
             name: "MeshLab",
@@ -64,7 +71,7 @@ let package = Package(
         .executableTarget(
             name: "boxer-mesh",
             dependencies: [
-                "MeshBroker", "MeshNode", "MeshLab", "WireFormat",
+                "MeshBroker", "MeshNode", "MeshLab", "WireFormat", "PreloadShim",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -98,8 +98,11 @@ def build(root, scratch, skip_build, log_path):
         if not os.access(f"{bin_dir}/boxer-mesh", os.X_OK):
             raise BenchError(f"no {bin_dir}/boxer-mesh: build it or drop --no-build")
         shim, note = None, ""
-        script = f"{root}/scripts/build-shim.sh"
-        if skip_build and os.path.exists(f"{bin_dir}/libboxer-shim.so"):
+        script = f"{root}/scripts/build-shim.sh"  # trees before the PreloadShimBuilder plugin
+        built = f"{bin_dir}/boxer-mesh_PreloadShim.resources/libboxer-shim.so"  # built with the binary
+        if os.path.exists(built) and not os.path.exists(script):
+            shim = built
+        elif skip_build and os.path.exists(f"{bin_dir}/libboxer-shim.so"):
             shim = f"{bin_dir}/libboxer-shim.so"  # the one built with that binary
         elif os.path.exists(script) and os.path.isdir(f"{root}/Sources/CMeshShim"):
             rc = subprocess.call(["bash", script, f"{bin_dir}/libboxer-shim.so"], cwd=root, stdout=out,
@@ -109,7 +112,7 @@ def build(root, scratch, skip_build, log_path):
             else:
                 note = f"scripts/build-shim.sh failed (status {rc}); see {log_path}"
         else:
-            note = "no preload shim in this tree (scripts/build-shim.sh or Sources/CMeshShim missing)"
+            note = "no preload shim in this tree (no PreloadShimBuilder output, scripts/build-shim.sh or Sources/CMeshShim)"
         if shim is None and os.path.exists(f"{bin_dir}/libboxer-shim.so"):
             os.unlink(f"{bin_dir}/libboxer-shim.so")  # never measure a stale shim the node would pick up
         rtt = os.path.join(os.path.dirname(log_path), "rtt")

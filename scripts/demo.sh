@@ -7,8 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-swift build 2>&1 | tail -1
-scripts/build-shim.sh >/dev/null
+swift build 2>&1 | tail -1  # the preload shim too
 bin="$(swift build --show-bin-path)/boxer-mesh"
 work=$(mktemp -d)
 head -c 32 /dev/urandom | base64 > "$work/secret"

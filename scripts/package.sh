@@ -1,25 +1,67 @@
 #!/usr/bin/env bash
-# Builds the one file to ship into a function: a release boxer-mesh (Swift runtime linked statically) with the
-# preload shim appended (see Sources/MeshNode/Node+Shim.swift for the trailer format).
-#   scripts/package.sh [OUTPUT]      default: dist/boxer-mesh
+# Builds what ships into a function: a release boxer-mesh and the preload shim built with it. The binary needs
+# nothing beyond glibc's own libraries at GLIBC_2.34 or older (Amazon Linux 2023, AWS Lambda's provided.al2023):
+# the Swift runtime, libzmq, libsodium, libstdc++ and libgcc linked in statically (scripts/static-deps.sh), the few glibc 2.35+ calls of those archives
+# redirected to 2.34's (scripts/glibc234-compat.c). Checked by scripts/check-lambda-binary.sh before it is written.
+#   scripts/package.sh [OUTPUT]          one file, default dist/boxer-mesh: the preload shim appended to the
+#                                        binary (see Sources/MeshNode/Node+Shim.swift for the trailer format)
+#   scripts/package.sh --lambda OUT.zip  a Lambda deployment package: `bootstrap` (the binary) and the shim
+#                                        libboxer-shim.so beside it, where the node finds it
 set -euo pipefail
-cd "$(dirname "$0")/.."
+lambda=false
+if [[ ${1:-} == --lambda ]]; then
+    lambda=true
+    shift
+    [[ $# -eq 1 && $1 == *.zip ]] || { echo "usage: scripts/package.sh --lambda OUT.zip" >&2; exit 2; }
+fi
 out=${1:-dist/boxer-mesh}
-swift build -c release --static-swift-stdlib --product boxer-mesh
-binary="$(swift build -c release --show-bin-path)/boxer-mesh"
-shim=$(mktemp --suffix=.so)
-trap 'rm -f "$shim"' EXIT
-scripts/build-shim.sh "$shim"
+out="$(realpath -m "$out")"
+cd "$(dirname "$0")/.."
+
+static=$(scripts/static-deps.sh | tail -1)
+bin=$(swift build -c release --show-bin-path)
+mkdir -p "$bin"
+cc -O2 -Wall -Wextra -Werror -c scripts/glibc234-compat.c -o "$bin/glibc234-compat.o"
+wraps=()
+for name in hypot hypotf arc4random _dl_find_object; do wraps+=(-Xlinker "--wrap=$name"); done
+# -L first: -lzmq, -lsodium and -lstdc++ find the static archives there before the shared libraries. libgcc_eh
+# is libgcc's unwinder as a static archive, so libgcc_s drops out (clang links it --as-needed).
+swift build -c release --static-swift-stdlib --product boxer-mesh \
+    -Xlinker -L"$static" -Xlinker -lgcc_eh -Xlinker "$bin/glibc234-compat.o" \
+    "${wraps[@]}" 2>&1 | { grep -v "the use of \`mktemp' is dangerous" || true; } >&2
+binary="$bin/boxer-mesh"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+strip --strip-unneeded -o "$work/libboxer-shim.so" "$bin/boxer-mesh_PreloadShim.resources/libboxer-shim.so"
+strip -o "$work/boxer-mesh" "$binary"  # before appending: strip would drop an appended shim
+scripts/check-lambda-binary.sh "$work/boxer-mesh" --shim "$work/libboxer-shim.so"
 mkdir -p "$(dirname "$out")"
-size=$(stat -c %s "$shim")
-stripped=$(mktemp)
-trap 'rm -f "$shim" "$stripped"' EXIT
-strip -o "$stripped" "$binary"  # before appending: strip would drop the appended shim
+
+if $lambda; then
+    mv "$work/boxer-mesh" "$work/bootstrap"
+    # Python's zipfile: Debian's zip package is not needed, and the modes (0755) are set explicitly.
+    python3 - "$out.tmp" "$work/bootstrap" "$work/libboxer-shim.so" <<'EOF'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+    for path in sys.argv[2:]:
+        info = zipfile.ZipInfo(os.path.basename(path), date_time=(2026, 1, 1, 0, 0, 0))
+        info.external_attr = (0o100755 << 16)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with open(path, "rb") as source:
+            archive.writestr(info, source.read())
+EOF
+    mv "$out.tmp" "$out"
+    unzipped=$(( $(stat -c %s "$work/bootstrap") + $(stat -c %s "$work/libboxer-shim.so") ))
+    echo "package: $out ($(stat -c %s "$out") bytes; unzipped $unzipped: bootstrap $(stat -c %s "$work/bootstrap")," \
+        "libboxer-shim.so $(stat -c %s "$work/libboxer-shim.so"))"
+    exit 0
+fi
+size=$(stat -c %s "$work/libboxer-shim.so")
 {
-    cat "$stripped" "$shim"
+    cat "$work/boxer-mesh" "$work/libboxer-shim.so"
     printf 'BXSHIM01'
     python3 -c "import struct,sys; sys.stdout.buffer.write(struct.pack('<Q', $size))"
 } >"$out.tmp"
 chmod 755 "$out.tmp"
 mv "$out.tmp" "$out"
-echo "package: $out ($(stat -c %s "$out") bytes, shim $size bytes inside); needs: $(ldd "$out" | awk '{print $1}' | tr '\n' ' ')"
+echo "package: $out ($(stat -c %s "$out") bytes, shim $size bytes inside)"

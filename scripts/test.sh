@@ -22,9 +22,14 @@ fi
 lab_suites='IntegrationTests|NATLabTests'
 scripts/install-deps.sh
 scripts/generate-proto.sh --check
-swift build --build-tests
-scripts/build-shim.sh  # beside the boxer-mesh binary, where the node finds it
+swift build --build-tests  # also builds the preload shim (the PreloadShimBuilder plugin)
 swift test --skip-build --disable-xctest --skip "$lab_suites"
+# The function package, as shipped: what its bootstrap and shim need must exist on Amazon Linux 2023.
+package=$(mktemp -d)
+scripts/package.sh --lambda "$package/boxer-mesh.zip"
+python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$package/boxer-mesh.zip" "$package/x"
+scripts/check-lambda-binary.sh "$package/x/bootstrap" --shim "$package/x/libboxer-shim.so"
+rm -rf "$package"
 $unit_only && exit 0
 # One lab test at a time: they check timing a user relies on (expiry within 3 s, failure within 5 s), which
 # parallel tests on 2 cores would blur.

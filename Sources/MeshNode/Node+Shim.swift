@@ -1,7 +1,9 @@
 import Foundation
 
 /// Where the node finds the preload shim it gives the app. Two shapes ship:
-/// - a build tree: `libboxer-shim.so` beside the boxer-mesh executable (scripts/build-shim.sh puts it there);
+/// - a build tree: `libboxer-shim.so` in `boxer-mesh_PreloadShim.resources/` beside the boxer-mesh executable
+///   (every `swift build` / `swift run` builds it there: the PreloadShimBuilder plugin);
+/// - a Lambda package (scripts/package.sh --lambda): `libboxer-shim.so` beside the executable (`bootstrap`);
 /// - one file for a function package (scripts/package.sh): the shim appended to the executable, followed by a
 ///   16-byte trailer ("BXSHIM01" + its length, little-endian). The ELF loader ignores the tail; the node writes
 ///   it out to the temporary directory (on Lambda, only /tmp is writable) once per content.
@@ -9,11 +11,18 @@ extension Node {
     public static let shimFileName = "libboxer-shim.so"
     static let trailerMagic = Array("BXSHIM01".utf8)
 
-    /// The shim beside the executable, else the one carried inside it (written out), else nil.
+    /// SwiftPM's folder for the PreloadShim target's resources, beside the executable.
+    public static let shimBuildFolder = "boxer-mesh_PreloadShim.resources"
+
+    /// The shim beside the executable or in its build folder there, else the one carried inside it (written out),
+    /// else nil.
     public static var bundledShim: String? {
         guard let executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") else { return nil }
-        let beside = URL(fileURLWithPath: executable).deletingLastPathComponent().appendingPathComponent(shimFileName).path
-        if FileManager.default.isReadableFile(atPath: beside) { return beside }
+        let folder = URL(fileURLWithPath: executable).deletingLastPathComponent()
+        for beside in [folder, folder.appendingPathComponent(shimBuildFolder)] {
+            let path = beside.appendingPathComponent(shimFileName).path
+            if FileManager.default.isReadableFile(atPath: path) { return path }
+        }
         return try? extractEmbeddedShim(from: executable)
     }
 

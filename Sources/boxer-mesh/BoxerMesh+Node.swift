@@ -19,7 +19,7 @@ extension BoxerMesh {
         @Option(help: ArgumentHelp("Hold the app until the mesh has this many members.", valueName: "n"))
         var waitFor: Int?
 
-        @Option(help: ArgumentHelp("The preload shim to give the app (default: \(MeshNode.Node.shimFileName) beside this executable).", valueName: "path"))
+        @Option(help: ArgumentHelp("The preload shim to give the app (default: \(MeshNode.Node.shimFileName) beside this executable or in \(MeshNode.Node.shimBuildFolder) there).", valueName: "path"))
         var shim: String?
 
         @Flag(help: "Run the app without the preload shim (it then cannot reach mesh names and addresses by itself).")

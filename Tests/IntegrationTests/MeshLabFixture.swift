@@ -26,11 +26,12 @@ struct MeshLabFixture {
 
     static let brokerHost = NATLab.brokerAddress
 
-    /// The preload shim beside the binary, where the node looks for it (scripts/test.sh builds it there).
+    /// The preload shim of this build, where the node looks for it (every `swift build` builds it there).
     static func requireShim() throws {
-        let shim = URL(fileURLWithPath: binary).deletingLastPathComponent().appendingPathComponent("libboxer-shim.so").path
+        let shim = URL(fileURLWithPath: binary).deletingLastPathComponent()
+            .appendingPathComponent("boxer-mesh_PreloadShim.resources/libboxer-shim.so").path
         guard FileManager.default.isReadableFile(atPath: shim) else {
-            throw FixtureError("no preload shim at \(shim): build it with scripts/build-shim.sh")
+            throw FixtureError("no preload shim at \(shim): build with `swift build` (the PreloadShimBuilder plugin)")
         }
     }
 
