@@ -126,6 +126,7 @@ struct TapLine: Encodable {
             node = membership.member.name
             address = membership.member.ipv4.description
             members = membership.memberCount
+            reason = membership.reason.isEmpty ? nil : membership.reason
         case .connection(let connection):
             self.event = switch connection.kind {
             case .open: "connect"
