@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "MeshBroker", targets: ["MeshBroker"]),
         .library(name: "MeshNode", targets: ["MeshNode"]),
         .library(name: "MeshLab", targets: ["MeshLab"]),
+        .library(name: "LambdaRuntime", targets: ["LambdaRuntime"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -56,6 +57,15 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        /// The node as a Lambda custom runtime: the Runtime API loop (`bootstrap`, `boxer-mesh lambda`).
+        .target(
+            name: "LambdaRuntime",
+            dependencies: [
+                "MeshNode", "WireFormat", "ZeroMQ",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
         /// Network-namespace NAT lab used by `boxer-mesh lab` and the integration tests.
         .target(
             name: "MeshLab",
@@ -64,7 +74,7 @@ let package = Package(
         .executableTarget(
             name: "boxer-mesh",
             dependencies: [
-                "MeshBroker", "MeshNode", "MeshLab", "WireFormat",
+                "MeshBroker", "MeshNode", "MeshLab", "WireFormat", "LambdaRuntime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

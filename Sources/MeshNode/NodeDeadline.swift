@@ -28,14 +28,14 @@ public final class NodeDeadline: Sendable {
     public var stoppedTheApp: Bool { stopped.load(ordering: .acquiring) }
 
     /// What the node tells the mesh when it leaves because of the deadline.
-    var leaveReason: String { "deadline: the app was stopped \(grace.seconds) s before the function's deadline" }
+    var leaveReason: String { "deadline: the app was stopped \(grace.secondsText) s before the function's deadline" }
 
     /// Sends the app SIGTERM at ``stopTime`` and SIGKILL at ``killTime``; returns early when cancelled (the app
     /// ended by itself).
     func enforce(on app: AppProcess, logger: Logger) async {
         guard (try? await Task.sleep(until: stopTime, clock: .continuous)) != nil else { return }
         stopped.store(true, ordering: .releasing)
-        logger.notice("the function's deadline is \(grace.seconds) s away: stopping the app (SIGTERM)")
+        logger.notice("the function's deadline is \(grace.secondsText) s away: stopping the app (SIGTERM)")
         app.send(SIGTERM)
         guard (try? await Task.sleep(until: killTime, clock: .continuous)) != nil else { return }
         logger.warning("the app outlived SIGTERM and the deadline is near: killing it (SIGKILL)")
@@ -66,13 +66,13 @@ public struct DeadlineReached: Error, CustomStringConvertible, Sendable {
     public var grace: Duration
 
     public var description: String {
-        "the app never started: \(grace.seconds) s before the function's deadline the node was still joining or waiting for members"
+        "the app never started: \(grace.secondsText) s before the function's deadline the node was still joining or waiting for members"
     }
 }
 
 extension Duration {
-    /// Whole and fractional seconds, for messages ("10.0", "2.5").
-    var seconds: String {
+    /// Seconds with one decimal, for messages ("10.0", "2.5").
+    public var secondsText: String {
         let (whole, attoseconds) = components
         return String(format: "%.1f", Double(whole) + Double(attoseconds) / 1e18)
     }

@@ -5975,35 +5975,47 @@ const ProtobufCMessageDescriptor boxermesh__v1__lambda_event__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__lambda_event__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__lambda_response__field_descriptors[6] =
+static const ProtobufCFieldDescriptor boxermesh__v1__lambda_response__field_descriptors[7] =
 {
   {
-    "member",
+    "name",
     1,
     PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_MESSAGE,
+    PROTOBUF_C_TYPE_STRING,
     0,   /* quantifier_offset */
-    offsetof(Boxermesh__V1__LambdaResponse, member),
-    &boxermesh__v1__member__descriptor,
+    offsetof(Boxermesh__V1__LambdaResponse, name),
     NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "address",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaResponse, address),
+    NULL,
+    &protobuf_c_empty_string,
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
     "exit_status",
-    2,
+    3,
     PROTOBUF_C_LABEL_NONE,
     PROTOBUF_C_TYPE_INT32,
-    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaResponse, exit_case),
     offsetof(Boxermesh__V1__LambdaResponse, exit_status),
     NULL,
     NULL,
-    0,             /* flags */
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
     "output",
-    3,
+    4,
     PROTOBUF_C_LABEL_REPEATED,
     PROTOBUF_C_TYPE_STRING,
     offsetof(Boxermesh__V1__LambdaResponse, n_output),
@@ -6015,7 +6027,7 @@ static const ProtobufCFieldDescriptor boxermesh__v1__lambda_response__field_desc
   },
   {
     "links",
-    4,
+    5,
     PROTOBUF_C_LABEL_NONE,
     PROTOBUF_C_TYPE_MESSAGE,
     0,   /* quantifier_offset */
@@ -6027,7 +6039,7 @@ static const ProtobufCFieldDescriptor boxermesh__v1__lambda_response__field_desc
   },
   {
     "deadline",
-    5,
+    6,
     PROTOBUF_C_LABEL_NONE,
     PROTOBUF_C_TYPE_BOOL,
     0,   /* quantifier_offset */
@@ -6039,7 +6051,7 @@ static const ProtobufCFieldDescriptor boxermesh__v1__lambda_response__field_desc
   },
   {
     "leave_reason",
-    6,
+    7,
     PROTOBUF_C_LABEL_NONE,
     PROTOBUF_C_TYPE_STRING,
     0,   /* quantifier_offset */
@@ -6051,17 +6063,18 @@ static const ProtobufCFieldDescriptor boxermesh__v1__lambda_response__field_desc
   },
 };
 static const unsigned boxermesh__v1__lambda_response__field_indices_by_name[] = {
-  4,   /* field[4] = deadline */
-  1,   /* field[1] = exit_status */
-  5,   /* field[5] = leave_reason */
-  3,   /* field[3] = links */
-  0,   /* field[0] = member */
-  2,   /* field[2] = output */
+  1,   /* field[1] = address */
+  5,   /* field[5] = deadline */
+  2,   /* field[2] = exit_status */
+  6,   /* field[6] = leave_reason */
+  4,   /* field[4] = links */
+  0,   /* field[0] = name */
+  3,   /* field[3] = output */
 };
 static const ProtobufCIntRange boxermesh__v1__lambda_response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__lambda_response__descriptor =
 {
@@ -6071,7 +6084,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__lambda_response__descriptor =
   "Boxermesh__V1__LambdaResponse",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__LambdaResponse),
-  6,
+  7,
   boxermesh__v1__lambda_response__field_descriptors,
   boxermesh__v1__lambda_response__field_indices_by_name,
   1,  boxermesh__v1__lambda_response__number_ranges,

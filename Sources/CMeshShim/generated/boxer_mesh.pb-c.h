@@ -1153,6 +1153,12 @@ struct  Boxermesh__V1__LambdaEvent
     , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0,NULL, 0, 0 }
 
 
+typedef enum {
+  BOXERMESH__V1__LAMBDA_RESPONSE__EXIT__NOT_SET = 0,
+  BOXERMESH__V1__LAMBDA_RESPONSE__EXIT_EXIT_STATUS = 3
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__LAMBDA_RESPONSE__EXIT__CASE)
+} Boxermesh__V1__LambdaResponse__ExitCase;
+
 /*
  * What an invocation that ran its command posts as its response.
  */
@@ -1160,13 +1166,13 @@ struct  Boxermesh__V1__LambdaResponse
 {
   ProtobufCMessage base;
   /*
-   * the name and address the node had
+   * the node's name in the mesh (a prefix as the broker completed it)
    */
-  Boxermesh__V1__Member *member;
+  char *name;
   /*
-   * the command's exit code
+   * its mesh address, dotted
    */
-  int32_t exit_status;
+  char *address;
   /*
    * its last lines of standard output and error (at most 50 lines, 4 KiB)
    */
@@ -1181,14 +1187,18 @@ struct  Boxermesh__V1__LambdaResponse
    * what the node told the mesh when it left
    */
   char *leave_reason;
+  Boxermesh__V1__LambdaResponse__ExitCase exit_case;
+  union {
+    int32_t exit_status;
+  };
 };
 #define BOXERMESH__V1__LAMBDA_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__lambda_response__descriptor) \
-    , NULL, 0, 0,NULL, NULL, 0, (char *)protobuf_c_empty_string }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, NULL, 0, (char *)protobuf_c_empty_string, BOXERMESH__V1__LAMBDA_RESPONSE__EXIT__NOT_SET, {0} }
 
 
 /*
- * The mesh connections the node handed its command, by the path they started on.
+ * The mesh connections the node handed its command, by the path they started on (absent counts are 0).
  */
 struct  Boxermesh__V1__LambdaLinks
 {

@@ -1842,18 +1842,23 @@ public nonisolated struct Boxermesh_V1_LambdaResponse: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// the name and address the node had
-  public var member: Boxermesh_V1_Member {
-    get {_member ?? Boxermesh_V1_Member()}
-    set {_member = newValue}
-  }
-  /// Returns true if `member` has been explicitly set.
-  public var hasMember: Bool {self._member != nil}
-  /// Clears the value of `member`. Subsequent reads from it will return its default value.
-  public mutating func clearMember() {self._member = nil}
+  /// the node's name in the mesh (a prefix as the broker completed it)
+  public var name: String = String()
 
-  /// the command's exit code
-  public var exitStatus: Int32 = 0
+  /// its mesh address, dotted
+  public var address: String = String()
+
+  /// The command's exit status, 128+N when it was ended by signal N (the deadline's SIGTERM or SIGKILL). A oneof of one
+  /// so that protobuf's JSON shows a status of 0 too (proto3 `optional` would do, but protoc-c lacks it).
+  public var exit: Boxermesh_V1_LambdaResponse.OneOf_Exit? = nil
+
+  public var exitStatus: Int32 {
+    get {
+      if case .exitStatus(let v)? = exit {return v}
+      return 0
+    }
+    set {exit = .exitStatus(newValue)}
+  }
 
   /// its last lines of standard output and error (at most 50 lines, 4 KiB)
   public var output: [String] = []
@@ -1875,13 +1880,19 @@ public nonisolated struct Boxermesh_V1_LambdaResponse: Sendable {
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
+  /// The command's exit status, 128+N when it was ended by signal N (the deadline's SIGTERM or SIGKILL). A oneof of one
+  /// so that protobuf's JSON shows a status of 0 too (proto3 `optional` would do, but protoc-c lacks it).
+  public nonisolated enum OneOf_Exit: Equatable, Sendable {
+    case exitStatus(Int32)
+
+  }
+
   public init() {}
 
-  fileprivate var _member: Boxermesh_V1_Member? = nil
   fileprivate var _links: Boxermesh_V1_LambdaLinks? = nil
 }
 
-/// The mesh connections the node handed its command, by the path they started on.
+/// The mesh connections the node handed its command, by the path they started on (absent counts are 0).
 public nonisolated struct Boxermesh_V1_LambdaLinks: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -4686,7 +4697,7 @@ nonisolated extension Boxermesh_V1_LambdaEvent: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Boxermesh_V1_LambdaResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".LambdaResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}member\0\u{3}exit_status\0\u{1}output\0\u{1}links\0\u{1}deadline\0\u{3}leave_reason\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}address\0\u{3}exit_status\0\u{1}output\0\u{1}links\0\u{1}deadline\0\u{3}leave_reason\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4694,12 +4705,20 @@ nonisolated extension Boxermesh_V1_LambdaResponse: SwiftProtobuf.Message, SwiftP
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularMessageField(value: &self._member) }()
-      case 2: try { try decoder.decodeSingularInt32Field(value: &self.exitStatus) }()
-      case 3: try { try decoder.decodeRepeatedStringField(value: &self.output) }()
-      case 4: try { try decoder.decodeSingularMessageField(value: &self._links) }()
-      case 5: try { try decoder.decodeSingularBoolField(value: &self.deadline) }()
-      case 6: try { try decoder.decodeSingularStringField(value: &self.leaveReason) }()
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.address) }()
+      case 3: try {
+        var v: Int32?
+        try decoder.decodeSingularInt32Field(value: &v)
+        if let v = v {
+          if self.exit != nil {try decoder.handleConflictingOneOf()}
+          self.exit = .exitStatus(v)
+        }
+      }()
+      case 4: try { try decoder.decodeRepeatedStringField(value: &self.output) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._links) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.deadline) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.leaveReason) }()
       default: break
       }
     }
@@ -4710,30 +4729,34 @@ nonisolated extension Boxermesh_V1_LambdaResponse: SwiftProtobuf.Message, SwiftP
     // allocates stack space for every if/case branch local when no optimizations
     // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
     // https://github.com/apple/swift-protobuf/issues/1182
-    try { if let v = self._member {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-    } }()
-    if self.exitStatus != 0 {
-      try visitor.visitSingularInt32Field(value: self.exitStatus, fieldNumber: 2)
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
     }
+    if !self.address.isEmpty {
+      try visitor.visitSingularStringField(value: self.address, fieldNumber: 2)
+    }
+    try { if case .exitStatus(let v)? = self.exit {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 3)
+    } }()
     if !self.output.isEmpty {
-      try visitor.visitRepeatedStringField(value: self.output, fieldNumber: 3)
+      try visitor.visitRepeatedStringField(value: self.output, fieldNumber: 4)
     }
     try { if let v = self._links {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
     } }()
     if self.deadline != false {
-      try visitor.visitSingularBoolField(value: self.deadline, fieldNumber: 5)
+      try visitor.visitSingularBoolField(value: self.deadline, fieldNumber: 6)
     }
     if !self.leaveReason.isEmpty {
-      try visitor.visitSingularStringField(value: self.leaveReason, fieldNumber: 6)
+      try visitor.visitSingularStringField(value: self.leaveReason, fieldNumber: 7)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Boxermesh_V1_LambdaResponse, rhs: Boxermesh_V1_LambdaResponse) -> Bool {
-    if lhs._member != rhs._member {return false}
-    if lhs.exitStatus != rhs.exitStatus {return false}
+    if lhs.name != rhs.name {return false}
+    if lhs.address != rhs.address {return false}
+    if lhs.exit != rhs.exit {return false}
     if lhs.output != rhs.output {return false}
     if lhs._links != rhs._links {return false}
     if lhs.deadline != rhs.deadline {return false}
