@@ -85,6 +85,7 @@ let package = Package(
         .testTarget(name: "MeshBrokerTests", dependencies: ["MeshBroker", "MeshNode", "WireFormat", "ZeroMQ", "ChildProcess"]),
         .testTarget(name: "ChildProcessTests", dependencies: ["ChildProcess"]),
         .testTarget(name: "MeshLabTests", dependencies: ["MeshLab", "ChildProcess"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["MeshLab", "WireFormat", "ChildProcess"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["MeshLab", "WireFormat", "ChildProcess", "LambdaRuntime"]),
+        .testTarget(name: "LambdaRuntimeTests", dependencies: ["LambdaRuntime", "WireFormat"]),
     ]
 )

@@ -8,6 +8,7 @@ typealias LambdaEvent = Boxermesh_V1_LambdaEvent
 extension LambdaEvent {
     /// The fields an event may have, for the message that names an unknown one.
     static let fieldNames = "broker, mesh, name, namePrefix, waitFor, command, graceSeconds, relayPort"
+    static let shape = "strings broker, mesh, name or namePrefix, numbers waitFor, graceSeconds, relayPort, and command a list of strings"
 
     /// Parses an event; one that is not a boxer-mesh event is refused in words that say what is wrong.
     static func parsing(_ bytes: [UInt8]) throws(LambdaFailure) -> LambdaEvent {
@@ -15,11 +16,10 @@ extension LambdaEvent {
             return try LambdaEvent(jsonUTF8Bytes: bytes)
         } catch let error as JSONDecodingError {
             let what =
-                switch error {
-                case .unknownField(let name): "it has an unknown field '\(name)' (an event has \(fieldNames))"
-                case .schemaMismatch, .malformedNumber, .numberRange, .malformedBool, .malformedString, .illegalNull:
-                    "a field has a value of the wrong type (command is a list of strings, waitFor, relayPort and graceSeconds are numbers)"
-                default: "it is not a JSON object (\(error))"
+                if case .unknownField(let name) = error {
+                    "it has an unknown field '\(name)' (an event has \(fieldNames))"
+                } else {
+                    "it is not valid JSON of an event's shape: an object with \(shape) (\(error))"
                 }
             throw LambdaFailure(.invalidEvent, "the event is not a boxer-mesh event: \(what)")
         } catch {
