@@ -26,7 +26,9 @@ import Testing
             let results = await run.results(2, timeout: .seconds(60))
             try #require(results.count == 2, "\(run.records) \(fixture.contents(of: run.runtimeErrors))")
 
-            let first = try #require(results[0].response, "an error instead of a response: \(results[0].errorMessage)")
+            let first = try #require(
+                results[0].response,
+                "an error instead of a response: \(results[0].errorMessage)\n\(fixture.contents(of: fixture.brokerLog))\n\(fixture.contents(of: run.runtimeErrors))")
             #expect(first["name"] as? String == "worker-1")
             #expect((first["address"] as? String)?.hasPrefix("100.64.0.") == true)
             #expect(first["exitStatus"] as? Int == 0)

@@ -18,7 +18,7 @@ struct LambdaFixture {
         let work = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("boxer-lambda-\(UUID())")
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: work) }
-        let ports = try (0..<4).map { _ in try freePort() }
+        let ports = try freePorts(4)
         let fixture = LambdaFixture(
             work: work, controlPort: ports[0], relayPort: ports[3], brokerLog: work.appendingPathComponent("broker.log").path)
         let secretFile = work.appendingPathComponent("secret").path
@@ -186,18 +186,23 @@ final class RuntimeRun: Sendable {
     var violations: [String] { server.violations }
 }
 
-/// A TCP port on loopback nobody uses right now (the kernel's pick; UDP on the same number is almost always free too).
-func freePort() throws -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw FixtureError("socket: \(errno)") }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+/// `count` different TCP ports on loopback nobody uses right now (the kernel's picks, all held until all are
+/// picked; UDP on the same numbers is almost always free too).
+func freePorts(_ count: Int) throws -> [UInt16] {
+    var sockets: [Int32] = []
+    defer { sockets.forEach { close($0) } }
+    return try (0..<count).map { _ in
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw FixtureError("socket: \(String(cString: strerror(errno)))") }
+        sockets.append(fd)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { throw FixtureError("bind: \(String(cString: strerror(errno)))") }
+        return UInt16(bigEndian: address.sin_port)
     }
-    guard bound else { throw FixtureError("bind: \(errno)") }
-    return UInt16(bigEndian: address.sin_port)
 }
