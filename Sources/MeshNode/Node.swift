@@ -49,6 +49,7 @@ public enum Node {
     /// stopped the node before the app started).
     public static func run(_ configuration: NodeConfiguration, logger: Logger) async throws -> Int32 {
         let signals = SignalRelay()
+        defer { signals.stop() }
         return try await ControlClient.withConnection(to: configuration.broker.controlEndpoint) { client in
             let session: MeshSession
             do {

@@ -49,15 +49,20 @@ import Testing
         }
     }
 
-    /// An app killed by a signal, a node that cannot join (wrong secret) and a command that does not exist each post
-    /// an error for their invocation, with the app's last output; the runtime goes on.
+    /// An app killed by a signal, a command that does not exist, a start barrier the deadline overtakes and a node
+    /// that cannot join (wrong secret) each post an error for their invocation; the runtime goes on.
     @Test func failuresPostErrors() async throws {
         try await LambdaFixture.with { fixture in
             let crash = fixture.event(["name": "crash", "command": ["/bin/sh", "-c", "echo before the crash; kill -SEGV $$"]])
             let missing = fixture.event(["name": "missing", "command": ["/no/such/program"]])
-            let run = try await fixture.runtime([(crash, 60), (missing, 60)])
-            let results = await run.results(2, timeout: .seconds(60))
-            try #require(results.count == 2, "\(run.records)")
+            let waiting = fixture.event(["name": "waiting", "waitFor": 5, "graceSeconds": 2, "command": ["/bin/true"]])
+            let run = try await fixture.runtime([(crash, 60), (missing, 60), (waiting, 4)])
+            let results = await run.results(3, timeout: .seconds(60))
+            try #require(results.count == 3, "\(run.records)")
+            #expect(results[2].errorType == "BoxerMesh.DeadlineBeforeStart")
+            #expect(results[2].errorMessage.contains("still joining or waiting for members"))
+            #expect(results[2].msBeforeDeadline > 0)
+            #expect(fixture.contents(of: fixture.brokerLog).contains("node=waiting reason=the app never started (waiting for 5 members)"))
             #expect(results[0].errorType == "BoxerMesh.AppCrashed")
             #expect(results[0].errorMessage.contains("signal 11"))
             #expect(results[0].errorMessage.contains("before the crash"))
