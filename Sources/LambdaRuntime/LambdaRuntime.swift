@@ -9,6 +9,10 @@ public struct LambdaRuntime: Sendable {
     let settings: RuntimeSettings
     let logger: Logger
 
+    /// The Runtime API's calls block (`next` until an event comes); they run here, off Swift's cooperative pool, one
+    /// at a time as the API wants them.
+    static let blocking = BlockingPool(name: "runtime-api", limit: 1)
+
     /// Runs the runtime with the function's `environment`; returns the exit status for the process. Without a usable
     /// `AWS_LAMBDA_RUNTIME_API` there is nowhere to report to: it logs why and returns 1. A bad setting is posted to
     /// `/runtime/init/error`, after which the runtime exits (as the API asks).
@@ -31,7 +35,7 @@ public struct LambdaRuntime: Sendable {
         } catch {
             logger.critical("cannot start: \(error)")
             do {
-                try await onThread { try api.initFailed(error.body) }
+                try await Self.blocking.run { _ in try api.initFailed(error.body) }
             } catch {
                 logger.error("the init error could not be reported: \(error)")
             }
@@ -46,7 +50,7 @@ public struct LambdaRuntime: Sendable {
         while true {
             let invocation: Invocation
             do {
-                invocation = try await onThread { [api] in try api.next() }
+                invocation = try await Self.blocking.run { [api] _ in try api.next() }
             } catch {
                 logger.critical("cannot get the next invocation: \(error)")
                 return 1
@@ -56,10 +60,10 @@ public struct LambdaRuntime: Sendable {
                 switch outcome {
                 case .success(let response):
                     let body = try response.jsonUTF8Bytes() as [UInt8]
-                    try await onThread { [api] in try api.respond(to: invocation.requestID, with: body) }
+                    try await Self.blocking.run { [api] _ in try api.respond(to: invocation.requestID, with: body) }
                 case .failure(let failure):
                     logger.error("invocation failed: \(failure)", metadata: ["request": "\(invocation.requestID)"])
-                    try await onThread { [api] in try api.fail(invocation.requestID, with: failure.body) }
+                    try await Self.blocking.run { [api] _ in try api.fail(invocation.requestID, with: failure.body) }
                 }
             } catch let error as RuntimeAPIError where !error.isFatal {
                 logger.error("\(error)", metadata: ["request": "\(invocation.requestID)"])
