@@ -5,8 +5,9 @@ import Glibc
 public struct Invocation: Sendable {
     /// `Lambda-Runtime-Aws-Request-Id`: names the invocation in the response or error posted for it.
     public var requestID: String
-    /// `Lambda-Runtime-Deadline-Ms`: when the function times out, in milliseconds since the Unix epoch.
-    public var deadlineUnixMs: Int64
+    /// `Lambda-Runtime-Deadline-Ms`: when the function times out, in milliseconds since the Unix epoch; nil when the
+    /// header was missing or not a number.
+    public var deadlineUnixMs: Int64?
     /// `Lambda-Runtime-Invoked-Function-Arn`.
     public var functionARN: String?
     /// `Lambda-Runtime-Trace-Id`: the X-Ray tracing header, which a runtime puts in `_X_AMZN_TRACE_ID`.
@@ -18,8 +19,8 @@ public struct Invocation: Sendable {
     public var event: [UInt8]
 
     /// The deadline on this machine's monotonic clock.
-    public var deadline: ContinuousClock.Instant {
-        .now + .milliseconds(deadlineUnixMs - Self.unixMilliseconds())
+    public var deadline: ContinuousClock.Instant? {
+        deadlineUnixMs.map { .now + .milliseconds($0 - Self.unixMilliseconds()) }
     }
 
     static func unixMilliseconds() -> Int64 {

@@ -21,7 +21,7 @@ public struct LambdaFailure: Error, CustomStringConvertible, Sendable {
         case appCrashed = "BoxerMesh.AppCrashed"
         /// The runtime itself was stopped by a signal before the command started.
         case interrupted = "BoxerMesh.Interrupted"
-        /// The runtime could not do its own part (pipes for the output).
+        /// The runtime could not do its own part (pipes for the output, a deadline from the API).
         case runtimeFailed = "BoxerMesh.RuntimeFailed"
     }
 

@@ -1,4 +1,4 @@
-import Foundation
+import Glibc
 import Logging
 import MeshNode
 import WireFormat
@@ -19,7 +19,10 @@ extension LambdaRuntime {
     private func run(_ invocation: Invocation) async throws(LambdaFailure) -> Boxermesh_V1_LambdaResponse {
         let event = try LambdaEvent.parsing(invocation.event)
         var (configuration, grace) = try event.nodeConfiguration(settings)
-        let left = ContinuousClock.now.duration(to: invocation.deadline)
+        guard let end = invocation.deadline else {
+            throw LambdaFailure(.runtimeFailed, "the Runtime API gave this invocation no usable Lambda-Runtime-Deadline-Ms")
+        }
+        let left = ContinuousClock.now.duration(to: end)
         guard left > grace else {
             throw LambdaFailure(
                 .deadlineTooNear,
@@ -31,7 +34,7 @@ extension LambdaRuntime {
         } catch {
             throw LambdaFailure(.runtimeFailed, error.description)
         }
-        let deadline = NodeDeadline(invocation.deadline, grace: grace)
+        let deadline = NodeDeadline(end, grace: grace)
         let report = NodeReport()
         configuration.appOutput = tail.output
         configuration.deadline = deadline

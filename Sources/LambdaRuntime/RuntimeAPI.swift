@@ -34,8 +34,7 @@ public struct RuntimeAPI: Sendable {
         guard let id = response.header("Lambda-Runtime-Aws-Request-Id"), !id.isEmpty else {
             throw RuntimeAPIError(status: 200, message: "the next invocation came without a Lambda-Runtime-Aws-Request-Id")
         }
-        // A deadline that cannot be read makes the invocation end at once, with an error that says so.
-        let deadline = response.header("Lambda-Runtime-Deadline-Ms").flatMap { Int64($0) } ?? 0
+        let deadline = response.header("Lambda-Runtime-Deadline-Ms").flatMap { Int64($0) }
         return Invocation(
             requestID: id, deadlineUnixMs: deadline, functionARN: response.header("Lambda-Runtime-Invoked-Function-Arn"),
             traceID: response.header("Lambda-Runtime-Trace-Id"), clientContext: response.header("Lambda-Runtime-Client-Context"),
