@@ -101,6 +101,7 @@ import Testing
             let graceSeen = deadlines[0] - stopped
             #expect((9_500...10_500).contains(graceSeen), "SIGTERM came \(graceSeen) ms before the deadline")
             #expect(results[0].msBeforeDeadline > 0)
+            print("lambda: SIGTERM \(graceSeen) ms before the deadline, response \(results[0].msBeforeDeadline) ms before it; stubborn app's response \(results[1].msBeforeDeadline) ms before its deadline")
             #expect(fixture.contents(of: fixture.brokerLog).contains(
                 "node=polite reason=deadline: the app was stopped 10.0 s before the function's deadline"))
 
