@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "MeshBroker", targets: ["MeshBroker"]),
         .library(name: "MeshNode", targets: ["MeshNode"]),
         .library(name: "MeshLab", targets: ["MeshLab"]),
+        .library(name: "LambdaRuntime", targets: ["LambdaRuntime"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -63,6 +64,15 @@ let package = Package(
         .target(name: "PreloadShim", plugins: ["PreloadShimBuilder"]),
         .plugin(name: "PreloadShimBuilder", capability: .buildTool()),
 
+        /// The node as a Lambda custom runtime: the Runtime API loop (`bootstrap`, `boxer-mesh lambda`).
+        .target(
+            name: "LambdaRuntime",
+            dependencies: [
+                "MeshNode", "WireFormat", "ZeroMQ",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
         /// Network-namespace NAT lab used by `boxer-mesh lab` and the integration tests.
         .target(
             name: "MeshLab",
@@ -71,7 +81,7 @@ let package = Package(
         .executableTarget(
             name: "boxer-mesh",
             dependencies: [
-                "MeshBroker", "MeshNode", "MeshLab", "WireFormat", "PreloadShim",
+                "MeshBroker", "MeshNode", "MeshLab", "WireFormat", "LambdaRuntime", "PreloadShim",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -84,6 +94,7 @@ let package = Package(
         .testTarget(name: "MeshLabTests", dependencies: ["MeshLab", "ChildProcess"]),
         /// The node's parts driven directly: no broker, no root, no sleeps.
         .testTarget(name: "MeshNodeTests", dependencies: ["MeshNode", "WireFormat", "ZeroMQ", .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "IntegrationTests", dependencies: ["MeshLab", "WireFormat", "ChildProcess"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["MeshLab", "WireFormat", "ChildProcess", "LambdaRuntime"]),
+        .testTarget(name: "LambdaRuntimeTests", dependencies: ["LambdaRuntime", "WireFormat"]),
     ]
 )

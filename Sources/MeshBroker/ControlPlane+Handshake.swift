@@ -28,6 +28,7 @@ extension ControlPlaneHandler {
             }
             hello.mesh = try MeshName.validated(hello.mesh, role: "mesh name")
             switch hello.role {
+            case .node where hello.nodeNameIsPrefix: hello.nodeName = try MeshName.validatedPrefix(hello.nodeName)
             case .node: hello.nodeName = try MeshName.validated(hello.nodeName, role: "node name")
             case .client: hello.nodeName = ""
             default:
@@ -56,7 +57,7 @@ extension ControlPlaneHandler {
             refuse(request, routingID, .errorBadRequest, "Authenticate without a Hello first (or the handshake timed out)")
             return
         }
-        let hello = pending.hello
+        var hello = pending.hello
         let expected = key(for: hello.mesh).proof(by: .client, hello: hello, serverNonce: pending.serverNonce)
         guard MeshKey.matches(expected, [UInt8](auth.clientProof)) else {
             logger.warning("refused \(hello.role == .node ? "node '\(hello.nodeName)'" : "client"): wrong mesh secret",
@@ -64,6 +65,7 @@ extension ControlPlaneHandler {
             refuse(request, routingID, .errorAuthenticationFailed, "wrong mesh secret for mesh '\(hello.mesh)'")
             return
         }
+        if hello.nodeNameIsPrefix { hello.nodeName = registry.firstFreeName(prefix: hello.nodeName, in: hello.mesh) }
         let session: MeshRegistry.Session
         do {
             session = try registry.admit(hello, routingID: routingID, now: clock.now, wallClockMs: unixMilliseconds())

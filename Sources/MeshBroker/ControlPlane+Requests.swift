@@ -1,3 +1,4 @@
+import Logging
 import WireFormat
 
 /// A start barrier: answer `request` once `mesh` has `count` members.
@@ -28,9 +29,9 @@ extension ControlPlaneHandler {
             var ack = Boxermesh_V1_HeartbeatAck()
             ack.memberCount = UInt32(registry.memberCount(of: session.mesh))
             send(to: routingID, request.reply(.heartbeatAck(ack)))
-        case .leave:
+        case .leave(let leave):
             registry.remove(token: token)
-            sessionEnded(session, kind: .leave)
+            sessionEnded(session, kind: .leave, reason: String(leave.reason.prefix(Self.maximumLeaveReason)))
             send(to: routingID, request.reply(.leaveAck(.init())))
         case .resolve(let query):
             resolve(query, in: session.mesh, request: request, from: routingID)
@@ -89,16 +90,16 @@ extension ControlPlaneHandler {
         }
     }
 
-    /// A session ended by leave or expiry: drop its barriers, tell the tap.
-    func sessionEnded(_ session: MeshRegistry.Session, kind: Boxermesh_V1_MembershipEvent.Kind) {
+    /// A session ended by leave (with the node's reason) or expiry: drop its barriers, tell the tap.
+    func sessionEnded(_ session: MeshRegistry.Session, kind: Boxermesh_V1_MembershipEvent.Kind, reason: String = "") {
         waiters.removeAll { $0.session == session.token }
         dropPendingConnections(of: session)
         relay?.sessionEnded(token: session.token)
         guard let member = session.member else { return }
-        logger.notice(
-            kind == .expire ? "expired (no heartbeat)" : "left",
-            metadata: ["mesh": "\(session.mesh)", "node": "\(member.name)", "address": "\(member.ipv4)"])
-        publishMembership(kind, member, mesh: session.mesh)
+        var metadata: Logger.Metadata = ["mesh": "\(session.mesh)", "node": "\(member.name)", "address": "\(member.ipv4)"]
+        if !reason.isEmpty { metadata["reason"] = "\(reason)" }
+        logger.notice(kind == .expire ? "expired (no heartbeat)" : "left", metadata: metadata)
+        publishMembership(kind, member, mesh: session.mesh, reason: reason)
         if kind == .expire { announceExpiry(of: member, mesh: session.mesh) }
     }
 

@@ -2,10 +2,11 @@ import WireFormat
 
 /// The tap: every event goes out on the PUB socket as [topic, sealed TapEvent], keyed per mesh (``TapPublisher``).
 extension ControlPlaneHandler {
-    func publishMembership(_ kind: Boxermesh_V1_MembershipEvent.Kind, _ member: Member, mesh: String) {
+    func publishMembership(_ kind: Boxermesh_V1_MembershipEvent.Kind, _ member: Member, mesh: String, reason: String = "") {
         var membership = Boxermesh_V1_MembershipEvent()
         membership.kind = kind
         membership.member = member
+        membership.reason = reason
         membership.memberCount = UInt32(registry.memberCount(of: mesh))
         var event = TapEvent()
         event.membership = membership

@@ -93,6 +93,8 @@ final class ControlPlaneHandler: SocketLoopHandler {
     static let stallThreshold = Duration.milliseconds(500)
 
     static let maximumPendingHandshakes = 4096
+    /// A leave's reason is cut to this many characters for the log and the tap.
+    static let maximumLeaveReason = 200
     static let handshakeTimeout = Duration.seconds(10)
 
     init(configuration: BrokerConfiguration, logger: Logger, relay: RelayDirectory? = nil) throws {

@@ -8,14 +8,17 @@ public final class AppProcess: Sendable {
     public let pid: pid_t
     private let child: ChildProcess
 
-    /// Starts `arguments[0]` (looked up in PATH) with `environment`, inheriting standard input and output.
+    /// Starts `arguments[0]` (looked up in PATH) with `environment`, inheriting standard input, and output unless
+    /// `output` says where it goes.
     /// Signals the node ignores or relays (``SignalRelay``) are reset to their defaults in the app, with nothing
     /// blocked: an ignored disposition would otherwise survive exec and the app could not be interrupted.
-    public init(arguments: [String], environment: [String: String]) throws(LaunchError) {
+    public init(arguments: [String], environment: [String: String], output: AppOutput? = nil) throws(LaunchError) {
         do throws(SpawnError) {
             child = try ChildProcess(
                 arguments,
                 environment: environment,
+                standardOutput: output.map { .descriptor($0.standardOutput) } ?? .inherit,
+                standardError: output.map { .descriptor($0.standardError) } ?? .inherit,
                 resettingSignals: SignalRelay.relayed + [SIGPIPE]
             )
         } catch {
@@ -32,6 +35,18 @@ public final class AppProcess: Sendable {
     /// Waits for the app to end; returns its exit status the way a shell reports it (128+N for signal N).
     public func waitForExit() async -> Int32 {
         await child.exitStatus()
+    }
+}
+
+/// Where an app's standard output and error go: descriptors of the node's process, duplicated into the app (the
+/// caller keeps and closes its own).
+public struct AppOutput: Sendable {
+    public var standardOutput: Int32
+    public var standardError: Int32
+
+    public init(standardOutput: Int32, standardError: Int32) {
+        self.standardOutput = standardOutput
+        self.standardError = standardError
     }
 }
 

@@ -7,11 +7,11 @@ import Synchronization
 /// cooperative pool and a burst of connections cannot start unbounded threads. Work beyond the bound waits its
 /// turn. Cancelling the awaiting task skips work that has not started and tells running work through its
 /// ``CancellationFlag``.
-final class BlockingPool: @unchecked Sendable {
+public final class BlockingPool: @unchecked Sendable {
     /// Set when the task waiting for a piece of work was cancelled; long work checks it between steps.
-    final class CancellationFlag: Sendable {
+    public final class CancellationFlag: Sendable {
         private let flag = Atomic(false)
-        var isCancelled: Bool { flag.load(ordering: .acquiring) }
+        public var isCancelled: Bool { flag.load(ordering: .acquiring) }
         func cancel() { flag.store(true, ordering: .releasing) }
     }
 
@@ -27,7 +27,7 @@ final class BlockingPool: @unchecked Sendable {
     private var idle = 0
     private var started = 0
 
-    init(name: String, limit: Int) {
+    public init(name: String, limit: Int) {
         precondition(limit > 0, "a blocking pool needs at least one thread")
         self.name = name
         self.limit = limit
@@ -35,7 +35,7 @@ final class BlockingPool: @unchecked Sendable {
 
     /// Runs `body` on one of the pool's threads and returns its result. Throws `CancellationError` when the
     /// calling task was cancelled before the work started.
-    func run<T: Sendable>(_ body: @escaping @Sendable (CancellationFlag) throws -> T) async throws -> T {
+    public func run<T: Sendable>(_ body: @escaping @Sendable (CancellationFlag) throws -> T) async throws -> T {
         let flag = CancellationFlag()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in

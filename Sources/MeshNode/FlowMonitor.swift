@@ -18,6 +18,8 @@ final class FlowMonitor: Sendable {
     private let interval: Duration
     private let logger: Logger
     private let state = Mutex(State())
+    /// Every connection handed to the app, by the path it started on, and the relayed ones that moved to direct.
+    private let counts = Mutex(LinkCounts())
     private let wake: WakePipe
     private let stopped = Atomic<Bool>(false)
     private let done = Mutex<CheckedContinuation<Void, Never>?>(nil)
@@ -74,6 +76,7 @@ final class FlowMonitor: Sendable {
     /// Follows the socket `fd` (about to go to the app) of connection `id`. A direct link's socket carried the
     /// two token proofs before the app got it; those bytes are not counted.
     func track(fd: Int32, id: UInt64, initiator: Bool, peer: Member, port: UInt16, path: Boxermesh_V1_Path) {
+        counts.withLock { path == .direct ? ($0.direct += 1) : ($0.relayed += 1) }
         let cookie = boxer_socket_cookie(fd)
         guard cookie != 0 else { return logger.debug("socket \(fd) has no cookie: its flow is not followed") }
         let now = ContinuousClock.now
@@ -99,6 +102,7 @@ final class FlowMonitor: Sendable {
 
     /// Connection `id` moved from the relay to the direct socket `direct` (held by the relay pump).
     func upgraded(_ id: UInt64, direct: Int32?) {
+        counts.withLock { $0.upgraded += 1 }
         let cookie = direct.map { boxer_socket_cookie($0) }
         state.withLock { state in
             guard let key = state.flows.first(where: { $0.value.id == id })?.key else { return }
@@ -108,6 +112,9 @@ final class FlowMonitor: Sendable {
     }
 
     func brokerRoundTrip(_ rtt: Duration) { state.withLock { $0.brokerRTT = rtt } }
+
+    /// The connections handed to the app so far.
+    var linkCounts: LinkCounts { counts.withLock { $0 } }
 
     // MARK: What the broker tells
 

@@ -8,11 +8,14 @@ public struct JoinRequest: Sendable {
     public var mesh: String
     /// nil joins as a client tool: no name, no address, no heartbeats needed.
     public var nodeName: String?
+    /// `nodeName` is a prefix: the broker completes it to the first free `<prefix>-N`.
+    public var nameIsPrefix: Bool
     public var secret: MeshSecret
 
-    public init(mesh: String, nodeName: String?, secret: MeshSecret) {
+    public init(mesh: String, nodeName: String?, nameIsPrefix: Bool = false, secret: MeshSecret) {
         self.mesh = mesh
         self.nodeName = nodeName
+        self.nameIsPrefix = nameIsPrefix
         self.secret = secret
     }
 }
@@ -21,6 +24,7 @@ public struct JoinRequest: Sendable {
 /// forgotten us), and the questions a member may ask.
 public final class MeshSession: Sendable {
     public let client: ControlClient
+    /// How this node joined; a name prefix is replaced by the name the broker gave, which a rejoin asks for.
     public let join: JoinRequest
     /// How long to keep trying to reach the broker: joining, rejoining, and a request while it is away.
     public let connectTimeout: Duration
@@ -50,7 +54,12 @@ public final class MeshSession: Sendable {
         _ join: JoinRequest, client: ControlClient, connectTimeout: Duration, logger: Logger
     ) async throws -> MeshSession {
         let welcome = try await handshake(join, client: client, requestedAddress: nil, connectTimeout: connectTimeout)
-        return MeshSession(client: client, join: join, welcome: welcome, connectTimeout: connectTimeout, logger: logger)
+        var joined = join
+        if join.nameIsPrefix {
+            joined.nodeName = welcome.self_p.name
+            joined.nameIsPrefix = false
+        }
+        return MeshSession(client: client, join: joined, welcome: welcome, connectTimeout: connectTimeout, logger: logger)
     }
 
     private static func handshake(
@@ -61,6 +70,7 @@ public final class MeshSession: Sendable {
         hello.protocolVersion = 1
         hello.mesh = join.mesh
         hello.nodeName = join.nodeName ?? ""
+        hello.nodeNameIsPrefix = join.nameIsPrefix
         hello.role = join.nodeName == nil ? .client : .node
         hello.requestedAddress = requestedAddress?.value ?? 0
         while true {
@@ -226,11 +236,11 @@ public final class MeshSession: Sendable {
         return list.members
     }
 
-    /// Leaves the mesh: the broker frees the name and address at once. Best effort: a broker that does not
-    /// answer within `timeout` will expire the session by itself.
-    public func leave(timeout: Duration = .seconds(1)) async {
+    /// Leaves the mesh: the broker frees the name and address at once and shows `reason` on the tap. Best effort:
+    /// a broker that does not answer within `timeout` will expire the session by itself.
+    public func leave(reason: String = "", timeout: Duration = .seconds(1)) async {
         do {
-            _ = try await request(.leave(.init()), timeout: timeout)
+            _ = try await request(.leave(.with { $0.reason = reason }), timeout: timeout)
         } catch {
             logger.info("leave not confirmed (\(error)); the broker will expire the session")
         }

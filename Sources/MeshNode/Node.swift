@@ -22,6 +22,12 @@ public struct NodeConfiguration: Sendable {
     public var upgradeMaxInterval = Timing.Choice.upgradeMaxInterval
     /// How often open connections' counters are sampled for the tap's flow events.
     public var flowInterval = Duration.seconds(5)
+    /// Where the app's standard output and error go; nil: the node's own.
+    public var appOutput: AppOutput?
+    /// When the app must be gone (a function invocation's deadline); nil: no deadline.
+    public var deadline: NodeDeadline?
+    /// Filled in for the caller as the run goes (name, links, why the node left).
+    public var report: NodeReport?
 
     public init(
         broker: BrokerAddress, join: JoinRequest, waitFor: Int?, connectTimeout: Duration, command: [String],
@@ -43,17 +49,21 @@ public enum Node {
     /// stopped the node before the app started).
     public static func run(_ configuration: NodeConfiguration, logger: Logger) async throws -> Int32 {
         let signals = SignalRelay()
+        defer { signals.stop() }
         return try await ControlClient.withConnection(to: configuration.broker.controlEndpoint) { client in
             let session: MeshSession
             do {
                 session = try await untilSignal(signals) {
-                    try await join(configuration, client: client, logger: logger)
+                    try await NodeDeadline.bounding(configuration.deadline) {
+                        try await join(configuration, client: client, logger: logger)
+                    }
                 }
             } catch let interrupted as InterruptedBySignal {
                 logger.notice("stopped by signal \(interrupted.signal) before the app started")
                 return 128 + interrupted.signal
             }
             let me = session.welcome.self_p
+            configuration.report?.joined(as: me)
             let reflector = Endpoint(
                 try configuration.broker.ipv4Address(), port: UInt16(truncatingIfNeeded: session.welcome.stunPort))
             var relayOptions = RelayOptions(endpoint: configuration.broker.endpoint(port: configuration.relayPort))
@@ -106,10 +116,11 @@ public enum Node {
             }
             let app: AppProcess
             do throws(LaunchError) {
-                app = try AppProcess(arguments: configuration.command, environment: environment)
+                app = try AppProcess(arguments: configuration.command, environment: environment, output: configuration.appOutput)
             } catch {
                 logger.error("\(error)")
-                await session.leave()
+                configuration.report?.launchFailed(error)
+                await session.leave(reason: error.description)
                 return error.exitStatus
             }
             signals.onSignal { app.send($0) }
@@ -118,6 +129,7 @@ public enum Node {
                 group.addTask { await links.keepWarm(); return nil }
                 group.addTask { await links.dropUnaccepted(); return nil }
                 group.addTask { await app.waitForExit() }
+                group.addTask { await configuration.deadline?.enforce(on: app, logger: logger); return nil }
                 var status: Int32 = 0
                 for await result in group {
                     if let result {
@@ -130,7 +142,9 @@ public enum Node {
             logger.info("app exited with status \(status); leaving the mesh")
             // The app's sockets are closed now: their close events go out before we leave.
             await flows.finish()
-            await session.leave()
+            let reason = configuration.deadline.flatMap { $0.stoppedTheApp ? $0.leaveReason : nil } ?? "app exited with status \(status)"
+            configuration.report?.left(reason, links: flows.linkCounts)
+            await session.leave(reason: reason)
             return status
         }
     }
@@ -150,7 +164,7 @@ public enum Node {
                 let members = try await session.waitForMembers(count)
                 logger.notice("mesh has \(members.count) members: \(members.map(\.name).joined(separator: ", "))")
             } catch {
-                await session.leave()
+                await session.leave(reason: "the app never started (waiting for \(count) members)")
                 throw error
             }
             return session

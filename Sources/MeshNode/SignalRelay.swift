@@ -31,6 +31,15 @@ final class SignalRelay: Sendable {
         }
     }
 
+    /// Stops catching: the signals get their default actions back, and the relay is released. A process that runs
+    /// nodes one after another (the Lambda runtime) is not left ignoring them between runs, nor piling up handlers.
+    func stop() {
+        for (source, number) in zip(sources, Self.relayed) {
+            source.cancel()
+            signal(number, SIG_DFL)
+        }
+    }
+
     /// The last stop signal received, if any.
     var lastStopSignal: Int32? {
         let number = lastStop.load(ordering: .relaxed)

@@ -18,14 +18,15 @@ public struct MeshKey: Sendable {
         case client = "boxer-mesh/v1/client-proof"
     }
 
-    /// The proof over everything the handshake agreed on.
+    /// The proof over everything the handshake agreed on. A name given as a prefix adds a part, so nobody on the
+    /// path can turn a prefix into a name or back (a plain name's proof stays as it always was).
     public func proof(by prover: Prover, hello: Boxermesh_V1_Hello, serverNonce: [UInt8]) -> [UInt8] {
         Self.hmac(
             key: bytes,
             parts: [
                 Array(prover.rawValue.utf8), Array(hello.mesh.utf8), Array(hello.nodeName.utf8),
                 [UInt8(truncatingIfNeeded: hello.role.rawValue)], [UInt8](hello.clientNonce), serverNonce,
-            ])
+            ] + (hello.nodeNameIsPrefix ? [Array("name-prefix".utf8)] : []))
     }
 
     /// A key for one purpose, derived from this mesh key: HMAC-SHA-256(mesh key, label).

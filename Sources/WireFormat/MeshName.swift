@@ -16,6 +16,18 @@ public enum MeshName {
         guard !lower.allSatisfy(\.isNumber) else { throw InvalidName("\(role) '\(name)' must not be all digits") }
         return lower
     }
+
+    /// Room for "-" and six digits within a label's 63 characters.
+    public static let maximumPrefixLength = 56
+
+    /// Returns `prefix` lowercased if `<prefix>-N` makes a valid node name (the broker completes a prefix so).
+    public static func validatedPrefix(_ prefix: String) throws(InvalidName) -> String {
+        let lower = try validated(prefix, role: "node name prefix")
+        guard lower.utf8.count <= maximumPrefixLength else {
+            throw InvalidName("node name prefix '\(prefix)' is longer than \(maximumPrefixLength) characters")
+        }
+        return lower
+    }
 }
 
 /// A name broke the naming rules; the message says which rule.

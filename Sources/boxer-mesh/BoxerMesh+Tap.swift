@@ -13,7 +13,7 @@ extension BoxerMesh {
                 Lines go to standard output as events happen; --json prints one JSON object per line with the \
                 fields time, time_unix_ms, mesh, event (join, leave, expire, connect, upgrade, refused, connect-failed, \
                 close, flow, dropped), node, address, and as they apply members, connection, peer, peer_address, port, \
-                path, setup_ms, reason, count and kind (dropped: how many events of which kind); close and flow add bytes_to_peer and bytes_from_peer (what the node's app \
+                path, setup_ms, reason (why a node left, or a connect failed), count and kind (dropped: how many events of which kind); close and flow add bytes_to_peer and bytes_from_peer (what the node's app \
                 sent to and received from the peer's), duration_ms and rtt_us, flow adds rate_to_peer_bps and \
                 rate_from_peer_bps. In a connection event the node is the connecting side. Flow samples come every \
                 few seconds per open connection; --no-flows leaves them out. Events are sealed per mesh: only a \
@@ -126,6 +126,7 @@ struct TapLine: Encodable {
             node = membership.member.name
             address = membership.member.ipv4.description
             members = membership.memberCount
+            reason = membership.reason.isEmpty ? nil : membership.reason
         case .connection(let connection):
             self.event = switch connection.kind {
             case .open: "connect"

@@ -36,12 +36,14 @@ struct TestBroker {
     var controlPort: UInt16 { UInt16(endpoints.control.split(separator: ":").last!)! }
     var tapPort: UInt16 { UInt16(endpoints.tap.split(separator: ":").last!)! }
 
-    /// Joins as `name` (nil: a client tool) and runs `body` with the open session; leaves afterwards.
+    /// Joins as `name` (nil: a client tool; with `prefix`, the broker completes it) and runs `body` with the open
+    /// session; leaves afterwards.
     @discardableResult
     func session<T: Sendable>(
-        _ name: String?, mesh: String = "test", secret: MeshSecret? = nil, _ body: (MeshSession) async throws -> T
+        _ name: String?, mesh: String = "test", prefix: Bool = false, secret: MeshSecret? = nil,
+        _ body: (MeshSession) async throws -> T
     ) async throws -> T {
-        let join = JoinRequest(mesh: mesh, nodeName: name, secret: secret ?? self.secret)
+        let join = JoinRequest(mesh: mesh, nodeName: name, nameIsPrefix: prefix, secret: secret ?? self.secret)
         return try await MeshSession.withSession(
             join, broker: BrokerAddress(host: "127.0.0.1", controlPort: controlPort), connectTimeout: .seconds(5),
             logger: Logger(label: "test-node"), body)

@@ -82,3 +82,16 @@ struct MeshIdentityTests {
         }
     }
 }
+
+/// A name given as a prefix is proven as such: the flag changes the proof, so it cannot be flipped on the way.
+@Test func prefixFlagIsProven() {
+    let key = MeshKey(secret: MeshSecret(Array("s".utf8)), mesh: "m")
+    var hello = Boxermesh_V1_Hello()
+    hello.mesh = "m"
+    hello.nodeName = "worker"
+    hello.role = .node
+    hello.clientNonce = Data(repeating: 7, count: 32)
+    let asName = key.proof(by: .client, hello: hello, serverNonce: [1, 2, 3])
+    hello.nodeNameIsPrefix = true
+    #expect(key.proof(by: .client, hello: hello, serverNonce: [1, 2, 3]) != asName)
+}

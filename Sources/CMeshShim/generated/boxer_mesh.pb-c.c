@@ -2077,6 +2077,186 @@ void   boxermesh__v1__relay_punch__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__relay_punch__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   boxermesh__v1__lambda_event__init
+                     (Boxermesh__V1__LambdaEvent         *message)
+{
+  static const Boxermesh__V1__LambdaEvent init_value = BOXERMESH__V1__LAMBDA_EVENT__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__lambda_event__get_packed_size
+                     (const Boxermesh__V1__LambdaEvent *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__lambda_event__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__lambda_event__pack
+                     (const Boxermesh__V1__LambdaEvent *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__lambda_event__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__lambda_event__pack_to_buffer
+                     (const Boxermesh__V1__LambdaEvent *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__lambda_event__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__LambdaEvent *
+       boxermesh__v1__lambda_event__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__LambdaEvent *)
+     protobuf_c_message_unpack (&boxermesh__v1__lambda_event__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__lambda_event__free_unpacked
+                     (Boxermesh__V1__LambdaEvent *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__lambda_event__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__lambda_response__init
+                     (Boxermesh__V1__LambdaResponse         *message)
+{
+  static const Boxermesh__V1__LambdaResponse init_value = BOXERMESH__V1__LAMBDA_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__lambda_response__get_packed_size
+                     (const Boxermesh__V1__LambdaResponse *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__lambda_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__lambda_response__pack
+                     (const Boxermesh__V1__LambdaResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__lambda_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__lambda_response__pack_to_buffer
+                     (const Boxermesh__V1__LambdaResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__lambda_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__LambdaResponse *
+       boxermesh__v1__lambda_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__LambdaResponse *)
+     protobuf_c_message_unpack (&boxermesh__v1__lambda_response__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__lambda_response__free_unpacked
+                     (Boxermesh__V1__LambdaResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__lambda_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__lambda_links__init
+                     (Boxermesh__V1__LambdaLinks         *message)
+{
+  static const Boxermesh__V1__LambdaLinks init_value = BOXERMESH__V1__LAMBDA_LINKS__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__lambda_links__get_packed_size
+                     (const Boxermesh__V1__LambdaLinks *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__lambda_links__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__lambda_links__pack
+                     (const Boxermesh__V1__LambdaLinks *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__lambda_links__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__lambda_links__pack_to_buffer
+                     (const Boxermesh__V1__LambdaLinks *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__lambda_links__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__LambdaLinks *
+       boxermesh__v1__lambda_links__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__LambdaLinks *)
+     protobuf_c_message_unpack (&boxermesh__v1__lambda_links__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__lambda_links__free_unpacked
+                     (Boxermesh__V1__LambdaLinks *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__lambda_links__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__lambda_error__init
+                     (Boxermesh__V1__LambdaError         *message)
+{
+  static const Boxermesh__V1__LambdaError init_value = BOXERMESH__V1__LAMBDA_ERROR__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__lambda_error__get_packed_size
+                     (const Boxermesh__V1__LambdaError *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__lambda_error__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__lambda_error__pack
+                     (const Boxermesh__V1__LambdaError *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__lambda_error__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__lambda_error__pack_to_buffer
+                     (const Boxermesh__V1__LambdaError *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__lambda_error__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__LambdaError *
+       boxermesh__v1__lambda_error__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__LambdaError *)
+     protobuf_c_message_unpack (&boxermesh__v1__lambda_error__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__lambda_error__free_unpacked
+                     (Boxermesh__V1__LambdaError *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__lambda_error__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_descriptors[24] =
 {
   {
@@ -2415,7 +2595,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__control_message__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__control_message__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__hello__field_descriptors[6] =
+static const ProtobufCFieldDescriptor boxermesh__v1__hello__field_descriptors[7] =
 {
   {
     "protocol_version",
@@ -2489,11 +2669,24 @@ static const ProtobufCFieldDescriptor boxermesh__v1__hello__field_descriptors[6]
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "node_name_is_prefix",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__Hello, node_name_is_prefix),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__hello__field_indices_by_name[] = {
   4,   /* field[4] = client_nonce */
   1,   /* field[1] = mesh */
   2,   /* field[2] = node_name */
+  6,   /* field[6] = node_name_is_prefix */
   0,   /* field[0] = protocol_version */
   5,   /* field[5] = requested_address */
   3,   /* field[3] = role */
@@ -2501,7 +2694,7 @@ static const unsigned boxermesh__v1__hello__field_indices_by_name[] = {
 static const ProtobufCIntRange boxermesh__v1__hello__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__hello__descriptor =
 {
@@ -2511,7 +2704,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__hello__descriptor =
   "Boxermesh__V1__Hello",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__Hello),
-  6,
+  7,
   boxermesh__v1__hello__field_descriptors,
   boxermesh__v1__hello__field_indices_by_name,
   1,  boxermesh__v1__hello__number_ranges,
@@ -2869,9 +3062,29 @@ const ProtobufCMessageDescriptor boxermesh__v1__heartbeat_ack__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__heartbeat_ack__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-#define boxermesh__v1__leave__field_descriptors NULL
-#define boxermesh__v1__leave__field_indices_by_name NULL
-#define boxermesh__v1__leave__number_ranges NULL
+static const ProtobufCFieldDescriptor boxermesh__v1__leave__field_descriptors[1] =
+{
+  {
+    "reason",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__Leave, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__leave__field_indices_by_name[] = {
+  0,   /* field[0] = reason */
+};
+static const ProtobufCIntRange boxermesh__v1__leave__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
 const ProtobufCMessageDescriptor boxermesh__v1__leave__descriptor =
 {
   PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
@@ -2880,10 +3093,10 @@ const ProtobufCMessageDescriptor boxermesh__v1__leave__descriptor =
   "Boxermesh__V1__Leave",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__Leave),
-  0,
+  1,
   boxermesh__v1__leave__field_descriptors,
   boxermesh__v1__leave__field_indices_by_name,
-  0,  boxermesh__v1__leave__number_ranges,
+  1,  boxermesh__v1__leave__number_ranges,
   (ProtobufCMessageInit) boxermesh__v1__leave__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
@@ -4051,7 +4264,7 @@ const ProtobufCEnumDescriptor boxermesh__v1__membership_event__kind__descriptor 
   boxermesh__v1__membership_event__kind__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__membership_event__field_descriptors[3] =
+static const ProtobufCFieldDescriptor boxermesh__v1__membership_event__field_descriptors[4] =
 {
   {
     "kind",
@@ -4089,16 +4302,29 @@ static const ProtobufCFieldDescriptor boxermesh__v1__membership_event__field_des
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "reason",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__MembershipEvent, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__membership_event__field_indices_by_name[] = {
   0,   /* field[0] = kind */
   1,   /* field[1] = member */
   2,   /* field[2] = member_count */
+  3,   /* field[3] = reason */
 };
 static const ProtobufCIntRange boxermesh__v1__membership_event__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__membership_event__descriptor =
 {
@@ -4108,7 +4334,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__membership_event__descriptor =
   "Boxermesh__V1__MembershipEvent",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__MembershipEvent),
-  3,
+  4,
   boxermesh__v1__membership_event__field_descriptors,
   boxermesh__v1__membership_event__field_indices_by_name,
   1,  boxermesh__v1__membership_event__number_ranges,
@@ -5618,6 +5844,379 @@ const ProtobufCMessageDescriptor boxermesh__v1__relay_punch__descriptor =
   boxermesh__v1__relay_punch__field_indices_by_name,
   1,  boxermesh__v1__relay_punch__number_ranges,
   (ProtobufCMessageInit) boxermesh__v1__relay_punch__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__lambda_event__field_descriptors[8] =
+{
+  {
+    "broker",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaEvent, broker),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "mesh",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaEvent, mesh),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "name",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaEvent, name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "name_prefix",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaEvent, name_prefix),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "wait_for",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaEvent, wait_for),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "command",
+    6,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Boxermesh__V1__LambdaEvent, n_command),
+    offsetof(Boxermesh__V1__LambdaEvent, command),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "grace_seconds",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaEvent, grace_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "relay_port",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaEvent, relay_port),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__lambda_event__field_indices_by_name[] = {
+  0,   /* field[0] = broker */
+  5,   /* field[5] = command */
+  6,   /* field[6] = grace_seconds */
+  1,   /* field[1] = mesh */
+  2,   /* field[2] = name */
+  3,   /* field[3] = name_prefix */
+  7,   /* field[7] = relay_port */
+  4,   /* field[4] = wait_for */
+};
+static const ProtobufCIntRange boxermesh__v1__lambda_event__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 8 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__lambda_event__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.LambdaEvent",
+  "LambdaEvent",
+  "Boxermesh__V1__LambdaEvent",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__LambdaEvent),
+  8,
+  boxermesh__v1__lambda_event__field_descriptors,
+  boxermesh__v1__lambda_event__field_indices_by_name,
+  1,  boxermesh__v1__lambda_event__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__lambda_event__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__lambda_response__field_descriptors[7] =
+{
+  {
+    "name",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaResponse, name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "address",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaResponse, address),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "exit_status",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT32,
+    offsetof(Boxermesh__V1__LambdaResponse, exit_case),
+    offsetof(Boxermesh__V1__LambdaResponse, exit_status),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "output",
+    4,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Boxermesh__V1__LambdaResponse, n_output),
+    offsetof(Boxermesh__V1__LambdaResponse, output),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "links",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaResponse, links),
+    &boxermesh__v1__lambda_links__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "deadline",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaResponse, deadline),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "leave_reason",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaResponse, leave_reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__lambda_response__field_indices_by_name[] = {
+  1,   /* field[1] = address */
+  5,   /* field[5] = deadline */
+  2,   /* field[2] = exit_status */
+  6,   /* field[6] = leave_reason */
+  4,   /* field[4] = links */
+  0,   /* field[0] = name */
+  3,   /* field[3] = output */
+};
+static const ProtobufCIntRange boxermesh__v1__lambda_response__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 7 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__lambda_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.LambdaResponse",
+  "LambdaResponse",
+  "Boxermesh__V1__LambdaResponse",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__LambdaResponse),
+  7,
+  boxermesh__v1__lambda_response__field_descriptors,
+  boxermesh__v1__lambda_response__field_indices_by_name,
+  1,  boxermesh__v1__lambda_response__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__lambda_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__lambda_links__field_descriptors[3] =
+{
+  {
+    "direct",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaLinks, direct),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "relayed",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaLinks, relayed),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "upgraded",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaLinks, upgraded),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__lambda_links__field_indices_by_name[] = {
+  0,   /* field[0] = direct */
+  1,   /* field[1] = relayed */
+  2,   /* field[2] = upgraded */
+};
+static const ProtobufCIntRange boxermesh__v1__lambda_links__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__lambda_links__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.LambdaLinks",
+  "LambdaLinks",
+  "Boxermesh__V1__LambdaLinks",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__LambdaLinks),
+  3,
+  boxermesh__v1__lambda_links__field_descriptors,
+  boxermesh__v1__lambda_links__field_indices_by_name,
+  1,  boxermesh__v1__lambda_links__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__lambda_links__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__lambda_error__field_descriptors[3] =
+{
+  {
+    "error_message",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaError, error_message),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "error_type",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaError, error_type),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "stack_trace",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Boxermesh__V1__LambdaError, n_stack_trace),
+    offsetof(Boxermesh__V1__LambdaError, stack_trace),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__lambda_error__field_indices_by_name[] = {
+  0,   /* field[0] = error_message */
+  1,   /* field[1] = error_type */
+  2,   /* field[2] = stack_trace */
+};
+static const ProtobufCIntRange boxermesh__v1__lambda_error__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__lambda_error__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.LambdaError",
+  "LambdaError",
+  "Boxermesh__V1__LambdaError",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__LambdaError),
+  3,
+  boxermesh__v1__lambda_error__field_descriptors,
+  boxermesh__v1__lambda_error__field_indices_by_name,
+  1,  boxermesh__v1__lambda_error__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__lambda_error__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCEnumValue boxermesh__v1__role__enum_values_by_number[3] =

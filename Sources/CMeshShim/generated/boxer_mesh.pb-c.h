@@ -61,6 +61,10 @@ typedef struct Boxermesh__V1__RelayOpen Boxermesh__V1__RelayOpen;
 typedef struct Boxermesh__V1__RelayReset Boxermesh__V1__RelayReset;
 typedef struct Boxermesh__V1__RelayResume Boxermesh__V1__RelayResume;
 typedef struct Boxermesh__V1__RelayPunch Boxermesh__V1__RelayPunch;
+typedef struct Boxermesh__V1__LambdaEvent Boxermesh__V1__LambdaEvent;
+typedef struct Boxermesh__V1__LambdaResponse Boxermesh__V1__LambdaResponse;
+typedef struct Boxermesh__V1__LambdaLinks Boxermesh__V1__LambdaLinks;
+typedef struct Boxermesh__V1__LambdaError Boxermesh__V1__LambdaError;
 
 
 /* --- enums --- */
@@ -271,10 +275,15 @@ struct  Boxermesh__V1__Hello
    * The address this node held before (rejoin after a broker restart); granted when still free.
    */
   uint32_t requested_address;
+  /*
+   * node_name is a prefix: the broker completes it to the first free "<prefix>-N" (N = 1, 2, ...); the Welcome
+   * carries the name given. A node that rejoins asks for that name itself.
+   */
+  protobuf_c_boolean node_name_is_prefix;
 };
 #define BOXERMESH__V1__HELLO__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__hello__descriptor) \
-    , 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, BOXERMESH__V1__ROLE__ROLE_UNSPECIFIED, {0,NULL}, 0 }
+    , 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, BOXERMESH__V1__ROLE__ROLE_UNSPECIFIED, {0,NULL}, 0, 0 }
 
 
 /*
@@ -374,10 +383,14 @@ struct  Boxermesh__V1__HeartbeatAck
 struct  Boxermesh__V1__Leave
 {
   ProtobufCMessage base;
+  /*
+   * Why the node leaves, in words ("app exited with status 0", "deadline: ..."); the tap shows it.
+   */
+  char *reason;
 };
 #define BOXERMESH__V1__LEAVE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__leave__descriptor) \
-     }
+    , (char *)protobuf_c_empty_string }
 
 
 struct  Boxermesh__V1__LeaveAck
@@ -709,10 +722,14 @@ struct  Boxermesh__V1__MembershipEvent
    * members in the mesh after this event
    */
   uint32_t member_count;
+  /*
+   * KIND_LEAVE: the reason the node gave (Leave.reason)
+   */
+  char *reason;
 };
 #define BOXERMESH__V1__MEMBERSHIP_EVENT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__membership_event__descriptor) \
-    , BOXERMESH__V1__MEMBERSHIP_EVENT__KIND__KIND_UNSPECIFIED, NULL, 0 }
+    , BOXERMESH__V1__MEMBERSHIP_EVENT__KIND__KIND_UNSPECIFIED, NULL, 0, (char *)protobuf_c_empty_string }
 
 
 /*
@@ -1088,6 +1105,134 @@ struct  Boxermesh__V1__RelayPunch
 #define BOXERMESH__V1__RELAY_PUNCH__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__relay_punch__descriptor) \
     , 0, BOXERMESH__V1__RELAY_PUNCH__STAGE__STAGE_UNSPECIFIED, NULL, (char *)protobuf_c_empty_string }
+
+
+/*
+ * One invocation: join the mesh, run the command under the node, post a LambdaResponse when it ends.
+ */
+struct  Boxermesh__V1__LambdaEvent
+{
+  ProtobufCMessage base;
+  /*
+   * HOST[:PORT]; default: the function's BOXER_BROKER
+   */
+  char *broker;
+  /*
+   * default: the function's BOXER_MESH, else "default"
+   */
+  char *mesh;
+  /*
+   * this node's name; exactly one of name and name_prefix
+   */
+  char *name;
+  /*
+   * the broker completes it to the first free "<prefix>-N"
+   */
+  char *name_prefix;
+  /*
+   * hold the command until the mesh has this many members (0: do not wait)
+   */
+  uint32_t wait_for;
+  /*
+   * the program, then its arguments
+   */
+  size_t n_command;
+  char **command;
+  /*
+   * Seconds before the invocation's deadline when the command gets SIGTERM; 0 or absent: the function's
+   * BOXER_LAMBDA_GRACE_SECONDS, else 10.
+   */
+  double grace_seconds;
+  /*
+   * the broker's relay port; default 7702
+   */
+  uint32_t relay_port;
+};
+#define BOXERMESH__V1__LAMBDA_EVENT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__lambda_event__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0,NULL, 0, 0 }
+
+
+typedef enum {
+  BOXERMESH__V1__LAMBDA_RESPONSE__EXIT__NOT_SET = 0,
+  BOXERMESH__V1__LAMBDA_RESPONSE__EXIT_EXIT_STATUS = 3
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__LAMBDA_RESPONSE__EXIT__CASE)
+} Boxermesh__V1__LambdaResponse__ExitCase;
+
+/*
+ * What an invocation that ran its command posts as its response.
+ */
+struct  Boxermesh__V1__LambdaResponse
+{
+  ProtobufCMessage base;
+  /*
+   * the node's name in the mesh (a prefix as the broker completed it)
+   */
+  char *name;
+  /*
+   * its mesh address, dotted
+   */
+  char *address;
+  /*
+   * its last lines of standard output and error (at most 50 lines, 4 KiB)
+   */
+  size_t n_output;
+  char **output;
+  Boxermesh__V1__LambdaLinks *links;
+  /*
+   * the command was stopped because the invocation's deadline came near
+   */
+  protobuf_c_boolean deadline;
+  /*
+   * what the node told the mesh when it left
+   */
+  char *leave_reason;
+  Boxermesh__V1__LambdaResponse__ExitCase exit_case;
+  union {
+    int32_t exit_status;
+  };
+};
+#define BOXERMESH__V1__LAMBDA_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__lambda_response__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, NULL, 0, (char *)protobuf_c_empty_string, BOXERMESH__V1__LAMBDA_RESPONSE__EXIT__NOT_SET, {0} }
+
+
+/*
+ * The mesh connections the node handed its command, by the path they started on (absent counts are 0).
+ */
+struct  Boxermesh__V1__LambdaLinks
+{
+  ProtobufCMessage base;
+  uint32_t direct;
+  uint32_t relayed;
+  /*
+   * relayed connections that moved to a direct link later
+   */
+  uint32_t upgraded;
+};
+#define BOXERMESH__V1__LAMBDA_LINKS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__lambda_links__descriptor) \
+    , 0, 0, 0 }
+
+
+/*
+ * The body of an error posted to the Runtime API (`/runtime/init/error`, `/runtime/invocation/{id}/error`), in the
+ * standard Lambda error format: {"errorMessage": ..., "errorType": ...}.
+ */
+struct  Boxermesh__V1__LambdaError
+{
+  ProtobufCMessage base;
+  char *error_message;
+  char *error_type;
+  /*
+   * always empty: the runtime reports errors in words, not stacks
+   */
+  size_t n_stack_trace;
+  char **stack_trace;
+};
+#define BOXERMESH__V1__LAMBDA_ERROR__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__lambda_error__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL }
 
 
 /* Boxermesh__V1__ControlMessage methods */
@@ -1964,6 +2109,82 @@ Boxermesh__V1__RelayPunch *
 void   boxermesh__v1__relay_punch__free_unpacked
                      (Boxermesh__V1__RelayPunch *message,
                       ProtobufCAllocator *allocator);
+/* Boxermesh__V1__LambdaEvent methods */
+void   boxermesh__v1__lambda_event__init
+                     (Boxermesh__V1__LambdaEvent         *message);
+size_t boxermesh__v1__lambda_event__get_packed_size
+                     (const Boxermesh__V1__LambdaEvent   *message);
+size_t boxermesh__v1__lambda_event__pack
+                     (const Boxermesh__V1__LambdaEvent   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__lambda_event__pack_to_buffer
+                     (const Boxermesh__V1__LambdaEvent   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__LambdaEvent *
+       boxermesh__v1__lambda_event__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__lambda_event__free_unpacked
+                     (Boxermesh__V1__LambdaEvent *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__LambdaResponse methods */
+void   boxermesh__v1__lambda_response__init
+                     (Boxermesh__V1__LambdaResponse         *message);
+size_t boxermesh__v1__lambda_response__get_packed_size
+                     (const Boxermesh__V1__LambdaResponse   *message);
+size_t boxermesh__v1__lambda_response__pack
+                     (const Boxermesh__V1__LambdaResponse   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__lambda_response__pack_to_buffer
+                     (const Boxermesh__V1__LambdaResponse   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__LambdaResponse *
+       boxermesh__v1__lambda_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__lambda_response__free_unpacked
+                     (Boxermesh__V1__LambdaResponse *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__LambdaLinks methods */
+void   boxermesh__v1__lambda_links__init
+                     (Boxermesh__V1__LambdaLinks         *message);
+size_t boxermesh__v1__lambda_links__get_packed_size
+                     (const Boxermesh__V1__LambdaLinks   *message);
+size_t boxermesh__v1__lambda_links__pack
+                     (const Boxermesh__V1__LambdaLinks   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__lambda_links__pack_to_buffer
+                     (const Boxermesh__V1__LambdaLinks   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__LambdaLinks *
+       boxermesh__v1__lambda_links__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__lambda_links__free_unpacked
+                     (Boxermesh__V1__LambdaLinks *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__LambdaError methods */
+void   boxermesh__v1__lambda_error__init
+                     (Boxermesh__V1__LambdaError         *message);
+size_t boxermesh__v1__lambda_error__get_packed_size
+                     (const Boxermesh__V1__LambdaError   *message);
+size_t boxermesh__v1__lambda_error__pack
+                     (const Boxermesh__V1__LambdaError   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__lambda_error__pack_to_buffer
+                     (const Boxermesh__V1__LambdaError   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__LambdaError *
+       boxermesh__v1__lambda_error__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__lambda_error__free_unpacked
+                     (Boxermesh__V1__LambdaError *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Boxermesh__V1__ControlMessage_Closure)
@@ -2104,6 +2325,18 @@ typedef void (*Boxermesh__V1__RelayResume_Closure)
 typedef void (*Boxermesh__V1__RelayPunch_Closure)
                  (const Boxermesh__V1__RelayPunch *message,
                   void *closure_data);
+typedef void (*Boxermesh__V1__LambdaEvent_Closure)
+                 (const Boxermesh__V1__LambdaEvent *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__LambdaResponse_Closure)
+                 (const Boxermesh__V1__LambdaResponse *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__LambdaLinks_Closure)
+                 (const Boxermesh__V1__LambdaLinks *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__LambdaError_Closure)
+                 (const Boxermesh__V1__LambdaError *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -2163,6 +2396,10 @@ extern const ProtobufCMessageDescriptor boxermesh__v1__relay_reset__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__relay_resume__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__relay_punch__descriptor;
 extern const ProtobufCEnumDescriptor    boxermesh__v1__relay_punch__stage__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__lambda_event__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__lambda_response__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__lambda_links__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__lambda_error__descriptor;
 
 PROTOBUF_C__END_DECLS
 

@@ -430,6 +430,10 @@ public nonisolated struct Boxermesh_V1_Hello: Sendable {
   /// The address this node held before (rejoin after a broker restart); granted when still free.
   public var requestedAddress: UInt32 = 0
 
+  /// node_name is a prefix: the broker completes it to the first free "<prefix>-N" (N = 1, 2, ...); the Welcome
+  /// carries the name given. A node that rejoins asks for that name itself.
+  public var nodeNameIsPrefix: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -548,6 +552,9 @@ public nonisolated struct Boxermesh_V1_Leave: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
+
+  /// Why the node leaves, in words ("app exited with status 0", "deadline: ..."); the tap shows it.
+  public var reason: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1008,6 +1015,9 @@ public nonisolated struct Boxermesh_V1_MembershipEvent: Sendable {
 
   /// members in the mesh after this event
   public var memberCount: UInt32 = 0
+
+  /// KIND_LEAVE: the reason the node gave (Leave.reason)
+  public var reason: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1790,6 +1800,135 @@ public nonisolated struct Boxermesh_V1_RelayPunch: Sendable {
   fileprivate var _endpoint: Boxermesh_V1_PublicEndpoint? = nil
 }
 
+/// One invocation: join the mesh, run the command under the node, post a LambdaResponse when it ends.
+public nonisolated struct Boxermesh_V1_LambdaEvent: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// HOST[:PORT]; default: the function's BOXER_BROKER
+  public var broker: String = String()
+
+  /// default: the function's BOXER_MESH, else "default"
+  public var mesh: String = String()
+
+  /// this node's name; exactly one of name and name_prefix
+  public var name: String = String()
+
+  /// the broker completes it to the first free "<prefix>-N"
+  public var namePrefix: String = String()
+
+  /// hold the command until the mesh has this many members (0: do not wait)
+  public var waitFor: UInt32 = 0
+
+  /// the program, then its arguments
+  public var command: [String] = []
+
+  /// Seconds before the invocation's deadline when the command gets SIGTERM; 0 or absent: the function's
+  /// BOXER_LAMBDA_GRACE_SECONDS, else 10.
+  public var graceSeconds: Double = 0
+
+  /// the broker's relay port; default 7702
+  public var relayPort: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// What an invocation that ran its command posts as its response.
+public nonisolated struct Boxermesh_V1_LambdaResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// the node's name in the mesh (a prefix as the broker completed it)
+  public var name: String = String()
+
+  /// its mesh address, dotted
+  public var address: String = String()
+
+  /// The command's exit status, 128+N when it was ended by signal N (the deadline's SIGTERM or SIGKILL). A oneof of one
+  /// so that protobuf's JSON shows a status of 0 too (proto3 `optional` would do, but protoc-c lacks it).
+  public var exit: Boxermesh_V1_LambdaResponse.OneOf_Exit? = nil
+
+  public var exitStatus: Int32 {
+    get {
+      if case .exitStatus(let v)? = exit {return v}
+      return 0
+    }
+    set {exit = .exitStatus(newValue)}
+  }
+
+  /// its last lines of standard output and error (at most 50 lines, 4 KiB)
+  public var output: [String] = []
+
+  public var links: Boxermesh_V1_LambdaLinks {
+    get {_links ?? Boxermesh_V1_LambdaLinks()}
+    set {_links = newValue}
+  }
+  /// Returns true if `links` has been explicitly set.
+  public var hasLinks: Bool {self._links != nil}
+  /// Clears the value of `links`. Subsequent reads from it will return its default value.
+  public mutating func clearLinks() {self._links = nil}
+
+  /// the command was stopped because the invocation's deadline came near
+  public var deadline: Bool = false
+
+  /// what the node told the mesh when it left
+  public var leaveReason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  /// The command's exit status, 128+N when it was ended by signal N (the deadline's SIGTERM or SIGKILL). A oneof of one
+  /// so that protobuf's JSON shows a status of 0 too (proto3 `optional` would do, but protoc-c lacks it).
+  public nonisolated enum OneOf_Exit: Equatable, Sendable {
+    case exitStatus(Int32)
+
+  }
+
+  public init() {}
+
+  fileprivate var _links: Boxermesh_V1_LambdaLinks? = nil
+}
+
+/// The mesh connections the node handed its command, by the path they started on (absent counts are 0).
+public nonisolated struct Boxermesh_V1_LambdaLinks: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var direct: UInt32 = 0
+
+  public var relayed: UInt32 = 0
+
+  /// relayed connections that moved to a direct link later
+  public var upgraded: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The body of an error posted to the Runtime API (`/runtime/init/error`, `/runtime/invocation/{id}/error`), in the
+/// standard Lambda error format: {"errorMessage": ..., "errorType": ...}.
+public nonisolated struct Boxermesh_V1_LambdaError: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var errorMessage: String = String()
+
+  public var errorType: String = String()
+
+  /// always empty: the runtime reports errors in words, not stacks
+  public var stackTrace: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "boxermesh.v1"
@@ -2225,7 +2364,7 @@ nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Boxermesh_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Hello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}mesh\0\u{3}node_name\0\u{1}role\0\u{3}client_nonce\0\u{3}requested_address\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{1}mesh\0\u{3}node_name\0\u{1}role\0\u{3}client_nonce\0\u{3}requested_address\0\u{3}node_name_is_prefix\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2239,6 +2378,7 @@ nonisolated extension Boxermesh_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._
       case 4: try { try decoder.decodeSingularEnumField(value: &self.role) }()
       case 5: try { try decoder.decodeSingularBytesField(value: &self.clientNonce) }()
       case 6: try { try decoder.decodeSingularFixed32Field(value: &self.requestedAddress) }()
+      case 7: try { try decoder.decodeSingularBoolField(value: &self.nodeNameIsPrefix) }()
       default: break
       }
     }
@@ -2263,6 +2403,9 @@ nonisolated extension Boxermesh_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._
     if self.requestedAddress != 0 {
       try visitor.visitSingularFixed32Field(value: self.requestedAddress, fieldNumber: 6)
     }
+    if self.nodeNameIsPrefix != false {
+      try visitor.visitSingularBoolField(value: self.nodeNameIsPrefix, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2273,6 +2416,7 @@ nonisolated extension Boxermesh_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.role != rhs.role {return false}
     if lhs.clientNonce != rhs.clientNonce {return false}
     if lhs.requestedAddress != rhs.requestedAddress {return false}
+    if lhs.nodeNameIsPrefix != rhs.nodeNameIsPrefix {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -2508,18 +2652,29 @@ nonisolated extension Boxermesh_V1_HeartbeatAck: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Boxermesh_V1_Leave: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Leave"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}reason\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    // Load everything into unknown fields
-    while try decoder.nextFieldNumber() != nil {}
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 1)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Boxermesh_V1_Leave, rhs: Boxermesh_V1_Leave) -> Bool {
+    if lhs.reason != rhs.reason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3319,7 +3474,7 @@ nonisolated extension Boxermesh_V1_TapEvent: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Boxermesh_V1_MembershipEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MembershipEvent"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}member\0\u{3}member_count\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}member\0\u{3}member_count\0\u{1}reason\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3330,6 +3485,7 @@ nonisolated extension Boxermesh_V1_MembershipEvent: SwiftProtobuf.Message, Swift
       case 1: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
       case 2: try { try decoder.decodeSingularMessageField(value: &self._member) }()
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.memberCount) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.reason) }()
       default: break
       }
     }
@@ -3349,6 +3505,9 @@ nonisolated extension Boxermesh_V1_MembershipEvent: SwiftProtobuf.Message, Swift
     if self.memberCount != 0 {
       try visitor.visitSingularUInt32Field(value: self.memberCount, fieldNumber: 3)
     }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3356,6 +3515,7 @@ nonisolated extension Boxermesh_V1_MembershipEvent: SwiftProtobuf.Message, Swift
     if lhs.kind != rhs.kind {return false}
     if lhs._member != rhs._member {return false}
     if lhs.memberCount != rhs.memberCount {return false}
+    if lhs.reason != rhs.reason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4468,4 +4628,220 @@ nonisolated extension Boxermesh_V1_RelayPunch: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Boxermesh_V1_RelayPunch.Stage: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0STAGE_UNSPECIFIED\0\u{1}STAGE_OFFER\0\u{1}STAGE_ANSWER\0\u{1}STAGE_READY\0\u{1}STAGE_FAILED\0")
+}
+
+nonisolated extension Boxermesh_V1_LambdaEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LambdaEvent"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}broker\0\u{1}mesh\0\u{1}name\0\u{3}name_prefix\0\u{3}wait_for\0\u{1}command\0\u{3}grace_seconds\0\u{3}relay_port\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.broker) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.mesh) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.namePrefix) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.waitFor) }()
+      case 6: try { try decoder.decodeRepeatedStringField(value: &self.command) }()
+      case 7: try { try decoder.decodeSingularDoubleField(value: &self.graceSeconds) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.relayPort) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.broker.isEmpty {
+      try visitor.visitSingularStringField(value: self.broker, fieldNumber: 1)
+    }
+    if !self.mesh.isEmpty {
+      try visitor.visitSingularStringField(value: self.mesh, fieldNumber: 2)
+    }
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 3)
+    }
+    if !self.namePrefix.isEmpty {
+      try visitor.visitSingularStringField(value: self.namePrefix, fieldNumber: 4)
+    }
+    if self.waitFor != 0 {
+      try visitor.visitSingularUInt32Field(value: self.waitFor, fieldNumber: 5)
+    }
+    if !self.command.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.command, fieldNumber: 6)
+    }
+    if self.graceSeconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.graceSeconds, fieldNumber: 7)
+    }
+    if self.relayPort != 0 {
+      try visitor.visitSingularUInt32Field(value: self.relayPort, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_LambdaEvent, rhs: Boxermesh_V1_LambdaEvent) -> Bool {
+    if lhs.broker != rhs.broker {return false}
+    if lhs.mesh != rhs.mesh {return false}
+    if lhs.name != rhs.name {return false}
+    if lhs.namePrefix != rhs.namePrefix {return false}
+    if lhs.waitFor != rhs.waitFor {return false}
+    if lhs.command != rhs.command {return false}
+    if lhs.graceSeconds != rhs.graceSeconds {return false}
+    if lhs.relayPort != rhs.relayPort {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_LambdaResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LambdaResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}address\0\u{3}exit_status\0\u{1}output\0\u{1}links\0\u{1}deadline\0\u{3}leave_reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.address) }()
+      case 3: try {
+        var v: Int32?
+        try decoder.decodeSingularInt32Field(value: &v)
+        if let v = v {
+          if self.exit != nil {try decoder.handleConflictingOneOf()}
+          self.exit = .exitStatus(v)
+        }
+      }()
+      case 4: try { try decoder.decodeRepeatedStringField(value: &self.output) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._links) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.deadline) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.leaveReason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if !self.address.isEmpty {
+      try visitor.visitSingularStringField(value: self.address, fieldNumber: 2)
+    }
+    try { if case .exitStatus(let v)? = self.exit {
+      try visitor.visitSingularInt32Field(value: v, fieldNumber: 3)
+    } }()
+    if !self.output.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.output, fieldNumber: 4)
+    }
+    try { if let v = self._links {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
+    if self.deadline != false {
+      try visitor.visitSingularBoolField(value: self.deadline, fieldNumber: 6)
+    }
+    if !self.leaveReason.isEmpty {
+      try visitor.visitSingularStringField(value: self.leaveReason, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_LambdaResponse, rhs: Boxermesh_V1_LambdaResponse) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.address != rhs.address {return false}
+    if lhs.exit != rhs.exit {return false}
+    if lhs.output != rhs.output {return false}
+    if lhs._links != rhs._links {return false}
+    if lhs.deadline != rhs.deadline {return false}
+    if lhs.leaveReason != rhs.leaveReason {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_LambdaLinks: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LambdaLinks"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}direct\0\u{1}relayed\0\u{1}upgraded\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.direct) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.relayed) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.upgraded) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.direct != 0 {
+      try visitor.visitSingularUInt32Field(value: self.direct, fieldNumber: 1)
+    }
+    if self.relayed != 0 {
+      try visitor.visitSingularUInt32Field(value: self.relayed, fieldNumber: 2)
+    }
+    if self.upgraded != 0 {
+      try visitor.visitSingularUInt32Field(value: self.upgraded, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_LambdaLinks, rhs: Boxermesh_V1_LambdaLinks) -> Bool {
+    if lhs.direct != rhs.direct {return false}
+    if lhs.relayed != rhs.relayed {return false}
+    if lhs.upgraded != rhs.upgraded {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_LambdaError: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LambdaError"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}error_message\0\u{3}error_type\0\u{3}stack_trace\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.errorMessage) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.errorType) }()
+      case 3: try { try decoder.decodeRepeatedStringField(value: &self.stackTrace) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.errorMessage.isEmpty {
+      try visitor.visitSingularStringField(value: self.errorMessage, fieldNumber: 1)
+    }
+    if !self.errorType.isEmpty {
+      try visitor.visitSingularStringField(value: self.errorType, fieldNumber: 2)
+    }
+    if !self.stackTrace.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.stackTrace, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_LambdaError, rhs: Boxermesh_V1_LambdaError) -> Bool {
+    if lhs.errorMessage != rhs.errorMessage {return false}
+    if lhs.errorType != rhs.errorType {return false}
+    if lhs.stackTrace != rhs.stackTrace {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
 }
