@@ -32,13 +32,13 @@ final class OutputTail: Sendable {
         }
         output = AppOutput(standardOutput: out[1], standardError: err[1])
         sources = [(out[0], STDOUT_FILENO), (err[0], STDERR_FILENO)]
-        Thread { [self] in
+        startThread(named: "app-output") { [self] in
             copyUntilStopped()
             done.withLock { state in
                 state.finished = true
                 state.waiter?.resume()
             }
-        }.start()
+        }
     }
 
     /// Stops passing output on, once the app has ended, and returns its last lines. What the app wrote before it

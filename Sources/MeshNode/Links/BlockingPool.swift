@@ -59,12 +59,9 @@ public final class BlockingPool: @unchecked Sendable {
             return started
         }
         guard let number = spawn else { return }
-        let name = "\(name)-\(number)"
-        Thread { [self] in
-            // Set from inside: Foundation does not pass a name given before start() on to the kernel.
-            Thread.current.name = name
+        startThread(named: "\(name)-\(number)") { [self] in
             while let job = nextJob() { job() }
-        }.start()
+        }
     }
 
     /// The next piece of work, or nil when none came for ``Timing/Choice/poolIdle`` (the thread then ends).
@@ -83,4 +80,14 @@ public final class BlockingPool: @unchecked Sendable {
             return queue.removeFirst()
         }
     }
+}
+
+/// Starts a named thread of the node's own (a pool worker, or a loop that blocks on its descriptors for the node's
+/// whole life: the shim service, the flow monitor). The name is what ps, top and gdb show.
+package func startThread(named name: String, _ body: @escaping @Sendable () -> Void) {
+    Thread {
+        // Set from inside: Foundation does not pass a name given before start() on to the kernel.
+        Thread.current.name = name
+        body()
+    }.start()
 }

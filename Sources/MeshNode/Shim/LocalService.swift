@@ -32,7 +32,7 @@ final class LocalService: Sendable {
 
     /// Starts accepting app connections on a thread of its own.
     func start() {
-        Thread { [self] in
+        startThread(named: "shim-accept") { [self] in
             while true {
                 let client = boxer_accept_cloexec(listenFD)
                 if client < 0 {
@@ -40,9 +40,9 @@ final class LocalService: Sendable {
                     return  // the listening socket was shut down: the node is stopping
                 }
                 clients.withLock { _ = $0.insert(client) }
-                Thread { [self] in serve(client) }.start()
+                startThread(named: "shim-client") { [self] in serve(client) }
             }
-        }.start()
+        }
     }
 
     /// Stops accepting and ends every client connection.
@@ -79,21 +79,14 @@ final class LocalService: Sendable {
                     client.end()
                 }
             default:
-                let (response, link) = blocking { await self.respond(to: request) }
+                let (response, link) = respondAtOnce(to: request)
                 guard client.reply(response, passing: link) else { return }
             }
         }
     }
 
-    /// Answers one request; a connection comes with its socket.
+    /// Answers a request that waits on the network (connect, resolve); a connection comes with its socket.
     private func respond(to request: Boxermesh_V1_ShimRequest) async -> (Boxermesh_V1_ShimResponse, Int32?) {
-        var response = Boxermesh_V1_ShimResponse()
-        response.id = request.id
-        func fail(_ code: Int32, _ message: String) -> (Boxermesh_V1_ShimResponse, Int32?) {
-            response.error = code
-            response.message = message
-            return (response, nil)
-        }
         switch request.body {
         case .resolve, .reverse:
             do {
@@ -102,53 +95,59 @@ final class LocalService: Sendable {
                 } else {
                     try await session.resolve(address: IPv4Address(request.reverse.address))
                 }
-                response.resolved = .with { $0.name = member.name; $0.address = member.address }
+                return (Self.response(to: request) { $0.resolved = .with { $0.name = member.name; $0.address = member.address } }, nil)
             } catch let refusal as BrokerRefusal where refusal.code == .errorNotFound {
-                return fail(ENOENT, refusal.message)  // the shim then asks the system's resolver
+                return Self.failure(request, ENOENT, refusal.message)  // the shim then asks the system's resolver
             } catch {
-                return fail(EAGAIN, "\(error)")
+                return Self.failure(request, EAGAIN, "\(error)")
             }
         case .connect(let connect):
-            guard connect.port > 0, connect.port <= UInt16.max else { return fail(EINVAL, "port \(connect.port) is out of range") }
+            guard connect.port > 0, connect.port <= UInt16.max else {
+                return Self.failure(request, EINVAL, "port \(connect.port) is out of range")
+            }
             do {
                 let link = try await links.connect(to: IPv4Address(connect.address), port: UInt16(connect.port))
-                response.connection = link.connection
-                return (response, link.fd)
+                return (Self.response(to: request) { $0.connection = link.connection }, link.fd)
             } catch {
                 logger.notice("connect to \(IPv4Address(connect.address)):\(connect.port) failed: \(error.description)")
-                return fail(error.code, error.description)
+                return Self.failure(request, error.code, error.description)
             }
+        case .listen, .unlisten, .takeAccepted, nil:
+            return respondAtOnce(to: request)
+        }
+    }
+
+    /// Answers a request the node settles at once (listen, unlisten, take an accepted link), in order.
+    private func respondAtOnce(to request: Boxermesh_V1_ShimRequest) -> (Boxermesh_V1_ShimResponse, Int32?) {
+        switch request.body {
         case .listen(let listen):
             links.listen(on: UInt16(truncatingIfNeeded: listen.port))
         case .unlisten(let unlisten):
             links.unlisten(on: UInt16(truncatingIfNeeded: unlisten.port))
         case .takeAccepted(let take):
             guard let link = links.take(port: UInt16(truncatingIfNeeded: take.port), signalPort: UInt16(truncatingIfNeeded: take.signalPort))
-            else { return fail(ENOENT, "no inbound link waits behind that signal connection") }
-            response.connection = link.connection
-            return (response, link.fd)
+            else { return Self.failure(request, ENOENT, "no inbound link waits behind that signal connection") }
+            return (Self.response(to: request) { $0.connection = link.connection }, link.fd)
         case nil:
-            return fail(EINVAL, "unknown shim request")
+            return Self.failure(request, EINVAL, "unknown shim request")
+        case .connect, .resolve, .reverse:
+            preconditionFailure("serve() answers connect and resolve requests concurrently, through respond(to:)")
         }
-        return (response, nil)
+        return (Self.response(to: request) { _ in }, nil)
     }
-}
 
-/// Runs async work from a dedicated (non-pool) thread and waits for it.
-private func blocking<T: Sendable>(_ body: @escaping @Sendable () async -> T) -> T {
-    let done = DispatchSemaphore(value: 0)
-    let box = ResultBox<T>()
-    Task {
-        box.value = await body()
-        done.signal()
+    private static func response(
+        to request: Boxermesh_V1_ShimRequest, _ fill: (inout Boxermesh_V1_ShimResponse) -> Void
+    ) -> Boxermesh_V1_ShimResponse {
+        var response = Boxermesh_V1_ShimResponse()
+        response.id = request.id
+        fill(&response)
+        return response
     }
-    done.wait()
-    return box.value!
-}
 
-/// Written once before the semaphore is signalled, read once after it: the semaphore orders the two.
-private final class ResultBox<T>: @unchecked Sendable {
-    var value: T?
+    private static func failure(_ request: Boxermesh_V1_ShimRequest, _ code: Int32, _ message: String) -> (Boxermesh_V1_ShimResponse, Int32?) {
+        (response(to: request) { $0.error = code; $0.message = message }, nil)
+    }
 }
 
 /// One app process's shim connection. Replies may come from several tasks at once (a SEQPACKET datagram goes out

@@ -151,7 +151,7 @@ final class FlowMonitor: Sendable {
 
     /// Samples and listens for destroy notices on a thread of its own until ``finish()``.
     func start() {
-        Thread { [self] in
+        startThread(named: "flow-monitor") { [self] in
             while !stopped.load(ordering: .acquiring) {
                 let (wait, destroyFD) = state.withLock { (ContinuousClock.now.duration(to: $0.nextSample), $0.destroyFD) }
                 var fds = [pollfd(fd: wake.readEnd, events: Int16(POLLIN), revents: 0)]
@@ -179,7 +179,7 @@ final class FlowMonitor: Sendable {
                 if !final.isEmpty { await send(final) }
                 done.withLock { $0?.resume(); $0 = nil }
             }
-        }.start()
+        }
     }
 
     /// Stops, and reports the connections whose sockets closed meanwhile (the app has exited: all of them).

@@ -1,6 +1,5 @@
 import Glibc
 import Synchronization
-import WireFormat
 
 /// Writes captured relay traffic to a classic pcap file (``PcapFormat``), one IPv4 packet per synthesized TCP
 /// segment (``CaptureStreams``). Each event's packets go out in one write(2), unbuffered: a reader of the file
