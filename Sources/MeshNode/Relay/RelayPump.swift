@@ -249,21 +249,14 @@ final class RelayPump {
         }
         if stream.outbound == .direct {
             guard stream.directOut.isEmpty, let direct = stream.direct else { return }
-            let outcome = scratch.withUnsafeMutableBytes { IO.read(stream.fd, into: $0) }
-            switch outcome {
-            case .moved(let count):
-                let written = scratch.withUnsafeBytes { IO.write(direct, UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
-                switch written {
-                case .moved(let sent) where sent == count: break
-                case .moved(let sent): stream.directOut = .init(bytes: Array(scratch[sent..<count]))
-                case .wouldBlock: stream.directOut = .init(bytes: Array(scratch[0..<count]))
-                case .eof, .failed: return abort(stream, reason: "the direct link failed", notify: true)
-                }
-            case .eof:
+            switch copyOnce(from: stream.fd, to: direct) {
+            case .copied(let left): stream.directOut = left
+            case .sourceEOF:
                 stream.move(RelayStream.Outbound.directEnded)
                 Glibc.shutdown(direct, Int32(SHUT_WR))
             case .wouldBlock: break
-            case .failed: return abort(stream, reason: "the app reset the connection", notify: true)
+            case .sourceFailed: return abort(stream, reason: "the app reset the connection", notify: true)
+            case .destinationFailed: return abort(stream, reason: "the direct link failed", notify: true)
             }
             return finishIfDone(stream)
         }
@@ -357,24 +350,40 @@ final class RelayPump {
     /// Direct link → app, after the switch.
     func readDirect(_ stream: RelayStream) {
         guard let direct = stream.direct, stream.inbound == .direct, stream.directIn.isEmpty else { return }
-        let outcome = scratch.withUnsafeMutableBytes { IO.read(direct, into: $0) }
-        switch outcome {
-        case .moved(let count):
-            let written = scratch.withUnsafeBytes { IO.write(stream.fd, UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
-            switch written {
-            case .moved(let sent) where sent == count: break
-            case .moved(let sent): stream.directIn = .init(bytes: Array(scratch[sent..<count]))
-            case .wouldBlock: stream.directIn = .init(bytes: Array(scratch[0..<count]))
-            case .eof, .failed: return abort(stream, reason: "the app closed the connection", notify: true)
-            }
-        case .eof:
+        switch copyOnce(from: direct, to: stream.fd) {
+        case .copied(let left): stream.directIn = left
+        case .sourceEOF:
             stream.move(RelayStream.Inbound.ending)
-            writeApp(stream)
-            return
+            return writeApp(stream)
         case .wouldBlock: break
-        case .failed: return abort(stream, reason: "the peer reset the connection", notify: false)
+        case .sourceFailed: return abort(stream, reason: "the peer reset the connection", notify: false)
+        case .destinationFailed: return abort(stream, reason: "the app closed the connection", notify: true)
         }
         finishIfDone(stream)
+    }
+
+    enum CopyOutcome {
+        /// Bytes moved; `left` holds what the destination did not take yet.
+        case copied(left: RelayStream.Pending)
+        case sourceEOF
+        case wouldBlock
+        case sourceFailed
+        case destinationFailed
+    }
+
+    /// One read from `source` (≤ 64 KiB) written on to `destination` — the copy loop of an upgraded connection.
+    private func copyOnce(from source: Int32, to destination: Int32) -> CopyOutcome {
+        switch scratch.withUnsafeMutableBytes({ IO.read(source, into: $0) }) {
+        case .moved(let count):
+            switch scratch.withUnsafeBytes({ IO.write(destination, UnsafeRawBufferPointer(rebasing: $0[0..<count])) }) {
+            case .moved(let sent): return .copied(left: .init(bytes: sent == count ? [] : Array(scratch[sent..<count])))
+            case .wouldBlock: return .copied(left: .init(bytes: Array(scratch[0..<count])))
+            case .eof, .failed: return .destinationFailed
+            }
+        case .eof: return .sourceEOF
+        case .wouldBlock: return .wouldBlock
+        case .failed: return .sourceFailed
+        }
     }
 
     func writeDirect(_ stream: RelayStream) {
