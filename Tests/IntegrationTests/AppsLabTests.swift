@@ -18,6 +18,25 @@ struct AppsLabTests {
         }
     }
 
+    /// A new connection per request: 30,000 mesh connects, and as many inbound connections pushed by the broker to
+    /// the accepting node. Each push used to make the node's push handler one call deeper (`ControlClient`), so the
+    /// accepting node slowed down and died of a stack overflow after some 20,000, and redis-benchmark then retried
+    /// its connects for ever at full CPU.
+    @Test("redis-benchmark -k 0 (a new connection per request, 8 clients) completes SET and GET, 15,000 each, by name")
+    func redisConnectionPerRequest() async throws {
+        try MeshLabFixture.requireShim()
+        try await MeshLabFixture.with(prefix: "itc") { mesh in
+            let server = try mesh.redisServer(1)
+            defer { server.kill(SIGTERM) }
+            let started = ContinuousClock.now
+            let (bench, output) = try mesh.redisBenchmark(
+                from: 2, requests: 15000, clients: 8, benchmarkArguments: ["-k", "0"], timeout: .seconds(600))
+            print("redis-benchmark -k 0 through the mesh took \(ContinuousClock.now - started):\n\(output)")
+            #expect(server.isRunning, "the accepting node ended: \(server.standardError)")
+            #expect(!bench.standardError.contains("failed"), "\(bench.standardError)")
+        }
+    }
+
     @Test("iperf3 completes from B to A and, with -R, from A to B")
     func iperf() async throws {
         try MeshLabFixture.requireShim()

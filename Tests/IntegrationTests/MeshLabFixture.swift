@@ -127,13 +127,16 @@ struct MeshLabFixture {
 
     /// Runs unmodified `redis-benchmark` (SET and GET, `requests` requests over `clients` connections) as node `bench`
     /// in function `index` against `cache` (``redisServer(_:options:)``), expects it to complete both, and returns the
-    /// process once it exited, with its output one line per report.
+    /// process once it exited, with its output one line per report. `benchmarkArguments` go to redis-benchmark
+    /// (`-k 0`: a new connection per request), `options` to the node.
     func redisBenchmark(
-        from index: Int, requests: Int = 2000, clients: Int = 4, options: [String] = [], timeout: Duration = .seconds(60)
+        from index: Int, requests: Int = 2000, clients: Int = 4, options: [String] = [], benchmarkArguments: [String] = [],
+        timeout: Duration = .seconds(60)
     ) throws -> (process: LabProcess, output: String) {
         let bench = try node(
             index, name: "bench", options: options,
-            ["redis-benchmark", "-h", "cache", "-p", "6379", "-t", "set,get", "-n", "\(requests)", "-c", "\(clients)", "-q"])
+            ["redis-benchmark", "-h", "cache", "-p", "6379", "-t", "set,get", "-n", "\(requests)", "-c", "\(clients)", "-q"]
+                + benchmarkArguments)
         #expect(bench.waitUntilExit(timeout: timeout) == 0, "\(bench.standardOutput)\n\(bench.standardError)")
         let output = bench.standardOutput.replacingOccurrences(of: "\r", with: "\n")
         #expect(output.contains("SET: ") && output.contains("GET: ") && output.contains("requests per second"), "\(output)")

@@ -13,7 +13,15 @@ public final class ControlClient: Sendable {
     }
 
     /// Receives messages the broker sends unasked (request id 0), such as an announced inbound connection.
-    private let pushHandler = Mutex<@Sendable (ControlMessage) -> Void>({ _ in })
+    private let pushHandler = Mutex(PushHandler { _ in })
+
+    /// The handler inside a struct, never a bare closure in the Mutex: `withLock` hands its value on as a generic
+    /// `inout`, and a bare function value comes back wrapped in two more reabstraction thunks on every access. One
+    /// access per push made each push's call one level deeper: a node that accepted some ten thousand connections
+    /// spent its CPU walking thunks and then overflowed its stack (issue 13's redis-benchmark -k 0 hang).
+    private struct PushHandler: Sendable {
+        let handle: @Sendable (ControlMessage) -> Void
+    }
 
     let endpoint: String
     private let loop: SocketLoop<Command>
@@ -35,7 +43,7 @@ public final class ControlClient: Sendable {
         let client = ControlClient(endpoint: endpoint)
         return try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
-                try await client.loop.run { try ControlClientHandler(endpoint: endpoint) { client.pushHandler.withLock { $0 }($0) } }
+                try await client.loop.run { try ControlClientHandler(endpoint: endpoint) { client.pushHandler.withLock { $0 }.handle($0) } }
             }
             defer { client.loop.stop() }
             let result = try await body(client)
@@ -47,7 +55,7 @@ public final class ControlClient: Sendable {
 
     /// Sets what happens with messages the broker sends unasked.
     public func onPush(_ handler: @escaping @Sendable (ControlMessage) -> Void) {
-        pushHandler.withLock { $0 = handler }
+        pushHandler.withLock { $0 = PushHandler(handle: handler) }
     }
 
     /// Sends `message` and returns the reply. A broker ErrorReply is thrown as ``BrokerRefusal``.
