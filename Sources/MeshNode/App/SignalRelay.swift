@@ -10,7 +10,13 @@ final class SignalRelay: Sendable {
     /// The signals that mean "stop".
     static let stopping: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT]
 
-    private let handler = Mutex<@Sendable (Int32) -> Void>({ _ in })
+    /// In a struct, not a bare closure: read out of a Mutex, a bare function value gains two reabstraction thunks
+    /// per access (see ControlClient's push handler), so each relayed signal would call one level deeper.
+    private struct Handler: Sendable {
+        let handle: @Sendable (Int32) -> Void
+    }
+
+    private let handler = Mutex(Handler { _ in })
     private let lastStop = Atomic<Int32>(0)
     private nonisolated(unsafe) let sources: [any DispatchSourceSignal]
 
@@ -25,7 +31,7 @@ final class SignalRelay: Sendable {
         for (source, number) in zip(sources, Self.relayed) {
             source.setEventHandler { [self] in
                 if Self.stopping.contains(number) { lastStop.store(number, ordering: .relaxed) }
-                handler.withLock { $0 }(number)
+                handler.withLock { $0 }.handle(number)
             }
             source.resume()
         }
@@ -47,6 +53,6 @@ final class SignalRelay: Sendable {
     }
 
     func onSignal(_ body: @escaping @Sendable (Int32) -> Void) {
-        handler.withLock { $0 = body }
+        handler.withLock { $0 = Handler(handle: body) }
     }
 }
