@@ -32,6 +32,10 @@ let package = Package(
         /// AF_UNIX SEQPACKET and SCM_RIGHTS helpers for the node's local service (not the preload shim).
         .target(name: "CNodeSupport"),
 
+        /// Seccomp user notification for apps the preload shim cannot reach (static and Go binaries): the filter
+        /// installed in the app's child process, and the node's side of the notifications.
+        .target(name: "CSeccomp"),
+
         /// Generated protobuf types, framing, mesh address types, STUN codec, mesh-key cryptography. No sockets.
         .target(
             name: "WireFormat",
@@ -53,7 +57,7 @@ let package = Package(
         .target(
             name: "MeshNode",
             dependencies: [
-                "WireFormat", "ZeroMQ", "ChildProcess", "CNodeSupport",
+                "WireFormat", "ZeroMQ", "ChildProcess", "CNodeSupport", "CSeccomp",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

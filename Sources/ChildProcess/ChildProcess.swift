@@ -43,7 +43,7 @@ public final class ChildProcess: Sendable {
     ///   - resettingSignals: signals whose disposition is reset to the default in the child. Needed for signals this
     ///     process ignores: an ignored disposition survives `exec` (a caught one is reset by `exec` anyway).
     /// - Throws: ``SpawnError`` naming the program and saying why it could not start.
-    public init(
+    public convenience init(
         _ arguments: [String],
         environment: [String: String]? = nil,
         standardInput: Redirection = .inherit,
@@ -57,6 +57,13 @@ public final class ChildProcess: Sendable {
             streams: [standardInput, standardOutput, standardError],
             resettingSignals: resettingSignals
         )
+        try self.init(adopting: pid, arguments: arguments)
+    }
+
+    /// Takes over a child this process started some other way (a fork that must set the child up before exec, as
+    /// the node's seccomp supervisor does): it is waited for and reaped like a spawned one.
+    /// - Throws: ``SpawnError`` when no thread can be started to wait for it; the child is then killed and reaped.
+    public init(adopting pid: pid_t, arguments: [String]) throws(SpawnError) {
         let watcher = ExitWatcher(pid: pid)
         let started = watcher.start()
         guard started == 0 else {

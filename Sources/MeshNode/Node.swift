@@ -14,6 +14,8 @@ public struct NodeConfiguration: Sendable {
     public var command: [String]
     /// The preload shim given to the app; nil runs the app without mesh sockets.
     public var shim: String?
+    /// How the app's sockets are reached: the preload shim or the seccomp supervisor.
+    public var interpose = InterposeMode.auto
     /// Which paths connections take, and how long punching may take.
     public var links = LinkPolicy()
     /// The broker's relay port.
@@ -109,19 +111,19 @@ public enum Node {
             environment["BOXER_MESH_SUBNET"] = session.welcome.subnet
             environment["BOXER_SHIM_SOCKET"] = local.address
             environment[BrokerAddress.environmentVariable] = configuration.broker.description
-            if let shim = configuration.shim {
-                environment["LD_PRELOAD"] = ([shim] + (environment["LD_PRELOAD"].map { [$0] } ?? [])).joined(separator: " ")
-            } else {
-                logger.notice("no preload shim: the app runs, but cannot reach mesh names and addresses by itself")
-            }
             let app: AppProcess
+            let supervisor: SeccompSupervisor?
             do throws(LaunchError) {
-                app = try AppProcess(arguments: configuration.command, environment: environment, output: configuration.appOutput)
+                (app, supervisor) = try launch(configuration, environment: environment, links: links, logger: logger)
             } catch {
                 logger.error("\(error)")
                 configuration.report?.launchFailed(error)
                 await session.leave(reason: error.description)
                 return error.exitStatus
+            }
+            defer {
+                supervisor?.stop()
+                supervisor?.hosts.remove()
             }
             signals.onSignal { app.send($0) }
             let status = await withTaskGroup(of: Int32?.self) { group in

@@ -26,6 +26,11 @@ extension BoxerMesh {
         var noShim = false
 
         @Option(help: ArgumentHelp(
+            "How the app's sockets are reached: auto (the seccomp supervisor for a static or Go program, else the preload shim), preload, seccomp (Linux 5.9+). Default: auto; preload with --no-shim.",
+            valueName: "auto|preload|seccomp"))
+        var interpose: String?
+
+        @Option(help: ArgumentHelp(
             "Connection paths: auto (punch, relay through the broker if no direct link is up in time), direct (never relay), relay (always relay).",
             valueName: "auto|direct|relay"))
         var path = "auto"
@@ -55,6 +60,9 @@ extension BoxerMesh {
                 throw ValidationError("give the app to run after '--', e.g. boxer-mesh node --name db -- redis-server")
             }
             if let waitFor, waitFor < 1 { throw ValidationError("--wait-for must be at least 1") }
+            if let interpose, InterposeMode(rawValue: interpose) == nil {
+                throw ValidationError("--interpose must be auto, preload or seccomp")
+            }
             guard PathPolicy(rawValue: path) != nil else { throw ValidationError("--path must be auto, direct or relay") }
             if let punchTimeout, !(punchTimeout > 0 && punchTimeout <= 600) { throw ValidationError("--punch-timeout must be 0...600 seconds") }
             guard upgradeMaxInterval >= 0.1 else { throw ValidationError("--upgrade-max-interval must be at least 0.1 seconds") }
@@ -74,6 +82,7 @@ extension BoxerMesh {
                 shim: noShim ? nil : shim ?? MeshNode.Node.bundledShim)
             configuration.links = LinkPolicy(
                 path: PathPolicy(rawValue: path) ?? .auto, punchTimeout: punchTimeout.map { .milliseconds(Int64($0 * 1000)) })
+            configuration.interpose = interpose.flatMap(InterposeMode.init(rawValue:)) ?? (noShim ? .preload : .auto)
             configuration.relayPort = relayPort
             configuration.upgradeMaxInterval = .milliseconds(Int64(upgradeMaxInterval * 1000))
             configuration.flowInterval = .milliseconds(Int64(flowInterval * 1000))

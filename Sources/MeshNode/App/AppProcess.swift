@@ -27,6 +27,12 @@ public final class AppProcess: Sendable {
         pid = child.pid
     }
 
+    /// An app started some other way (the seccomp supervisor's fork, `AppProcess+Supervised`).
+    init(child: ChildProcess) {
+        self.child = child
+        pid = child.pid
+    }
+
     /// Sends `signal` to the app.
     public func send(_ signal: Int32) {
         child.send(signal)
@@ -56,9 +62,17 @@ public struct LaunchError: Error, CustomStringConvertible, Sendable {
     public var program: String
     /// The errno that says why (`ENOENT`, `EACCES`, …).
     public var code: Int32
+    /// Why, when the errno alone does not say it (the seccomp filter was refused).
+    public var reason: String?
+
+    public init(program: String, code: Int32, reason: String? = nil) {
+        self.program = program
+        self.code = code
+        self.reason = reason
+    }
 
     public var description: String {
-        program.isEmpty ? "no command given" : "cannot run '\(program)': \(String(cString: strerror(code)))"
+        program.isEmpty ? "no command given" : "cannot run '\(program)': \(reason ?? String(cString: strerror(code)))"
     }
 
     /// The status a shell uses for this failure: 127 not found, 126 not executable.

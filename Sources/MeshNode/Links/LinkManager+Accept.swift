@@ -154,6 +154,9 @@ extension LinkManager {
 
     func listen(on port: UInt16) { state.withLock { $0.listeners[port, default: 0] += 1 } }
 
+    /// Whether the app announced `port` for mesh connections (the seccomp supervisor then takes over its accepts).
+    func announces(port: UInt16) -> Bool { state.withLock { $0.listeners[port] != nil } }
+
     /// The app closed a listener on `port`. Once no socket listens there any more, links parked for it are reset
     /// at once: their signal connections died with the listener's queue, and their peers would otherwise wait for
     /// an answer until ``Timing/Choice/unacceptedLifetime``.

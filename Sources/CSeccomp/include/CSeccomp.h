@@ -1,0 +1,76 @@
+// Seccomp user notification for apps the preload shim cannot reach (static and Go binaries): the node starts the
+// app with a filter that hands a few socket and file calls to the node, and acts on them with the app's own
+// descriptors (pidfd_getfd) or injects one (SECCOMP_IOCTL_NOTIF_ADDFD). Linked into the node, never into an app.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/// The system calls the filter hands to the node; every other call runs untouched.
+typedef enum {
+    BOXER_SC_OTHER = 0,
+    BOXER_SC_CONNECT,
+    BOXER_SC_BIND,
+    BOXER_SC_LISTEN,
+    BOXER_SC_ACCEPT,      // accept(fd, addr, addrlen): flags 0
+    BOXER_SC_ACCEPT4,
+    BOXER_SC_GETSOCKNAME,
+    BOXER_SC_GETPEERNAME,
+    BOXER_SC_OPEN,        // open(path, flags, mode)
+    BOXER_SC_OPENAT,      // openat(dirfd, path, flags, mode)
+    BOXER_SC_NEWFSTATAT,  // newfstatat(dirfd, path, statbuf, flags): Go checks /etc/hosts' mtime and size
+} boxer_sc_call;
+
+/// One trapped call, as the kernel reports it.
+typedef struct {
+    uint64_t id;        // the notification's cookie: every answer names it
+    pid_t pid;          // the calling thread (its id in the node's pid namespace)
+    boxer_sc_call call;
+    uint64_t args[6];
+} boxer_sc_notification;
+
+/// Forks, installs the filter in the child (needs only no_new_privs), and execs `program` (looked up in envp's
+/// PATH as execvpe does) with `argv` and `envp`. In the child: `stdout_fd`/`stderr_fd` (if >= 0) become 1 and 2,
+/// descriptors from 3 up are closed, the signals in `reset` get their default disposition and none is blocked.
+/// On success returns 0 and stores the child's pid and the filter's listener (CLOEXEC) in the node. Otherwise
+/// returns an errno: `*stage` says where it failed (0 fork, 1 the filter: seccomp refused or unsupported, 2 exec)
+/// and nothing is left running.
+int boxer_seccomp_spawn(const char *program, char *const argv[], char *const envp[], int stdout_fd, int stderr_fd,
+                        const int *reset, int reset_count, pid_t *pid, int *listener, int *stage);
+
+/// Waits up to `timeout_ms` for the next trapped call. 1: `*out` filled; 0: nothing yet (timeout, or the caller
+/// was gone before it could be read); -1 with errno set: the listener is unusable, or (EPIPE) no process is left
+/// under the filter.
+int boxer_sc_receive(int listener, int timeout_ms, boxer_sc_notification *out);
+
+/// Lets the trapped call run as if there were no filter.
+int boxer_sc_continue(int listener, uint64_t id);
+
+/// Answers the trapped call without running it: it returns `value`, or fails with `error` when that is not 0.
+int boxer_sc_reply(int listener, uint64_t id, int64_t value, int error);
+
+/// Puts a copy of `fd` into the caller of `id`: at `target` (replacing what is there, like dup2) or, with
+/// `target` < 0, at the lowest free number. With `send`, the trapped call returns that number at once (atomic:
+/// Linux 5.14; older kernels get an ADDFD and a reply). Returns the number in the app, or -1 with errno.
+int boxer_sc_inject(int listener, uint64_t id, int fd, int target, int cloexec, int send);
+
+/// Whether the notification `id` is still pending (its caller was not interrupted or killed).
+int boxer_sc_valid(int listener, uint64_t id);
+
+/// A copy of descriptor `fd` of process `pid` (any thread id): pidfd_open + pidfd_getfd (Linux 5.6), CLOEXEC.
+/// -1 with errno set.
+int boxer_sc_take_fd(pid_t pid, int fd);
+
+/// Reads `length` bytes at `address` in `pid` (process_vm_readv). Returns 0, or -1 with errno set.
+int boxer_sc_read(pid_t pid, uint64_t address, void *buffer, size_t length);
+
+/// Writes `length` bytes at `address` in `pid` (process_vm_writev). Returns 0, or -1 with errno set.
+int boxer_sc_write(pid_t pid, uint64_t address, const void *buffer, size_t length);
+
+/// Reads a NUL-terminated string at `address` in `pid` into `buffer` (at most `capacity` - 1 bytes, page by page
+/// so an unmapped page after the string does not matter). Returns its length, or -1 with errno (ENAMETOOLONG).
+ssize_t boxer_sc_read_string(pid_t pid, uint64_t address, char *buffer, size_t capacity);
+
+/// Whether this kernel offers what the supervisor needs: 0, or the errno of the first thing missing, with
+/// `*missing` naming it.
+int boxer_sc_probe(const char **missing);

@@ -1,0 +1,110 @@
+import CNodeSupport
+import CSeccomp
+import Foundation
+import Logging
+import Synchronization
+import WireFormat
+
+/// The node's side of the seccomp filter its app runs under (an app the preload shim cannot reach: static, Go).
+/// The filter hands the node connect, bind, listen, accept, getsockname, getpeername, and the file calls that
+/// names need (`+Hosts`); the node acts on mesh addresses with the same ``LinkManager`` the shim service uses and
+/// lets everything else run untouched. Data never passes through here: the app gets the kernel socket itself.
+///
+/// One thread ("seccomp") reads notifications; calls that wait on the network (connect, a blocking accept, a
+/// names file that asks the broker) are answered from a task or thread of their own, so one slow connect never
+/// holds up another thread's call.
+final class SeccompSupervisor: Sendable {
+    let listener: Int32
+    let links: LinkManager
+    let hosts: HostsFile
+    let logger: Logger
+    /// The mesh's addresses: connects there are the node's to make.
+    let subnet: IPv4Subnet
+    /// Mesh addresses of the sockets the node put into the app, by socket cookie (unique per boot, unlike an fd
+    /// number or inode), for getsockname and getpeername.
+    let meshSockets = Mutex<[UInt64: Boxermesh_V1_ShimConnection]>([:])
+    private let stopping = Atomic<Bool>(false)
+
+    /// Takes over `listener`, the filter's descriptor from ``AppProcess/supervised(arguments:environment:output:)``.
+    init(listener: Int32, links: LinkManager, hosts: HostsFile, logger: Logger) {
+        self.listener = listener
+        self.links = links
+        self.hosts = hosts
+        self.logger = logger
+        subnet = (try? IPv4Subnet(links.session.welcome.subnet)) ?? IPv4Subnet.sharedAddressSpace
+    }
+
+    /// Starts answering the app's trapped calls on a thread of its own, until no process is left under the filter
+    /// or ``stop()``.
+    func start() {
+        startThread(named: "seccomp") { [self] in
+            var notification = boxer_sc_notification()
+            while !stopping.load(ordering: .relaxed) {
+                let got = boxer_sc_receive(listener, 250, &notification)
+                if got == 0 { continue }
+                guard got > 0 else {
+                    if errno != EPIPE { logger.error("the seccomp supervisor stopped: \(String(cString: strerror(errno)))") }
+                    break
+                }
+                handle(TrappedCall(listener: listener, notification))
+            }
+            close(listener)
+        }
+    }
+
+    /// Stops the thread (within a quarter second); the app's later trapped calls fail with ENOSYS.
+    func stop() { stopping.store(true, ordering: .relaxed) }
+
+    private func handle(_ trapped: TrappedCall) {
+        switch trapped.call {
+        case BOXER_SC_CONNECT: connect(trapped)
+        case BOXER_SC_BIND: bind(trapped)
+        case BOXER_SC_LISTEN: listen(trapped)
+        case BOXER_SC_ACCEPT, BOXER_SC_ACCEPT4: accept(trapped)
+        case BOXER_SC_GETSOCKNAME, BOXER_SC_GETPEERNAME: socketName(trapped)
+        case BOXER_SC_OPEN, BOXER_SC_OPENAT: openFile(trapped)
+        case BOXER_SC_NEWFSTATAT: statFile(trapped)
+        default: trapped.proceed()
+        }
+    }
+
+    // MARK: Mesh sockets the app holds
+
+    /// Remembers the mesh addresses of a socket about to go into the app.
+    func remember(_ link: Link) {
+        let cookie = boxer_socket_cookie(link.fd)
+        guard cookie != 0 else { return }
+        meshSockets.withLock { $0[cookie] = link.connection }
+    }
+
+    /// getsockname/getpeername on a socket the node put in: the mesh addresses (the kernel would tell the punched
+    /// endpoint, or loopback for a relayed link). Any other socket: the kernel answers.
+    private func socketName(_ trapped: TrappedCall) {
+        guard let copy = trapped.takeDescriptor(0) else { return trapped.proceed() }
+        let cookie = boxer_socket_cookie(copy)
+        close(copy)
+        guard cookie != 0, let connection = meshSockets.withLock({ $0[cookie] }) else { return trapped.proceed() }
+        let address = trapped.call == BOXER_SC_GETPEERNAME
+            ? AppSocketAddress(family: AF_INET, ipv4: IPv4Address(connection.peerAddress), port: UInt16(truncatingIfNeeded: connection.peerPort))
+            : AppSocketAddress(family: AF_INET, ipv4: IPv4Address(connection.localAddress), port: UInt16(truncatingIfNeeded: connection.localPort))
+        trapped.store(address, pointer: 1, lengthPointer: 2) ? trapped.succeed() : trapped.fail(EFAULT)
+    }
+}
+
+extension SeccompSupervisor {
+    /// Whether a descriptor is a stream socket (TCP, for an internet one).
+    static func isStream(_ fd: Int32) -> Bool {
+        var type: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 && type == Int32(SOCK_STREAM.rawValue)
+    }
+
+    /// Whether a descriptor's file is non-blocking (shared by every copy of it: the app's and the node's).
+    static func isNonBlocking(_ fd: Int32) -> Bool { fcntl(fd, F_GETFL) & O_NONBLOCK != 0 }
+
+    /// Makes a socket the app is about to get blocking or not, as the app asked.
+    static func setNonBlocking(_ fd: Int32, _ on: Bool) {
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK)
+    }
+}
