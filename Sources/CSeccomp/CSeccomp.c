@@ -229,8 +229,9 @@ int boxer_sc_valid(int listener, uint64_t id) { return ioctl(listener, SECCOMP_I
 
 int boxer_sc_take_fd(pid_t pid, int fd) {
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    if (pidfd < 0 && errno == EINVAL) {
-        // Before Linux 6.9 pidfd_open wants a process, not a thread: the fd table is the thread group's.
+    if (pidfd < 0 && (errno == EINVAL || errno == ENOENT)) {
+        // pidfd_open wants a process, not a thread (EINVAL before Linux 6.9, ENOENT since, without PIDFD_THREAD):
+        // the descriptor table is the thread group's anyway.
         char path[64];
         snprintf(path, sizeof path, "/proc/%d/status", pid);
         int status = open(path, O_RDONLY | O_CLOEXEC);
