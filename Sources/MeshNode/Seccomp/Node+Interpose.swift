@@ -39,7 +39,7 @@ extension Node {
         var environment = environment
         if let shim = configuration.shim {
             environment["LD_PRELOAD"] = ([shim] + (environment["LD_PRELOAD"].map { [$0] } ?? [])).joined(separator: " ")
-            if !choice.supervised { logger.info("the app gets the preload shim: \(choice.reason)") }
+            if !choice.supervised { logger.notice("the app gets the preload shim: \(choice.reason)") }
         } else {
             logger.notice("no preload shim: the app runs, but cannot reach mesh names and addresses by itself")
         }
