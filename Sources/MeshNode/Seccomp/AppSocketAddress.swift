@@ -8,7 +8,7 @@ struct AppSocketAddress: Equatable, Sendable {
     /// `AF_INET` or `AF_INET6`.
     var family: Int32
     var port: UInt16
-    /// The IPv4 address (or the one an IPv6 address maps); nil for an IPv6 address that maps none.
+    /// The IPv4 address (or the one an IPv6 address maps; 0.0.0.0 for `::`); nil for an IPv6 address that maps none.
     var ipv4: IPv4Address?
     /// 0.0.0.0 or `::`.
     var isUnspecified: Bool
@@ -34,8 +34,9 @@ struct AppSocketAddress: Equatable, Sendable {
         case AF_INET6 where bytes.count >= Self.inet6Length:
             let address = Array(bytes[8..<24])
             let mapped = address[0..<10].allSatisfy { $0 == 0 } && address[10] == 0xff && address[11] == 0xff
-            ipv4 = mapped ? IPv4Address(bytes: address[12..<16]) : nil
             isUnspecified = address.allSatisfy { $0 == 0 }
+            // `::` stands for every address, IPv4 ones too on a dual-stack socket: as 0.0.0.0.
+            ipv4 = mapped ? IPv4Address(bytes: address[12..<16]) : isUnspecified ? .any : nil
         default:
             return nil
         }
