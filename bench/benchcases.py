@@ -336,6 +336,63 @@ def connect_setup(ctx, lab, delay_ms):
                   "link_paths": paths}
 
 
+# ---- case: interposition cost (issue 15) ---------------------------------------------------------------------
+
+SECCOMP_ECHO = 7004  # rtt serve under a node that runs it under the seccomp supervisor
+
+
+def interpose(ctx):
+    """What the seccomp supervisor costs per connect and per accept, against the preload shim, with the same
+    program (bench/rtt, dynamic, forced with --interpose): connect() from a client node under each, to srv (shim);
+    and connect + first echo from a shim client to a server under each (the difference is the accept's cost).
+    All on direct links; the first connect of a run is to a new peer and left out (it punches)."""
+    lab, o = ctx.lab, ctx.options
+    if not node_supports(ctx.binary, "--interpose"):
+        return [row("interpose", "seccomp supervisor", "us", available=False,
+                    note="this build's node has no --interpose (issue 15)")], {}
+    per_run = 8
+    rtt = ctx.rtt
+    server = lab.node("fn1", "srvsc", [rtt, "serve", str(SECCOMP_ECHO)], ["--interpose", "seccomp"])
+    lab.wait_log("srvsc", ["seccomp supervisor"], 20)
+    time.sleep(0.5)
+    series = {"connect_shim": [], "connect_seccomp": [], "echo_shim_server": [], "echo_seccomp_server": []}
+    failures = []
+    variants = [("shim", "srv", MESH_ECHO), ("seccomp", "srv", MESH_ECHO), ("shim", "srvsc", SECCOMP_ECHO)]
+    try:
+        for rep in range(o.reps):
+            for mode, target, port in rotated(variants, rep):
+                argv = lab.node_argv(f"ip{rep}{mode[:2]}{target[-2:]}", [rtt, "connect", target, str(port), str(per_run)],
+                                     ["--interpose", "preload" if mode == "shim" else "seccomp", "--path", "direct"]
+                                     if ctx.relay else ["--interpose", "preload" if mode == "shim" else "seccomp"])
+                status, out, err = lab.run("fn2", argv, 20)
+                result = last_json(out)
+                if status != 0 or not result or "echo_us" not in result:
+                    failures.append(f"{mode}→{target}: status {status}: {tail(out)} {tail(err)}")
+                    log(f"  interpose: run failed: {failures[-1]}")
+                    continue
+                connect = statistics.median(result["connect_us"][1:])
+                echo = statistics.median(result["echo_us"][1:])
+                if target == "srvsc":
+                    series["echo_seccomp_server"].append(echo)
+                else:
+                    series[f"connect_{mode}"].append(connect)
+                    if mode == "shim":
+                        series["echo_shim_server"].append(echo)
+            log(f"  interpose rep {rep + 1}: " + ", ".join(f"{k} {v[-1] if v else None:.0f} µs" if v else f"{k} -"
+                                                           for k, v in series.items()))
+    finally:
+        lab.stop(server)
+    rows = [
+        row("interpose", "connect() under the preload shim (peer already connected)", "us", series["connect_shim"]),
+        row("interpose", "connect() under the seccomp supervisor", "us", series["connect_seccomp"],
+            series["connect_shim"], "shim", note=retry_note(failures)),
+        row("interpose", "connect + accept + 1-byte echo, server under the shim", "us", series["echo_shim_server"]),
+        row("interpose", "connect + accept + 1-byte echo, server under the seccomp supervisor", "us",
+            series["echo_seccomp_server"], series["echo_shim_server"], "shim server"),
+    ]
+    return rows, {"connects_per_run": per_run, "failures": failures, **{k + "_us": v for k, v in series.items()}}
+
+
 # ---- case 4: control plane scale ------------------------------------------------------------------------------
 
 

@@ -13,7 +13,8 @@
 //                                         connection's path changes
 //   rtt connect HOST PORT COUNT           COUNT connect()s to HOST:PORT; the first stays open while the rest are
 //                                         made, so connect[0] is "new peer" and connect[1..] "peer already
-//                                         connected"; each connection is checked with a 1-byte echo (not timed)
+//                                         connected"; each connection is checked with a 1-byte echo, timed from
+//                                         the connect's start (echo_us: includes the server's accept)
 //   rtt resolve NAME COUNT [SECONDS]      COUNT getaddrinfo(NAME) calls (through the node when the shim is loaded),
 //                                         or fewer if SECONDS pass first
 //   rtt member FILE NAME                  scale-case app: appends "self start_ns resolved_ns status" to FILE (one
@@ -250,7 +251,7 @@ static int connects(const char *host, const char *port, int count) {
     int64_t resolve_start = now_ns(CLOCK_MONOTONIC);
     struct addrinfo *to = lookup(host, port);
     double resolve_us = (now_ns(CLOCK_MONOTONIC) - resolve_start) / 1000.0;
-    double *us = calloc((size_t)count, sizeof *us);
+    double *us = calloc((size_t)count, sizeof *us), *echo_us = calloc((size_t)count, sizeof *echo_us);
     int first = -1;
     char byte = 'x';
     for (int i = 0; i < count; i++) {
@@ -265,11 +266,14 @@ static int connects(const char *host, const char *port, int count) {
                    strerror(errno));
             exit(1);
         }
+        echo_us[i] = (now_ns(CLOCK_MONOTONIC) - start) / 1000.0;  // connect + the server's accept + one round trip
         if (i == 0) first = fd;
         else close(fd);
     }
     printf("{\"mode\": \"connect\", \"resolve_us\": %.1f, \"connect_us\": [", resolve_us);
     for (int i = 0; i < count; i++) printf("%s%.1f", i ? ", " : "", us[i]);
+    printf("], \"echo_us\": [");
+    for (int i = 0; i < count; i++) printf("%s%.1f", i ? ", " : "", echo_us[i]);
     printf("]}\n");
     close(first);
     return 0;

@@ -9,6 +9,7 @@ packages=(
     python3-protobuf python3-zmq python3-nacl  # the independent tap subscriber and the shim-protocol test app
     redis-server redis-tools iperf3 curl nginx-light  # unmodified apps the shim and lab tests run
     tshark                               # an independent reader of `tap --pcap` files (the capture lab test)
+    busybox-static nats-server prometheus prometheus-node-exporter  # static and Go apps (the seccomp lab tests)
     cmake dpkg-dev                       # the function package's static libzmq, from Debian's source (scripts/static-deps.sh)
 )
 missing=()
