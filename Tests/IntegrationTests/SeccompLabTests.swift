@@ -10,6 +10,7 @@ import Testing
     .enabled(if: NATLab.isRoot, "needs root: network namespaces, cgroups, iptables"))
 struct SeccompLabTests {
     static let natsClient = LinkLabTests.tool("nats_client.py")
+    static let denySeccomp = LinkLabTests.tool("deny_seccomp.py")
 
     @Test("busybox-static wget fetches a file from python3 -m http.server by mesh name, sha256 intact; a closed port is refused")
     func busyboxWget() async throws {
@@ -34,6 +35,27 @@ struct SeccompLabTests {
             let refused = try mesh.node(2, name: "nobody", ["/bin/busybox", "wget", "-q", "-O", "/dev/null", "http://web:8001/"])
             #expect(refused.waitUntilExit(timeout: .seconds(30)) == 1, "\(refused.standardError)")
             #expect(refused.standardError.contains("Connection refused"), "\(refused.standardError)")
+        }
+    }
+
+    @Test("where a platform filter forbids seccomp(2): auto warns and falls back to the shim; --interpose seccomp fails clearly (126)")
+    func filterForbidden() async throws {
+        try MeshLabFixture.requireShim()
+        try await MeshLabFixture.with(prefix: "scf", functionMemory: 512) { mesh in
+            func forbidden(_ name: String, _ options: [String]) throws -> LabProcess {
+                try mesh.lab.spawn(
+                    .function(2),
+                    ["/usr/bin/python3", Self.denySeccomp, MeshLabFixture.binary, "node", "--broker", MeshLabFixture.brokerHost,
+                     "--name", name, "--secret-file", mesh.secretFile] + options + ["--", "/bin/busybox", "true"])
+            }
+            let auto = try forbidden("auto", [])
+            #expect(auto.waitUntilExit(timeout: .seconds(30)) == 0, "\(auto.standardError)")
+            #expect(auto.standardError.contains(
+                "/bin/busybox is statically linked (no ELF interpreter), but the seccomp supervisor cannot run here"), "\(auto.standardError)")
+            #expect(auto.standardError.contains("Operation not permitted"), "\(auto.standardError)")
+            let forced = try forbidden("forced", ["--interpose", "seccomp"])
+            #expect(forced.waitUntilExit(timeout: .seconds(30)) == 126, "\(forced.standardError)")
+            #expect(forced.standardError.contains("cannot run '/bin/busybox': the seccomp supervisor cannot run here"), "\(forced.standardError)")
         }
     }
 
