@@ -60,13 +60,34 @@ static boxer_sc_call call_of(int nr) {
     return BOXER_SC_OTHER;
 }
 
+/// The low 32 bits of argument `i` (little-endian: x86_64 and aarch64).
+#define ARG_LOW(i) (offsetof(struct seccomp_data, args) + 8 * (i))
+
+/// Emits: if the call is `nr` and its argument `arg` has any of `bits` set, allow it without asking the node. The
+/// node only wants opens that may read /etc/hosts and stats by path: glibc's fstat() is fstatat(fd, "",
+/// AT_EMPTY_PATH), and writes and directory opens (a database, a directory walk) are many.
+static size_t emit_pass_by_flags(struct sock_filter *program, size_t n, long nr, int arg, uint32_t bits) {
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+    program[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 0, 3);
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LOW(arg));
+    program[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, bits, 0, 1);
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    return n;
+}
+
 /// The filter: another architecture's calls (a 32-bit binary) pass untouched, as does every call not listed.
 static int install_filter(void) {
-    struct sock_filter program[4 + 2 * TRAPPED_COUNT + 1];
+    struct sock_filter program[3 + 3 * 5 + 1 + 2 * TRAPPED_COUNT + 1];
     size_t n = 0;
     program[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
     program[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, BOXER_AUDIT_ARCH, 1, 0);
     program[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    const uint32_t not_a_read = O_WRONLY | O_RDWR | O_DIRECTORY | O_PATH;
+    n = emit_pass_by_flags(program, n, SYS_openat, 2, not_a_read);
+    n = emit_pass_by_flags(program, n, SYS_newfstatat, 3, AT_EMPTY_PATH);
+#ifdef SYS_open
+    n = emit_pass_by_flags(program, n, SYS_open, 1, not_a_read);
+#endif
     program[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
     for (size_t i = 0; i < TRAPPED_COUNT; i++) {
         program[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)trapped[i].nr, 0, 1);
