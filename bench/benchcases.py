@@ -339,31 +339,40 @@ def connect_setup(ctx, lab, delay_ms):
 # ---- case: interposition cost (issue 15) ---------------------------------------------------------------------
 
 SECCOMP_ECHO = 7004  # rtt serve under a node that runs it under the seccomp supervisor
+SELF_ECHO = 7005  # rtt serve beside rtt connect, in one node
 
 
 def interpose(ctx):
     """What the seccomp supervisor costs per connect and per accept, against the preload shim, with the same
     program (bench/rtt, dynamic, forced with --interpose): connect() from a client node under each, to srv (shim);
     and connect + first echo from a shim client to a server under each (the difference is the accept's cost).
-    All on direct links; the first connect of a run is to a new peer and left out (it punches)."""
+    Between functions on direct links (the first connect of a run, to a new peer, is left out), and within one node
+    (a loopback link: the interposition's cost without the network's)."""
     lab, o = ctx.lab, ctx.options
     if not node_supports(ctx.binary, "--interpose"):
         return [row("interpose", "seccomp supervisor", "us", available=False,
                     note="this build's node has no --interpose (issue 15)")], {}
     per_run = 8
     rtt = ctx.rtt
+    # Within one node: rtt connects to its own node's mesh address, which the node answers with a loopback
+    # connection (no broker, no punch), so the difference between the two modes is the interposition alone.
+    local = ["sh", "-c", f"{rtt} serve {SELF_ECHO} & sleep 0.3; {rtt} connect \"$BOXER_MESH_NAME\" {SELF_ECHO} 20; "
+             "status=$?; kill $!; exit $status"]
     server = lab.node("fn1", "srvsc", [rtt, "serve", str(SECCOMP_ECHO)], ["--interpose", "seccomp"])
     lab.wait_log("srvsc", ["seccomp supervisor"], 20)
     time.sleep(0.5)
-    series = {"connect_shim": [], "connect_seccomp": [], "echo_shim_server": [], "echo_seccomp_server": []}
+    series = {"connect_shim": [], "connect_seccomp": [], "echo_shim_server": [], "echo_seccomp_server": [],
+              "local_connect_shim": [], "local_connect_seccomp": [], "local_echo_shim": [], "local_echo_seccomp": []}
     failures = []
-    variants = [("shim", "srv", MESH_ECHO), ("seccomp", "srv", MESH_ECHO), ("shim", "srvsc", SECCOMP_ECHO)]
+    variants = [("shim", "srv", MESH_ECHO), ("seccomp", "srv", MESH_ECHO), ("shim", "srvsc", SECCOMP_ECHO),
+                ("shim", "self", SELF_ECHO), ("seccomp", "self", SELF_ECHO)]
     try:
         for rep in range(o.reps):
             for mode, target, port in rotated(variants, rep):
-                argv = lab.node_argv(f"ip{rep}{mode[:2]}{target[-2:]}", [rtt, "connect", target, str(port), str(per_run)],
-                                     ["--interpose", "preload" if mode == "shim" else "seccomp", "--path", "direct"]
-                                     if ctx.relay else ["--interpose", "preload" if mode == "shim" else "seccomp"])
+                app = local if target == "self" else [rtt, "connect", target, str(port), str(per_run)]
+                options = ["--interpose", "preload" if mode == "shim" else "seccomp"]
+                argv = lab.node_argv(f"ip{rep}{mode[:2]}{target[-2:]}", app,
+                                     options + (["--path", "direct"] if ctx.relay else []))
                 status, out, err = lab.run("fn2", argv, 20)
                 result = last_json(out)
                 if status != 0 or not result or "echo_us" not in result:
@@ -372,7 +381,10 @@ def interpose(ctx):
                     continue
                 connect = statistics.median(result["connect_us"][1:])
                 echo = statistics.median(result["echo_us"][1:])
-                if target == "srvsc":
+                if target == "self":
+                    series[f"local_connect_{mode}"].append(connect)
+                    series[f"local_echo_{mode}"].append(echo)
+                elif target == "srvsc":
                     series["echo_seccomp_server"].append(echo)
                 else:
                     series[f"connect_{mode}"].append(connect)
@@ -383,6 +395,12 @@ def interpose(ctx):
     finally:
         lab.stop(server)
     rows = [
+        row("interpose", "connect() to the own node (loopback link) under the shim", "us", series["local_connect_shim"]),
+        row("interpose", "connect() to the own node (loopback link) under the supervisor", "us",
+            series["local_connect_seccomp"], series["local_connect_shim"], "shim"),
+        row("interpose", "own node: connect + accept + 1-byte echo, both under the shim", "us", series["local_echo_shim"]),
+        row("interpose", "own node: connect + accept + 1-byte echo, both under the supervisor", "us",
+            series["local_echo_seccomp"], series["local_echo_shim"], "shim"),
         row("interpose", "connect() under the preload shim (peer already connected)", "us", series["connect_shim"]),
         row("interpose", "connect() under the seccomp supervisor", "us", series["connect_seccomp"],
             series["connect_shim"], "shim", note=retry_note(failures)),

@@ -274,6 +274,20 @@ int boxer_sc_take_fd(pid_t pid, int fd) {
     return copy;
 }
 
+int boxer_sc_fd_cloexec(pid_t pid, int fd) {
+    char path[64], text[512];
+    snprintf(path, sizeof path, "/proc/%d/fdinfo/%d", pid, fd);
+    int info = open(path, O_RDONLY | O_CLOEXEC);
+    if (info < 0) return -1;
+    ssize_t length = read(info, text, sizeof text - 1);
+    close(info);
+    if (length <= 0) return -1;
+    text[length] = 0;
+    const char *flags = strstr(text, "flags:");
+    if (!flags) { errno = EINVAL; return -1; }
+    return (strtoul(flags + 6, NULL, 8) & O_CLOEXEC) != 0;
+}
+
 int boxer_sc_read(pid_t pid, uint64_t address, void *buffer, size_t length) {
     struct iovec local = {.iov_base = buffer, .iov_len = length};
     struct iovec remote = {.iov_base = (void *)(uintptr_t)address, .iov_len = length};

@@ -61,6 +61,10 @@ int boxer_sc_valid(int listener, uint64_t id);
 /// -1 with errno set.
 int boxer_sc_take_fd(pid_t pid, int fd);
 
+/// Whether descriptor `fd` of process `pid` (any thread id) is close-on-exec (its /proc fdinfo "flags"): 1 or 0,
+/// -1 with errno set when that cannot be read.
+int boxer_sc_fd_cloexec(pid_t pid, int fd);
+
 /// Reads `length` bytes at `address` in `pid` (process_vm_readv). Returns 0, or -1 with errno set.
 int boxer_sc_read(pid_t pid, uint64_t address, void *buffer, size_t length);
 

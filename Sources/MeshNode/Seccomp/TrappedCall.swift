@@ -82,12 +82,7 @@ struct TrappedCall: Sendable {
         return String(cString: buffer)
     }
 
-    /// Whether the app's descriptor `index` is close-on-exec (its /proc fdinfo `flags`, in octal).
-    func isCloseOnExec(_ index: Int) -> Bool {
-        guard let info = try? String(contentsOfFile: "/proc/\(pid)/fdinfo/\(fd(index))", encoding: .utf8),
-            let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags:") }),
-            let flags = Int(line.dropFirst(6).trimmingCharacters(in: .whitespaces), radix: 8)
-        else { return false }
-        return flags & Int(O_CLOEXEC) != 0
-    }
+    /// Whether the app's descriptor `index` is close-on-exec (FD_CLOEXEC belongs to the descriptor, not the file:
+    /// a copy cannot tell, the app's /proc fdinfo can).
+    func isCloseOnExec(_ index: Int) -> Bool { boxer_sc_fd_cloexec(pid, fd(index)) == 1 }
 }
