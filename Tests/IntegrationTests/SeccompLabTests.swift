@@ -59,7 +59,7 @@ struct SeccompLabTests {
         }
     }
 
-    @Test("Prometheus scrapes prometheus-node-exporter by mesh name over the relay (hard NATs): the target is up in Prometheus' API")
+    @Test("Prometheus scrapes prometheus-node-exporter by mesh name over the relay (hard NATs), a name that joined after Prometheus started: the target is up in Prometheus' API")
     func prometheusOverRelay() async throws {
         try MeshLabFixture.requireShim()
         try await MeshLabFixture.with(prefix: "scp", nat: .hard, functionMemory: 1024) { mesh in
@@ -74,15 +74,26 @@ struct SeccompLabTests {
                       - targets: ['exporter:9100']
                 """.write(toFile: config, atomically: true, encoding: .utf8)
             try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: config)
+            // Prometheus first: its resolver (Go's own) reads /etc/hosts before the exporter's name exists, and must
+            // see it once the exporter joins.
+            let prometheus = try mesh.node(
+                1, name: "prometheus", options: ["--log-level", "info"],
+                ["/usr/bin/prometheus", "--config.file=\(config)", "--storage.tsdb.path=/tmp/prometheus", "--web.listen-address=127.0.0.1:9090"])
+            defer { prometheus.kill(SIGTERM) }
+            var early = ""
+            let unknown = try await eventually(timeout: .seconds(60)) {
+                early = try mesh.lab.run(.function(1), ["curl", "-sS", "--max-time", "2", "http://127.0.0.1:9090/api/v1/targets"],
+                    timeout: .seconds(5)).standardOutput
+                // A failed scrape: the name is unknown ("lookup exporter … no such host"), or the lookup went on to
+                // the function's DNS server, which the lab does not answer ("context deadline exceeded").
+                return early.contains(#""health":"down""#)
+            }
+            #expect(unknown, "before the exporter joined: \(early)")
             let exporter = try mesh.node(
                 2, name: "exporter",
                 ["/usr/bin/prometheus-node-exporter", "--web.listen-address=:9100", "--collector.disable-defaults", "--collector.loadavg"])
             defer { exporter.kill(SIGTERM) }
             #expect(await exporter.waitForLog(containing: "Listening on", timeout: .seconds(30)), "\(exporter.standardError)")
-            let prometheus = try mesh.node(
-                1, name: "prometheus", options: ["--log-level", "info"],
-                ["/usr/bin/prometheus", "--config.file=\(config)", "--storage.tsdb.path=/tmp/prometheus", "--web.listen-address=127.0.0.1:9090"])
-            defer { prometheus.kill(SIGTERM) }
             let query = "http://127.0.0.1:9090/api/v1/query?query=up%7Bjob%3D%22node%22%7D"
             var answer = ""
             let up = try await eventually(timeout: .seconds(90)) {
