@@ -27,13 +27,13 @@ struct SeccompDecisionTests {
         var header = [UInt8](repeating: 0, count: 64)
         header[0..<6] = [0x7f, 0x45, 0x4c, 0x46, 2, 1]
         header[0x20] = 0xff; header[0x36] = 56; header[0x38] = 4
-        FileManager.default.createFile(atPath: path, contents: Data(header))
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(header)))
         let error = #expect(throws: ExecutableInspectionError.self) { try ExecutableKind.inspect(path: path) }
         #expect(error?.description.contains(path) == true)
         let other = FileManager.default.temporaryDirectory.appendingPathComponent("elf32-\(UUID())").path
         defer { unlink(other) }
         header[4] = 1  // 32-bit
-        FileManager.default.createFile(atPath: other, contents: Data(header))
+        #expect(FileManager.default.createFile(atPath: other, contents: Data(header)))
         #expect(throws: ExecutableInspectionError.self) { try ExecutableKind.inspect(path: other) }
     }
 

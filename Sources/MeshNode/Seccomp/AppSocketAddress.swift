@@ -72,12 +72,12 @@ struct AppSocketAddress: Equatable, Sendable {
 }
 
 extension AppSocketAddress {
-    /// The local or peer address of a socket of the node's own (getsockname/getpeername), nil if not internet.
-    init?(of fd: Int32, peer: Bool) {
+    /// The local address of a socket the node holds (getsockname), nil if not an internet one.
+    init?(localOf fd: Int32) {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let result = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { peer ? getpeername(fd, $0, &length) : getsockname(fd, $0, &length) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
         }
         guard result == 0 else { return nil }
         self.init(storage: storage, length: length)

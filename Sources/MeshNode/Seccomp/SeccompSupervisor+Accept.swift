@@ -9,10 +9,10 @@ extension SeccompSupervisor {
     func listen(_ trapped: TrappedCall) {
         guard let socket = trapped.takeDescriptor(0) else { return trapped.proceed() }
         defer { close(socket) }
-        guard Self.isStream(socket), AppSocketAddress(of: socket, peer: false) != nil else { return trapped.proceed() }
+        guard Self.isStream(socket), AppSocketAddress(localOf: socket) != nil else { return trapped.proceed() }
         guard Glibc.listen(socket, Int32(truncatingIfNeeded: trapped.args[1])) == 0 else { return trapped.fail(errno) }
         // Read after listen(): a socket that was never bound has a port only now.
-        if let local = AppSocketAddress(of: socket, peer: false), local.isUnspecified {
+        if let local = AppSocketAddress(localOf: socket), local.isUnspecified {
             links.listen(on: local.port)
         }
         trapped.succeed()
@@ -24,7 +24,7 @@ extension SeccompSupervisor {
     /// own and gives up once the app's thread was interrupted.
     func accept(_ trapped: TrappedCall) {
         guard let socket = trapped.takeDescriptor(0) else { return trapped.proceed() }
-        guard Self.isStream(socket), let local = AppSocketAddress(of: socket, peer: false),
+        guard Self.isStream(socket), let local = AppSocketAddress(localOf: socket),
             links.announces(port: local.port)
         else {
             close(socket)

@@ -76,10 +76,10 @@ struct TrappedCall: Sendable {
 
     /// The NUL-terminated path at argument `index`; nil if unreadable or longer than PATH_MAX.
     func path(_ index: Int) -> String? {
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX))
-        let length = boxer_sc_read_string(pid, args[index], &buffer, buffer.count)
+        var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX))
+        let length = buffer.withUnsafeMutableBytes { boxer_sc_read_string(pid, args[index], $0.baseAddress, $0.count) }
         guard length >= 0 else { return nil }
-        return String(cString: buffer)
+        return String(decoding: buffer[..<length], as: UTF8.self)
     }
 
     /// Whether the app's descriptor `index` is close-on-exec (FD_CLOEXEC belongs to the descriptor, not the file:
