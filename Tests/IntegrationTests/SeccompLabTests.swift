@@ -132,6 +132,10 @@ struct SeccompLabTests {
                 }
                 #expect(routed, "\(names[index]): \(routez)\n\(server.standardError)")
                 #expect(server.standardError.contains("/usr/sbin/nats-server is a Go program"), "\(server.standardError)")
+                // nats-server logs each route with its peer's address (getpeername, dialled or accepted): the mesh
+                // address, never the punched endpoint or the relay's loopback.
+                let routes = server.standardError.split(separator: "\n").filter { $0.contains(" - rid:") }
+                #expect(!routes.isEmpty && routes.allSatisfy { $0.contains("] 100.64.") }, "\(routes.joined(separator: "\n"))")
             }
             let count = 2000
             let subscriber = try mesh.node(4, name: "sub", [Self.natsClient, "sub", "nats1", "4222", "mesh.test", "\(count)"])
