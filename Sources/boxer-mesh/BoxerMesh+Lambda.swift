@@ -1,5 +1,6 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
 import LambdaRuntime
 import MeshNode
 import WireFormat
