@@ -23,6 +23,11 @@ lab_suites='IntegrationTests|NATLabTests'
 scripts/install-deps.sh
 scripts/generate-proto.sh --check
 swift build --build-tests  # also builds the preload shim (the PreloadShimBuilder plugin)
+# The node links FoundationEssentials only: all of Foundation (ICU, CoreFoundation) would add 40 MB to the package.
+if ldd .build/debug/boxer-mesh | grep -E 'lib(Foundation|FoundationInternationalization|_FoundationICU)\.so'; then
+    echo "scripts/test.sh: boxer-mesh links the libraries above; import FoundationEssentials, not Foundation" >&2
+    exit 1
+fi
 swift test --skip-build --disable-xctest --skip "$lab_suites"
 # The function package, as shipped: what its bootstrap and shim need must exist on Amazon Linux 2023.
 package=$(mktemp -d)
