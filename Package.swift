@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "boxer-mesh", targets: ["boxer-mesh"]),
+        /// The Lambda package's `bootstrap` (scripts/package.sh --lambda): the node as a custom runtime, alone.
+        .executable(name: "boxer-mesh-lambda", targets: ["boxer-mesh-lambda"]),
         .library(name: "MeshBroker", targets: ["MeshBroker"]),
         .library(name: "MeshNode", targets: ["MeshNode"]),
         .library(name: "MeshLab", targets: ["MeshLab"]),
@@ -90,6 +92,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
+        ),
+        .executableTarget(
+            name: "boxer-mesh-lambda",
+            dependencies: ["LambdaRuntime", "PreloadShim", .product(name: "Logging", package: "swift-log")]
         ),
 
         .testTarget(name: "WireFormatTests", dependencies: ["WireFormat"]),
