@@ -604,7 +604,8 @@ def footprint(ctx):
     rows, raw = [], {}
     for size in o.function_sizes:
         prefix = o.prefix + "f"
-        lab = Lab(ctx.binary, prefix, os.path.join(ctx.work, f"{prefix}{size}"), 1, function_memory=size)
+        lab = Lab(o.footprint_binary or ctx.binary, prefix, os.path.join(ctx.work, f"{prefix}{size}"), 1,
+                  function_memory=size)
         ctx.labs.append(lab)
         log(f"lab {prefix}: up, one function of {size} MB")
         runs = []
@@ -650,6 +651,6 @@ def footprint_run(lab, size, rep, idle_seconds):
     memory = memory_kib(node.pid)
     lab.stop(node)
     if cpu_before is None or cpu_after is None or "VmHWM" not in memory:
-        raise BenchError(f"node {name} exited while idle: {tail(read(path))}")
+        raise BenchError(f"node {name} exited while idle ({cpu_before}, {cpu_after}, {memory}): {tail(read(path))}")
     return {"spawn_to_joined_s": round(joined, 4), "peak_rss_kib": memory["VmHWM"], "rss_kib": memory["VmRSS"],
             "pss_kib": memory.get("Pss"), "idle_cpu_percent": round(100 * (cpu_after - cpu_before) / idle_seconds, 3)}
