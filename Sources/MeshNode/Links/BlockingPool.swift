@@ -1,5 +1,7 @@
 import ChildProcess
-import Foundation
+import ZeroMQ
+import FoundationEssentials
+import Glibc
 import Synchronization
 
 /// The node's threads for blocking work (punching, reflector exchanges, dialling the app's listener): a bounded
@@ -82,12 +84,3 @@ public final class BlockingPool: @unchecked Sendable {
     }
 }
 
-/// Starts a named thread of the node's own (a pool worker, or a loop that blocks on its descriptors for the node's
-/// whole life: the shim service, the flow monitor). The name is what ps, top and gdb show.
-package func startThread(named name: String, _ body: @escaping @Sendable () -> Void) {
-    Thread {
-        // Set from inside: Foundation does not pass a name given before start() on to the kernel.
-        Thread.current.name = name
-        body()
-    }.start()
-}

@@ -1,6 +1,7 @@
 import CSeccomp
 import ChildProcess
-import Foundation
+import FoundationEssentials
+import Glibc
 
 extension AppProcess {
     /// Starts the app under the node's seccomp filter (``SeccompSupervisor``): like ``init(arguments:environment:output:)``,

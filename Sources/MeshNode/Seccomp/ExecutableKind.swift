@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// What kind of program a command is, as far as reaching it goes: the preload shim reaches programs that call the
 /// C library dynamically; static binaries and Go programs (which make their socket calls directly, cgo or not)
@@ -18,21 +19,17 @@ enum ExecutableKind: Equatable, Sendable {
 
     /// Classifies the ELF file at `path`.
     static func inspect(path: String) throws(ExecutableInspectionError) -> ExecutableKind {
-        guard let file = FileHandle(forReadingAtPath: path) else {
+        let file = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard file >= 0 else {
             throw ExecutableInspectionError(path: path, reason: "cannot be opened: \(String(cString: strerror(errno)))")
         }
-        defer { try? file.close() }
+        defer { close(file) }
         func read(_ offset: UInt64, _ count: Int) throws(ExecutableInspectionError) -> [UInt8] {
-            do {
-                try file.seek(toOffset: offset)
-                let bytes = [UInt8](try file.read(upToCount: count) ?? Data())
-                guard bytes.count == count else { throw ExecutableInspectionError(path: path, reason: "is truncated") }
-                return bytes
-            } catch let error as ExecutableInspectionError {
-                throw error
-            } catch {
-                throw ExecutableInspectionError(path: path, reason: "cannot be read: \(error)")
-            }
+            var bytes = [UInt8](repeating: 0, count: count)
+            let got = count == 0 ? 0 : bytes.withUnsafeMutableBytes { pread(file, $0.baseAddress, count, off_t(truncatingIfNeeded: offset)) }
+            guard got >= 0 else { throw ExecutableInspectionError(path: path, reason: "cannot be read: \(String(cString: strerror(errno)))") }
+            guard got == count else { throw ExecutableInspectionError(path: path, reason: "is truncated") }
+            return bytes
         }
         let header = (try? read(0, 64)) ?? []
         guard header.count == 64, header[0..<4].elementsEqual([0x7f, 0x45, 0x4c, 0x46]) else { return .script }

@@ -1,5 +1,6 @@
 import CSeccomp
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// How the node reaches its app's sockets.
 public enum InterposeMode: String, Sendable, CaseIterable {

@@ -1,6 +1,8 @@
 import CSeccomp
-import Foundation
+import FoundationEssentials
+import Glibc
 import WireFormat
+import ZeroMQ
 
 /// Inbound: listen() announces a port to the node, and accept() hands the app the link behind a signal connection.
 extension SeccompSupervisor {

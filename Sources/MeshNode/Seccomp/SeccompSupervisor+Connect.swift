@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import WireFormat
 
 /// Outbound: the app's connect() to a mesh address, and bind() to its own mesh address.

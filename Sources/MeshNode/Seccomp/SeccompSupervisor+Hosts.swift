@@ -1,5 +1,6 @@
 import CSeccomp
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Names: open("/etc/hosts") gets the node's ``HostsFile``, and stat("/etc/hosts") describes it (Go re-reads the
 /// file only when its mtime or size changed). Every other path runs untouched.

@@ -1,9 +1,11 @@
 import CNodeSupport
 import CSeccomp
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import Synchronization
 import WireFormat
+import ZeroMQ
 
 /// The node's side of the seccomp filter its app runs under (an app the preload shim cannot reach: static, Go).
 /// The filter hands the node connect, bind, listen, accept, getsockname, getpeername, and the file calls that

@@ -1,5 +1,6 @@
 import CSeccomp
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// One system call of the app that the filter handed to the node, and the ways to answer it. Exactly one answer
 /// per call (the app's thread waits for it); answers may come from any thread.
