@@ -151,12 +151,13 @@ int boxer_seccomp_spawn(const char *program, char *const argv[], char *const env
         // Only async-signal-safe calls from here: the node has many threads.
         close(pair[0]);
         int report = pair[1];
+        // Above 2 first (a node started with 0, 1 or 2 closed gets the pair there), or a dup2 below clobbers it.
+        if (report < 3) report = fcntl(report, F_DUPFD_CLOEXEC, 3);
         if (stdout_fd >= 0 && stdout_fd != 1) dup2(stdout_fd, 1);
         if (stderr_fd >= 0 && stderr_fd != 2) dup2(stderr_fd, 2);
         // Everything from 3 up but the report socket (CLOEXEC: exec closes it).
         if (report > 3) syscall(SYS_close_range, 3, report - 1, 0);
         syscall(SYS_close_range, report + 1, ~0U, 0);
-        if (report < 3) { int moved = fcntl(report, F_DUPFD_CLOEXEC, 3); report = moved; }
         for (int i = 0; i < reset_count; i++) signal(reset[i], SIG_DFL);
         sigset_t none;
         sigemptyset(&none);
