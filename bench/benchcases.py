@@ -285,11 +285,23 @@ def connect_setup(ctx, lab, delay_ms):
     o = ctx.options
     per_run = 3
     raw, new, again, resolve = [], [], [], []
+    lookups, local_lookups = [], []  # p50 per run of getaddrinfo of srv (through the shim) and of localhost
     failures = []
     paths = {}  # links the connecting nodes logged, by path (the default policy may relay a slow punch)
     mesh = bool(ctx.shim)
     for rep in range(o.reps):
-        for variant in rotated(["raw", "mesh"] if mesh else ["raw"], rep):
+        for variant in rotated(["raw", "mesh", "lookup"] if mesh else ["raw"], rep):
+            if variant == "lookup":
+                # A fresh node, as the connect runs use: its app's lookups, in turns with a local one.
+                status, out, err = lab.run("fn2", lab.node_argv(f"l{delay_ms}r{rep}", [ctx.rtt, "lookups", "srv",
+                                                                                   "localhost", "200"]), 8)
+                result = last_json(out)
+                ok = status == 0 and result and "name" in result
+                if not ok:
+                    failures.append(f"lookups: status {status}: {tail(out)} {tail(err)}")
+                lookups.append(result["name"]["p50_us"] if ok else None)
+                local_lookups.append(result["baseline"]["p50_us"] if ok else None)
+                continue
             if variant == "raw":
                 status, out, err = lab.run("fn2", [ctx.rtt, "connect", nat_public(1), str(RAW_ECHO), str(per_run)], 30)
                 result = last_json(out)
@@ -314,7 +326,8 @@ def connect_setup(ctx, lab, delay_ms):
             again.append(result and statistics.median(result["connect_us"][1:]))
             resolve.append(result and result["resolve_us"])
         log(f"  connect {delay_ms} ms rep {rep + 1}: raw {raw[-1]} µs, mesh new {new[-1] if new else None} µs, "
-            f"again {again[-1] if again else None} µs")
+            f"again {again[-1] if again else None} µs, name lookup {lookups[-1] if lookups else None} µs "
+            f"(localhost {local_lookups[-1] if local_lookups else None} µs)")
     label = f"delay {delay_ms} ms"
     rows = [row("connect", f"{label}: raw connect() via port-forward (baseline)", "us", raw)]
     if mesh:
@@ -326,13 +339,18 @@ def connect_setup(ctx, lab, delay_ms):
                 goal=("≤ 2x raw", "<=", 2.0), note=note),
             row("connect", f"{label}: mesh connect() to a peer already connected", "us", again, raw, "raw",
                 goal=("≤ 2x raw", "<=", 2.0)),
-            row("connect", f"{label}: mesh name lookup before it (getaddrinfo)", "us", resolve),
+            row("connect", f"{label}: mesh name lookup before it (getaddrinfo, the app's first)", "us", resolve),
+            row("connect", f"{label}: getaddrinfo of localhost (/etc/hosts), p50 of 200 (baseline)", "us",
+                local_lookups),
+            row("connect", f"{label}: getaddrinfo of a mesh name through the shim, p50 of 200", "us", lookups,
+                goal=("≤ 50 µs", "<=", 50)),
         ]
     else:
         rows.append(row("connect", f"{label}: mesh connect()", "us", available=False,
                         note=f"not available: {ctx.shim_note}"))
     return rows, {"delay_ms": delay_ms, "connects_per_run": per_run, "raw_us": raw, "mesh_new_peer_us": new,
-                  "mesh_connected_peer_us": again, "mesh_resolve_us": resolve, "failures": failures,
+                  "mesh_connected_peer_us": again, "mesh_resolve_us": resolve, "mesh_lookup_p50_us": lookups,
+                  "localhost_lookup_p50_us": local_lookups, "failures": failures,
                   "link_paths": paths}
 
 
