@@ -87,6 +87,11 @@ extension ControlPlaneHandler {
             relay?.sessionOpened(token: session.token, mesh: hello.mesh)
             welcome.self_p = member
             logger.notice("joined", metadata: ["mesh": "\(hello.mesh)", "node": "\(member.name)", "address": "\(member.ipv4)"])
+            // The others hear of the join before the tap and before any barrier releases them (or the node can
+            // connect to them): their tables have the name by then. The node gets the mesh before its Welcome, so
+            // it answers lookups from the moment it has joined.
+            announceMembership(.join, member, mesh: hello.mesh, joiner: session.token)
+            sendMembershipSnapshot(of: hello.mesh, to: routingID)
             publishMembership(.join, member, mesh: hello.mesh)
             releaseWaiters(of: hello.mesh)
         }

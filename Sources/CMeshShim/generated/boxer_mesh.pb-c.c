@@ -3761,7 +3761,7 @@ const ProtobufCEnumDescriptor boxermesh__v1__membership_update__kind__descriptor
   boxermesh__v1__membership_update__kind__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__membership_update__field_descriptors[4] =
+static const ProtobufCFieldDescriptor boxermesh__v1__membership_update__field_descriptors[5] =
 {
   {
     "kind",
@@ -3811,17 +3811,30 @@ static const ProtobufCFieldDescriptor boxermesh__v1__membership_update__field_de
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "part",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__MembershipUpdate, part),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__membership_update__field_indices_by_name[] = {
   0,   /* field[0] = kind */
   2,   /* field[2] = members */
   3,   /* field[3] = more */
+  4,   /* field[4] = part */
   1,   /* field[1] = version */
 };
 static const ProtobufCIntRange boxermesh__v1__membership_update__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__membership_update__descriptor =
 {
@@ -3831,7 +3844,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__membership_update__descriptor =
   "Boxermesh__V1__MembershipUpdate",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__MembershipUpdate),
-  4,
+  5,
   boxermesh__v1__membership_update__field_descriptors,
   boxermesh__v1__membership_update__field_indices_by_name,
   1,  boxermesh__v1__membership_update__number_ranges,

@@ -598,10 +598,14 @@ struct  Boxermesh__V1__MembershipUpdate
    * KIND_SNAPSHOT: more parts of the same snapshot follow
    */
   protobuf_c_boolean more;
+  /*
+   * KIND_SNAPSHOT: this part's number, from 0
+   */
+  uint32_t part;
 };
 #define BOXERMESH__V1__MEMBERSHIP_UPDATE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__membership_update__descriptor) \
-    , BOXERMESH__V1__MEMBERSHIP_UPDATE__KIND__KIND_UNSPECIFIED, 0, 0,NULL, 0 }
+    , BOXERMESH__V1__MEMBERSHIP_UPDATE__KIND__KIND_UNSPECIFIED, 0, 0,NULL, 0, 0 }
 
 
 /*

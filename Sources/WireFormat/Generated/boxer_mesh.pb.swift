@@ -828,6 +828,9 @@ public nonisolated struct Boxermesh_V1_MembershipUpdate: Sendable {
   /// KIND_SNAPSHOT: more parts of the same snapshot follow
   public var more: Bool = false
 
+  /// KIND_SNAPSHOT: this part's number, from 0
+  public var part: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum Kind: SwiftProtobuf.Enum, Swift.CaseIterable {
@@ -3229,7 +3232,7 @@ nonisolated extension Boxermesh_V1_MemberExpired: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Boxermesh_V1_MembershipUpdate: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MembershipUpdate"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}version\0\u{1}members\0\u{1}more\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}version\0\u{1}members\0\u{1}more\0\u{1}part\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3241,6 +3244,7 @@ nonisolated extension Boxermesh_V1_MembershipUpdate: SwiftProtobuf.Message, Swif
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.version) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.members) }()
       case 4: try { try decoder.decodeSingularBoolField(value: &self.more) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.part) }()
       default: break
       }
     }
@@ -3259,6 +3263,9 @@ nonisolated extension Boxermesh_V1_MembershipUpdate: SwiftProtobuf.Message, Swif
     if self.more != false {
       try visitor.visitSingularBoolField(value: self.more, fieldNumber: 4)
     }
+    if self.part != 0 {
+      try visitor.visitSingularUInt32Field(value: self.part, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3267,6 +3274,7 @@ nonisolated extension Boxermesh_V1_MembershipUpdate: SwiftProtobuf.Message, Swif
     if lhs.version != rhs.version {return false}
     if lhs.members != rhs.members {return false}
     if lhs.more != rhs.more {return false}
+    if lhs.part != rhs.part {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
