@@ -4,6 +4,7 @@ plus the raw per-run data for the JSON.
 
 Hosts: A = fn2 (the side that connects), B = fn1 (the side that listens). "A→B" means data flows from fn2 to fn1.
 """
+import csv
 import json
 import os
 import statistics
@@ -20,6 +21,7 @@ UPGRADE_MISSING = "this build's node has no relay fallback, so no live upgrade (
 MESH_IPERF, RAW_IPERF = 5201, 5202
 MESH_ECHO, RAW_ECHO, RELAYED_ECHO = 7001, 7002, 7003  # socat's own echo server: no process shared with raw
 SOCAT_BIG, SOCAT_DEFAULT, SOCAT_ECHO = 6202, 6203, 6204
+REDIS_MESH, REDIS_RAW = 6379, 6380
 
 
 def rotated(items, k):
@@ -609,3 +611,66 @@ def wait_tap(lab, match, timeout):
                 return dict(connection, time=event.get("time_unix_ms"))
         time.sleep(0.05)
     return None
+
+
+# ---- case 6: a connection-per-request app ---------------------------------------------------------------------
+
+
+def redis_rps(text):
+    """{"SET": rps, "GET": rps} from redis-benchmark --csv, or None."""
+    found = {row[0]: float(row[1]) for row in csv.reader(text.splitlines()) if len(row) >= 2 and row[0] in ("SET", "GET")}
+    return found if len(found) == 2 else None
+
+
+def redis_per_request(ctx):
+    """Unmodified redis-benchmark -k 0 (a new connection for every request, 8 clients, SET and GET) from A to an
+    unmodified redis-server on B: through the mesh (both under nodes, by mesh name "cache"; the benchmark in a fresh
+    node each run) against the same benchmark over the raw path (a second redis-server beside it, through NAT 1's
+    port forward), interleaved. A run that does not finish within its timeout counts as a hang."""
+    if not ctx.shim:
+        return [row("redis", "redis-benchmark -k 0 through the mesh", "count", available=False,
+                    note=f"not available: {ctx.shim_note}")], {"available": False}
+    lab, o = ctx.lab, ctx.options
+    requests = 1000 if o.quick else 3000
+    server = ["redis-server", "--protected-mode", "no", "--save", "", "--appendonly", "no", "--port"]
+    mesh_server = lab.node("fn1", "cache", server + [str(REDIS_MESH)])
+    raw_server = lab.spawn("fn1", server + [str(REDIS_RAW)], "redis-raw")
+    lab.port_forward(1, REDIS_RAW, "10.1.1.2")
+    for name in ("cache", "redis-raw"):
+        deadline = time.monotonic() + 15
+        while "Ready to accept connections" not in read(f"{lab.work}/{name}.out"):
+            if time.monotonic() > deadline:
+                raise BenchError(f"{name} did not start: {tail(read(f'{lab.work}/{name}.out'))}")
+            time.sleep(0.1)
+    rps = {v: {"SET": [], "GET": []} for v in ("raw", "mesh")}
+    failures, hangs = [], 0
+    timeout = 120
+    try:
+        for rep in range(o.reps):
+            for variant in rotated(["raw", "mesh"], rep):
+                host, port = ("cache", REDIS_MESH) if variant == "mesh" else (nat_public(1), REDIS_RAW)
+                argv = ["redis-benchmark", "-h", host, "-p", str(port), "-k", "0", "-c", "8", "-n", str(requests),
+                        "-t", "set,get", "--csv"]
+                if variant == "mesh":
+                    argv = lab.node_argv(f"rb{rep}", argv)
+                status, out, err = lab.run("fn2", argv, timeout)
+                result = redis_rps(out) if status == 0 else None
+                if status == 124:
+                    hangs += 1
+                if not result:
+                    failures.append(f"{variant}: status {status}: {tail(out)} {tail(err)}")
+                    log(f"  redis {variant}: run failed: {failures[-1]}")
+                for test in ("SET", "GET"):
+                    rps[variant][test].append(result and result[test])
+                log(f"  redis rep {rep + 1} {variant}: {result}")
+    finally:
+        lab.stop(mesh_server)
+        lab.stop(raw_server)
+    rows = []
+    for test in ("SET", "GET"):
+        rows.append(row("redis", f"redis-benchmark -k 0 -c 8 {test}, raw path (baseline)", "count", rps["raw"][test]))
+        rows.append(row("redis", f"redis-benchmark -k 0 -c 8 {test} through the mesh (requests/s)", "count",
+                        rps["mesh"][test], rps["raw"][test], "raw", goal=("≥ 0.8x raw", ">=", 0.8),
+                        note=f"{hangs} run(s) hung ({timeout} s)" if hangs else retry_note(failures)))
+    return rows, {"requests": requests, "clients": 8, "rps": rps, "failures": failures, "hangs": hangs}
+
