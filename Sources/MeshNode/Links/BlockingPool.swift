@@ -1,3 +1,4 @@
+import CNodeSupport
 import ChildProcess
 import Foundation
 import Synchronization
@@ -86,8 +87,9 @@ public final class BlockingPool: @unchecked Sendable {
 /// whole life: the shim service, the flow monitor). The name is what ps, top and gdb show.
 package func startThread(named name: String, _ body: @escaping @Sendable () -> Void) {
     Thread {
-        // Set from inside: Foundation does not pass a name given before start() on to the kernel.
-        Thread.current.name = name
+        // Set from inside, with the kernel's call: Foundation passes neither a name given before start() nor, when
+        // the new thread runs before start() has recorded its pthread (seen under load), one set from inside.
+        _ = boxer_name_this_thread(name)
         body()
     }.start()
 }
