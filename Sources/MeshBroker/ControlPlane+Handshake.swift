@@ -66,6 +66,14 @@ extension ControlPlaneHandler {
             return
         }
         if hello.nodeNameIsPrefix { hello.nodeName = registry.firstFreeName(prefix: hello.nodeName, in: hello.mesh) }
+        // The same connection joining again with a name it holds: its Welcome came too late (a loaded box) and it
+        // asked anew. Its first session, whose token it never learned, goes, rather than refusing it its own name.
+        if hello.role == .node, let earlier = registry.session(holding: hello.nodeName, in: hello.mesh),
+            earlier.routingID == routingID
+        {
+            registry.remove(token: earlier.token)
+            sessionEnded(earlier, kind: .leave, reason: "joined again on the same connection (a handshake retry)")
+        }
         let session: MeshRegistry.Session
         do {
             session = try registry.admit(hello, routingID: routingID, now: clock.now, wallClockMs: unixMilliseconds())
