@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "boxer-mesh", targets: ["boxer-mesh"]),
+        /// The Lambda package's `bootstrap` (scripts/package.sh --lambda): the node as a custom runtime, alone.
+        .executable(name: "boxer-mesh-lambda", targets: ["boxer-mesh-lambda"]),
         .library(name: "MeshBroker", targets: ["MeshBroker"]),
         .library(name: "MeshNode", targets: ["MeshNode"]),
         .library(name: "MeshLab", targets: ["MeshLab"]),
@@ -14,7 +16,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
-        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.28.0"),
+        // No traits: their APIs (Foundation streams, field masks) would link all of Foundation into the node.
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.28.0", traits: []),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
     ],
     targets: [
@@ -32,11 +35,14 @@ let package = Package(
         /// AF_UNIX SEQPACKET and SCM_RIGHTS helpers for the node's local service (not the preload shim).
         .target(name: "CNodeSupport"),
 
+        /// Trimming, fixed decimals and hex without Foundation (see the file for why).
+        .target(name: "PlainText"),
+
         /// Generated protobuf types, framing, mesh address types, STUN codec, mesh-key cryptography. No sockets.
         .target(
             name: "WireFormat",
             dependencies: [
-                "CSodium",
+                "CSodium", "PlainText",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             exclude: ["Generated/README.md"]
@@ -53,7 +59,7 @@ let package = Package(
         .target(
             name: "MeshNode",
             dependencies: [
-                "WireFormat", "ZeroMQ", "ChildProcess", "CNodeSupport",
+                "WireFormat", "ZeroMQ", "ChildProcess", "CNodeSupport", "PlainText",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -76,19 +82,24 @@ let package = Package(
         /// Network-namespace NAT lab used by `boxer-mesh lab` and the integration tests.
         .target(
             name: "MeshLab",
-            dependencies: ["ChildProcess", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["ChildProcess", "PlainText", .product(name: "Logging", package: "swift-log")]
         ),
         .executableTarget(
             name: "boxer-mesh",
             dependencies: [
-                "MeshBroker", "MeshNode", "MeshLab", "WireFormat", "LambdaRuntime", "PreloadShim",
+                "MeshBroker", "MeshNode", "MeshLab", "WireFormat", "LambdaRuntime", "PreloadShim", "PlainText",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        .executableTarget(
+            name: "boxer-mesh-lambda",
+            dependencies: ["LambdaRuntime", "PreloadShim", .product(name: "Logging", package: "swift-log")]
+        ),
 
         .testTarget(name: "WireFormatTests", dependencies: ["WireFormat"]),
+        .testTarget(name: "PlainTextTests", dependencies: ["PlainText"]),
         .testTarget(name: "MeshBrokerTests", dependencies: ["MeshBroker", "MeshNode", "WireFormat", "ZeroMQ", "ChildProcess"]),
         .testTarget(name: "ChildProcessTests", dependencies: ["ChildProcess"]),
         .testTarget(name: "MeshLabTests", dependencies: ["MeshLab", "ChildProcess"]),

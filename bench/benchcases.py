@@ -613,7 +613,70 @@ def wait_tap(lab, match, timeout):
     return None
 
 
-# ---- case 6: a connection-per-request app ---------------------------------------------------------------------
+# ---- case 6: footprint -- a node inside function-sized limits -------------------------------------------------
+
+
+def footprint(ctx):
+    """A node in a function of each size (`lab up --function-memory`: CPU share, memory limit, uid 65534,
+    read-only root), its app `sleep`: spawn to joined (from starting `lab exec` to the node's "joined mesh"
+    line), peak RSS, and CPU while idle (joined, no connections) as a share of one vCPU."""
+    o = ctx.options
+    rows, raw = [], {}
+    for size in o.function_sizes:
+        prefix = o.prefix + "f"
+        lab = Lab(o.footprint_binary or ctx.binary, prefix, os.path.join(ctx.work, f"{prefix}{size}"), 1,
+                  function_memory=size)
+        ctx.labs.append(lab)
+        log(f"lab {prefix}: up, one function of {size} MB")
+        runs = []
+        try:
+            lab.up()
+            for rep in range(o.reps):
+                runs.append(footprint_run(lab, size, rep, o.idle_seconds))
+                r = runs[-1]
+                log(f"  footprint {size} MB rep {rep + 1}: joined {r['spawn_to_joined_s'] * 1000:.0f} ms after spawn, "
+                    f"peak RSS {r['peak_rss_kib'] / 1024:.1f} MiB, idle CPU {r['idle_cpu_percent']:.2f} %")
+        finally:
+            lab.down()
+            ctx.labs.remove(lab)
+        raw[str(size)] = runs
+        pick = lambda key: [r[key] for r in runs]  # noqa: E731
+        joined_goal = {128: ("≤ 500 ms", "<=", 0.5), 512: ("≤ 150 ms", "<=", 0.15)}.get(size)
+        rows += [
+            row("footprint", f"{size} MB function: node spawn→joined", "s", pick("spawn_to_joined_s"),
+                goal=joined_goal),
+            row("footprint", f"{size} MB function: node peak RSS (VmHWM)", "KiB", pick("peak_rss_kib"),
+                goal=("≤ 12 MiB", "<=", 12 * 1024)),
+            row("footprint", f"{size} MB function: node PSS (shared pages split)", "KiB", pick("pss_kib")),
+            row("footprint", f"{size} MB function: idle node CPU (% of one vCPU)", "%", pick("idle_cpu_percent"),
+                goal=("≤ 0.2 %", "<=", 0.2)),
+        ]
+    return rows, raw
+
+
+def footprint_run(lab, size, rep, idle_seconds):
+    name = f"fp{size}x{rep}"
+    started = time.monotonic()
+    node = lab.spawn_in_function("fn1", lab.node_argv(name, ["sleep", "3600"]), name)
+    path = f"{lab.work}/{name}.log"
+    while "joined mesh" not in read(path):
+        if node.poll() is not None or time.monotonic() - started > 30:
+            raise BenchError(f"node {name} in a {size} MB function did not join: {tail(read(path))}")
+        time.sleep(0.002)
+    joined = time.monotonic() - started
+    time.sleep(1)  # past the start: the first warm endpoint, the app's launch
+    cpu_before = cpu_seconds(node.pid)
+    time.sleep(idle_seconds)
+    cpu_after = cpu_seconds(node.pid)
+    memory = memory_kib(node.pid)
+    lab.stop(node)
+    if cpu_before is None or cpu_after is None or "VmHWM" not in memory:
+        raise BenchError(f"node {name} exited while idle ({cpu_before}, {cpu_after}, {memory}): {tail(read(path))}")
+    return {"spawn_to_joined_s": round(joined, 4), "peak_rss_kib": memory["VmHWM"], "rss_kib": memory["VmRSS"],
+            "pss_kib": memory.get("Pss"), "idle_cpu_percent": round(100 * (cpu_after - cpu_before) / idle_seconds, 3)}
+
+
+# ---- case 7: a connection-per-request app ---------------------------------------------------------------------
 
 
 def redis_rps(text):

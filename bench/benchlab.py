@@ -133,9 +133,9 @@ def built_at(path):
 class Lab:
     """One NAT lab (`boxer-mesh lab`) with a broker, and every process bench/run starts in it."""
 
-    def __init__(self, binary, prefix, work, functions, delay_ms=0):
+    def __init__(self, binary, prefix, work, functions, delay_ms=0, function_memory=None):
         self.binary, self.prefix, self.work = binary, prefix, work
-        self.functions, self.delay_ms = functions, delay_ms
+        self.functions, self.delay_ms, self.function_memory = functions, delay_ms, function_memory
         self.secret = f"{work}/secret"
         self.processes = []  # (Popen, description)
         self.broker = None
@@ -151,6 +151,8 @@ class Lab:
         args = [self.binary, "lab", "up", "--prefix", self.prefix, "--functions", str(self.functions)]
         if self.delay_ms:
             args += ["--delay", str(self.delay_ms)]
+        if self.function_memory:
+            args += ["--function-memory", str(self.function_memory)]
         self.up_done = True  # from here on, down() must run even if up fails half way
         result = subprocess.run(args, capture_output=True, text=True, timeout=180)
         if result.returncode != 0:
@@ -186,6 +188,15 @@ class Lab:
         err = open(f"{self.work}/{name}.log", "wb")
         process = subprocess.Popen(["ip", "netns", "exec", self.ns(host)] + argv, stdin=subprocess.DEVNULL,
                                    stdout=out, stderr=err, env=env, start_new_session=True)
+        self.processes.append((process, name))
+        return process
+
+    def spawn_in_function(self, host, argv, name):
+        """Starts argv as the function `host` runs its programs (`lab exec`: its cgroups, uid 65534, read-only
+        root). Every launcher step execs the next, so the pid is the program's own."""
+        out, err = open(f"{self.work}/{name}.out", "wb"), open(f"{self.work}/{name}.log", "wb")
+        process = subprocess.Popen([self.binary, "lab", "exec", "--prefix", self.prefix, host, "--", *argv],
+                                   stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
         self.processes.append((process, name))
         return process
 

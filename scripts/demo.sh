@@ -4,6 +4,8 @@
 #   2. an unmodified redis-server runs in one function, an unmodified redis-benchmark in another reaches it by
 #      its mesh name "cache" over a direct punched link; the tap shows the connections and their path.
 # Without root (no network namespaces) the same runs on loopback, and it says so (BOXER_DEMO_LOOPBACK=1 forces it).
+# In the lab each function is a Lambda of BOXER_DEMO_FUNCTION_MEMORY MB (default 512: its CPU share, memory limit,
+# 600 Mbit/s, uid 65534, read-only root; see `boxer-mesh lab up --help`); 0 runs them without limits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -27,8 +29,13 @@ trap cleanup EXIT
 lab=no
 [[ $(id -u) -eq 0 && -z "${BOXER_DEMO_LOOPBACK:-}" ]] && lab=yes
 if [[ $lab == yes ]]; then
-    echo "== NAT lab: broker on 203.0.113.10; fn1 and fn2 each behind its own port-preserving NAT"
-    "$bin" lab up --prefix "$prefix" --functions 2 --nat easy
+    memory=${BOXER_DEMO_FUNCTION_MEMORY:-512}
+    [[ $memory =~ ^[0-9]+$ ]] || { echo "BOXER_DEMO_FUNCTION_MEMORY must be a number of MB (0: no limits)" >&2; exit 2; }
+    limits=()
+    [[ $memory -gt 0 ]] && limits=(--function-memory "$memory")
+    echo "== NAT lab: broker on 203.0.113.10; fn1 and fn2 each behind its own port-preserving NAT" \
+        "$([[ $memory -gt 0 ]] && echo "and each a $memory MB function")"
+    "$bin" lab up --prefix "$prefix" --functions 2 --nat easy "${limits[@]}"
     run() { local host=$1; shift; "$bin" lab exec --prefix "$prefix" "$host" -- "$@"; }
     broker=203.0.113.10
     listen=(--listen 0.0.0.0:7700)
@@ -70,3 +77,13 @@ grep -E "join|connect" "$work/tap.log" | head -6
 echo "..."
 grep -E " close " "$work/tap.log" | tail -2
 echo "... $(grep -c ' connect ' "$work/tap.log") connections, $(grep -c ' close ' "$work/tap.log") closed"
+if [[ $lab == yes && $memory -gt 0 ]]; then
+    echo
+    # Program files this machine had cached already are charged to whoever read them first, not to the function.
+    echo "== 4. each function's memory: its cgroup's peak (the node's and app's own memory and /tmp) and limit hits"
+    for i in 1 2; do
+        cgroup=/sys/fs/cgroup/memory/boxer-mesh/$prefix-fn$i
+        echo "fn$i: peak $(( $(cat "$cgroup/memory.max_usage_in_bytes") / 1048576 )) MiB of $memory MB," \
+            "limit hit $(cat "$cgroup/memory.failcnt") times"
+    done
+fi

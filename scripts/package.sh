@@ -5,8 +5,9 @@
 # redirected to 2.34's (scripts/glibc234-compat.c). Checked by scripts/check-lambda-binary.sh before it is written.
 #   scripts/package.sh [OUTPUT]          one file, default dist/boxer-mesh: the preload shim appended to the
 #                                        binary (see Sources/MeshNode/Node+Shim.swift for the trailer format)
-#   scripts/package.sh --lambda OUT.zip  a Lambda deployment package: `bootstrap` (the binary) and the shim
-#                                        libboxer-shim.so beside it, where the node finds it
+#   scripts/package.sh --lambda OUT.zip  a Lambda deployment package: `bootstrap` (boxer-mesh-lambda: the node as a
+#                                        custom runtime, alone) and the shim libboxer-shim.so beside it, where the
+#                                        node finds it
 set -euo pipefail
 lambda=false
 if [[ ${1:-} == --lambda ]]; then
@@ -15,6 +16,8 @@ if [[ ${1:-} == --lambda ]]; then
     [[ $# -eq 1 && $1 == *.zip ]] || { echo "usage: scripts/package.sh --lambda OUT.zip" >&2; exit 2; }
 fi
 out=${1:-dist/boxer-mesh}
+product=boxer-mesh
+$lambda && product=boxer-mesh-lambda
 out="$(realpath -m "$out")"
 cd "$(dirname "$0")/.."
 
@@ -26,10 +29,11 @@ wraps=()
 for name in hypot hypotf arc4random _dl_find_object; do wraps+=(-Xlinker "--wrap=$name"); done
 # -L first: -lzmq, -lsodium and -lstdc++ find the static archives there before the shared libraries. libgcc_eh
 # is libgcc's unwinder as a static archive, so libgcc_s drops out (clang links it --as-needed).
-swift build -c release --static-swift-stdlib --product boxer-mesh \
+# --no-export-dynamic: nothing looks symbols up in the executable; its dynamic symbol table is 1 MB of names.
+swift build -c release --static-swift-stdlib --product "$product" \
     -Xlinker -L"$static" -Xlinker -lgcc_eh -Xlinker "$bin/glibc234-compat.o" \
-    "${wraps[@]}" 2>&1 | { grep -v "the use of \`mktemp' is dangerous" || true; } >&2
-binary="$bin/boxer-mesh"
+    -Xlinker --no-export-dynamic "${wraps[@]}" 2>&1 | { grep -v "the use of \`mktemp' is dangerous" || true; } >&2
+binary="$bin/$product"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 strip --strip-unneeded -o "$work/libboxer-shim.so" "$bin/boxer-mesh_PreloadShim.resources/libboxer-shim.so"

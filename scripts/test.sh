@@ -23,12 +23,20 @@ lab_suites='IntegrationTests|NATLabTests'
 scripts/install-deps.sh
 scripts/generate-proto.sh --check
 swift build --build-tests  # also builds the preload shim (the PreloadShimBuilder plugin)
+# The node links FoundationEssentials only: all of Foundation (ICU, CoreFoundation) would add 40 MB to the package.
+if ldd .build/debug/boxer-mesh | grep -E 'lib(Foundation|FoundationInternationalization|_FoundationICU)\.so'; then
+    echo "scripts/test.sh: boxer-mesh links the libraries above; import FoundationEssentials, not Foundation" >&2
+    exit 1
+fi
 swift test --skip-build --disable-xctest --skip "$lab_suites"
 # The function package, as shipped: what its bootstrap and shim need must exist on Amazon Linux 2023.
 package=$(mktemp -d)
 scripts/package.sh --lambda "$package/boxer-mesh.zip"
 python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$package/boxer-mesh.zip" "$package/x"
 scripts/check-lambda-binary.sh "$package/x/bootstrap" --shim "$package/x/libboxer-shim.so"
+# …and it works: the runtime tests again, with the packaged bootstrap and the shim beside it.
+chmod 755 "$package/x/bootstrap"
+BOXER_MESH_LAMBDA_BOOTSTRAP="$package/x/bootstrap" swift test --skip-build --disable-xctest --filter LambdaBootstrapTests
 rm -rf "$package"
 $unit_only && exit 0
 # One lab test at a time: they check timing a user relies on (expiry within 3 s, failure within 5 s), which

@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -99,5 +98,3 @@ ssize_t boxer_receive_with_fd(int socket, void *buffer, size_t capacity, int *fd
 int boxer_accept_cloexec(int fd) {
     return accept4(fd, NULL, NULL, SOCK_CLOEXEC);
 }
-
-int boxer_name_this_thread(const char *name) { return prctl(PR_SET_NAME, name, 0, 0, 0); }

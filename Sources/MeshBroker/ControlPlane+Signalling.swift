@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import WireFormat
 
 /// A ConnectRequest forwarded to its target, waiting for the target's ConnectAnswer.

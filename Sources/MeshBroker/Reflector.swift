@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -122,7 +123,7 @@ public struct Reflector: Service {
         await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                    let thread = Thread {
+                    startThread(named: "stun-reflector") {
                         let loop = ReflectorLoop(
                             sockets: sockets, wake: wake, configuration: configuration, logger: logger)
                         onReady(ports)
@@ -130,8 +131,6 @@ public struct Reflector: Service {
                         loop.closeAll()
                         continuation.resume()
                     }
-                    thread.name = "stun-reflector"
-                    thread.start()
                 }
             } onGracefulShutdown: {
                 wake.stop()

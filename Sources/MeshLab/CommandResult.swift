@@ -1,4 +1,6 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import PlainText
 
 /// How a finished command ended and what it printed.
 public struct CommandResult: Sendable, CustomStringConvertible {
@@ -30,7 +32,7 @@ public struct CommandResult: Sendable, CustomStringConvertible {
     public func check() throws -> CommandResult {
         guard !succeeded else { return self }
         let why = timedOut ? "timed out and was killed" : "exited with status \(status)"
-        let stderr = standardError.trimmingCharacters(in: .whitespacesAndNewlines)
+        let stderr = standardError.trimmingWhitespace()
         var message = "command `\(LabShell.quoted(command))` \(why)"
         if !stderr.isEmpty { message += ": \(stderr)" }
         throw LabError(.commandFailed, message, command: command, status: status, standardError: standardError)

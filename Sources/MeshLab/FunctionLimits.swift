@@ -1,4 +1,6 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import PlainText
 
 /// What `lab up --function-memory MB` models: every function host is an AWS Lambda function of that size.
 ///
@@ -67,6 +69,6 @@ public struct FunctionLimits: Codable, Sendable, Equatable {
 
     /// One line for people: `128 MB, 0.072 CPU, 600 Mbit/s`.
     public var summary: String {
-        "\(memoryMB) MB, \(String(format: "%.3f", cpus)) CPU, \(bandwidthMbit) Mbit/s"
+        "\(memoryMB) MB, \(cpus.fixed(3)) CPU, \(bandwidthMbit) Mbit/s"
     }
 }

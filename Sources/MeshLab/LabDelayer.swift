@@ -1,5 +1,7 @@
 import ChildProcess
-import Foundation
+import FoundationEssentials
+import Glibc
+import PlainText
 
 /// Adds delay and loss to lab links without netem (this project's kernels are built without `sch_netem`).
 ///
@@ -61,7 +63,7 @@ enum LabDelayer {
                 throw LabError(
                     .commandFailed,
                     "delayer `\(LabShell.quoted(arguments))` \(why): "
-                        + output.trimmingCharacters(in: .whitespacesAndNewlines),
+                        + output.trimmingWhitespace(),
                     command: arguments,
                     standardError: output
                 )

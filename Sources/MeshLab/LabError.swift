@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// An error from the NAT lab: what went wrong, in words a person can act on.
 ///

@@ -1,5 +1,5 @@
 import ChildProcess
-import Foundation
+import FoundationEssentials
 
 #if canImport(Glibc)
 import Glibc
@@ -33,7 +33,7 @@ public final class LabProcess: @unchecked Sendable {
     /// Starts `command`, which runs `arguments` in `host` (``NATLab/netnsExec(_:_:)``).
     init(host: LabHost, namespace: String, command: [String], arguments: [String], environment: [String: String]) throws {
         let files = try OutputFiles(
-            tag: "\(namespace)-\(arguments.first.map { ($0 as NSString).lastPathComponent } ?? "")"
+            tag: "\(namespace)-\(arguments.first.flatMap { $0.split(separator: "/").last.map(String.init) } ?? "")"
         )
         do throws(SpawnError) {
             child = try ChildProcess(

@@ -1,5 +1,5 @@
 import ChildProcess
-import Foundation
+import FoundationEssentials
 
 #if canImport(Glibc)
 import Glibc
@@ -45,7 +45,7 @@ enum LabShell {
     static func quoted(_ arguments: [String]) -> String {
         arguments.map { arg in
             let plain = !arg.isEmpty && arg.allSatisfy { $0.isLetter || $0.isNumber || "-_./:=,+@%".contains($0) }
-            return plain ? arg : "'" + arg.replacingOccurrences(of: "'", with: "'\\''") + "'"
+            return plain ? arg : "'" + arg.replacing("'", with: "'\\''") + "'"
         }.joined(separator: " ")
     }
 

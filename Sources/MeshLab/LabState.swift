@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// What `up` wrote about a lab: its config and, for each host, namespace and addresses.
 /// Stored as JSON in `/run/boxer-mesh/lab-PREFIX.json`.
@@ -102,7 +103,7 @@ public struct LabStatus: Sendable {
         if let state {
             let config = state.config
             var summary = "lab '\(prefix)' \(isUp ? "is up" : "is BROKEN")"
-            summary += " since \(ISO8601DateFormatter().string(from: state.createdAt)):"
+            summary += " since \(state.createdAt.formatted(.iso8601)):"
             summary += " \(config.functions) function\(config.functions == 1 ? "" : "s"), NAT \(config.nat)"
             summary += ", delay \(config.delayMs) ms"
             if config.lossPercent > 0 { summary += ", loss \(config.lossPercent) %" }

@@ -1,13 +1,7 @@
-import Foundation
-import Logging
-
-#if canImport(Glibc)
+import FoundationEssentials
 import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import Logging
+import PlainText
 
 /// A lab of network namespaces that puts functions behind NATs and a broker on a shared "internet".
 ///
@@ -145,7 +139,7 @@ public struct NATLab: Sendable {
         for name in names {
             let result = try LabShell.run([ip, "netns", "del", name], timeout: .seconds(30))
             if !result.succeeded {
-                failures.append("\(name): \(result.standardError.trimmingCharacters(in: .whitespacesAndNewlines))")
+                failures.append("\(name): \(result.standardError.trimmingWhitespace())")
             }
         }
         // After the namespaces: what still runs in a cgroup then is a stray, and the tmpfs are no longer in use.

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// The shared secret of a mesh, as configured with `--secret-file PATH` or `BOXER_MESH_SECRET`.
 /// It never crosses the wire: only keys derived from it (``MeshKey``) are used, and only for HMAC proofs.

@@ -1,5 +1,7 @@
 import CSodium
-import Foundation
+import FoundationEssentials
+import Glibc
+import PlainText
 
 /// The kinds of tap events, the middle part of a topic.
 public enum TapKind: String, Sendable, CaseIterable {
@@ -35,7 +37,7 @@ public struct TapKey: Sendable {
 
     /// 16 hex digits of HMAC-SHA-256(tap key, label).
     func tag(_ label: String) -> String {
-        MeshKey.hmac(key: bytes, parts: [Array(label.utf8)]).prefix(8).map { String(format: "%02x", $0) }.joined()
+        MeshKey.hmac(key: bytes, parts: [Array(label.utf8)]).prefix(8).hex
     }
 
     /// The topic frame of an event of `kind` about `node`.

@@ -1,5 +1,6 @@
 import CZeroMQ
-import Foundation
+import FoundationEssentials
+import Glibc
 import Synchronization
 
 /// What runs on a ``SocketLoop`` thread: it owns the sockets, reacts to input, commands and its timer.
@@ -87,9 +88,7 @@ public final class SocketLoop<Command: Sendable>: Sendable {
     ) async throws {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
-                let thread = Thread { [self] in
-                    // Named from inside: Foundation does not pass a name given before start() on to the kernel.
-                    Thread.current.name = name
+                startThread(named: name) { [self] in
                     do {
                         let handler = try makeHandler()
                         loop(handler)
@@ -104,7 +103,6 @@ public final class SocketLoop<Command: Sendable>: Sendable {
                         continuation.resume(throwing: error)
                     }
                 }
-                thread.start()
             }
         } onCancel: {
             stop()

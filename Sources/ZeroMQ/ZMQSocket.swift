@@ -1,5 +1,6 @@
 import CZeroMQ
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// One libzmq socket. Not thread-safe: create it on the thread that uses it (a ``SocketLoop`` thread) and use it
 /// only there. Sockets are created with LINGER 0 so closing never blocks.

@@ -120,7 +120,7 @@ extension BoxerMesh {
         static func host(of endpoint: String) -> String {
             var host = endpoint.split(separator: "://").last.map(String.init) ?? endpoint
             if let colon = host.lastIndex(of: ":") { host = String(host[..<colon]) }
-            host = host.trimmingCharacters(in: ["[", "]"])
+            if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
             return host == "*" ? "0.0.0.0" : host
         }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
 import LambdaRuntime
 import MeshNode
 import WireFormat
@@ -9,7 +10,7 @@ extension BoxerMesh {
         static let configuration = CommandConfiguration(
             abstract: "Run as an AWS Lambda custom runtime: one node and its app per invocation.",
             discussion: """
-                What the package's `bootstrap` runs (the same binary started under that name runs this command). \
+                The runtime the Lambda package's `bootstrap` (boxer-mesh-lambda) runs, in the full binary. \
                 Needs \(RuntimeAPI.environmentVariable) (the platform sets it). Each invocation event is JSON: \
                 {"broker": "HOST[:PORT]", "mesh": "M", "name": "N" or "namePrefix": "P", "waitFor": K, \
                 "command": ["PROGRAM", "ARG", ...], "graceSeconds": S, "relayPort": PORT}; the node joins, runs the \

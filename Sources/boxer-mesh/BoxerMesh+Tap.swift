@@ -1,7 +1,9 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import MeshNode
+import PlainText
 import Synchronization
 import WireFormat
 
@@ -63,8 +65,9 @@ extension BoxerMesh {
             let lastSequence = Mutex<[TapKind: UInt64]>([:])
             let json = json
             let write: @Sendable (TapLine) -> Void = { line in
-                // One unbuffered write per line: a pipe reader (jq, a test) sees each event as it happens.
-                FileHandle.standardOutput.write(Data(((json ? line.json : line.text) + "\n").utf8))
+                // Flushed per line: a pipe reader (jq, a test) sees each event as it happens.
+                print(json ? line.json : line.text)
+                fflush(nil)
             }
             try await TapSubscriber.run(
                 endpoint: endpoint, key: TapKey(secret: join.secret, mesh: join.mesh),
@@ -180,7 +183,7 @@ struct TapLine: Encodable {
     }
 
     var text: String {
-        var line = "\(time)  \(event.padding(toLength: 7, withPad: " ", startingAt: 0))  \(mesh)/\(node)"
+        var line = "\(time)  \(event + String(repeating: " ", count: max(0, 7 - event.count)))  \(mesh)/\(node)"
         if let address { line += "  \(address)" }
         if let members { line += "  members=\(members)" }
         if let peer, let peer_address, let port { line += "  -> \(peer)/\(peer_address):\(port)" }
@@ -203,7 +206,7 @@ struct TapLine: Encodable {
     static func rate(_ bps: UInt64) -> String {
         let units = [(1e9, "G"), (1e6, "M"), (1e3, "k")]
         for (scale, unit) in units where Double(bps) >= scale {
-            return String(format: "%.1f%@bit/s", Double(bps) / scale, unit)
+            return "\((Double(bps) / scale).fixed(1))\(unit)bit/s"
         }
         return "\(bps)bit/s"
     }

@@ -9,11 +9,4 @@ struct BoxerMesh: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [Broker.self, Node.self, Resolve.self, Tap.self, Stun.self, Lab.self, Lambda.self]
     )
-
-    /// Started as `bootstrap` (a Lambda custom runtime's entry point, which the platform runs without arguments),
-    /// the binary is `boxer-mesh lambda`.
-    static func main() async {
-        let name = CommandLine.arguments.first?.split(separator: "/").last
-        await main(name == "bootstrap" ? ["lambda"] + CommandLine.arguments.dropFirst() : nil)
-    }
 }

@@ -12,6 +12,10 @@ struct LambdaFixture {
     let brokerLog: String
 
     static let binary = MeshLabFixture.binary
+    /// The Lambda package's bootstrap: BOXER_MESH_LAMBDA_BOOTSTRAP names a packaged one (scripts/test.sh runs
+    /// these tests again with the one it packaged), else boxer-mesh-lambda built beside boxer-mesh.
+    static let runtimeBinary = ProcessInfo.processInfo.environment["BOXER_MESH_LAMBDA_BOOTSTRAP"]
+        ?? URL(fileURLWithPath: binary).deletingLastPathComponent().appendingPathComponent("boxer-mesh-lambda").path
 
     /// Starts a broker, waits until it serves, runs `body`, and stops everything it started.
     static func with<T>(_ body: (LambdaFixture) async throws -> T) async throws -> T {
@@ -51,7 +55,7 @@ struct LambdaFixture {
     }
 
     /// Starts the strict Runtime API with `invocations` (the raw event text and the seconds to its deadline), then
-    /// the built binary as `bootstrap` against it, with the mesh secret and `environment` in its environment.
+    /// boxer-mesh-lambda as `bootstrap` against it, with the mesh secret and `environment` in its environment.
     func runtime(_ invocations: [(event: String, deadlineIn: Double)], environment: [String: String] = [:]) async throws -> RuntimeRun {
         try await RuntimeRun(fixture: self, invocations: invocations, environment: environment)
     }
@@ -151,7 +155,7 @@ struct PostedResult {
     var output: [String] { response?["output"] as? [String] ?? [] }
 }
 
-/// One run of the runtime: the built binary as `bootstrap` against a ``RuntimeAPIServer``.
+/// One run of the runtime: boxer-mesh-lambda as `bootstrap` against a ``RuntimeAPIServer``.
 final class RuntimeRun: Sendable {
     let server: RuntimeAPIServer
     let runtime: ChildProcess
@@ -167,7 +171,7 @@ final class RuntimeRun: Sendable {
         let folder = fixture.work.appendingPathComponent("function-\(id)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let bootstrap = folder.appendingPathComponent("bootstrap").path
-        try FileManager.default.createSymbolicLink(atPath: bootstrap, withDestinationPath: LambdaFixture.binary)
+        try FileManager.default.createSymbolicLink(atPath: bootstrap, withDestinationPath: LambdaFixture.runtimeBinary)
         var variables = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("BOXER_") }
         variables["AWS_LAMBDA_RUNTIME_API"] = "127.0.0.1:\(server.port)"
         variables["BOXER_MESH_SECRET"] = fixture.secret

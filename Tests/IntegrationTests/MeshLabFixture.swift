@@ -26,6 +26,10 @@ struct MeshLabFixture {
 
     static let brokerHost = NATLab.brokerAddress
 
+    /// The function size of every lab that names none: BOXER_MESH_TEST_FUNCTION_MEMORY MB (0 or unset: no limits).
+    static let defaultFunctionMemory: Int? = ProcessInfo.processInfo.environment["BOXER_MESH_TEST_FUNCTION_MEMORY"]
+        .flatMap { Int($0) }.flatMap { $0 > 0 ? $0 : nil }
+
     /// The preload shim of this build, where the node looks for it (every `swift build` builds it there).
     static func requireShim() throws {
         let shim = URL(fileURLWithPath: binary).deletingLastPathComponent()
@@ -47,7 +51,8 @@ struct MeshLabFixture {
     /// every function host is a Lambda function of that many MB (``FunctionLimits``): its programs run as an
     /// unprivileged user with a read-only root and a private /tmp.
     static func with<T>(
-        prefix: String, functions: Int = 2, nat: NATKind = .easy, natTCPTimeout: Int? = nil, functionMemory: Int? = nil,
+        prefix: String, functions: Int = 2, nat: NATKind = .easy, natTCPTimeout: Int? = nil,
+        functionMemory: Int? = MeshLabFixture.defaultFunctionMemory,
         brokerArguments: [String] = [],
         _ body: (MeshLabFixture) async throws -> T
     ) async throws -> T {

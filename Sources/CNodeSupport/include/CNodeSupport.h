@@ -61,7 +61,3 @@ int boxer_tcp_destroy_listen(void);
 /// Reads pending destroy notices from `fd` into `out`, as many datagrams as surely fit in `capacity` (give at least
 /// 512). Returns how many (0: none pending), or -1 with errno set. Call again until it returns 0.
 int boxer_tcp_destroy_read(int fd, boxer_tcp_counters *out, int capacity);
-
-/// Names the calling thread for the kernel (what ps, top and gdb show; at most 15 bytes are kept). 0, or -1 with
-/// errno set.
-int boxer_name_this_thread(const char *name);

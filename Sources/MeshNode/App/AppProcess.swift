@@ -1,5 +1,6 @@
 import ChildProcess
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// The app a node runs: a ``ChildProcess`` (posix_spawnp, reaped on a thread of its own) with the node's signals
 /// reset.

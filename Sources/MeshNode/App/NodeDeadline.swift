@@ -1,5 +1,7 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
+import PlainText
 import Synchronization
 
 /// When a node's app must be gone: a function invocation's deadline. The app gets SIGTERM `grace` before it, and
@@ -74,6 +76,6 @@ extension Duration {
     /// Seconds with one decimal, for messages ("10.0", "2.5").
     public var secondsText: String {
         let (whole, attoseconds) = components
-        return String(format: "%.1f", Double(whole) + Double(attoseconds) / 1e18)
+        return (Double(whole) + Double(attoseconds) / 1e18).fixed(1)
     }
 }

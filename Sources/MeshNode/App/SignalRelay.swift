@@ -1,5 +1,6 @@
 import Dispatch
-import Foundation
+import FoundationEssentials
+import Glibc
 import Synchronization
 
 /// Catches the signals a process manager sends the node and hands each to the current handler: while joining,

@@ -1,4 +1,6 @@
-import Foundation
+import FoundationEssentials
+import Glibc
+import PlainText
 import WireFormat
 
 /// Where the broker is: `HOST`, `HOST:PORT`, `[IPv6]:PORT` or a ZeroMQ endpoint `tcp://HOST:PORT`.
@@ -16,7 +18,7 @@ public struct BrokerAddress: Sendable, CustomStringConvertible {
     }
 
     public init(parsing text: String) throws(BrokerAddressError) {
-        var rest = Substring(text.trimmingCharacters(in: .whitespaces))
+        var rest = Substring(text.trimmingWhitespace())
         if rest.hasPrefix("tcp://") { rest = rest.dropFirst(6) }
         guard !rest.isEmpty else { throw BrokerAddressError("broker address is empty") }
         var host = rest

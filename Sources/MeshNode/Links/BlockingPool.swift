@@ -1,6 +1,7 @@
-import CNodeSupport
 import ChildProcess
-import Foundation
+import ZeroMQ
+import FoundationEssentials
+import Glibc
 import Synchronization
 
 /// The node's threads for blocking work (punching, reflector exchanges, dialling the app's listener): a bounded
@@ -83,13 +84,3 @@ public final class BlockingPool: @unchecked Sendable {
     }
 }
 
-/// Starts a named thread of the node's own (a pool worker, or a loop that blocks on its descriptors for the node's
-/// whole life: the shim service, the flow monitor). The name is what ps, top and gdb show.
-package func startThread(named name: String, _ body: @escaping @Sendable () -> Void) {
-    Thread {
-        // Set from inside, with the kernel's call: Foundation passes neither a name given before start() nor, when
-        // the new thread runs before start() has recorded its pthread (seen under load), one set from inside.
-        _ = boxer_name_this_thread(name)
-        body()
-    }.start()
-}

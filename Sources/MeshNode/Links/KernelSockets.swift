@@ -1,5 +1,7 @@
 import CNodeSupport
-import Foundation
+import FoundationEssentials
+import Glibc
+import PlainText
 
 /// What the kernel's socket tables say, for facts the app's announcements alone cannot settle.
 enum KernelSockets {
@@ -13,7 +15,7 @@ enum KernelSockets {
         case 0: return false
         default: break
         }
-        let portHex = String(format: "%04X", port)
+        let portHex = port.hex(width: 4).uppercased()
         let wildcards = ["00000000:\(portHex)", "0100007F:\(portHex)", "00000000000000000000000000000000:\(portHex)"]
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
             guard let text = try? String(contentsOfFile: table, encoding: .utf8) else { continue }

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import WireFormat
 
 /// Inbound: a connection the broker announces, from the broker's push to the app's accept().

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import WireFormat
 
 /// Relayed connections across a broker restart. The broker's relay keeps no state a node cannot rebuild: when

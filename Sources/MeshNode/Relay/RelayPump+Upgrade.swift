@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import WireFormat
 
 /// Moving a relayed connection onto a direct link without losing, duplicating or reordering a byte.

@@ -1,8 +1,11 @@
 import CNodeSupport
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
+import PlainText
 import Synchronization
 import WireFormat
+import ZeroMQ
 
 /// The node's end of the shim protocol (see the schema): a private AF_UNIX SEQPACKET socket, one thread per
 /// connected app process. Requests that wait on the network (connect; a lookup while the node's table of names is
@@ -22,7 +25,7 @@ final class LocalService: Sendable {
     private let clients = Mutex<Set<Int32>>([])
 
     init(links: LinkManager, session: MeshSession, names: MeshNames, logger: Logger) throws {
-        address = "@boxer-mesh-\(getpid())-\(Sodium.randomBytes(6).map { String(format: "%02x", $0) }.joined())"
+        address = "@boxer-mesh-\(getpid())-\(Sodium.randomBytes(6).hex)"
         listenFD = boxer_listen_seqpacket(address)
         guard listenFD >= 0 else {
             throw SocketError.lastError("cannot open the shim socket")

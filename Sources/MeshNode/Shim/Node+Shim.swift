@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Where the node finds the preload shim it gives the app. Two shapes ship:
 /// - a build tree: `libboxer-shim.so` in `boxer-mesh_PreloadShim.resources/` beside the boxer-mesh executable
@@ -28,26 +29,36 @@ extension Node {
 
     /// Writes the shim appended to `executable` to the temporary directory; nil when none is appended.
     static func extractEmbeddedShim(from executable: String) throws -> String? {
-        let file = try FileHandle(forReadingFrom: URL(fileURLWithPath: executable))
-        defer { try? file.close() }
-        let size = try file.seekToEnd()
-        guard size > 16 else { return nil }
-        try file.seek(toOffset: size - 16)
-        let trailer = [UInt8](try file.read(upToCount: 16) ?? Data())
-        guard trailer.count == 16, Array(trailer[0..<8]) == trailerMagic else { return nil }
+        let fd = open(executable, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        /// `count` bytes at `offset`, or nil when the file has fewer.
+        func bytes(_ count: Int, at offset: Int) -> [UInt8]? {
+            var buffer = [UInt8](repeating: 0, count: count)
+            var done = 0
+            while done < count {
+                let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
+                if got < 0, errno == EINTR { continue }
+                guard got > 0 else { return nil }
+                done += got
+            }
+            return buffer
+        }
+        let size = Int(lseek(fd, 0, SEEK_END))
+        guard size > 16, let trailer = bytes(16, at: size - 16), Array(trailer[0..<8]) == trailerMagic else { return nil }
         let length = trailer[8..<16].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        guard length > 0, length < size - 16 else { return nil }
-        try file.seek(toOffset: size - 16 - length)
-        let shim = try file.read(upToCount: Int(length)) ?? Data()
+        guard length > 0, length < size - 16, let shim = bytes(Int(length), at: size - 16 - Int(length)) else {
+            return nil
+        }
         // Named by content, so nodes of one build share the file and a new build never runs an old shim.
         let digest = shim.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
         let directory = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
         let path = "\(directory)/boxer-mesh-shim-\(String(digest, radix: 16)).so"
-        if FileManager.default.isReadableFile(atPath: path), (try? Data(contentsOf: URL(fileURLWithPath: path))) == shim {
+        if FileManager.default.isReadableFile(atPath: path), (try? Data(contentsOf: URL(fileURLWithPath: path))) == Data(shim) {
             return path
         }
         let temporary = "\(path).\(getpid())"
-        guard FileManager.default.createFile(atPath: temporary, contents: shim, attributes: [.posixPermissions: 0o755]) else {
+        guard FileManager.default.createFile(atPath: temporary, contents: Data(shim), attributes: [.posixPermissions: 0o755]) else {
             return nil
         }
         guard rename(temporary, path) == 0 else {

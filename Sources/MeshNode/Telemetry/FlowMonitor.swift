@@ -1,5 +1,6 @@
 import CNodeSupport
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import Synchronization
 import WireFormat

@@ -18,8 +18,10 @@
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
+import Glibc
 #else
-import Foundation
+import FoundationEssentials
+import Glibc
 #endif
 import SwiftProtobuf
 
