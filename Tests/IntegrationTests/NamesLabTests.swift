@@ -10,6 +10,13 @@ import Testing
     .enabled(if: NATLab.isRoot, "needs root: network namespaces, veth pairs and iptables"))
 struct NamesLabTests {
     static let watch = LinkLabTests.tool("name_watch.py")
+    /// The target node's app: a sleep no other test runs, so that its orphan (after kill -9 of its node) can be
+    /// killed by its exact command line (pkill sees every process on the machine, not just the lab's).
+    static let targetApp = ["sleep", "61.25"]
+
+    func killOrphanedTargetApp(_ mesh: MeshLabFixture) throws {
+        _ = try mesh.lab.run(.function(1), ["pkill", "-x", "-f", Self.targetApp.joined(separator: " ")])
+    }
 
     /// One line of name_watch.py: the answer, when the first lookup giving it started, when the last lookup giving
     /// the previous answer started (ns since the epoch).
@@ -68,7 +75,7 @@ struct NamesLabTests {
         _ mesh: MeshLabFixture, event: String, _ end: (LabProcess) throws -> Void
     ) async throws -> (watcher: LabProcess, tap: LabProcess, target: String) {
         let tap = try await tap(mesh)
-        let target = try mesh.node(1, name: "target", ["sleep", "60"])
+        let target = try mesh.node(1, name: "target", Self.targetApp)
         defer { target.kill() }
         #expect(await target.waitForLog(containing: "joined mesh"), "\(target.standardError)")
         let watcher = try watcher(mesh)
@@ -112,7 +119,7 @@ struct NamesLabTests {
             let (watcher, tap, address) = try await watchTargetGo(mesh, event: "expire") { target in
                 killed = Date()
                 target.kill(SIGKILL)
-                _ = try? mesh.lab.run(.function(1), ["pkill", "-x", "sleep"])  // the orphaned app
+                try killOrphanedTargetApp(mesh)
             }
             defer { tap.kill() }
             let margin = try expectGoneBeforeTap(watcher, tap, event: "expire", address: address)
@@ -126,7 +133,7 @@ struct NamesLabTests {
     @Test("a node lost while the broker was down: its name stops resolving once the others rejoined the restarted broker")
     func brokerRestart() async throws {
         try await MeshLabFixture.with(prefix: "nmr") { mesh in
-            let target = try mesh.node(1, name: "target", ["sleep", "60"])
+            let target = try mesh.node(1, name: "target", Self.targetApp)
             defer { target.kill() }
             #expect(await target.waitForLog(containing: "joined mesh"), "\(target.standardError)")
             let address = try #require(joinedAddress(of: target), "\(target.standardError)")
@@ -134,7 +141,7 @@ struct NamesLabTests {
             #expect(watcher.waitForOutput(containing: "getent-found", timeout: .seconds(15)), "\(watcher.standardOutput)\n\(watcher.standardError)")
             try mesh.killBroker()
             target.kill(SIGKILL)
-            _ = try? mesh.lab.run(.function(1), ["pkill", "-x", "sleep"])
+            try killOrphanedTargetApp(mesh)
             try await Task.sleep(for: .seconds(1))
             // Still answered meanwhile: nobody (not even a tap) can know it is gone while the broker is away.
             #expect(changes(watcher).map(\.answer) == [address], "\(watcher.standardOutput)")
