@@ -4,6 +4,7 @@ plus the raw per-run data for the JSON.
 
 Hosts: A = fn2 (the side that connects), B = fn1 (the side that listens). "A→B" means data flows from fn2 to fn1.
 """
+import csv
 import json
 import os
 import statistics
@@ -20,6 +21,7 @@ UPGRADE_MISSING = "this build's node has no relay fallback, so no live upgrade (
 MESH_IPERF, RAW_IPERF = 5201, 5202
 MESH_ECHO, RAW_ECHO, RELAYED_ECHO = 7001, 7002, 7003  # socat's own echo server: no process shared with raw
 SOCAT_BIG, SOCAT_DEFAULT, SOCAT_ECHO = 6202, 6203, 6204
+REDIS_MESH, REDIS_RAW = 6379, 6380
 
 
 def rotated(items, k):
@@ -285,11 +287,23 @@ def connect_setup(ctx, lab, delay_ms):
     o = ctx.options
     per_run = 3
     raw, new, again, resolve = [], [], [], []
+    lookups, local_lookups = [], []  # p50 per run of getaddrinfo of srv (through the shim) and of localhost
     failures = []
     paths = {}  # links the connecting nodes logged, by path (the default policy may relay a slow punch)
     mesh = bool(ctx.shim)
     for rep in range(o.reps):
-        for variant in rotated(["raw", "mesh"] if mesh else ["raw"], rep):
+        for variant in rotated(["raw", "mesh", "lookup"] if mesh else ["raw"], rep):
+            if variant == "lookup":
+                # A fresh node, as the connect runs use: its app's lookups, in turns with a local one.
+                status, out, err = lab.run("fn2", lab.node_argv(f"l{delay_ms}r{rep}", [ctx.rtt, "lookups", "srv",
+                                                                                   "localhost", "200"]), 8)
+                result = last_json(out)
+                ok = status == 0 and result and "name" in result
+                if not ok:
+                    failures.append(f"lookups: status {status}: {tail(out)} {tail(err)}")
+                lookups.append(result["name"]["p50_us"] if ok else None)
+                local_lookups.append(result["baseline"]["p50_us"] if ok else None)
+                continue
             if variant == "raw":
                 status, out, err = lab.run("fn2", [ctx.rtt, "connect", nat_public(1), str(RAW_ECHO), str(per_run)], 30)
                 result = last_json(out)
@@ -314,7 +328,8 @@ def connect_setup(ctx, lab, delay_ms):
             again.append(result and statistics.median(result["connect_us"][1:]))
             resolve.append(result and result["resolve_us"])
         log(f"  connect {delay_ms} ms rep {rep + 1}: raw {raw[-1]} µs, mesh new {new[-1] if new else None} µs, "
-            f"again {again[-1] if again else None} µs")
+            f"again {again[-1] if again else None} µs, name lookup {lookups[-1] if lookups else None} µs "
+            f"(localhost {local_lookups[-1] if local_lookups else None} µs)")
     label = f"delay {delay_ms} ms"
     rows = [row("connect", f"{label}: raw connect() via port-forward (baseline)", "us", raw)]
     if mesh:
@@ -326,13 +341,18 @@ def connect_setup(ctx, lab, delay_ms):
                 goal=("≤ 2x raw", "<=", 2.0), note=note),
             row("connect", f"{label}: mesh connect() to a peer already connected", "us", again, raw, "raw",
                 goal=("≤ 2x raw", "<=", 2.0)),
-            row("connect", f"{label}: mesh name lookup before it (getaddrinfo)", "us", resolve),
+            row("connect", f"{label}: mesh name lookup before it (getaddrinfo, the app's first)", "us", resolve),
+            row("connect", f"{label}: getaddrinfo of localhost (/etc/hosts), p50 of 200 (baseline)", "us",
+                local_lookups),
+            row("connect", f"{label}: getaddrinfo of a mesh name through the shim, p50 of 200", "us", lookups,
+                goal=("≤ 50 µs", "<=", 50)),
         ]
     else:
         rows.append(row("connect", f"{label}: mesh connect()", "us", available=False,
                         note=f"not available: {ctx.shim_note}"))
     return rows, {"delay_ms": delay_ms, "connects_per_run": per_run, "raw_us": raw, "mesh_new_peer_us": new,
-                  "mesh_connected_peer_us": again, "mesh_resolve_us": resolve, "failures": failures,
+                  "mesh_connected_peer_us": again, "mesh_resolve_us": resolve, "mesh_lookup_p50_us": lookups,
+                  "localhost_lookup_p50_us": local_lookups, "failures": failures,
                   "link_paths": paths}
 
 
@@ -729,3 +749,66 @@ def footprint_run(lab, size, rep, idle_seconds):
         raise BenchError(f"node {name} exited while idle ({cpu_before}, {cpu_after}, {memory}): {tail(read(path))}")
     return {"spawn_to_joined_s": round(joined, 4), "peak_rss_kib": memory["VmHWM"], "rss_kib": memory["VmRSS"],
             "pss_kib": memory.get("Pss"), "idle_cpu_percent": round(100 * (cpu_after - cpu_before) / idle_seconds, 3)}
+
+
+# ---- case 7: a connection-per-request app ---------------------------------------------------------------------
+
+
+def redis_rps(text):
+    """{"SET": rps, "GET": rps} from redis-benchmark --csv, or None."""
+    found = {row[0]: float(row[1]) for row in csv.reader(text.splitlines()) if len(row) >= 2 and row[0] in ("SET", "GET")}
+    return found if len(found) == 2 else None
+
+
+def redis_per_request(ctx):
+    """Unmodified redis-benchmark -k 0 (a new connection for every request, 8 clients, SET and GET) from A to an
+    unmodified redis-server on B: through the mesh (both under nodes, by mesh name "cache"; the benchmark in a fresh
+    node each run) against the same benchmark over the raw path (a second redis-server beside it, through NAT 1's
+    port forward), interleaved. A run that does not finish within its timeout counts as a hang."""
+    if not ctx.shim:
+        return [row("redis", "redis-benchmark -k 0 through the mesh", "count", available=False,
+                    note=f"not available: {ctx.shim_note}")], {"available": False}
+    lab, o = ctx.lab, ctx.options
+    requests = 1000 if o.quick else 3000
+    server = ["redis-server", "--protected-mode", "no", "--save", "", "--appendonly", "no", "--port"]
+    mesh_server = lab.node("fn1", "cache", server + [str(REDIS_MESH)])
+    raw_server = lab.spawn("fn1", server + [str(REDIS_RAW)], "redis-raw")
+    lab.port_forward(1, REDIS_RAW, "10.1.1.2")
+    for name in ("cache", "redis-raw"):
+        deadline = time.monotonic() + 15
+        while "Ready to accept connections" not in read(f"{lab.work}/{name}.out"):
+            if time.monotonic() > deadline:
+                raise BenchError(f"{name} did not start: {tail(read(f'{lab.work}/{name}.out'))}")
+            time.sleep(0.1)
+    rps = {v: {"SET": [], "GET": []} for v in ("raw", "mesh")}
+    failures, hangs = [], 0
+    timeout = 120
+    try:
+        for rep in range(o.reps):
+            for variant in rotated(["raw", "mesh"], rep):
+                host, port = ("cache", REDIS_MESH) if variant == "mesh" else (nat_public(1), REDIS_RAW)
+                argv = ["redis-benchmark", "-h", host, "-p", str(port), "-k", "0", "-c", "8", "-n", str(requests),
+                        "-t", "set,get", "--csv"]
+                if variant == "mesh":
+                    argv = lab.node_argv(f"rb{rep}", argv)
+                status, out, err = lab.run("fn2", argv, timeout)
+                result = redis_rps(out) if status == 0 else None
+                if status == 124:
+                    hangs += 1
+                if not result:
+                    failures.append(f"{variant}: status {status}: {tail(out)} {tail(err)}")
+                    log(f"  redis {variant}: run failed: {failures[-1]}")
+                for test in ("SET", "GET"):
+                    rps[variant][test].append(result and result[test])
+                log(f"  redis rep {rep + 1} {variant}: {result}")
+    finally:
+        lab.stop(mesh_server)
+        lab.stop(raw_server)
+    rows = []
+    for test in ("SET", "GET"):
+        rows.append(row("redis", f"redis-benchmark -k 0 -c 8 {test}, raw path (baseline)", "count", rps["raw"][test]))
+        rows.append(row("redis", f"redis-benchmark -k 0 -c 8 {test} through the mesh (requests/s)", "count",
+                        rps["mesh"][test], rps["raw"][test], "raw", goal=("≥ 0.8x raw", ">=", 0.8),
+                        note=f"{hangs} run(s) hung ({timeout} s)" if hangs else retry_note(failures)))
+    return rows, {"requests": requests, "clients": 8, "rps": rps, "failures": failures, "hangs": hangs}
+

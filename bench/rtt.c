@@ -17,6 +17,8 @@
 //                                         the connect's start (echo_us: includes the server's accept)
 //   rtt resolve NAME COUNT [SECONDS]      COUNT getaddrinfo(NAME) calls (through the node when the shim is loaded),
 //                                         or fewer if SECONDS pass first
+//   rtt lookups NAME BASELINE COUNT       the first getaddrinfo(NAME), then COUNT getaddrinfo(NAME) and COUNT of
+//                                         BASELINE (a local name: localhost, from /etc/hosts) in turns
 //   rtt member FILE NAME                  scale-case app: appends "self start_ns resolved_ns status" to FILE (one
 //                                         write, O_APPEND) after resolving NAME, then sleeps until killed
 //
@@ -63,14 +65,21 @@ static double pct(const double *sorted, int n, double p) {
     return sorted[i];
 }
 
-static void print_stats(const char *mode, double *us, int n) {
+// The fields of a summary of us[n] (sorts it): "count": n, "min_us": …, "p50_us": …
+static void print_fields(double *us, int n) {
     qsort(us, n, sizeof *us, compare);
     double sum = 0;
     for (int i = 0; i < n; i++) sum += us[i];
-    printf("{\"mode\": \"%s\", \"count\": %d, \"min_us\": %.1f, \"p10_us\": %.1f, \"p50_us\": %.1f, "
-           "\"p90_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f, \"mean_us\": %.1f}\n",
-           mode, n, n ? us[0] : 0, pct(us, n, 10), pct(us, n, 50), pct(us, n, 90), pct(us, n, 99),
-           n ? us[n - 1] : 0, n ? sum / n : 0);
+    printf("\"count\": %d, \"min_us\": %.1f, \"p10_us\": %.1f, \"p50_us\": %.1f, \"p90_us\": %.1f, "
+           "\"p99_us\": %.1f, \"max_us\": %.1f, \"mean_us\": %.1f",
+           n, n ? us[0] : 0, pct(us, n, 10), pct(us, n, 50), pct(us, n, 90), pct(us, n, 99), n ? us[n - 1] : 0,
+           n ? sum / n : 0);
+}
+
+static void print_stats(const char *mode, double *us, int n) {
+    printf("{\"mode\": \"%s\", ", mode);
+    print_fields(us, n);
+    printf("}\n");
 }
 
 static struct addrinfo *lookup(const char *host, const char *port) {
@@ -292,6 +301,29 @@ static int resolves(const char *name, int count, double seconds) {
     return 0;
 }
 
+// The name lookup against a local one in the same process: the first getaddrinfo(NAME) alone (a fresh node's
+// first), then COUNT of each in turns.
+static int lookups(const char *name, const char *baseline, int count) {
+    double *named = calloc((size_t)count, sizeof *named), *local = calloc((size_t)count, sizeof *local);
+    int64_t start = now_ns(CLOCK_MONOTONIC);
+    freeaddrinfo(lookup(name, NULL));
+    double first_us = (now_ns(CLOCK_MONOTONIC) - start) / 1000.0;
+    for (int i = 0; i < count; i++) {
+        for (int turn = 0; turn < 2; turn++) {
+            int of_name = (turn + i) % 2 == 0;  // alternate which goes first
+            start = now_ns(CLOCK_MONOTONIC);
+            freeaddrinfo(lookup(of_name ? name : baseline, NULL));
+            (of_name ? named : local)[i] = (now_ns(CLOCK_MONOTONIC) - start) / 1000.0;
+        }
+    }
+    printf("{\"mode\": \"lookups\", \"first_us\": %.1f, \"name\": {", first_us);
+    print_fields(named, count);
+    printf("}, \"baseline\": {");
+    print_fields(local, count);
+    printf("}}\n");
+    return 0;
+}
+
 static _Noreturn void member(const char *file, const char *name) {
     int64_t start = now_ns(CLOCK_REALTIME);
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *result = NULL;
@@ -323,10 +355,11 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "connect") && argc == 5) return connects(argv[2], argv[3], atoi(argv[4]));
     if (!strcmp(mode, "resolve") && (argc == 4 || argc == 5))
         return resolves(argv[2], atoi(argv[3]), argc == 5 ? atof(argv[4]) : 0);
+    if (!strcmp(mode, "lookups") && argc == 5 && atoi(argv[4]) > 0) return lookups(argv[2], argv[3], atoi(argv[4]));
     if (!strcmp(mode, "member") && argc == 4) member(argv[2], argv[3]);
     fprintf(stderr, "usage: rtt serve PORT | ping HOST PORT SIZE COUNT WARMUP | "
                     "pingmix SIZE COUNT BLOCK WARMUP NAME=HOST:PORT... | "
                     "watch HOST PORT SECONDS | connect HOST PORT COUNT | "
-                    "resolve NAME COUNT [SECONDS] | member FILE NAME\n");
+                    "resolve NAME COUNT [SECONDS] | lookups NAME BASELINE COUNT | member FILE NAME\n");
     return 2;
 }

@@ -67,6 +67,14 @@ extension ControlPlaneHandler {
             return
         }
         if hello.nodeNameIsPrefix { hello.nodeName = registry.firstFreeName(prefix: hello.nodeName, in: hello.mesh) }
+        // The same connection joining again with a name it holds: its Welcome came too late (a loaded box) and it
+        // asked anew. Its first session, whose token it never learned, goes, rather than refusing it its own name.
+        if hello.role == .node, let earlier = registry.session(holding: hello.nodeName, in: hello.mesh),
+            earlier.routingID == routingID
+        {
+            registry.remove(token: earlier.token)
+            sessionEnded(earlier, kind: .leave, reason: "joined again on the same connection (a handshake retry)")
+        }
         let session: MeshRegistry.Session
         do {
             session = try registry.admit(hello, routingID: routingID, now: clock.now, wallClockMs: unixMilliseconds())
@@ -88,6 +96,11 @@ extension ControlPlaneHandler {
             relay?.sessionOpened(token: session.token, mesh: hello.mesh)
             welcome.self_p = member
             logger.notice("joined", metadata: ["mesh": "\(hello.mesh)", "node": "\(member.name)", "address": "\(member.ipv4)"])
+            // The others hear of the join before the tap and before any barrier releases them (or the node can
+            // connect to them): their tables have the name by then. The node gets the mesh before its Welcome, so
+            // it answers lookups from the moment it has joined.
+            announceMembership(.join, member, mesh: hello.mesh, joiner: session.token)
+            sendMembershipSnapshot(of: hello.mesh, to: routingID)
             publishMembership(.join, member, mesh: hello.mesh)
             releaseWaiters(of: hello.mesh)
         }

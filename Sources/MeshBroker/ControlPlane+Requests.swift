@@ -10,7 +10,8 @@ struct MemberWaiter {
     let count: Int
 }
 
-/// Requests inside an open session: heartbeat, leave, name resolution, member lists and start barriers.
+/// Requests inside an open session: heartbeat, leave, name resolution, membership resync, member lists and start
+/// barriers.
 extension ControlPlaneHandler {
     func handle(_ request: ControlMessage, from routingID: [UInt8]) {
         switch request.body {
@@ -28,6 +29,7 @@ extension ControlPlaneHandler {
         case .heartbeat:
             var ack = Boxermesh_V1_HeartbeatAck()
             ack.memberCount = UInt32(registry.memberCount(of: session.mesh))
+            ack.membershipVersion = membershipVersion(of: session.mesh)
             send(to: routingID, request.reply(.heartbeatAck(ack)))
         case .leave(let leave):
             registry.remove(token: token)
@@ -45,6 +47,10 @@ extension ControlPlaneHandler {
             handleLinkReport(report, request: request, session: session)
         case .flowReport(let report):
             handleFlowReport(report, request: request, session: session)
+        case .membershipResync where session.member != nil:
+            // The snapshot's pushes go out before the Ack, on the same connection: the node has it when the Ack comes.
+            sendMembershipSnapshot(of: session.mesh, to: routingID)
+            send(to: routingID, request.reply(.ack(.init())))
         case .waitMembers(let wait):
             waiters.append(
                 MemberWaiter(routingID: routingID, session: token, request: request, mesh: session.mesh, count: Int(wait.count)))
@@ -99,6 +105,8 @@ extension ControlPlaneHandler {
         var metadata: Logger.Metadata = ["mesh": "\(session.mesh)", "node": "\(member.name)", "address": "\(member.ipv4)"]
         if !reason.isEmpty { metadata["reason"] = "\(reason)" }
         logger.notice(kind == .expire ? "expired (no heartbeat)" : "left", metadata: metadata)
+        // The nodes first: once the tap shows the leave, no node should answer a lookup with the old address.
+        announceMembership(.leave, member, mesh: session.mesh)
         publishMembership(kind, member, mesh: session.mesh, reason: reason)
         if kind == .expire { announceExpiry(of: member, mesh: session.mesh) }
     }

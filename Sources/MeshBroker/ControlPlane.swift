@@ -83,6 +83,8 @@ final class ControlPlaneHandler: SocketLoopHandler {
     var nextConnectionID: UInt64 = unixMilliseconds() << 10
     /// Connections whose close was published (bounded; see ControlPlane+Flows).
     var closedConnections: Set<ClosedConnection> = []
+    /// Each mesh's membership version (see ControlPlane+Membership).
+    var membershipVersions: [String: UInt64] = [:]
     let clock = ContinuousClock()
     var nextTick: ContinuousClock.Instant?
     /// When the last tick ran, and until when no session expires: a broker that was not running (stopped, starved
@@ -171,8 +173,13 @@ final class ControlPlaneHandler: SocketLoopHandler {
 
     /// Replies are best effort: a peer that vanished (EHOSTUNREACH) or stopped reading (EAGAIN) is not waited for.
     func send(to routingID: [UInt8], _ message: ControlMessage) {
+        send(to: routingID, frame: message.frame())
+    }
+
+    /// Sends an encoded message (one encoding for a push that goes to many).
+    func send(to routingID: [UInt8], frame: [UInt8]) {
         do {
-            try router.send([routingID, message.frame()])
+            try router.send([routingID, frame])
         } catch {
             logger.debug("reply dropped: \(error)")
         }

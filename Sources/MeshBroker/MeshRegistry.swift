@@ -92,6 +92,11 @@ struct MeshRegistry {
         return stale.compactMap { remove(token: $0.token) }
     }
 
+    /// The session of the node called `name` in `mesh`.
+    func session(holding name: String, in mesh: String) -> Session? {
+        meshes[mesh]?.byName[name].flatMap { sessions[$0.session] }
+    }
+
     func member(named name: String, in mesh: String) -> Member? {
         meshes[mesh]?.byName[name]?.member
     }

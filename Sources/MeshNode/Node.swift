@@ -54,11 +54,15 @@ public enum Node {
         let signals = SignalRelay()
         defer { signals.stop() }
         return try await ControlClient.withConnection(to: configuration.broker.controlEndpoint) { client in
+            // The mesh's names, for the app's lookups: the broker pushes them before its Welcome, so the table takes
+            // pushes from the start; the other pushes are handled once the node has its links (below).
+            let names = MeshNames(logger: logger)
+            client.onPush { _ = names.receive($0) }
             let session: MeshSession
             do {
                 session = try await untilSignal(signals) {
                     try await NodeDeadline.bounding(configuration.deadline) {
-                        try await join(configuration, client: client, logger: logger)
+                        try await join(configuration, client: client, names: names, logger: logger)
                     }
                 }
             } catch let interrupted as InterruptedBySignal {
@@ -96,13 +100,14 @@ public enum Node {
                 relayTask.cancel()
             }
             client.onPush { message in
+                if names.receive(message) { return }
                 switch message.body {
                 case .incomingConnection(let incoming): Task { await links.accept(incoming) }
                 case .memberExpired(let expired): Task { flows.peerExpired(expired.member) }
                 default: break
                 }
             }
-            let local = try LocalService(links: links, session: session, logger: logger)
+            let local = try LocalService(links: links, session: session, names: names, logger: logger)
             local.start()
             defer { local.stop() }
             var environment = ProcessInfo.processInfo.environment
@@ -152,9 +157,11 @@ public enum Node {
         }
     }
 
-    private static func join(_ configuration: NodeConfiguration, client: ControlClient, logger: Logger) async throws -> MeshSession {
+    private static func join(
+        _ configuration: NodeConfiguration, client: ControlClient, names: MeshNames, logger: Logger
+    ) async throws -> MeshSession {
         let session = try await MeshSession.open(
-            configuration.join, client: client, connectTimeout: configuration.connectTimeout, logger: logger)
+            configuration.join, client: client, connectTimeout: configuration.connectTimeout, logger: logger, names: names)
         let me = session.welcome.self_p
         logger.notice("joined mesh '\(configuration.join.mesh)' as \(me.name) \(me.ipv4)")
         guard let count = configuration.waitFor, count > 1 else { return session }

@@ -952,6 +952,96 @@ void   boxermesh__v1__member_expired__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__member_expired__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   boxermesh__v1__membership_update__init
+                     (Boxermesh__V1__MembershipUpdate         *message)
+{
+  static const Boxermesh__V1__MembershipUpdate init_value = BOXERMESH__V1__MEMBERSHIP_UPDATE__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__membership_update__get_packed_size
+                     (const Boxermesh__V1__MembershipUpdate *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__membership_update__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__membership_update__pack
+                     (const Boxermesh__V1__MembershipUpdate *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__membership_update__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__membership_update__pack_to_buffer
+                     (const Boxermesh__V1__MembershipUpdate *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__membership_update__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__MembershipUpdate *
+       boxermesh__v1__membership_update__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__MembershipUpdate *)
+     protobuf_c_message_unpack (&boxermesh__v1__membership_update__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__membership_update__free_unpacked
+                     (Boxermesh__V1__MembershipUpdate *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__membership_update__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__membership_resync__init
+                     (Boxermesh__V1__MembershipResync         *message)
+{
+  static const Boxermesh__V1__MembershipResync init_value = BOXERMESH__V1__MEMBERSHIP_RESYNC__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__membership_resync__get_packed_size
+                     (const Boxermesh__V1__MembershipResync *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__membership_resync__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__membership_resync__pack
+                     (const Boxermesh__V1__MembershipResync *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__membership_resync__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__membership_resync__pack_to_buffer
+                     (const Boxermesh__V1__MembershipResync *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__membership_resync__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__MembershipResync *
+       boxermesh__v1__membership_resync__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__MembershipResync *)
+     protobuf_c_message_unpack (&boxermesh__v1__membership_resync__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__membership_resync__free_unpacked
+                     (Boxermesh__V1__MembershipResync *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__membership_resync__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   boxermesh__v1__incoming_connection__init
                      (Boxermesh__V1__IncomingConnection         *message)
 {
@@ -2257,7 +2347,7 @@ void   boxermesh__v1__lambda_error__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__lambda_error__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_descriptors[24] =
+static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_descriptors[26] =
 {
   {
     "request_id",
@@ -2547,6 +2637,30 @@ static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_desc
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "membership_update",
+    32,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ControlMessage, body_case),
+    offsetof(Boxermesh__V1__ControlMessage, membership_update),
+    &boxermesh__v1__membership_update__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "membership_resync",
+    33,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ControlMessage, body_case),
+    offsetof(Boxermesh__V1__ControlMessage, membership_resync),
+    &boxermesh__v1__membership_resync__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__control_message__field_indices_by_name[] = {
   20,   /* field[20] = ack */
@@ -2567,6 +2681,8 @@ static const unsigned boxermesh__v1__control_message__field_indices_by_name[] = 
   13,   /* field[13] = list_members */
   23,   /* field[23] = member_expired */
   14,   /* field[14] = members */
+  25,   /* field[25] = membership_resync */
+  24,   /* field[24] = membership_update */
   0,   /* field[0] = request_id */
   10,   /* field[10] = resolve */
   11,   /* field[11] = resolved */
@@ -2578,7 +2694,7 @@ static const ProtobufCIntRange boxermesh__v1__control_message__number_ranges[2 +
 {
   { 1, 0 },
   { 10, 2 },
-  { 0, 24 }
+  { 0, 26 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__control_message__descriptor =
 {
@@ -2588,7 +2704,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__control_message__descriptor =
   "Boxermesh__V1__ControlMessage",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ControlMessage),
-  24,
+  26,
   boxermesh__v1__control_message__field_descriptors,
   boxermesh__v1__control_message__field_indices_by_name,
   2,  boxermesh__v1__control_message__number_ranges,
@@ -3024,7 +3140,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__heartbeat__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__heartbeat__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__heartbeat_ack__field_descriptors[1] =
+static const ProtobufCFieldDescriptor boxermesh__v1__heartbeat_ack__field_descriptors[2] =
 {
   {
     "member_count",
@@ -3038,14 +3154,27 @@ static const ProtobufCFieldDescriptor boxermesh__v1__heartbeat_ack__field_descri
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "membership_version",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__HeartbeatAck, membership_version),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__heartbeat_ack__field_indices_by_name[] = {
   0,   /* field[0] = member_count */
+  1,   /* field[1] = membership_version */
 };
 static const ProtobufCIntRange boxermesh__v1__heartbeat_ack__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 1 }
+  { 0, 2 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__heartbeat_ack__descriptor =
 {
@@ -3055,7 +3184,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__heartbeat_ack__descriptor =
   "Boxermesh__V1__HeartbeatAck",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__HeartbeatAck),
-  1,
+  2,
   boxermesh__v1__heartbeat_ack__field_descriptors,
   boxermesh__v1__heartbeat_ack__field_indices_by_name,
   1,  boxermesh__v1__heartbeat_ack__number_ranges,
@@ -3598,6 +3727,146 @@ const ProtobufCMessageDescriptor boxermesh__v1__member_expired__descriptor =
   boxermesh__v1__member_expired__field_indices_by_name,
   1,  boxermesh__v1__member_expired__number_ranges,
   (ProtobufCMessageInit) boxermesh__v1__member_expired__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCEnumValue boxermesh__v1__membership_update__kind__enum_values_by_number[4] =
+{
+  { "KIND_UNSPECIFIED", "BOXERMESH__V1__MEMBERSHIP_UPDATE__KIND__KIND_UNSPECIFIED", 0 },
+  { "KIND_SNAPSHOT", "BOXERMESH__V1__MEMBERSHIP_UPDATE__KIND__KIND_SNAPSHOT", 1 },
+  { "KIND_JOIN", "BOXERMESH__V1__MEMBERSHIP_UPDATE__KIND__KIND_JOIN", 2 },
+  { "KIND_LEAVE", "BOXERMESH__V1__MEMBERSHIP_UPDATE__KIND__KIND_LEAVE", 3 },
+};
+static const ProtobufCIntRange boxermesh__v1__membership_update__kind__value_ranges[] = {
+{0, 0},{0, 4}
+};
+static const ProtobufCEnumValueIndex boxermesh__v1__membership_update__kind__enum_values_by_name[4] =
+{
+  { "KIND_JOIN", 2 },
+  { "KIND_LEAVE", 3 },
+  { "KIND_SNAPSHOT", 1 },
+  { "KIND_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor boxermesh__v1__membership_update__kind__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.MembershipUpdate.Kind",
+  "Kind",
+  "Boxermesh__V1__MembershipUpdate__Kind",
+  "boxermesh.v1",
+  4,
+  boxermesh__v1__membership_update__kind__enum_values_by_number,
+  4,
+  boxermesh__v1__membership_update__kind__enum_values_by_name,
+  1,
+  boxermesh__v1__membership_update__kind__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__membership_update__field_descriptors[5] =
+{
+  {
+    "kind",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__MembershipUpdate, kind),
+    &boxermesh__v1__membership_update__kind__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "version",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__MembershipUpdate, version),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "members",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__MembershipUpdate, n_members),
+    offsetof(Boxermesh__V1__MembershipUpdate, members),
+    &boxermesh__v1__member__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "more",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__MembershipUpdate, more),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "part",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__MembershipUpdate, part),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__membership_update__field_indices_by_name[] = {
+  0,   /* field[0] = kind */
+  2,   /* field[2] = members */
+  3,   /* field[3] = more */
+  4,   /* field[4] = part */
+  1,   /* field[1] = version */
+};
+static const ProtobufCIntRange boxermesh__v1__membership_update__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__membership_update__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.MembershipUpdate",
+  "MembershipUpdate",
+  "Boxermesh__V1__MembershipUpdate",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__MembershipUpdate),
+  5,
+  boxermesh__v1__membership_update__field_descriptors,
+  boxermesh__v1__membership_update__field_indices_by_name,
+  1,  boxermesh__v1__membership_update__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__membership_update__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+#define boxermesh__v1__membership_resync__field_descriptors NULL
+#define boxermesh__v1__membership_resync__field_indices_by_name NULL
+#define boxermesh__v1__membership_resync__number_ranges NULL
+const ProtobufCMessageDescriptor boxermesh__v1__membership_resync__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.MembershipResync",
+  "MembershipResync",
+  "Boxermesh__V1__MembershipResync",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__MembershipResync),
+  0,
+  boxermesh__v1__membership_resync__field_descriptors,
+  boxermesh__v1__membership_resync__field_indices_by_name,
+  0,  boxermesh__v1__membership_resync__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__membership_resync__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor boxermesh__v1__incoming_connection__field_descriptors[5] =

@@ -36,6 +36,8 @@ typedef struct Boxermesh__V1__PublicEndpoint Boxermesh__V1__PublicEndpoint;
 typedef struct Boxermesh__V1__ConnectRequest Boxermesh__V1__ConnectRequest;
 typedef struct Boxermesh__V1__ConnectOffer Boxermesh__V1__ConnectOffer;
 typedef struct Boxermesh__V1__MemberExpired Boxermesh__V1__MemberExpired;
+typedef struct Boxermesh__V1__MembershipUpdate Boxermesh__V1__MembershipUpdate;
+typedef struct Boxermesh__V1__MembershipResync Boxermesh__V1__MembershipResync;
 typedef struct Boxermesh__V1__IncomingConnection Boxermesh__V1__IncomingConnection;
 typedef struct Boxermesh__V1__ConnectAnswer Boxermesh__V1__ConnectAnswer;
 typedef struct Boxermesh__V1__LinkReport Boxermesh__V1__LinkReport;
@@ -69,6 +71,22 @@ typedef struct Boxermesh__V1__LambdaError Boxermesh__V1__LambdaError;
 
 /* --- enums --- */
 
+typedef enum _Boxermesh__V1__MembershipUpdate__Kind {
+  BOXERMESH__V1__MEMBERSHIP_UPDATE__KIND__KIND_UNSPECIFIED = 0,
+  /*
+   * members: this part of the mesh; replaces the node's table once the last part arrived
+   */
+  BOXERMESH__V1__MEMBERSHIP_UPDATE__KIND__KIND_SNAPSHOT = 1,
+  /*
+   * members: the one who joined
+   */
+  BOXERMESH__V1__MEMBERSHIP_UPDATE__KIND__KIND_JOIN = 2,
+  /*
+   * members: the one who left or expired (its name and address are free from now on)
+   */
+  BOXERMESH__V1__MEMBERSHIP_UPDATE__KIND__KIND_LEAVE = 3
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__MEMBERSHIP_UPDATE__KIND)
+} Boxermesh__V1__MembershipUpdate__Kind;
 typedef enum _Boxermesh__V1__MembershipEvent__Kind {
   BOXERMESH__V1__MEMBERSHIP_EVENT__KIND__KIND_UNSPECIFIED = 0,
   BOXERMESH__V1__MEMBERSHIP_EVENT__KIND__KIND_JOIN = 1,
@@ -207,7 +225,9 @@ typedef enum {
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_ACK = 28,
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_LINK_REPORT = 29,
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_FLOW_REPORT = 30,
-  BOXERMESH__V1__CONTROL_MESSAGE__BODY_MEMBER_EXPIRED = 31
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_MEMBER_EXPIRED = 31,
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_MEMBERSHIP_UPDATE = 32,
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_MEMBERSHIP_RESYNC = 33
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__CONTROL_MESSAGE__BODY__CASE)
 } Boxermesh__V1__ControlMessage__BodyCase;
 
@@ -246,6 +266,8 @@ struct  Boxermesh__V1__ControlMessage
     Boxermesh__V1__LinkReport *link_report;
     Boxermesh__V1__FlowReport *flow_report;
     Boxermesh__V1__MemberExpired *member_expired;
+    Boxermesh__V1__MembershipUpdate *membership_update;
+    Boxermesh__V1__MembershipResync *membership_resync;
   };
 };
 #define BOXERMESH__V1__CONTROL_MESSAGE__INIT \
@@ -374,10 +396,15 @@ struct  Boxermesh__V1__HeartbeatAck
 {
   ProtobufCMessage base;
   uint32_t member_count;
+  /*
+   * The mesh's membership version now (MembershipUpdate.version): a node whose table is older lost an update and
+   * asks for a snapshot (MembershipResync).
+   */
+  uint64_t membership_version;
 };
 #define BOXERMESH__V1__HEARTBEAT_ACK__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__heartbeat_ack__descriptor) \
-    , 0 }
+    , 0, 0 }
 
 
 struct  Boxermesh__V1__Leave
@@ -551,6 +578,46 @@ struct  Boxermesh__V1__MemberExpired
 #define BOXERMESH__V1__MEMBER_EXPIRED__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__member_expired__descriptor) \
     , NULL }
+
+
+/*
+ * Broker -> node, pushed: a snapshot of the mesh (in parts of at most 500 members, all at one version, `more` set on
+ * all but the last), or one change.
+ */
+struct  Boxermesh__V1__MembershipUpdate
+{
+  ProtobufCMessage base;
+  Boxermesh__V1__MembershipUpdate__Kind kind;
+  /*
+   * the mesh's version with this update applied
+   */
+  uint64_t version;
+  size_t n_members;
+  Boxermesh__V1__Member **members;
+  /*
+   * KIND_SNAPSHOT: more parts of the same snapshot follow
+   */
+  protobuf_c_boolean more;
+  /*
+   * KIND_SNAPSHOT: this part's number, from 0
+   */
+  uint32_t part;
+};
+#define BOXERMESH__V1__MEMBERSHIP_UPDATE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__membership_update__descriptor) \
+    , BOXERMESH__V1__MEMBERSHIP_UPDATE__KIND__KIND_UNSPECIFIED, 0, 0,NULL, 0, 0 }
+
+
+/*
+ * Node -> broker: send me a snapshot (as MembershipUpdate pushes, then an Ack in reply).
+ */
+struct  Boxermesh__V1__MembershipResync
+{
+  ProtobufCMessage base;
+};
+#define BOXERMESH__V1__MEMBERSHIP_RESYNC__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__membership_resync__descriptor) \
+     }
 
 
 struct  Boxermesh__V1__IncomingConnection
@@ -1634,6 +1701,44 @@ Boxermesh__V1__MemberExpired *
 void   boxermesh__v1__member_expired__free_unpacked
                      (Boxermesh__V1__MemberExpired *message,
                       ProtobufCAllocator *allocator);
+/* Boxermesh__V1__MembershipUpdate methods */
+void   boxermesh__v1__membership_update__init
+                     (Boxermesh__V1__MembershipUpdate         *message);
+size_t boxermesh__v1__membership_update__get_packed_size
+                     (const Boxermesh__V1__MembershipUpdate   *message);
+size_t boxermesh__v1__membership_update__pack
+                     (const Boxermesh__V1__MembershipUpdate   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__membership_update__pack_to_buffer
+                     (const Boxermesh__V1__MembershipUpdate   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__MembershipUpdate *
+       boxermesh__v1__membership_update__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__membership_update__free_unpacked
+                     (Boxermesh__V1__MembershipUpdate *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__MembershipResync methods */
+void   boxermesh__v1__membership_resync__init
+                     (Boxermesh__V1__MembershipResync         *message);
+size_t boxermesh__v1__membership_resync__get_packed_size
+                     (const Boxermesh__V1__MembershipResync   *message);
+size_t boxermesh__v1__membership_resync__pack
+                     (const Boxermesh__V1__MembershipResync   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__membership_resync__pack_to_buffer
+                     (const Boxermesh__V1__MembershipResync   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__MembershipResync *
+       boxermesh__v1__membership_resync__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__membership_resync__free_unpacked
+                     (Boxermesh__V1__MembershipResync *message,
+                      ProtobufCAllocator *allocator);
 /* Boxermesh__V1__IncomingConnection methods */
 void   boxermesh__v1__incoming_connection__init
                      (Boxermesh__V1__IncomingConnection         *message);
@@ -2250,6 +2355,12 @@ typedef void (*Boxermesh__V1__ConnectOffer_Closure)
 typedef void (*Boxermesh__V1__MemberExpired_Closure)
                  (const Boxermesh__V1__MemberExpired *message,
                   void *closure_data);
+typedef void (*Boxermesh__V1__MembershipUpdate_Closure)
+                 (const Boxermesh__V1__MembershipUpdate *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__MembershipResync_Closure)
+                 (const Boxermesh__V1__MembershipResync *message,
+                  void *closure_data);
 typedef void (*Boxermesh__V1__IncomingConnection_Closure)
                  (const Boxermesh__V1__IncomingConnection *message,
                   void *closure_data);
@@ -2367,6 +2478,9 @@ extern const ProtobufCMessageDescriptor boxermesh__v1__public_endpoint__descript
 extern const ProtobufCMessageDescriptor boxermesh__v1__connect_request__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__connect_offer__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__member_expired__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__membership_update__descriptor;
+extern const ProtobufCEnumDescriptor    boxermesh__v1__membership_update__kind__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__membership_resync__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__incoming_connection__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__connect_answer__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__link_report__descriptor;

@@ -34,15 +34,21 @@ public final class MeshSession: Sendable {
     /// The rejoin under way, which every request that found its session lost waits for.
     private let rejoining = Mutex<Task<Void, Never>?>(nil)
     private let observers = Mutex<[@Sendable (SessionEvent) -> Void]>([])
+    /// A node's table of the mesh's names, kept in step with the broker (nil for a tool).
+    let names: MeshNames?
 
     /// How long one handshake step may wait before it is sent again.
     static let stepTimeout = Duration.seconds(2)
 
-    private init(client: ControlClient, join: JoinRequest, welcome: Boxermesh_V1_Welcome, connectTimeout: Duration, logger: Logger) {
+    private init(
+        client: ControlClient, join: JoinRequest, welcome: Boxermesh_V1_Welcome, connectTimeout: Duration,
+        logger: Logger, names: MeshNames?
+    ) {
         self.client = client
         self.join = join
         self.connectTimeout = connectTimeout
         self.logger = logger
+        self.names = names
         state = Mutex(welcome)
     }
 
@@ -54,13 +60,25 @@ public final class MeshSession: Sendable {
     public static func open(
         _ join: JoinRequest, client: ControlClient, connectTimeout: Duration, logger: Logger
     ) async throws -> MeshSession {
+        try await open(join, client: client, connectTimeout: connectTimeout, logger: logger, names: nil)
+    }
+
+    /// Joins as a node that keeps `names` in step with the broker. The broker pushes the mesh before its Welcome,
+    /// so the client must hand membership pushes to `names` before this is called.
+    static func open(
+        _ join: JoinRequest, client: ControlClient, connectTimeout: Duration, logger: Logger, names: MeshNames?
+    ) async throws -> MeshSession {
         let welcome = try await handshake(join, client: client, requestedAddress: nil, connectTimeout: connectTimeout)
         var joined = join
         if join.nameIsPrefix {
             joined.nodeName = welcome.self_p.name
             joined.nameIsPrefix = false
         }
-        return MeshSession(client: client, join: joined, welcome: welcome, connectTimeout: connectTimeout, logger: logger)
+        let session = MeshSession(
+            client: client, join: joined, welcome: welcome, connectTimeout: connectTimeout, logger: logger,
+            names: names)
+        names?.attach(session)
+        return session
     }
 
     private static func handshake(
@@ -139,7 +157,17 @@ public final class MeshSession: Sendable {
         while !Task.isCancelled {
             do {
                 try await Task.sleep(for: interval)
-                _ = try await request(.heartbeat(.init()), timeout: .milliseconds(Int64(max(welcome.expiryMs, 1000))))
+                let ack = try await request(
+                    .heartbeat(.init()), timeout: .milliseconds(Int64(max(welcome.expiryMs, 1000))))
+                // The ack left the broker after every push before it, and pushes are applied as they arrive: a table
+                // older than the ack's version lost one. Not awaited: a slow answer must not hold up heartbeats.
+                if case .heartbeatAck(let counts) = ack.body, let names,
+                    names.needsResync(brokerVersion: counts.membershipVersion)
+                {
+                    logger.warning(
+                        "the mesh's names are behind the broker's (version \(counts.membershipVersion)); asking for them")
+                    Task { await names.resync(through: self) }
+                }
                 if warned {
                     logger.notice("broker answers heartbeats again")
                     notify(.reachable)
@@ -180,6 +208,9 @@ public final class MeshSession: Sendable {
 
     private func rejoin() async {
         defer { rejoining.withLock { $0 = nil } }
+        // The mesh may have changed unseen (the broker restarted, or expired us): no lookup is answered from the old
+        // table; the snapshot that comes with the new Welcome fills it again.
+        names?.forget()
         let previous = welcome.self_p
         do {
             let fresh = try await Self.handshake(

@@ -8,9 +8,10 @@ import WireFormat
 import ZeroMQ
 
 /// The node's end of the shim protocol (see the schema): a private AF_UNIX SEQPACKET socket, one thread per
-/// connected app process. Requests that wait on the network (connect, resolve) are answered concurrently, each
-/// when ready (the shim matches replies by id): one slow connect never holds up the next. Listen, unlisten and
-/// take are answered in order on the connection's thread, so a close-and-listen-again keeps its order.
+/// connected app process. Requests that wait on the network (connect; a lookup while the node's table of names is
+/// being filled) are answered concurrently, each when ready (the shim matches replies by id): one slow connect
+/// never holds up the next. Lookups the table answers, listen, unlisten and take are answered at once, in order,
+/// on the connection's thread (a close-and-listen-again keeps its order).
 /// Connections go out as the kernel sockets themselves (SCM_RIGHTS), and the node closes its copy at once, so
 /// the app's close() really closes.
 final class LocalService: Sendable {
@@ -19,10 +20,11 @@ final class LocalService: Sendable {
     private let listenFD: Int32
     private let links: LinkManager
     private let session: MeshSession
+    private let names: MeshNames
     private let logger: Logger
     private let clients = Mutex<Set<Int32>>([])
 
-    init(links: LinkManager, session: MeshSession, logger: Logger) throws {
+    init(links: LinkManager, session: MeshSession, names: MeshNames, logger: Logger) throws {
         address = "@boxer-mesh-\(getpid())-\(Sodium.randomBytes(6).hex)"
         listenFD = boxer_listen_seqpacket(address)
         guard listenFD >= 0 else {
@@ -30,6 +32,7 @@ final class LocalService: Sendable {
         }
         self.links = links
         self.session = session
+        self.names = names
         self.logger = logger
     }
 
@@ -74,10 +77,24 @@ final class LocalService: Sendable {
                 continue
             }
             switch request.body {
-            case .connect, .resolve, .reverse:
+            case .resolve, .reverse:
+                // From the table, without a thread hop; only while it is being filled does a lookup wait.
+                if let response = lookUp(request) {
+                    guard client.reply(response, passing: nil) else { return }
+                    continue
+                }
                 client.begin()
                 Task {
-                    let (response, link) = await respond(to: request)
+                    _ = await names.waitUntilSynced(timeout: session.connectTimeout)
+                    let late = "the mesh's names did not arrive from the broker within \(session.connectTimeout)"
+                    let response = lookUp(request) ?? Self.failure(request, EAGAIN, late).0
+                    client.reply(response, passing: nil)
+                    client.end()
+                }
+            case .connect(let connect):
+                client.begin()
+                Task {
+                    let (response, link) = await self.connect(connect, for: request)
                     client.reply(response, passing: link)
                     client.end()
                 }
@@ -88,35 +105,38 @@ final class LocalService: Sendable {
         }
     }
 
-    /// Answers a request that waits on the network (connect, resolve); a connection comes with its socket.
-    private func respond(to request: Boxermesh_V1_ShimRequest) async -> (Boxermesh_V1_ShimResponse, Int32?) {
-        switch request.body {
-        case .resolve, .reverse:
-            do {
-                let member = if case .resolve(let query) = request.body {
-                    try await session.resolve(name: query.name)
-                } else {
-                    try await session.resolve(address: IPv4Address(request.reverse.address))
-                }
-                return (Self.response(to: request) { $0.resolved = .with { $0.name = member.name; $0.address = member.address } }, nil)
-            } catch let refusal as BrokerRefusal where refusal.code == .errorNotFound {
-                return Self.failure(request, ENOENT, refusal.message)  // the shim then asks the system's resolver
-            } catch {
-                return Self.failure(request, EAGAIN, "\(error)")
-            }
-        case .connect(let connect):
-            guard connect.port > 0, connect.port <= UInt16.max else {
-                return Self.failure(request, EINVAL, "port \(connect.port) is out of range")
-            }
-            do {
-                let link = try await links.connect(to: IPv4Address(connect.address), port: UInt16(connect.port))
-                return (Self.response(to: request) { $0.connection = link.connection }, link.fd)
-            } catch {
-                logger.notice("connect to \(IPv4Address(connect.address)):\(connect.port) failed: \(error.description)")
-                return Self.failure(request, error.code, error.description)
-            }
-        case .listen, .unlisten, .takeAccepted, nil:
-            return respondAtOnce(to: request)
+    /// Answers a name or address lookup from the node's table; nil while the table is being filled.
+    private func lookUp(_ request: Boxermesh_V1_ShimRequest) -> Boxermesh_V1_ShimResponse? {
+        let mesh = session.join.mesh
+        let (answer, unknown) = switch request.body {
+        case .resolve(let query): (names.lookup(name: query.name), "no node named '\(query.name)' in mesh '\(mesh)'")
+        case .reverse(let query):
+            (names.lookup(address: query.address), "no node has address \(IPv4Address(query.address)) in mesh '\(mesh)'")
+        default: preconditionFailure("lookUp answers resolve and reverse requests only")
+        }
+        switch answer {
+        case .found(let member):
+            return Self.response(to: request) { $0.resolved = .with { $0.name = member.name; $0.address = member.address } }
+        case .notFound:
+            return Self.failure(request, ENOENT, unknown).0  // the shim then asks the system's resolver
+        case .notSynced:
+            return nil
+        }
+    }
+
+    /// Answers a connect, which waits on the network; the connection comes with its socket.
+    private func connect(
+        _ connect: Boxermesh_V1_ShimConnect, for request: Boxermesh_V1_ShimRequest
+    ) async -> (Boxermesh_V1_ShimResponse, Int32?) {
+        guard connect.port > 0, connect.port <= UInt16.max else {
+            return Self.failure(request, EINVAL, "port \(connect.port) is out of range")
+        }
+        do {
+            let link = try await links.connect(to: IPv4Address(connect.address), port: UInt16(connect.port))
+            return (Self.response(to: request) { $0.connection = link.connection }, link.fd)
+        } catch {
+            logger.notice("connect to \(IPv4Address(connect.address)):\(connect.port) failed: \(error.description)")
+            return Self.failure(request, error.code, error.description)
         }
     }
 
@@ -134,7 +154,7 @@ final class LocalService: Sendable {
         case nil:
             return Self.failure(request, EINVAL, "unknown shim request")
         case .connect, .resolve, .reverse:
-            preconditionFailure("serve() answers connect and resolve requests concurrently, through respond(to:)")
+            preconditionFailure("serve() answers connects through connect(_:for:) and lookups through lookUp(_:)")
         }
         return (Self.response(to: request) { _ in }, nil)
     }

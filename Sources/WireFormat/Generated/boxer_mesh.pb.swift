@@ -18,10 +18,8 @@
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
-import Glibc
 #else
-import FoundationEssentials
-import Glibc
+import Foundation
 #endif
 import SwiftProtobuf
 
@@ -379,6 +377,22 @@ public nonisolated struct Boxermesh_V1_ControlMessage: Sendable {
     set {body = .memberExpired(newValue)}
   }
 
+  public var membershipUpdate: Boxermesh_V1_MembershipUpdate {
+    get {
+      if case .membershipUpdate(let v)? = body {return v}
+      return Boxermesh_V1_MembershipUpdate()
+    }
+    set {body = .membershipUpdate(newValue)}
+  }
+
+  public var membershipResync: Boxermesh_V1_MembershipResync {
+    get {
+      if case .membershipResync(let v)? = body {return v}
+      return Boxermesh_V1_MembershipResync()
+    }
+    set {body = .membershipResync(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -404,6 +418,8 @@ public nonisolated struct Boxermesh_V1_ControlMessage: Sendable {
     case linkReport(Boxermesh_V1_LinkReport)
     case flowReport(Boxermesh_V1_FlowReport)
     case memberExpired(Boxermesh_V1_MemberExpired)
+    case membershipUpdate(Boxermesh_V1_MembershipUpdate)
+    case membershipResync(Boxermesh_V1_MembershipResync)
 
   }
 
@@ -544,6 +560,10 @@ public nonisolated struct Boxermesh_V1_HeartbeatAck: Sendable {
   // methods supported on all messages.
 
   public var memberCount: UInt32 = 0
+
+  /// The mesh's membership version now (MembershipUpdate.version): a node whose table is older lost an update and
+  /// asks for a snapshot (MembershipResync).
+  public var membershipVersion: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -789,6 +809,90 @@ public nonisolated struct Boxermesh_V1_MemberExpired: Sendable {
   public init() {}
 
   fileprivate var _member: Boxermesh_V1_Member? = nil
+}
+
+/// Broker -> node, pushed: a snapshot of the mesh (in parts of at most 500 members, all at one version, `more` set on
+/// all but the last), or one change.
+public nonisolated struct Boxermesh_V1_MembershipUpdate: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var kind: Boxermesh_V1_MembershipUpdate.Kind = .unspecified
+
+  /// the mesh's version with this update applied
+  public var version: UInt64 = 0
+
+  public var members: [Boxermesh_V1_Member] = []
+
+  /// KIND_SNAPSHOT: more parts of the same snapshot follow
+  public var more: Bool = false
+
+  /// KIND_SNAPSHOT: this part's number, from 0
+  public var part: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum Kind: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case unspecified // = 0
+
+    /// members: this part of the mesh; replaces the node's table once the last part arrived
+    case snapshot // = 1
+
+    /// members: the one who joined
+    case join // = 2
+
+    /// members: the one who left or expired (its name and address are free from now on)
+    case leave // = 3
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .unspecified
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .unspecified
+      case 1: self = .snapshot
+      case 2: self = .join
+      case 3: self = .leave
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .unspecified: return 0
+      case .snapshot: return 1
+      case .join: return 2
+      case .leave: return 3
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [Boxermesh_V1_MembershipUpdate.Kind] = [
+      .unspecified,
+      .snapshot,
+      .join,
+      .leave,
+    ]
+
+  }
+
+  public init() {}
+}
+
+/// Node -> broker: send me a snapshot (as MembershipUpdate pushes, then an Ack in reply).
+public nonisolated struct Boxermesh_V1_MembershipResync: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct Boxermesh_V1_IncomingConnection: Sendable {
@@ -1949,7 +2053,7 @@ nonisolated extension Boxermesh_V1_Path: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ControlMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}session\0\u{2}\u{8}hello\0\u{1}challenge\0\u{1}authenticate\0\u{1}welcome\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}leave\0\u{3}leave_ack\0\u{1}resolve\0\u{1}resolved\0\u{3}wait_members\0\u{3}list_members\0\u{1}members\0\u{1}error\0\u{3}connect_request\0\u{3}connect_offer\0\u{3}incoming_connection\0\u{3}connect_answer\0\u{1}ack\0\u{3}link_report\0\u{3}flow_report\0\u{3}member_expired\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}session\0\u{2}\u{8}hello\0\u{1}challenge\0\u{1}authenticate\0\u{1}welcome\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}leave\0\u{3}leave_ack\0\u{1}resolve\0\u{1}resolved\0\u{3}wait_members\0\u{3}list_members\0\u{1}members\0\u{1}error\0\u{3}connect_request\0\u{3}connect_offer\0\u{3}incoming_connection\0\u{3}connect_answer\0\u{1}ack\0\u{3}link_report\0\u{3}flow_report\0\u{3}member_expired\0\u{3}membership_update\0\u{3}membership_resync\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2245,6 +2349,32 @@ nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftP
           self.body = .memberExpired(v)
         }
       }()
+      case 32: try {
+        var v: Boxermesh_V1_MembershipUpdate?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .membershipUpdate(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .membershipUpdate(v)
+        }
+      }()
+      case 33: try {
+        var v: Boxermesh_V1_MembershipResync?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .membershipResync(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .membershipResync(v)
+        }
+      }()
       default: break
       }
     }
@@ -2349,6 +2479,14 @@ nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftP
     case .memberExpired?: try {
       guard case .memberExpired(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
+    }()
+    case .membershipUpdate?: try {
+      guard case .membershipUpdate(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 32)
+    }()
+    case .membershipResync?: try {
+      guard case .membershipResync(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 33)
     }()
     case nil: break
     }
@@ -2624,7 +2762,7 @@ nonisolated extension Boxermesh_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Boxermesh_V1_HeartbeatAck: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HeartbeatAck"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}member_count\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}member_count\0\u{3}membership_version\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2633,6 +2771,7 @@ nonisolated extension Boxermesh_V1_HeartbeatAck: SwiftProtobuf.Message, SwiftPro
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.memberCount) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.membershipVersion) }()
       default: break
       }
     }
@@ -2642,11 +2781,15 @@ nonisolated extension Boxermesh_V1_HeartbeatAck: SwiftProtobuf.Message, SwiftPro
     if self.memberCount != 0 {
       try visitor.visitSingularUInt32Field(value: self.memberCount, fieldNumber: 1)
     }
+    if self.membershipVersion != 0 {
+      try visitor.visitSingularUInt64Field(value: self.membershipVersion, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Boxermesh_V1_HeartbeatAck, rhs: Boxermesh_V1_HeartbeatAck) -> Bool {
     if lhs.memberCount != rhs.memberCount {return false}
+    if lhs.membershipVersion != rhs.membershipVersion {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3082,6 +3225,79 @@ nonisolated extension Boxermesh_V1_MemberExpired: SwiftProtobuf.Message, SwiftPr
 
   public static func ==(lhs: Boxermesh_V1_MemberExpired, rhs: Boxermesh_V1_MemberExpired) -> Bool {
     if lhs._member != rhs._member {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_MembershipUpdate: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MembershipUpdate"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{1}version\0\u{1}members\0\u{1}more\0\u{1}part\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.version) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.members) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.more) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.part) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.kind != .unspecified {
+      try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 1)
+    }
+    if self.version != 0 {
+      try visitor.visitSingularUInt64Field(value: self.version, fieldNumber: 2)
+    }
+    if !self.members.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.members, fieldNumber: 3)
+    }
+    if self.more != false {
+      try visitor.visitSingularBoolField(value: self.more, fieldNumber: 4)
+    }
+    if self.part != 0 {
+      try visitor.visitSingularUInt32Field(value: self.part, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_MembershipUpdate, rhs: Boxermesh_V1_MembershipUpdate) -> Bool {
+    if lhs.kind != rhs.kind {return false}
+    if lhs.version != rhs.version {return false}
+    if lhs.members != rhs.members {return false}
+    if lhs.more != rhs.more {return false}
+    if lhs.part != rhs.part {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_MembershipUpdate.Kind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}KIND_SNAPSHOT\0\u{1}KIND_JOIN\0\u{1}KIND_LEAVE\0")
+}
+
+nonisolated extension Boxermesh_V1_MembershipResync: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".MembershipResync"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_MembershipResync, rhs: Boxermesh_V1_MembershipResync) -> Bool {
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
