@@ -97,12 +97,14 @@ struct NamesLabTests {
         #expect(lines.contains { $0.hasPrefix("getent-gone 2 ") }, "\(watcher.standardOutput)")
         let shownAt = try #require(shown(tap, event, of: "target"), "\(tap.standardOutput)")
         let gone = try #require(seen.last)
-        // The last lookup that still answered with the address started before the tap showed the leave.
-        #expect(gone.lastOld < shownAt, "a lookup started \(Double(gone.lastOld) / 1e6 - Double(shownAt) / 1e6) ms after the tap showed the \(event) still answered \(address)")
+        // The last lookup that still answered with the address started no later than the tap showed the leave. The
+        // broker pushes to the nodes before it publishes, but the watcher's node and the tap are two processes
+        // that each take it from there: CI saw the node 0.3 ms behind the tap once. Beyond 20 ms is a fault.
+        #expect(gone.lastOld < shownAt + 20_000_000, "a lookup started \(Double(gone.lastOld) / 1e6 - Double(shownAt) / 1e6) ms after the tap showed the \(event) still answered \(address)")
         return (Double(shownAt) - Double(gone.lastOld)) / 1e6
     }
 
-    @Test("a name resolves in another function through the shim, and stops resolving when its node leaves, before the tap shows it")
+    @Test("a name resolves in another function through the shim, and stops resolving when its node leaves, as the tap shows it")
     func leave() async throws {
         try await MeshLabFixture.with(prefix: "nml") { mesh in
             let (watcher, tap, address) = try await watchTargetGo(mesh, event: "leave") { $0.kill(SIGTERM) }
@@ -112,7 +114,7 @@ struct NamesLabTests {
         }
     }
 
-    @Test("kill -9 of a node: its name stops resolving when it expires, before the tap shows it")
+    @Test("kill -9 of a node: its name stops resolving when it expires, as the tap shows it")
     func expiry() async throws {
         try await MeshLabFixture.with(prefix: "nmk") { mesh in
             var killed = Date()
