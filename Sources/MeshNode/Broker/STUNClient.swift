@@ -148,8 +148,11 @@ public struct STUNClientError: Error, Sendable, CustomStringConvertible {
         public static let badResponse = Code(description: "badResponse")
         /// The server answered with a STUN error response.
         public static let errorResponse = Code(description: "errorResponse")
-        /// A socket call failed (bind: port in use, network unreachable, ...).
+        /// A socket call failed (network unreachable, ...).
         public static let socket = Code(description: "socket")
+        /// The local port cannot be used for this server: bound by another socket, or its address pair with the
+        /// server is still taken (EADDRINUSE, EADDRNOTAVAIL). Another port may work.
+        public static let portTaken = Code(description: "portTaken")
     }
 
     /// The kind of failure.

@@ -215,6 +215,7 @@ struct DialSocket {
         _ code: STUNClientError.Code, _ server: Endpoint, _ transport: STUNClient.Transport, _ what: String,
         _ errnoValue: Int32
     ) -> STUNClientError {
-        STUNClientError(code, server, transport, "\(what): \(String(cString: strerror(errnoValue)))")
+        let code = code == .socket && (errnoValue == EADDRINUSE || errnoValue == EADDRNOTAVAIL) ? .portTaken : code
+        return STUNClientError(code, server, transport, "\(what): \(String(cString: strerror(errnoValue)))")
     }
 }

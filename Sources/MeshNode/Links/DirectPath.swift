@@ -115,11 +115,21 @@ final class DirectPath: Sendable {
         let (port, elapsed): (PunchPort, Duration)
         do {
             (port, elapsed) = try await pool.run { _ in
-                let local = try Puncher.freeLocalPort()
-                let started = ContinuousClock.now
-                let mapped = try STUNClient.mappedEndpoint(
-                    server: reflector, transport: .tcp, localPort: local, timeout: Timing.Choice.reflector)
-                return (PunchPort(port: local, endpoint: mapped), ContinuousClock.now - started)
+                // A free port may still be taken towards the reflector: two learns at once can be given the same
+                // free port (it is free again once the probe closes). Another port then works.
+                var attempts = 0
+                while true {
+                    attempts += 1
+                    let local = try Puncher.freeLocalPort()
+                    let started = ContinuousClock.now
+                    do {
+                        let mapped = try STUNClient.mappedEndpoint(
+                            server: reflector, transport: .tcp, localPort: local, timeout: Timing.Choice.reflector)
+                        return (PunchPort(port: local, endpoint: mapped), ContinuousClock.now - started)
+                    } catch let error as STUNClientError where error.code == .portTaken && attempts < 3 {
+                        continue
+                    }
+                }
             }
         } catch {
             throw SocketError(ENETUNREACH, "cannot learn our public endpoint from \(reflector): \(error)")

@@ -117,22 +117,44 @@ extension LinkManager {
                 socket.close()
                 throw error
             }
-            state.withLock { $0.accepted[key] = (link, socket.fd, ContinuousClock.now + Timing.Choice.unacceptedLifetime) }
+            state.withLock {
+                $0.accepted[key] = ParkedLink(link: link, signalFD: socket.fd, deadline: .now + Timing.Choice.unacceptedLifetime)
+            }
+            var failure: (any Error)? = nil
             do {
                 try socket.connect(deadline: .now + Timing.Choice.signalConnect, timeout: Timing.Choice.signalConnect)
             } catch {
-                state.withLock { _ = $0.accepted.removeValue(forKey: key) }
-                socket.close()
-                throw error
+                failure = error
             }
+            // The entry takes the signal socket over, or it is gone already: taken by the app (the signal did
+            // land, whatever connect() said), or dropped with its link by the sweep or by unlisten(on:).
+            let parked = state.withLock { state -> Bool? in
+                guard state.accepted[key] != nil else { return nil }
+                guard failure == nil else {
+                    state.accepted[key] = nil
+                    return false
+                }
+                state.accepted[key]?.connecting = false
+                return true
+            }
+            if parked == true { return }
+            socket.close()
+            if parked == false, let failure { throw failure }
         }
+    }
+
+    /// Closes the signal socket of an entry just removed, unless its announcing task still owns it. A reset, not a
+    /// FIN: every signal connection runs from one address to the app's one port, and TIME_WAIT on the node's end
+    /// used up that address's ports within a minute at a new connection per request (redis-benchmark -k 0).
+    private func release(_ entry: ParkedLink) {
+        if !entry.connecting { RelaySockets.reset(entry.signalFD) }
     }
 
     /// The shim accepted the signal connection from `signalPort`: the link it stands for.
     func take(port: UInt16, signalPort: UInt16) -> Link? {
         guard let entry = state.withLock({ $0.accepted.removeValue(forKey: AcceptKey(port: port, signalPort: signalPort)) })
         else { return nil }
-        close(entry.signalFD)
+        release(entry)
         return entry.link
     }
 
@@ -147,7 +169,7 @@ extension LinkManager {
             }
             for entry in stale {
                 logger.warning("the app did not accept an inbound link in time; resetting it")
-                close(entry.signalFD)
+                release(entry)
                 RelaySockets.reset(entry.link.fd)
             }
         }
@@ -177,7 +199,7 @@ extension LinkManager {
                 metadata: ["port": "\(port)", "count": "\(orphans.count)"])
         }
         for entry in orphans {
-            close(entry.signalFD)
+            release(entry)
             RelaySockets.reset(entry.link.fd)
         }
     }

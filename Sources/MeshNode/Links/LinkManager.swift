@@ -55,7 +55,7 @@ final class LinkManager: Sendable {
         /// Ports the app listens on, with how many listen() registrations each has.
         var listeners: [UInt16: Int] = [:]
         /// Inbound links waiting for the app's accept(), by (port, signal connection's source port).
-        var accepted: [AcceptKey: (link: Link, signalFD: Int32, deadline: ContinuousClock.Instant)] = [:]
+        var accepted: [AcceptKey: ParkedLink] = [:]
         /// Peers a relayed connection was upgraded with: punching works between us now.
         var punchable: Set<IPv4Address> = []
         /// Peers punching failed with lately, and when: new connections to them relay at once (their relayed
@@ -66,6 +66,17 @@ final class LinkManager: Sendable {
     struct AcceptKey: Hashable {
         let port: UInt16
         let signalPort: UInt16
+    }
+
+    /// An inbound link waiting for the app's accept(), and the signal connection that wakes the app.
+    struct ParkedLink {
+        let link: Link
+        let signalFD: Int32
+        let deadline: ContinuousClock.Instant
+        /// The signal is still connecting: until its connect returns, `signalFD` belongs to the announcing task,
+        /// which closes it if the entry is gone by then (the app may accept, and take the link, before the node's
+        /// connect() returns; closing the descriptor under it would let its number be reused by another socket).
+        var connecting = true
     }
 
     /// `flows`: where each connection's socket is followed for the tap's flow and close events.
