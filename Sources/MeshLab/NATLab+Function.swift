@@ -18,7 +18,7 @@ import Musl
 /// - every program run in the host (``NATLab/run(_:_:timeout:)``, ``NATLab/spawn(_:_:environment:)``, `lab exec`)
 ///   starts as root, joins the cgroups, enters the network namespace, unshares a mount namespace of its own, binds
 ///   the tmpfs onto `/tmp`, remounts every other file system read-only (but /proc, /sys, /dev and /dev/pts), sets
-///   `TMPDIR=/tmp`, and execs the program as uid and gid 65534 with no capabilities, an empty bounding set and
+///   `TMPDIR=/tmp` and a PATH of the system's directories, and execs the program as uid and gid 65534 with no capabilities, an empty bounding set and
 ///   no_new_privs. Every step execs the next, so the pid `spawn` returns is the program's.
 extension NATLab {
     /// The cgroup v1 hierarchies a function host has a cgroup in.
@@ -105,6 +105,9 @@ extension NATLab {
             esac
         done </proc/self/mountinfo
         export TMPDIR=/tmp
+        # The system's directories only: the machine's PATH may name directories the function's user cannot enter
+        # (/root/.pyenv/shims), where a command would fail with "Permission denied".
+        export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
         shift 2
         exec "$@"
         """#

@@ -70,9 +70,10 @@ struct AppsLabTests {
             try await Task.sleep(for: .seconds(1))
             let brokerBefore = try mesh.lab.interfaceBytes(.broker, "eth0")
             let natBefore = try mesh.lab.interfaceBytes(.nat(1), "wan0")
-            let output = mesh.work.appendingPathComponent("fetched.bin").path
+            // Into the function's own /tmp: the rest of a function's file system is read-only.
             let client = try mesh.node(
-                2, name: "fetch", ["sh", "-c", "curl -sS --fail -o \(output) http://web:8000/big.bin && sha256sum \(output)"])
+                2, name: "fetch",
+                ["sh", "-c", MeshLabFixture.inTemporaryFile("curl -sS --fail -o \"$out\" http://web:8000/big.bin && sha256sum \"$out\"")])
             #expect(client.waitUntilExit(timeout: .seconds(120)) == 0, "\(client.standardOutput)\n\(client.standardError)")
             #expect(client.standardOutput.hasPrefix(expected), "got \(client.standardOutput), want \(expected)")
             let brokerAfter = try mesh.lab.interfaceBytes(.broker, "eth0")

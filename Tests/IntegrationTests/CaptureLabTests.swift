@@ -45,13 +45,13 @@ struct CaptureLabTests {
             #expect(await tap.waitForLog(containing: "capturing the relayed traffic"), "\(tap.standardError)")
             try await Task.sleep(for: .seconds(1))  // the subscription reaches the broker's PUB socket
 
-            let output = mesh.work.appendingPathComponent("fetched.bin").path
             let client = try mesh.node(
                 2, name: "fetch", options: ["--log-level", "info"],
                 [
                     "sh", "-c",
-                    "curl -sS --fail -o \(output) -w '%{remote_ip} %{remote_port} %{local_ip} %{local_port}\\n' "
-                        + "http://web:8080/file.bin && sha256sum \(output)",
+                    MeshLabFixture.inTemporaryFile(
+                        "curl -sS --fail -o \"$out\" -w '%{remote_ip} %{remote_port} %{local_ip} %{local_port}\\n' "
+                            + "http://web:8080/file.bin && sha256sum \"$out\""),
                 ])
             #expect(client.waitUntilExit(timeout: .seconds(120)) == 0, "\(client.standardOutput)\n\(client.standardError)")
             #expect(client.standardError.contains("no direct link in time; relaying"), "not relayed: \(client.standardError)")

@@ -38,7 +38,9 @@ struct ChurnLabTests {
         try MeshLabFixture.requireShim()
         let functions = 4
         let prefix = "chu"
-        try await MeshLabFixture.with(prefix: prefix, functions: functions) { mesh in
+        // Each host runs a dozen nodes at once, so it is sized as the largest Lambda (still unprivileged, read-only
+        // root): at the default 512 MB a dozen nodes would share 0.29 vCPU, less than a 128 MB function has alone.
+        try await MeshLabFixture.with(prefix: prefix, functions: functions, functionMemory: FunctionLimits.memoryRange.upperBound) { mesh in
             let broker = mesh.broker.pid
             try await Task.sleep(for: .seconds(1))
             let baseline = try BrokerUsage(pid: broker)

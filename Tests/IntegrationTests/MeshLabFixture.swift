@@ -30,6 +30,12 @@ struct MeshLabFixture {
     static let defaultFunctionMemory: Int? = ProcessInfo.processInfo.environment["BOXER_MESH_TEST_FUNCTION_MEMORY"]
         .flatMap { Int($0) }.flatMap { $0 > 0 ? $0 : nil }
 
+    /// A shell command that runs `command` with `$out` naming a new file in /tmp, removed afterwards: the one place a
+    /// function may write (its root is read-only), and a private file when the lab models no functions.
+    static func inTemporaryFile(_ command: String) -> String {
+        #"out=$(mktemp) && trap 'rm -f "$out"' EXIT && "# + command
+    }
+
     /// The preload shim of this build, where the node looks for it (every `swift build` builds it there).
     static func requireShim() throws {
         let shim = URL(fileURLWithPath: binary).deletingLastPathComponent()

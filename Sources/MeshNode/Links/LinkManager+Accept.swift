@@ -139,7 +139,10 @@ extension LinkManager {
             }
             if parked == true { return }
             socket.close()
-            if parked == false, let failure { throw failure }
+            if parked == false, let failure {
+                let detail = (failure as? STUNClientError)?.detail ?? "\(failure)"  // DialSocket's errors name STUN
+                throw SocketError(ETIMEDOUT, "the signal connection to the app's port \(port) failed: \(detail)")
+            }
         }
     }
 
