@@ -10,8 +10,8 @@ public struct RelayCaptureConfiguration: Sendable {
     public var endpoint: String
     /// Seals each mesh's segments with that mesh's tap key, as the tap does.
     public var secret: MeshSecret
-    /// Events queued per subscriber before PUB drops for it (each at most one 64 KiB frame: 16 MiB by default).
-    public var highWaterMark: Int32 = 256
+    /// Events queued per subscriber before PUB drops for it (each at most one relay frame: 16 MiB by default).
+    public var highWaterMark = Int32(16 << 20 / RelayFrame.maximumFrameSize)
 
     public init(endpoint: String, secret: MeshSecret) {
         self.endpoint = endpoint

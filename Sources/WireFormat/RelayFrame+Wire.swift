@@ -195,7 +195,7 @@ public struct RelayFrameHeader: Sendable, Equatable {
     }
 }
 
-/// Process-wide malloc tuning for relaying. Every relayed frame is a 64 KiB allocation freed soon after (in
+/// Process-wide malloc tuning for relaying. Every relayed frame is an allocation of up to 256 KiB freed soon after (in
 /// libzmq and here); with glibc's defaults the freed memory at the top of a heap is handed back to the kernel at
 /// once (trim threshold 128 KiB) and faulted in again for the next frame, which cost more than the copies.
 /// Keeping up to 64 MiB of freed memory (and never mmapping blocks below 1 MiB) removes that churn; it is memory

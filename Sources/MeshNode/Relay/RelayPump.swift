@@ -375,7 +375,7 @@ final class RelayPump {
         case destinationFailed
     }
 
-    /// One read from `source` (≤ 64 KiB) written on to `destination` — the copy loop of an upgraded connection.
+    /// One read from `source` (≤ 256 KiB) written on to `destination` — the copy loop of an upgraded connection.
     private func copyOnce(from source: Int32, to destination: Int32) -> CopyOutcome {
         switch scratch.withUnsafeMutableBytes({ IO.read(source, into: $0) }) {
         case .moved(let count):
