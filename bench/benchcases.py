@@ -10,8 +10,8 @@ import os
 import statistics
 import time
 
-from benchlab import BROKER, Agent, BenchError, Lab, cpu_seconds, last_json, link_paths, log, mem_available_kib, \
-    memory_kib, nat_public, node_supports
+from benchlab import BROKER, Agent, BenchError, Lab, cpu_seconds, family_cpu_seconds, last_json, link_paths, log, \
+    mem_available_kib, memory_kib, nat_public, node_supports
 from benchstats import row
 
 RELAY_MISSING = "this build's node has no relay (no --path option; issue 5)"
@@ -62,7 +62,7 @@ def serve(ctx, lab, full):
     if full:
         lab.spawn("fn1", iperf_server.split() + [str(RAW_IPERF)], "raw-iperf3")
         target = f"TCP:{nat_public(1)}"
-        lab.spawn("broker", ["socat", "-b", "262144", f"TCP-LISTEN:{SOCAT_BIG},fork,reuseaddr",
+        lab.socat_big = lab.spawn("broker", ["socat", "-b", "262144", f"TCP-LISTEN:{SOCAT_BIG},fork,reuseaddr",
                              f"{target}:{RAW_IPERF}"], "socat-262144")
         lab.spawn("broker", ["socat", f"TCP-LISTEN:{SOCAT_DEFAULT},fork,reuseaddr", f"{target}:{RAW_IPERF}"],
                   "socat-default")
@@ -86,7 +86,7 @@ def serve(ctx, lab, full):
 
 def make_lab(ctx, prefix, functions, delay_ms=0, full=True):
     lab = Lab(ctx.binary, prefix, os.path.join(ctx.work, prefix), functions, delay_ms)
-    lab.srv = lab.agent = lab.relay_agent = None
+    lab.srv = lab.agent = lab.relay_agent = lab.socat_big = None
     ctx.labs.append(lab)
     log(f"lab {prefix}: up, {functions} functions, delay {delay_ms} ms")
     lab.up()
@@ -105,6 +105,12 @@ def iperf_bps(text):
     return bps, None
 
 
+def iperf_bytes(text):
+    """Bytes the whole test moved, the omitted first intervals included (they cost CPU too)."""
+    data = whole_json(text) or {}
+    return sum(i.get("sum", {}).get("bytes", 0) for i in data.get("intervals", [])) or None
+
+
 def throughput(ctx):
     lab, agent, relay, o = ctx.lab, ctx.lab.agent, ctx.lab.relay_agent, ctx.options
     seconds, omit = o.iperf_seconds, o.iperf_omit
@@ -112,6 +118,7 @@ def throughput(ctx):
     variants = ["raw", "socat256k", "socat"] + (["direct"] if agent else []) + (["relayed"] if relay else [])
     data = {d: {v: [] for v in variants} for d in ("A→B", "B→A")}
     cpu = {"direct": [], "relayed": []}  # per mesh run: CPU seconds of both nodes and the broker, wall seconds
+    socat_cpu = []  # per socat -b 262144 run: the relay's CPU seconds (its forked children) and the bytes moved
     failures = {v: [] for v in variants}
     for rep in range(o.reps):
         for direction in ("A→B", "B→A"):
@@ -131,7 +138,10 @@ def throughput(ctx):
                     else:
                         host, port = {"raw": (nat_public(1), RAW_IPERF), "socat256k": (BROKER, SOCAT_BIG),
                                       "socat": (BROKER, SOCAT_DEFAULT)}[variant]
+                        measured = variant == "socat256k" and lab.socat_big is not None
+                        socat_before = family_cpu_seconds(lab.socat_big.pid) if measured else None
                         status, out, err = lab.run("fn2", ["iperf3", "-c", host, "-p", str(port)] + args, timeout)
+                        socat_after = family_cpu_seconds(lab.socat_big.pid) if measured else None
                     value, error = iperf_bps(out)
                     if value:
                         break
@@ -142,7 +152,11 @@ def throughput(ctx):
                 if variant in cpu and value and None not in before + after:
                     cpu[variant].append({"client_node_cpu_s": after[0] - before[0],
                                          "server_node_cpu_s": after[1] - before[1],
-                                         "broker_cpu_s": after[2] - before[2], "wall_s": wall, "direction": direction})
+                                         "broker_cpu_s": after[2] - before[2], "wall_s": wall, "direction": direction,
+                                         "bytes": iperf_bytes(out)})
+                if variant == "socat256k" and value and None not in (socat_before, socat_after):
+                    socat_cpu.append({"cpu_s": socat_after - socat_before, "bytes": iperf_bytes(out),
+                                      "direction": direction})
                 log(f"  throughput rep {rep + 1} {direction} {variant}: {(value or 0) / 1e9:.2f} Gbit/s")
     rows = []
     names = {"socat256k": "socat relay on broker host, -b 262144",
@@ -176,6 +190,7 @@ def throughput(ctx):
         if variant == "relayed":
             rows.append(row("throughput", "broker CPU during relayed transfers (% of one core)", "%",
                             [100 * c["broker_cpu_s"] / c["wall_s"] for c in runs]))
+            rows += relay_cpu_rows(runs, socat_cpu)
     paths = {name: link_paths(read(f"{lab.work}/{name}.log")) for name in ("cli", "clr")}
     wrong = {"cli": paths["cli"].get("relay", 0), "clr": paths["clr"].get("direct", 0)}
     for r in rows:  # a figure is only of its path if every link of its agent came up on that path
@@ -184,8 +199,27 @@ def throughput(ctx):
             other = f"{wrong[agent_name]} link(s) of {agent_name} on the other path"
             r["note"] = f"{r['note']}; {other}" if r.get("note") else other
             r["verdict"] = "INVALID"
-    return rows, {"seconds": seconds, "omit": omit, "bits_per_second": data, "cpu": cpu, "failures": failures,
+    return rows, {"seconds": seconds, "omit": omit, "bits_per_second": data, "cpu": cpu, "socat_cpu": socat_cpu,
+                  "failures": failures,
                   "agent_link_paths": paths}
+
+
+def relay_cpu_rows(runs, socat_runs):
+    """CPU per relayed GB (10^9 bytes) of each node and of the broker (issue 14), the broker's against a socat
+    -b 262144 relay's on the same host in the same run (runs of both directions, interleaved, paired in order)."""
+    def per_gb(seconds, moved):
+        return seconds / (moved / 1e9) if moved else None
+
+    socat = [per_gb(c["cpu_s"], c["bytes"]) for c in socat_runs]
+    goal = ("≤ 0.3 cpu-s/GB", "<=", 0.3)
+    return [
+        row("throughput", "connecting node's CPU per relayed GB", "cpu-s/GB",
+            [per_gb(c["client_node_cpu_s"], c["bytes"]) for c in runs], goal=goal),
+        row("throughput", "accepting node's CPU per relayed GB", "cpu-s/GB",
+            [per_gb(c["server_node_cpu_s"], c["bytes"]) for c in runs], goal=goal),
+        row("throughput", "broker CPU per relayed GB vs a socat -b 262144 relay's", "cpu-s/GB",
+            [per_gb(c["broker_cpu_s"], c["bytes"]) for c in runs], socat, "socat", goal=("≤ 1.0x socat", "<=", 1.0)),
+    ]
 
 
 def read(path):
@@ -256,6 +290,8 @@ def rtt(ctx):
     if relay:
         rows.append(row("rtt", "1 KiB p50, mesh relayed (vs raw in the same process)", "us", p50["relayed"]["relayed"],
                         p50["relayed"]["raw"], "raw"))
+        rows.append(row("rtt", "1 KiB p50, mesh relayed vs a socat relay on the broker host (same process)", "us",
+                        p50["relayed"]["relayed"], p50["relayed"]["socat"], "socat", goal=("≤ 1.5x socat", "<=", 1.5)))
     else:
         rows.append(row("rtt", "1 KiB p50, mesh relayed", "us", available=False,
                         note=RELAY_MISSING if agent else f"not available: {ctx.shim_note}"))

@@ -44,6 +44,26 @@ def cpu_seconds(pid):
         return None
 
 
+def family_cpu_seconds(pid, settle=2.0):
+    """utime + stime of a process and of its children it has reaped (cutime + cstime), in seconds, once no child
+    is left (up to `settle` s): a forking server's (socat's) CPU for the connections it served. None if it is gone."""
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                if not f.read().strip():
+                    break
+        except OSError:
+            return None
+        time.sleep(0.02)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return sum(int(v) for v in fields[11:15]) / CLK_TCK  # fields 14-17 of stat(5)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def memory_kib(pid):
     """VmRSS, VmHWM (from status) and Pss, Pss_Anon (from smaps_rollup) in KiB; {} if the process is gone."""
     values = {}

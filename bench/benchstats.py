@@ -43,6 +43,7 @@ UNITS = {
     "KiB": lambda v: f"{v / 1024:.1f} MiB",
     "%": lambda v: f"{v:.1f} %",
     "cpu-s": lambda v: f"{v:.2f} CPU-s",
+    "cpu-s/GB": lambda v: f"{v:.2f} CPU-s/GB",
     "count": lambda v: f"{v:.0f}",
 }
 

@@ -6,7 +6,8 @@ import ZeroMQ
 
 /// Runs on the relay thread: attaches nodes by their session, opens relayed connections the control plane
 /// signalled, and forwards each frame to the other end of its connection unchanged, keeping count of every
-/// direction's unacknowledged bytes.
+/// direction's unacknowledged bytes. A frame is read by its header alone and sent on as the very message libzmq
+/// received (``ZMQMessage``): the broker never copies relayed bytes (issue 14).
 final class RelayHandler: SocketLoopHandler {
     typealias Command = Never
 
@@ -28,7 +29,7 @@ final class RelayHandler: SocketLoopHandler {
 
     struct Batch {
         let routingID: [UInt8]
-        var frames: [[UInt8]] = []
+        var frames: [ZMQMessage] = []
         /// Per frame: its connection and the routing id of the node that sent it.
         var senders: [(id: UInt64, sender: [UInt8])] = []
     }
@@ -68,20 +69,21 @@ final class RelayHandler: SocketLoopHandler {
 
     func readable(socketAt index: Int) {
         do {
-            try router.receiveAll { frames in
-                guard frames.count >= 2 else {
+            try router.receiveAllParts { parts in
+                guard parts.count >= 2 else {
                     return badInput.drop("message without a relay frame after the routing id")
                 }
+                let routingID = [UInt8](parts[0].bytes)
                 // A node may send several frames (parts) in one message; each is a RelayFrame of its own.
-                for frame in frames[1...] {
+                for frame in parts[1...] {
                     let header: RelayFrameHeader
                     do {
-                        header = try RelayFrameHeader(scanning: frame)
+                        header = try RelayFrameHeader(scanning: frame.bytes)
                     } catch {
                         badInput.drop("\(error)")
                         continue
                     }
-                    handle(header, frame: frame, from: frames[0])
+                    handle(header, frame: frame, from: routingID)
                 }
                 flush()
             }
@@ -123,7 +125,9 @@ final class RelayHandler: SocketLoopHandler {
 
     // MARK: Frames
 
-    func handle(_ header: RelayFrameHeader, frame: [UInt8], from routingID: [UInt8]) {
+    func handle(_ header: RelayFrameHeader, frame message: ZMQMessage, from routingID: [UInt8]) {
+        // Only the small frames are decoded or kept as bytes; data goes on as the message it came in.
+        var frame: [UInt8] { [UInt8](message.bytes) }
         if header.kind == .hello { return hello(frame, from: routingID) }
         guard let token = attached[routingID] else {
             badInput.drop("relay frame from a node that is not attached")
@@ -132,7 +136,7 @@ final class RelayHandler: SocketLoopHandler {
         if header.kind == .open { return open(header.connectionID, token: token, from: routingID) }
         if header.kind == .resume { return resume(header.connectionID, frame: frame, token: token, from: routingID) }
         guard var connection = connections[header.connectionID] else {
-            return notOpen(header, frame: frame, token: token, from: routingID)
+            return notOpen(header, frame: message, token: token, from: routingID)
         }
         guard let side = connection.ends.firstIndex(where: { $0.token == token }) else {
             badInput.drop("relay frame for connection \(header.connectionID) from a node that is not part of it")
@@ -146,7 +150,7 @@ final class RelayHandler: SocketLoopHandler {
             guard !connection.finished[side], connection.unacknowledged[side] <= connection.window else {
                 return violation(connection, "data beyond its window or after its end")
             }
-            capture?.data(connection.id, from: side, frame[header.payload])
+            capture?.data(connection.id, from: side, UnsafeRawBufferPointer(rebasing: message.bytes[header.payload]))
         case .credit(let credit):
             connection.unacknowledged[other] -= Int(credit)
             guard connection.unacknowledged[other] >= 0 else { return violation(connection, "credit for bytes never sent") }
@@ -154,7 +158,7 @@ final class RelayHandler: SocketLoopHandler {
             connection.finished[side] = true
             if header.kind == .fin { capture?.finished(connection.id, from: side) }
         case .rst:
-            forward(frame, connection, to: other)
+            forward(message, connection, to: other)
             flush()
             return drop(connection.id, resetBy: side)
         case .punch:
@@ -163,7 +167,7 @@ final class RelayHandler: SocketLoopHandler {
             return  // handled above
         }
         connections[connection.id] = connection
-        forward(frame, connection, to: other)
+        forward(message, connection, to: other)
         if connection.finished[0] && connection.finished[1] { drop(connection.id) }
     }
 
@@ -216,14 +220,14 @@ final class RelayHandler: SocketLoopHandler {
     /// A frame for a connection the relay does not carry (any more). A reset of a signalled connection still
     /// reaches the other node (a connecting node that gave up); data is answered with a reset; the rest (late
     /// credits, punch signals of a finished connection) is dropped.
-    private func notOpen(_ header: RelayFrameHeader, frame: [UInt8], token: [UInt8], from routingID: [UInt8]) {
+    private func notOpen(_ header: RelayFrameHeader, frame: ZMQMessage, token: [UInt8], from routingID: [UInt8]) {
         switch header.kind {
         case .rst:
             guard let pairing = directory.pairing(header.connectionID), pairing.ended == nil else { return }
             let peer = pairing.initiator == token ? pairing.acceptor : pairing.acceptor == token ? pairing.initiator : nil
             if let peer, let route = routes[peer] {
                 flush()
-                try? router.send([route, frame])
+                try? router.send([ZMQMessage(route), frame])
             }
         case .data:
             send(Self.unknownState("the relay carries no connection \(header.connectionID)"), header.connectionID, to: routingID)
@@ -244,7 +248,7 @@ final class RelayHandler: SocketLoopHandler {
 
     /// Queues `frame` for the other end; consecutive frames for one node go out together as one multipart
     /// message (one wakeup for libzmq's I/O thread and for the receiving node instead of one per frame).
-    private func forward(_ frame: [UInt8], _ connection: RelayedConnection, to end: Int) {
+    private func forward(_ frame: ZMQMessage, _ connection: RelayedConnection, to end: Int) {
         let target = connection.ends[end].routingID
         if let pending, pending.routingID != target { flush() }
         if pending == nil { pending = Batch(routingID: target) }
@@ -258,7 +262,7 @@ final class RelayHandler: SocketLoopHandler {
         guard let batch = pending else { return }
         pending = nil
         do {
-            try router.send([batch.routingID] + batch.frames)
+            try router.send([ZMQMessage(batch.routingID)] + batch.frames)
         } catch {
             for (id, sender) in batch.senders where connections[id] != nil {
                 logger.info("relay peer unreachable; reset", metadata: ["connection": "\(id)", "error": "\(error)"])

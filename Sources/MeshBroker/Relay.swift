@@ -19,9 +19,12 @@ public struct RelayConfiguration: Sendable {
     /// gradually as connections pile up instead of the first ones taking it all: with the defaults, the first 64
     /// connections get full windows and 242 fit at once before an open is refused.
     public var windowShare = 64
-    /// Frames per node that libzmq reads ahead of the relay before it stops reading that node's TCP connection:
-    /// the most a node that ignores its windows can make the broker hold (× 64 KiB) until the relay resets it.
-    public var receiveHighWaterMark: Int32 = 64
+    /// Bytes per node that libzmq reads ahead of the relay before it stops reading that node's TCP connection:
+    /// the most a node that ignores its windows can make the broker hold until the relay resets it.
+    public var receiveAheadBytes = 4 << 20
+
+    /// ``receiveAheadBytes`` as libzmq counts it, in messages (of at most one relay frame each).
+    var receiveHighWaterMark: Int32 { Int32(max(1, receiveAheadBytes / RelayFrame.maximumFrameSize)) }
     /// Payload capture: nil (the default) publishes nothing and opens no capture socket at all.
     public var capture: RelayCaptureConfiguration?
 

@@ -10,8 +10,8 @@ public struct RelayCaptureConfiguration: Sendable {
     public var endpoint: String
     /// Seals each mesh's segments with that mesh's tap key, as the tap does.
     public var secret: MeshSecret
-    /// Events queued per subscriber before PUB drops for it (each at most one 64 KiB frame: 16 MiB by default).
-    public var highWaterMark: Int32 = 256
+    /// Events queued per subscriber before PUB drops for it (each at most one relay frame: 16 MiB by default).
+    public var highWaterMark = Int32(16 << 20 / RelayFrame.maximumFrameSize)
 
     public init(endpoint: String, secret: MeshSecret) {
         self.endpoint = endpoint
@@ -58,27 +58,27 @@ final class RelayCapture {
             mesh: ends.mesh,
             topics: [ends.initiator.name, ends.acceptor.name].map { Array(key.topic(.capture, node: $0).utf8) },
             sources: [(ends.initiator.address, initiatorPort), (ends.acceptor.address, UInt32(ends.port))])
-        publish(id, from: 0, .open, data: [])
+        publish(id, from: 0, .open, data: Data())
     }
 
     /// `data` went from side `side` (0 = initiator) to the other.
-    func data(_ id: UInt64, from side: Int, _ data: ArraySlice<UInt8>) {
-        publish(id, from: side, .data, data: data)
+    func data(_ id: UInt64, from side: Int, _ data: UnsafeRawBufferPointer) {
+        publish(id, from: side, .data, data: Data(data))
         connections[id]?.offsets[side] += UInt64(data.count)
     }
 
     func finished(_ id: UInt64, from side: Int) {
-        publish(id, from: side, .fin, data: [])
+        publish(id, from: side, .fin, data: Data())
     }
 
     /// The connection ended; `resetBy` is the side that reset it, nil when both sides finished (or it moved to
     /// a direct link, which the capture cannot see).
     func ended(_ id: UInt64, resetBy side: Int?) {
-        if let side { publish(id, from: side, .rst, data: []) }
+        if let side { publish(id, from: side, .rst, data: Data()) }
         connections[id] = nil
     }
 
-    private func publish(_ id: UInt64, from side: Int, _ kind: CaptureSegment.Kind, data: ArraySlice<UInt8>) {
+    private func publish(_ id: UInt64, from side: Int, _ kind: CaptureSegment.Kind, data: Data) {
         guard let connection = connections[id] else { return }
         var segment = CaptureSegment()
         segment.kind = kind
@@ -86,7 +86,7 @@ final class RelayCapture {
         (segment.sourceAddress, segment.sourcePort) = connection.sources[side]
         (segment.destinationAddress, segment.destinationPort) = connection.sources[1 - side]
         segment.offset = connection.offsets[side]
-        segment.data = Data(data)
+        segment.data = data
         var event = TapEvent()
         event.capture = segment
         publisher.publish(event, mesh: connection.mesh, topic: connection.topics[side])

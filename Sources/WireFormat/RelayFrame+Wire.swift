@@ -7,11 +7,12 @@ public typealias RelayFrame = Boxermesh_V1_RelayFrame
 ///
 /// Data frames are the hot path: the broker forwards them by their header alone and a node writes their bytes
 /// straight from the received buffer, so they are read with ``RelayFrameHeader`` (a small protobuf field walker
-/// that copies nothing) and built with ``RelayFrame/dataFrame(connectionID:capacity:fill:)``. Both produce and
+/// that copies nothing) and built with ``RelayFrame/writeDataFrame(connectionID:into:fill:)``. Both produce and
 /// accept ordinary protobuf: any protobuf library reads and writes the same frames.
 extension RelayFrame {
-    /// The most bytes one data frame carries.
-    public static let maximumData = 64 * 1024
+    /// The most bytes one data frame carries. Large frames keep libzmq on its zero-copy paths and cut the
+    /// per-message hand-offs between threads (issue 14); a node sends what one read of its app's socket gave.
+    public static let maximumData = 256 * 1024
     /// A frame larger than this is refused (libzmq drops a peer that sends more).
     public static let maximumFrameSize = maximumData + 64
 
@@ -45,34 +46,26 @@ extension RelayFrame {
     }
 
     /// The most header bytes a data frame needs: tag, 10-byte varint id, tag, 3-byte varint length.
-    static let maximumDataHeader = 15
+    public static let maximumDataHeader = 15
 
-    /// Builds a data frame whose payload `fill` writes into the buffer it gets (at most `capacity` bytes) and
-    /// returns the count of. Returns nil when `fill` returns 0 or less (nothing read: EOF or an error the caller
-    /// looks at). The payload is written once, in place; only the header is put in front of it.
-    public static func dataFrame(
-        connectionID: UInt64, capacity: Int, fill: (UnsafeMutableRawBufferPointer) -> Int
-    ) -> [UInt8]? {
+    /// Builds a data frame in `buffer` without moving its payload: `fill` writes the payload (at most
+    /// `buffer.count - maximumDataHeader` bytes) at `maximumDataHeader` into `buffer` and returns the count of; the
+    /// header goes right before it. Returns where the frame sits in `buffer`, or nil when `fill` returns 0 or less
+    /// (nothing read: EOF or an error the caller looks at).
+    public static func writeDataFrame(
+        connectionID: UInt64, into buffer: UnsafeMutableRawBufferPointer, fill: (UnsafeMutableRawBufferPointer) -> Int
+    ) -> Range<Int>? {
+        let capacity = buffer.count - maximumDataHeader
         precondition(capacity > 0 && capacity <= maximumData, "data frames carry 1...\(maximumData) bytes")
-        var filled = 0
-        let frame = [UInt8](unsafeUninitializedCapacity: maximumDataHeader + capacity) { buffer, count in
-            let base = UnsafeMutableRawBufferPointer(buffer)
-            filled = fill(UnsafeMutableRawBufferPointer(rebasing: base[maximumDataHeader..<(maximumDataHeader + capacity)]))
-            guard filled > 0 else {
-                count = 0
-                return
-            }
-            var header: [UInt8] = [0x08]
-            appendVarint(connectionID, to: &header)
-            header.append(0x12)
-            appendVarint(UInt64(filled), to: &header)
-            // Move the payload down to sit right after the header (memmove: the ranges may overlap).
-            let start = base.baseAddress!
-            memmove(start + header.count, start + maximumDataHeader, filled)
-            header.withUnsafeBytes { start.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            count = header.count + filled
-        }
-        return filled > 0 ? frame : nil
+        let filled = fill(UnsafeMutableRawBufferPointer(rebasing: buffer[maximumDataHeader...]))
+        guard filled > 0 else { return nil }
+        var header: [UInt8] = [0x08]
+        appendVarint(connectionID, to: &header)
+        header.append(0x12)
+        appendVarint(UInt64(filled), to: &header)
+        let start = maximumDataHeader - header.count
+        UnsafeMutableRawBufferPointer(rebasing: buffer[start..<maximumDataHeader]).copyBytes(from: header)
+        return start..<(maximumDataHeader + filled)
     }
 
     static func appendVarint(_ value: UInt64, to bytes: inout [UInt8]) {
@@ -202,7 +195,7 @@ public struct RelayFrameHeader: Sendable, Equatable {
     }
 }
 
-/// Process-wide malloc tuning for relaying. Every relayed frame is a 64 KiB allocation freed soon after (in
+/// Process-wide malloc tuning for relaying. Every relayed frame is an allocation of up to 256 KiB freed soon after (in
 /// libzmq and here); with glibc's defaults the freed memory at the top of a heap is handed back to the kernel at
 /// once (trim threshold 128 KiB) and faulted in again for the next frame, which cost more than the copies.
 /// Keeping up to 64 MiB of freed memory (and never mmapping blocks below 1 MiB) removes that churn; it is memory

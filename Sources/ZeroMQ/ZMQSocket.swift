@@ -20,8 +20,6 @@ public final class ZMQSocket {
     }
 
     let handle: UnsafeMutableRawPointer
-    /// zmq_msg_t keeps small messages inside the struct, so it must live at a fixed heap address.
-    private let message: UnsafeMutablePointer<zmq_msg_t>
     private var isClosed = false
     /// Retains the context so it outlives the socket.
     private let context: ZMQContext
@@ -30,15 +28,11 @@ public final class ZMQSocket {
         guard let handle = zmq_socket(context.handle, kind.raw) else { throw ZMQError("zmq_socket") }
         self.handle = handle
         self.context = context
-        message = .allocate(capacity: 1)
-        zmq_msg_init(message)
         try setOption(ZMQ_LINGER, Int32(0))
     }
 
     deinit {
         close()
-        zmq_msg_close(message)
-        message.deallocate()
     }
 
     public func close() {
@@ -73,25 +67,44 @@ public final class ZMQSocket {
         }
     }
 
+    /// Sends one multipart message of ``ZMQMessage``s without copying their bytes: libzmq takes each over (it is
+    /// empty afterwards). With `dontWait` a full queue throws a ``ZMQError`` whose `wouldBlock` is true.
+    public func send(_ parts: [ZMQMessage], dontWait: Bool = true) throws(ZMQError) {
+        for (index, part) in parts.enumerated() {
+            var flags: Int32 = dontWait ? ZMQ_DONTWAIT : 0
+            if index < parts.count - 1 { flags |= ZMQ_SNDMORE }
+            try check(zmq_msg_send(part.raw, handle, flags), "send")
+        }
+    }
+
     /// Receives every message waiting on the socket, handing each to `body`: one poll wake-up drains the socket.
     /// A receive error ends the drain and is thrown.
     public func receiveAll(_ body: ([[UInt8]]) -> Void) throws(ZMQError) {
         while let frames = try receive() { body(frames) }
     }
 
+    /// ``receiveAll(_:)`` without copying: each message's parts as libzmq received them.
+    public func receiveAllParts(_ body: ([ZMQMessage]) -> Void) throws(ZMQError) {
+        while let parts = try receiveParts() { body(parts) }
+    }
+
     /// Receives one multipart message, or nil when none is waiting.
     public func receive() throws(ZMQError) -> [[UInt8]]? {
-        var frames: [[UInt8]] = []
+        try receiveParts().map { parts in parts.map { [UInt8]($0.bytes) } }
+    }
+
+    /// Receives one multipart message as its parts, or nil when none is waiting.
+    public func receiveParts() throws(ZMQError) -> [ZMQMessage]? {
+        var parts: [ZMQMessage] = []
         repeat {
-            if zmq_msg_recv(message, handle, frames.isEmpty ? ZMQ_DONTWAIT : 0) < 0 {
+            let part = ZMQMessage()
+            if zmq_msg_recv(part.raw, handle, parts.isEmpty ? ZMQ_DONTWAIT : 0) < 0 {
                 let error = ZMQError("receive")
-                if error.wouldBlock && frames.isEmpty { return nil }
+                if error.wouldBlock && parts.isEmpty { return nil }
                 throw error
             }
-            let count = zmq_msg_size(message)
-            let bytes = zmq_msg_data(message).map { UnsafeRawBufferPointer(start: $0, count: count) }
-            frames.append(bytes.map { [UInt8]($0) } ?? [])
-        } while zmq_msg_more(message) == 1
-        return frames
+            parts.append(part)
+        } while parts[parts.count - 1].more
+        return parts
     }
 }

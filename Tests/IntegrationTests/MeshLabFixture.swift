@@ -36,6 +36,11 @@ struct MeshLabFixture {
         #"out=$(mktemp) && trap 'rm -f "$out"' EXIT && "# + command
     }
 
+    /// BOXER_MESH_TEST_LAB_PREFIX, when set, replaces every lab's own prefix: on a machine others run labs on too,
+    /// a person runs the lab tests (one at a time, `--no-parallel`) in the namespaces given to them.
+    static let prefixOverride: String? = ProcessInfo.processInfo.environment["BOXER_MESH_TEST_LAB_PREFIX"]
+        .flatMap { $0.isEmpty ? nil : $0 }
+
     /// The preload shim of this build, where the node looks for it (every `swift build` builds it there).
     static func requireShim() throws {
         let shim = URL(fileURLWithPath: binary).deletingLastPathComponent()
@@ -62,6 +67,7 @@ struct MeshLabFixture {
         brokerArguments: [String] = [],
         _ body: (MeshLabFixture) async throws -> T
     ) async throws -> T {
+        let prefix = prefixOverride ?? prefix
         let lab = NATLab(prefix: prefix)
         let config = LabConfig(
             functions: functions, nat: nat, natTCPTimeout: natTCPTimeout,

@@ -5,12 +5,19 @@ import WireFormat
 
 @Suite("Relay frames: the header walker and the in-place data frames agree with protobuf")
 struct RelayFrameTests {
+    /// A data frame built in place in a buffer of `capacity` payload bytes, as a node builds it.
+    func dataFrame(connectionID: UInt64, capacity: Int, fill: (UnsafeMutableRawBufferPointer) -> Int) -> [UInt8]? {
+        var buffer = [UInt8](repeating: 0, count: RelayFrame.maximumDataHeader + capacity)
+        let range = buffer.withUnsafeMutableBytes { RelayFrame.writeDataFrame(connectionID: connectionID, into: $0, fill: fill) }
+        return range.map { Array(buffer[$0]) }
+    }
+
     @Test("data frames built in place decode with SwiftProtobuf to the same id and bytes, for every length class")
     func dataFrames() throws {
         for (id, count) in [(UInt64(1), 1), (300, 127), (1 << 40, 128), (7, 16383), (UInt64.max, 16384), (9, RelayFrame.maximumData)] {
             let payload = (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
             let frame = try #require(
-                RelayFrame.dataFrame(connectionID: id, capacity: count) { buffer in
+                dataFrame(connectionID: id, capacity: count) { buffer in
                     buffer.copyBytes(from: payload)
                     return count
                 })
@@ -27,8 +34,8 @@ struct RelayFrameTests {
 
     @Test("a fill that reads nothing (EOF, an error) gives no frame")
     func emptyFill() {
-        #expect(RelayFrame.dataFrame(connectionID: 1, capacity: 10) { _ in 0 } == nil)
-        #expect(RelayFrame.dataFrame(connectionID: 1, capacity: 10) { _ in -1 } == nil)
+        #expect(dataFrame(connectionID: 1, capacity: 10) { _ in 0 } == nil)
+        #expect(dataFrame(connectionID: 1, capacity: 10) { _ in -1 } == nil)
     }
 
     @Test("the header walker reads every kind as SwiftProtobuf encodes it")

@@ -1,13 +1,14 @@
 import Testing
 import WireFormat
+import ZeroMQ
 
 @testable import MeshNode
 
 @Suite("What a relayed connection keeps to send again after a broker restart")
 struct RelayResendBufferTests {
     /// A data frame with `count` bytes counting up from `first` (mod 256), as the pump builds it.
-    func frame(_ first: Int, _ count: Int) -> ([UInt8], Range<Int>) {
-        let frame = RelayFrame.dataFrame(connectionID: 7, capacity: count) { buffer in
+    func frame(_ first: Int, _ count: Int) -> (ZMQMessage, Range<Int>) {
+        let frame = RelayPump.readDataFrame(connectionID: 7, capacity: count) { buffer in
             for index in 0..<count { buffer[index] = UInt8(truncatingIfNeeded: first + index) }
             return count
         }!

@@ -51,7 +51,9 @@ final class PumpPair {
         logger.logLevel = .critical
         for side in [initiator, acceptor] {
             let effects = RelayPumpEffects(
-                send: { frames in side.outbox += frames.filter { (try? RelayFrameHeader(scanning: $0))?.connectionID != 0 } },
+                send: { frames in
+                    side.outbox += frames.map { [UInt8]($0.bytes) }.filter { (try? RelayFrameHeader(scanning: $0))?.connectionID != 0 }
+                },
                 session: { Data([1, 2, 3]) },
                 gather: { id, attempt in side.gathers.append((id, attempt)) },
                 punch: { id, attempt, request in side.punches.append((id, attempt, request)) },
@@ -236,4 +238,9 @@ struct PumpTestFailure: Error, CustomStringConvertible {
 /// Bytes with a pattern, so that a lost, doubled or reordered byte shows.
 func pattern(_ count: Int, seed: UInt8) -> [UInt8] {
     (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) }
+}
+
+extension RelayPump {
+    /// Delivers an encoded frame as the relay loop does: in a message of its own.
+    func received(_ frame: [UInt8]) { received(ZMQMessage(frame)) }
 }

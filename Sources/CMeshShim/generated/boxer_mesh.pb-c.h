@@ -1060,7 +1060,7 @@ struct  Boxermesh__V1__RelayFrame
   Boxermesh__V1__RelayFrame__BodyCase body_case;
   union {
     /*
-     * at most 65536 bytes
+     * at most 262144 bytes
      */
     ProtobufCBinaryData data;
     protobuf_c_boolean fin;

@@ -8,7 +8,7 @@ import ZeroMQ
 /// session, ``DirectPath`` on its pool); tests give fakes and feed the results back by hand.
 struct RelayPumpEffects {
     /// Sends frames to the broker's relay as one message.
-    var send: ([[UInt8]]) -> Void
+    var send: ([ZMQMessage]) -> Void
     /// This node's session, for the relay's hello.
     var session: () -> Data
     /// Learns a fresh punch port for an upgrade attempt of a connection; the result comes back as
@@ -38,7 +38,7 @@ final class RelayLoop: SocketLoopHandler {
 
     init(
         options: RelayOptions, expectations: RelayExpectations, logger: Logger,
-        effects: (_ send: @escaping ([[UInt8]]) -> Void) -> RelayPumpEffects
+        effects: (_ send: @escaping ([ZMQMessage]) -> Void) -> RelayPumpEffects
     ) throws {
         self.logger = logger
         dealer = try ZMQSocket(ZMQContext(), .dealer)
@@ -68,7 +68,7 @@ final class RelayLoop: SocketLoopHandler {
     func readable(socketAt index: Int) {
         do {
             // One message may hold several frames (the broker batches what it forwards to us).
-            try dealer.receiveAll { frames in for frame in frames { pump.received(frame) } }
+            try dealer.receiveAllParts { frames in for frame in frames { pump.received(frame) } }
         } catch {
             logger.warning("relay receive failed: \(error)")
         }

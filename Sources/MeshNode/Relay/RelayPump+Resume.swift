@@ -81,7 +81,7 @@ extension RelayPump {
         guard resume.initiator != stream.context.initiator, Int(resume.window) == stream.window else {
             return abort(stream, reason: "a resume that does not match this connection (role or window)", notify: true)
         }
-        let missing: [ArraySlice<UInt8>]
+        let missing: [[UInt8]]
         do {
             missing = try stream.resend.resume(peerReceived: resume.received, peerAcknowledged: resume.acknowledged)
         } catch {

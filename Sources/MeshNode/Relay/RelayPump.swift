@@ -10,8 +10,9 @@ import ZeroMQ
 /// an endpoint, punch) go out through ``RelayPumpEffects`` and come back as ``gathered(_:attempt:_:)`` and
 /// ``punched(_:attempt:_:)``. Tests drive it directly, with fake effects and no broker (MeshNodeTests).
 ///
-/// Fairness: poll is level-triggered and each ready socket gets one read or write (≤ 64 KiB) per turn, so a heavy
-/// connection takes its turn like the others. Memory: a connection holds at most its window of relay bytes.
+/// Fairness: poll is level-triggered and each ready socket gets a bounded turn (a few frames of ≤ 256 KiB), so a
+/// heavy connection takes its turn like the others. Relayed bytes are not copied in this process: they are read
+/// from the app's socket into the buffer libzmq sends, and written to it from the message libzmq received. Memory: a connection holds at most its window of relay bytes.
 final class RelayPump {
     let options: RelayOptions
     let effects: RelayPumpEffects
@@ -118,14 +119,16 @@ final class RelayPump {
     // MARK: Relay frames
 
     /// One frame from the broker's relay.
-    func received(_ frame: [UInt8]) {
+    func received(_ message: ZMQMessage) {
         assertOnLoop()
         let header: RelayFrameHeader
         do {
-            header = try RelayFrameHeader(scanning: frame)
+            header = try RelayFrameHeader(scanning: message.bytes)
         } catch {
             return logger.warning("dropped a malformed relay frame: \(error)")
         }
+        // Only the small frames are decoded whole; data is written to the app straight from the message.
+        var frame: [UInt8] { [UInt8](message.bytes) }
         let id = header.connectionID
         switch header.kind {
         case .hello:
@@ -142,7 +145,7 @@ final class RelayPump {
             guard stream.inbound == .relay, stream.queued + header.payload.count <= stream.window else {
                 return abort(stream, reason: "the peer broke the relay protocol (data past its window or end)", notify: true)
             }
-            stream.pending.append((frame, header.payload))
+            stream.pending.append((message, header.payload))
             stream.queued += header.payload.count
             stream.receivedOnRelay += UInt64(header.payload.count)
             writeApp(stream)
@@ -263,13 +266,13 @@ final class RelayPump {
         }
         // Up to `framesPerTurn` frames while the app's socket has full frames for us, sent as one multipart
         // message: fewer polls and wakeups per byte, and still a bounded turn, so connections take turns fairly.
-        var batch: [[UInt8]] = []
+        var batch: [ZMQMessage] = []
         defer { if !batch.isEmpty { send(batch) } }
         for _ in 0..<Self.framesPerTurn {
             let capacity = min(stream.credit, RelayFrame.maximumData)
             guard capacity > 0 else { break }
             var outcome = IO.Outcome.wouldBlock
-            let frame = RelayFrame.dataFrame(connectionID: stream.id, capacity: capacity) { buffer in
+            let frame = Self.readDataFrame(connectionID: stream.id, capacity: capacity) { buffer in
                 outcome = IO.read(stream.fd, into: buffer)
                 if case .moved(let count) = outcome { return count }
                 return 0
@@ -277,13 +280,13 @@ final class RelayPump {
             switch outcome {
             case .moved(let count):
                 guard let frame else { return }
-                stream.resend.sent(frame, payload: (frame.count - count)..<frame.count)
+                stream.resend.sent(frame.copy(), payload: (frame.count - count)..<frame.count)
                 batch.append(frame)
                 if count < capacity { break }
                 continue
             case .eof:
                 stream.move(RelayStream.Outbound.relayEnded)
-                batch.append(RelayFrame.with(stream.id, .fin(true)).frame())
+                batch.append(ZMQMessage(RelayFrame.with(stream.id, .fin(true)).frame()))
             case .wouldBlock: break
             case .failed:
                 if !batch.isEmpty { send(batch) }
@@ -299,7 +302,7 @@ final class RelayPump {
     func writeApp(_ stream: RelayStream) {
         drain: while stream.pendingHead < stream.pending.count {
             let (frame, range) = stream.pending[stream.pendingHead]
-            let outcome = frame.withUnsafeBytes { IO.write(stream.fd, UnsafeRawBufferPointer(rebasing: $0[range])) }
+            let outcome = IO.write(stream.fd, UnsafeRawBufferPointer(rebasing: frame.bytes[range]))
             switch outcome {
             case .moved(let count):
                 stream.queued -= count
@@ -372,7 +375,7 @@ final class RelayPump {
         case destinationFailed
     }
 
-    /// One read from `source` (≤ 64 KiB) written on to `destination` — the copy loop of an upgraded connection.
+    /// One read from `source` (≤ 256 KiB) written on to `destination` — the copy loop of an upgraded connection.
     private func copyOnce(from source: Int32, to destination: Int32) -> CopyOutcome {
         switch scratch.withUnsafeMutableBytes({ IO.read(source, into: $0) }) {
         case .moved(let count):
@@ -428,10 +431,29 @@ final class RelayPump {
         if let direct = stream.direct { owners[direct] = nil }
     }
 
-    func send(_ frame: RelayFrame) { send(frame.frame()) }
+    func send(_ frame: RelayFrame) { send([frame.frame()]) }
 
-    func send(_ bytes: [UInt8]) { send([bytes]) }
+    /// Several encoded frames as one multipart message.
+    func send(_ frames: [[UInt8]]) { send(frames.map { ZMQMessage($0) }) }
 
-    /// Several frames as one multipart message.
-    func send(_ frames: [[UInt8]]) { effects.send(frames) }
+    func send(_ frames: [ZMQMessage]) { effects.send(frames) }
+
+    /// A data frame whose payload `fill` reads (≤ `capacity` bytes) into a block that libzmq then takes over, so
+    /// the payload is neither moved nor copied. A short read gives the unused end of the block back at once: a
+    /// frame waits for its credit in the resend buffer, and a 1 KiB reply must not hold 256 KiB meanwhile.
+    static func readDataFrame(
+        connectionID: UInt64, capacity: Int, fill: (UnsafeMutableRawBufferPointer) -> Int
+    ) -> ZMQMessage? {
+        let size = RelayFrame.maximumDataHeader + capacity
+        guard let block = malloc(size) else { return nil }
+        guard let range = RelayFrame.writeDataFrame(
+            connectionID: connectionID, into: UnsafeMutableRawBufferPointer(start: block, count: size), fill: fill)
+        else {
+            free(block)
+            return nil
+        }
+        // Shrinking keeps the block where it is (glibc splits it); the pointer is taken from the result anyway.
+        let kept = range.upperBound < size / 2 ? realloc(block, range.upperBound) ?? block : block
+        return ZMQMessage(taking: kept, offset: range.lowerBound, count: range.count)
+    }
 }

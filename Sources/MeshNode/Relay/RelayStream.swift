@@ -65,7 +65,7 @@ final class RelayStream {
     var directOut = Pending()
 
     // Inbound.
-    var pending: [(frame: [UInt8], range: Range<Int>)] = []
+    var pending: [(frame: ZMQMessage, range: Range<Int>)] = []
     var pendingHead = 0
     var queued = 0
     var receivedOnRelay: UInt64 = 0

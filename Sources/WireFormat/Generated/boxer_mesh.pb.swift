@@ -1658,7 +1658,7 @@ public nonisolated struct Boxermesh_V1_RelayFrame: Sendable {
 
   public var body: Boxermesh_V1_RelayFrame.OneOf_Body? = nil
 
-  /// at most 65536 bytes
+  /// at most 262144 bytes
   public var data: Data {
     get {
       if case .data(let v)? = body {return v}
@@ -1736,7 +1736,7 @@ public nonisolated struct Boxermesh_V1_RelayFrame: Sendable {
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
-    /// at most 65536 bytes
+    /// at most 262144 bytes
     case data(Data)
     case fin(Bool)
     case rst(Boxermesh_V1_RelayReset)
