@@ -1,3 +1,4 @@
+import CNodeSupport
 import CSeccomp
 import FoundationEssentials
 import Glibc
@@ -53,7 +54,7 @@ struct TrappedCall: Sendable {
 
     /// A copy of the app's descriptor (pidfd_getfd), close-on-exec; the caller closes it. Nil: not a descriptor.
     func takeDescriptor(_ index: Int) -> Int32? {
-        let copy = boxer_sc_take_fd(pid, fd(index))
+        let copy = boxer_take_app_fd(pid, fd(index))
         return copy >= 0 ? copy : nil
     }
 
