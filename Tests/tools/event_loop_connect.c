@@ -56,7 +56,11 @@ int main(int argc, char **argv) {
     size_t have = 0;
     while (have < sizeof line - 1) {
         ssize_t got = read(fd, echo + have, sizeof echo - 1 - have);
-        if (got <= 0) return got < 0 ? fail("read") : (fprintf(stderr, "read: end of stream after %zu bytes\n", have), 1);
+        if (got == 0) {
+            fprintf(stderr, "read: end of stream after %zu bytes\n", have);
+            return 1;
+        }
+        if (got < 0) return fail("read");
         have += (size_t)got;
     }
     echo[have] = 0;

@@ -1,6 +1,7 @@
 // Seccomp user notification for apps the preload shim cannot reach (static and Go binaries): the node starts the
 // app with a filter that hands a few socket and file calls to the node, and acts on them with the app's own
-// descriptors (CNodeSupport's boxer_take_app_fd) or injects one (SECCOMP_IOCTL_NOTIF_ADDFD). Linked into the node, never into an app.
+// descriptors (CNodeSupport's boxer_take_app_fd) or injects one (SECCOMP_IOCTL_NOTIF_ADDFD). Linked into the node,
+// never into an app.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>

@@ -77,7 +77,8 @@ final class ConnectAttempts: Sendable {
     /// Forgets an attempt whose outcome no retry claimed, closing its link if it made one. True if there was one.
     func expire(_ key: Key, serial: UInt64) -> Bool {
         state.withLock { state in
-            guard let attempt = state.attempts[key], attempt.serial == serial, let outcome = attempt.outcome else { return false }
+            guard let attempt = state.attempts[key], attempt.serial == serial, let outcome = attempt.outcome
+            else { return false }
             state.attempts[key] = nil
             if case .success(let link) = outcome { close(link.fd) }
             return true

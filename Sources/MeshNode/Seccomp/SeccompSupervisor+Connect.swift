@@ -47,7 +47,8 @@ extension SeccompSupervisor {
             // The app's call was interrupted: its retry is on the way.
             try? await Task.sleep(for: Timing.Choice.unclaimedConnect)
             if connects.expire(key, serial: serial) {
-                logger.warning("the app gave up a connect to \(ipv4):\(target.port): interrupted, and not made again within \(Timing.Choice.unclaimedConnect)")
+                logger.warning(
+                    "the app gave up a connect to \(ipv4):\(target.port): interrupted, and not made again within \(Timing.Choice.unclaimedConnect)")
             }
         }
     }
