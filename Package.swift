@@ -40,7 +40,7 @@ let package = Package(
 
         /// Seccomp user notification for apps the preload shim cannot reach (static and Go binaries): the filter
         /// installed in the app's child process, and the node's side of the notifications.
-        .target(name: "CSeccomp"),
+        .target(name: "CSeccomp", dependencies: ["CNodeSupport"]),
 
         /// Generated protobuf types, framing, mesh address types, STUN codec, mesh-key cryptography. No sockets.
         .target(

@@ -403,7 +403,9 @@ def interpose(ctx):
     program (bench/rtt, dynamic, forced with --interpose): connect() from a client node under each, to srv (shim);
     and connect + first echo from a shim client to a server under each (the difference is the accept's cost).
     Between functions on direct links (the first connect of a run, to a new peer, is left out), and within one node
-    (a loopback link: the interposition's cost without the network's)."""
+    (a loopback link: the interposition's cost without the network's). And a non-blocking connect (as an event
+    loop makes it) to srv: how long connect() itself holds the app's thread — the shim returns EINPROGRESS at once,
+    the supervisor only once the link is up — and how long until the socket is connected."""
     lab, o = ctx.lab, ctx.options
     if not node_supports(ctx.binary, "--interpose"):
         return [row("interpose", "seccomp supervisor", "us", available=False,
@@ -418,14 +420,19 @@ def interpose(ctx):
     lab.wait_log("srvsc", ["seccomp supervisor"], 20)
     time.sleep(0.5)
     series = {"connect_shim": [], "connect_seccomp": [], "echo_shim_server": [], "echo_seccomp_server": [],
-              "local_connect_shim": [], "local_connect_seccomp": [], "local_echo_shim": [], "local_echo_seccomp": []}
+              "local_connect_shim": [], "local_connect_seccomp": [], "local_echo_shim": [], "local_echo_seccomp": [],
+              "nonblocking_call_shim": [], "nonblocking_call_seccomp": [],
+              "nonblocking_connected_shim": [], "nonblocking_connected_seccomp": []}
     failures = []
     variants = [("shim", "srv", MESH_ECHO), ("seccomp", "srv", MESH_ECHO), ("shim", "srvsc", SECCOMP_ECHO),
-                ("shim", "self", SELF_ECHO), ("seccomp", "self", SELF_ECHO)]
+                ("shim", "self", SELF_ECHO), ("seccomp", "self", SELF_ECHO),
+                ("shim", "srvnb", MESH_ECHO), ("seccomp", "srvnb", MESH_ECHO)]
     try:
         for rep in range(o.reps):
             for mode, target, port in rotated(variants, rep):
-                app = local if target == "self" else [rtt, "connect", target, str(port), str(per_run)]
+                app = (local if target == "self" else
+                       [rtt, "connect", "srv", str(port), str(per_run), "nonblocking"] if target == "srvnb" else
+                       [rtt, "connect", target, str(port), str(per_run)])
                 options = ["--interpose", "preload" if mode == "shim" else "seccomp"]
                 argv = lab.node_argv(f"ip{rep}{mode[:2]}{target[-2:]}", app,
                                      options + (["--path", "direct"] if ctx.relay else []))
@@ -440,6 +447,9 @@ def interpose(ctx):
                 if target == "self":
                     series[f"local_connect_{mode}"].append(connect)
                     series[f"local_echo_{mode}"].append(echo)
+                elif target == "srvnb":
+                    series[f"nonblocking_call_{mode}"].append(statistics.median(result["call_us"][1:]))
+                    series[f"nonblocking_connected_{mode}"].append(connect)
                 elif target == "srvsc":
                     series["echo_seccomp_server"].append(echo)
                 else:
@@ -460,6 +470,14 @@ def interpose(ctx):
         row("interpose", "connect() under the preload shim (peer already connected)", "us", series["connect_shim"]),
         row("interpose", "connect() under the seccomp supervisor", "us", series["connect_seccomp"],
             series["connect_shim"], "shim", note=retry_note(failures)),
+        row("interpose", "non-blocking connect(): the call holds the app's thread, under the shim (EINPROGRESS)", "us",
+            series["nonblocking_call_shim"]),
+        row("interpose", "non-blocking connect(): the call holds the app's thread, under the supervisor (until the "
+            "link is up)", "us", series["nonblocking_call_seccomp"], series["nonblocking_call_shim"], "shim"),
+        row("interpose", "non-blocking connect until connected, under the shim", "us",
+            series["nonblocking_connected_shim"]),
+        row("interpose", "non-blocking connect until connected, under the supervisor", "us",
+            series["nonblocking_connected_seccomp"], series["nonblocking_connected_shim"], "shim"),
         row("interpose", "connect + accept + 1-byte echo, server under the shim", "us", series["echo_shim_server"]),
         row("interpose", "connect + accept + 1-byte echo, server under the seccomp supervisor", "us",
             series["echo_seccomp_server"], series["echo_shim_server"], "shim server"),

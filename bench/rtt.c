@@ -15,6 +15,9 @@
 //                                         made, so connect[0] is "new peer" and connect[1..] "peer already
 //                                         connected"; each connection is checked with a 1-byte echo, timed from
 //                                         the connect's start (echo_us: includes the server's accept)
+//   rtt connect HOST PORT COUNT nonblocking  the same on O_NONBLOCK sockets, as an event loop connects:
+//                                         call_us is how long connect() itself held the thread, connect_us until
+//                                         the socket is connected (writable, SO_ERROR 0)
 //   rtt resolve NAME COUNT [SECONDS]      COUNT getaddrinfo(NAME) calls (through the node when the shim is loaded),
 //                                         or fewer if SECONDS pass first
 //   rtt lookups NAME BASELINE COUNT       the first getaddrinfo(NAME), then COUNT getaddrinfo(NAME) and COUNT of
@@ -29,6 +32,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -256,19 +260,39 @@ static int watch(const char *host, const char *port, double seconds) {
     return 0;
 }
 
-static int connects(const char *host, const char *port, int count) {
+/// Connects a non-blocking socket: returns once connected, with the time the connect() call itself took in `*call_us`.
+static void connect_nonblocking(int fd, const struct addrinfo *to, int64_t start, double *call_us) {
+    int result = connect(fd, to->ai_addr, to->ai_addrlen);
+    *call_us = (now_ns(CLOCK_MONOTONIC) - start) / 1000.0;
+    if (result != 0 && errno != EINPROGRESS) fail("connect");
+    struct pollfd writable = {.fd = fd, .events = POLLOUT};
+    int error = 0;
+    socklen_t length = sizeof error;
+    if (result != 0 && (poll(&writable, 1, 30000) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0))
+        fail("poll");
+    if (error != 0) {
+        errno = error;
+        fail("connect (SO_ERROR)");
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);  // the echo check reads with a timeout
+}
+
+static int connects(const char *host, const char *port, int count, int nonblocking) {
     int64_t resolve_start = now_ns(CLOCK_MONOTONIC);
     struct addrinfo *to = lookup(host, port);
     double resolve_us = (now_ns(CLOCK_MONOTONIC) - resolve_start) / 1000.0;
     double *us = calloc((size_t)count, sizeof *us), *echo_us = calloc((size_t)count, sizeof *echo_us);
+    double *call_us = calloc((size_t)count, sizeof *call_us);
     int first = -1;
     char byte = 'x';
     for (int i = 0; i < count; i++) {
         int64_t start = now_ns(CLOCK_MONOTONIC);
-        int fd = socket(to->ai_family, to->ai_socktype, to->ai_protocol);
+        int fd = socket(to->ai_family, to->ai_socktype | (nonblocking ? SOCK_NONBLOCK : 0), to->ai_protocol);
         if (fd < 0) fail("socket");
-        if (connect(fd, to->ai_addr, to->ai_addrlen) != 0) fail("connect");
+        if (nonblocking) connect_nonblocking(fd, to, start, &call_us[i]);
+        else if (connect(fd, to->ai_addr, to->ai_addrlen) != 0) fail("connect");
         us[i] = (now_ns(CLOCK_MONOTONIC) - start) / 1000.0;
+        if (!nonblocking) call_us[i] = us[i];
         reply_timeout(fd);
         if (full(fd, &byte, 1, 1) != 0 || full(fd, &byte, 1, 0) != 0) {
             printf("{\"error\": \"connection %d: no echo within 3 s (%s): the server app never accepted it\"}\n", i,
@@ -281,6 +305,8 @@ static int connects(const char *host, const char *port, int count) {
     }
     printf("{\"mode\": \"connect\", \"resolve_us\": %.1f, \"connect_us\": [", resolve_us);
     for (int i = 0; i < count; i++) printf("%s%.1f", i ? ", " : "", us[i]);
+    printf("], \"call_us\": [");
+    for (int i = 0; i < count; i++) printf("%s%.1f", i ? ", " : "", call_us[i]);
     printf("], \"echo_us\": [");
     for (int i = 0; i < count; i++) printf("%s%.1f", i ? ", " : "", echo_us[i]);
     printf("]}\n");
@@ -352,14 +378,15 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "pingmix") && argc >= 7)
         return pingmix(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), argc - 6, argv + 6);
     if (!strcmp(mode, "watch") && argc == 5) return watch(argv[2], argv[3], atof(argv[4]));
-    if (!strcmp(mode, "connect") && argc == 5) return connects(argv[2], argv[3], atoi(argv[4]));
+    if (!strcmp(mode, "connect") && (argc == 5 || (argc == 6 && !strcmp(argv[5], "nonblocking"))))
+        return connects(argv[2], argv[3], atoi(argv[4]), argc == 6);
     if (!strcmp(mode, "resolve") && (argc == 4 || argc == 5))
         return resolves(argv[2], atoi(argv[3]), argc == 5 ? atof(argv[4]) : 0);
     if (!strcmp(mode, "lookups") && argc == 5 && atoi(argv[4]) > 0) return lookups(argv[2], argv[3], atoi(argv[4]));
     if (!strcmp(mode, "member") && argc == 4) member(argv[2], argv[3]);
     fprintf(stderr, "usage: rtt serve PORT | ping HOST PORT SIZE COUNT WARMUP | "
                     "pingmix SIZE COUNT BLOCK WARMUP NAME=HOST:PORT... | "
-                    "watch HOST PORT SECONDS | connect HOST PORT COUNT | "
+                    "watch HOST PORT SECONDS | connect HOST PORT COUNT [nonblocking] | "
                     "resolve NAME COUNT [SECONDS] | lookups NAME BASELINE COUNT | member FILE NAME\n");
     return 2;
 }

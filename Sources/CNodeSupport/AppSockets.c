@@ -1,10 +1,11 @@
-// Resetting a socket the app holds, found by its inode (see CNodeSupport.h). /proc walking and two raw system
-// calls: plain C is shorter than Swift here.
+// The app's descriptors, copied into the node (pidfd_getfd), and resetting a socket the app holds, found by its
+// inode (see CNodeSupport.h). /proc walking and raw system calls: plain C is shorter than Swift here.
 #define _GNU_SOURCE
 #include "CNodeSupport.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,32 @@ static int find_in_process(const char *pid, uint64_t inode) {
     return found;
 }
 
+int boxer_take_app_fd(pid_t pid, int fd) {
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0 && (errno == EINVAL || errno == ENOENT)) {
+        // pidfd_open wants a process, not a thread (EINVAL before Linux 6.9, ENOENT since, without PIDFD_THREAD):
+        // the descriptor table is the thread group's anyway.
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/status", pid);
+        int status = open(path, O_RDONLY | O_CLOEXEC);
+        if (status < 0) return -1;
+        char text[4096];
+        ssize_t length = read(status, text, sizeof text - 1);
+        close(status);
+        if (length <= 0) return -1;
+        text[length] = 0;
+        const char *tgid = strstr(text, "\nTgid:");
+        if (!tgid) { errno = ESRCH; return -1; }
+        pidfd = (int)syscall(SYS_pidfd_open, atoi(tgid + 6), 0);
+    }
+    if (pidfd < 0) return -1;
+    int copy = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    int error = errno;
+    close(pidfd);
+    errno = error;
+    return copy;
+}
+
 int boxer_reset_app_socket(uint64_t inode) {
     DIR *processes = opendir("/proc");
     if (!processes) return -1;
@@ -48,8 +75,7 @@ int boxer_reset_app_socket(uint64_t inode) {
         if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
         int fd = find_in_process(entry->d_name, inode);
         if (fd < 0) continue;
-        int pidfd = (int)syscall(SYS_pidfd_open, atoi(entry->d_name), 0);
-        int copy = pidfd < 0 ? -1 : (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+        int copy = boxer_take_app_fd(atoi(entry->d_name), fd);
         if (copy < 0) {
             error = errno;
             result = -1;
@@ -61,7 +87,6 @@ int boxer_reset_app_socket(uint64_t inode) {
             error = errno;
             close(copy);
         }
-        if (pidfd >= 0) close(pidfd);
     }
     closedir(processes);
     if (result < 0 || result == 0) errno = error;

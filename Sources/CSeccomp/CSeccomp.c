@@ -1,6 +1,7 @@
 // See CSeccomp.h. Raw system calls and a BPF program: plain C says them directly.
 #define _GNU_SOURCE
 #include "CSeccomp.h"
+#include "CNodeSupport.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,12 +22,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
-#ifndef SYS_pidfd_getfd
-#define SYS_pidfd_getfd 438
-#endif
 #ifndef SYS_close_range
 #define SYS_close_range 436
 #endif
@@ -249,32 +244,6 @@ int boxer_sc_inject(int listener, uint64_t id, int fd, int target, int cloexec, 
 
 int boxer_sc_valid(int listener, uint64_t id) { return ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0; }
 
-int boxer_sc_take_fd(pid_t pid, int fd) {
-    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    if (pidfd < 0 && (errno == EINVAL || errno == ENOENT)) {
-        // pidfd_open wants a process, not a thread (EINVAL before Linux 6.9, ENOENT since, without PIDFD_THREAD):
-        // the descriptor table is the thread group's anyway.
-        char path[64];
-        snprintf(path, sizeof path, "/proc/%d/status", pid);
-        int status = open(path, O_RDONLY | O_CLOEXEC);
-        if (status < 0) return -1;
-        char text[4096];
-        ssize_t length = read(status, text, sizeof text - 1);
-        close(status);
-        if (length <= 0) return -1;
-        text[length] = 0;
-        const char *tgid = strstr(text, "\nTgid:");
-        if (!tgid) { errno = ESRCH; return -1; }
-        pidfd = (int)syscall(SYS_pidfd_open, atoi(tgid + 6), 0);
-    }
-    if (pidfd < 0) return -1;
-    int copy = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
-    int error = errno;
-    close(pidfd);
-    errno = error;
-    return copy;
-}
-
 int boxer_sc_fd_cloexec(pid_t pid, int fd) {
     char path[64], text[512];
     snprintf(path, sizeof path, "/proc/%d/fdinfo/%d", pid, fd);
@@ -327,8 +296,10 @@ int boxer_sc_probe(const char **missing) {
         *missing = "seccomp user notification (SECCOMP_RET_USER_NOTIF, Linux 5.0)";
         return errno;
     }
-    // A descriptor that cannot exist: EBADF says the call is there, ENOSYS (or a filter's EPERM) that it is not.
-    if (syscall(SYS_pidfd_getfd, -1, 0, 0) == 0 || errno != EBADF) {
+    // A descriptor that cannot exist: EBADF says both calls are there, ENOSYS (or a filter's EPERM) that one is not.
+    int copy = boxer_take_app_fd(getpid(), -1);
+    if (copy >= 0) close(copy);
+    if (copy >= 0 || errno != EBADF) {
         *missing = "pidfd_getfd (Linux 5.6)";
         return errno;
     }

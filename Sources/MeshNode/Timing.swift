@@ -71,6 +71,11 @@ enum Timing {
         /// The broker must open a relayed connection within this after we asked.
         static let relayOpen = Duration.seconds(5)
 
+        // The seccomp supervisor.
+        /// A link built for a connect that a signal interrupted waits this long for the app's retry (at once, in
+        /// practice: the kernel restarts the call, or the app retries after EINTR), then is closed.
+        static let unclaimedConnect = Duration.seconds(5)
+
         // Blocking pool.
         /// A pool thread with nothing to do for this long ends (the pool grows again on demand).
         static let poolIdle = Duration.seconds(10)

@@ -40,6 +40,10 @@ typedef struct {
 /// coming and going meanwhile cannot hide one (as they can from a read of /proc/net/tcp).
 int boxer_tcp_listening(uint16_t port);
 
+/// A copy of descriptor `fd` of process `pid` (any thread id: the descriptor table is the process's):
+/// pidfd_open + pidfd_getfd (Linux 5.6; needs ptrace access to that process), CLOEXEC. -1 with errno set.
+int boxer_take_app_fd(pid_t pid, int fd);
+
 /// Resets the TCP socket with inode `inode` wherever this process may reach it (the node's own app, same user): the
 /// first process found holding it lends a copy through pidfd_getfd (Linux 5.6; needs ptrace access to that
 /// process), and connect(AF_UNSPEC) on the copy disconnects it, so the app's calls on it fail with ECONNRESET.

@@ -1,6 +1,7 @@
 // Seccomp user notification for apps the preload shim cannot reach (static and Go binaries): the node starts the
 // app with a filter that hands a few socket and file calls to the node, and acts on them with the app's own
-// descriptors (pidfd_getfd) or injects one (SECCOMP_IOCTL_NOTIF_ADDFD). Linked into the node, never into an app.
+// descriptors (CNodeSupport's boxer_take_app_fd) or injects one (SECCOMP_IOCTL_NOTIF_ADDFD). Linked into the node,
+// never into an app.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -56,10 +57,6 @@ int boxer_sc_inject(int listener, uint64_t id, int fd, int target, int cloexec, 
 
 /// Whether the notification `id` is still pending (its caller was not interrupted or killed).
 int boxer_sc_valid(int listener, uint64_t id);
-
-/// A copy of descriptor `fd` of process `pid` (any thread id): pidfd_open + pidfd_getfd (Linux 5.6), CLOEXEC.
-/// -1 with errno set.
-int boxer_sc_take_fd(pid_t pid, int fd);
 
 /// Whether descriptor `fd` of process `pid` (any thread id) is close-on-exec (its /proc fdinfo "flags"): 1 or 0,
 /// -1 with errno set when that cannot be read.

@@ -1,3 +1,4 @@
+import CNodeSupport
 import FoundationEssentials
 import Glibc
 import WireFormat
@@ -7,6 +8,8 @@ extension SeccompSupervisor {
     /// connect(fd, addr, len) to a mesh address: the node builds the link (``LinkManager/connect(to:port:)``, as
     /// for the shim) and puts its socket at the app's descriptor number, with the app's blocking mode and
     /// close-on-exec flag; the call returns 0. Anything else — another address, a UDP socket — runs untouched.
+    /// A connect the app retries after a signal joins the link being built (``ConnectAttempts``); one on a
+    /// socket that is a link already fails with EISCONN.
     ///
     /// The app's thread waits for the link even on a non-blocking socket (the replacement must happen while the
     /// call is pending). Go registers a socket with epoll only after connect() returns, so its poller sees the new
@@ -17,26 +20,36 @@ extension SeccompSupervisor {
         guard let socket = trapped.takeDescriptor(0) else { return trapped.proceed() }
         let stream = Self.isStream(socket)
         let nonBlocking = Self.isNonBlocking(socket)
+        let cookie = boxer_socket_cookie(socket)
         close(socket)
         guard stream else { return trapped.proceed() }
-        let closeOnExec = trapped.isCloseOnExec(0)
+        if meshSockets.withLock({ $0[cookie] != nil }) {
+            connects.claimUnseen(cookie: cookie) ? trapped.succeed() : trapped.fail(EISCONN)
+            return
+        }
+        let key = ConnectAttempts.Key(cookie: cookie, address: ipv4, port: target.port)
+        guard case .build(let serial) = connects.begin(trapped, key: key, closeOnExec: trapped.isCloseOnExec(0)) else {
+            return logger.debug("a retried connect to \(ipv4):\(target.port) joins its link")
+        }
         let (links, logger) = (links, logger)
         Task {
-            let link: Link
+            let outcome: Result<Link, SocketError>
             do throws(SocketError) {
-                link = try await links.connect(to: ipv4, port: target.port)
+                let link = try await links.connect(to: ipv4, port: target.port)
+                Self.setNonBlocking(link.fd, nonBlocking)
+                remember(link)
+                outcome = .success(link)
             } catch {
                 logger.notice("connect to \(ipv4):\(target.port) failed: \(error.description)")
-                return trapped.fail(error.code)
+                outcome = .failure(error)
             }
-            Self.setNonBlocking(link.fd, nonBlocking)
-            remember(link)
-            if trapped.inject(link.fd, at: trapped.fd(0), closeOnExec: closeOnExec, returning: false) != nil {
-                trapped.succeed()
-            } else {
-                logger.warning("the app gave up a connect to \(ipv4):\(target.port) before its link was up (interrupted)")
+            guard !connects.finish(key, serial: serial, outcome: outcome) else { return }
+            // The app's call was interrupted: its retry is on the way.
+            try? await Task.sleep(for: Timing.Choice.unclaimedConnect)
+            if connects.expire(key, serial: serial) {
+                logger.warning(
+                    "the app gave up a connect to \(ipv4):\(target.port): interrupted, and not made again within \(Timing.Choice.unclaimedConnect)")
             }
-            close(link.fd)  // the app holds the only copy now: its close() sends the FIN
         }
     }
 

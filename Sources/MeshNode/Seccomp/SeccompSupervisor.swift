@@ -25,6 +25,8 @@ final class SeccompSupervisor: Sendable {
     /// Mesh addresses of the sockets the node put into the app, by socket cookie (unique per boot, unlike an fd
     /// number or inode), for getsockname and getpeername.
     let meshSockets = Mutex<[UInt64: Boxermesh_V1_ShimConnection]>([:])
+    /// Links being built for the app's connects, which a retried connect joins.
+    let connects = ConnectAttempts()
     private let stopping = Atomic<Bool>(false)
 
     /// Takes over `listener`, the filter's descriptor from ``AppProcess/supervised(arguments:environment:output:)``.

@@ -1,3 +1,4 @@
+import CNodeSupport
 import CSeccomp
 import FoundationEssentials
 import Glibc
@@ -30,10 +31,14 @@ struct TrappedCall: Sendable {
     func proceed() { _ = boxer_sc_continue(listener, id) }
 
     /// The call returns `value`.
-    func succeed(_ value: Int64 = 0) { _ = boxer_sc_reply(listener, id, value, 0) }
+    func succeed(_ value: Int64 = 0) { _ = answer(value) }
 
     /// The call fails with `code`.
-    func fail(_ code: Int32) { _ = boxer_sc_reply(listener, id, -1, code == 0 ? EIO : code) }
+    func fail(_ code: Int32) { _ = answer(-1, error: code == 0 ? EIO : code) }
+
+    /// The call returns `value`, or fails with `error` when that is not 0. False if the app no longer waits for the
+    /// answer (a signal interrupted the call).
+    func answer(_ value: Int64, error: Int32 = 0) -> Bool { boxer_sc_reply(listener, id, value, error) == 0 }
 
     /// Puts a copy of `fd` into the app — at `target` (replacing its socket there) or at a new number that the
     /// call then returns (`returning`). Returns the app's number, or nil (errno set: the call was interrupted).
@@ -49,7 +54,7 @@ struct TrappedCall: Sendable {
 
     /// A copy of the app's descriptor (pidfd_getfd), close-on-exec; the caller closes it. Nil: not a descriptor.
     func takeDescriptor(_ index: Int) -> Int32? {
-        let copy = boxer_sc_take_fd(pid, fd(index))
+        let copy = boxer_take_app_fd(pid, fd(index))
         return copy >= 0 ? copy : nil
     }
 

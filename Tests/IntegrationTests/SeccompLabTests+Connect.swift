@@ -1,0 +1,72 @@
+import Foundation
+import MeshLab
+import Testing
+
+extension SeccompLabTests {
+    static let interruptedConnect = LinkLabTests.tool("interrupted_connect.c")
+    static let eventLoopConnect = LinkLabTests.tool("event_loop_connect.c")
+
+    /// Accepts connections on 7000 and echoes one line on each, printing "accepted N" for the N-th.
+    static let lineEcho = """
+        import socket
+        server = socket.create_server(("0.0.0.0", 7000))
+        print("listening", flush=True)
+        count = 0
+        while True:
+            client, _ = server.accept()
+            count += 1
+            print("accepted", count, flush=True)
+            with client, client.makefile("rwb") as stream:
+                stream.write(stream.readline())
+        """
+
+    @Test("a static program's connect, interrupted by SIGALRM every millisecond (no SA_RESTART) and retried, makes one link")
+    func connectUnderSignals() async throws {
+        try MeshLabFixture.requireShim()
+        try await MeshLabFixture.with(prefix: "sqi", functionMemory: 1024) { mesh in
+            let program = mesh.work.appendingPathComponent("interrupted_connect").path
+            try mesh.lab.run(.broker, ["cc", "-static", "-O2", "-o", program, Self.interruptedConnect]).check()
+            let server = try mesh.node(1, name: "echo", options: ["--log-level", "info"], ["/usr/bin/python3", "-c", Self.lineEcho])
+            defer { server.kill(SIGTERM) }
+            #expect(server.waitForOutput(containing: "listening", timeout: .seconds(15)), "\(server.standardError)")
+            let address = try mesh.tool(2, ["resolve", "echo"]).check().standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            let client = try mesh.node(2, name: "client", options: ["--log-level", "info"], [program, address, "7000"])
+            #expect(client.waitUntilExit(timeout: .seconds(60)) == 0, "\(client.standardOutput)\n\(client.standardError)")
+            #expect(client.standardError.contains("the app runs under the seccomp supervisor: \(program) is statically linked"),
+                "\(client.standardError)")
+            #expect(client.standardOutput.contains("echo: hello through the signals"), "\(client.standardOutput)")
+            // The timer did interrupt the connect (a link takes milliseconds), and each retry joined the first link.
+            let interruptions = client.standardOutput.firstMatch(of: /connected after (\d+) interruptions/).flatMap { Int($0.1) }
+            #expect((interruptions ?? 0) > 0, "\(client.standardOutput)")
+            #expect(client.standardError.components(separatedBy: "link up").count - 1 == 1, "\(client.standardError)")
+            #expect(await server.waitForLog(containing: "link up"), "\(server.standardError)")
+            #expect(server.standardError.components(separatedBy: "link up").count - 1 == 1, "\(server.standardError)")
+            #expect(server.standardOutput.contains("accepted 1") && !server.standardOutput.contains("accepted 2"), "\(server.standardOutput)")
+        }
+    }
+
+    /// What the README promises a single-threaded event loop (until the supervisor can give EINPROGRESS): the
+    /// non-blocking connect returns 0 once the link is up, a registration made before connect() is gone, one made
+    /// after works.
+    @Test("a static event loop's non-blocking connect returns 0 with the link up; its epoll registration from before connect is lost, a new one works")
+    func nonBlockingConnect() async throws {
+        try MeshLabFixture.requireShim()
+        try await MeshLabFixture.with(prefix: "sqe", functionMemory: 1024) { mesh in
+            let program = mesh.work.appendingPathComponent("event_loop_connect").path
+            try mesh.lab.run(.broker, ["cc", "-static", "-O2", "-o", program, Self.eventLoopConnect]).check()
+            let server = try mesh.node(1, name: "echo", ["/usr/bin/python3", "-c", Self.lineEcho])
+            defer { server.kill(SIGTERM) }
+            #expect(server.waitForOutput(containing: "listening", timeout: .seconds(15)), "\(server.standardError)")
+            let address = try mesh.tool(2, ["resolve", "echo"]).check().standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            let client = try mesh.node(2, name: "loop", [program, address, "7000"])
+            #expect(client.waitUntilExit(timeout: .seconds(60)) == 0, "\(client.standardOutput)\n\(client.standardError)")
+            #expect(client.standardError.contains("the app runs under the seccomp supervisor: \(program) is statically linked"),
+                "\(client.standardError)")
+            let lines = client.standardOutput.split(separator: "\n").map(String.init)
+            #expect(lines == [
+                "connect: 0", "registered before: 0 events", "modify: No such file or directory", "registered after: 1 events",
+                "echo: hello from the event loop",
+            ], "\(client.standardOutput)")
+        }
+    }
+}
