@@ -26,9 +26,13 @@ struct MeshLabFixture {
 
     static let brokerHost = NATLab.brokerAddress
 
-    /// The function size of every lab that names none: BOXER_MESH_TEST_FUNCTION_MEMORY MB (0 or unset: no limits).
-    static let defaultFunctionMemory: Int? = ProcessInfo.processInfo.environment["BOXER_MESH_TEST_FUNCTION_MEMORY"]
-        .flatMap { Int($0) }.flatMap { $0 > 0 ? $0 : nil }
+    /// The function size of every lab that names none: 512 MB, as a user would size a small function (0.29 vCPU,
+    /// unprivileged, read-only root), or BOXER_MESH_TEST_FUNCTION_MEMORY MB (0: no limits, root, the whole machine).
+    static let defaultFunctionMemory: Int? = {
+        guard let text = ProcessInfo.processInfo.environment["BOXER_MESH_TEST_FUNCTION_MEMORY"] else { return 512 }
+        let megabytes = Int(text) ?? -1  // not a number: the lab refuses it with the sizes it takes
+        return megabytes == 0 ? nil : megabytes
+    }()
 
     /// A shell command that runs `command` with `$out` naming a new file in /tmp, removed afterwards: the one place a
     /// function may write (its root is read-only), and a private file when the lab models no functions.
