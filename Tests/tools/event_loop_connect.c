@@ -19,10 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static int fail(const char *what) {
-    fprintf(stderr, "%s: %s\n", what, strerror(errno));
-    return 1;
-}
+#include "echo_line.h"
 
 int main(int argc, char **argv) {
     if (argc != 3) {
@@ -50,20 +47,5 @@ int main(int argc, char **argv) {
         return fail("connect (SO_ERROR)");
     }
     fcntl(fd, F_SETFL, 0);
-    const char line[] = "hello from the event loop\n";
-    if (write(fd, line, sizeof line - 1) != (ssize_t)(sizeof line - 1)) return fail("write");
-    char echo[64];
-    size_t have = 0;
-    while (have < sizeof line - 1) {
-        ssize_t got = read(fd, echo + have, sizeof echo - 1 - have);
-        if (got == 0) {
-            fprintf(stderr, "read: end of stream after %zu bytes\n", have);
-            return 1;
-        }
-        if (got < 0) return fail("read");
-        have += (size_t)got;
-    }
-    echo[have] = 0;
-    printf("echo: %s", echo);
-    return strcmp(echo, line) == 0 ? 0 : 1;
+    return echo_line(fd, "hello from the event loop\n");
 }

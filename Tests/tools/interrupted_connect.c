@@ -15,12 +15,9 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-static void on_alarm(int signal) { (void)signal; }
+#include "echo_line.h"
 
-static int fail(const char *what) {
-    fprintf(stderr, "%s: %s\n", what, strerror(errno));
-    return 1;
-}
+static void on_alarm(int signal) { (void)signal; }
 
 int main(int argc, char **argv) {
     if (argc != 3) {
@@ -44,21 +41,5 @@ int main(int argc, char **argv) {
     struct itimerval off = {{0, 0}, {0, 0}};
     setitimer(ITIMER_REAL, &off, NULL);
     printf("connected after %ld interruptions\n", interruptions);
-    const char line[] = "hello through the signals\n";
-    if (write(fd, line, sizeof line - 1) != (ssize_t)(sizeof line - 1)) return fail("write");
-    char echo[64];
-    size_t have = 0;
-    while (have < sizeof line - 1) {
-        ssize_t got = read(fd, echo + have, sizeof echo - 1 - have);
-        if (got < 0 && errno == EINTR) continue;
-        if (got == 0) {
-            fprintf(stderr, "read: end of stream after %zu bytes\n", have);
-            return 1;
-        }
-        if (got < 0) return fail("read");
-        have += (size_t)got;
-    }
-    echo[have] = 0;
-    printf("echo: %s", echo);
-    return strcmp(echo, line) == 0 ? 0 : 1;
+    return echo_line(fd, "hello through the signals\n");
 }
