@@ -41,6 +41,20 @@ static int find_in_process(const char *pid, uint64_t inode) {
     return found;
 }
 
+ssize_t boxer_read_proc_text(const char *path, char *text, size_t size) {
+    int file = open(path, O_RDONLY | O_CLOEXEC);
+    if (file < 0) return -1;
+    ssize_t length = read(file, text, size - 1);
+    int error = errno;
+    close(file);
+    if (length <= 0) {
+        errno = length == 0 ? ENODATA : error;
+        return -1;
+    }
+    text[length] = 0;
+    return length;
+}
+
 int boxer_take_app_fd(pid_t pid, int fd) {
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (pidfd < 0 && (errno == EINVAL || errno == ENOENT)) {
@@ -48,13 +62,8 @@ int boxer_take_app_fd(pid_t pid, int fd) {
         // the descriptor table is the thread group's anyway.
         char path[64];
         snprintf(path, sizeof path, "/proc/%d/status", pid);
-        int status = open(path, O_RDONLY | O_CLOEXEC);
-        if (status < 0) return -1;
         char text[4096];
-        ssize_t length = read(status, text, sizeof text - 1);
-        close(status);
-        if (length <= 0) return -1;
-        text[length] = 0;
+        if (boxer_read_proc_text(path, text, sizeof text) < 0) return -1;
         const char *tgid = strstr(text, "\nTgid:");
         if (!tgid) { errno = ESRCH; return -1; }
         pidfd = (int)syscall(SYS_pidfd_open, atoi(tgid + 6), 0);

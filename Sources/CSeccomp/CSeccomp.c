@@ -247,12 +247,7 @@ int boxer_sc_valid(int listener, uint64_t id) { return ioctl(listener, SECCOMP_I
 int boxer_sc_fd_cloexec(pid_t pid, int fd) {
     char path[64], text[512];
     snprintf(path, sizeof path, "/proc/%d/fdinfo/%d", pid, fd);
-    int info = open(path, O_RDONLY | O_CLOEXEC);
-    if (info < 0) return -1;
-    ssize_t length = read(info, text, sizeof text - 1);
-    close(info);
-    if (length <= 0) return -1;
-    text[length] = 0;
+    if (boxer_read_proc_text(path, text, sizeof text) < 0) return -1;
     const char *flags = strstr(text, "flags:");
     if (!flags) { errno = EINVAL; return -1; }
     return (strtoul(flags + 6, NULL, 8) & O_CLOEXEC) != 0;

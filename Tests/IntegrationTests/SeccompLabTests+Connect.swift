@@ -20,16 +20,33 @@ extension SeccompLabTests {
                 stream.write(stream.readline())
         """
 
+    /// Builds the C tool `source` with `-static` (so `--interpose auto` supervises it), and starts ``lineEcho`` as
+    /// node `echo` in function 1 with `echoOptions`: the program, the listening server (the caller stops it) and
+    /// the echo's mesh address as function 2 resolves it.
+    static func staticClientOfEcho(
+        _ mesh: MeshLabFixture, source: String, echoOptions: [String] = []
+    ) throws -> (program: String, server: LabProcess, address: String) {
+        let program = mesh.work.appendingPathComponent(URL(fileURLWithPath: source).deletingPathExtension().lastPathComponent).path
+        try mesh.lab.run(.broker, ["cc", "-static", "-O2", "-o", program, source]).check()
+        let server = try mesh.node(1, name: "echo", options: echoOptions, ["/usr/bin/python3", "-c", lineEcho])
+        do {
+            guard server.waitForOutput(containing: "listening", timeout: .seconds(15)) else {
+                throw FixtureError("the line echo did not start: \(server.standardError)")
+            }
+            let address = try mesh.tool(2, ["resolve", "echo"]).check().standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            return (program, server, address)
+        } catch {
+            server.kill(SIGTERM)
+            throw error
+        }
+    }
+
     @Test("a static program's connect, interrupted by SIGALRM every millisecond (no SA_RESTART) and retried, makes one link")
     func connectUnderSignals() async throws {
         try MeshLabFixture.requireShim()
         try await MeshLabFixture.with(prefix: "sqi", functionMemory: 1024) { mesh in
-            let program = mesh.work.appendingPathComponent("interrupted_connect").path
-            try mesh.lab.run(.broker, ["cc", "-static", "-O2", "-o", program, Self.interruptedConnect]).check()
-            let server = try mesh.node(1, name: "echo", options: ["--log-level", "info"], ["/usr/bin/python3", "-c", Self.lineEcho])
+            let (program, server, address) = try Self.staticClientOfEcho(mesh, source: Self.interruptedConnect, echoOptions: ["--log-level", "info"])
             defer { server.kill(SIGTERM) }
-            #expect(server.waitForOutput(containing: "listening", timeout: .seconds(15)), "\(server.standardError)")
-            let address = try mesh.tool(2, ["resolve", "echo"]).check().standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
             let client = try mesh.node(2, name: "client", options: ["--log-level", "info"], [program, address, "7000"])
             #expect(client.waitUntilExit(timeout: .seconds(60)) == 0, "\(client.standardOutput)\n\(client.standardError)")
             #expect(client.standardError.contains("the app runs under the seccomp supervisor: \(program) is statically linked"),
@@ -52,12 +69,8 @@ extension SeccompLabTests {
     func nonBlockingConnect() async throws {
         try MeshLabFixture.requireShim()
         try await MeshLabFixture.with(prefix: "sqe", functionMemory: 1024) { mesh in
-            let program = mesh.work.appendingPathComponent("event_loop_connect").path
-            try mesh.lab.run(.broker, ["cc", "-static", "-O2", "-o", program, Self.eventLoopConnect]).check()
-            let server = try mesh.node(1, name: "echo", ["/usr/bin/python3", "-c", Self.lineEcho])
+            let (program, server, address) = try Self.staticClientOfEcho(mesh, source: Self.eventLoopConnect)
             defer { server.kill(SIGTERM) }
-            #expect(server.waitForOutput(containing: "listening", timeout: .seconds(15)), "\(server.standardError)")
-            let address = try mesh.tool(2, ["resolve", "echo"]).check().standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
             let client = try mesh.node(2, name: "loop", [program, address, "7000"])
             #expect(client.waitUntilExit(timeout: .seconds(60)) == 0, "\(client.standardOutput)\n\(client.standardError)")
             #expect(client.standardError.contains("the app runs under the seccomp supervisor: \(program) is statically linked"),

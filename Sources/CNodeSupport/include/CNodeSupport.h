@@ -40,6 +40,10 @@ typedef struct {
 /// coming and going meanwhile cannot hide one (as they can from a read of /proc/net/tcp).
 int boxer_tcp_listening(uint16_t port);
 
+/// Reads the start of a small file (a /proc status or fdinfo file) into `text`, NUL-terminated: its length, or -1
+/// with errno set (an empty file counts as a failure: /proc never has one).
+ssize_t boxer_read_proc_text(const char *path, char *text, size_t size);
+
 /// A copy of descriptor `fd` of process `pid` (any thread id: the descriptor table is the process's):
 /// pidfd_open + pidfd_getfd (Linux 5.6; needs ptrace access to that process), CLOEXEC. -1 with errno set.
 int boxer_take_app_fd(pid_t pid, int fd);
