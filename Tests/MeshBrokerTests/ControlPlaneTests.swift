@@ -168,7 +168,11 @@ struct TapConfidentialityTests {
                 try await loop.run { try RawSubscriber(endpoint: broker.endpoints.tap) { _, message in frames.withLock { $0.append(contentsOf: message) } } }
             }
             defer { loop.stop(); subscriber.cancel() }
-            try await Task.sleep(for: .milliseconds(300))
+            let warmUp = TapKey(secret: broker.secret, mesh: "warm-up")
+            try await broker.untilTapSubscribed(mesh: "warm-up") {
+                frames.withLock { $0.contains { (try? warmUp.open($0))?.membership.kind == .leave } }
+            }
+            frames.withLock { $0.removeAll() }
             try await broker.session("secretive-node") { _ in try await Task.sleep(for: .milliseconds(100)) }
             let seen = await eventually { frames.withLock { $0.count } >= 4 }  // join and leave, two frames each
             #expect(seen)

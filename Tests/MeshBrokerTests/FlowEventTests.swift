@@ -69,7 +69,7 @@ struct FlowEventTests {
                     try await Self.report(bench, [Self.sample(id, initiator: true, peer: cacheAddress, sent: 1000, received: 2000, closed: true)])
                     // A sample for a connection the broker never signalled is refused as bad input, not published.
                     try await Self.report(bench, [Self.sample(id + 1_000_000, initiator: true, peer: cacheAddress, sent: 1, received: 1, closed: true)])
-                    try await Task.sleep(for: .milliseconds(300))
+                    #expect(await eventually { tap.events.contains { $0.tapKind == .connection } }, "the close, the last event, arrived")
                 }
             }
             let connection = tap.events.filter { $0.tapKind != .membership }.map(\.connection)

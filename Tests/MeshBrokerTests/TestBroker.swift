@@ -49,6 +49,21 @@ struct TestBroker {
             logger: Logger(label: "test-node"), body)
     }
 
+    /// The name of the node that ``untilTapSubscribed(mesh:seen:)`` joins.
+    static let tapProbe = "tap-probe"
+
+    /// Joins and leaves a probe node in `mesh` until `seen` says a tap subscriber got its events. A SUB socket misses
+    /// what is published before its subscription reaches the broker, and under load that takes longer than any
+    /// fixed wait.
+    func untilTapSubscribed(mesh: String, seen: () -> Bool) async throws {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while !seen() {
+            guard ContinuousClock.now < deadline else { throw POSIXError(.ETIMEDOUT) }
+            try await session(Self.tapProbe, mesh: mesh) { _ in }
+            _ = await eventually(timeout: .milliseconds(500), seen)
+        }
+    }
+
     /// Opens a session without heartbeats or leave, so that its broker-side state outlives the call.
     func abandonedSession(_ name: String, mesh: String = "test") async throws -> Member {
         let join = JoinRequest(mesh: mesh, nodeName: name, secret: secret)
@@ -81,7 +96,7 @@ final class TapRecorder: Sendable {
     private let recorded = Mutex<[TapEvent]>([])
     private let task = Mutex<Task<Void, Error>?>(nil)
 
-    /// Subscribes and waits a moment: a SUB socket misses what is published before it is connected.
+    /// Subscribes, and returns once the subscription is proven in effect and its proof is cleared.
     init(_ broker: TestBroker, mesh: String = "test") async throws {
         let key = TapKey(secret: broker.secret, mesh: mesh)
         let endpoint = broker.endpoints.tap
@@ -93,7 +108,10 @@ final class TapRecorder: Sendable {
                 }
             }
         }
-        try await Task.sleep(for: .milliseconds(300))
+        try await broker.untilTapSubscribed(mesh: mesh) {
+            recorded.withLock { $0.contains { $0.membership.member.name == TestBroker.tapProbe && $0.membership.kind == .leave } }
+        }
+        recorded.withLock { $0.removeAll() }
     }
 
     var events: [TapEvent] { recorded.withLock { $0 } }
