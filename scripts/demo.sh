@@ -48,9 +48,10 @@ fi
 
 run broker "$bin" broker "${listen[@]}" >"$work/broker.log" 2>&1 &
 pids+=($!)
-run broker "$bin" tap --broker "$broker" >"$work/tap.log" 2>/dev/null &
+run broker "$bin" tap --broker "$broker" >"$work/tap.log" 2>"$work/tap.err" &
 pids+=($!)
-sleep 1  # the tap connects before the first join
+# From "watching mesh" on, the tap misses no event (the broker answered its subscription).
+for _ in $(seq 100); do grep -q "watching mesh" "$work/tap.err" && break; sleep 0.1; done
 
 echo
 echo "== 1. names: each app prints who it is and resolves the other by name"

@@ -123,9 +123,10 @@ final class ControlPlaneHandler: SocketLoopHandler {
             ])
     }
 
-    var sockets: [ZMQSocket] { [router] }
+    var sockets: [ZMQSocket] { [router, tap.socket] }
 
     func readable(socketAt index: Int) {
+        guard index == 0 else { return tap.answerSubscriptions() }
         do {
             try router.receiveAll { frames in
                 guard frames.count == 2 else {

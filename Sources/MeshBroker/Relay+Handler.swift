@@ -65,9 +65,10 @@ final class RelayHandler: SocketLoopHandler {
             ])
     }
 
-    var sockets: [ZMQSocket] { [router] }
+    var sockets: [ZMQSocket] { [router] + (capture.map { [$0.publisher.socket] } ?? []) }
 
     func readable(socketAt index: Int) {
+        guard index == 0 else { return capture?.publisher.answerSubscriptions() ?? () }
         do {
             try router.receiveAllParts { parts in
                 guard parts.count >= 2 else {

@@ -27,6 +27,9 @@ extension ZMQSocket {
     /// ROUTER: fail with EHOSTUNREACH instead of dropping silently when a peer is gone or full.
     public func setRouterMandatory(_ on: Bool) throws(ZMQError) { try setOption(ZMQ_ROUTER_MANDATORY, Int32(on ? 1 : 0)) }
 
+    /// XPUB: pass every subscription up, also one that another subscriber already made.
+    public func setPassEverySubscription(_ on: Bool) throws(ZMQError) { try setOption(ZMQ_XPUB_VERBOSE, Int32(on ? 1 : 0)) }
+
     /// SUB: receive messages whose topic frame starts with `prefix` (empty: everything).
     public func subscribe(_ prefix: [UInt8]) throws(ZMQError) { try setOption(ZMQ_SUBSCRIBE, bytes: prefix) }
 

@@ -7,13 +7,15 @@ import Glibc
 public final class ZMQSocket {
     /// The socket types boxer-mesh uses.
     public enum Kind: Sendable {
-        case router, dealer, publisher, subscriber
+        case router, dealer, subscriber
+        /// XPUB: a publisher that also receives its subscribers' subscriptions (first byte 1: subscribe, 0: cancel).
+        case publisher
 
         var raw: Int32 {
             switch self {
             case .router: ZMQ_ROUTER
             case .dealer: ZMQ_DEALER
-            case .publisher: ZMQ_PUB
+            case .publisher: ZMQ_XPUB
             case .subscriber: ZMQ_SUB
             }
         }

@@ -26,11 +26,11 @@ extension BoxerMesh.Tap {
         guard capturePort != 0 else { throw CaptureUnavailable(broker: "\(broker)") }
         let endpoint = broker.endpoint(port: capturePort)
         let writer = try PcapWriter(path: path)
-        logger.notice("capturing the relayed traffic of mesh '\(join.mesh)' from \(endpoint) to \(path)")
         let remaining = Atomic<Int>(count ?? .max)
         let failure = Mutex<PcapWriteError?>(nil)
         try await TapSubscriber.run(
             endpoint: endpoint, key: TapKey(secret: join.secret, mesh: join.mesh), kinds: [.capture],
+            onSubscribed: { logger.notice("capturing the relayed traffic of mesh '\(join.mesh)' from \(endpoint) to \(path)") },
             onEvent: { event in
                 do throws(PcapWriteError) {
                     for warning in try writer.write(event) { logger.warning("\(warning)") }

@@ -58,8 +58,6 @@ extension BoxerMesh {
                 (UInt16(session.welcome.tapPort), try await session.members())
             }
             let endpoint = broker.endpoint(port: tapPort)
-            logger.notice(
-                "watching mesh '\(join.mesh)' at \(endpoint); \(members.count) members: \(members.map(\.name).joined(separator: ", "))")
             let filter = try node.map { try MeshName.validated($0, role: "node name") }
             let remaining = Atomic<Int>(count ?? .max)
             let lastSequence = Mutex<[TapKind: UInt64]>([:])
@@ -72,6 +70,11 @@ extension BoxerMesh {
             try await TapSubscriber.run(
                 endpoint: endpoint, key: TapKey(secret: join.secret, mesh: join.mesh),
                 kinds: noFlows ? [.membership, .connection] : [.membership, .connection, .flow],
+                onSubscribed: {
+                    // Said once the broker answered the subscriptions: every event from here on is shown.
+                    logger.notice(
+                        "watching mesh '\(join.mesh)' at \(endpoint); \(members.count) members: \(members.map(\.name).joined(separator: ", "))")
+                },
                 onEvent: { event in
                     // The broker numbers each mesh's events per kind; a gap means it dropped some for this slow reader.
                     let previous = lastSequence.withLock { $0.updateValue(event.sequence, forKey: event.tapKind) ?? 0 }

@@ -43,7 +43,6 @@ struct CaptureLabTests {
                 .broker, [MeshLabFixture.binary, "tap", "--pcap", pcap, "--broker", "127.0.0.1", "--secret-file", mesh.secretFile])
             defer { tap.kill() }
             #expect(await tap.waitForLog(containing: "capturing the relayed traffic"), "\(tap.standardError)")
-            try await Task.sleep(for: .seconds(1))  // the subscription reaches the broker's PUB socket
 
             let client = try mesh.node(
                 2, name: "fetch", options: ["--log-level", "info"],

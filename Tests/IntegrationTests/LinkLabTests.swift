@@ -28,7 +28,6 @@ struct LinkLabTests {
             let python = try mesh.lab.spawn(.broker, [Self.pythonSubscriber, "tcp://127.0.0.1:7701", "default", mesh.secretFile])
             defer { python.kill() }
             #expect(await python.waitForLog(containing: "subscribed to"), "\(python.standardError)")
-            try await Task.sleep(for: .milliseconds(300))
             let server = try mesh.node(1, name: "srv", options: ["--no-shim"], [Self.app, "serve", "5000"])
             defer { server.kill() }
             #expect(server.waitForOutput(containing: "listening on 5000", timeout: .seconds(15)), "\(server.standardError)")

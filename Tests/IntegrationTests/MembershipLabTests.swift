@@ -52,12 +52,12 @@ struct MembershipLabTests {
                 .function(2), [MeshLabFixture.binary, "tap", "--json", "--broker", MeshLabFixture.brokerHost, "--secret-file", mesh.secretFile])
             defer { tap.kill() }
             #expect(await tap.waitForLog(containing: "watching mesh"), "\(tap.standardError)")
-            try await Task.sleep(for: .milliseconds(300))  // the SUB connection settles
-            let victim = try mesh.node(1, name: "victim", ["sleep", "60"])
+            // A sleep no other test runs: its orphan is killed by its exact command line (pkill sees the whole machine).
+            let victim = try mesh.node(1, name: "victim", ["sleep", "60.75"])
             #expect(tap.waitForOutput(containing: #""event":"join""#, timeout: .seconds(10)), "\(tap.standardOutput)")
             let killed = ContinuousClock.now
             victim.kill(SIGKILL)
-            _ = try? mesh.lab.run(.function(1), ["pkill", "-x", "sleep"])  // the orphaned app
+            _ = try? mesh.lab.run(.function(1), ["pkill", "-x", "-f", "sleep 60.75"])  // the orphaned app
             let expired = await eventually(timeout: .seconds(5)) { tap.standardOutput.contains(#""event":"expire""#) }
             let elapsed = ContinuousClock.now - killed
             #expect(expired, "tap printed: \(tap.standardOutput)")

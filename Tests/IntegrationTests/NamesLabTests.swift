@@ -48,7 +48,6 @@ struct NamesLabTests {
             ["python3", "-c", stamp, MeshLabFixture.binary, "tap", "--json", "--no-flows", "--broker", MeshLabFixture.brokerHost,
              "--secret-file", mesh.secretFile])
         #expect(await tap.waitForLog(containing: "watching mesh"), "\(tap.standardError)")
-        try await Task.sleep(for: .milliseconds(300))  // the SUB connection settles
         return tap
     }
 

@@ -97,7 +97,7 @@ struct FlowEventTests {
             defer { stuck.close() }
             try stuck.subscribe(Array(key.prefix(.flow).utf8))
             try stuck.connect(broker.endpoints.tap)
-            try await Task.sleep(for: .milliseconds(300))
+            try stuck.waitForSubscriptionAnswer(Array(key.prefix(.flow).utf8))
             let published = 50_000
             try await broker.session("bench") { bench in
                 try await broker.session("cache") { cache in

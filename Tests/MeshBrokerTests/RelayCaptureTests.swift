@@ -17,6 +17,7 @@ struct RelayCaptureTests {
             socket = try ZMQSocket(context, .subscriber)
             try socket.subscribe(Array(key.prefix(.capture).utf8))
             try socket.connect(endpoint)
+            try socket.waitForSubscriptionAnswer(Array(key.prefix(.capture).utf8))
         }
 
         /// The next event and its topic, or an error after `timeout`.
@@ -50,7 +51,6 @@ struct RelayCaptureTests {
                         let key = TapKey(secret: TestBroker.secret, mesh: "test")
                         let subscriber = try Subscriber(context, endpoint, key: key)
                         let other = try Subscriber(context, endpoint, key: TapKey(secret: TestBroker.secret, mesh: "other"))
-                        usleep(300_000)  // the subscriptions reach the PUB socket
                         let (dealerA, dealerB) = try Dealer.attachedPair(context, broker.relay, tokenA, tokenB)
                         dealerA.send(.with(first, .open(.init())))
                         #expect(try dealerA.next().open.window > 0)

@@ -4,6 +4,7 @@ import MeshBroker
 import MeshNode
 import Synchronization
 import WireFormat
+import ZeroMQ
 
 /// A real control plane on loopback with ephemeral ports, for the length of one test.
 struct TestBroker {
@@ -49,21 +50,6 @@ struct TestBroker {
             logger: Logger(label: "test-node"), body)
     }
 
-    /// The name of the node that ``untilTapSubscribed(mesh:seen:)`` joins.
-    static let tapProbe = "tap-probe"
-
-    /// Joins and leaves a probe node in `mesh` until `seen` says a tap subscriber got its events. A SUB socket misses
-    /// what is published before its subscription reaches the broker, and under load that takes longer than any
-    /// fixed wait.
-    func untilTapSubscribed(mesh: String, seen: () -> Bool) async throws {
-        let deadline = ContinuousClock.now + .seconds(30)
-        while !seen() {
-            guard ContinuousClock.now < deadline else { throw POSIXError(.ETIMEDOUT) }
-            try await session(Self.tapProbe, mesh: mesh) { _ in }
-            _ = await eventually(timeout: .milliseconds(500), seen)
-        }
-    }
-
     /// Opens a session without heartbeats or leave, so that its broker-side state outlives the call.
     func abandonedSession(_ name: String, mesh: String = "test") async throws -> Member {
         let join = JoinRequest(mesh: mesh, nodeName: name, secret: secret)
@@ -95,26 +81,45 @@ func sendRawTCP(_ bytes: [UInt8], toPort port: UInt16) throws {
 final class TapRecorder: Sendable {
     private let recorded = Mutex<[TapEvent]>([])
     private let task = Mutex<Task<Void, Error>?>(nil)
+    private let subscribed = Mutex(false)
 
-    /// Subscribes, and returns once the subscription is proven in effect and its proof is cleared.
+    /// Subscribes, and returns once the broker answered the subscription: from then on nothing is missed.
     init(_ broker: TestBroker, mesh: String = "test") async throws {
         let key = TapKey(secret: broker.secret, mesh: mesh)
         let endpoint = broker.endpoints.tap
         task.withLock {
             $0 = Task { [self] in
-                try await TapSubscriber.run(endpoint: endpoint, key: key) { event in
-                    self.recorded.withLock { $0.append(event) }
-                    return true
-                }
+                try await TapSubscriber.run(
+                    endpoint: endpoint, key: key, onSubscribed: { self.subscribed.withLock { $0 = true } },
+                    onEvent: { event in
+                        self.recorded.withLock { $0.append(event) }
+                        return true
+                    })
             }
         }
-        try await broker.untilTapSubscribed(mesh: mesh) {
-            recorded.withLock { $0.contains { $0.membership.member.name == TestBroker.tapProbe && $0.membership.kind == .leave } }
+        guard await eventually(timeout: .seconds(10), { subscribed.withLock { $0 } }) else {
+            stop()
+            throw FixtureFailure("the broker did not answer the tap's subscription within 10 s")
         }
-        recorded.withLock { $0.removeAll() }
     }
 
     var events: [TapEvent] { recorded.withLock { $0 } }
 
     func stop() { task.withLock { $0?.cancel() } }
+}
+
+extension ZMQSocket {
+    /// Receives on the caller's thread until the broker answered this SUB socket's subscription to `topic` (an
+    /// empty message on that topic); what came before is dropped. Fails after `timeout`.
+    func waitForSubscriptionAnswer(_ topic: [UInt8], timeout: Duration = .seconds(10)) throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let frames = try receive() {
+                if frames == [topic, []] { return }
+            } else {
+                usleep(1000)
+            }
+        }
+        throw FixtureFailure("the broker did not answer the subscription within \(timeout)")
+    }
 }

@@ -30,10 +30,13 @@ box = nacl.secret.SecretBox(tap_key)
 subscriber = zmq.Context().socket(zmq.SUB)
 subscriber.setsockopt(zmq.SUBSCRIBE, prefix.encode())
 subscriber.connect(endpoint)
-print(f"subscribed to {prefix}", file=sys.stderr, flush=True)
 seen = 0
 while count is None or seen < count:
     topic, payload = subscriber.recv_multipart()
+    if not payload:  # the broker answers a subscription with an empty message on its topic: nothing is missed now
+        if topic == prefix.encode():
+            print(f"subscribed to {prefix}", file=sys.stderr, flush=True)
+        continue
     event = pb.TapEvent()
     event.ParseFromString(box.decrypt(payload))  # 24-byte nonce first, as SecretBox expects
     print(json.dumps(MessageToDict(event, preserving_proto_field_name=True)), flush=True)
