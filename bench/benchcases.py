@@ -234,6 +234,10 @@ def retry_note(failures):
     return f"{len(failures)} failed attempt(s) retried" if failures else ""
 
 
+def failed_note(failures):
+    return f"{len(failures)} run(s) failed, left out" if failures else ""
+
+
 def tail(text, limit=240):
     """The end of a program's output without the node's routine notices."""
     lines = [line for line in text.strip().splitlines() if " notice " not in line and " info " not in line]
@@ -866,3 +870,72 @@ def redis_per_request(ctx):
                         note=f"{hangs} run(s) hung ({timeout} s)" if hangs else retry_note(failures)))
     return rows, {"requests": requests, "clients": 8, "rps": rps, "failures": failures, "hangs": hangs}
 
+
+
+# ---- case 8: relayed against direct inside the smallest function ----------------------------------------------
+
+
+def function_relay(ctx):
+    """Issue 14: iperf3 between two 128 MB functions (`lab up --function-memory 128`: 0.07 vCPU each, memory limit,
+    600 Mbit/s, uid 65534), server and clients under nodes inside the functions: relayed (--path relay) against
+    direct (--path direct) and the raw path (NAT 1's port forward, no nodes), interleaved, in one lab. The server's
+    node is long-lived: its CPU per relayed GB is the accepting side's cost inside the function."""
+    if not ctx.relay or not ctx.shim:
+        return [row("fnrelay", "relayed vs direct in 128 MB functions", "bit/s", available=False,
+                    note=RELAY_MISSING if ctx.shim else f"not available: {ctx.shim_note}")], {"available": False}
+    o, size = ctx.options, 128
+    seconds, omit = (4, 1) if o.quick else (8, 2)
+    prefix = o.prefix + "r"
+    lab = Lab(ctx.binary, prefix, os.path.join(ctx.work, prefix), 2, function_memory=size)
+    ctx.labs.append(lab)
+    log(f"lab {prefix}: up, two functions of {size} MB")
+    variants = ["raw", "direct", "relayed"]
+    bps = {v: [] for v in variants}
+    server_cpu = []  # per relayed run: the server node's CPU seconds and the bytes moved
+    failures = {v: [] for v in variants}
+    try:
+        lab.up()
+        iperf_server = ["iperf3", "-s", "--rcv-timeout", "5000", "-p"]
+        server = lab.spawn_in_function("fn1", lab.node_argv("srv", iperf_server + [str(MESH_IPERF)]), "srv")
+        lab.spawn_in_function("fn1", iperf_server + [str(RAW_IPERF)], "raw-iperf3")
+        lab.port_forward(1, RAW_IPERF, "10.1.1.2")
+        lab.allow_forwarded(1)
+        lab.wait_log("srv", ["joined mesh"], 30)
+        time.sleep(1)  # both iperf3 servers listening
+        for rep in range(o.reps):
+            for variant in rotated(variants, rep):
+                args = ["-t", str(seconds), "-O", str(omit), "-J"]
+                if variant == "raw":
+                    argv = ["iperf3", "-c", nat_public(1), "-p", str(RAW_IPERF)] + args
+                else:
+                    path = "direct" if variant == "direct" else "relay"
+                    argv = lab.node_argv(f"c{rep}{path}", ["iperf3", "-c", "srv", "-p", str(MESH_IPERF)] + args,
+                                         ["--path", path])
+                before = cpu_seconds(server.pid)
+                status, out, err = lab.run("fn2", argv, seconds + omit + 30, in_function=True)
+                after = cpu_seconds(server.pid)
+                value, error = iperf_bps(out)
+                if not value:
+                    failures[variant].append(f"status {status}: {error or tail(err)}")
+                    log(f"  fnrelay {variant}: run failed: {failures[variant][-1]}")
+                    time.sleep(2)  # let the server end the broken test
+                bps[variant].append(value)
+                if variant == "relayed" and value and None not in (before, after):
+                    server_cpu.append({"cpu_s": after - before, "bytes": iperf_bytes(out)})
+                log(f"  fnrelay rep {rep + 1} {variant}: {(value or 0) / 1e6:.0f} Mbit/s")
+    finally:
+        lab.down()
+        ctx.labs.remove(lab)
+    per_gb = [c["cpu_s"] / (c["bytes"] / 1e9) for c in server_cpu if c["bytes"]]
+    rows = [
+        row("fnrelay", f"{size} MB functions: raw TCP via port-forward (baseline)", "bit/s", bps["raw"],
+            note=failed_note(failures["raw"])),
+        row("fnrelay", f"{size} MB functions: mesh direct", "bit/s", bps["direct"], bps["raw"], "raw",
+            note=failed_note(failures["direct"])),
+        row("fnrelay", f"{size} MB functions: mesh relayed vs direct", "bit/s", bps["relayed"], bps["direct"],
+            "direct", goal=("≥ 0.9x direct", ">=", 0.9), note=failed_note(failures["relayed"])),
+        row("fnrelay", f"{size} MB functions: accepting node, CPU-s per relayed GB", "s", per_gb,
+            goal=("≤ 0.3", "<=", 0.3)),
+    ]
+    return rows, {"function_memory": size, "seconds": seconds, "omit": omit, "bits_per_second": bps,
+                  "server_node_cpu": server_cpu, "failures": failures}

@@ -220,10 +220,13 @@ class Lab:
         self.processes.append((process, name))
         return process
 
-    def run(self, host, argv, timeout):
-        """Runs argv in host's namespace and waits; returns (status, stdout, stderr). Status 124 on timeout."""
+    def run(self, host, argv, timeout, in_function=False):
+        """Runs argv in host's namespace (with `in_function`, as the function runs its programs: `lab exec`) and
+        waits; returns (status, stdout, stderr). Status 124 on timeout."""
+        launcher = ([self.binary, "lab", "exec", "--prefix", self.prefix, host, "--"] if in_function
+                    else ["ip", "netns", "exec", self.ns(host)])
         try:
-            result = subprocess.run(["ip", "netns", "exec", self.ns(host)] + argv, capture_output=True,
+            result = subprocess.run(launcher + argv, capture_output=True,
                                     text=True, timeout=timeout, stdin=subprocess.DEVNULL)
             return result.returncode, result.stdout, result.stderr
         except subprocess.TimeoutExpired as expired:
