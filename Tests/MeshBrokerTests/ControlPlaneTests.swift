@@ -94,6 +94,23 @@ struct ControlPlaneTests {
         }
     }
 
+    @Test("a request that finds the session gone after the node left fails clearly and never joins the mesh again")
+    func noRejoinAfterLeave() async throws {
+        try await TestBroker.with { broker in
+            try await broker.session("watcher") { watcher in
+                try await broker.session("leaver") { leaver in
+                    await leaver.leave(reason: "app exited")
+                    // What the app's last connects do while the node shuts down: the broker no longer knows us.
+                    let error = await #expect(throws: ControlError.self) { try await leaver.resolve(name: "watcher") }
+                    #expect(error?.description == "this node has left the mesh")
+                    #expect(leaver.hasLeft)
+                    let members = try await watcher.members().map(\.name)
+                    #expect(members == ["watcher"])
+                }
+            }
+        }
+    }
+
     @Test("--wait-for: the barrier answers once the mesh has enough members")
     func barrier() async throws {
         try await TestBroker.with { broker in

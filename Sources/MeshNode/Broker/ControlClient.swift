@@ -96,12 +96,15 @@ public enum ControlError: Error, CustomStringConvertible, Sendable {
     case closed
     /// The broker's reply made no sense.
     case protocolViolation(String)
+    /// The session was lost after this node began to leave the mesh: it does not join again.
+    case left
 
     public var description: String {
         switch self {
         case .timeout: "the broker did not answer in time"
         case .closed: "the control connection is closed"
         case .protocolViolation(let what): "the broker broke the protocol: \(what)"
+        case .left: "this node has left the mesh"
         }
     }
 }

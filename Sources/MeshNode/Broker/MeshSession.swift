@@ -33,6 +33,9 @@ public final class MeshSession: Sendable {
     private let state: Mutex<Boxermesh_V1_Welcome>
     /// The rejoin under way, which every request that found its session lost waits for.
     private let rejoining = Mutex<Task<Void, Never>?>(nil)
+    /// Set when ``leave(reason:timeout:)`` begins: a request that finds the session gone after that (the app's
+    /// connects still under way when it exited) fails instead of joining the mesh again.
+    private let leaving = Mutex(false)
     private let observers = Mutex<[@Sendable (SessionEvent) -> Void]>([])
     /// A node's table of the mesh's names, kept in step with the broker (nil for a tool).
     let names: MeshNames?
@@ -142,6 +145,7 @@ public final class MeshSession: Sendable {
             do {
                 return try await client.request(message, timeout: ContinuousClock.now.duration(to: deadline))
             } catch let refusal as BrokerRefusal where refusal.code == .errorNoSession && join.nodeName != nil {
+                guard !hasLeft else { throw ControlError.left }
                 await recover(lost: message.session)
                 guard ContinuousClock.now < deadline else { throw ControlError.timeout }
             }
@@ -198,7 +202,7 @@ public final class MeshSession: Sendable {
     private func recover(lost: Data) async {
         let task = rejoining.withLock { current -> Task<Void, Never>? in
             if let current { return current }
-            guard welcome.session == lost else { return nil }
+            guard welcome.session == lost, !hasLeft else { return nil }
             let task = Task { await self.rejoin() }
             current = task
             return task
@@ -224,6 +228,8 @@ public final class MeshSession: Sendable {
                     "name": "\(fresh.self_p.name)", "address": "\(fresh.self_p.ipv4)"])
             }
             notify(.rejoined)
+        } catch where hasLeft {
+            logger.debug("no rejoin: this node is leaving the mesh (\(error))")
         } catch {
             logger.error("could not rejoin the mesh: \(error)")
         }
@@ -268,9 +274,13 @@ public final class MeshSession: Sendable {
         return list.members
     }
 
+    /// Whether this node has begun to leave the mesh.
+    public var hasLeft: Bool { leaving.withLock { $0 } }
+
     /// Leaves the mesh: the broker frees the name and address at once and shows `reason` on the tap. Best effort:
     /// a broker that does not answer within `timeout` will expire the session by itself.
     public func leave(reason: String = "", timeout: Duration = .seconds(1)) async {
+        leaving.withLock { $0 = true }
         do {
             _ = try await request(.leave(.with { $0.reason = reason }), timeout: timeout)
         } catch {

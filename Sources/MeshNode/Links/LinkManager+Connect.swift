@@ -64,6 +64,13 @@ extension LinkManager {
         }
     }
 
+    /// Logs why an app's connect failed: a notice, but only a debug line once the node is leaving the mesh (the
+    /// app has exited, and the connects it left under way fail with its session; nobody waits for them).
+    func logConnectFailure(to address: IPv4Address, port: UInt16, _ error: SocketError) {
+        let line: Logger.Message = "connect to \(address):\(port) failed: \(error.description)"
+        if session.hasLeft { logger.debug(line) } else { logger.notice(line) }
+    }
+
     /// Asks the broker to connect us to `port` at `address`, offering our public endpoint to punch towards (none:
     /// we relay); returns the broker's offer with the peer's endpoint and the link token.
     private func signal(to address: IPv4Address, port: UInt16, from endpoint: Endpoint?) async throws(SocketError)

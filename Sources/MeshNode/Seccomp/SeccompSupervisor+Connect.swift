@@ -40,7 +40,7 @@ extension SeccompSupervisor {
                 remember(link)
                 outcome = .success(link)
             } catch {
-                logger.notice("connect to \(ipv4):\(target.port) failed: \(error.description)")
+                links.logConnectFailure(to: ipv4, port: target.port, error)
                 outcome = .failure(error)
             }
             guard !connects.finish(key, serial: serial, outcome: outcome) else { return }

@@ -135,7 +135,7 @@ final class LocalService: Sendable {
             let link = try await links.connect(to: IPv4Address(connect.address), port: UInt16(connect.port))
             return (Self.response(to: request) { $0.connection = link.connection }, link.fd)
         } catch {
-            logger.notice("connect to \(IPv4Address(connect.address)):\(connect.port) failed: \(error.description)")
+            links.logConnectFailure(to: IPv4Address(connect.address), port: UInt16(connect.port), error)
             return Self.failure(request, error.code, error.description)
         }
     }
