@@ -16,6 +16,13 @@ struct ChurnLabTests {
     static let lifetimes = 20...45
     /// Failures that say clearly what happened: a peer (or its name) that left, a connection cut by a peer leaving.
     /// A name no longer in the mesh goes to the system resolver, which has no DNS server to ask in the lab: EAI_AGAIN.
+    /// The peers named in churn_app.py's "hung: PEER: STAGE" lines.
+    static func hungPeers(_ log: String) -> Set<String> {
+        Set(log.split(separator: "\n").compactMap { line in
+            line.hasPrefix("hung: ") ? line.dropFirst(6).split(separator: ":").first.map(String.init) : nil
+        })
+    }
+
     static let clearErrors: Set<String> = [
         "EAI_NONAME", "EAI_AGAIN", "ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "ETIMEDOUT", "ECONNRESET", "EPIPE", "EOF",
     ]
@@ -103,6 +110,11 @@ struct ChurnLabTests {
                 total.served += summary.served
                 errors.merge(summary.errors, uniquingKeysWith: +)
                 #expect(summary.hung == 0 && summary.corrupt == 0, "\(node.name): \(line)\n\(node.process.standardError)")
+                // A hang is the node's fault on either side: what the peer's node logged says which.
+                for peer in Self.hungPeers(node.process.standardError) {
+                    guard let far = nodes.first(where: { $0.name == peer }) else { continue }
+                    print("churn: \(node.name)'s echo to \(peer) hung; \(peer) (stopped early: \(far.terminated)) logged:\n\(far.process.standardError)")
+                }
             }
             let failed = errors.values.reduce(0, +)
             print("churn: \(nodes.count) nodes in \(wave) waves, at most \(live) at once; \(total.ok) echoes ok, "

@@ -64,6 +64,10 @@ def main():
             with lock:
                 serving.append(thread)
             thread.start()
+        # Closed as soon as accepting stops, not after the main thread's last echo (up to 20 s later): until then a
+        # connection would wait in the kernel's backlog for an accept that never comes, and its client would see a
+        # hang where a server that stopped gives a reset.
+        listener.close()
 
     acceptor = threading.Thread(target=accept_loop, daemon=True)
     acceptor.start()
@@ -108,7 +112,6 @@ def main():
 
     stop.set()
     acceptor.join()
-    listener.close()
     with lock:
         threads = list(serving)
     for thread in threads:
