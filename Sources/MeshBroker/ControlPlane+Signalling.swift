@@ -27,23 +27,31 @@ extension ControlPlaneHandler {
         else {
             return refuse(request, session.routingID, .errorNotFound, "no node has address \(targetAddress) in mesh '\(session.mesh)'")
         }
-        guard connect.port > 0, connect.port <= UInt16.max, connect.hasEndpoint else {
-            return refuse(request, session.routingID, .errorBadRequest, "connect needs a port and the requester's endpoint")
+        // A spare link has no port yet (its claim names one later) and is direct only: it needs a real endpoint.
+        guard connect.spare ? connect.port == 0 && connect.endpoint.port != 0 : connect.port > 0 && connect.port <= UInt16.max,
+            connect.hasEndpoint
+        else {
+            return refuse(
+                request, session.routingID, .errorBadRequest,
+                "connect needs a port and the requester's endpoint (a spare link: port 0 and an endpoint to punch)")
         }
         nextConnectionID += 1
         let pending = PendingConnection(
             id: nextConnectionID, request: request, requester: session, target: target, token: Sodium.randomBytes(32),
             deadline: clock.now + Self.answerTimeout)
         pendingConnections[pending.id] = pending
-        relay?.connectionSignalled(
+        if !connect.spare {
+            relay?.connectionSignalled(
             pending.id, initiator: session.token, acceptor: target.token,
-            ends: .init(mesh: session.mesh, initiator: from, acceptor: to, port: UInt16(connect.port)))
+                ends: .init(mesh: session.mesh, initiator: from, acceptor: to, port: UInt16(connect.port)))
+        }
         var incoming = Boxermesh_V1_IncomingConnection()
         incoming.connectionID = pending.id
         incoming.peer = from
         incoming.port = connect.port
         incoming.endpoint = connect.endpoint
         incoming.token = Data(pending.token)
+        incoming.spare = connect.spare
         var push = ControlMessage()
         push.incomingConnection = incoming
         send(to: target.routingID, push)
@@ -115,8 +123,9 @@ extension ControlPlaneHandler {
         }
     }
 
+    /// A spare link is no connection yet: the tap hears of it only when a connect takes it.
     private func publishConnection(_ kind: Boxermesh_V1_ConnectionEvent.Kind, _ pending: PendingConnection, reason: String) {
-        guard let from = pending.requester.member else { return }
+        guard let from = pending.requester.member, !pending.request.connectRequest.spare else { return }
         var event = Boxermesh_V1_ConnectionEvent()
         event.kind = kind
         event.connectionID = pending.id

@@ -103,7 +103,9 @@ public enum Node {
                 if names.receive(message) { return }
                 switch message.body {
                 case .incomingConnection(let incoming): Task { await links.accept(incoming) }
-                case .memberExpired(let expired): Task { flows.peerExpired(expired.member) }
+                case .memberExpired(let expired):
+                    links.forgetSpares(of: expired.member.ipv4)
+                    Task { flows.peerExpired(expired.member) }
                 default: break
                 }
             }
@@ -136,6 +138,8 @@ public enum Node {
                 group.addTask { await session.keepAlive(); return nil }
                 group.addTask { await links.keepWarm(); return nil }
                 group.addTask { await links.dropUnaccepted(); return nil }
+                group.addTask { await links.holdSpares(); return nil }
+                group.addTask { await links.dropIdleSpares(); return nil }
                 group.addTask { await app.waitForExit() }
                 group.addTask { await configuration.deadline?.enforce(on: app, logger: logger); return nil }
                 var status: Int32 = 0

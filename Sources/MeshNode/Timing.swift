@@ -54,6 +54,18 @@ enum Timing {
         /// mapping for at least 30 s.
         static let warmLifetime = Duration.seconds(20)
 
+        // Spare links.
+        /// A claimed spare link must be answered within max(this, 4 × broker RTT); one that is not is dead (a NAT
+        /// dropped its mapping) and the connect tries the next. Long enough for a peer node in a 128 MB function,
+        /// whose CPU quota may stall it for most of a 100 ms period.
+        static let spareAnswer = Duration.milliseconds(250)
+        /// Punching a spare link, both sides.
+        static let sparePunch = Duration.seconds(5)
+        /// A peer the app has not connected to for this long loses its spare links.
+        static let spareIdle = Duration.seconds(60)
+        /// A peer that refused a spare link, or could not be punched for one, gets none for this long.
+        static let spareBackoff = Duration.seconds(30)
+
         // Accepting.
         /// The accepting side waits this long for a connection to come up, direct or relayed.
         static let acceptorWait = Duration.seconds(30)

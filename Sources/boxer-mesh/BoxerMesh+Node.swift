@@ -41,6 +41,11 @@ extension BoxerMesh {
             valueName: "seconds"))
         var punchTimeout: Double?
 
+        @Option(help: ArgumentHelp(
+            "Spare direct links kept ready towards each peer the app connects to, at most (0: none). A connect that takes one needs no broker and no punch.",
+            valueName: "count"))
+        var spareLinks = 8
+
         @Option(help: "The broker's relay port.")
         var relayPort: UInt16 = 7702
 
@@ -66,6 +71,7 @@ extension BoxerMesh {
             }
             guard PathPolicy(rawValue: path) != nil else { throw ValidationError("--path must be auto, direct or relay") }
             if let punchTimeout, !(punchTimeout > 0 && punchTimeout <= 600) { throw ValidationError("--punch-timeout must be 0...600 seconds") }
+            guard (0...64).contains(spareLinks) else { throw ValidationError("--spare-links must be 0...64") }
             guard upgradeMaxInterval >= 0.1 else { throw ValidationError("--upgrade-max-interval must be at least 0.1 seconds") }
             guard flowInterval >= 0.1 && flowInterval <= 3600 else { throw ValidationError("--flow-interval must be 0.1...3600 seconds") }
             if let shim {
@@ -82,7 +88,8 @@ extension BoxerMesh {
                 connectTimeout: mesh.connectTimeoutDuration, command: command,
                 shim: noShim ? nil : shim ?? MeshNode.Node.bundledShim)
             configuration.links = LinkPolicy(
-                path: PathPolicy(rawValue: path) ?? .auto, punchTimeout: punchTimeout.map { .milliseconds(Int64($0 * 1000)) })
+                path: PathPolicy(rawValue: path) ?? .auto, punchTimeout: punchTimeout.map { .milliseconds(Int64($0 * 1000)) },
+                sparesPerPeer: spareLinks)
             configuration.interpose = interpose.flatMap(InterposeMode.init(rawValue:)) ?? (noShim ? .preload : .auto)
             configuration.relayPort = relayPort
             configuration.upgradeMaxInterval = .milliseconds(Int64(upgradeMaxInterval * 1000))

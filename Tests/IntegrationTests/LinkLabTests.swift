@@ -46,7 +46,7 @@ struct LinkLabTests {
             #expect(event.contains(#""path":"direct""#) && event.contains(#""node":"cli""#) && event.contains(#""peer":"srv""#))
             #expect(event.contains(#""port":5000"#) && event.contains(#""setup_ms":"#), "\(event)")
             // Both apps closed their sockets: the close event carries what each app sent (the client's line of 23
-            // bytes, the server's echo of 28), read from the kernel's counters of the sockets the apps held.
+            // bytes, the server's echo of 40), read from the kernel's counters of the sockets the apps held.
             let closed = await eventually(timeout: .seconds(10)) { python.standardOutput.contains(#""kind": "KIND_CLOSE""#) }
             #expect(closed, "\(python.standardOutput)")
             let decoded = python.standardOutput.split(separator: "\n")
@@ -54,7 +54,7 @@ struct LinkLabTests {
             #expect(decoded.contains { $0.contains(#""kind": "KIND_OPEN""#) && $0.contains(#""path": "PATH_DIRECT""#) },
                 "\(python.standardOutput)")
             let close = decoded.first { $0.contains(#""kind": "KIND_CLOSE""#) } ?? ""
-            #expect(close.contains(#""bytes_from_to": "23""#) && close.contains(#""bytes_to_from": "28""#), "\(close)")
+            #expect(close.contains(#""bytes_from_to": "23""#) && close.contains(#""bytes_to_from": "40""#), "\(close)")
             #expect(close.contains(#""path": "PATH_DIRECT""#) && close.contains(#""duration_ms""#), "\(close)")
             #expect(decoded.filter { $0.contains(#""kind": "KIND_CLOSE""#) }.count == 1, "both sides report; one close is published")
         }

@@ -98,4 +98,40 @@ struct SignallingTests {
             }
         }
     }
+
+    @Test("a spare link is signalled like a connection, port 0 and marked spare; port 0 without the mark, or a spare without an endpoint to punch, is a bad request")
+    func spare() async throws {
+        try await TestBroker.with { broker in
+            let seen = Mutex<Boxermesh_V1_IncomingConnection?>(nil)
+            try await node(broker, "server", onPush: { message, session in
+                guard case .incomingConnection(let incoming) = message.body, let session else { return }
+                seen.withLock { $0 = incoming }
+                Task {
+                    _ = try await session.request(.connectAnswer(.with {
+                        $0.connectionID = incoming.connectionID
+                        $0.accepted = true
+                        $0.endpoint = .with { $0.address = 0xCB00_7166; $0.port = 40002 }
+                    }))
+                }
+            }) { server in
+                try await node(broker, "client") { client in
+                    let address = server.welcome.self_p.address
+                    guard case .connectRequest(var request) = connectRequest(to: address, port: 0) else { return }
+                    request.spare = true
+                    let reply = try await client.request(.connectRequest(request))
+                    guard case .connectOffer(let offer) = reply.body else { Issue.record("no offer: \(reply)"); return }
+                    let incoming = try #require(seen.withLock { $0 })
+                    #expect(incoming.spare && incoming.port == 0 && incoming.connectionID == offer.connectionID)
+                    #expect(offer.endpoint.port == 40002 && offer.token == incoming.token)
+                    let unmarked = await #expect(throws: BrokerRefusal.self) {
+                        try await client.request(connectRequest(to: address, port: 0))
+                    }
+                    #expect(unmarked?.code == .errorBadRequest)
+                    request.endpoint.port = 0
+                    let nowhere = await #expect(throws: BrokerRefusal.self) { try await client.request(.connectRequest(request)) }
+                    #expect(nowhere?.code == .errorBadRequest, "a spare is direct only: it needs an endpoint")
+                }
+            }
+        }
+    }
 }

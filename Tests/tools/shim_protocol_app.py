@@ -3,6 +3,11 @@
 
     shim_protocol_app.py serve PORT           listen on PORT through the mesh; answer each line with "echo:<line>"
     shim_protocol_app.py connect IP PORT MSG  connect to IP:PORT through the mesh, send MSG, print the answer
+    shim_protocol_app.py connects IP PAUSE_MS STEP,...
+                                              one connect per STEP, PAUSE_MS apart, each as connect does with the
+                                              message "hello-N" (N counts from 1); a failed one prints its errno
+                                              and the rest go on. A STEP is a port, or wait:FILE (wait until FILE
+                                              exists)
     shim_protocol_app.py resolve NAME         print the mesh address of NAME
 
 Uses Debian's python3-protobuf and the module protoc generates from proto/ (into a temporary folder).
@@ -32,16 +37,12 @@ def mesh(address):
     return str(ipaddress.IPv4Address(address))
 
 
-command = sys.argv[1]
-if command == "resolve":
-    response, _ = ask(resolve=pb.ShimResolve(name=sys.argv[2]))
-    print(mesh(response.resolved.address) if response.error == 0 else f"error {response.error}: {response.message}")
-elif command == "connect":
-    target, port, message = int(ipaddress.IPv4Address(sys.argv[2])), int(sys.argv[3]), sys.argv[4]
+def connect_once(target, port, message):
+    """One mesh connect as the `connect` command does it; False when it failed."""
     response, fd = ask(connect=pb.ShimConnect(address=target, port=port))
     if response.error != 0:
         print(f"connect failed: errno {response.error} ({os.strerror(response.error)}): {response.message}", flush=True)
-        sys.exit(1)
+        return False
     c = response.connection
     print(f"connected {mesh(c.local_address)}:{c.local_port} -> {mesh(c.peer_address)}:{c.peer_port} path {c.path}", flush=True)
     link = socket.socket(fileno=fd)
@@ -50,6 +51,28 @@ elif command == "connect":
     link.sendall(message.encode() + b"\n")
     print("answer " + link.makefile().readline().strip(), flush=True)
     link.close()
+    return True
+
+
+command = sys.argv[1]
+if command == "resolve":
+    response, _ = ask(resolve=pb.ShimResolve(name=sys.argv[2]))
+    print(mesh(response.resolved.address) if response.error == 0 else f"error {response.error}: {response.message}")
+elif command == "connect":
+    target = int(ipaddress.IPv4Address(sys.argv[2]))
+    sys.exit(0 if connect_once(target, int(sys.argv[3]), sys.argv[4]) else 1)
+elif command == "connects":
+    import time
+    target, pause = int(ipaddress.IPv4Address(sys.argv[2])), int(sys.argv[3]) / 1000
+    count = 0
+    for step in sys.argv[4].split(","):
+        if step.startswith("wait:"):
+            while not os.path.exists(step[5:]):
+                time.sleep(0.05)
+            continue
+        time.sleep(pause)
+        count += 1
+        connect_once(target, int(step), f"hello-{count}")
 elif command == "serve":
     port = int(sys.argv[2])
     listener = socket.socket()
@@ -72,5 +95,5 @@ elif command == "serve":
         print(f"accepted {mesh(c.peer_address)}:{c.peer_port} on {mesh(c.local_address)}:{c.local_port}", flush=True)
         link = socket.socket(fileno=fd)
         line = link.makefile().readline().strip()
-        link.sendall(f"echo:{line}\n".encode())
+        link.sendall(f"echo:{line} (port {port})\n".encode())
         link.close()

@@ -3550,7 +3550,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__public_endpoint__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__public_endpoint__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__connect_request__field_descriptors[3] =
+static const ProtobufCFieldDescriptor boxermesh__v1__connect_request__field_descriptors[4] =
 {
   {
     "target_address",
@@ -3588,16 +3588,29 @@ static const ProtobufCFieldDescriptor boxermesh__v1__connect_request__field_desc
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "spare",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectRequest, spare),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__connect_request__field_indices_by_name[] = {
   2,   /* field[2] = endpoint */
   1,   /* field[1] = port */
+  3,   /* field[3] = spare */
   0,   /* field[0] = target_address */
 };
 static const ProtobufCIntRange boxermesh__v1__connect_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__connect_request__descriptor =
 {
@@ -3607,7 +3620,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__connect_request__descriptor =
   "Boxermesh__V1__ConnectRequest",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ConnectRequest),
-  3,
+  4,
   boxermesh__v1__connect_request__field_descriptors,
   boxermesh__v1__connect_request__field_indices_by_name,
   1,  boxermesh__v1__connect_request__number_ranges,
@@ -3869,7 +3882,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__membership_resync__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__membership_resync__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__incoming_connection__field_descriptors[5] =
+static const ProtobufCFieldDescriptor boxermesh__v1__incoming_connection__field_descriptors[6] =
 {
   {
     "connection_id",
@@ -3931,18 +3944,31 @@ static const ProtobufCFieldDescriptor boxermesh__v1__incoming_connection__field_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "spare",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__IncomingConnection, spare),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__incoming_connection__field_indices_by_name[] = {
   0,   /* field[0] = connection_id */
   3,   /* field[3] = endpoint */
   1,   /* field[1] = peer */
   2,   /* field[2] = port */
+  5,   /* field[5] = spare */
   4,   /* field[4] = token */
 };
 static const ProtobufCIntRange boxermesh__v1__incoming_connection__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__incoming_connection__descriptor =
 {
@@ -3952,7 +3978,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__incoming_connection__descriptor 
   "Boxermesh__V1__IncomingConnection",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__IncomingConnection),
-  5,
+  6,
   boxermesh__v1__incoming_connection__field_descriptors,
   boxermesh__v1__incoming_connection__field_indices_by_name,
   1,  boxermesh__v1__incoming_connection__number_ranges,

@@ -534,15 +534,25 @@ struct  Boxermesh__V1__ConnectRequest
 {
   ProtobufCMessage base;
   uint32_t target_address;
+  /*
+   * 0 for a spare link
+   */
   uint32_t port;
   /*
    * the requester's
    */
   Boxermesh__V1__PublicEndpoint *endpoint;
+  /*
+   * A spare link: punched and proven now, for a connect later. The requester keeps it in its pool; when its app
+   * connects to the target, the requester sends a SpareClaim (the port, WireFormat/SpareClaim.swift) on it and the
+   * target answers yes or no on the link itself, with no broker in between. Direct only: never relayed, and not on
+   * the tap until a connect takes it (the requester then sends its LinkReport with the real port).
+   */
+  protobuf_c_boolean spare;
 };
 #define BOXERMESH__V1__CONNECT_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__connect_request__descriptor) \
-    , 0, 0, NULL }
+    , 0, 0, NULL, 0 }
 
 
 struct  Boxermesh__V1__ConnectOffer
@@ -637,10 +647,14 @@ struct  Boxermesh__V1__IncomingConnection
    */
   Boxermesh__V1__PublicEndpoint *endpoint;
   ProtobufCBinaryData token;
+  /*
+   * a spare link (see ConnectRequest): keep it, and wait for the claim on it
+   */
+  protobuf_c_boolean spare;
 };
 #define BOXERMESH__V1__INCOMING_CONNECTION__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__incoming_connection__descriptor) \
-    , 0, NULL, 0, NULL, {0,NULL} }
+    , 0, NULL, 0, NULL, {0,NULL}, 0 }
 
 
 struct  Boxermesh__V1__ConnectAnswer

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import Logging
 import WireFormat
 
 /// Inbound: a connection the broker announces, from the broker's push to the app's accept().
@@ -7,6 +8,7 @@ extension LinkManager {
     /// The broker announced a connection to one of our ports: refuse it, or answer with our endpoint, punch,
     /// prove, and wake the app's accept() with a signal connection.
     func accept(_ incoming: Boxermesh_V1_IncomingConnection) async {
+        if incoming.spare { return await acceptSpare(incoming) }
         let started = ContinuousClock.now
         let port = UInt16(truncatingIfNeeded: incoming.port)
         let id = incoming.connectionID
@@ -91,15 +93,26 @@ extension LinkManager {
                 initiator: false, failure: error.description)
             return
         }
+        await deliver(Link(fd: fd, connection: connection), id: id, peer: incoming.peer, port: port, path: path, started: started)
+    }
+
+    /// An inbound link is up: report it, follow it for the tap, and wake the app's accept() for it (resetting it
+    /// when that fails).
+    func deliver(
+        _ link: Link, id: UInt64, peer: Member, port: UInt16, path: Boxermesh_V1_Path, started: ContinuousClock.Instant,
+        spare: Bool = false
+    ) async {
         let setup = ContinuousClock.now - started
-        logger.info("link up", metadata: ["peer": "\(incoming.peer.name)", "port": "\(port)", "path": "\(connection.path)", "setup": "\(setup)"])
-        report(id, established: true, setup: setup, peer: incoming.peer.ipv4, port: port, initiator: false, path: path)
-        flows?.track(fd: fd, id: id, initiator: false, peer: incoming.peer, port: port, path: path)
+        var metadata: Logger.Metadata = ["peer": "\(peer.name)", "port": "\(port)", "path": "\(link.connection.path)", "setup": "\(setup)"]
+        if spare { metadata["spare"] = "yes" }
+        logger.info("link up", metadata: metadata)
+        report(id, established: true, setup: setup, peer: peer.ipv4, port: port, initiator: false, path: path)
+        flows?.track(fd: link.fd, id: id, initiator: false, peer: peer, port: port, path: path)
         do {
-            try await announce(Link(fd: fd, connection: connection), port: port)
+            try await announce(link, port: port)
         } catch {
             logger.warning("cannot announce an inbound link to the app", metadata: ["port": "\(port)", "error": "\(error)"])
-            RelaySockets.reset(fd)
+            RelaySockets.reset(link.fd)
         }
     }
 
@@ -209,7 +222,7 @@ extension LinkManager {
 
     /// The app announced `port` and a socket really listens on it. Announcements outlive the process that made
     /// them (a server may daemonize and its parent exit), so the kernel's table has the last word.
-    private func isListening(on port: UInt16) -> Bool {
+    func isListening(on port: UInt16) -> Bool {
         state.withLock { $0.listeners[port] != nil } && KernelSockets.isListening(onWildcardPort: port)
     }
 }

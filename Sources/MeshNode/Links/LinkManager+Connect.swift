@@ -10,6 +10,7 @@ extension LinkManager {
     func connect(to address: IPv4Address, port: UInt16) async throws(SocketError) -> Link {
         let started = ContinuousClock.now
         if address == me.ipv4 { return try await loopback(port: port) }
+        if let link = try await connectBySpare(to: address, port: port, started: started) { return link }
         var punching = punches
         if punching, policy.path == .auto, relay != nil, let failed = recentPunchFailure(towards: address) {
             logger.info("relaying at once: punching towards this peer failed \(ContinuousClock.now - failed) ago",
@@ -35,6 +36,8 @@ extension LinkManager {
                 let fd = try await direct.punch(
                     from: ours.port, to: Endpoint(offer.endpoint), proving: proof,
                     until: .now + punchDeadline(towards: address), listening: false)
+                // The peer talks to our app: keep spare links ready for its next connects.
+                makeSpares(towards: address)
                 return established(offer, fd: fd, path: .direct, localPort: ours.port, port: port, started: started)
             } catch {
                 punchFailure = error
@@ -71,14 +74,16 @@ extension LinkManager {
         if session.hasLeft { logger.debug(line) } else { logger.notice(line) }
     }
 
-    /// Asks the broker to connect us to `port` at `address`, offering our public endpoint to punch towards (none:
-    /// we relay); returns the broker's offer with the peer's endpoint and the link token.
-    private func signal(to address: IPv4Address, port: UInt16, from endpoint: Endpoint?) async throws(SocketError)
+    /// Asks the broker to connect us to `port` at `address` (or, with `spare`, for a spare link), offering our
+    /// public endpoint to punch towards (none: we relay); returns the broker's offer with the peer's endpoint and
+    /// the link token.
+    func signal(to address: IPv4Address, port: UInt16, from endpoint: Endpoint?, spare: Bool = false) async throws(SocketError)
         -> Boxermesh_V1_ConnectOffer
     {
         var request = Boxermesh_V1_ConnectRequest()
         request.targetAddress = address.value
         request.port = UInt32(port)
+        request.spare = spare
         request.endpoint = (endpoint ?? Endpoint(IPv4Address.any, port: 0)).message
         do {
             // While the broker is away (restarting) the request waits for it, up to the node's connect timeout.
@@ -101,14 +106,15 @@ extension LinkManager {
     }
 
     /// The connection is up: report it, follow it for the tap, and describe it to the app.
-    private func established(
+    func established(
         _ offer: Boxermesh_V1_ConnectOffer, fd: Int32, path: Boxermesh_V1_Path, localPort: UInt16, port: UInt16,
-        started: ContinuousClock.Instant
+        started: ContinuousClock.Instant, spare: Bool = false
     ) -> Link {
         let setup = ContinuousClock.now - started
         let name = path == .relay ? "relay" : "direct"
         var metadata: Logger.Metadata = ["peer": "\(offer.peer.name)", "port": "\(port)", "path": "\(name)", "setup": "\(setup)"]
         if path == .direct { metadata["via"] = "\(Endpoint(offer.endpoint))" }
+        if spare { metadata["spare"] = "yes" }
         logger.info("link up", metadata: metadata)
         report(offer.connectionID, established: true, setup: setup, peer: offer.peer.ipv4, port: port, initiator: true, path: path)
         flows?.track(fd: fd, id: offer.connectionID, initiator: true, peer: offer.peer, port: port, path: path)

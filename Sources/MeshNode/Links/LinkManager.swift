@@ -26,10 +26,14 @@ public struct LinkPolicy: Sendable {
     /// How long the connecting side punches before it relays (auto) or fails (direct). nil: auto derives it from
     /// the broker round trip, max(1 s, 4 × RTT); direct waits 5 s.
     public var punchTimeout: Duration?
+    /// At most this many spare direct links kept ready towards each peer the app connects to (0: none): a connect
+    /// to such a peer needs no broker round trip and no punch.
+    public var sparesPerPeer: Int
 
-    public init(path: PathPolicy = .auto, punchTimeout: Duration? = nil) {
+    public init(path: PathPolicy = .auto, punchTimeout: Duration? = nil, sparesPerPeer: Int = 8) {
         self.path = path
         self.punchTimeout = punchTimeout
+        self.sparesPerPeer = sparesPerPeer
     }
 }
 
@@ -46,6 +50,9 @@ final class LinkManager: Sendable {
     let relay: RelayClient?
     let policy: LinkPolicy
     let flows: FlowMonitor?
+    /// Spare links this node made to its peers, and those its peers made to it.
+    let spares: SparePool
+    let inbox = SpareInbox()
     let state = Mutex(State())
 
     /// Signal connections come from here, so the shim can tell them from the app's own local clients.
@@ -90,6 +97,7 @@ final class LinkManager: Sendable {
         self.relay = relay
         self.policy = policy
         self.flows = flows
+        spares = SparePool(perPeer: policy.path == .relay ? 0 : policy.sparesPerPeer)
     }
 
     var me: Member { session.welcome.self_p }

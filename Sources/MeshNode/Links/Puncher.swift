@@ -102,28 +102,8 @@ enum Puncher {
     /// in the socket. Closes nothing; throws when the peer is not who the broker paired us with.
     static func verify(_ fd: Int32, _ proof: DirectPath.Proof, until deadline: ContinuousClock.Instant) throws(SocketError) {
         let (token, connectionID, initiator) = (proof.token, proof.connectionID, proof.initiator)
-        let mine = token.proof(initiator: initiator, connectionID: connectionID)
-        guard mine.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == mine.count else {
-            throw SocketError.lastError("cannot send the link proof")
-        }
-        var theirs = [UInt8](repeating: 0, count: LinkToken.proofSize)
-        var received = 0
-        while received < theirs.count {
-            let remaining = ContinuousClock.now.duration(to: deadline)
-            guard remaining > .zero else { throw SocketError(ETIMEDOUT, "the peer sent no link proof in time") }
-            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let milliseconds = Int32(clamping: remaining.components.seconds * 1000 + 1)
-            guard poll(&entry, 1, milliseconds) > 0 else { continue }
-            let count = theirs.withUnsafeMutableBytes {
-                recv(fd, $0.baseAddress! + received, $0.count - received, Int32(MSG_DONTWAIT))
-            }
-            if count == 0 { throw SocketError(ECONNRESET, "the peer closed before proving the link") }
-            if count < 0 {
-                if errno == EAGAIN || errno == EINTR { continue }
-                throw SocketError.lastError("reading the link proof failed")
-            }
-            received += count
-        }
+        try FixedMessage.send(token.proof(initiator: initiator, connectionID: connectionID), on: fd, "link proof")
+        let theirs = try FixedMessage.receive(LinkToken.proofSize, from: fd, until: deadline, "link proof")
         guard token.matches(theirs, initiator: !initiator, connectionID: connectionID) else {
             throw SocketError(ECONNREFUSED, "the peer's link proof is wrong: not the node the broker paired")
         }

@@ -730,6 +730,7 @@ public nonisolated struct Boxermesh_V1_ConnectRequest: Sendable {
 
   public var targetAddress: UInt32 = 0
 
+  /// 0 for a spare link
   public var port: UInt32 = 0
 
   /// the requester's
@@ -741,6 +742,12 @@ public nonisolated struct Boxermesh_V1_ConnectRequest: Sendable {
   public var hasEndpoint: Bool {self._endpoint != nil}
   /// Clears the value of `endpoint`. Subsequent reads from it will return its default value.
   public mutating func clearEndpoint() {self._endpoint = nil}
+
+  /// A spare link: punched and proven now, for a connect later. The requester keeps it in its pool; when its app
+  /// connects to the target, the requester sends a SpareClaim (the port, WireFormat/SpareClaim.swift) on it and the
+  /// target answers yes or no on the link itself, with no broker in between. Direct only: never relayed, and not on
+  /// the tap until a connect takes it (the requester then sends its LinkReport with the real port).
+  public var spare: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -926,6 +933,9 @@ public nonisolated struct Boxermesh_V1_IncomingConnection: Sendable {
   public mutating func clearEndpoint() {self._endpoint = nil}
 
   public var token: Data = Data()
+
+  /// a spare link (see ConnectRequest): keep it, and wait for the claim on it
+  public var spare: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -3105,7 +3115,7 @@ nonisolated extension Boxermesh_V1_PublicEndpoint: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Boxermesh_V1_ConnectRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ConnectRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}target_address\0\u{1}port\0\u{1}endpoint\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}target_address\0\u{1}port\0\u{1}endpoint\0\u{1}spare\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3116,6 +3126,7 @@ nonisolated extension Boxermesh_V1_ConnectRequest: SwiftProtobuf.Message, SwiftP
       case 1: try { try decoder.decodeSingularFixed32Field(value: &self.targetAddress) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
       case 3: try { try decoder.decodeSingularMessageField(value: &self._endpoint) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.spare) }()
       default: break
       }
     }
@@ -3135,6 +3146,9 @@ nonisolated extension Boxermesh_V1_ConnectRequest: SwiftProtobuf.Message, SwiftP
     try { if let v = self._endpoint {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
     } }()
+    if self.spare != false {
+      try visitor.visitSingularBoolField(value: self.spare, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3142,6 +3156,7 @@ nonisolated extension Boxermesh_V1_ConnectRequest: SwiftProtobuf.Message, SwiftP
     if lhs.targetAddress != rhs.targetAddress {return false}
     if lhs.port != rhs.port {return false}
     if lhs._endpoint != rhs._endpoint {return false}
+    if lhs.spare != rhs.spare {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3305,7 +3320,7 @@ nonisolated extension Boxermesh_V1_MembershipResync: SwiftProtobuf.Message, Swif
 
 nonisolated extension Boxermesh_V1_IncomingConnection: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".IncomingConnection"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}peer\0\u{1}port\0\u{1}endpoint\0\u{1}token\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}peer\0\u{1}port\0\u{1}endpoint\0\u{1}token\0\u{1}spare\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3318,6 +3333,7 @@ nonisolated extension Boxermesh_V1_IncomingConnection: SwiftProtobuf.Message, Sw
       case 3: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
       case 4: try { try decoder.decodeSingularMessageField(value: &self._endpoint) }()
       case 5: try { try decoder.decodeSingularBytesField(value: &self.token) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.spare) }()
       default: break
       }
     }
@@ -3343,6 +3359,9 @@ nonisolated extension Boxermesh_V1_IncomingConnection: SwiftProtobuf.Message, Sw
     if !self.token.isEmpty {
       try visitor.visitSingularBytesField(value: self.token, fieldNumber: 5)
     }
+    if self.spare != false {
+      try visitor.visitSingularBoolField(value: self.spare, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3352,6 +3371,7 @@ nonisolated extension Boxermesh_V1_IncomingConnection: SwiftProtobuf.Message, Sw
     if lhs.port != rhs.port {return false}
     if lhs._endpoint != rhs._endpoint {return false}
     if lhs.token != rhs.token {return false}
+    if lhs.spare != rhs.spare {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

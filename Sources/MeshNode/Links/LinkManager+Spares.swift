@@ -1,0 +1,185 @@
+import FoundationEssentials
+import Glibc
+import WireFormat
+
+/// Spare links: proven direct links made ahead of the app's connects to a peer it already talks to (see
+/// ``SparePool``). The connecting side claims one with the port its app wants; the accepting side answers on the
+/// link and hands it to its app like any inbound link. One round trip on the link itself, no broker.
+extension LinkManager {
+    // MARK: Connecting side
+
+    /// Connects through a spare link to `address`, if one is ready and alive; nil sends the caller the broker's
+    /// way. A spare the peer or a NAT dropped is noticed before any app gets it — closed or reset on our side, or
+    /// no answer to the claim in time — and the next one is tried.
+    func connectBySpare(to address: IPv4Address, port: UInt16, started: ContinuousClock.Instant) async throws(SocketError) -> Link? {
+        guard spares.enabled else { return nil }
+        defer { makeSpares(towards: address) }
+        while let spare = spares.take(towards: address) {
+            let answer: SpareClaim.Answer
+            do {
+                answer = try await direct.blocking { [self] in try claim(spare, port: port) }
+            } catch {
+                logger.info("a spare link was dead; trying the next", metadata: ["peer": "\(spare.peer.name)", "why": "\(error.description)"])
+                RelaySockets.reset(spare.fd)
+                continue
+            }
+            guard answer == .accepted else {
+                close(spare.fd)
+                report(spare.id, established: false, setup: ContinuousClock.now - started, peer: address, port: port, initiator: true,
+                    failure: "nothing listens on port \(port)")
+                throw SocketError(ECONNREFUSED, "\(spare.peer.name) refused port \(port): nothing listens there")
+            }
+            let offer = Boxermesh_V1_ConnectOffer.with {
+                $0.connectionID = spare.id
+                $0.peer = spare.peer
+                $0.endpoint = spare.via.message
+            }
+            return established(offer, fd: spare.fd, path: .direct, localPort: spare.localPort, port: port, started: started, spare: true)
+        }
+        return nil
+    }
+
+    /// Claims `spare` for `port`: checks it is still open on our side, sends the claim, and waits for the answer
+    /// within max(``Timing/Choice/spareAnswer``, 4 × the broker round trip). Blocking.
+    private func claim(_ spare: SparePool.Spare, port: UInt16) throws(SocketError) -> SpareClaim.Answer {
+        // Nothing may be readable on a held spare: data there is the peer's FIN, a reset, or bytes it must not send.
+        var entry = pollfd(fd: spare.fd, events: Int16(POLLIN), revents: 0)
+        if poll(&entry, 1, 0) != 0 { throw SocketError(ECONNRESET, "the peer closed the spare link") }
+        try FixedMessage.send(SpareClaim.claim(port: port), on: spare.fd, "spare-link claim")
+        let wait = max(Timing.Choice.spareAnswer, (direct.brokerRTT ?? .zero) * 4)
+        let bytes = try FixedMessage.receive(SpareClaim.answerSize, from: spare.fd, until: .now + wait, "answer to the spare-link claim")
+        do {
+            return try SpareClaim.answer(from: bytes)
+        } catch {
+            throw SocketError(EPROTO, error.description)
+        }
+    }
+
+    /// Starts making the spares the pool wants towards `address` (none once the node is leaving).
+    func makeSpares(towards address: IPv4Address) {
+        guard punches, !session.hasLeft else { return }
+        for _ in 0..<spares.reserve(towards: address) {
+            Task { await makeSpare(towards: address) }
+        }
+    }
+
+    /// Signals a spare link through the broker, punches and proves it, and gives it to the pool.
+    private func makeSpare(towards address: IPv4Address) async {
+        do throws(SocketError) {
+            let ours = try await direct.punchPort()
+            let offer = try await signal(to: address, port: 0, from: ours.endpoint, spare: true)
+            guard offer.endpoint.port != 0 else { throw SocketError(EHOSTUNREACH, "the peer keeps no spare links") }
+            let proof = DirectPath.Proof(token: LinkToken([UInt8](offer.token)), connectionID: offer.connectionID, initiator: true)
+            let fd = try await direct.punch(
+                from: ours.port, to: Endpoint(offer.endpoint), proving: proof, until: .now + Timing.Choice.sparePunch, listening: false)
+            let spare = SparePool.Spare(fd: fd, id: offer.connectionID, peer: offer.peer, localPort: ours.port, via: Endpoint(offer.endpoint))
+            if !spares.made(spare) { close(fd) }
+        } catch {
+            spares.failed(towards: address)
+            logger.debug("no spare link", metadata: ["peer": "\(address)", "why": "\(error.description)"])
+        }
+    }
+
+    /// Closes the spares of peers the app stopped connecting to, every ``Timing/Choice/unacceptedSweep``.
+    func dropIdleSpares() async {
+        while (try? await Task.sleep(for: Timing.Choice.unacceptedSweep)) != nil {
+            for spare in spares.sweep() { close(spare.fd) }
+        }
+    }
+
+    /// `peer` left or expired: its spares are dead.
+    func forgetSpares(of peer: IPv4Address) {
+        for spare in spares.forget(peer) { close(spare.fd) }
+    }
+
+    // MARK: Accepting side
+
+    /// The broker announced a spare link from a peer: punch and prove it, then hold it until claimed. Refused when
+    /// this node does not punch or holds as many as it will.
+    func acceptSpare(_ incoming: Boxermesh_V1_IncomingConnection) async {
+        var answer = Boxermesh_V1_ConnectAnswer()
+        answer.connectionID = incoming.connectionID
+        guard punches, inbox.hasRoom else {
+            answer.reason = punches ? "this node holds \(inbox.capacity) spare links already" : "this node does not punch"
+            _ = try? await session.request(.connectAnswer(answer))
+            return
+        }
+        let ours: DirectPath.PunchPort
+        do {
+            ours = try await direct.punchPort()
+        } catch {
+            answer.reason = error.description
+            _ = try? await session.request(.connectAnswer(answer))
+            return
+        }
+        answer.accepted = true
+        answer.endpoint = ours.endpoint.message
+        let proof = DirectPath.Proof(token: LinkToken([UInt8](incoming.token)), connectionID: incoming.connectionID, initiator: false)
+        let (direct, inbox, logger, peer, via) = (direct, inbox, logger, incoming.peer, Endpoint(incoming.endpoint))
+        // As for any inbound link, punching starts before the answer goes out.
+        Task {
+            do throws(SocketError) {
+                let fd = try await direct.punch(
+                    from: ours.port, to: via, proving: proof, until: .now + Timing.Choice.sparePunch, listening: true)
+                inbox.hold(SpareInbox.Held(fd: fd, id: incoming.connectionID, peer: peer, via: via))
+            } catch {
+                logger.debug("no spare link", metadata: ["peer": "\(peer.name)", "why": "\(error.description)"])
+            }
+        }
+        _ = try? await session.request(.connectAnswer(answer))
+    }
+
+    /// Holds the spare links peers make to us until cancelled.
+    func holdSpares() async {
+        do {
+            try await inbox.run { [self] held in Task { await claimed(held) } }
+        } catch {
+            logger.error("spare links cannot be held: \(error)")
+        }
+    }
+
+    /// A held spare link became readable: the peer claims it for a port (answer, and hand it to the app that
+    /// listens there), or closed it.
+    private func claimed(_ held: SpareInbox.Held) async {
+        let started = ContinuousClock.now
+        let port: UInt16
+        do {
+            let bytes = try await direct.blocking {
+                try FixedMessage.receive(SpareClaim.claimSize, from: held.fd, until: .now + Timing.Wire.proof, "spare-link claim")
+            }
+            do {
+                port = try SpareClaim.port(fromClaim: bytes)
+            } catch {
+                logger.warning("a peer sent a malformed spare-link claim; resetting the link",
+                    metadata: ["peer": "\(held.peer.name)", "why": "\(error.description)"])
+                RelaySockets.reset(held.fd)
+                return
+            }
+        } catch {
+            // The peer dropped it (idle, or it left): nothing to say.
+            close(held.fd)
+            return
+        }
+        let accepted = isListening(on: port)
+        do {
+            try await direct.blocking { try FixedMessage.send(SpareClaim.answer(accepted ? .accepted : .refused), on: held.fd, "spare-link answer") }
+        } catch {
+            logger.info("a claimed spare link failed before it reached the app", metadata: ["peer": "\(held.peer.name)", "why": "\(error.description)"])
+            RelaySockets.reset(held.fd)
+            return
+        }
+        guard accepted else {
+            logger.info("refused a connection", metadata: ["peer": "\(held.peer.name)", "port": "\(port)"])
+            close(held.fd)  // a FIN after the answer: the peer reads the answer first
+            return
+        }
+        var connection = Boxermesh_V1_ShimConnection()
+        connection.localAddress = me.address
+        connection.localPort = UInt32(port)
+        connection.peerAddress = held.peer.address
+        connection.peerPort = UInt32(held.via.port)
+        connection.path = "direct"
+        await deliver(Link(fd: held.fd, connection: connection), id: held.id, peer: held.peer, port: port, path: .direct, started: started,
+            spare: true)
+    }
+}

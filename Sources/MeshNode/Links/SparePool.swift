@@ -1,0 +1,125 @@
+import Synchronization
+import WireFormat
+
+/// Proven direct links to the peers this node's app connects to, made ahead of its connects (see the schema's
+/// ConnectRequest.spare): a connect to such a peer takes one and needs no broker, no reflector and no punch — only
+/// its claim's round trip on the link itself. Only the bookkeeping lives here; making, claiming and closing the
+/// links is ``LinkManager``'s (`LinkManager+Spares.swift`).
+///
+/// Bounded: a peer starts with ``initialPerPeer`` spares; a connect that finds none while more are being made
+/// doubles what the peer gets, up to `perPeer`; all peers together hold at most `total`. A peer the app has not
+/// connected to for ``Timing/Choice/spareIdle`` loses its spares, and one that refused a spare (or could not be
+/// punched) gets none for ``Timing/Choice/spareBackoff``.
+final class SparePool: Sendable {
+    /// One proven link, ready to be claimed.
+    struct Spare: Sendable {
+        let fd: Int32
+        /// The broker's id for it: the connection's id once a connect takes it.
+        let id: UInt64
+        let peer: Member
+        /// Our local port: the mesh port our app sees as its own.
+        let localPort: UInt16
+        /// The peer's public endpoint it runs to.
+        let via: Endpoint
+    }
+
+    static let initialPerPeer = 2
+
+    let perPeer: Int
+    let total: Int
+    private let state = Mutex(State())
+
+    private struct State {
+        var peers: [IPv4Address: Peer] = [:]
+        var held: Int { peers.values.reduce(0) { $0 + $1.spares.count + $1.making } }
+    }
+
+    private struct Peer {
+        /// Newest last: a connect takes the newest (its mappings are the freshest).
+        var spares: [Spare] = []
+        var making = 0
+        var wanted: Int
+        var lastUsed: ContinuousClock.Instant
+        var backoffUntil: ContinuousClock.Instant?
+    }
+
+    /// `perPeer` 0 keeps no spares at all.
+    init(perPeer: Int, total: Int = 32) {
+        self.perPeer = perPeer
+        self.total = total
+    }
+
+    var enabled: Bool { perPeer > 0 }
+
+    /// A spare to `peer`, if one is ready; the caller now owns its descriptor. Counts as a use of the peer either
+    /// way, and a peer whose pool ran dry gets more.
+    func take(towards peer: IPv4Address, now: ContinuousClock.Instant = .now) -> Spare? {
+        state.withLock { state in
+            guard var entry = state.peers[peer] else { return nil }
+            entry.lastUsed = now
+            let spare = entry.spares.popLast()
+            if spare == nil, entry.making > 0 { entry.wanted = min(perPeer, entry.wanted * 2) }
+            state.peers[peer] = entry
+            return spare
+        }
+    }
+
+    /// How many spares to start making towards `peer` now (counted as being made until ``made(_:)`` or
+    /// ``failed(towards:now:)``). The app just connected to it.
+    func reserve(towards peer: IPv4Address, now: ContinuousClock.Instant = .now) -> Int {
+        guard enabled else { return 0 }
+        return state.withLock { state in
+            var entry = state.peers[peer] ?? Peer(wanted: min(perPeer, Self.initialPerPeer), lastUsed: now)
+            entry.lastUsed = now
+            if let until = entry.backoffUntil, now < until {
+                state.peers[peer] = entry
+                return 0
+            }
+            entry.backoffUntil = nil
+            let room = max(0, total - state.held)
+            let count = min(room, max(0, entry.wanted - entry.spares.count - entry.making))
+            entry.making += count
+            state.peers[peer] = entry
+            return count
+        }
+    }
+
+    /// A spare is ready. False when the pool no longer wants it (its peer went idle or was forgotten): the caller
+    /// closes it.
+    func made(_ spare: Spare) -> Bool {
+        state.withLock { state in
+            guard var entry = state.peers[spare.peer.ipv4] else { return false }
+            entry.making -= 1
+            state.peers[spare.peer.ipv4] = entry
+            guard entry.spares.count < entry.wanted else { return false }
+            state.peers[spare.peer.ipv4]!.spares.append(spare)
+            return true
+        }
+    }
+
+    /// Making a spare towards `peer` failed: it gets none for a while.
+    func failed(towards peer: IPv4Address, now: ContinuousClock.Instant = .now) {
+        state.withLock { state in
+            guard state.peers[peer] != nil else { return }
+            state.peers[peer]!.making -= 1
+            state.peers[peer]!.backoffUntil = now + Timing.Choice.spareBackoff
+        }
+    }
+
+    /// Forgets the peers not used for ``Timing/Choice/spareIdle``; returns their spares for the caller to close.
+    func sweep(now: ContinuousClock.Instant = .now) -> [Spare] {
+        state.withLock { state in
+            let idle = state.peers.filter { now - $0.value.lastUsed >= Timing.Choice.spareIdle }
+            for peer in idle.keys { state.peers[peer] = nil }
+            return idle.values.flatMap(\.spares)
+        }
+    }
+
+    /// Forgets `peer` (it left or expired); returns its spares for the caller to close.
+    func forget(_ peer: IPv4Address) -> [Spare] {
+        state.withLock { $0.peers.removeValue(forKey: peer)?.spares ?? [] }
+    }
+
+    /// How many spares are ready towards `peer`.
+    func ready(towards peer: IPv4Address) -> Int { state.withLock { $0.peers[peer]?.spares.count ?? 0 } }
+}

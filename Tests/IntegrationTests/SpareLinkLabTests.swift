@@ -1,0 +1,110 @@
+import Foundation
+import MeshLab
+import Testing
+
+/// Spare links (issue 13): after a first connect to a peer, the node keeps proven direct links to it, and the app's
+/// next connects take one — no broker, no punch. Driven by Tests/tools/shim_protocol_app.py, like LinkLabTests.
+@Suite(
+    "Spare links in the NAT lab", .serialized,
+    .enabled(if: NATLab.isRoot, "needs root: network namespaces, veth pairs and iptables"))
+struct SpareLinkLabTests {
+    static let app = LinkLabTests.app
+
+    /// Starts node `srv` in function 1 with one echo server per port.
+    static func servers(_ mesh: MeshLabFixture, ports: [Int]) throws -> LabProcess {
+        let serve = ports.map { "\(app) serve \($0) &" }.joined(separator: " ")
+        let server = try mesh.node(1, name: "srv", options: ["--no-shim", "--log-level", "info"], ["sh", "-c", "\(serve) wait"])
+        for port in ports {
+            guard server.waitForOutput(containing: "listening on \(port)", timeout: .seconds(15)) else {
+                server.kill()
+                throw FixtureError("the echo server on \(port) did not start: \(server.standardError)")
+            }
+        }
+        return server
+    }
+
+    /// The app's connects in order: (port it asked for, what came of it), from the client's output.
+    static func outcomes(_ output: String) -> [String] {
+        output.split(separator: "\n").filter { $0.hasPrefix("answer ") || $0.hasPrefix("connect failed") }.map(String.init)
+    }
+
+    @Test("connects after the first take spare links and reach the right port of the right app; a closed port is refused through one")
+    func sparesReachTheRightPort() async throws {
+        try await MeshLabFixture.with(prefix: "isp") { mesh in
+            let tap = try mesh.lab.spawn(
+                .broker, [MeshLabFixture.binary, "tap", "--json", "--broker", "127.0.0.1", "--secret-file", mesh.secretFile])
+            defer { tap.kill() }
+            #expect(await tap.waitForLog(containing: "watching mesh"), "\(tap.standardError)")
+            let server = try Self.servers(mesh, ports: [5000, 5001])
+            defer { server.kill() }
+            let steps = "5000,5001,5000,5001,5002,5000"
+            let client = try mesh.node(
+                2, name: "cli", options: ["--no-shim", "--log-level", "info"],
+                ["sh", "-c", "\(Self.app) connects $(\(Self.app) resolve srv) 200 \(steps)"])
+            #expect(client.waitUntilExit(timeout: .seconds(60)) == 0, "\(client.standardOutput)\n\(client.standardError)")
+            let outcomes = Self.outcomes(client.standardOutput)
+            #expect(outcomes == [
+                "answer echo:hello-1 (port 5000)", "answer echo:hello-2 (port 5001)", "answer echo:hello-3 (port 5000)",
+                "answer echo:hello-4 (port 5001)", "connect failed: errno 111 (Connection refused): srv refused port 5002: nothing listens there",
+                "answer echo:hello-6 (port 5000)",
+            ], "\(client.standardOutput)\n\(client.standardError)")
+            // The first connect went through the broker; every later one took a spare link, the refused one too.
+            let linksUp = client.standardError.split(separator: "\n").filter { $0.contains("link up") }
+            #expect(linksUp.count == 5, "\(client.standardError)")
+            #expect(linksUp.dropFirst().allSatisfy { $0.contains("spare=yes") } && !linksUp[0].contains("spare=yes"),
+                "\(client.standardError)")
+            #expect(client.standardOutput.split(separator: "\n").filter { $0.contains("path direct") }.count == 5)
+            // The server side handed each to the app on its port, and the tap shows every connection with its port.
+            #expect(server.standardOutput.split(separator: "\n").filter { $0.contains("accepted") && $0.hasSuffix(":5001") }.count == 2,
+                "\(server.standardOutput)")
+            let connects = await eventually(timeout: .seconds(5)) {
+                tap.standardOutput.split(separator: "\n").filter { $0.contains(#""event":"connect""#) }.count >= 5
+            }
+            let events = tap.standardOutput.split(separator: "\n").filter { $0.contains(#""event":"connect""#) }
+            #expect(connects && events.count == 5, "\(tap.standardOutput)")
+            #expect(events.filter { $0.contains(#""port":5001"#) }.count == 2 && events.allSatisfy { $0.contains(#""path":"direct""#) },
+                "\(tap.standardOutput)")
+        }
+    }
+
+    @Test("a spare link whose NAT path died is never handed to an app: the connect finds it dead and goes the broker's way")
+    func deadSpareNeverHandedOut() async throws {
+        try await MeshLabFixture.with(prefix: "isd") { mesh in
+            let server = try Self.servers(mesh, ports: [5000])
+            defer { server.kill() }
+            let go = mesh.work.appendingPathComponent("go").path
+            let client = try mesh.node(
+                2, name: "cli", options: ["--no-shim", "--log-level", "info"],
+                ["sh", "-c", "\(Self.app) connects $(\(Self.app) resolve srv) 0 5000,wait:\(go),5000"])
+            defer { client.kill() }
+            #expect(client.waitForOutput(containing: "answer echo:hello-1", timeout: .seconds(30)), "\(client.standardError)")
+            // The spares: the node's established links to the server's NAT (the app's first connection is closed).
+            let serverNAT = NATLab.publicAddress(ofNAT: 1)
+            var spares: [String] = []
+            let made = try await eventually(timeout: .seconds(10)) {
+                let listed = try mesh.lab.run(.function(2), ["ss", "-Htn", "state", "established", "dst", serverNAT])
+                // Recv-Q Send-Q Local:Port Peer:Port: the first field with a colon is our end.
+                spares = listed.standardOutput.split(separator: "\n").compactMap { line in
+                    line.split(separator: " ").first { $0.contains(":") }?.split(separator: ":").last.map(String.init)
+                }
+                return spares.count >= 2
+            }
+            #expect(made, "the node made no spare links: \(client.standardError)")
+            // The client's NAT drops every packet of those links from now on, as if it had lost their mappings.
+            for port in spares {
+                for direction in ["--sport", "--dport"] {
+                    _ = try mesh.lab.run(.nat(2), ["iptables", "-I", "FORWARD", "-p", "tcp", direction, port, "-j", "DROP"]).check()
+                }
+            }
+            FileManager.default.createFile(atPath: go, contents: Data())
+            #expect(client.waitUntilExit(timeout: .seconds(30)) == 0, "\(client.standardOutput)\n\(client.standardError)")
+            #expect(Self.outcomes(client.standardOutput) == ["answer echo:hello-1 (port 5000)", "answer echo:hello-2 (port 5000)"],
+                "\(client.standardOutput)\n\(client.standardError)")
+            let localPorts = client.standardOutput.split(separator: "\n").filter { $0.hasPrefix("connected ") }.compactMap {
+                $0.split(separator: " ")[1].split(separator: ":").last.map(String.init)
+            }
+            #expect(localPorts.count == 2 && !spares.contains(localPorts[1]), "spares \(spares), the app's links \(localPorts)")
+            #expect(client.standardError.contains("a spare link was dead"), "\(client.standardError)")
+        }
+    }
+}

@@ -1,0 +1,62 @@
+import Testing
+import WireFormat
+
+@testable import MeshNode
+
+private let peer = IPv4Address(100, 64, 0, 2)
+private let other = IPv4Address(100, 64, 0, 3)
+
+private func spare(_ fd: Int32, to address: IPv4Address = peer) -> SparePool.Spare {
+    SparePool.Spare(
+        fd: fd, id: UInt64(fd), peer: .with { $0.name = "p\(fd)"; $0.address = address.value }, localPort: UInt16(40000 + fd),
+        via: Endpoint(IPv4Address(203, 0, 113, 101), port: 5000))
+}
+
+@Suite("The spare-link pool's bookkeeping")
+struct SparePoolTests {
+    @Test("a peer starts with two spares; the newest is taken first; a take that finds none while more are made doubles the want")
+    func growsOnDemand() {
+        let pool = SparePool(perPeer: 8)
+        #expect(pool.take(towards: peer) == nil, "an unknown peer has no spares")
+        #expect(pool.reserve(towards: peer) == 2)
+        #expect(pool.reserve(towards: peer) == 0, "two are being made already")
+        #expect(pool.made(spare(10)) && pool.made(spare(11)))
+        #expect(pool.take(towards: peer)?.fd == 11)
+        #expect(pool.reserve(towards: peer) == 1, "one to replace the one taken")
+        #expect(pool.take(towards: peer)?.fd == 10)
+        #expect(pool.take(towards: peer) == nil, "ran dry while one is being made")
+        #expect(pool.reserve(towards: peer) == 3, "the want doubled to 4; one is on its way")
+    }
+
+    @Test("the bounds hold: at most perPeer towards a peer, at most total in all; perPeer 0 keeps none")
+    func bounded() {
+        let pool = SparePool(perPeer: 4, total: 5)
+        #expect(pool.reserve(towards: peer) == 2)
+        #expect(pool.made(spare(1)))
+        #expect(pool.take(towards: peer)?.fd == 1)
+        #expect(pool.take(towards: peer) == nil)  // dry while one is made: the want grows to 4
+        #expect(pool.take(towards: peer) == nil)  // and no further than perPeer
+        #expect(pool.reserve(towards: other) == 2)
+        #expect(pool.reserve(towards: peer) == 2, "4 wanted, 1 on its way, but only 5 - 3 = 2 fit in all")
+        #expect(pool.reserve(towards: peer) == 0)
+        #expect(SparePool(perPeer: 0).reserve(towards: peer) == 0)
+    }
+
+    @Test("a failed spare backs the peer off; an idle peer loses its spares; a forgotten one too")
+    func backoffIdleForget() {
+        let pool = SparePool(perPeer: 8)
+        let start = ContinuousClock.now
+        #expect(pool.reserve(towards: peer, now: start) == 2)
+        pool.failed(towards: peer, now: start)
+        #expect(pool.reserve(towards: peer, now: start + .seconds(1)) == 0)
+        #expect(pool.reserve(towards: peer, now: start + Timing.Choice.spareBackoff + .seconds(1)) == 1, "one failed, one still on its way")
+        #expect(pool.made(spare(7)))
+        #expect(pool.sweep(now: start + Timing.Choice.spareBackoff + .seconds(2)).isEmpty, "used just now")
+        #expect(pool.sweep(now: start + Timing.Choice.spareBackoff + Timing.Choice.spareIdle + .seconds(2)).map(\.fd) == [7])
+        #expect(!pool.made(spare(8)), "a spare for a forgotten peer is not wanted")
+        #expect(pool.reserve(towards: other) == 2)
+        #expect(pool.made(spare(9, to: other)))
+        #expect(pool.forget(other).map(\.fd) == [9])
+        #expect(pool.ready(towards: other) == 0)
+    }
+}
