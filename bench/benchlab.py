@@ -325,12 +325,15 @@ class Agent:
 
 
 def link_paths(log_text):
-    """How many links a node's log (--log-level info) says came up on each path: {"direct": n, "relay": m}."""
+    """How many links a node's log (--log-level info) says came up on each path: {"direct": n, "relay": m}, and
+    under "spare" how many of them took a spare link."""
     paths = {}
     for line in log_text.splitlines():
         if "link up" in line and "path=" in line:
             path = line.split("path=", 1)[1].split()[0]
             paths[path] = paths.get(path, 0) + 1
+            if "spare=yes" in line:
+                paths["spare"] = paths.get("spare", 0) + 1
     return paths
 
 

@@ -18,6 +18,8 @@
 //   rtt connect HOST PORT COUNT nonblocking  the same on O_NONBLOCK sockets, as an event loop connects:
 //                                         call_us is how long connect() itself held the thread, connect_us until
 //                                         the socket is connected (writable, SO_ERROR 0)
+//   rtt connect HOST PORT COUNT pause=MS   the same, blocking, with MS milliseconds (untimed) before each connect
+//                                         after the first: an app that talks to its peer now and then
 //   rtt resolve NAME COUNT [SECONDS]      COUNT getaddrinfo(NAME) calls (through the node when the shim is loaded),
 //                                         or fewer if SECONDS pass first
 //   rtt lookups NAME BASELINE COUNT       the first getaddrinfo(NAME), then COUNT getaddrinfo(NAME) and COUNT of
@@ -277,7 +279,7 @@ static void connect_nonblocking(int fd, const struct addrinfo *to, int64_t start
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);  // the echo check reads with a timeout
 }
 
-static int connects(const char *host, const char *port, int count, int nonblocking) {
+static int connects(const char *host, const char *port, int count, int nonblocking, int pause_ms) {
     int64_t resolve_start = now_ns(CLOCK_MONOTONIC);
     struct addrinfo *to = lookup(host, port);
     double resolve_us = (now_ns(CLOCK_MONOTONIC) - resolve_start) / 1000.0;
@@ -286,6 +288,7 @@ static int connects(const char *host, const char *port, int count, int nonblocki
     int first = -1;
     char byte = 'x';
     for (int i = 0; i < count; i++) {
+        if (i > 0 && pause_ms > 0) usleep((useconds_t)pause_ms * 1000);
         int64_t start = now_ns(CLOCK_MONOTONIC);
         int fd = socket(to->ai_family, to->ai_socktype | (nonblocking ? SOCK_NONBLOCK : 0), to->ai_protocol);
         if (fd < 0) fail("socket");
@@ -378,15 +381,18 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "pingmix") && argc >= 7)
         return pingmix(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), argc - 6, argv + 6);
     if (!strcmp(mode, "watch") && argc == 5) return watch(argv[2], argv[3], atof(argv[4]));
-    if (!strcmp(mode, "connect") && (argc == 5 || (argc == 6 && !strcmp(argv[5], "nonblocking"))))
-        return connects(argv[2], argv[3], atoi(argv[4]), argc == 6);
+    if (!strcmp(mode, "connect") && argc == 5) return connects(argv[2], argv[3], atoi(argv[4]), 0, 0);
+    if (!strcmp(mode, "connect") && argc == 6 && !strcmp(argv[5], "nonblocking"))
+        return connects(argv[2], argv[3], atoi(argv[4]), 1, 0);
+    if (!strcmp(mode, "connect") && argc == 6 && !strncmp(argv[5], "pause=", 6))
+        return connects(argv[2], argv[3], atoi(argv[4]), 0, atoi(argv[5] + 6));
     if (!strcmp(mode, "resolve") && (argc == 4 || argc == 5))
         return resolves(argv[2], atoi(argv[3]), argc == 5 ? atof(argv[4]) : 0);
     if (!strcmp(mode, "lookups") && argc == 5 && atoi(argv[4]) > 0) return lookups(argv[2], argv[3], atoi(argv[4]));
     if (!strcmp(mode, "member") && argc == 4) member(argv[2], argv[3]);
     fprintf(stderr, "usage: rtt serve PORT | ping HOST PORT SIZE COUNT WARMUP | "
                     "pingmix SIZE COUNT BLOCK WARMUP NAME=HOST:PORT... | "
-                    "watch HOST PORT SECONDS | connect HOST PORT COUNT [nonblocking] | "
+                    "watch HOST PORT SECONDS | connect HOST PORT COUNT [nonblocking | pause=MS] | "
                     "resolve NAME COUNT [SECONDS] | lookups NAME BASELINE COUNT | member FILE NAME\n");
     return 2;
 }

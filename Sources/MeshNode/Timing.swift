@@ -59,6 +59,9 @@ enum Timing {
         /// dropped its mapping) and the connect tries the next. Long enough for a peer node in a 128 MB function,
         /// whose CPU quota may stall it for most of a 100 ms period.
         static let spareAnswer = Duration.milliseconds(250)
+        /// The accepting side reads a claim this long at most (it comes in one segment: all of it is there, in
+        /// practice, when the first byte is).
+        static let spareClaimRead = Duration.milliseconds(100)
         /// Punching a spare link, both sides.
         static let sparePunch = Duration.seconds(5)
         /// A peer the app has not connected to for this long loses its spare links.

@@ -52,11 +52,12 @@ extension BoxerMesh {
             let join = try mesh.joinRequest(nodeName: nil)
             let broker = try mesh.brokerAddress()
             // The handshake proves the secret (a wrong one ends here, clearly) and tells where the tap is.
-            let (tapPort, members) = try await MeshSession.withSession(
+            let tapPort = try await MeshSession.withSession(
                 join, broker: broker, connectTimeout: mesh.connectTimeoutDuration, logger: logger
             ) { session in
-                (UInt16(session.welcome.tapPort), try await session.members())
+                UInt16(session.welcome.tapPort)
             }
+            let connectTimeout = mesh.connectTimeoutDuration
             let endpoint = broker.endpoint(port: tapPort)
             let filter = try node.map { try MeshName.validated($0, role: "node name") }
             let remaining = Atomic<Int>(count ?? .max)
@@ -71,9 +72,19 @@ extension BoxerMesh {
                 endpoint: endpoint, key: TapKey(secret: join.secret, mesh: join.mesh),
                 kinds: noFlows ? [.membership, .connection] : [.membership, .connection, .flow],
                 onSubscribed: {
-                    // Said once the broker answered the subscriptions: every event from here on is shown.
-                    logger.notice(
-                        "watching mesh '\(join.mesh)' at \(endpoint); \(members.count) members: \(members.map(\.name).joined(separator: ", "))")
+                    // Said once the broker answered the subscriptions: every event from here on is shown. The members
+                    // are listed only now, so a node that joins meanwhile is in the list or in the events (or both).
+                    Task {
+                        do {
+                            let members = try await MeshSession.withSession(
+                                join, broker: broker, connectTimeout: connectTimeout, logger: logger
+                            ) { try await $0.members() }
+                            logger.notice(
+                                "watching mesh '\(join.mesh)' at \(endpoint); \(members.count) members: \(members.map(\.name).joined(separator: ", "))")
+                        } catch {
+                            logger.notice("watching mesh '\(join.mesh)' at \(endpoint); its members could not be listed: \(error)")
+                        }
+                    }
                 },
                 onEvent: { event in
                     // The broker numbers each mesh's events per kind; a gap means it dropped some for this slow reader.

@@ -132,21 +132,21 @@ extension LinkManager {
     /// Holds the spare links peers make to us until cancelled.
     func holdSpares() async {
         do {
-            try await inbox.run { [self] held in Task { await claimed(held) } }
+            try await inbox.run { [self] held in answerClaim(held) }
         } catch {
             logger.error("spare links cannot be held: \(error)")
         }
     }
 
     /// A held spare link became readable: the peer claims it for a port (answer, and hand it to the app that
-    /// listens there), or closed it.
-    private func claimed(_ held: SpareInbox.Held) async {
+    /// listens there), or closed it. Runs on the inbox's thread, with no hop to another: the claim is one segment,
+    /// already here, and the answer fits the empty socket buffer — only a claim cut in two can hold the thread, for
+    /// ``Timing/Choice/spareClaimRead`` at most.
+    private func answerClaim(_ held: SpareInbox.Held) {
         let started = ContinuousClock.now
         let port: UInt16
-        do {
-            let bytes = try await direct.blocking {
-                try FixedMessage.receive(SpareClaim.claimSize, from: held.fd, until: .now + Timing.Wire.proof, "spare-link claim")
-            }
+        do throws(SocketError) {
+            let bytes = try FixedMessage.receive(SpareClaim.claimSize, from: held.fd, until: started + Timing.Choice.spareClaimRead, "spare-link claim")
             do {
                 port = try SpareClaim.port(fromClaim: bytes)
             } catch {
@@ -162,7 +162,7 @@ extension LinkManager {
         }
         let accepted = isListening(on: port)
         do {
-            try await direct.blocking { try FixedMessage.send(SpareClaim.answer(accepted ? .accepted : .refused), on: held.fd, "spare-link answer") }
+            try FixedMessage.send(SpareClaim.answer(accepted ? .accepted : .refused), on: held.fd, "spare-link answer")
         } catch {
             logger.info("a claimed spare link failed before it reached the app", metadata: ["peer": "\(held.peer.name)", "why": "\(error.description)"])
             RelaySockets.reset(held.fd)
@@ -179,7 +179,9 @@ extension LinkManager {
         connection.peerAddress = held.peer.address
         connection.peerPort = UInt32(held.via.port)
         connection.path = "direct"
-        await deliver(Link(fd: held.fd, connection: connection), id: held.id, peer: held.peer, port: port, path: .direct, started: started,
-            spare: true)
+        Task {
+            await deliver(Link(fd: held.fd, connection: connection), id: held.id, peer: held.peer, port: port, path: .direct,
+                started: started, spare: true)
+        }
     }
 }
