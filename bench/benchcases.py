@@ -852,6 +852,7 @@ def redis_per_request(ctx):
             time.sleep(0.1)
     rps = {v: {"SET": [], "GET": []} for v in ("raw", "mesh")}
     failures, hangs = [], 0
+    paths = {}  # the benchmark's node's links, by path, and how many took a spare
     timeout = 120
     try:
         for rep in range(o.reps):
@@ -860,8 +861,11 @@ def redis_per_request(ctx):
                 argv = ["redis-benchmark", "-h", host, "-p", str(port), "-k", "0", "-c", "8", "-n", str(requests),
                         "-t", "set,get", "--csv"]
                 if variant == "mesh":
-                    argv = lab.node_argv(f"rb{rep}", argv)
+                    argv = lab.node_argv(f"rb{rep}", argv, ["--log-level", "info"])
                 status, out, err = lab.run("fn2", argv, timeout)
+                if variant == "mesh":
+                    for path, n in link_paths(err).items():
+                        paths[path] = paths.get(path, 0) + n
                 result = redis_rps(out) if status == 0 else None
                 if status == 124:
                     hangs += 1
@@ -879,8 +883,10 @@ def redis_per_request(ctx):
         rows.append(row("redis", f"redis-benchmark -k 0 -c 8 {test}, raw path (baseline)", "count", rps["raw"][test]))
         rows.append(row("redis", f"redis-benchmark -k 0 -c 8 {test} through the mesh (requests/s)", "count",
                         rps["mesh"][test], rps["raw"][test], "raw", goal=("≥ 0.8x raw", ">=", 0.8),
-                        note=f"{hangs} run(s) hung ({timeout} s)" if hangs else retry_note(failures)))
-    return rows, {"requests": requests, "clients": 8, "rps": rps, "failures": failures, "hangs": hangs}
+                        note="; ".join(n for n in (f"{hangs} run(s) hung ({timeout} s)" if hangs else retry_note(failures),
+                                                    spare_note(paths)) if n)))
+    return rows, {"requests": requests, "clients": 8, "rps": rps, "failures": failures, "hangs": hangs,
+                  "link_paths": paths}
 
 
 

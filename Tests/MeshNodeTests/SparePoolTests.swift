@@ -42,12 +42,24 @@ struct SparePoolTests {
         #expect(SparePool(perPeer: 0).reserve(towards: peer) == 0)
     }
 
-    @Test("a failed spare backs the peer off; an idle peer loses its spares; a forgotten one too")
+    @Test("a refused spare, or three failures in a row, back the peer off; an idle peer loses its spares; a forgotten one too")
     func backoffIdleForget() {
         let pool = SparePool(perPeer: 8)
         let start = ContinuousClock.now
-        #expect(pool.reserve(towards: peer, now: start) == 2)
-        pool.failed(towards: peer, now: start)
+        for _ in 0..<2 {
+            #expect(pool.reserve(towards: peer, now: start) == 2)
+            pool.failed(towards: peer, refused: false, now: start)
+            pool.failed(towards: peer, refused: false, now: start)
+        }
+        #expect(pool.reserve(towards: peer, now: start) == 0, "the third failure in a row backed it off")
+        let other = IPv4Address(100, 64, 0, 9)
+        #expect(pool.reserve(towards: other, now: start) == 2)
+        #expect(pool.made(spare(5, to: other)))
+        pool.failed(towards: other, refused: false, now: start)
+        #expect(pool.reserve(towards: other, now: start) == 1, "one failure alone does not back it off")
+        _ = pool.forget(other)
+        #expect(pool.reserve(towards: peer, now: start + Timing.Choice.spareBackoff) == 2)
+        pool.failed(towards: peer, refused: true, now: start)
         #expect(pool.reserve(towards: peer, now: start + .seconds(1)) == 0)
         #expect(pool.reserve(towards: peer, now: start + Timing.Choice.spareBackoff + .seconds(1)) == 1, "one failed, one still on its way")
         #expect(pool.made(spare(7)))

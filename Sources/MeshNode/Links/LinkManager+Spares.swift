@@ -65,17 +65,29 @@ extension LinkManager {
 
     /// Signals a spare link through the broker, punches and proves it, and gives it to the pool.
     private func makeSpare(towards address: IPv4Address) async {
+        // Refused: the broker or the peer said no (it holds no more, does not punch, or left); anything else (a slow
+        // reflector, a lost punch) may pass.
+        var refused = false
         do throws(SocketError) {
             let ours = try await direct.punchPort()
-            let offer = try await signal(to: address, port: 0, from: ours.endpoint, spare: true)
-            guard offer.endpoint.port != 0 else { throw SocketError(EHOSTUNREACH, "the peer keeps no spare links") }
+            let offer: Boxermesh_V1_ConnectOffer
+            do {
+                offer = try await signal(to: address, port: 0, from: ours.endpoint, spare: true)
+            } catch {
+                refused = error.code != ETIMEDOUT
+                throw error
+            }
+            guard offer.endpoint.port != 0 else {
+                refused = true
+                throw SocketError(ECONNREFUSED, "the peer keeps no spare links")
+            }
             let proof = DirectPath.Proof(token: LinkToken([UInt8](offer.token)), connectionID: offer.connectionID, initiator: true)
             let fd = try await direct.punch(
                 from: ours.port, to: Endpoint(offer.endpoint), proving: proof, until: .now + Timing.Choice.sparePunch, listening: false)
             let spare = SparePool.Spare(fd: fd, id: offer.connectionID, peer: offer.peer, localPort: ours.port, via: Endpoint(offer.endpoint))
             if !spares.made(spare) { close(fd) }
         } catch {
-            spares.failed(towards: address)
+            spares.failed(towards: address, refused: refused)
             logger.debug("no spare link", metadata: ["peer": "\(address)", "why": "\(error.description)"])
         }
     }

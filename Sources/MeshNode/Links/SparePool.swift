@@ -8,8 +8,8 @@ import WireFormat
 ///
 /// Bounded: a peer starts with ``initialPerPeer`` spares; a connect that finds none while more are being made
 /// doubles what the peer gets, up to `perPeer`; all peers together hold at most `total`. A peer the app has not
-/// connected to for ``Timing/Choice/spareIdle`` loses its spares, and one that refused a spare (or could not be
-/// punched) gets none for ``Timing/Choice/spareBackoff``.
+/// connected to for ``Timing/Choice/spareIdle`` loses its spares, and one that refused a spare, or for which three
+/// in a row failed, gets none for ``Timing/Choice/spareBackoff``.
 final class SparePool: Sendable {
     /// One proven link, ready to be claimed.
     struct Spare: Sendable {
@@ -41,7 +41,11 @@ final class SparePool: Sendable {
         var wanted: Int
         var lastUsed: ContinuousClock.Instant
         var backoffUntil: ContinuousClock.Instant?
+        /// Spares that failed in a row (a busy reflector, a lost punch): three back the peer off.
+        var failures = 0
     }
+
+    static let failuresBeforeBackoff = 3
 
     /// `perPeer` 0 keeps no spares at all.
     init(perPeer: Int, total: Int = 32) {
@@ -90,6 +94,7 @@ final class SparePool: Sendable {
         state.withLock { state in
             guard var entry = state.peers[spare.peer.ipv4] else { return false }
             entry.making -= 1
+            entry.failures = 0
             state.peers[spare.peer.ipv4] = entry
             guard entry.spares.count < entry.wanted else { return false }
             state.peers[spare.peer.ipv4]!.spares.append(spare)
@@ -97,12 +102,19 @@ final class SparePool: Sendable {
         }
     }
 
-    /// Making a spare towards `peer` failed: it gets none for a while.
-    func failed(towards peer: IPv4Address, now: ContinuousClock.Instant = .now) {
+    /// Making a spare towards `peer` failed. Once it `refused` (it holds no more, or does not punch), or after
+    /// ``failuresBeforeBackoff`` failures in a row, the peer gets none for a while; otherwise the next connect to
+    /// it tries again.
+    func failed(towards peer: IPv4Address, refused: Bool, now: ContinuousClock.Instant = .now) {
         state.withLock { state in
-            guard state.peers[peer] != nil else { return }
-            state.peers[peer]!.making -= 1
-            state.peers[peer]!.backoffUntil = now + Timing.Choice.spareBackoff
+            guard var entry = state.peers[peer] else { return }
+            entry.making -= 1
+            entry.failures += 1
+            if refused || entry.failures >= Self.failuresBeforeBackoff {
+                entry.backoffUntil = now + Timing.Choice.spareBackoff
+                entry.failures = 0
+            }
+            state.peers[peer] = entry
         }
     }
 
