@@ -330,6 +330,36 @@ def spare_note(paths):
     return f"{paths.get('spare', 0)} of {total} links took a spare" if total else ""
 
 
+CPU_CONNECTS = 81  # connects in the long run of the CPU-per-connect measurement; the short run makes 1
+
+
+def connect_cpu(ctx, lab):
+    """CPU per connect, both nodes and the broker together: a fresh node's app makes CPU_CONNECTS connects to srv
+    (10 ms apart, so spare links serve them), another fresh node's app makes one; the difference in CPU (the client
+    node with its app and shim, the server node srv, the broker), divided by CPU_CONNECTS - 1, leaves out what
+    joining and leaving cost. Spare links made for these connects count: the connects cause them."""
+    per_connect = []
+    for rep in range(ctx.options.reps):
+        spent = {}
+        for count in (1, CPU_CONNECTS):
+            before = (os.times().children_user + os.times().children_system, cpu_seconds(lab.srv.pid),
+                      cpu_seconds(lab.broker.pid))
+            status, out, err = lab.run("fn2", lab.node_argv(f"cpu{rep}n{count}", [
+                ctx.rtt, "connect", "srv", str(MESH_ECHO), str(count), "pause=10"]), 30)
+            time.sleep(0.3)  # the spare links being made as the client left end on both sides
+            after = (os.times().children_user + os.times().children_system, cpu_seconds(lab.srv.pid),
+                     cpu_seconds(lab.broker.pid))
+            if status != 0 or None in before + after:
+                log(f"  connect cpu: run of {count} failed: status {status}: {tail(out)} {tail(err)}")
+                spent = None
+                break
+            spent[count] = sum(a - b for a, b in zip(after, before))
+        per_connect.append((spent[CPU_CONNECTS] - spent[1]) / (CPU_CONNECTS - 1) * 1e6 if spent else None)
+        log(f"  connect cpu rep {rep + 1}: {per_connect[-1]} µs per connect")
+    return [row("connect", "delay 0 ms: CPU per connect to a peer already connected, both nodes (with app and shim) "
+                "and broker", "us", per_connect, goal=("≤ 300 µs", "<=", 300))], {"cpu_per_connect_us": per_connect}
+
+
 def connect_setup(ctx, lab, delay_ms):
     """Raw connect() through the port forward vs connect() of an app in a fresh node to srv: the first connect
     is to a new peer; the later ones happen while the first connection is still open (peer already connected),

@@ -64,6 +64,8 @@ enum Timing {
         static let spareClaimRead = Duration.milliseconds(100)
         /// Punching a spare link, both sides.
         static let sparePunch = Duration.seconds(5)
+        /// A peer gets spare links once the app connected to it three times within this.
+        static let spareDemandWindow = Duration.seconds(10)
         /// A peer the app has not connected to for this long loses its spare links.
         static let spareIdle = Duration.seconds(60)
         /// A peer that refused a spare link, or could not be punched for one, gets none for this long.

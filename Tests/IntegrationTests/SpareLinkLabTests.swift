@@ -2,7 +2,7 @@ import Foundation
 import MeshLab
 import Testing
 
-/// Spare links (issue 13): after a first connect to a peer, the node keeps proven direct links to it, and the app's
+/// Spare links (issue 13): once the app connects to a peer again and again (three times within 10 s), the node keeps proven direct links to it, and the app's
 /// next connects take one — no broker, no punch. Driven by Tests/tools/shim_protocol_app.py, like LinkLabTests.
 @Suite(
     "Spare links in the NAT lab", .serialized,
@@ -28,7 +28,7 @@ struct SpareLinkLabTests {
         output.split(separator: "\n").filter { $0.hasPrefix("answer ") || $0.hasPrefix("connect failed") }.map(String.init)
     }
 
-    @Test("connects after the first take spare links and reach the right port of the right app; a closed port is refused through one")
+    @Test("connects after the third take spare links and reach the right port of the right app; a closed port is refused through one")
     func sparesReachTheRightPort() async throws {
         try await MeshLabFixture.with(prefix: "isp") { mesh in
             let tap = try mesh.lab.spawn(
@@ -37,7 +37,8 @@ struct SpareLinkLabTests {
             #expect(await tap.waitForLog(containing: "watching mesh"), "\(tap.standardError)")
             let server = try Self.servers(mesh, ports: [5000, 5001])
             defer { server.kill() }
-            let steps = "5000,5001,5000,5001,5002,5000"
+            // Spares come from the third connect on: the fourth is the first that can take one.
+            let steps = "5000,5001,5000,5001,5000,5002,5001"
             let client = try mesh.node(
                 2, name: "cli", options: ["--no-shim", "--log-level", "info"],
                 ["sh", "-c", "\(Self.app) connects $(\(Self.app) resolve srv) 200 \(steps)"])
@@ -45,24 +46,25 @@ struct SpareLinkLabTests {
             let outcomes = Self.outcomes(client.standardOutput)
             #expect(outcomes == [
                 "answer echo:hello-1 (port 5000)", "answer echo:hello-2 (port 5001)", "answer echo:hello-3 (port 5000)",
-                "answer echo:hello-4 (port 5001)", "connect failed: errno 111 (Connection refused): srv refused port 5002: nothing listens there",
-                "answer echo:hello-6 (port 5000)",
+                "answer echo:hello-4 (port 5001)", "answer echo:hello-5 (port 5000)",
+                "connect failed: errno 111 (Connection refused): srv refused port 5002: nothing listens there",
+                "answer echo:hello-7 (port 5001)",
             ], "\(client.standardOutput)\n\(client.standardError)")
-            // The first connect went through the broker; every later one took a spare link, the refused one too.
+            // The first three connects went through the broker; every later one took a spare link, the refused one too.
             let linksUp = client.standardError.split(separator: "\n").filter { $0.contains("link up") }
-            #expect(linksUp.count == 5, "\(client.standardError)")
-            #expect(linksUp.dropFirst().allSatisfy { $0.contains("spare=yes") } && !linksUp[0].contains("spare=yes"),
+            #expect(linksUp.count == 6, "\(client.standardError)")
+            #expect(linksUp.prefix(3).allSatisfy { !$0.contains("spare=yes") } && linksUp.dropFirst(3).allSatisfy { $0.contains("spare=yes") },
                 "\(client.standardError)")
-            #expect(client.standardOutput.split(separator: "\n").filter { $0.contains("path direct") }.count == 5)
+            #expect(client.standardOutput.split(separator: "\n").filter { $0.contains("path direct") }.count == 6)
             // The server side handed each to the app on its port, and the tap shows every connection with its port.
-            #expect(server.standardOutput.split(separator: "\n").filter { $0.contains("accepted") && $0.hasSuffix(":5001") }.count == 2,
+            #expect(server.standardOutput.split(separator: "\n").filter { $0.contains("accepted") && $0.hasSuffix(":5001") }.count == 3,
                 "\(server.standardOutput)")
             let connects = await eventually(timeout: .seconds(5)) {
-                tap.standardOutput.split(separator: "\n").filter { $0.contains(#""event":"connect""#) }.count >= 5
+                tap.standardOutput.split(separator: "\n").filter { $0.contains(#""event":"connect""#) }.count >= 6
             }
             let events = tap.standardOutput.split(separator: "\n").filter { $0.contains(#""event":"connect""#) }
-            #expect(connects && events.count == 5, "\(tap.standardOutput)")
-            #expect(events.filter { $0.contains(#""port":5001"#) }.count == 2 && events.allSatisfy { $0.contains(#""path":"direct""#) },
+            #expect(connects && events.count == 6, "\(tap.standardOutput)")
+            #expect(events.filter { $0.contains(#""port":5001"#) }.count == 3 && events.allSatisfy { $0.contains(#""path":"direct""#) },
                 "\(tap.standardOutput)")
         }
     }
@@ -75,10 +77,11 @@ struct SpareLinkLabTests {
             let go = mesh.work.appendingPathComponent("go").path
             let client = try mesh.node(
                 2, name: "cli", options: ["--no-shim", "--log-level", "info"],
-                ["sh", "-c", "\(Self.app) connects $(\(Self.app) resolve srv) 0 5000,wait:\(go),5000"])
+                ["sh", "-c", "\(Self.app) connects $(\(Self.app) resolve srv) 0 5000,5000,5000,wait:\(go),5000"])
             defer { client.kill() }
-            #expect(client.waitForOutput(containing: "answer echo:hello-1", timeout: .seconds(30)), "\(client.standardError)")
-            // The spares: the node's established links to the server's NAT (the app's first connection is closed).
+            #expect(client.waitForOutput(containing: "answer echo:hello-3", timeout: .seconds(30)), "\(client.standardError)")
+            // The spares (the third connect asked for them): the node's established links to the server's NAT (the
+            // app's connections are closed).
             let serverNAT = NATLab.publicAddress(ofNAT: 1)
             var spares: [String] = []
             let made = try await eventually(timeout: .seconds(10)) {
@@ -98,12 +101,12 @@ struct SpareLinkLabTests {
             }
             FileManager.default.createFile(atPath: go, contents: Data())
             #expect(client.waitUntilExit(timeout: .seconds(30)) == 0, "\(client.standardOutput)\n\(client.standardError)")
-            #expect(Self.outcomes(client.standardOutput) == ["answer echo:hello-1 (port 5000)", "answer echo:hello-2 (port 5000)"],
+            #expect(Self.outcomes(client.standardOutput) == (1...4).map { "answer echo:hello-\($0) (port 5000)" },
                 "\(client.standardOutput)\n\(client.standardError)")
             let localPorts = client.standardOutput.split(separator: "\n").filter { $0.hasPrefix("connected ") }.compactMap {
                 $0.split(separator: " ")[1].split(separator: ":").last.map(String.init)
             }
-            #expect(localPorts.count == 2 && !spares.contains(localPorts[1]), "spares \(spares), the app's links \(localPorts)")
+            #expect(localPorts.count == 4 && !spares.contains(localPorts[3]), "spares \(spares), the app's links \(localPorts)")
             #expect(client.standardError.contains("a spare link was dead"), "\(client.standardError)")
         }
     }

@@ -12,13 +12,30 @@ private func spare(_ fd: Int32, to address: IPv4Address = peer) -> SparePool.Spa
         via: Endpoint(IPv4Address(203, 0, 113, 101), port: 5000))
 }
 
+/// The app's first connects to `address`, before the pool makes spares for it; returns what the last one reserved.
+private func demand(_ pool: SparePool, _ address: IPv4Address, now: ContinuousClock.Instant = .now) -> Int {
+    for _ in 1..<SparePool.connectsBeforeSpares { #expect(pool.reserve(towards: address, now: now) == 0) }
+    return pool.reserve(towards: address, now: now)
+}
+
 @Suite("The spare-link pool's bookkeeping")
 struct SparePoolTests {
+    @Test("a peer gets spares from the third connect within 10 s on; connects further apart do not count")
+    func demandFirst() {
+        let pool = SparePool(perPeer: 8)
+        let start = ContinuousClock.now
+        #expect(pool.reserve(towards: peer, now: start) == 0)
+        #expect(pool.reserve(towards: peer, now: start + .seconds(6)) == 0)
+        #expect(pool.reserve(towards: peer, now: start + .seconds(12)) == 0, "the first connect is out of the window")
+        #expect(pool.reserve(towards: peer, now: start + .seconds(13)) == 2)
+        #expect(pool.reserve(towards: peer, now: start + .seconds(40)) == 0, "demand shown once is kept: two are on their way")
+    }
+
     @Test("a peer starts with two spares; the newest is taken first; a take that finds none while more are made doubles the want")
     func growsOnDemand() {
         let pool = SparePool(perPeer: 8)
         #expect(pool.take(towards: peer) == nil, "an unknown peer has no spares")
-        #expect(pool.reserve(towards: peer) == 2)
+        #expect(demand(pool, peer) == 2)
         #expect(pool.reserve(towards: peer) == 0, "two are being made already")
         #expect(pool.made(spare(10)) && pool.made(spare(11)))
         #expect(pool.take(towards: peer)?.fd == 11)
@@ -31,12 +48,12 @@ struct SparePoolTests {
     @Test("the bounds hold: at most perPeer towards a peer, at most total in all; perPeer 0 keeps none")
     func bounded() {
         let pool = SparePool(perPeer: 4, total: 5)
-        #expect(pool.reserve(towards: peer) == 2)
+        #expect(demand(pool, peer) == 2)
         #expect(pool.made(spare(1)))
         #expect(pool.take(towards: peer)?.fd == 1)
         #expect(pool.take(towards: peer) == nil)  // dry while one is made: the want grows to 4
         #expect(pool.take(towards: peer) == nil)  // and no further than perPeer
-        #expect(pool.reserve(towards: other) == 2)
+        #expect(demand(pool, other) == 2)
         #expect(pool.reserve(towards: peer) == 2, "4 wanted, 1 on its way, but only 5 - 3 = 2 fit in all")
         #expect(pool.reserve(towards: peer) == 0)
         #expect(SparePool(perPeer: 0).reserve(towards: peer) == 0)
@@ -46,14 +63,15 @@ struct SparePoolTests {
     func backoffIdleForget() {
         let pool = SparePool(perPeer: 8)
         let start = ContinuousClock.now
-        for _ in 0..<2 {
-            #expect(pool.reserve(towards: peer, now: start) == 2)
-            pool.failed(towards: peer, refused: false, now: start)
-            pool.failed(towards: peer, refused: false, now: start)
-        }
+        #expect(demand(pool, peer, now: start) == 2)
+        pool.failed(towards: peer, refused: false, now: start)
+        pool.failed(towards: peer, refused: false, now: start)
+        #expect(pool.reserve(towards: peer, now: start) == 2)
+        pool.failed(towards: peer, refused: false, now: start)
+        pool.failed(towards: peer, refused: false, now: start)
         #expect(pool.reserve(towards: peer, now: start) == 0, "the third failure in a row backed it off")
         let other = IPv4Address(100, 64, 0, 9)
-        #expect(pool.reserve(towards: other, now: start) == 2)
+        #expect(demand(pool, other, now: start) == 2)
         #expect(pool.made(spare(5, to: other)))
         pool.failed(towards: other, refused: false, now: start)
         #expect(pool.reserve(towards: other, now: start) == 1, "one failure alone does not back it off")
@@ -66,7 +84,7 @@ struct SparePoolTests {
         #expect(pool.sweep(now: start + Timing.Choice.spareBackoff + .seconds(2)).isEmpty, "used just now")
         #expect(pool.sweep(now: start + Timing.Choice.spareBackoff + Timing.Choice.spareIdle + .seconds(2)).map(\.fd) == [7])
         #expect(!pool.made(spare(8)), "a spare for a forgotten peer is not wanted")
-        #expect(pool.reserve(towards: other) == 2)
+        #expect(demand(pool, other) == 2)
         #expect(pool.made(spare(9, to: other)))
         #expect(pool.forget(other).map(\.fd) == [9])
         #expect(pool.ready(towards: other) == 0)

@@ -36,8 +36,6 @@ extension LinkManager {
                 let fd = try await direct.punch(
                     from: ours.port, to: Endpoint(offer.endpoint), proving: proof,
                     until: .now + punchDeadline(towards: address), listening: false)
-                // The peer talks to our app: keep spare links ready for its next connects.
-                makeSpares(towards: address)
                 return established(offer, fd: fd, path: .direct, localPort: ours.port, port: port, started: started)
             } catch {
                 punchFailure = error

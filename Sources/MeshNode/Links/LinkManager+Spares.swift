@@ -55,9 +55,10 @@ extension LinkManager {
         }
     }
 
-    /// Starts making the spares the pool wants towards `address` (none once the node is leaving).
+    /// The app connects to `address`: starts making the spares the pool wants towards it (none once the node is
+    /// leaving, nor towards a peer punching failed with lately: its connections relay).
     func makeSpares(towards address: IPv4Address) {
-        guard punches, !session.hasLeft else { return }
+        guard punches, !session.hasLeft, recentPunchFailure(towards: address) == nil else { return }
         for _ in 0..<spares.reserve(towards: address) {
             Task { await makeSpare(towards: address) }
         }

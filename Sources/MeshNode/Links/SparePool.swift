@@ -6,7 +6,9 @@ import WireFormat
 /// its claim's round trip on the link itself. Only the bookkeeping lives here; making, claiming and closing the
 /// links is ``LinkManager``'s (`LinkManager+Spares.swift`).
 ///
-/// Bounded: a peer starts with ``initialPerPeer`` spares; a connect that finds none while more are being made
+/// Only for a peer the app connects to again and again: spares cost a punch each on both nodes, so a peer gets
+/// them from the app's ``connectsBeforeSpares``th connect to it within ``Timing/Choice/spareDemandWindow`` (an app
+/// that connects once to each of many peers makes none). Bounded: a peer starts with ``initialPerPeer`` spares; a connect that finds none while more are being made
 /// doubles what the peer gets, up to `perPeer`; all peers together hold at most `total`. A peer the app has not
 /// connected to for ``Timing/Choice/spareIdle`` loses its spares, and one that refused a spare, or for which three
 /// in a row failed, gets none for ``Timing/Choice/spareBackoff``.
@@ -24,6 +26,7 @@ final class SparePool: Sendable {
     }
 
     static let initialPerPeer = 2
+    static let connectsBeforeSpares = 3
 
     let perPeer: Int
     let total: Int
@@ -41,6 +44,8 @@ final class SparePool: Sendable {
         var wanted: Int
         var lastUsed: ContinuousClock.Instant
         var backoffUntil: ContinuousClock.Instant?
+        /// The app's latest connects to the peer, until it has spares: do they show demand?
+        var connects: [ContinuousClock.Instant] = []
         /// Spares that failed in a row (a busy reflector, a lost punch): three back the peer off.
         var failures = 0
     }
@@ -68,13 +73,20 @@ final class SparePool: Sendable {
         }
     }
 
-    /// How many spares to start making towards `peer` now (counted as being made until ``made(_:)`` or
-    /// ``failed(towards:now:)``). The app just connected to it.
+    /// The app connects to `peer` (call once per connect): how many spares to start making towards it now,
+    /// counted as being made until ``made(_:)`` or ``failed(towards:refused:now:)``.
     func reserve(towards peer: IPv4Address, now: ContinuousClock.Instant = .now) -> Int {
         guard enabled else { return 0 }
         return state.withLock { state in
             var entry = state.peers[peer] ?? Peer(wanted: min(perPeer, Self.initialPerPeer), lastUsed: now)
             entry.lastUsed = now
+            if entry.connects.count < Self.connectsBeforeSpares {
+                entry.connects = entry.connects.filter { now - $0 < Timing.Choice.spareDemandWindow } + [now]
+                guard entry.connects.count >= Self.connectsBeforeSpares else {
+                    state.peers[peer] = entry
+                    return 0
+                }
+            }
             if let until = entry.backoffUntil, now < until {
                 state.peers[peer] = entry
                 return 0
