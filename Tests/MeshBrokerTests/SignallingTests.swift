@@ -38,25 +38,35 @@ struct SignallingTests {
         })
     }
 
+    /// The last connection a target was asked to accept.
+    final class Seen: Sendable {
+        let incoming = Mutex<Boxermesh_V1_IncomingConnection?>(nil)
+    }
+
+    /// A target that accepts every connection from endpoint 203.0.113.102:40002, keeping the last request in `seen`.
+    func accepting(into seen: Seen) -> @Sendable (ControlMessage, MeshSession?) -> Void {
+        { message, session in
+            guard case .incomingConnection(let incoming) = message.body, let session else { return }
+            seen.incoming.withLock { $0 = incoming }
+            Task {
+                _ = try await session.request(.connectAnswer(.with {
+                    $0.connectionID = incoming.connectionID
+                    $0.accepted = true
+                    $0.endpoint = .with { $0.address = 0xCB00_7166; $0.port = 40002 }
+                }))
+            }
+        }
+    }
+
     @Test("the target gets the request with the requester's endpoint and a token; the requester gets the answer and the same token")
     func offer() async throws {
         try await TestBroker.with { broker in
-            let seen = Mutex<Boxermesh_V1_IncomingConnection?>(nil)
-            try await node(broker, "server", onPush: { message, session in
-                guard case .incomingConnection(let incoming) = message.body, let session else { return }
-                seen.withLock { $0 = incoming }
-                Task {
-                    _ = try await session.request(.connectAnswer(.with {
-                        $0.connectionID = incoming.connectionID
-                        $0.accepted = true
-                        $0.endpoint = .with { $0.address = 0xCB00_7166; $0.port = 40002 }
-                    }))
-                }
-            }) { server in
+            let seen = Seen()
+            try await node(broker, "server", onPush: accepting(into: seen)) { server in
                 try await node(broker, "client") { client in
                     let reply = try await client.request(connectRequest(to: server.welcome.self_p.address, port: 5000))
                     guard case .connectOffer(let offer) = reply.body else { Issue.record("no offer: \(reply)"); return }
-                    let incoming = try #require(seen.withLock { $0 })
+                    let incoming = try #require(seen.incoming.withLock { $0 })
                     #expect(incoming.peer.name == "client")
                     #expect(incoming.port == 5000)
                     #expect(incoming.endpoint.port == 40001)
@@ -102,25 +112,15 @@ struct SignallingTests {
     @Test("a spare link is signalled like a connection, port 0 and marked spare; port 0 without the mark, or a spare without an endpoint to punch, is a bad request")
     func spare() async throws {
         try await TestBroker.with { broker in
-            let seen = Mutex<Boxermesh_V1_IncomingConnection?>(nil)
-            try await node(broker, "server", onPush: { message, session in
-                guard case .incomingConnection(let incoming) = message.body, let session else { return }
-                seen.withLock { $0 = incoming }
-                Task {
-                    _ = try await session.request(.connectAnswer(.with {
-                        $0.connectionID = incoming.connectionID
-                        $0.accepted = true
-                        $0.endpoint = .with { $0.address = 0xCB00_7166; $0.port = 40002 }
-                    }))
-                }
-            }) { server in
+            let seen = Seen()
+            try await node(broker, "server", onPush: accepting(into: seen)) { server in
                 try await node(broker, "client") { client in
                     let address = server.welcome.self_p.address
                     guard case .connectRequest(var request) = connectRequest(to: address, port: 0) else { return }
                     request.spare = true
                     let reply = try await client.request(.connectRequest(request))
                     guard case .connectOffer(let offer) = reply.body else { Issue.record("no offer: \(reply)"); return }
-                    let incoming = try #require(seen.withLock { $0 })
+                    let incoming = try #require(seen.incoming.withLock { $0 })
                     #expect(incoming.spare && incoming.port == 0 && incoming.connectionID == offer.connectionID)
                     #expect(offer.endpoint.port == 40002 && offer.token == incoming.token)
                     let unmarked = await #expect(throws: BrokerRefusal.self) {

@@ -134,7 +134,7 @@ extension LinkManager {
             do throws(SocketError) {
                 let fd = try await direct.punch(
                     from: ours.port, to: via, proving: proof, until: .now + Timing.Choice.sparePunch, listening: true)
-                inbox.hold(SpareInbox.Held(fd: fd, id: incoming.connectionID, peer: peer, via: via))
+                inbox.hold(SpareInbox.Held(fd: fd, id: incoming.connectionID, peer: peer, localPort: ours.port, via: via))
             } catch {
                 logger.debug("no spare link", metadata: ["peer": "\(peer.name)", "why": "\(error.description)"])
             }

@@ -7,14 +7,8 @@ import ZeroMQ
 /// connecting node claims it or closes it; one thread polls them all and hands each on as soon as it has
 /// something to say.
 final class SpareInbox: Sendable {
-    /// A spare link the peer made to us.
-    struct Held: Sendable {
-        let fd: Int32
-        let id: UInt64
-        let peer: Member
-        /// The peer's public endpoint it comes from: the peer port our app sees.
-        let via: Endpoint
-    }
+    /// A spare link a peer made to us (its `via` is the peer's public endpoint: the peer port our app sees).
+    typealias Held = SparePool.Spare
 
     /// How many spare links this node holds for all its peers together; more are refused.
     let capacity: Int

@@ -13,13 +13,13 @@ import WireFormat
 /// connected to for ``Timing/Choice/spareIdle`` loses its spares, and one that refused a spare, or for which three
 /// in a row failed, gets none for ``Timing/Choice/spareBackoff``.
 final class SparePool: Sendable {
-    /// One proven link, ready to be claimed.
+    /// One proven link, ready to be claimed (on the accepting side, ``SpareInbox`` holds the other end).
     struct Spare: Sendable {
         let fd: Int32
         /// The broker's id for it: the connection's id once a connect takes it.
         let id: UInt64
         let peer: Member
-        /// Our local port: the mesh port our app sees as its own.
+        /// Our local port: on the connecting side, the mesh port our app sees as its own.
         let localPort: UInt16
         /// The peer's public endpoint it runs to.
         let via: Endpoint
