@@ -68,7 +68,7 @@ enum Timing {
         static let spareDemandWindow = Duration.seconds(10)
         /// A peer the app has not connected to for this long loses its spare links.
         static let spareIdle = Duration.seconds(60)
-        /// A peer that refused a spare link, or could not be punched for one, gets none for this long.
+        /// A peer that refused a spare link, or for which three failed in a row, gets none for this long.
         static let spareBackoff = Duration.seconds(30)
 
         // Accepting.

@@ -42,7 +42,7 @@ extension BoxerMesh {
         var punchTimeout: Double?
 
         @Option(help: ArgumentHelp(
-            "Spare direct links kept ready towards each peer the app connects to, at most (0: none). A connect that takes one needs no broker and no punch.",
+            "Spare direct links kept ready towards each peer the app connects to again and again (from its third connect within 10 s), at most (0: none). A connect that takes one needs no broker and no punch.",
             valueName: "count"))
         var spareLinks = 8
 
