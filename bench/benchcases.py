@@ -338,17 +338,19 @@ def connect_cpu(ctx, lab):
     (10 ms apart, so spare links serve them), another fresh node's app makes one; the difference in CPU (the client
     node with its app and shim, the server node srv, the broker), divided by CPU_CONNECTS - 1, leaves out what
     joining and leaving cost. Spare links made for these connects count: the connects cause them."""
+    def sample():  # the client nodes this process ran and reaped, srv, the broker
+        return (os.times().children_user + os.times().children_system, cpu_seconds(lab.srv.pid),
+                cpu_seconds(lab.broker.pid))
+
     per_connect = []
     for rep in range(ctx.options.reps):
         spent = {}
         for count in (1, CPU_CONNECTS):
-            before = (os.times().children_user + os.times().children_system, cpu_seconds(lab.srv.pid),
-                      cpu_seconds(lab.broker.pid))
+            before = sample()
             status, out, err = lab.run("fn2", lab.node_argv(f"cpu{rep}n{count}", [
                 ctx.rtt, "connect", "srv", str(MESH_ECHO), str(count), "pause=10"]), 30)
             time.sleep(0.3)  # the spare links being made as the client left end on both sides
-            after = (os.times().children_user + os.times().children_system, cpu_seconds(lab.srv.pid),
-                     cpu_seconds(lab.broker.pid))
+            after = sample()
             if status != 0 or None in before + after:
                 log(f"  connect cpu: run of {count} failed: status {status}: {tail(out)} {tail(err)}")
                 spent = None
