@@ -22,17 +22,23 @@ out="$(realpath -m "$out")"
 cd "$(dirname "$0")/.."
 
 static=$(scripts/static-deps.sh | tail -1)
-bin=$(swift build -c release --show-bin-path)
+# A build folder of its own: SwiftPM does not recompile what it built before when only -Xswiftc flags change.
+scratch=.build-package
+bin=$(swift build -c release --scratch-path "$scratch" --show-bin-path)
 mkdir -p "$bin"
 cc -O2 -Wall -Wextra -Werror -c scripts/glibc234-compat.c -o "$bin/glibc234-compat.o"
 wraps=()
 for name in hypot hypotf arc4random _dl_find_object; do wraps+=(-Xlinker "--wrap=$name"); done
+# Linked anew every time: SwiftPM does not see a change of scripts/code-order.txt.
+rm -f "$bin/$product"
 # -L first: -lzmq, -lsodium and -lstdc++ find the static archives there before the shared libraries. libgcc_eh
 # is libgcc's unwinder as a static archive, so libgcc_s drops out (clang links it --as-needed).
 # --no-export-dynamic: nothing looks symbols up in the executable; its dynamic symbol table is 1 MB of names.
-swift build -c release --static-swift-stdlib --product "$product" \
+# Each Swift function in a section of its own, and the functions a node runs (scripts/code-order.txt, made by
+# scripts/code-order.sh) put side by side: the node's resident code shrinks by a third.
+swift build -c release --scratch-path "$scratch" --static-swift-stdlib --product "$product" -Xswiftc -Xfrontend -Xswiftc -function-sections \
     -Xlinker -L"$static" -Xlinker -lgcc_eh -Xlinker "$bin/glibc234-compat.o" \
-    -Xlinker --no-export-dynamic "${wraps[@]}" 2>&1 | { grep -v "the use of \`mktemp' is dangerous" || true; } >&2
+    -Xlinker --no-export-dynamic -Xlinker --section-ordering-file="$PWD/scripts/code-order.txt" "${wraps[@]}" 2>&1 | { grep -v "the use of \`mktemp' is dangerous" || true; } >&2
 binary="$bin/$product"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Writes scripts/code-order.txt: the functions a node runs, for the link of the package (scripts/package.sh) to put
+# side by side. The kernel maps a program's code 64 KiB around each page it touches, so the node's resident code
+# follows how scattered the functions it runs are more than how many there are (BENCHMARKS.md, "Inside functions").
+#   scripts/code-order.sh BINARY    BINARY: a release boxer-mesh with its symbol table, built with function
+#                                   sections (what scripts/package.sh leaves in .build-package/release/boxer-mesh)
+# It runs a small mesh on loopback under valgrind's callgrind: a broker, a node whose app (socat) serves, a node
+# whose app connects to it again and again (name lookups, punched links, spare links, flows, leave), one that
+# relays, and the node as a Lambda runtime for one invocation. Needs valgrind and socat; run it again when the node's code changed much (stale names are ignored).
+set -euo pipefail
+binary=$(realpath "${1:?usage: scripts/code-order.sh BINARY}")
+cd "$(dirname "$0")/.."
+for tool in valgrind socat; do
+    command -v "$tool" >/dev/null || { echo "code-order: needs $tool" >&2; exit 1; }
+done
+shim="$(dirname "$binary")/boxer-mesh_PreloadShim.resources/libboxer-shim.so"
+[[ -f $shim ]] || { echo "code-order: no preload shim beside $binary ($shim)" >&2; exit 1; }
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+# valgrind cannot read the DWARF of a Swift build; the symbol table is all it needs.
+strip --strip-debug -o "$work/boxer-mesh" "$binary"
+cp "$shim" "$work/libboxer-shim.so"
+within() {  # SECONDS COMMAND...: true once COMMAND succeeds, false if it did not within SECONDS
+    local until=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        ((SECONDS < until)) || return 1
+        sleep 0.1
+    done
+}
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+control=$(port) tap=$(port) stun=$(port) relay=$(port) app=$(port)
+"$work/boxer-mesh" broker --insecure --listen "127.0.0.1:$control" --tap-listen "127.0.0.1:$tap" \
+    --stun-port "$stun" --relay-port "$relay" >"$work/broker.log" 2>&1 &
+pids+=($!)
+profiled() {  # NAME NODE-OPTIONS... -- APP...: a node under callgrind
+    local name=$1
+    shift
+    valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/$name.%p.callgrind" \
+        "$work/boxer-mesh" node --broker "127.0.0.1:$control" --relay-port "$relay" --name "$name" "$@" \
+        >"$work/$name.log" 2>&1
+}
+profiled srv -- socat "TCP-LISTEN:$app,fork,reuseaddr" EXEC:cat &
+pids+=($!)
+# The first connect may come before socat listens: it is refused, and tried again.
+first="for t in \$(seq 50); do echo hello-1 | socat -t 5 - TCP:srv:$app && break; sleep 0.1; done"
+clients="$first; for i in 2 3 4 5 6 7 8; do echo hello-\$i | socat -t 5 - TCP:srv:$app || exit 1; sleep 0.2; done"
+profiled cli --wait-for 2 -- sh -c "$clients" &
+client=$!
+profiled rel --wait-for 2 --path relay -- sh -c "sleep 1; echo relayed | socat -t 5 - TCP:srv:$app" &
+relayed=$!
+# The node as a Lambda runtime (what the package's bootstrap is), one invocation from the test suite's Runtime API.
+event=$(printf '{"broker": "127.0.0.1:%s", "relayPort": %s, "name": "fn", "waitFor": 2, "command": ["sh", "-c", "echo hello | socat -t 5 - TCP:srv:%s"]}' \
+    "$control" "$relay" "$app")
+python3 -c 'import json, sys; print(json.dumps([{"event": sys.argv[1], "deadline_in": 60}]))' "$event" >"$work/invocations.json"
+python3 Tests/tools/runtime_api.py "$work/invocations.json" >"$work/api.out" 2>"$work/api.log" &
+pids+=($!)
+within 10 grep -q listening "$work/api.out" || { cat "$work/api.log" >&2; exit 1; }
+api=$(python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).readline())["listening"])' "$work/api.out")
+AWS_LAMBDA_RUNTIME_API="127.0.0.1:$api" valgrind --tool=callgrind --demangle=no \
+    --callgrind-out-file="$work/fn.%p.callgrind" "$work/boxer-mesh" lambda >"$work/fn.log" 2>&1 &
+pids+=($!)
+within 120 grep -q '"response"' "$work/api.out" || true
+# The runtime now waits for the next invocation, for ever: dump its profile, then end it.
+callgrind_control --dump "${pids[-1]}" >/dev/null 2>&1
+kill -TERM "${pids[-1]}"
+wait "${pids[-1]}" || true
+status=0
+wait "$client" || status=$?
+wait "$relayed" || status=$?
+kill -TERM "${pids[1]}"
+wait "${pids[1]}" || true
+if [[ $status -ne 0 ]] || [[ $(grep -cxE "hello-[0-9]+" "$work/cli.log") -ne 8 ]] || ! grep -qx relayed "$work/rel.log" ||
+    ! grep -q '"response".*hello' "$work/api.out"; then
+    tail -n 20 "$work"/*.log >&2
+    echo "code-order: the profiled mesh did not work (above); nothing written" >&2
+    exit 1
+fi
+# Every function callgrind saw run (by its symbol name), that the binary defines, as gold's input sections.
+nm --defined-only "$binary" | awk '$2 ~ /^[tTwW]$/ { print $3 }' | sort -u >"$work/defined"
+sed -nE 's/^c?fn=\([0-9]+\) (.+)$/\1/p' "$work"/*.callgrind* | sort -u >"$work/ran"
+comm -12 "$work/ran" "$work/defined" | sed 's/^/.text./' >scripts/code-order.txt
+echo "code-order: scripts/code-order.txt: $(wc -l <scripts/code-order.txt) functions of $(wc -l <"$work/defined")"
