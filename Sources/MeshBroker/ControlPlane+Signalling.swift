@@ -90,7 +90,7 @@ extension ControlPlaneHandler {
         var event = Boxermesh_V1_ConnectionEvent()
         // A direct link reported for a connection the relay carried is its upgrade (relay -> direct).
         let upgrade = report.established && report.path == .direct && relay?.wasRelayed(report.connectionID) == true
-        event.kind = upgrade ? .upgrade : report.established ? .open : .failed
+        event.kind = upgrade ? .upgrade : report.established ? .open : report.refused ? .refused : .failed
         event.connectionID = report.connectionID
         event.from = member
         event.to = registry.member(at: IPv4Address(report.peerAddress), in: session.mesh) ?? Member()

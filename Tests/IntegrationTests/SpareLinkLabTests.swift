@@ -66,6 +66,10 @@ struct SpareLinkLabTests {
             #expect(connects && events.count == 6, "\(tap.standardOutput)")
             #expect(events.filter { $0.contains(#""port":5001"#) }.count == 3 && events.allSatisfy { $0.contains(#""path":"direct""#) },
                 "\(tap.standardOutput)")
+            // The refusal through the spare link is on the tap as a refusal, not as a failed connect.
+            let refusals = tap.standardOutput.split(separator: "\n").filter { $0.contains(#""event":"refused""#) }
+            #expect(refusals.count == 1 && refusals.allSatisfy { $0.contains(#""port":5002"#) }, "\(tap.standardOutput)")
+            #expect(!tap.standardOutput.contains(#""event":"connect-failed""#), "\(tap.standardOutput)")
         }
     }
 

@@ -4062,7 +4062,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__connect_answer__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__connect_answer__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__link_report__field_descriptors[8] =
+static const ProtobufCFieldDescriptor boxermesh__v1__link_report__field_descriptors[9] =
 {
   {
     "connection_id",
@@ -4160,6 +4160,18 @@ static const ProtobufCFieldDescriptor boxermesh__v1__link_report__field_descript
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "refused",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LinkReport, refused),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__link_report__field_indices_by_name[] = {
   0,   /* field[0] = connection_id */
@@ -4169,12 +4181,13 @@ static const unsigned boxermesh__v1__link_report__field_indices_by_name[] = {
   2,   /* field[2] = path */
   6,   /* field[6] = peer_address */
   7,   /* field[7] = port */
+  8,   /* field[8] = refused */
   3,   /* field[3] = setup_ms */
 };
 static const ProtobufCIntRange boxermesh__v1__link_report__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 0, 9 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__link_report__descriptor =
 {
@@ -4184,7 +4197,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__link_report__descriptor =
   "Boxermesh__V1__LinkReport",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__LinkReport),
-  8,
+  9,
   boxermesh__v1__link_report__field_descriptors,
   boxermesh__v1__link_report__field_indices_by_name,
   1,  boxermesh__v1__link_report__number_ranges,

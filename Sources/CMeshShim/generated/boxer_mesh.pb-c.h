@@ -696,10 +696,15 @@ struct  Boxermesh__V1__LinkReport
    * the accepting side's port
    */
   uint32_t port;
+  /*
+   * Not established because nothing listens on the port: the peer said so on a spare link (a connect signalled
+   * through the broker is refused in the target's ConnectAnswer, which the broker sees itself).
+   */
+  protobuf_c_boolean refused;
 };
 #define BOXERMESH__V1__LINK_REPORT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__link_report__descriptor) \
-    , 0, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, (char *)protobuf_c_empty_string, 0, 0, 0 }
+    , 0, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, (char *)protobuf_c_empty_string, 0, 0, 0, 0 }
 
 
 /*

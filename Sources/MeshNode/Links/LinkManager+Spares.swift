@@ -26,7 +26,7 @@ extension LinkManager {
             guard answer == .accepted else {
                 close(spare.fd)
                 report(spare.id, established: false, setup: ContinuousClock.now - started, peer: address, port: port, initiator: true,
-                    failure: "nothing listens on port \(port)")
+                    failure: "nothing listens on port \(port)", refused: true)
                 throw SocketError(ECONNREFUSED, "\(spare.peer.name) refused port \(port): nothing listens there")
             }
             let offer = Boxermesh_V1_ConnectOffer.with {

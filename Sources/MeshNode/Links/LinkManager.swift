@@ -157,7 +157,7 @@ final class LinkManager: Sendable {
     /// Tells the broker (and through it the tap) how a connection's setup went.
     func report(
         _ id: UInt64, established: Bool, setup: Duration, peer: IPv4Address, port: UInt16, initiator: Bool, failure: String = "",
-        path: Boxermesh_V1_Path = .direct
+        refused: Bool = false, path: Boxermesh_V1_Path = .direct
     ) {
         var report = Boxermesh_V1_LinkReport()
         report.connectionID = id
@@ -168,6 +168,7 @@ final class LinkManager: Sendable {
         report.peerAddress = peer.value
         report.port = UInt32(port)
         report.failure = failure
+        report.refused = refused
         let session = session
         Task { _ = try? await session.request(.linkReport(report)) }
     }

@@ -998,6 +998,10 @@ public nonisolated struct Boxermesh_V1_LinkReport: Sendable {
   /// the accepting side's port
   public var port: UInt32 = 0
 
+  /// Not established because nothing listens on the port: the peer said so on a spare link (a connect signalled
+  /// through the broker is refused in the target's ConnectAnswer, which the broker sees itself).
+  public var refused: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -3428,7 +3432,7 @@ nonisolated extension Boxermesh_V1_ConnectAnswer: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Boxermesh_V1_LinkReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".LinkReport"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}established\0\u{1}path\0\u{3}setup_ms\0\u{1}failure\0\u{1}initiator\0\u{3}peer_address\0\u{1}port\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}established\0\u{1}path\0\u{3}setup_ms\0\u{1}failure\0\u{1}initiator\0\u{3}peer_address\0\u{1}port\0\u{1}refused\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3444,6 +3448,7 @@ nonisolated extension Boxermesh_V1_LinkReport: SwiftProtobuf.Message, SwiftProto
       case 6: try { try decoder.decodeSingularBoolField(value: &self.initiator) }()
       case 7: try { try decoder.decodeSingularFixed32Field(value: &self.peerAddress) }()
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self.refused) }()
       default: break
       }
     }
@@ -3474,6 +3479,9 @@ nonisolated extension Boxermesh_V1_LinkReport: SwiftProtobuf.Message, SwiftProto
     if self.port != 0 {
       try visitor.visitSingularUInt32Field(value: self.port, fieldNumber: 8)
     }
+    if self.refused != false {
+      try visitor.visitSingularBoolField(value: self.refused, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3486,6 +3494,7 @@ nonisolated extension Boxermesh_V1_LinkReport: SwiftProtobuf.Message, SwiftProto
     if lhs.initiator != rhs.initiator {return false}
     if lhs.peerAddress != rhs.peerAddress {return false}
     if lhs.port != rhs.port {return false}
+    if lhs.refused != rhs.refused {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
