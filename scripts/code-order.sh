@@ -35,10 +35,10 @@ control=$(port) tap=$(port) stun=$(port) relay=$(port) app=$(port)
 "$work/boxer-mesh" broker --insecure --listen "127.0.0.1:$control" --tap-listen "127.0.0.1:$tap" \
     --stun-port "$stun" --relay-port "$relay" >"$work/broker.log" 2>&1 &
 pids+=($!)
-profiled() {  # NAME NODE-OPTIONS... -- APP...: a node under callgrind
+profiled() {  # NAME NODE-OPTIONS... -- APP...: a node under callgrind (run with &: $! is then the node)
     local name=$1
     shift
-    valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/$name.%p.callgrind" \
+    exec valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/$name.%p.callgrind" \
         "$work/boxer-mesh" node --broker "127.0.0.1:$control" --relay-port "$relay" --name "$name" "$@" \
         >"$work/$name.log" 2>&1
 }
@@ -73,7 +73,7 @@ wait "$relayed" || status=$?
 kill -TERM "${pids[1]}"
 wait "${pids[1]}" || true
 if [[ $status -ne 0 ]] || [[ $(grep -cxE "hello-[0-9]+" "$work/cli.log") -ne 8 ]] || ! grep -qx relayed "$work/rel.log" ||
-    ! grep -q '"response".*hello' "$work/api.out"; then
+    ! grep -q '"response".*hello' "$work/api.out" || ! compgen -G "$work/srv.*.callgrind*" >/dev/null; then
     tail -n 20 "$work"/*.log >&2
     echo "code-order: the profiled mesh did not work (above); nothing written" >&2
     exit 1
