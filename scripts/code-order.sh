@@ -6,7 +6,8 @@
 #                                   sections (what scripts/package.sh leaves in .build-package/release/boxer-mesh)
 # It runs a small mesh on loopback under valgrind's callgrind: a broker, a node whose app (socat) serves, a node
 # whose app connects to it again and again (name lookups, punched links, spare links, flows, leave), one that
-# relays, and the node as a Lambda runtime for one invocation. Needs valgrind and socat; run it again when the node's code changed much (stale names are ignored).
+# relays, and the node as a Lambda runtime for one invocation. Needs valgrind and socat. Run it again when the
+# node's code changed much; names the binary no longer defines drop out.
 set -euo pipefail
 binary=$(realpath "${1:?usage: scripts/code-order.sh BINARY}")
 cd "$(dirname "$0")/.."
@@ -35,21 +36,22 @@ control=$(port) tap=$(port) stun=$(port) relay=$(port) app=$(port)
 "$work/boxer-mesh" broker --insecure --listen "127.0.0.1:$control" --tap-listen "127.0.0.1:$tap" \
     --stun-port "$stun" --relay-port "$relay" >"$work/broker.log" 2>&1 &
 pids+=($!)
-profiled() {  # NAME NODE-OPTIONS... -- APP...: a node under callgrind (run with &: $! is then the node)
+profiled() {  # NAME ARGS...: boxer-mesh ARGS under callgrind (run with &: $! is then that process)
     local name=$1
     shift
     exec valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/$name.%p.callgrind" \
-        "$work/boxer-mesh" node --broker "127.0.0.1:$control" --relay-port "$relay" --name "$name" "$@" \
-        >"$work/$name.log" 2>&1
+        "$work/boxer-mesh" "$@" >"$work/$name.log" 2>&1
 }
-profiled srv -- socat "TCP-LISTEN:$app,fork,reuseaddr" EXEC:cat &
-pids+=($!)
+node=(node --broker "127.0.0.1:$control" --relay-port "$relay")
+profiled srv "${node[@]}" --name srv -- socat "TCP-LISTEN:$app,fork,reuseaddr" EXEC:cat &
+server=$!
+pids+=($server)
 # The first connect may come before socat listens: it is refused, and tried again.
 first="for t in \$(seq 50); do echo hello-1 | socat -t 5 - TCP:srv:$app && break; sleep 0.1; done"
 clients="$first; for i in 2 3 4 5 6 7 8; do echo hello-\$i | socat -t 5 - TCP:srv:$app || exit 1; sleep 0.2; done"
-profiled cli --wait-for 2 -- sh -c "$clients" &
+profiled cli "${node[@]}" --name cli --wait-for 2 -- sh -c "$clients" &
 client=$!
-profiled rel --wait-for 2 --path relay -- sh -c "sleep 1; echo relayed | socat -t 5 - TCP:srv:$app" &
+profiled rel "${node[@]}" --name rel --wait-for 2 --path relay -- sh -c "sleep 1; echo relayed | socat -t 5 - TCP:srv:$app" &
 relayed=$!
 # The node as a Lambda runtime (what the package's bootstrap is), one invocation from the test suite's Runtime API.
 event=$(printf '{"broker": "127.0.0.1:%s", "relayPort": %s, "name": "fn", "waitFor": 2, "command": ["sh", "-c", "echo hello | socat -t 5 - TCP:srv:%s"]}' \
@@ -59,21 +61,23 @@ python3 Tests/tools/runtime_api.py "$work/invocations.json" >"$work/api.out" 2>"
 pids+=($!)
 within 10 grep -q listening "$work/api.out" || { cat "$work/api.log" >&2; exit 1; }
 api=$(python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).readline())["listening"])' "$work/api.out")
-AWS_LAMBDA_RUNTIME_API="127.0.0.1:$api" valgrind --tool=callgrind --demangle=no \
-    --callgrind-out-file="$work/fn.%p.callgrind" "$work/boxer-mesh" lambda >"$work/fn.log" 2>&1 &
-pids+=($!)
+AWS_LAMBDA_RUNTIME_API="127.0.0.1:$api" profiled fn lambda &
+runtime=$!
+pids+=($runtime)
 within 120 grep -q '"response"' "$work/api.out" || true
 # The runtime now waits for the next invocation, for ever: dump its profile, then end it.
-callgrind_control --dump "${pids[-1]}" >/dev/null 2>&1
-kill -TERM "${pids[-1]}"
-wait "${pids[-1]}" || true
+callgrind_control --dump "$runtime" >/dev/null 2>&1
+kill -TERM "$runtime"
+wait "$runtime" || true
 status=0
 wait "$client" || status=$?
 wait "$relayed" || status=$?
-kill -TERM "${pids[1]}"
-wait "${pids[1]}" || true
+kill -TERM "$server"
+wait "$server" || true
+profiles=0
+for name in srv cli rel fn; do compgen -G "$work/$name.*.callgrind*" >/dev/null && profiles=$((profiles + 1)); done
 if [[ $status -ne 0 ]] || [[ $(grep -cxE "hello-[0-9]+" "$work/cli.log") -ne 8 ]] || ! grep -qx relayed "$work/rel.log" ||
-    ! grep -q '"response".*hello' "$work/api.out" || ! compgen -G "$work/srv.*.callgrind*" >/dev/null; then
+    ! grep -q '"response".*hello' "$work/api.out" || [[ $profiles -ne 4 ]]; then
     tail -n 20 "$work"/*.log >&2
     echo "code-order: the profiled mesh did not work (above); nothing written" >&2
     exit 1
