@@ -40,7 +40,7 @@ struct SpareLinkLabTests {
             // Spares come from the third connect on: the fourth is the first that can take one.
             let steps = "5000,5001,5000,5001,5000,5002,5001"
             let client = try mesh.node(
-                2, name: "cli", options: ["--no-shim", "--log-level", "info"],
+                2, name: "cli", options: ["--no-shim", "--log-level", "debug"],
                 ["sh", "-c", "\(Self.app) connects $(\(Self.app) resolve srv) 200 \(steps)"])
             #expect(client.waitUntilExit(timeout: .seconds(60)) == 0, "\(client.standardOutput)\n\(client.standardError)")
             let outcomes = Self.outcomes(client.standardOutput)
@@ -66,6 +66,10 @@ struct SpareLinkLabTests {
             #expect(connects && events.count == 6, "\(tap.standardOutput)")
             #expect(events.filter { $0.contains(#""port":5001"#) }.count == 3 && events.allSatisfy { $0.contains(#""path":"direct""#) },
                 "\(tap.standardOutput)")
+            // Both NATs keep ports: once a node has learned its endpoint from the reflector three times in a row (its
+            // start and the first connects), its spares' endpoints are predicted, with no reflector exchange.
+            let ready = client.standardError.split(separator: "\n").filter { $0.contains("spare link ready") }
+            #expect(ready.contains { $0.contains("endpoint=predicted") }, "\(client.standardError)")
             // The refusal through the spare link is on the tap as a refusal, not as a failed connect.
             let refusals = tap.standardOutput.split(separator: "\n").filter { $0.contains(#""event":"refused""#) }
             #expect(refusals.count == 1 && refusals.allSatisfy { $0.contains(#""port":5002"#) }, "\(tap.standardOutput)")

@@ -355,7 +355,7 @@ struct ReflectorTests {
 // MARK: - Helpers
 
 /// A reflector on 127.0.0.1 with ephemeral ports for the length of one test.
-private struct TestReflector {
+struct TestReflector {
     let ports: ReflectorPorts
 
     var udpPort: UInt16 { ports.udp! }
@@ -404,7 +404,7 @@ private struct TestReflector {
 }
 
 /// A log handler that keeps every message (any level), for checking how much a flood logs.
-private final class CapturedLog: LogHandler, @unchecked Sendable {
+final class CapturedLog: LogHandler, @unchecked Sendable {
     private let storage = Mutex<[String]>([])
     var metadata: Logger.Metadata = [:]
     var logLevel: Logger.Level = .trace

@@ -12,6 +12,8 @@ final class DirectPath: Sendable {
     struct PunchPort: Sendable {
         let port: UInt16
         let endpoint: Endpoint
+        /// The endpoint was predicted (``sparePunchPort()``), not learned from the reflector.
+        var predicted = false
     }
 
     /// What each end proves on a new direct socket: it holds the broker's token for this connection, in its role.
@@ -35,7 +37,13 @@ final class DirectPath: Sendable {
         var warming = false
         /// Callers waiting for the warm endpoint on its way (it started earlier than they could start one).
         var warmWaiters: [CheckedContinuation<PunchPort?, Never>] = []
+        /// The public address of the last endpoints learned, and how many in a row the NAT mapped to the same
+        /// address with the local port kept.
+        var portsKept: (address: IPAddress, count: Int)?
     }
+
+    /// Learned endpoints in a row that kept their port before spare links predict theirs.
+    static let keptPortsToPredict = 3
 
     init(reflector: Endpoint, pool: BlockingPool = .shared, onRoundTrip: @escaping @Sendable (Duration) -> Void = { _ in }) {
         self.reflector = reflector
@@ -76,6 +84,28 @@ final class DirectPath: Sendable {
         case .none:
             return try await learn()
         }
+    }
+
+    /// A fresh local port for a spare link and its public endpoint: where the NAT kept the local port of the last
+    /// few endpoints learned (a port-preserving NAT, the kind punching works through), the same address and port,
+    /// with no reflector exchange; else as ``punchPort()``. A wrong guess costs only a spare, which
+    /// ``predictionFailed()`` reports.
+    func sparePunchPort() async throws(SocketError) -> PunchPort {
+        let address = state.withLock { state in
+            state.portsKept.flatMap { $0.count >= Self.keptPortsToPredict ? $0.address : nil }
+        }
+        guard let address else { return try await punchPort() }
+        do {
+            let port = try Puncher.freeLocalPort()
+            return PunchPort(port: port, endpoint: Endpoint(host: address, port: port), predicted: true)
+        } catch {
+            throw SocketError.wrapping(error)
+        }
+    }
+
+    /// A link punched from a predicted endpoint failed: learn endpoints again before the next prediction.
+    func predictionFailed() {
+        state.withLock { $0.portsKept = nil }
     }
 
     /// Learns a warm endpoint in the background unless one is fresh or on its way. Called after each use, and
@@ -138,6 +168,9 @@ final class DirectPath: Sendable {
         let rtt = state.withLock { state in
             let fastest = min(state.brokerRTT ?? elapsed / 2, elapsed / 2)
             state.brokerRTT = fastest
+            let kept = port.endpoint.port == port.port
+            let inARow = state.portsKept.map { $0.address == port.endpoint.host ? $0.count : 0 } ?? 0
+            state.portsKept = (port.endpoint.host, kept ? inARow + 1 : 0)
             return fastest
         }
         onRoundTrip(rtt)

@@ -70,7 +70,7 @@ extension LinkManager {
         // reflector, a lost punch) may pass.
         var refused = false
         do throws(SocketError) {
-            let ours = try await direct.punchPort()
+            let ours = try await direct.sparePunchPort()
             let offer: Boxermesh_V1_ConnectOffer
             do {
                 offer = try await signal(to: address, port: 0, from: ours.endpoint, spare: true)
@@ -83,9 +83,16 @@ extension LinkManager {
                 throw SocketError(ECONNREFUSED, "the peer keeps no spare links")
             }
             let proof = DirectPath.Proof(token: LinkToken([UInt8](offer.token)), connectionID: offer.connectionID, initiator: true)
-            let fd = try await direct.punch(
-                from: ours.port, to: Endpoint(offer.endpoint), proving: proof, until: .now + Timing.Choice.sparePunch, listening: false)
+            let fd: Int32
+            do {
+                fd = try await direct.punch(
+                    from: ours.port, to: Endpoint(offer.endpoint), proving: proof, until: .now + Timing.Choice.sparePunch, listening: false)
+            } catch {
+                if ours.predicted { direct.predictionFailed() }
+                throw error
+            }
             let spare = SparePool.Spare(fd: fd, id: offer.connectionID, peer: offer.peer, localPort: ours.port, via: Endpoint(offer.endpoint))
+            logger.debug("spare link ready", metadata: ["peer": "\(offer.peer.name)", "endpoint": "\(ours.predicted ? "predicted" : "learned")"])
             if !spares.made(spare) { close(fd) }
         } catch {
             spares.failed(towards: address, refused: refused)
@@ -119,7 +126,7 @@ extension LinkManager {
         }
         let ours: DirectPath.PunchPort
         do {
-            ours = try await direct.punchPort()
+            ours = try await direct.sparePunchPort()
         } catch {
             answer.reason = error.description
             _ = try? await session.request(.connectAnswer(answer))
@@ -134,8 +141,10 @@ extension LinkManager {
             do throws(SocketError) {
                 let fd = try await direct.punch(
                     from: ours.port, to: via, proving: proof, until: .now + Timing.Choice.sparePunch, listening: true)
+                logger.debug("spare link held", metadata: ["peer": "\(peer.name)", "endpoint": "\(ours.predicted ? "predicted" : "learned")"])
                 inbox.hold(SpareInbox.Held(fd: fd, id: incoming.connectionID, peer: peer, localPort: ours.port, via: via))
             } catch {
+                if ours.predicted { direct.predictionFailed() }
                 logger.debug("no spare link", metadata: ["peer": "\(peer.name)", "why": "\(error.description)"])
             }
         }
