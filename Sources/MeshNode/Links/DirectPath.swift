@@ -14,6 +14,9 @@ final class DirectPath: Sendable {
         let endpoint: Endpoint
         /// The endpoint was predicted (``sparePunchPort()``), not learned from the reflector.
         var predicted = false
+
+        /// Where the endpoint came from, for the log: "predicted" or "learned".
+        var origin: String { predicted ? "predicted" : "learned" }
     }
 
     /// What each end proves on a new direct socket: it holds the broker's token for this connection, in its role.

@@ -92,7 +92,7 @@ extension LinkManager {
                 throw error
             }
             let spare = SparePool.Spare(fd: fd, id: offer.connectionID, peer: offer.peer, localPort: ours.port, via: Endpoint(offer.endpoint))
-            logger.debug("spare link ready", metadata: ["peer": "\(offer.peer.name)", "endpoint": "\(ours.predicted ? "predicted" : "learned")"])
+            logger.debug("spare link ready", metadata: ["peer": "\(offer.peer.name)", "endpoint": "\(ours.origin)"])
             if !spares.made(spare) { close(fd) }
         } catch {
             spares.failed(towards: address, refused: refused)
@@ -141,7 +141,7 @@ extension LinkManager {
             do throws(SocketError) {
                 let fd = try await direct.punch(
                     from: ours.port, to: via, proving: proof, until: .now + Timing.Choice.sparePunch, listening: true)
-                logger.debug("spare link held", metadata: ["peer": "\(peer.name)", "endpoint": "\(ours.predicted ? "predicted" : "learned")"])
+                logger.debug("spare link held", metadata: ["peer": "\(peer.name)", "endpoint": "\(ours.origin)"])
                 inbox.hold(SpareInbox.Held(fd: fd, id: incoming.connectionID, peer: peer, localPort: ours.port, via: via))
             } catch {
                 if ours.predicted { direct.predictionFailed() }
