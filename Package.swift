@@ -99,7 +99,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "boxer-mesh-lambda",
-            dependencies: ["LambdaRuntime", "PreloadShim", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["LambdaRuntime", "MeshNode", "PreloadShim", .product(name: "Logging", package: "swift-log")]
         ),
 
         .testTarget(name: "WireFormatTests", dependencies: ["WireFormat"]),

@@ -36,7 +36,7 @@ rm -f "$bin/$product"
 # --no-export-dynamic: nothing looks symbols up in the executable; its dynamic symbol table is 1 MB of names.
 # Each Swift function in a section of its own, and the functions a node runs (scripts/code-order.txt, made by
 # scripts/code-order.sh) put side by side: the node's resident code shrinks by a third.
-swift build -c release --scratch-path "$scratch" --static-swift-stdlib --product "$product" -Xswiftc -Xfrontend -Xswiftc -function-sections \
+swift build -c release --scratch-path "$scratch" --static-swift-stdlib --product "$product" -Xswiftc -Xfrontend -Xswiftc -function-sections -Xswiftc -Xclang-linker -Xswiftc -no-pie \
     -Xlinker -L"$static" -Xlinker -lgcc_eh -Xlinker "$bin/glibc234-compat.o" \
     -Xlinker --no-export-dynamic -Xlinker --section-ordering-file="$PWD/scripts/code-order.txt" "${wraps[@]}" 2>&1 | { grep -v "the use of \`mktemp' is dangerous" || true; } >&2
 binary="$bin/$product"

@@ -7,12 +7,13 @@
 # it needs libpgm, libnorm and libgssapi_krb5, none of which a function has (and krb5 ships no static library).
 # Built without what a function cannot use or the project does not use: no PGM/NORM multicast, no VMCI, no
 # GSSAPI, no CURVE (the mesh authenticates with its own HMAC handshake; libsodium is linked for that, not for
-# libzmq), no draft API, no WebSocket transport, no libbsd.
+# libzmq), no draft API, no WebSocket transport, no libbsd. Each function in a section of its own, so that the
+# package's link can put the ones a node runs beside its other code (scripts/code-order.txt).
 #   scripts/static-deps.sh          builds if needed; last line of output: the folder
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=$(dpkg-query -W -f='${source:Version}' libzmq3-dev)  # e.g. 4.3.4-6
-cache="$PWD/.build/static-deps/zeromq3-$version"
+cache="$PWD/.build/static-deps/zeromq3-$version-function-sections"
 if [[ ! -f "$cache/lib/libzmq.a" ]]; then
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
@@ -36,7 +37,8 @@ if [[ ! -f "$cache/lib/libzmq.a" ]]; then
     src=$(find "$work" -maxdepth 1 -type d -name 'zeromq3-*' | head -1)
     echo "static-deps: building libzmq.a (once per build folder)" >&2
     cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$cache" \
-        -DCMAKE_POSITION_INDEPENDENT_CODE=ON -DBUILD_SHARED=OFF -DBUILD_STATIC=ON -DBUILD_TESTS=OFF \
+        -DCMAKE_POSITION_INDEPENDENT_CODE=ON -DCMAKE_C_FLAGS=-ffunction-sections -DCMAKE_CXX_FLAGS=-ffunction-sections \
+        -DBUILD_SHARED=OFF -DBUILD_STATIC=ON -DBUILD_TESTS=OFF \
         -DWITH_DOCS=OFF -DWITH_DOC=OFF -DWITH_PERF_TOOL=OFF -DENABLE_CPACK=OFF -DENABLE_PRECOMPILED=OFF \
         -DENABLE_DRAFTS=OFF -DENABLE_WS=OFF -DWITH_LIBBSD=OFF -DWITH_LIBSODIUM=OFF -DENABLE_CURVE=OFF \
         -DWITH_OPENPGM=OFF -DWITH_NORM=OFF -DWITH_VMCI=OFF >"$work/cmake.log" 2>&1 ||

@@ -107,7 +107,7 @@ struct SpareLinkLabTests {
                     _ = try mesh.lab.run(.nat(2), ["iptables", "-I", "FORWARD", "-p", "tcp", direction, port, "-j", "DROP"]).check()
                 }
             }
-            FileManager.default.createFile(atPath: go, contents: Data())
+            try #require(FileManager.default.createFile(atPath: go, contents: Data()), "cannot write \(go)")
             #expect(client.waitUntilExit(timeout: .seconds(30)) == 0, "\(client.standardOutput)\n\(client.standardError)")
             #expect(Self.outcomes(client.standardOutput) == (1...4).map { "answer echo:hello-\($0) (port 5000)" },
                 "\(client.standardOutput)\n\(client.standardError)")

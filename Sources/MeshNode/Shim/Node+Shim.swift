@@ -1,4 +1,3 @@
-import FoundationEssentials
 import Glibc
 
 /// Where the node finds the preload shim it gives the app. Two shapes ship:
@@ -16,55 +15,85 @@ extension Node {
     public static let shimBuildFolder = "boxer-mesh_PreloadShim.resources"
 
     /// The shim beside the executable or in its build folder there, else the one carried inside it (written out),
-    /// else nil.
+    /// else nil. Plain system calls, not FoundationEssentials' files and URLs: this runs as every node starts, and
+    /// their code would stay mapped in the function for the node's whole life.
     public static var bundledShim: String? {
-        guard let executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") else { return nil }
-        let folder = URL(fileURLWithPath: executable).deletingLastPathComponent()
-        for beside in [folder, folder.appendingPathComponent(shimBuildFolder)] {
-            let path = beside.appendingPathComponent(shimFileName).path
-            if FileManager.default.isReadableFile(atPath: path) { return path }
+        var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX))
+        let count = buffer.withUnsafeMutableBytes { readlink("/proc/self/exe", $0.baseAddress!, $0.count) }
+        guard count > 0 else { return nil }
+        let executable = String(decoding: buffer[..<count], as: UTF8.self)
+        let folder = String(executable[..<(executable.lastIndex(of: "/") ?? executable.startIndex)])
+        for beside in [folder, "\(folder)/\(shimBuildFolder)"] {
+            let path = "\(beside)/\(shimFileName)"
+            if access(path, R_OK) == 0 { return path }
         }
-        return try? extractEmbeddedShim(from: executable)
+        return extractEmbeddedShim(from: executable)
     }
 
-    /// Writes the shim appended to `executable` to the temporary directory; nil when none is appended.
-    static func extractEmbeddedShim(from executable: String) throws -> String? {
-        let fd = open(executable, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        /// `count` bytes at `offset`, or nil when the file has fewer.
-        func bytes(_ count: Int, at offset: Int) -> [UInt8]? {
-            var buffer = [UInt8](repeating: 0, count: count)
-            var done = 0
-            while done < count {
-                let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
-                if got < 0, errno == EINTR { continue }
-                guard got > 0 else { return nil }
-                done += got
-            }
-            return buffer
-        }
-        let size = Int(lseek(fd, 0, SEEK_END))
-        guard size > 16, let trailer = bytes(16, at: size - 16), Array(trailer[0..<8]) == trailerMagic else { return nil }
+    /// Writes the shim appended to `executable` to the temporary directory; nil when none is appended or it cannot
+    /// be written.
+    static func extractEmbeddedShim(from executable: String) -> String? {
+        guard let file = ReadOnlyFile(executable) else { return nil }
+        let size = file.size
+        guard size > 16, let trailer = file.bytes(16, at: size - 16), Array(trailer[0..<8]) == trailerMagic else { return nil }
         let length = trailer[8..<16].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        guard length > 0, length < size - 16, let shim = bytes(Int(length), at: size - 16 - Int(length)) else {
+        guard length > 0, length < size - 16, let shim = file.bytes(Int(length), at: size - 16 - Int(length)) else {
             return nil
         }
         // Named by content, so nodes of one build share the file and a new build never runs an old shim.
         let digest = shim.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
-        let directory = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp"
+        let directory = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
         let path = "\(directory)/boxer-mesh-shim-\(String(digest, radix: 16)).so"
-        if FileManager.default.isReadableFile(atPath: path), (try? Data(contentsOf: URL(fileURLWithPath: path))) == Data(shim) {
+        if let written = ReadOnlyFile(path), written.size == shim.count, written.bytes(shim.count, at: 0) == shim {
             return path
         }
         let temporary = "\(path).\(getpid())"
-        guard FileManager.default.createFile(atPath: temporary, contents: Data(shim), attributes: [.posixPermissions: 0o755]) else {
-            return nil
-        }
-        guard rename(temporary, path) == 0 else {
+        guard writeExecutable(shim, to: temporary), rename(temporary, path) == 0 else {
             unlink(temporary)
             return nil
         }
         return path
+    }
+
+    /// Creates `path` (mode 0755, whatever the umask) holding `bytes`; false if any step failed.
+    private static func writeExecutable(_ bytes: [UInt8], to path: String) -> Bool {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o700)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var done = 0
+        while done < bytes.count {
+            let wrote = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
+            if wrote < 0, errno == EINTR { continue }
+            guard wrote > 0 else { return false }
+            done += wrote
+        }
+        return fchmod(fd, 0o755) == 0
+    }
+}
+
+/// A file opened for reading, closed when released.
+private final class ReadOnlyFile {
+    let fd: Int32
+
+    init?(_ path: String) {
+        fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { return nil }
+    }
+
+    deinit { close(fd) }
+
+    var size: Int { Int(lseek(fd, 0, SEEK_END)) }
+
+    /// `count` bytes at `offset`, or nil when the file has fewer.
+    func bytes(_ count: Int, at offset: Int) -> [UInt8]? {
+        var buffer = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
+            if got < 0, errno == EINTR { continue }
+            guard got > 0 else { return nil }
+            done += got
+        }
+        return buffer
     }
 }
