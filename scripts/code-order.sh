@@ -4,7 +4,8 @@
 # follows how scattered the functions it runs are more than how many there are (BENCHMARKS.md, "Inside functions").
 #   scripts/code-order.sh BINARY    BINARY: a release boxer-mesh with its symbol table, built with function
 #                                   sections (what scripts/package.sh leaves in .build-package/release/boxer-mesh)
-# It runs a small mesh on loopback under valgrind's callgrind: a broker, a node whose app (socat) serves, a node
+# It runs a small mesh on loopback under valgrind's callgrind: a broker, a node whose app (socat) serves (run as the
+# one file scripts/package.sh ships, which writes its shim out at start), a node
 # whose app connects to it again and again (name lookups, punched links, spare links, flows, leave), one that
 # relays, and the node as a Lambda runtime for one invocation. Needs valgrind and socat. Run it again when the
 # node's code changed much; names the binary no longer defines drop out.
@@ -23,6 +24,9 @@ trap cleanup EXIT
 # valgrind cannot read the DWARF of a Swift build; the symbol table is all it needs.
 strip --strip-debug -o "$work/boxer-mesh" "$binary"
 cp "$shim" "$work/libboxer-shim.so"
+# The serving node runs as the one file scripts/package.sh ships: the shim appended, written out at start.
+mkdir "$work/one-file"
+scripts/one-file.sh "$work/boxer-mesh" "$shim" "$work/one-file/boxer-mesh"
 within() {  # SECONDS COMMAND...: true once COMMAND succeeds, false if it did not within SECONDS
     local until=$((SECONDS + $1))
     shift
@@ -37,10 +41,11 @@ control=$(port) tap=$(port) stun=$(port) relay=$(port) app=$(port)
     --stun-port "$stun" --relay-port "$relay" >"$work/broker.log" 2>&1 &
 pids+=($!)
 profiled() {  # NAME ARGS...: boxer-mesh ARGS under callgrind (run with &: $! is then that process)
-    local name=$1
+    local name=$1 executable=$work/boxer-mesh
     shift
+    [[ $name == srv ]] && executable=$work/one-file/boxer-mesh
     exec valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/$name.%p.callgrind" \
-        "$work/boxer-mesh" "$@" >"$work/$name.log" 2>&1
+        "$executable" "$@" >"$work/$name.log" 2>&1
 }
 node=(node --broker "127.0.0.1:$control" --relay-port "$relay")
 profiled srv "${node[@]}" --name srv -- socat "TCP-LISTEN:$app,fork,reuseaddr" EXEC:cat &

@@ -4,7 +4,7 @@
 # the Swift runtime, libzmq, libsodium, libstdc++ and libgcc linked in statically (scripts/static-deps.sh), the few glibc 2.35+ calls of those archives
 # redirected to 2.34's (scripts/glibc234-compat.c). Checked by scripts/check-lambda-binary.sh before it is written.
 #   scripts/package.sh [OUTPUT]          one file, default dist/boxer-mesh: the preload shim appended to the
-#                                        binary (see Sources/MeshNode/Node+Shim.swift for the trailer format)
+#                                        binary (scripts/one-file.sh)
 #   scripts/package.sh --lambda OUT.zip  a Lambda deployment package: `bootstrap` (boxer-mesh-lambda: the node as a
 #                                        custom runtime, alone) and the shim libboxer-shim.so beside it, where the
 #                                        node finds it
@@ -66,12 +66,5 @@ EOF
         "libboxer-shim.so $(stat -c %s "$work/libboxer-shim.so"))"
     exit 0
 fi
-size=$(stat -c %s "$work/libboxer-shim.so")
-{
-    cat "$work/boxer-mesh" "$work/libboxer-shim.so"
-    printf 'BXSHIM01'
-    python3 -c "import struct,sys; sys.stdout.buffer.write(struct.pack('<Q', $size))"
-} >"$out.tmp"
-chmod 755 "$out.tmp"
-mv "$out.tmp" "$out"
-echo "package: $out ($(stat -c %s "$out") bytes, shim $size bytes inside)"
+scripts/one-file.sh "$work/boxer-mesh" "$work/libboxer-shim.so" "$out"
+echo "package: $out ($(stat -c %s "$out") bytes, shim $(stat -c %s "$work/libboxer-shim.so") bytes inside)"
