@@ -201,32 +201,28 @@ class Lab:
 
     # -- processes
 
+    def launcher(self, host):
+        """What starts a program on `host`: in a lab of functions (`function_memory`), a function host's programs run
+        as the function runs them (`lab exec`: its cgroups, uid 65534, read-only root), else in its namespace. Every
+        launcher step execs the next, so a spawned process's pid is the program's own."""
+        if self.function_memory and host.startswith("fn"):
+            return [self.binary, "lab", "exec", "--prefix", self.prefix, host, "--"]
+        return ["ip", "netns", "exec", self.ns(host)]
+
     def spawn(self, host, argv, name, env=None, stdout=None):
-        """Starts argv in host's namespace (ip netns exec execs it, so the pid is the program's own).
-        Standard output goes to WORK/NAME.out (or `stdout`), standard error to WORK/NAME.log."""
+        """Starts argv on host (``launcher``). Standard output goes to WORK/NAME.out (or `stdout`), standard error
+        to WORK/NAME.log."""
         out = stdout if stdout is not None else open(f"{self.work}/{name}.out", "wb")
         err = open(f"{self.work}/{name}.log", "wb")
-        process = subprocess.Popen(["ip", "netns", "exec", self.ns(host)] + argv, stdin=subprocess.DEVNULL,
+        process = subprocess.Popen(self.launcher(host) + argv, stdin=subprocess.DEVNULL,
                                    stdout=out, stderr=err, env=env, start_new_session=True)
         self.processes.append((process, name))
         return process
 
-    def spawn_in_function(self, host, argv, name):
-        """Starts argv as the function `host` runs its programs (`lab exec`: its cgroups, uid 65534, read-only
-        root). Every launcher step execs the next, so the pid is the program's own."""
-        out, err = open(f"{self.work}/{name}.out", "wb"), open(f"{self.work}/{name}.log", "wb")
-        process = subprocess.Popen([self.binary, "lab", "exec", "--prefix", self.prefix, host, "--", *argv],
-                                   stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
-        self.processes.append((process, name))
-        return process
-
-    def run(self, host, argv, timeout, in_function=False):
-        """Runs argv in host's namespace (with `in_function`, as the function runs its programs: `lab exec`) and
-        waits; returns (status, stdout, stderr). Status 124 on timeout."""
-        launcher = ([self.binary, "lab", "exec", "--prefix", self.prefix, host, "--"] if in_function
-                    else ["ip", "netns", "exec", self.ns(host)])
+    def run(self, host, argv, timeout):
+        """Runs argv on host (``launcher``) and waits; returns (status, stdout, stderr). Status 124 on timeout."""
         try:
-            result = subprocess.run(launcher + argv, capture_output=True,
+            result = subprocess.run(self.launcher(host) + argv, capture_output=True,
                                     text=True, timeout=timeout, stdin=subprocess.DEVNULL)
             return result.returncode, result.stdout, result.stderr
         except subprocess.TimeoutExpired as expired:

@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# Writes scripts/code-order.txt: the functions a node runs, for the link of the package (scripts/package.sh) to put
-# side by side. The kernel maps a program's code 64 KiB around each page it touches, so the node's resident code
+# Writes scripts/code-order.txt: the code sections a node runs, for the link of the package (scripts/package.sh) to
+# put side by side. The kernel maps a program's code 64 KiB around each page it touches, so the node's resident code
 # follows how scattered the functions it runs are more than how many there are (BENCHMARKS.md, "Inside functions").
-#   scripts/code-order.sh BINARY    BINARY: a release boxer-mesh with its symbol table, built with function
-#                                   sections (what scripts/package.sh leaves in .build-package/release/boxer-mesh)
+#   scripts/code-order.sh BINARY    BINARY: a release boxer-mesh built with function sections and its link map
+#                                   BINARY.map (what scripts/package.sh leaves in .build-package/release/)
 # It runs a small mesh on loopback under valgrind's callgrind: a broker, a node whose app (socat) serves (run as the
 # one file scripts/package.sh ships, which writes its shim out at start), a node
 # whose app connects to it again and again (name lookups, punched links, spare links, flows, leave), one that
 # relays, and the node as a Lambda runtime for one invocation. Needs valgrind and socat. Run it again when the
-# node's code changed much; names the binary no longer defines drop out.
+# node's code changed much; sections the binary no longer has drop out.
 set -euo pipefail
 binary=$(realpath "${1:?usage: scripts/code-order.sh BINARY}")
+map="$binary.map"  # the link map, which names the input section of every address
 cd "$(dirname "$0")/.."
 for tool in valgrind socat; do
     command -v "$tool" >/dev/null || { echo "code-order: needs $tool" >&2; exit 1; }
 done
 shim="$(dirname "$binary")/boxer-mesh_PreloadShim.resources/libboxer-shim.so"
 [[ -f $shim ]] || { echo "code-order: no preload shim beside $binary ($shim)" >&2; exit 1; }
+[[ -f $map ]] || { echo "code-order: no link map beside $binary ($map): build it with scripts/package.sh" >&2; exit 1; }
 work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -37,17 +39,19 @@ within() {  # SECONDS COMMAND...: true once COMMAND succeeds, false if it did no
 }
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 control=$(port) tap=$(port) stun=$(port) relay=$(port) app=$(port)
-"$work/boxer-mesh" broker --insecure --listen "127.0.0.1:$control" --tap-listen "127.0.0.1:$tap" \
+# A mesh with a secret, as every real one: reading it is part of a node's start.
+echo "code-order-$$-$RANDOM" >"$work/secret"
+"$work/boxer-mesh" broker --secret-file "$work/secret" --listen "127.0.0.1:$control" --tap-listen "127.0.0.1:$tap" \
     --stun-port "$stun" --relay-port "$relay" >"$work/broker.log" 2>&1 &
 pids+=($!)
 profiled() {  # NAME ARGS...: boxer-mesh ARGS under callgrind (run with &: $! is then that process)
     local name=$1 executable=$work/boxer-mesh
     shift
     [[ $name == srv ]] && executable=$work/one-file/boxer-mesh
-    exec valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/$name.%p.callgrind" \
+    exec valgrind --tool=callgrind --demangle=no --dump-instr=yes --compress-pos=no --compress-strings=no --callgrind-out-file="$work/$name.%p.callgrind" \
         "$executable" "$@" >"$work/$name.log" 2>&1
 }
-node=(node --broker "127.0.0.1:$control" --relay-port "$relay")
+node=(node --broker "127.0.0.1:$control" --relay-port "$relay" --secret-file "$work/secret")
 profiled srv "${node[@]}" --name srv -- socat "TCP-LISTEN:$app,fork,reuseaddr" EXEC:cat &
 server=$!
 pids+=($server)
@@ -66,7 +70,7 @@ python3 Tests/tools/runtime_api.py "$work/invocations.json" >"$work/api.out" 2>"
 pids+=($!)
 within 10 grep -q listening "$work/api.out" || { cat "$work/api.log" >&2; exit 1; }
 api=$(python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).readline())["listening"])' "$work/api.out")
-AWS_LAMBDA_RUNTIME_API="127.0.0.1:$api" profiled fn lambda &
+AWS_LAMBDA_RUNTIME_API="127.0.0.1:$api" BOXER_MESH_SECRET=$(<"$work/secret") profiled fn lambda &
 runtime=$!
 pids+=($runtime)
 within 120 grep -q '"response"' "$work/api.out" || true
@@ -87,10 +91,49 @@ if [[ $status -ne 0 ]] || [[ $(grep -cxE "hello-[0-9]+" "$work/cli.log") -ne 8 ]
     echo "code-order: the profiled mesh did not work (above); nothing written" >&2
     exit 1
 fi
-# Every function callgrind saw run (by its symbol name), that the binary defines, as gold's input sections.
-nm --defined-only "$binary" | awk '$2 ~ /^[tTwW]$/ { print $3 }' | sort -u >"$work/defined"
-# Runs differ a little (timing decides which paths run), so the list keeps what earlier runs saw too.
-{ sed -nE 's/^c?fn=\([0-9]+\) (.+)$/\1/p' "$work"/*.callgrind*; sed -n 's/^\.text\.//p' scripts/code-order.txt 2>/dev/null; } |
-    sort -u >"$work/ran"
-comm -12 "$work/ran" "$work/defined" | sed 's/^/.text./' >scripts/code-order.txt
-echo "code-order: scripts/code-order.txt: $(wc -l <scripts/code-order.txt) functions of $(wc -l <"$work/defined")"
+# Every code section that ran, as gold's input sections: the section around each instruction callgrind counted in the
+# executable (--dump-instr), found in the link map. Not callgrind's function names: they leave out code entered by
+# a jump (async continuations, tail calls) and code without a symbol (Swift's unnamed thunks). Runs differ a little
+# (timing decides which paths run), so the list keeps what earlier runs saw too.
+python3 - "$map" scripts/code-order.txt "$work"/*.callgrind* <<'EOF'
+import bisect, sys
+link_map, order, profiles = sys.argv[1], sys.argv[2], sys.argv[3:]
+sections = []  # (address, size, name) of every input code section of its own (not .text, .text.startup, …)
+pending = None
+for line in open(link_map, errors="replace"):
+    if line.startswith(" .text"):
+        fields = line.split()
+        if len(fields) < 3 or not fields[1].startswith("0x"):
+            pending = line.strip()  # a long name (some have spaces): address and size follow on the next line
+            continue
+        pending, fields = fields[0], fields[1:]
+    elif pending and line.startswith("                0x"):
+        fields = line.split()
+    else:
+        pending = None
+        continue
+    name, pending = pending, None
+    address, size = int(fields[0], 16), int(fields[1], 16)
+    if address and size and " " not in name and name.count(".") >= 2 and name not in (".text.startup", ".text.unlikely", ".text.hot", ".text.exit"):
+        sections.append((address, size, name))
+sections.sort()
+starts = [address for address, _, _ in sections]
+names = {name for _, _, name in sections}
+try:
+    ran = {line.strip() for line in open(order)} & names
+except FileNotFoundError:
+    ran = set()
+for profile in profiles:
+    ours = False  # whether the cost lines that follow are the executable's (ob= names the object)
+    for line in open(profile, errors="replace"):
+        if line.startswith("ob="):
+            ours = line[3:].strip().endswith("/boxer-mesh")
+        elif ours and line.startswith("0x"):
+            address = int(line.split()[0], 16)
+            index = bisect.bisect_right(starts, address) - 1
+            if index >= 0 and address < sections[index][0] + sections[index][1]:
+                ran.add(sections[index][2])
+with open(order, "w") as out:
+    out.writelines(f"{name}\n" for name in sorted(ran))
+print(f"code-order: {order}: {len(ran)} sections of {len(names)}")
+EOF

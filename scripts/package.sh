@@ -38,7 +38,7 @@ rm -f "$bin/$product"
 # scripts/code-order.sh) put side by side: the node's resident code shrinks by a third.
 swift build -c release --scratch-path "$scratch" --static-swift-stdlib --product "$product" -Xswiftc -Xfrontend -Xswiftc -function-sections -Xswiftc -Xclang-linker -Xswiftc -no-pie \
     -Xlinker -L"$static" -Xlinker -lgcc_eh -Xlinker "$bin/glibc234-compat.o" \
-    -Xlinker --no-export-dynamic -Xlinker --section-ordering-file="$PWD/scripts/code-order.txt" "${wraps[@]}" 2>&1 | { grep -v "the use of \`mktemp' is dangerous" || true; } >&2
+    -Xlinker --no-export-dynamic -Xlinker --section-ordering-file="$PWD/scripts/code-order.txt" -Xlinker -Map="$bin/$product.map" "${wraps[@]}" 2>&1 | { grep -v "the use of \`mktemp' is dangerous" || true; } >&2
 binary="$bin/$product"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -33,6 +33,23 @@ struct MembershipLabTests {
         }
     }
 
+    @Test("the node passes the signals a process manager sends on to its app, and exits with the app's status")
+    func signalsReachTheApp() async throws {
+        try await MeshLabFixture.with(prefix: "its") { mesh in
+            let script = "trap 'echo got-usr1' USR1; trap 'echo got-hup' HUP; trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 0.1; done"
+            let alpha = try mesh.node(1, name: "alpha", ["sh", "-c", script])
+            defer { alpha.kill() }
+            #expect(alpha.waitForOutput(containing: "ready", timeout: .seconds(20)), "\(alpha.standardError)")
+            alpha.kill(SIGUSR1)
+            #expect(alpha.waitForOutput(containing: "got-usr1", timeout: .seconds(5)), "\(alpha.standardOutput)")
+            alpha.kill(SIGHUP)
+            #expect(alpha.waitForOutput(containing: "got-hup", timeout: .seconds(5)), "\(alpha.standardOutput)")
+            alpha.terminate()
+            #expect(alpha.waitUntilExit(timeout: .seconds(10)) == 9, "\(alpha.standardOutput)\n\(alpha.standardError)")
+            #expect(alpha.standardOutput.contains("got-term"))
+        }
+    }
+
     @Test("the broker sees nodes arrive from their NAT's public address")
     func nodesComeThroughTheirNAT() async throws {
         try await MeshLabFixture.with(prefix: "itn") { mesh in

@@ -16,9 +16,13 @@ struct EmbeddedShimTests {
         let length = withUnsafeBytes(of: UInt64(shim.count).littleEndian, Array.init)
         let executable = try write(Array(repeating: 0x7f, count: 1234) + shim + Array("BXSHIM01".utf8) + length)
         defer { try? FileManager.default.removeItem(atPath: executable) }
+        let mask = umask(0o077)  // a strict umask must not keep other users' apps from loading it
+        defer { umask(mask) }
         let path = try #require(Node.extractEmbeddedShim(from: executable))
+        defer { unlink(path) }
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == Data(shim))
-        #expect(FileManager.default.isExecutableFile(atPath: path))
+        var info = stat()
+        #expect(stat(path, &info) == 0 && info.st_mode & 0o777 == 0o755)
         #expect(Node.extractEmbeddedShim(from: executable) == path)  // the same content: the same file
     }
 
