@@ -132,6 +132,8 @@ static bool load_config(void) {
     }
     const char *name = getenv("BOXER_MESH_NAME");
     if (name) snprintf(shim_cfg.mesh_name, sizeof shim_cfg.mesh_name, "%s", name);
+    const char *hosts = getenv("BOXER_MESH_HOSTS");
+    if (hosts && strlen(hosts) < sizeof shim_cfg.hosts_path) strcpy(shim_cfg.hosts_path, hosts);
     return true;
 }
 

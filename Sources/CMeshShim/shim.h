@@ -47,6 +47,7 @@ struct shim_config {
     uint32_t subnet, netmask;    // host byte order
     uint32_t mesh_ip;            // host byte order
     char mesh_name[HOST_NAME_MAX + 1];
+    char hosts_path[PATH_MAX];   // BOXER_MESH_HOSTS: the node's hosts file, which answers lookups without the node
 };
 extern struct shim_config shim_cfg;
 
@@ -117,6 +118,13 @@ socklen_t shim_make_sockaddr(int family, uint32_t ip, uint16_t port, struct sock
 void shim_copy_sockaddr(const struct sockaddr_storage *from, socklen_t from_len, struct sockaddr *to,
                         socklen_t *to_len);
 const char *shim_ip_string(uint32_t ip, char buf[INET_ADDRSTRLEN]);
+
+// ---- shim_hosts.c --------------------------------------------------------------------------------------------
+
+// The node's hosts file, up to the line that starts the system's part (HostsFile.swift writes both), for `name`
+// (then *ip gets its address) or, when name is NULL, for *ip (then found[size] gets its name): 0, ENOENT when the
+// mesh has no such member, ERANGE when the name does not fit, EAGAIN when there is no file to read (ask the node).
+int shim_hosts_lookup(const char *name, uint32_t *ip, char *found, size_t size);
 
 // ---- shim_node.c ---------------------------------------------------------------------------------------------
 

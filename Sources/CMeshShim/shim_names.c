@@ -1,7 +1,9 @@
 // Names. glibc resolves through nscd and internal DNS calls a preloaded connect() never sees, so the resolver
-// entry points themselves are hooked. A single-label name (no dot, not "localhost", not numeric) is asked of the
-// node; the answer is turned into a numeric lookup by the real getaddrinfo, so the real freeaddrinfo frees it.
-// Whatever the node does not know (ENOENT) or cannot answer goes on to the real resolver (/etc/hosts, DNS).
+// entry points themselves are hooked. A single-label name (no dot, not "localhost", not numeric) is looked up in
+// the node's hosts file (BOXER_MESH_HOSTS: the mesh's membership as the broker pushes it, rewritten on every change),
+// and asked of the node only when there is none (the node's table is being filled); the answer is turned into a
+// numeric lookup by the real getaddrinfo, so the real freeaddrinfo frees it. Whatever the mesh does not know
+// (ENOENT) or the node cannot answer goes on to the real resolver (/etc/hosts, DNS).
 #include "shim.h"
 
 #include <arpa/inet.h>
@@ -20,6 +22,12 @@ static bool is_mesh_name(const char *name) {
 
 // 0 with the address, ENOENT (not a mesh name) or another errno (node unreachable).
 static int resolve(const char *name, uint32_t *ip) {
+    int known = shim_hosts_lookup(name, ip, NULL, 0);
+    if (known != EAGAIN) {
+        char text[INET_ADDRSTRLEN];
+        SHIM_DEBUG("resolve %s from the hosts file: %s", name, known ? strerror(known) : shim_ip_string(*ip, text));
+        return known;
+    }
     Boxermesh__V1__ShimResolve body = BOXERMESH__V1__SHIM_RESOLVE__INIT;
     body.name = (char *)name;
     Boxermesh__V1__ShimRequest request = BOXERMESH__V1__SHIM_REQUEST__INIT;
@@ -40,6 +48,8 @@ static int resolve(const char *name, uint32_t *ip) {
 
 // The name of a mesh address into name[size]: 0, or an errno (ERANGE when it does not fit).
 static int reverse(uint32_t ip, char *name, size_t size) {
+    int known = shim_hosts_lookup(NULL, &ip, name, size);
+    if (known != EAGAIN) return known;
     Boxermesh__V1__ShimReverse body = BOXERMESH__V1__SHIM_REVERSE__INIT;
     body.address = ip;
     Boxermesh__V1__ShimRequest request = BOXERMESH__V1__SHIM_REQUEST__INIT;

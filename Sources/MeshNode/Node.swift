@@ -56,7 +56,9 @@ public enum Node {
         return try await ControlClient.withConnection(to: configuration.broker.controlEndpoint) { client in
             // The mesh's names, for the app's lookups: the broker pushes them before its Welcome, so the table takes
             // pushes from the start; the other pushes are handled once the node has its links (below).
-            let names = MeshNames(logger: logger)
+            let hosts = HostsFile(directory: temporaryDirectory)
+            defer { hosts.remove() }
+            let names = MeshNames(logger: logger, hosts: hosts)
             client.onPush { _ = names.receive($0) }
             let session: MeshSession
             do {
@@ -118,21 +120,19 @@ public enum Node {
             environment["BOXER_MESH_IP"] = me.ipv4.description
             environment["BOXER_MESH_SUBNET"] = session.welcome.subnet
             environment["BOXER_SHIM_SOCKET"] = local.address
+            environment[HostsFile.environmentVariable] = hosts.path
             environment[BrokerAddress.environmentVariable] = configuration.broker.description
             let app: AppProcess
             let supervisor: SeccompSupervisor?
             do throws(LaunchError) {
-                (app, supervisor) = try launch(configuration, environment: environment, links: links, logger: logger)
+                (app, supervisor) = try launch(configuration, environment: environment, links: links, hosts: hosts, logger: logger)
             } catch {
                 logger.error("\(error)")
                 configuration.report?.launchFailed(error)
                 await session.leave(reason: error.description)
                 return error.exitStatus
             }
-            defer {
-                supervisor?.stop()
-                supervisor?.hosts.remove()
-            }
+            defer { supervisor?.stop() }
             signals.onSignal { app.send($0) }
             let status = await withTaskGroup(of: Int32?.self) { group in
                 group.addTask { await session.keepAlive(); return nil }

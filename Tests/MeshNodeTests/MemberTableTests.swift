@@ -3,14 +3,14 @@ import WireFormat
 
 @testable import MeshNode
 
-private func member(_ name: String, _ last: UInt32) -> Member {
+func member(_ name: String, _ last: UInt32) -> Member {
     .with {
         $0.name = name
         $0.address = 0x6440_0000 | last
     }
 }
 
-private func update(
+func update(
     _ kind: Boxermesh_V1_MembershipUpdate.Kind, _ version: UInt64, _ members: [Member], more: Bool = false,
     part: UInt32 = 0
 ) -> Boxermesh_V1_MembershipUpdate {

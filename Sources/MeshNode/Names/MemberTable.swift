@@ -72,6 +72,9 @@ struct MemberTable {
         byName[name] ?? byName[name.lowercased()]
     }
 
+    /// Every member; nil when the table is not synced.
+    var members: [Member]? { isSynced ? Array(byName.values) : nil }
+
     /// The member holding `address`; nil when there is none, or the table is not synced.
     func member(at address: UInt32) -> Member? {
         byAddress[address].flatMap { byName[$0] }

@@ -3,9 +3,9 @@ import Synchronization
 import WireFormat
 
 /// The node's answers to its app's name lookups, without the broker: the mesh's membership as the broker pushes it
-/// (``MemberTable``), and the lookups that wait while the table is being filled (before the first snapshot, after a
-/// missed update, while the node joins again). Pushes arrive on the control client's thread; lookups come from the
-/// shim service's threads.
+/// (``MemberTable``), also written out for the app to read itself (``HostsFile``), and the lookups that wait while
+/// the table is being filled (before the first snapshot, after a missed update, while the node joins again). Pushes
+/// arrive on the control client's thread; lookups come from the shim service's threads.
 final class MeshNames: Sendable {
     /// What the table says of a name or an address.
     enum Answer: Equatable {
@@ -33,14 +33,20 @@ final class MeshNames: Sendable {
     private let state = Mutex(State())
     private let session = Mutex(SessionReference())
     private let logger: Logger
+    /// The table as the app reads it, if it does.
+    let hosts: HostsFile?
 
-    init(logger: Logger) { self.logger = logger }
+    init(logger: Logger, hosts: HostsFile? = nil) {
+        self.logger = logger
+        self.hosts = hosts
+    }
 
     /// Applies a membership push; false for any other message (the caller handles those).
     func receive(_ message: ControlMessage) -> Bool {
         guard case .membershipUpdate(let update) = message.body else { return false }
         let (outcome, synced) = state.withLock { state -> (MemberTable.Outcome, [CheckedContinuation<Bool, Never>]) in
             let outcome = state.table.apply(update)
+            if outcome != .ignored { hosts?.publish(state.table.members) }
             guard state.table.isSynced, !state.waiters.isEmpty else { return (outcome, []) }
             defer { state.waiters = [:] }
             return (outcome, Array(state.waiters.values))
@@ -98,7 +104,10 @@ final class MeshNames: Sendable {
     /// Forgets the table (the node lost its session: the mesh may have changed unseen); the snapshot that comes with
     /// the next Welcome fills it again.
     func forget() {
-        state.withLock { $0.table.forget() }
+        state.withLock { state in
+            state.table.forget()
+            hosts?.publish(nil)
+        }
     }
 
     /// Whether the table must be filled again: it missed a change the broker counted (`brokerVersion`, from a
@@ -108,6 +117,7 @@ final class MeshNames: Sendable {
             guard !state.resyncing else { return false }
             if state.table.isBehind(brokerVersion) {
                 state.table.forget()
+                hosts?.publish(nil)
                 return true
             }
             return !state.table.isSynced

@@ -7,7 +7,8 @@ extension Node {
     /// preload shim in LD_PRELOAD, or under the seccomp supervisor, which is then running. In auto mode a kernel or
     /// platform that refuses the filter means the shim, with a warning; `--interpose seccomp` fails instead.
     static func launch(
-        _ configuration: NodeConfiguration, environment: [String: String], links: LinkManager, logger: Logger
+        _ configuration: NodeConfiguration, environment: [String: String], links: LinkManager, hosts: HostsFile,
+        logger: Logger
     ) throws(LaunchError) -> (AppProcess, SeccompSupervisor?) {
         let program = configuration.command.first ?? ""
         let choice = Interposition.choose(configuration.interpose, command: program, path: environment["PATH"])
@@ -19,9 +20,7 @@ extension Node {
                 do throws(SupervisedLaunchError) {
                     let (app, listener) = try AppProcess.supervised(
                         arguments: configuration.command, environment: environment, output: configuration.appOutput)
-                    let directory = environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
-                    let supervisor = SeccompSupervisor(
-                        listener: listener, links: links, hosts: HostsFile(session: links.session, directory: directory), logger: logger)
+                    let supervisor = SeccompSupervisor(listener: listener, links: links, hosts: hosts, logger: logger)
                     supervisor.start()
                     logger.notice("the app runs under the seccomp supervisor: \(choice.reason)")
                     return (app, supervisor)

@@ -15,8 +15,7 @@ extension Node {
     public static let shimBuildFolder = "boxer-mesh_PreloadShim.resources"
 
     /// The shim beside the executable or in its build folder there, else the one carried inside it (written out),
-    /// else nil. Plain system calls, not FoundationEssentials' files and URLs: this runs as every node starts, and
-    /// their code would stay mapped in the function for the node's whole life.
+    /// else nil. Plain system calls (Files.swift), not FoundationEssentials' URLs: this runs as every node starts.
     public static var bundledShim: String? {
         var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX))
         let count = buffer.withUnsafeMutableBytes { readlink("/proc/self/exe", $0.baseAddress!, $0.count) }
@@ -42,58 +41,15 @@ extension Node {
         }
         // Named by content, so nodes of one build share the file and a new build never runs an old shim.
         let digest = shim.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
-        let directory = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
-        let path = "\(directory)/boxer-mesh-shim-\(String(digest, radix: 16)).so"
-        if let written = ReadOnlyFile(path), written.size == shim.count, written.bytes(shim.count, at: 0) == shim {
+        let path = "\(temporaryDirectory)/boxer-mesh-shim-\(String(digest, radix: 16)).so"
+        if ReadOnlyFile(path)?.contents == shim {
             return path
         }
         let temporary = "\(path).\(getpid())"
-        guard writeExecutable(shim, to: temporary), rename(temporary, path) == 0 else {
+        guard createFile(temporary, holding: shim, mode: 0o755), rename(temporary, path) == 0 else {
             unlink(temporary)
             return nil
         }
         return path
-    }
-
-    /// Creates `path` (mode 0755, whatever the umask) holding `bytes`; false if any step failed.
-    private static func writeExecutable(_ bytes: [UInt8], to path: String) -> Bool {
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o700)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var done = 0
-        while done < bytes.count {
-            let wrote = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
-            if wrote < 0, errno == EINTR { continue }
-            guard wrote > 0 else { return false }
-            done += wrote
-        }
-        return fchmod(fd, 0o755) == 0
-    }
-}
-
-/// A file opened for reading, closed when released.
-private final class ReadOnlyFile {
-    let fd: Int32
-
-    init?(_ path: String) {
-        fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { return nil }
-    }
-
-    deinit { close(fd) }
-
-    var size: Int { Int(lseek(fd, 0, SEEK_END)) }
-
-    /// `count` bytes at `offset`, or nil when the file has fewer.
-    func bytes(_ count: Int, at offset: Int) -> [UInt8]? {
-        var buffer = [UInt8](repeating: 0, count: count)
-        var done = 0
-        while done < count {
-            let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
-            if got < 0, errno == EINTR { continue }
-            guard got > 0 else { return nil }
-            done += got
-        }
-        return buffer
     }
 }
