@@ -57,7 +57,7 @@ public enum Node {
             // The mesh's names, for the app's lookups: the broker pushes them before its Welcome, so the table takes
             // pushes from the start; the other pushes are handled once the node has its links (below).
             let hosts = HostsFile(directory: temporaryDirectory)
-            defer { hosts.remove() }
+            defer { hosts.close() }
             let names = MeshNames(logger: logger, hosts: hosts)
             client.onPush { _ = names.receive($0) }
             let session: MeshSession

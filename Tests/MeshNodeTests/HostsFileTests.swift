@@ -18,7 +18,7 @@ struct HostsFileTests {
         return Array(text.split(separator: "\n").map(String.init).prefix { $0 != HostsFile.systemMarker }.dropFirst())
     }
 
-    @Test("written at the snapshot, rewritten on each join and leave, removed when the table loses step or is forgotten")
+    @Test("written at the snapshot, rewritten on each join and leave, removed when the table loses step or is forgotten, and for good once closed")
     func followsTheTable() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("hosts-\(UUID())").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
@@ -40,6 +40,11 @@ struct HostsFileTests {
         push(names, .snapshot, 5, [member("beta", 2), member("delta", 4)])
         #expect(meshLines(hosts) == ["100.64.0.2\tbeta", "100.64.0.4\tdelta"])
         names.forget()
+        #expect(meshLines(hosts) == nil)
+        push(names, .snapshot, 6, [member("beta", 2)])
+        #expect(meshLines(hosts) == ["100.64.0.2\tbeta"])
+        hosts.close()  // the node is done: a push still on its way writes nothing
+        push(names, .join, 7, [member("epsilon", 5)])
         #expect(meshLines(hosts) == nil)
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["system-hosts"], "no temporary file left")
     }

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import WireFormat
 
 /// The mesh's names as a file in the hosts format, which the app reads instead of asking the node: the preload shim
@@ -18,6 +19,8 @@ final class HostsFile: Sendable {
     private let system: String
     /// Where the mesh's part of the file ends (the shim reads no further).
     static let systemMarker = "# the system's /etc/hosts"
+    /// Set by ``close()``: a push that comes after (the control client's last) writes nothing.
+    private let closed = Mutex(false)
 
     init(directory: String, systemPath: String = "/etc/hosts") {
         path = "\(directory)/boxer-mesh-hosts-\(getpid())"
@@ -26,6 +29,21 @@ final class HostsFile: Sendable {
 
     /// Replaces the file with `members`, or removes it (nil: the node's table is not in step).
     func publish(_ members: [Member]?) {
+        closed.withLock { closed in
+            guard !closed else { return }
+            write(members)
+        }
+    }
+
+    /// Removes the file for good: the node is done.
+    func close() {
+        closed.withLock { closed in
+            closed = true
+            unlink(path)
+        }
+    }
+
+    private func write(_ members: [Member]?) {
         guard let members else { return remove() }
         let content = Self.content(members: members.map { ($0.name, $0.ipv4) }, system: system)
         // A new file renamed into place: a reader sees the old file or the new one, never half. On failure, no
@@ -37,8 +55,8 @@ final class HostsFile: Sendable {
         }
     }
 
-    /// Removes the file (the node is done, or its table is not in step).
-    func remove() { unlink(path) }
+    /// No file: the table is not in step.
+    private func remove() { unlink(path) }
 
     /// The file's text: one line per member, by name, then the system's file.
     static func content(members: [(name: String, address: IPv4Address)], system: String) -> String {
