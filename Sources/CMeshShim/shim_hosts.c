@@ -1,7 +1,7 @@
-// The node's hosts file (BOXER_MESH_HOSTS), which answers the app's lookups of mesh names without a round trip to
-// the node: the node rewrites it (a new file renamed into place) whenever the membership the broker pushes changes,
-// and removes it while its table is not in step. Read whole on every lookup: no cache to keep right across
-// threads and fork, and it stays small (one line per member).
+// The node's hosts file (BOXER_MESH_HOSTS, /proc/<node>/fd/<n>: a memfd), which answers the app's lookups of mesh
+// names without a round trip to the node: the node puts a new version in place whenever the membership the broker
+// pushes changes, and says in its first line when its table is not in step. Read whole on every lookup: no cache
+// to keep right across threads and fork, and it stays small (one line per member).
 #include "shim.h"
 
 #include <arpa/inet.h>
@@ -34,6 +34,12 @@ int shim_hosts_lookup(const char *name, uint32_t *ip, char *found, size_t size) 
         return EAGAIN;
     }
     text[length] = '\0';
+    // The node's table not in step (or no memory for a new version): ask the node, which waits for the table.
+    static const char header[] = "# boxer-mesh: the mesh's names\n";
+    if (strncmp(text, header, sizeof header - 1) != 0) {
+        free(text);
+        return EAGAIN;
+    }
     int error = ENOENT;
     for (char *line = text, *next; line && *line; line = next) {
         next = strchr(line, '\n');

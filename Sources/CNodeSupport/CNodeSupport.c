@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -97,4 +98,8 @@ ssize_t boxer_receive_with_fd(int socket, void *buffer, size_t capacity, int *fd
 
 int boxer_accept_cloexec(int fd) {
     return accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+}
+
+int boxer_memory_file(const char *name) {
+    return memfd_create(name, MFD_CLOEXEC);
 }

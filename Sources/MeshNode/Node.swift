@@ -56,8 +56,8 @@ public enum Node {
         return try await ControlClient.withConnection(to: configuration.broker.controlEndpoint) { client in
             // The mesh's names, for the app's lookups: the broker pushes them before its Welcome, so the table takes
             // pushes from the start; the other pushes are handled once the node has its links (below).
-            let hosts = HostsFile(directory: temporaryDirectory)
-            defer { hosts.close() }
+            let hosts = HostsFile()  // nil without memfds: lookups then ask the node
+            defer { hosts?.close() }
             let names = MeshNames(logger: logger, hosts: hosts)
             client.onPush { _ = names.receive($0) }
             let session: MeshSession
@@ -120,7 +120,7 @@ public enum Node {
             environment["BOXER_MESH_IP"] = me.ipv4.description
             environment["BOXER_MESH_SUBNET"] = session.welcome.subnet
             environment["BOXER_SHIM_SOCKET"] = local.address
-            environment[HostsFile.environmentVariable] = hosts.path
+            environment[HostsFile.environmentVariable] = hosts?.path
             environment[BrokerAddress.environmentVariable] = configuration.broker.description
             let app: AppProcess
             let supervisor: SeccompSupervisor?

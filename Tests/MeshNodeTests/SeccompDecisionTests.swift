@@ -78,13 +78,4 @@ struct SeccompDecisionTests {
         #expect(AppSocketAddress(bytes: [UInt8(AF_UNIX), 0, 47, 0]) == nil)
         #expect(AppSocketAddress(bytes: [UInt8(AF_INET), 0, 0, 80]) == nil)
     }
-
-    @Test("the hosts file lists the mesh's names first (a mesh name wins), then the system's file")
-    func hostsContent() {
-        let text = HostsFile.content(
-            members: [("web", IPv4Address(100, 64, 0, 2)), ("cache", IPv4Address(100, 64, 0, 3))],
-            system: "127.0.0.1 localhost\n10.0.0.9 web\n")
-        let lines = text.split(separator: "\n").filter { !$0.hasPrefix("#") }
-        #expect(lines == ["100.64.0.3\tcache", "100.64.0.2\tweb", "127.0.0.1 localhost", "10.0.0.9 web"])
-    }
 }

@@ -4,6 +4,9 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+/// A new anonymous memory file (memfd_create, close-on-exec) named `name`; -1 with errno set on failure.
+int boxer_memory_file(const char *name);
+
 /// Creates a listening AF_UNIX SOCK_SEQPACKET socket at `name` ("@x" = abstract "x", else a path), CLOEXEC.
 /// Returns the fd, or -1 with errno set.
 int boxer_listen_seqpacket(const char *name);

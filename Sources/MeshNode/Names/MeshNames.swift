@@ -46,7 +46,7 @@ final class MeshNames: Sendable {
         guard case .membershipUpdate(let update) = message.body else { return false }
         let (outcome, synced) = state.withLock { state -> (MemberTable.Outcome, [CheckedContinuation<Bool, Never>]) in
             let outcome = state.table.apply(update)
-            if outcome != .ignored { hosts?.publish(state.table.members) }
+            if let hosts { Self.follow(outcome, of: update, table: state.table, in: hosts) }
             guard state.table.isSynced, !state.waiters.isEmpty else { return (outcome, []) }
             defer { state.waiters = [:] }
             return (outcome, Array(state.waiters.values))
@@ -57,6 +57,23 @@ final class MeshNames: Sendable {
             resyncSoon()
         }
         return true
+    }
+
+    /// Brings the hosts file to what the table holds after `update`: the one change, or the whole table once a
+    /// snapshot's last part arrived; no file once the table lost step.
+    private static func follow(
+        _ outcome: MemberTable.Outcome, of update: Boxermesh_V1_MembershipUpdate, table: MemberTable, in hosts: HostsFile
+    ) {
+        switch outcome {
+        case .ignored: break
+        case .outOfStep: hosts.clear()
+        case .applied:
+            switch update.kind {
+            case .join: hosts.insert(update.members[0])
+            case .leave: hosts.remove(update.members[0])
+            default: if !update.more, let members = table.members { hosts.replace(with: members) }
+            }
+        }
     }
 
     /// What the table says of `name`, at once.
@@ -106,7 +123,7 @@ final class MeshNames: Sendable {
     func forget() {
         state.withLock { state in
             state.table.forget()
-            hosts?.publish(nil)
+            hosts?.clear()
         }
     }
 
@@ -117,7 +134,7 @@ final class MeshNames: Sendable {
             guard !state.resyncing else { return false }
             if state.table.isBehind(brokerVersion) {
                 state.table.forget()
-                hosts?.publish(nil)
+                hosts?.clear()
                 return true
             }
             return !state.table.isSynced

@@ -7,7 +7,7 @@ extension Node {
     /// preload shim in LD_PRELOAD, or under the seccomp supervisor, which is then running. In auto mode a kernel or
     /// platform that refuses the filter means the shim, with a warning; `--interpose seccomp` fails instead.
     static func launch(
-        _ configuration: NodeConfiguration, environment: [String: String], links: LinkManager, hosts: HostsFile,
+        _ configuration: NodeConfiguration, environment: [String: String], links: LinkManager, hosts: HostsFile?,
         logger: Logger
     ) throws(LaunchError) -> (AppProcess, SeccompSupervisor?) {
         let program = configuration.command.first ?? ""

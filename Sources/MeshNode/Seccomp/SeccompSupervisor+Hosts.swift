@@ -11,16 +11,16 @@ extension SeccompSupervisor {
     func openFile(_ trapped: TrappedCall) {
         let (pathIndex, flagsIndex) = trapped.call == BOXER_SC_OPEN ? (0, 1) : (1, 2)
         let flags = Int32(truncatingIfNeeded: trapped.args[flagsIndex])
-        guard flags & O_ACCMODE == O_RDONLY, trapped.path(pathIndex) == Self.hostsPath else { return trapped.proceed() }
+        guard flags & O_ACCMODE == O_RDONLY, trapped.path(pathIndex) == Self.hostsPath, let hosts else { return trapped.proceed() }
         let fd = Glibc.open(hosts.path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return trapped.proceed() }  // the table is being filled: the system's own file, then
+        guard fd >= 0 else { return trapped.proceed() }
         defer { close(fd) }
         _ = trapped.inject(fd, closeOnExec: flags & O_CLOEXEC != 0, returning: true)
     }
 
     /// newfstatat(dirfd, path, statbuf, flags).
     func statFile(_ trapped: TrappedCall) {
-        guard trapped.path(1) == Self.hostsPath, trapped.args[2] != 0 else { return trapped.proceed() }
+        guard trapped.path(1) == Self.hostsPath, trapped.args[2] != 0, let hosts else { return trapped.proceed() }
         var status = Glibc.stat()
         guard fstatat(AT_FDCWD, hosts.path, &status, 0) == 0 else { return trapped.proceed() }
         boxer_sc_write(trapped.pid, trapped.args[2], &status, MemoryLayout<Glibc.stat>.size) == 0

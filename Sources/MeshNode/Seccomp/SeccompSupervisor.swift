@@ -18,7 +18,7 @@ import ZeroMQ
 final class SeccompSupervisor: Sendable {
     let listener: Int32
     let links: LinkManager
-    let hosts: HostsFile
+    let hosts: HostsFile?
     let logger: Logger
     /// The mesh's addresses: connects there are the node's to make.
     let subnet: IPv4Subnet
@@ -30,7 +30,7 @@ final class SeccompSupervisor: Sendable {
     private let stopping = Atomic<Bool>(false)
 
     /// Takes over `listener`, the filter's descriptor from ``AppProcess/supervised(arguments:environment:output:)``.
-    init(listener: Int32, links: LinkManager, hosts: HostsFile, logger: Logger) {
+    init(listener: Int32, links: LinkManager, hosts: HostsFile?, logger: Logger) {
         self.listener = listener
         self.links = links
         self.hosts = hosts
