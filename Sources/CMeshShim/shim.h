@@ -123,7 +123,8 @@ const char *shim_ip_string(uint32_t ip, char buf[INET_ADDRSTRLEN]);
 
 // The node's hosts file, up to the line that starts the system's part (HostsFile.swift writes both), for `name`
 // (then *ip gets its address) or, when name is NULL, for *ip (then found[size] gets its name): 0, ENOENT when the
-// mesh has no such member, ERANGE when the name does not fit, EAGAIN when there is no file to read (ask the node).
+// mesh has no such member, ERANGE when the name does not fit, EAGAIN when there is no file to read or it says the
+// node's table is not in step (ask the node).
 int shim_hosts_lookup(const char *name, uint32_t *ip, char *found, size_t size);
 
 // ---- shim_node.c ---------------------------------------------------------------------------------------------

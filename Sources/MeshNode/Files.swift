@@ -39,17 +39,22 @@ final class ReadOnlyFile {
 func createFile(_ path: String, holding bytes: [UInt8], mode: mode_t) -> Bool {
     let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
     guard fd >= 0 else { return false }
+    let complete = writeAll(bytes, to: fd) && fchmod(fd, mode) == 0
+    close(fd)
+    if !complete { unlink(path) }
+    return complete
+}
+
+/// Writes all of `bytes` to `fd`; false if a write failed.
+func writeAll(_ bytes: [UInt8], to fd: Int32) -> Bool {
     var done = 0
     while done < bytes.count {
         let wrote = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
         if wrote < 0, errno == EINTR { continue }
-        guard wrote > 0 else { break }
+        guard wrote > 0 else { return false }
         done += wrote
     }
-    let complete = done == bytes.count && fchmod(fd, mode) == 0
-    close(fd)
-    if !complete { unlink(path) }
-    return complete
+    return true
 }
 
 /// Where the node writes its files: `$TMPDIR`, else /tmp (on Lambda, the only writable place).

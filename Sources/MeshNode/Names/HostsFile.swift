@@ -109,15 +109,9 @@ final class HostsFile: Sendable {
     private static func memoryFile(_ bytes: [UInt8]) -> Int32? {
         let fd = boxer_memory_file("boxer-mesh-hosts")
         guard fd >= 0 else { return nil }
-        var done = 0
-        while done < bytes.count {
-            let wrote = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, bytes.count - done) }
-            if wrote < 0, errno == EINTR { continue }
-            guard wrote > 0 else {
-                Glibc.close(fd)
-                return nil
-            }
-            done += wrote
+        guard writeAll(bytes, to: fd) else {
+            Glibc.close(fd)
+            return nil
         }
         return fd
     }
