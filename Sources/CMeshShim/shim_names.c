@@ -1,8 +1,8 @@
-// Names. glibc resolves through nscd and internal DNS calls a preloaded connect() never sees, so the resolver
-// entry points themselves are hooked. A single-label name (no dot, not "localhost", not numeric) is looked up in
-// the node's hosts file (BOXER_MESH_HOSTS: the mesh's membership as the broker pushes it, rewritten on every change),
-// and asked of the node only when there is none (the node's table is being filled); the answer is turned into a
-// numeric lookup by the real getaddrinfo, so the real freeaddrinfo frees it. Whatever the mesh does not know
+// Names. glibc resolves through nscd and internal DNS calls a preloaded connect() never sees, so the resolver entry
+// points themselves are hooked. A single-label name (no dot, not "localhost", not numeric) is looked up in the
+// node's hosts file (BOXER_MESH_HOSTS: the mesh's membership as the broker pushes it, replaced on every change),
+// and asked of the node only when there is none or it says the node's table is not in step; the answer is turned
+// into a numeric lookup by the real getaddrinfo, so the real freeaddrinfo frees it. Whatever the mesh does not know
 // (ENOENT) or the node cannot answer goes on to the real resolver (/etc/hosts, DNS).
 #include "shim.h"
 

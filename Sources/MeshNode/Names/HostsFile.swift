@@ -58,9 +58,7 @@ final class HostsFile: Sendable {
     func insert(_ member: Member) {
         update { lines in
             guard lines != nil else { return }
-            let index = Self.position(of: member.name, in: lines!)
-            if index < lines!.count, lines![index].name == member.name { lines!.remove(at: index) }
-            lines!.insert((name: member.name, line: Self.line(member)), at: index)
+            lines!.insert((name: member.name, line: Self.line(member)), at: Self.removing(member.name, from: &lines!))
         }
     }
 
@@ -68,8 +66,7 @@ final class HostsFile: Sendable {
     func remove(_ member: Member) {
         update { lines in
             guard lines != nil else { return }
-            let index = Self.position(of: member.name, in: lines!)
-            if index < lines!.count, lines![index].name == member.name { lines!.remove(at: index) }
+            _ = Self.removing(member.name, from: &lines!)
         }
     }
 
@@ -116,13 +113,14 @@ final class HostsFile: Sendable {
         return fd
     }
 
-    /// Where `name` is, or would go, in `lines` (by name).
-    private static func position(of name: String, in lines: [(name: String, line: [UInt8])]) -> Int {
+    /// Removes `name`'s line from `lines` (kept by name), if there is one; returns where it was, or would go.
+    private static func removing(_ name: String, from lines: inout [(name: String, line: [UInt8])]) -> Int {
         var low = 0, high = lines.count
         while low < high {
             let middle = (low + high) / 2
             if lines[middle].name < name { low = middle + 1 } else { high = middle }
         }
+        if low < lines.count, lines[low].name == name { lines.remove(at: low) }
         return low
     }
 

@@ -60,7 +60,7 @@ final class MeshNames: Sendable {
     }
 
     /// Brings the hosts file to what the table holds after `update`: the one change, or the whole table once a
-    /// snapshot's last part arrived; no file once the table lost step.
+    /// snapshot's last part arrived; "not in step" once the table lost it.
     private static func follow(
         _ outcome: MemberTable.Outcome, of update: Boxermesh_V1_MembershipUpdate, table: MemberTable, in hosts: HostsFile
     ) {
