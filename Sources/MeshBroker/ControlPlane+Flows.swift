@@ -5,8 +5,7 @@ extension ControlPlaneHandler {
     /// How many closed connection ids are remembered, so the second side's close report is not published again.
     static let closedMemory = 100_000
 
-    func handleFlowReport(_ report: Boxermesh_V1_FlowReport, request: ControlMessage, session: MeshRegistry.Session) {
-        send(to: session.routingID, request.reply(.ack(.init())))
+    func handleFlowReport(_ report: Boxermesh_V1_FlowReport, session: MeshRegistry.Session) {
         guard let reporter = session.member else { return }
         for sample in report.samples {
             guard sample.connectionID != 0, sample.connectionID <= nextConnectionID else {
@@ -40,7 +39,7 @@ extension ControlPlaneHandler {
         }
     }
 
-    /// Connection ids grow one by one; a close report comes within seconds of the other side's, so ids far
+    /// Connection ids grow (a spare link's lineage takes SpareClaim.lineage at once); a close report comes within seconds of the other side's, so ids far
     /// behind the newest can be forgotten.
     private func forgetOldClosedConnections() {
         guard closedConnections.count > Self.closedMemory else { return }

@@ -43,10 +43,10 @@ extension ControlPlaneHandler {
             handleConnectRequest(connect, request: request, session: session)
         case .connectAnswer(let answer):
             handleConnectAnswer(answer, request: request, session: session)
-        case .linkReport(let report):
-            handleLinkReport(report, request: request, session: session)
+        case .linkReport(let report):  // reports get no answer
+            handleLinkReport(report, session: session)
         case .flowReport(let report):
-            handleFlowReport(report, request: request, session: session)
+            handleFlowReport(report, session: session)
         case .membershipResync where session.member != nil:
             // The snapshot's pushes go out before the Ack, on the same connection: the node has it when the Ack comes.
             sendMembershipSnapshot(of: session.mesh, to: routingID)

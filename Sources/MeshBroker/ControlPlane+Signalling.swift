@@ -35,9 +35,12 @@ extension ControlPlaneHandler {
                 request, session.routingID, .errorBadRequest,
                 "connect needs a port and the requester's endpoint (a spare link: port 0 and an endpoint to punch)")
         }
-        nextConnectionID += 1
+        // A spare link's id opens a lineage of ids (SpareClaim.lineage): its successors, made on the link itself
+        // without the broker, take the ones after it.
+        let id = connect.spare ? (nextConnectionID / SpareClaim.lineage + 1) * SpareClaim.lineage : nextConnectionID + 1
+        nextConnectionID = connect.spare ? id + SpareClaim.lineage - 1 : id
         let pending = PendingConnection(
-            id: nextConnectionID, request: request, requester: session, target: target, token: Sodium.randomBytes(32),
+            id: id, request: request, requester: session, target: target, token: Sodium.randomBytes(32),
             deadline: clock.now + Self.answerTimeout)
         pendingConnections[pending.id] = pending
         if !connect.spare {
@@ -77,15 +80,14 @@ extension ControlPlaneHandler {
         send(to: pending.requester.routingID, pending.request.reply(.connectOffer(offer)))
     }
 
-    func handleLinkReport(_ report: Boxermesh_V1_LinkReport, request: ControlMessage, session: MeshRegistry.Session) {
-        send(to: session.routingID, request.reply(.ack(.init())))
+    func handleLinkReport(_ report: Boxermesh_V1_LinkReport, session: MeshRegistry.Session) {
         logger.info(
             report.established ? "link up" : "link failed",
             metadata: [
                 "mesh": "\(session.mesh)", "node": "\(session.member?.name ?? "?")", "connection": "\(report.connectionID)",
                 "path": "\(report.path)", "setup_ms": "\(report.setupMs)", "failure": "\(report.failure)",
             ])
-        // Both ends report; the initiator's report is the one published, so each link shows once.
+        // The initiator's report is the one published, so each link shows once.
         guard report.initiator, let member = session.member else { return }
         var event = Boxermesh_V1_ConnectionEvent()
         // A direct link reported for a connection the relay carried is its upgrade (relay -> direct).

@@ -93,6 +93,11 @@ enum Timing {
         /// practice: the kernel restarts the call, or the app retries after EINTR), then is closed.
         static let unclaimedConnect = Duration.seconds(5)
 
+        // The tap's reports.
+        /// Closed connections are reported this long after the first of them closed, together with those that
+        /// closed meanwhile: an app that connects per request closes hundreds a second.
+        static let closeReportDelay = Duration.milliseconds(100)
+
         // Blocking pool.
         /// A pool thread with nothing to do for this long ends (the pool grows again on demand).
         static let poolIdle = Duration.seconds(10)

@@ -35,5 +35,15 @@ extension BinaryInteger {
 
 extension Sequence<UInt8> {
     /// The bytes as lowercase hexadecimal, two digits each.
-    public var hex: String { map { $0.hex(width: 2) }.joined() }
+    public var hex: String {
+        var text: [UInt8] = []
+        text.reserveCapacity(underestimatedCount * 2)
+        for byte in self {
+            text.append(hexDigits[Int(byte >> 4)])
+            text.append(hexDigits[Int(byte & 0x0F)])
+        }
+        return String(decoding: text, as: UTF8.self)
+    }
 }
+
+private let hexDigits = Array("0123456789abcdef".utf8)

@@ -24,4 +24,11 @@ public struct LinkToken: Sendable {
     public func resumeProof(connectionID: UInt64) -> [UInt8] {
         MeshKey.hmac(key: bytes, parts: [Array("boxer-mesh/v1/relay/resume".utf8), withUnsafeBytes(of: connectionID.bigEndian, Array.init)])
     }
+
+    /// The token of the successor `connectionID` of the spare link this token proved:
+    /// HMAC-SHA-256(token, "boxer-mesh/v1/link/successor" ‖ connection id). Only the two ends hold the spare's token,
+    /// and the successor is proven with its own, so a proof of one link never passes for another.
+    public func successor(connectionID: UInt64) -> LinkToken {
+        LinkToken(MeshKey.hmac(key: bytes, parts: [Array("boxer-mesh/v1/link/successor".utf8), withUnsafeBytes(of: connectionID.bigEndian, Array.init)]))
+    }
 }

@@ -30,24 +30,29 @@ extension TapEvent {
 /// learns nothing of that mesh (see the schema's Tap section for the exact construction, for other languages).
 public struct TapKey: Sendable {
     let bytes: [UInt8]
+    /// The topic parts that do not depend on the node, made once: every event published needs them.
+    private let meshTag: String
+    private let kindTags: [TapKind: String]
 
     public init(secret: MeshSecret, mesh: String) {
         bytes = MeshKey(secret: secret, mesh: mesh).derive("boxer-mesh/v1/tap")
+        meshTag = Self.tag("mesh", key: bytes)
+        kindTags = Dictionary(uniqueKeysWithValues: TapKind.allCases.map { [bytes] in ($0, Self.tag("kind/\($0.rawValue)", key: bytes)) })
     }
 
     /// 16 hex digits of HMAC-SHA-256(tap key, label).
-    func tag(_ label: String) -> String {
-        MeshKey.hmac(key: bytes, parts: [Array(label.utf8)]).prefix(8).hex
+    private static func tag(_ label: String, key: [UInt8]) -> String {
+        MeshKey.hmac(key: key, parts: [Array(label.utf8)]).prefix(8).hex
     }
 
     /// The topic frame of an event of `kind` about `node`.
     public func topic(_ kind: TapKind, node: String) -> String {
-        "\(tag("mesh"))/\(tag("kind/\(kind.rawValue)"))/\(tag("node/\(node)"))"
+        "\(prefix(kind))\(Self.tag("node/\(node)", key: bytes))"
     }
 
     /// The subscription prefix for this mesh and, optionally, one kind of event.
     public func prefix(_ kind: TapKind? = nil) -> String {
-        kind.map { "\(tag("mesh"))/\(tag("kind/\($0.rawValue)"))/" } ?? "\(tag("mesh"))/"
+        kind.map { "\(meshTag)/\(kindTags[$0]!)/" } ?? "\(meshTag)/"
     }
 
     /// nonce ‖ XSalsa20-Poly1305(event).

@@ -70,6 +70,9 @@ struct SpareLinkLabTests {
             // start and the first connects), its spares' endpoints are predicted, with no reflector exchange.
             let ready = client.standardError.split(separator: "\n").filter { $0.contains("spare link ready") }
             #expect(ready.contains { $0.contains("endpoint=predicted") }, "\(client.standardError)")
+            // A claim asks for its spare's successor: the pool refills on the link itself, without the broker, and
+            // later connects (the app's 5th to 7th) take successors like any spare.
+            #expect(ready.contains { $0.contains("made=on a claimed spare") }, "\(client.standardError)")
             // The refusal through the spare link is on the tap as a refusal, not as a failed connect.
             let refusals = tap.standardOutput.split(separator: "\n").filter { $0.contains(#""event":"refused""#) }
             #expect(refusals.count == 1 && refusals.allSatisfy { $0.contains(#""port":5002"#) }, "\(tap.standardOutput)")

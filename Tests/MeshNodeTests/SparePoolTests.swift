@@ -9,7 +9,7 @@ private let other = IPv4Address(100, 64, 0, 3)
 private func spare(_ fd: Int32, to address: IPv4Address = peer) -> SparePool.Spare {
     SparePool.Spare(
         fd: fd, id: UInt64(fd), peer: .with { $0.name = "p\(fd)"; $0.address = address.value }, localPort: UInt16(40000 + fd),
-        via: Endpoint(IPv4Address(203, 0, 113, 101), port: 5000))
+        via: Endpoint(IPv4Address(203, 0, 113, 101), port: 5000), token: LinkToken([UInt8](repeating: 1, count: 32)))
 }
 
 /// The app's first connects to `address`, before the pool makes spares for it; returns what the last one reserved.
@@ -43,6 +43,20 @@ struct SparePoolTests {
         #expect(pool.take(towards: peer)?.fd == 10)
         #expect(pool.take(towards: peer) == nil, "ran dry while one is being made")
         #expect(pool.reserve(towards: peer) == 3, "the want doubled to 4; one is on its way")
+    }
+
+    @Test("a claim asks for its spare's successor only while the pool wants one more; a successor not coming frees its place")
+    func successors() {
+        let pool = SparePool(perPeer: 8)
+        #expect(!pool.reserveSuccessor(towards: peer), "an unknown peer gets none")
+        #expect(demand(pool, peer) == 2)
+        #expect(pool.made(spare(10)) && pool.made(spare(11)))
+        #expect(!pool.reserveSuccessor(towards: peer), "the pool is full")
+        #expect(pool.take(towards: peer)?.fd == 11)
+        #expect(pool.reserveSuccessor(towards: peer), "the spare taken leaves room for its successor")
+        #expect(pool.reserve(towards: peer) == 0, "the successor is counted as being made")
+        pool.abandonSuccessor(towards: peer)
+        #expect(pool.reserve(towards: peer) == 1, "the successor did not come: the broker's way makes it")
     }
 
     @Test("the bounds hold: at most perPeer towards a peer, at most total in all; perPeer 0 keeps none")

@@ -677,7 +677,8 @@ struct  Boxermesh__V1__ConnectAnswer
 
 
 /*
- * Sent by both nodes once a link is up (or has failed); the broker publishes it on the tap.
+ * Node -> broker, not answered. The connecting node sends it once a link is up or has failed, and the broker
+ * publishes it on the tap; the accepting node sends it when its side failed (for the broker's log) or upgraded.
  */
 struct  Boxermesh__V1__LinkReport
 {
@@ -710,7 +711,8 @@ struct  Boxermesh__V1__LinkReport
 /*
  * Node -> broker: what the kernel knows of the app's sockets of mesh connections. Sent every few seconds while
  * the node has open connections (the connecting side's samples are published as flow events), and as soon as a
- * connection's socket is gone (closed = true, final counts; the first side to report publishes the close event).
+ * connection's socket is gone (closed = true, final counts; the first side to report publishes the close event),
+ * closes that come close together in one report. Not answered.
  */
 struct  Boxermesh__V1__FlowReport
 {

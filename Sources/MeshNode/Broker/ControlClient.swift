@@ -10,6 +10,7 @@ import ZeroMQ
 public final class ControlClient: Sendable {
     enum Command: Sendable {
         case request(ControlMessage, deadline: ContinuousClock.Instant, CheckedContinuation<ControlMessage, Error>)
+        case post(ControlMessage)
         case cancel(UInt64)
     }
 
@@ -79,6 +80,14 @@ public final class ControlClient: Sendable {
         }
         return reply
     }
+
+    /// Sends `message`, which the broker does not answer (a report), and returns at once. A refusal the broker sends
+    /// anyway (no session) is dropped with the replies nobody waits for.
+    public func post(_ message: ControlMessage) {
+        var message = message
+        message.requestID = nextRequestID.add(1, ordering: .relaxed).oldValue
+        _ = loop.post(.post(message))
+    }
 }
 
 /// The broker answered with an error.
@@ -138,6 +147,9 @@ final class ControlClientHandler: SocketLoopHandler {
             } catch {
                 continuation.resume(throwing: error)
             }
+        case .post(let message):
+            // Only reports go this way: one the send queue has no room for is lost, not waited for.
+            _ = try? dealer.send([message.frame()])
         case .cancel(let id):
             pending.removeValue(forKey: id)?.continuation.resume(throwing: CancellationError())
         }

@@ -152,6 +152,15 @@ public final class MeshSession: Sendable {
         }
     }
 
+    /// Sends a report inside this session, which the broker does not answer; lost if the broker no longer knows
+    /// the session (it restarted).
+    public func post(_ body: ControlMessage.OneOf_Body) {
+        var message = ControlMessage()
+        message.session = welcome.session
+        message.body = body
+        client.post(message)
+    }
+
     /// Heartbeats until cancelled. When the broker no longer knows the session (it restarted, or we were silent
     /// too long) this node joins again, asking for its old name and address back; observers hear when the broker
     /// stops answering and when the node rejoined.

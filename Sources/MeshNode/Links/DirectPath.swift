@@ -89,15 +89,22 @@ final class DirectPath: Sendable {
         }
     }
 
-    /// A fresh local port for a spare link and its public endpoint: where the NAT kept the local port of the last
-    /// few endpoints learned (a port-preserving NAT, the kind punching works through), the same address and port,
-    /// with no reflector exchange; else as ``punchPort()``. A wrong guess costs only a spare, which
+    /// A fresh local port for a spare link and its public endpoint: predicted where it can be
+    /// (``predictedPunchPort()``), else as ``punchPort()``. A wrong guess costs only a spare, which
     /// ``predictionFailed()`` reports.
     func sparePunchPort() async throws(SocketError) -> PunchPort {
+        if let predicted = try predictedPunchPort() { return predicted }
+        return try await punchPort()
+    }
+
+    /// A fresh local port and, where the NAT kept the local port of the last few endpoints learned (a
+    /// port-preserving NAT, the kind punching works through), its endpoint: the same address and port, with no
+    /// reflector exchange. Nil where the NAT gave no such promise. Does not block: a spare link's claim asks for one.
+    func predictedPunchPort() throws(SocketError) -> PunchPort? {
         let address = state.withLock { state in
             state.portsKept.flatMap { $0.count >= Self.keptPortsToPredict ? $0.address : nil }
         }
-        guard let address else { return try await punchPort() }
+        guard let address else { return nil }
         do {
             let port = try Puncher.freeLocalPort()
             return PunchPort(port: port, endpoint: Endpoint(host: address, port: port), predicted: true)

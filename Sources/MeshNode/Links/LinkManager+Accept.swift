@@ -106,7 +106,6 @@ extension LinkManager {
         var metadata: Logger.Metadata = ["peer": "\(peer.name)", "port": "\(port)", "path": "\(link.connection.path)", "setup": "\(setup)"]
         if spare { metadata["spare"] = "yes" }
         logger.info("link up", metadata: metadata)
-        report(id, established: true, setup: setup, peer: peer.ipv4, port: port, initiator: false, path: path)
         flows?.track(fd: link.fd, id: id, initiator: false, peer: peer, port: port, path: path)
         do {
             try await announce(link, port: port)

@@ -154,7 +154,8 @@ final class LinkManager: Sendable {
 
     // MARK: Reports
 
-    /// Tells the broker (and through it the tap) how a connection's setup went.
+    /// Tells the broker (and through it the tap) how a connection's setup went. The broker publishes the
+    /// connecting side's reports only: the accepting side reports failures (for the broker's log) and upgrades.
     func report(
         _ id: UInt64, established: Bool, setup: Duration, peer: IPv4Address, port: UInt16, initiator: Bool, failure: String = "",
         refused: Bool = false, path: Boxermesh_V1_Path = .direct
@@ -169,8 +170,7 @@ final class LinkManager: Sendable {
         report.port = UInt32(port)
         report.failure = failure
         report.refused = refused
-        let session = session
-        Task { _ = try? await session.request(.linkReport(report)) }
+        session.post(.linkReport(report))
     }
 }
 

@@ -23,6 +23,8 @@ final class SparePool: Sendable {
         let localPort: UInt16
         /// The peer's public endpoint it runs to.
         let via: Endpoint
+        /// The token it was proven with: its successor's derives from it.
+        let token: LinkToken
     }
 
     static let initialPerPeer = 2
@@ -98,6 +100,24 @@ final class SparePool: Sendable {
             state.peers[peer] = entry
             return count
         }
+    }
+
+    /// A connect is about to claim a spare towards `peer`: whether its claim asks for the spare's successor (the
+    /// pool wants one more, and may hold it), counted as being made as for ``reserve(towards:now:)``.
+    func reserveSuccessor(towards peer: IPv4Address, now: ContinuousClock.Instant = .now) -> Bool {
+        state.withLock { state in
+            guard var entry = state.peers[peer], entry.backoffUntil.map({ now >= $0 }) ?? true, state.held < total,
+                entry.spares.count + entry.making < entry.wanted
+            else { return false }
+            entry.making += 1
+            state.peers[peer] = entry
+            return true
+        }
+    }
+
+    /// A successor asked for is not coming (the peer made none, or the claim failed): not a failure of the peer.
+    func abandonSuccessor(towards peer: IPv4Address) {
+        state.withLock { state in state.peers[peer]?.making -= 1 }
     }
 
     /// A spare is ready. False when the pool no longer wants it (its peer went idle or was forgotten): the caller

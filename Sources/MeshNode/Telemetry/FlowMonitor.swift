@@ -59,6 +59,9 @@ final class FlowMonitor: Sendable {
         var destroyFD: Int32 = -1
         /// The kernel refused the subscription once (no permission): close counts come from the last sample.
         var destroyRefused = false
+        /// Close reports held back until `flushAt` (``Timing/Choice/closeReportDelay``) or the next sampling.
+        var unsent: [Boxermesh_V1_FlowSample] = []
+        var flushAt: ContinuousClock.Instant?
     }
 
     init(session: MeshSession, interval: Duration, logger: Logger) throws {
@@ -154,13 +157,16 @@ final class FlowMonitor: Sendable {
     func start() {
         startThread(named: "flow-monitor") { [self] in
             while !stopped.load(ordering: .acquiring) {
-                let (wait, destroyFD) = state.withLock { (ContinuousClock.now.duration(to: $0.nextSample), $0.destroyFD) }
+                let (wait, destroyFD) = state.withLock { state in
+                    (ContinuousClock.now.duration(to: min(state.nextSample, state.flushAt ?? state.nextSample)), state.destroyFD)
+                }
                 var fds = [pollfd(fd: wake.readEnd, events: Int16(POLLIN), revents: 0)]
                 if destroyFD >= 0 { fds.append(pollfd(fd: destroyFD, events: Int16(POLLIN), revents: 0)) }
                 _ = poll(&fds, nfds_t(fds.count), wait.pollTimeout)
                 wake.drain()
                 if stopped.load(ordering: .acquiring) { break }
-                report(pass(sampling: ContinuousClock.now >= state.withLock { $0.nextSample }))
+                let sampling = ContinuousClock.now >= state.withLock { $0.nextSample }
+                report(due(pass(sampling: sampling), flush: sampling))
                 state.withLock { state in
                     guard state.flows.isEmpty, state.destroyFD >= 0 else { return }
                     close(state.destroyFD)
@@ -169,17 +175,15 @@ final class FlowMonitor: Sendable {
             }
             // The app has exited: its sockets go as soon as their FINs are exchanged. Report them before we leave,
             // while the peer is still a member the broker can name.
-            var final: [Boxermesh_V1_FlowSample] = []
+            var final = due([], flush: true)
             let deadline = ContinuousClock.now + Self.finishTimeout
             repeat {
                 final += pass(sampling: true).filter(\.closed)
                 if state.withLock({ $0.flows.isEmpty }) { break }
                 usleep(50_000)
             } while ContinuousClock.now < deadline
-            Task { [self] in
-                if !final.isEmpty { await send(final) }
-                done.withLock { $0?.resume(); $0 = nil }
-            }
+            report(final)
+            done.withLock { $0?.resume(); $0 = nil }
         }
     }
 
@@ -189,6 +193,22 @@ final class FlowMonitor: Sendable {
             done.withLock { $0 = continuation }
             stopped.store(true, ordering: .releasing)
             wake.wake()
+        }
+    }
+
+    /// What to report now: `samples` and those held back, when `flush` says so or their delay is up; else nothing,
+    /// and the samples wait for the ones that follow.
+    private func due(_ samples: [Boxermesh_V1_FlowSample], flush: Bool) -> [Boxermesh_V1_FlowSample] {
+        let now = ContinuousClock.now
+        return state.withLock { state in
+            state.unsent += samples
+            guard !state.unsent.isEmpty else { return [] }
+            if flush || state.flushAt.map({ now >= $0 }) == true {
+                defer { (state.unsent, state.flushAt) = ([], nil) }
+                return state.unsent
+            }
+            if state.flushAt == nil { state.flushAt = now + Timing.Choice.closeReportDelay }
+            return []
         }
     }
 
@@ -306,16 +326,8 @@ final class FlowMonitor: Sendable {
 
     private func report(_ samples: [Boxermesh_V1_FlowSample]) {
         guard !samples.isEmpty else { return }
-        Task { [self] in await send(samples) }
-    }
-
-    private func send(_ samples: [Boxermesh_V1_FlowSample]) async {
         var report = Boxermesh_V1_FlowReport()
         report.samples = samples
-        do {
-            _ = try await session.request(.flowReport(report), timeout: .seconds(2))
-        } catch {
-            logger.debug("flow report not delivered: \(error)")
-        }
+        session.post(.flowReport(report))
     }
 }

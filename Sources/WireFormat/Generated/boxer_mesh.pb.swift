@@ -974,7 +974,8 @@ public nonisolated struct Boxermesh_V1_ConnectAnswer: Sendable {
   fileprivate var _endpoint: Boxermesh_V1_PublicEndpoint? = nil
 }
 
-/// Sent by both nodes once a link is up (or has failed); the broker publishes it on the tap.
+/// Node -> broker, not answered. The connecting node sends it once a link is up or has failed, and the broker
+/// publishes it on the tap; the accepting node sends it when its side failed (for the broker's log) or upgraded.
 public nonisolated struct Boxermesh_V1_LinkReport: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1009,7 +1010,8 @@ public nonisolated struct Boxermesh_V1_LinkReport: Sendable {
 
 /// Node -> broker: what the kernel knows of the app's sockets of mesh connections. Sent every few seconds while
 /// the node has open connections (the connecting side's samples are published as flow events), and as soon as a
-/// connection's socket is gone (closed = true, final counts; the first side to report publishes the close event).
+/// connection's socket is gone (closed = true, final counts; the first side to report publishes the close event),
+/// closes that come close together in one report. Not answered.
 public nonisolated struct Boxermesh_V1_FlowReport: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
