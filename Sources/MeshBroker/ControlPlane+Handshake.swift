@@ -50,6 +50,7 @@ extension ControlPlaneHandler {
         var challenge = Boxermesh_V1_Challenge()
         challenge.serverNonce = Data(serverNonce)
         challenge.serverProof = Data(key(for: hello.mesh).proof(by: .broker, hello: hello, serverNonce: serverNonce))
+        challenge.stunPort = UInt32(configuration.stunPort)
         send(to: routingID, request.reply(.challenge(challenge)))
     }
 

@@ -43,7 +43,12 @@ extension ControlPlaneHandler {
             handleConnectRequest(connect, request: request, session: session)
         case .connectAnswer(let answer):
             handleConnectAnswer(answer, request: request, session: session)
-        case .linkReport(let report):  // reports get no answer
+        case .endpointAdvert(let advert) where session.member != nil:  // adverts and reports get no answer
+            guard advert.endpoint.port != 0, advert.endpoint.port <= UInt16.max else {
+                return badInput.drop("an endpoint advert without a valid port from \(session.member?.name ?? "?")")
+            }
+            registry.advertise(advert.endpoint, token: token)
+        case .linkReport(let report):
             handleLinkReport(report, session: session)
         case .flowReport(let report):
             handleFlowReport(report, session: session)

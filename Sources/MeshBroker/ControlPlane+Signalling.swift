@@ -10,6 +10,9 @@ struct PendingConnection {
     let target: MeshRegistry.Session
     let token: [UInt8]
     let deadline: ContinuousClock.Instant
+    /// The requester has its offer already (the target's advertised endpoint): a failure now goes to it as a
+    /// ConnectWithdrawn push, not as the request's reply.
+    let offered: Bool
 }
 
 /// Hole-punch signalling: pass each side's public endpoint and a shared token to the other (see the schema).
@@ -39,9 +42,12 @@ extension ControlPlaneHandler {
         // without the broker, take the ones after it.
         let id = connect.spare ? (nextConnectionID / SpareClaim.lineage + 1) * SpareClaim.lineage : nextConnectionID + 1
         nextConnectionID = connect.spare ? id + SpareClaim.lineage - 1 : id
+        // A requester that punches gets the target's advertised endpoint at once, if it has one: both then punch
+        // as soon as each hears, and the target's answer matters only if it refuses.
+        let advertised = !connect.spare && connect.endpoint.port != 0 ? registry.takeAdvertised(token: target.token) : nil
         let pending = PendingConnection(
             id: id, request: request, requester: session, target: target, token: Sodium.randomBytes(32),
-            deadline: clock.now + Self.answerTimeout)
+            deadline: clock.now + Self.answerTimeout, offered: advertised != nil)
         pendingConnections[pending.id] = pending
         if !connect.spare {
             relay?.connectionSignalled(
@@ -55,9 +61,35 @@ extension ControlPlaneHandler {
         incoming.endpoint = connect.endpoint
         incoming.token = Data(pending.token)
         incoming.spare = connect.spare
+        if let advertised { incoming.advertised = advertised }
         var push = ControlMessage()
         push.incomingConnection = incoming
         send(to: target.routingID, push)
+        if let advertised { offer(pending, endpoint: advertised) }
+    }
+
+    /// Sends the requester of `pending` its offer: the target's endpoint and the link token.
+    private func offer(_ pending: PendingConnection, endpoint: Boxermesh_V1_PublicEndpoint) {
+        var offer = Boxermesh_V1_ConnectOffer()
+        offer.connectionID = pending.id
+        offer.peer = pending.target.member ?? Member()
+        offer.endpoint = endpoint
+        offer.token = Data(pending.token)
+        offer.advertised = pending.offered
+        send(to: pending.requester.routingID, pending.request.reply(.connectOffer(offer)))
+    }
+
+    /// `pending` will not come: the requester hears why, as the reply to its request or, when its offer went out
+    /// already, as a ConnectWithdrawn push.
+    private func fail(_ pending: PendingConnection, _ code: Boxermesh_V1_ErrorCode, _ message: String) {
+        guard pending.offered else { return refuse(pending.request, pending.requester.routingID, code, message) }
+        var push = ControlMessage()
+        push.connectWithdrawn = .with {
+            $0.connectionID = pending.id
+            $0.code = code
+            $0.reason = message
+        }
+        send(to: pending.requester.routingID, push)
     }
 
     func handleConnectAnswer(_ answer: Boxermesh_V1_ConnectAnswer, request: ControlMessage, session: MeshRegistry.Session) {
@@ -68,16 +100,11 @@ extension ControlPlaneHandler {
         send(to: session.routingID, request.reply(.ack(.init())))
         guard answer.accepted else {
             publishConnection(.refused, pending, reason: answer.reason)
-            return refuse(
-                pending.request, pending.requester.routingID, .errorConnectionRefused,
+            return fail(
+                pending, .errorConnectionRefused,
                 "\(pending.target.member?.name ?? "peer") refused port \(pending.request.connectRequest.port): \(answer.reason)")
         }
-        var offer = Boxermesh_V1_ConnectOffer()
-        offer.connectionID = pending.id
-        offer.peer = pending.target.member ?? Member()
-        offer.endpoint = answer.endpoint
-        offer.token = Data(pending.token)
-        send(to: pending.requester.routingID, pending.request.reply(.connectOffer(offer)))
+        if !pending.offered { offer(pending, endpoint: answer.endpoint) }
     }
 
     func handleLinkReport(_ report: Boxermesh_V1_LinkReport, session: MeshRegistry.Session) {
@@ -108,9 +135,7 @@ extension ControlPlaneHandler {
         for pending in pendingConnections.values where pending.deadline <= now {
             pendingConnections[pending.id] = nil
             publishConnection(.failed, pending, reason: "peer did not answer")
-            refuse(
-                pending.request, pending.requester.routingID, .errorPeerUnreachable,
-                "\(pending.target.member?.name ?? "peer") did not answer within \(Self.answerTimeout)")
+            fail(pending, .errorPeerUnreachable, "\(pending.target.member?.name ?? "peer") did not answer within \(Self.answerTimeout)")
         }
     }
 
@@ -119,9 +144,7 @@ extension ControlPlaneHandler {
         for pending in pendingConnections.values
         where pending.requester.token == session.token || pending.target.token == session.token {
             pendingConnections[pending.id] = nil
-            if pending.target.token == session.token {
-                refuse(pending.request, pending.requester.routingID, .errorPeerUnreachable, "the peer left the mesh")
-            }
+            if pending.target.token == session.token { fail(pending, .errorPeerUnreachable, "the peer left the mesh") }
         }
     }
 

@@ -11,6 +11,8 @@ struct MeshRegistry {
         /// nil for a client session.
         let member: Member?
         var lastSeen: ContinuousClock.Instant
+        /// Where the node punches its next inbound connection from (EndpointAdvert), until a connect takes it.
+        var advertised: Boxermesh_V1_PublicEndpoint?
     }
 
     /// Why a node could not be admitted.
@@ -70,6 +72,17 @@ struct MeshRegistry {
 
     mutating func touch(token: [UInt8], now: ContinuousClock.Instant) {
         sessions[token]?.lastSeen = now
+    }
+
+    /// The node of session `token` punches its next inbound connection from `endpoint`.
+    mutating func advertise(_ endpoint: Boxermesh_V1_PublicEndpoint, token: [UInt8]) {
+        sessions[token]?.advertised = endpoint
+    }
+
+    /// The endpoint the node of session `token` advertised, if any; it is used up.
+    mutating func takeAdvertised(token: [UInt8]) -> Boxermesh_V1_PublicEndpoint? {
+        defer { sessions[token]?.advertised = nil }
+        return sessions[token]?.advertised
     }
 
     /// Ends a session, freeing its name and address at once. Returns the ended session.

@@ -60,11 +60,20 @@ public enum Node {
             defer { hosts?.close() }
             let names = MeshNames(logger: logger, hosts: hosts)
             client.onPush { _ = names.receive($0) }
+            // The first warm endpoint is learned while the node authenticates: the app's first connect may come as
+            // soon as it starts.
+            let brokerAddress = try configuration.broker.ipv4Address()
+            let direct = DirectPath()
+            let punches = configuration.links.path != .relay
             let session: MeshSession
             do {
                 session = try await untilSignal(signals) {
                     try await NodeDeadline.bounding(configuration.deadline) {
-                        try await join(configuration, client: client, names: names, logger: logger)
+                        try await join(configuration, client: client, names: names, logger: logger) { challenge in
+                            guard punches, challenge.stunPort != 0 else { return }
+                            direct.use(reflector: Endpoint(brokerAddress, port: UInt16(truncatingIfNeeded: challenge.stunPort)))
+                            direct.warmUp()
+                        }
                     }
                 }
             } catch let interrupted as InterruptedBySignal {
@@ -73,20 +82,22 @@ public enum Node {
             }
             let me = session.welcome.self_p
             configuration.report?.joined(as: me)
-            let reflector = Endpoint(
-                try configuration.broker.ipv4Address(), port: UInt16(truncatingIfNeeded: session.welcome.stunPort))
+            direct.use(reflector: Endpoint(brokerAddress, port: UInt16(truncatingIfNeeded: session.welcome.stunPort)))
             var relayOptions = RelayOptions(endpoint: configuration.broker.endpoint(port: configuration.relayPort))
             relayOptions.upgradeMaxInterval = configuration.upgradeMaxInterval
             // A node that forces the relay stays on it.
             relayOptions.upgrade = configuration.links.path != .relay
-            let flows = try FlowMonitor(session: session, interval: configuration.flowInterval, logger: logger)
+            let flows = try FlowMonitor(
+                session: session, interval: configuration.flowInterval, logger: logger, brokerRTT: { direct.brokerRTT })
             flows.start()
-            let direct = DirectPath(reflector: reflector, onRoundTrip: { flows.brokerRoundTrip($0) })
             let relay = RelayClient(options: relayOptions, direct: direct)
             let links = LinkManager(
                 session: session, direct: direct, logger: logger, relay: relay, policy: configuration.links, flows: flows)
             // Before the app starts: its first connect may come at once.
-            if links.punches { direct.warmUp() }
+            if links.punches {
+                direct.warmUp()
+                links.advertise()
+            }
             // The relay runs for the node's whole life (it must be attached before a peer relays to us).
             let relayTask = Task {
                 do {
@@ -105,6 +116,7 @@ public enum Node {
                 if names.receive(message) { return }
                 switch message.body {
                 case .incomingConnection(let incoming): Task { await links.accept(incoming) }
+                case .connectWithdrawn(let withdrawn): links.withdraw(withdrawn)
                 case .memberExpired(let expired):
                     links.forgetSpares(of: expired.member.ipv4)
                     Task { flows.peerExpired(expired.member) }
@@ -162,10 +174,12 @@ public enum Node {
     }
 
     private static func join(
-        _ configuration: NodeConfiguration, client: ControlClient, names: MeshNames, logger: Logger
+        _ configuration: NodeConfiguration, client: ControlClient, names: MeshNames, logger: Logger,
+        onChallenge: @escaping @Sendable (Boxermesh_V1_Challenge) -> Void
     ) async throws -> MeshSession {
         let session = try await MeshSession.open(
-            configuration.join, client: client, connectTimeout: configuration.connectTimeout, logger: logger, names: names)
+            configuration.join, client: client, connectTimeout: configuration.connectTimeout, logger: logger, names: names,
+            onChallenge: onChallenge)
         let me = session.welcome.self_p
         logger.notice("joined mesh '\(configuration.join.mesh)' as \(me.name) \(me.ipv4)")
         guard let count = configuration.waitFor, count > 1 else { return session }

@@ -25,6 +25,8 @@ enum Timing {
         static let punchAttempt = Duration.milliseconds(300)
         /// Between refused attempts: the far side had no SYN out yet.
         static let punchRetry = Duration.milliseconds(20)
+        /// A punch checks whether it was abandoned at least this often.
+        static let punchSlice = Duration.milliseconds(25)
         /// Punching when the relay is forbidden and no --punch-timeout is given.
         static let punchWithoutRelay = Duration.seconds(5)
         /// With the relay allowed the connecting side punches max(this, 4 × broker RTT) before it relays…
@@ -53,6 +55,8 @@ enum Timing {
         /// A warm endpoint (learned ahead of a connect) older than this is learned again: NATs keep an unused
         /// mapping for at least 30 s.
         static let warmLifetime = Duration.seconds(20)
+        /// A withdrawn offer is remembered this long (its connect may not have its offer yet).
+        static let withdrawalMemory = Duration.seconds(30)
 
         // Spare links.
         /// A claimed spare link must be answered within max(this, 4 × broker RTT); one that is not is dead (a NAT

@@ -32,9 +32,13 @@ struct LinkLabTests {
             defer { server.kill() }
             #expect(server.waitForOutput(containing: "listening on 5000", timeout: .seconds(15)), "\(server.standardError)")
             let client = try mesh.node(
-                2, name: "cli", options: ["--no-shim"], ["sh", "-c", "\(Self.app) connect $(\(Self.app) resolve srv) 5000 hello-through-the-nats"])
+                2, name: "cli", options: ["--no-shim", "--log-level", "info"],
+                ["sh", "-c", "\(Self.app) connect $(\(Self.app) resolve srv) 5000 hello-through-the-nats"])
             #expect(client.waitUntilExit(timeout: .seconds(30)) == 0, "\(client.standardOutput)\n\(client.standardError)")
             let lines = client.standardOutput
+            // The server's node had advertised an endpoint: the broker offered it at once, without asking the server.
+            #expect(client.standardError.split(separator: "\n").contains { $0.contains("link up") && $0.contains("offer=early") },
+                "\(client.standardError)")
             #expect(lines.contains("answer echo:hello-through-the-nats"), "\(lines)")
             #expect(lines.contains("path direct"), "\(lines)")
             // The kernel socket the app got is connected to the server NAT's public endpoint: no relay in between.

@@ -41,6 +41,15 @@ struct SignallingTests {
     /// The last connection a target was asked to accept.
     final class Seen: Sendable {
         let incoming = Mutex<Boxermesh_V1_IncomingConnection?>(nil)
+        /// Connections the target answered, and withdrawals the requester heard.
+        let answered = Box<[UInt64]>([])
+        let withdrawn = Box<[Boxermesh_V1_ConnectWithdrawn]>([])
+    }
+
+    final class Box<Value: Sendable>: Sendable {
+        private let value: Mutex<Value>
+        init(_ value: Value) { self.value = Mutex(value) }
+        func withLock<T>(_ body: (inout Value) -> T) -> T { value.withLock { body(&$0) } }
     }
 
     /// A target that accepts every connection from endpoint 203.0.113.102:40002, keeping the last request in `seen`.
@@ -75,6 +84,61 @@ struct SignallingTests {
                     #expect(offer.connectionID == incoming.connectionID)
                     #expect(offer.peer.name == "server")
                     #expect(offer.endpoint.port == 40002)
+                }
+            }
+        }
+    }
+
+    @Test("an advertised endpoint goes to the next requester at once, once; a refusal after it arrives as a withdrawal push")
+    func advertisedEndpoint() async throws {
+        try await TestBroker.with { broker in
+            let advert = Boxermesh_V1_PublicEndpoint.with { $0.address = 0xCB00_7166; $0.port = 41000 }
+            // The target answers only after a while, and refuses port 1: an offer before that came from the advert.
+            let seen = Seen()
+            let answered = seen.answered
+            try await node(broker, "server", onPush: { message, session in
+                guard case .incomingConnection(let incoming) = message.body, let session else { return }
+                seen.incoming.withLock { $0 = incoming }
+                Task {
+                    try await Task.sleep(for: .milliseconds(500))
+                    answered.withLock { $0.append(incoming.connectionID) }
+                    _ = try await session.request(.connectAnswer(.with {
+                        $0.connectionID = incoming.connectionID
+                        $0.accepted = incoming.port != 1
+                        $0.reason = incoming.port != 1 ? "" : "nothing listens on port 1"
+                        $0.endpoint = .with { $0.address = 0xCB00_7166; $0.port = 40002 }
+                    }))
+                }
+            }) { server in
+                let withdrawn = seen.withdrawn
+                try await node(broker, "client", onPush: { message, _ in
+                    if case .connectWithdrawn(let push) = message.body { withdrawn.withLock { $0.append(push) } }
+                }) { client in
+                    // An advert is not answered: the heartbeat after it is, once the broker is past the advert.
+                    let advertise = { (endpoint: Boxermesh_V1_PublicEndpoint) in
+                        server.post(.endpointAdvert(.with { $0.endpoint = endpoint }))
+                        _ = try await server.request(.heartbeat(.init()))
+                    }
+                    try await advertise(advert)
+                    let address = server.welcome.self_p.address
+                    let early = try await client.request(connectRequest(to: address, port: 5000)).connectOffer
+                    #expect(early.advertised && early.endpoint == advert, "\(early)")
+                    #expect(answered.withLock { !$0.contains(early.connectionID) }, "the offer did not wait for the target's answer")
+                    #expect(seen.incoming.withLock { $0?.advertised } == advert, "the target learns which endpoint it punches from")
+                    // Used once: the next requester waits for the target's answer and its endpoint.
+                    let late = try await client.request(connectRequest(to: address, port: 5000)).connectOffer
+                    #expect(!late.advertised && late.endpoint.port == 40002 && answered.withLock { $0.contains(late.connectionID) })
+                    // A refusal of an early offer comes as a push, with the connection's id.
+                    try await advertise(advert)
+                    let refused = try await client.request(connectRequest(to: address, port: 1)).connectOffer
+                    #expect(refused.advertised)
+                    #expect(await eventually { withdrawn.withLock { !$0.isEmpty } })
+                    let push = try #require(withdrawn.withLock { $0.first })
+                    #expect(push.connectionID == refused.connectionID && push.code == .errorConnectionRefused, "\(push)")
+                    #expect(push.reason.contains("nothing listens on port 1"), "\(push)")
+                    // An advert without a port is bad input, and changes nothing.
+                    try await advertise(.init())
+                    #expect(try await client.request(connectRequest(to: address, port: 5000)).connectOffer.advertised == false)
                 }
             }
         }

@@ -907,6 +907,96 @@ void   boxermesh__v1__connect_offer__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__connect_offer__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   boxermesh__v1__endpoint_advert__init
+                     (Boxermesh__V1__EndpointAdvert         *message)
+{
+  static const Boxermesh__V1__EndpointAdvert init_value = BOXERMESH__V1__ENDPOINT_ADVERT__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__endpoint_advert__get_packed_size
+                     (const Boxermesh__V1__EndpointAdvert *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__endpoint_advert__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__endpoint_advert__pack
+                     (const Boxermesh__V1__EndpointAdvert *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__endpoint_advert__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__endpoint_advert__pack_to_buffer
+                     (const Boxermesh__V1__EndpointAdvert *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__endpoint_advert__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__EndpointAdvert *
+       boxermesh__v1__endpoint_advert__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__EndpointAdvert *)
+     protobuf_c_message_unpack (&boxermesh__v1__endpoint_advert__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__endpoint_advert__free_unpacked
+                     (Boxermesh__V1__EndpointAdvert *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__endpoint_advert__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__connect_withdrawn__init
+                     (Boxermesh__V1__ConnectWithdrawn         *message)
+{
+  static const Boxermesh__V1__ConnectWithdrawn init_value = BOXERMESH__V1__CONNECT_WITHDRAWN__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__connect_withdrawn__get_packed_size
+                     (const Boxermesh__V1__ConnectWithdrawn *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__connect_withdrawn__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__connect_withdrawn__pack
+                     (const Boxermesh__V1__ConnectWithdrawn *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__connect_withdrawn__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__connect_withdrawn__pack_to_buffer
+                     (const Boxermesh__V1__ConnectWithdrawn *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__connect_withdrawn__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__ConnectWithdrawn *
+       boxermesh__v1__connect_withdrawn__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__ConnectWithdrawn *)
+     protobuf_c_message_unpack (&boxermesh__v1__connect_withdrawn__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__connect_withdrawn__free_unpacked
+                     (Boxermesh__V1__ConnectWithdrawn *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__connect_withdrawn__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   boxermesh__v1__member_expired__init
                      (Boxermesh__V1__MemberExpired         *message)
 {
@@ -2347,7 +2437,7 @@ void   boxermesh__v1__lambda_error__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__lambda_error__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_descriptors[26] =
+static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_descriptors[28] =
 {
   {
     "request_id",
@@ -2661,6 +2751,30 @@ static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_desc
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "endpoint_advert",
+    34,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ControlMessage, body_case),
+    offsetof(Boxermesh__V1__ControlMessage, endpoint_advert),
+    &boxermesh__v1__endpoint_advert__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "connect_withdrawn",
+    35,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ControlMessage, body_case),
+    offsetof(Boxermesh__V1__ControlMessage, connect_withdrawn),
+    &boxermesh__v1__connect_withdrawn__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__control_message__field_indices_by_name[] = {
   20,   /* field[20] = ack */
@@ -2669,6 +2783,8 @@ static const unsigned boxermesh__v1__control_message__field_indices_by_name[] = 
   19,   /* field[19] = connect_answer */
   17,   /* field[17] = connect_offer */
   16,   /* field[16] = connect_request */
+  27,   /* field[27] = connect_withdrawn */
+  26,   /* field[26] = endpoint_advert */
   15,   /* field[15] = error */
   22,   /* field[22] = flow_report */
   6,   /* field[6] = heartbeat */
@@ -2694,7 +2810,7 @@ static const ProtobufCIntRange boxermesh__v1__control_message__number_ranges[2 +
 {
   { 1, 0 },
   { 10, 2 },
-  { 0, 26 }
+  { 0, 28 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__control_message__descriptor =
 {
@@ -2704,7 +2820,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__control_message__descriptor =
   "Boxermesh__V1__ControlMessage",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ControlMessage),
-  26,
+  28,
   boxermesh__v1__control_message__field_descriptors,
   boxermesh__v1__control_message__field_indices_by_name,
   2,  boxermesh__v1__control_message__number_ranges,
@@ -2827,7 +2943,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__hello__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__hello__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__challenge__field_descriptors[2] =
+static const ProtobufCFieldDescriptor boxermesh__v1__challenge__field_descriptors[3] =
 {
   {
     "server_nonce",
@@ -2853,15 +2969,28 @@ static const ProtobufCFieldDescriptor boxermesh__v1__challenge__field_descriptor
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "stun_port",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__Challenge, stun_port),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__challenge__field_indices_by_name[] = {
   0,   /* field[0] = server_nonce */
   1,   /* field[1] = server_proof */
+  2,   /* field[2] = stun_port */
 };
 static const ProtobufCIntRange boxermesh__v1__challenge__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__challenge__descriptor =
 {
@@ -2871,7 +3000,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__challenge__descriptor =
   "Boxermesh__V1__Challenge",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__Challenge),
-  2,
+  3,
   boxermesh__v1__challenge__field_descriptors,
   boxermesh__v1__challenge__field_indices_by_name,
   1,  boxermesh__v1__challenge__number_ranges,
@@ -3627,7 +3756,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__connect_request__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__connect_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__connect_offer__field_descriptors[4] =
+static const ProtobufCFieldDescriptor boxermesh__v1__connect_offer__field_descriptors[5] =
 {
   {
     "connection_id",
@@ -3677,8 +3806,21 @@ static const ProtobufCFieldDescriptor boxermesh__v1__connect_offer__field_descri
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "advertised",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectOffer, advertised),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__connect_offer__field_indices_by_name[] = {
+  4,   /* field[4] = advertised */
   0,   /* field[0] = connection_id */
   2,   /* field[2] = endpoint */
   1,   /* field[1] = peer */
@@ -3687,7 +3829,7 @@ static const unsigned boxermesh__v1__connect_offer__field_indices_by_name[] = {
 static const ProtobufCIntRange boxermesh__v1__connect_offer__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__connect_offer__descriptor =
 {
@@ -3697,11 +3839,113 @@ const ProtobufCMessageDescriptor boxermesh__v1__connect_offer__descriptor =
   "Boxermesh__V1__ConnectOffer",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ConnectOffer),
-  4,
+  5,
   boxermesh__v1__connect_offer__field_descriptors,
   boxermesh__v1__connect_offer__field_indices_by_name,
   1,  boxermesh__v1__connect_offer__number_ranges,
   (ProtobufCMessageInit) boxermesh__v1__connect_offer__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__endpoint_advert__field_descriptors[1] =
+{
+  {
+    "endpoint",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__EndpointAdvert, endpoint),
+    &boxermesh__v1__public_endpoint__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__endpoint_advert__field_indices_by_name[] = {
+  0,   /* field[0] = endpoint */
+};
+static const ProtobufCIntRange boxermesh__v1__endpoint_advert__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__endpoint_advert__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.EndpointAdvert",
+  "EndpointAdvert",
+  "Boxermesh__V1__EndpointAdvert",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__EndpointAdvert),
+  1,
+  boxermesh__v1__endpoint_advert__field_descriptors,
+  boxermesh__v1__endpoint_advert__field_indices_by_name,
+  1,  boxermesh__v1__endpoint_advert__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__endpoint_advert__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__connect_withdrawn__field_descriptors[3] =
+{
+  {
+    "connection_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectWithdrawn, connection_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "code",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectWithdrawn, code),
+    &boxermesh__v1__error_code__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reason",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectWithdrawn, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__connect_withdrawn__field_indices_by_name[] = {
+  1,   /* field[1] = code */
+  0,   /* field[0] = connection_id */
+  2,   /* field[2] = reason */
+};
+static const ProtobufCIntRange boxermesh__v1__connect_withdrawn__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__connect_withdrawn__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.ConnectWithdrawn",
+  "ConnectWithdrawn",
+  "Boxermesh__V1__ConnectWithdrawn",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__ConnectWithdrawn),
+  3,
+  boxermesh__v1__connect_withdrawn__field_descriptors,
+  boxermesh__v1__connect_withdrawn__field_indices_by_name,
+  1,  boxermesh__v1__connect_withdrawn__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__connect_withdrawn__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor boxermesh__v1__member_expired__field_descriptors[1] =
@@ -3882,7 +4126,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__membership_resync__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__membership_resync__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__incoming_connection__field_descriptors[6] =
+static const ProtobufCFieldDescriptor boxermesh__v1__incoming_connection__field_descriptors[7] =
 {
   {
     "connection_id",
@@ -3956,8 +4200,21 @@ static const ProtobufCFieldDescriptor boxermesh__v1__incoming_connection__field_
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "advertised",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__IncomingConnection, advertised),
+    &boxermesh__v1__public_endpoint__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__incoming_connection__field_indices_by_name[] = {
+  6,   /* field[6] = advertised */
   0,   /* field[0] = connection_id */
   3,   /* field[3] = endpoint */
   1,   /* field[1] = peer */
@@ -3968,7 +4225,7 @@ static const unsigned boxermesh__v1__incoming_connection__field_indices_by_name[
 static const ProtobufCIntRange boxermesh__v1__incoming_connection__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__incoming_connection__descriptor =
 {
@@ -3978,7 +4235,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__incoming_connection__descriptor 
   "Boxermesh__V1__IncomingConnection",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__IncomingConnection),
-  6,
+  7,
   boxermesh__v1__incoming_connection__field_descriptors,
   boxermesh__v1__incoming_connection__field_indices_by_name,
   1,  boxermesh__v1__incoming_connection__number_ranges,

@@ -35,6 +35,8 @@ typedef struct Boxermesh__V1__Ack Boxermesh__V1__Ack;
 typedef struct Boxermesh__V1__PublicEndpoint Boxermesh__V1__PublicEndpoint;
 typedef struct Boxermesh__V1__ConnectRequest Boxermesh__V1__ConnectRequest;
 typedef struct Boxermesh__V1__ConnectOffer Boxermesh__V1__ConnectOffer;
+typedef struct Boxermesh__V1__EndpointAdvert Boxermesh__V1__EndpointAdvert;
+typedef struct Boxermesh__V1__ConnectWithdrawn Boxermesh__V1__ConnectWithdrawn;
 typedef struct Boxermesh__V1__MemberExpired Boxermesh__V1__MemberExpired;
 typedef struct Boxermesh__V1__MembershipUpdate Boxermesh__V1__MembershipUpdate;
 typedef struct Boxermesh__V1__MembershipResync Boxermesh__V1__MembershipResync;
@@ -227,7 +229,9 @@ typedef enum {
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_FLOW_REPORT = 30,
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_MEMBER_EXPIRED = 31,
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_MEMBERSHIP_UPDATE = 32,
-  BOXERMESH__V1__CONTROL_MESSAGE__BODY_MEMBERSHIP_RESYNC = 33
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_MEMBERSHIP_RESYNC = 33,
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_ENDPOINT_ADVERT = 34,
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_CONNECT_WITHDRAWN = 35
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__CONTROL_MESSAGE__BODY__CASE)
 } Boxermesh__V1__ControlMessage__BodyCase;
 
@@ -268,6 +272,8 @@ struct  Boxermesh__V1__ControlMessage
     Boxermesh__V1__MemberExpired *member_expired;
     Boxermesh__V1__MembershipUpdate *membership_update;
     Boxermesh__V1__MembershipResync *membership_resync;
+    Boxermesh__V1__EndpointAdvert *endpoint_advert;
+    Boxermesh__V1__ConnectWithdrawn *connect_withdrawn;
   };
 };
 #define BOXERMESH__V1__CONTROL_MESSAGE__INIT \
@@ -316,10 +322,14 @@ struct  Boxermesh__V1__Challenge
   ProtobufCMessage base;
   ProtobufCBinaryData server_nonce;
   ProtobufCBinaryData server_proof;
+  /*
+   * The broker's STUN reflector port, as in Welcome: a node learns its first public endpoint while it authenticates.
+   */
+  uint32_t stun_port;
 };
 #define BOXERMESH__V1__CHALLENGE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__challenge__descriptor) \
-    , {0,NULL}, {0,NULL} }
+    , {0,NULL}, {0,NULL}, 0 }
 
 
 /*
@@ -568,10 +578,50 @@ struct  Boxermesh__V1__ConnectOffer
    * 32 random bytes, the same both sides got
    */
   ProtobufCBinaryData token;
+  /*
+   * The endpoint is the one the peer advertised (EndpointAdvert): this offer went out as the broker passed the
+   * request on, before the peer answered. Punch at once; a refusal may still follow as ConnectWithdrawn.
+   */
+  protobuf_c_boolean advertised;
 };
 #define BOXERMESH__V1__CONNECT_OFFER__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__connect_offer__descriptor) \
-    , 0, NULL, NULL, {0,NULL} }
+    , 0, NULL, NULL, {0,NULL}, 0 }
+
+
+/*
+ * Node -> broker, not answered: where this node punches its next inbound connection from — the public endpoint of
+ * a fresh local port it keeps for that. The broker hands it, once, to the next node that connects to this one
+ * (ConnectOffer.advertised) and tells this node in IncomingConnection.advertised; the node then advertises another.
+ * A later advert replaces an unused one. Saves the requester waiting for the target's ConnectAnswer.
+ */
+struct  Boxermesh__V1__EndpointAdvert
+{
+  ProtobufCMessage base;
+  Boxermesh__V1__PublicEndpoint *endpoint;
+};
+#define BOXERMESH__V1__ENDPOINT_ADVERT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__endpoint_advert__descriptor) \
+    , NULL }
+
+
+/*
+ * Broker -> node, pushed: a connection whose offer went out early (ConnectOffer.advertised) will not come: the
+ * target refused it (nothing listens on the port), did not answer, or left. Stop punching for it.
+ */
+struct  Boxermesh__V1__ConnectWithdrawn
+{
+  ProtobufCMessage base;
+  uint64_t connection_id;
+  /*
+   * ERROR_CONNECTION_REFUSED or ERROR_PEER_UNREACHABLE
+   */
+  Boxermesh__V1__ErrorCode code;
+  char *reason;
+};
+#define BOXERMESH__V1__CONNECT_WITHDRAWN__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__connect_withdrawn__descriptor) \
+    , 0, BOXERMESH__V1__ERROR_CODE__ERROR_UNSPECIFIED, (char *)protobuf_c_empty_string }
 
 
 /*
@@ -651,10 +701,15 @@ struct  Boxermesh__V1__IncomingConnection
    * a spare link (see ConnectRequest): keep it, and wait for the claim on it
    */
   protobuf_c_boolean spare;
+  /*
+   * Set when the broker gave the connecting node this endpoint of ours (our latest EndpointAdvert) already: punch
+   * from the port we advertised it for. The ConnectAnswer still goes to the broker; only a refusal matters then.
+   */
+  Boxermesh__V1__PublicEndpoint *advertised;
 };
 #define BOXERMESH__V1__INCOMING_CONNECTION__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__incoming_connection__descriptor) \
-    , 0, NULL, 0, NULL, {0,NULL}, 0 }
+    , 0, NULL, 0, NULL, {0,NULL}, 0, NULL }
 
 
 struct  Boxermesh__V1__ConnectAnswer
@@ -1703,6 +1758,44 @@ Boxermesh__V1__ConnectOffer *
 void   boxermesh__v1__connect_offer__free_unpacked
                      (Boxermesh__V1__ConnectOffer *message,
                       ProtobufCAllocator *allocator);
+/* Boxermesh__V1__EndpointAdvert methods */
+void   boxermesh__v1__endpoint_advert__init
+                     (Boxermesh__V1__EndpointAdvert         *message);
+size_t boxermesh__v1__endpoint_advert__get_packed_size
+                     (const Boxermesh__V1__EndpointAdvert   *message);
+size_t boxermesh__v1__endpoint_advert__pack
+                     (const Boxermesh__V1__EndpointAdvert   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__endpoint_advert__pack_to_buffer
+                     (const Boxermesh__V1__EndpointAdvert   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__EndpointAdvert *
+       boxermesh__v1__endpoint_advert__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__endpoint_advert__free_unpacked
+                     (Boxermesh__V1__EndpointAdvert *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__ConnectWithdrawn methods */
+void   boxermesh__v1__connect_withdrawn__init
+                     (Boxermesh__V1__ConnectWithdrawn         *message);
+size_t boxermesh__v1__connect_withdrawn__get_packed_size
+                     (const Boxermesh__V1__ConnectWithdrawn   *message);
+size_t boxermesh__v1__connect_withdrawn__pack
+                     (const Boxermesh__V1__ConnectWithdrawn   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__connect_withdrawn__pack_to_buffer
+                     (const Boxermesh__V1__ConnectWithdrawn   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__ConnectWithdrawn *
+       boxermesh__v1__connect_withdrawn__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__connect_withdrawn__free_unpacked
+                     (Boxermesh__V1__ConnectWithdrawn *message,
+                      ProtobufCAllocator *allocator);
 /* Boxermesh__V1__MemberExpired methods */
 void   boxermesh__v1__member_expired__init
                      (Boxermesh__V1__MemberExpired         *message);
@@ -2373,6 +2466,12 @@ typedef void (*Boxermesh__V1__ConnectRequest_Closure)
 typedef void (*Boxermesh__V1__ConnectOffer_Closure)
                  (const Boxermesh__V1__ConnectOffer *message,
                   void *closure_data);
+typedef void (*Boxermesh__V1__EndpointAdvert_Closure)
+                 (const Boxermesh__V1__EndpointAdvert *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__ConnectWithdrawn_Closure)
+                 (const Boxermesh__V1__ConnectWithdrawn *message,
+                  void *closure_data);
 typedef void (*Boxermesh__V1__MemberExpired_Closure)
                  (const Boxermesh__V1__MemberExpired *message,
                   void *closure_data);
@@ -2498,6 +2597,8 @@ extern const ProtobufCMessageDescriptor boxermesh__v1__ack__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__public_endpoint__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__connect_request__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__connect_offer__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__endpoint_advert__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__connect_withdrawn__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__member_expired__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__membership_update__descriptor;
 extern const ProtobufCEnumDescriptor    boxermesh__v1__membership_update__kind__descriptor;

@@ -68,10 +68,13 @@ public final class MeshSession: Sendable {
 
     /// Joins as a node that keeps `names` in step with the broker. The broker pushes the mesh before its Welcome,
     /// so the client must hand membership pushes to `names` before this is called.
+    /// `onChallenge` hears the broker's Challenge, a round trip before the Welcome (it names the reflector).
     static func open(
-        _ join: JoinRequest, client: ControlClient, connectTimeout: Duration, logger: Logger, names: MeshNames?
+        _ join: JoinRequest, client: ControlClient, connectTimeout: Duration, logger: Logger, names: MeshNames?,
+        onChallenge: @Sendable (Boxermesh_V1_Challenge) -> Void = { _ in }
     ) async throws -> MeshSession {
-        let welcome = try await handshake(join, client: client, requestedAddress: nil, connectTimeout: connectTimeout)
+        let welcome = try await handshake(
+            join, client: client, requestedAddress: nil, connectTimeout: connectTimeout, onChallenge: onChallenge)
         var joined = join
         if join.nameIsPrefix {
             joined.nodeName = welcome.self_p.name
@@ -85,7 +88,8 @@ public final class MeshSession: Sendable {
     }
 
     private static func handshake(
-        _ join: JoinRequest, client: ControlClient, requestedAddress: IPv4Address?, connectTimeout: Duration
+        _ join: JoinRequest, client: ControlClient, requestedAddress: IPv4Address?, connectTimeout: Duration,
+        onChallenge: @Sendable (Boxermesh_V1_Challenge) -> Void = { _ in }
     ) async throws -> Boxermesh_V1_Welcome {
         let deadline = ContinuousClock.now + connectTimeout
         var hello = Boxermesh_V1_Hello()
@@ -110,6 +114,7 @@ public final class MeshSession: Sendable {
             guard case .challenge(let challenge) = challengeReply.body else {
                 throw ControlError.protocolViolation("expected a Challenge, got \(String(describing: challengeReply.body))")
             }
+            onChallenge(challenge)
             let key = MeshKey(secret: join.secret, mesh: join.mesh)
             let serverNonce = [UInt8](challenge.serverNonce)
             var authenticate = ControlMessage()

@@ -26,13 +26,12 @@ final class DirectPath: Sendable {
         let initiator: Bool
     }
 
-    private let reflector: Endpoint
     private let pool: BlockingPool
-    /// Hears every broker round trip measured (half a reflector exchange over TCP), for the tap.
-    private let onRoundTrip: @Sendable (Duration) -> Void
     private let state = Mutex(State())
 
     private struct State {
+        /// The broker's reflector, once known (the broker names its port while the node authenticates).
+        var reflector: Endpoint?
         /// The lowest round trip to the broker seen.
         var brokerRTT: Duration?
         /// A port whose public endpoint was learned ahead of time, and whether one is being learned.
@@ -43,16 +42,25 @@ final class DirectPath: Sendable {
         /// The public address of the last endpoints learned, and how many in a row the NAT mapped to the same
         /// address with the local port kept.
         var portsKept: (address: IPAddress, count: Int)?
+        /// Ports whose endpoints went to the broker for inbound connections (``advertisedPort()``), newest last.
+        var advertised: [PunchPort] = []
     }
+
+    /// Advertised ports kept: the newest and the one before, which the broker may have handed out as the newer
+    /// one was on its way.
+    static let advertisedKept = 2
 
     /// Learned endpoints in a row that kept their port before spare links predict theirs.
     static let keptPortsToPredict = 3
 
-    init(reflector: Endpoint, pool: BlockingPool = .shared, onRoundTrip: @escaping @Sendable (Duration) -> Void = { _ in }) {
-        self.reflector = reflector
+    /// Without a `reflector` no endpoint is learned until ``use(reflector:)`` names one.
+    init(reflector: Endpoint? = nil, pool: BlockingPool = .shared) {
         self.pool = pool
-        self.onRoundTrip = onRoundTrip
+        state.withLock { $0.reflector = reflector }
     }
+
+    /// Learns endpoints from `reflector` from now on.
+    func use(reflector: Endpoint) { state.withLock { $0.reflector = reflector } }
 
     /// The lowest round trip to the broker measured so far.
     var brokerRTT: Duration? { state.withLock { $0.brokerRTT } }
@@ -113,6 +121,26 @@ final class DirectPath: Sendable {
         }
     }
 
+    /// A fresh local port and its public endpoint, learned from the reflector, kept for an inbound connection:
+    /// the node advertises the endpoint to the broker, which hands it to the next node that connects here
+    /// (``takeAdvertised(_:)``). Learned, never predicted: a wrong guess would cost a connection its direct path.
+    func advertisedPort() async throws(SocketError) -> PunchPort {
+        let port = try await learn()
+        state.withLock { state in
+            state.advertised = Array((state.advertised + [port]).suffix(Self.advertisedKept))
+        }
+        return port
+    }
+
+    /// The port this node advertised `endpoint` for, which the broker has now handed to a connecting node; nil
+    /// when no advert of ours had that endpoint.
+    func takeAdvertised(_ endpoint: Endpoint) -> PunchPort? {
+        state.withLock { state in
+            guard let index = state.advertised.lastIndex(where: { $0.endpoint == endpoint }) else { return nil }
+            return state.advertised.remove(at: index)
+        }
+    }
+
     /// A link punched from a predicted endpoint failed: learn endpoints again before the next prediction.
     func predictionFailed() {
         state.withLock { $0.portsKept = nil }
@@ -151,7 +179,9 @@ final class DirectPath: Sendable {
 
     /// A fresh local port and the public endpoint the broker's reflector sees for it over TCP.
     private func learn() async throws(SocketError) -> PunchPort {
-        let reflector = reflector
+        guard let reflector = state.withLock({ $0.reflector }) else {
+            throw SocketError(ENETUNREACH, "cannot learn our public endpoint: the broker has not named its reflector yet")
+        }
         let (port, elapsed): (PunchPort, Duration)
         do {
             (port, elapsed) = try await pool.run { _ in
@@ -175,15 +205,12 @@ final class DirectPath: Sendable {
             throw SocketError(ENETUNREACH, "cannot learn our public endpoint from \(reflector): \(error)")
         }
         // A reflector exchange over TCP takes two round trips (handshake, request): keep the fastest seen.
-        let rtt = state.withLock { state in
-            let fastest = min(state.brokerRTT ?? elapsed / 2, elapsed / 2)
-            state.brokerRTT = fastest
+        state.withLock { state in
+            state.brokerRTT = min(state.brokerRTT ?? elapsed / 2, elapsed / 2)
             let kept = port.endpoint.port == port.port
             let inARow = state.portsKept.map { $0.address == port.endpoint.host ? $0.count : 0 } ?? 0
             state.portsKept = (port.endpoint.host, kept ? inARow + 1 : 0)
-            return fastest
         }
-        onRoundTrip(rtt)
         return port
     }
 

@@ -14,6 +14,9 @@ extension LinkManager {
         let id = incoming.connectionID
         var answer = Boxermesh_V1_ConnectAnswer()
         answer.connectionID = id
+        // The broker handed the requester our advertised endpoint: we punch from its port, and advertise another.
+        let advertised = incoming.hasAdvertised ? Endpoint(incoming.advertised) : nil
+        if advertised != nil { advertise() }
         let peerPunches = incoming.endpoint.port != 0
         guard isListening(on: port) else {
             answer.reason = "nothing listens on port \(port)"
@@ -38,7 +41,13 @@ extension LinkManager {
         var ours: DirectPath.PunchPort? = nil
         if peerPunches && punches {
             do {
-                ours = try await direct.punchPort()
+                // An advert we no longer hold (never, unless the broker is confused): its port, as a port-keeping
+                // NAT maps it, is still the best guess.
+                if let advertised {
+                    ours = direct.takeAdvertised(advertised) ?? DirectPath.PunchPort(port: advertised.port, endpoint: advertised)
+                } else {
+                    ours = try await direct.punchPort()
+                }
                 answer.endpoint = ours!.endpoint.message
             } catch {
                 guard relayAllowed else {

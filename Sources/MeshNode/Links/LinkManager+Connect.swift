@@ -33,13 +33,20 @@ extension LinkManager {
         if let ours, offer.endpoint.port != 0 {
             let proof = DirectPath.Proof(token: token, connectionID: offer.connectionID, initiator: true)
             do {
+                let id = offer.connectionID
                 let fd = try await direct.punch(
                     from: ours.port, to: Endpoint(offer.endpoint), proving: proof,
-                    until: .now + punchDeadline(towards: address), listening: false)
+                    until: .now + punchDeadline(towards: address), listening: false,
+                    abandoned: { [self] in withdrawal(of: id) != nil })
                 return established(offer, fd: fd, path: .direct, localPort: ours.port, port: port, started: started)
             } catch {
                 punchFailure = error
             }
+        }
+        // An early offer the target then refused (or never answered): no relay either.
+        if let withdrawn = withdrawal(of: offer.connectionID) {
+            relay?.giveUp(offer.connectionID, reason: withdrawn.description)
+            throw withdrawn
         }
         guard relayAllowed, let relay else {
             let failure = punchFailure ?? SocketError(EHOSTUNREACH, "the peer only accepts relayed connections, and the relay is forbidden here")
@@ -112,6 +119,7 @@ extension LinkManager {
         let name = path == .relay ? "relay" : "direct"
         var metadata: Logger.Metadata = ["peer": "\(offer.peer.name)", "port": "\(port)", "path": "\(name)", "setup": "\(setup)"]
         if path == .direct { metadata["via"] = "\(Endpoint(offer.endpoint))" }
+        if offer.advertised { metadata["offer"] = "early" }
         if spare { metadata["spare"] = "yes" }
         logger.info("link up", metadata: metadata)
         report(offer.connectionID, established: true, setup: setup, peer: offer.peer.ipv4, port: port, initiator: true, path: path)

@@ -68,6 +68,9 @@ final class LinkManager: Sendable {
         /// Peers punching failed with lately, and when: new connections to them relay at once (their relayed
         /// connections keep trying to upgrade, and a success clears the mark).
         var unpunchable: [IPv4Address: ContinuousClock.Instant] = [:]
+        /// Connections whose offer came early and which the broker then withdrew (ConnectWithdrawn), and when:
+        /// the connect punching for one stops. Kept a while, as the push may come before the connect has its offer.
+        var withdrawn: [UInt64: (error: SocketError, at: ContinuousClock.Instant)] = [:]
     }
 
     struct AcceptKey: Hashable {
@@ -108,11 +111,46 @@ final class LinkManager: Sendable {
     /// Whether a connection that cannot punch may go to the relay.
     var relayAllowed: Bool { policy.path != .direct && relay != nil }
 
-    /// Keeps a warm public endpoint ready for the next connect while the node runs.
+    /// Keeps a warm public endpoint ready for the next connect, and one advertised to the broker for the next
+    /// inbound connection, while the node runs; both are renewed every half ``Timing/Choice/warmLifetime``.
     func keepWarm() async {
         guard punches else { return }
-        await direct.keepWarm()
+        async let warm: Void = direct.keepWarm()
+        // The node advertised its first endpoint as it started.
+        while (try? await Task.sleep(for: Timing.Choice.warmLifetime / 2)) != nil {
+            advertise()
+        }
+        await warm
     }
+
+    /// Learns the public endpoint of a fresh port and advertises it to the broker for the next inbound
+    /// connection (see the schema's EndpointAdvert). In the background.
+    func advertise() {
+        guard punches, !session.hasLeft else { return }
+        Task {
+            do throws(SocketError) {
+                let port = try await direct.advertisedPort()
+                session.post(.endpointAdvert(.with { $0.endpoint = port.endpoint.message }))
+            } catch {
+                logger.debug("no endpoint advertised for inbound connections: \(error.description)")
+            }
+        }
+    }
+
+    // MARK: Withdrawn offers
+
+    /// The broker withdrew connection `id`, whose offer came early: the target refused it, or is gone.
+    func withdraw(_ withdrawn: Boxermesh_V1_ConnectWithdrawn) {
+        let error = SocketError(Self.errno(for: withdrawn.code), withdrawn.reason)
+        let now = ContinuousClock.now
+        state.withLock { state in
+            state.withdrawn = state.withdrawn.filter { now - $0.value.at < Timing.Choice.withdrawalMemory }
+            state.withdrawn[withdrawn.connectionID] = (error, now)
+        }
+    }
+
+    /// Why connection `id` was withdrawn, if it was.
+    func withdrawal(of id: UInt64) -> SocketError? { state.withLock { $0.withdrawn[id]?.error } }
 
     // MARK: Punch policy
 

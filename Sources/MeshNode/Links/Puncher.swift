@@ -57,7 +57,12 @@ enum Puncher {
             let wait = max(.zero, min(started ? Timing.Choice.punchAttempt : Timing.Choice.punchRetry, ContinuousClock.now.duration(to: deadline)))
             var entries = [pollfd(fd: started ? socket.fd : -1, events: Int16(POLLOUT), revents: 0)]
             if let listener { entries.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0)) }
-            _ = poll(&entries, nfds_t(entries.count), Int32(clamping: wait.milliseconds))
+            // In slices, so a punch abandoned meanwhile (an offer withdrawn, a race decided) stops within one.
+            let end = ContinuousClock.now + wait
+            repeat {
+                let slice = min(Timing.Choice.punchSlice, ContinuousClock.now.duration(to: end))
+                if poll(&entries, nfds_t(entries.count), Int32(clamping: max(.zero, slice).milliseconds)) != 0 || abandoned() { break }
+            } while ContinuousClock.now < end
             if started, entries[0].revents != 0 {
                 let failure = socket.pendingError()
                 if failure == 0 { return established(socket.fd) }

@@ -19,6 +19,7 @@ final class FlowMonitor: Sendable {
     private let interval: Duration
     private let logger: Logger
     private let state = Mutex(State())
+    private let brokerRTT: @Sendable () -> Duration?
     /// Every connection handed to the app, by the path it started on, and the relayed ones that moved to direct.
     private let counts = Mutex(LinkCounts())
     private let wake: WakePipe
@@ -51,8 +52,6 @@ final class FlowMonitor: Sendable {
     private struct State {
         var flows: [UInt64: Flow] = [:]  // by cookie
         var nextSample = ContinuousClock.now
-        /// The node's round trip to the broker, for relayed connections' RTT estimate.
-        var brokerRTT: Duration?
         /// The destroy-notice subscription, open only while there are flows: the kernel tells every subscriber
         /// in the namespace of every TCP socket that goes, which costs nodes that share one (the scale lab)
         /// in proportion to all of their sockets. -1 when closed.
@@ -64,8 +63,10 @@ final class FlowMonitor: Sendable {
         var flushAt: ContinuousClock.Instant?
     }
 
-    init(session: MeshSession, interval: Duration, logger: Logger) throws {
+    /// `brokerRTT`: the node's round trip to the broker, for relayed connections' RTT estimate.
+    init(session: MeshSession, interval: Duration, logger: Logger, brokerRTT: @escaping @Sendable () -> Duration?) throws {
         self.session = session
+        self.brokerRTT = brokerRTT
         self.interval = interval
         self.logger = logger
         wake = try WakePipe()
@@ -114,8 +115,6 @@ final class FlowMonitor: Sendable {
             state.flows[key]?.rttCookie = cookie == 0 ? nil : cookie
         }
     }
-
-    func brokerRoundTrip(_ rtt: Duration) { state.withLock { $0.brokerRTT = rtt } }
 
     /// The connections handed to the app so far.
     var linkCounts: LinkCounts { counts.withLock { $0 } }
@@ -231,11 +230,12 @@ final class FlowMonitor: Sendable {
             table = Self.socketTable(logger: logger)
         }
         let now = ContinuousClock.now
+        let relayRTT = brokerRTT()
         return state.withLock { state in
             var samples: [Boxermesh_V1_FlowSample] = []
             for counters in destroyed {
                 guard var flow = state.flows.removeValue(forKey: counters.cookie) else { continue }
-                Self.update(&flow, with: counters, relayRTT: state.brokerRTT, now: now)
+                Self.update(&flow, with: counters, relayRTT: relayRTT, now: now)
                 samples.append(Self.sample(flow, closed: true, previous: nil, now: now))
             }
             if sampling { state.nextSample = now + interval }
@@ -252,7 +252,7 @@ final class FlowMonitor: Sendable {
                     continue
                 }
                 let previous = flow
-                Self.update(&flow, with: counters, relayRTT: state.brokerRTT, now: now)
+                Self.update(&flow, with: counters, relayRTT: relayRTT, now: now)
                 if let rttCookie = flow.rttCookie, rttCookie != cookie, let direct = table[rttCookie] {
                     flow.rttMicroseconds = direct.rtt_us
                 }

@@ -393,6 +393,22 @@ public nonisolated struct Boxermesh_V1_ControlMessage: Sendable {
     set {body = .membershipResync(newValue)}
   }
 
+  public var endpointAdvert: Boxermesh_V1_EndpointAdvert {
+    get {
+      if case .endpointAdvert(let v)? = body {return v}
+      return Boxermesh_V1_EndpointAdvert()
+    }
+    set {body = .endpointAdvert(newValue)}
+  }
+
+  public var connectWithdrawn: Boxermesh_V1_ConnectWithdrawn {
+    get {
+      if case .connectWithdrawn(let v)? = body {return v}
+      return Boxermesh_V1_ConnectWithdrawn()
+    }
+    set {body = .connectWithdrawn(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -420,6 +436,8 @@ public nonisolated struct Boxermesh_V1_ControlMessage: Sendable {
     case memberExpired(Boxermesh_V1_MemberExpired)
     case membershipUpdate(Boxermesh_V1_MembershipUpdate)
     case membershipResync(Boxermesh_V1_MembershipResync)
+    case endpointAdvert(Boxermesh_V1_EndpointAdvert)
+    case connectWithdrawn(Boxermesh_V1_ConnectWithdrawn)
 
   }
 
@@ -466,6 +484,9 @@ public nonisolated struct Boxermesh_V1_Challenge: Sendable {
   public var serverNonce: Data = Data()
 
   public var serverProof: Data = Data()
+
+  /// The broker's STUN reflector port, as in Welcome: a node learns its first public endpoint while it authenticates.
+  public var stunPort: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -785,12 +806,60 @@ public nonisolated struct Boxermesh_V1_ConnectOffer: Sendable {
   /// 32 random bytes, the same both sides got
   public var token: Data = Data()
 
+  /// The endpoint is the one the peer advertised (EndpointAdvert): this offer went out as the broker passed the
+  /// request on, before the peer answered. Punch at once; a refusal may still follow as ConnectWithdrawn.
+  public var advertised: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _peer: Boxermesh_V1_Member? = nil
   fileprivate var _endpoint: Boxermesh_V1_PublicEndpoint? = nil
+}
+
+/// Node -> broker, not answered: where this node punches its next inbound connection from — the public endpoint of
+/// a fresh local port it keeps for that. The broker hands it, once, to the next node that connects to this one
+/// (ConnectOffer.advertised) and tells this node in IncomingConnection.advertised; the node then advertises another.
+/// A later advert replaces an unused one. Saves the requester waiting for the target's ConnectAnswer.
+public nonisolated struct Boxermesh_V1_EndpointAdvert: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var endpoint: Boxermesh_V1_PublicEndpoint {
+    get {_endpoint ?? Boxermesh_V1_PublicEndpoint()}
+    set {_endpoint = newValue}
+  }
+  /// Returns true if `endpoint` has been explicitly set.
+  public var hasEndpoint: Bool {self._endpoint != nil}
+  /// Clears the value of `endpoint`. Subsequent reads from it will return its default value.
+  public mutating func clearEndpoint() {self._endpoint = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _endpoint: Boxermesh_V1_PublicEndpoint? = nil
+}
+
+/// Broker -> node, pushed: a connection whose offer went out early (ConnectOffer.advertised) will not come: the
+/// target refused it (nothing listens on the port), did not answer, or left. Stop punching for it.
+public nonisolated struct Boxermesh_V1_ConnectWithdrawn: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var connectionID: UInt64 = 0
+
+  /// ERROR_CONNECTION_REFUSED or ERROR_PEER_UNREACHABLE
+  public var code: Boxermesh_V1_ErrorCode = .errorUnspecified
+
+  public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// Broker -> every other node of the mesh, pushed: a member was expired (no heartbeat for the expiry time; its
@@ -937,12 +1006,24 @@ public nonisolated struct Boxermesh_V1_IncomingConnection: Sendable {
   /// a spare link (see ConnectRequest): keep it, and wait for the claim on it
   public var spare: Bool = false
 
+  /// Set when the broker gave the connecting node this endpoint of ours (our latest EndpointAdvert) already: punch
+  /// from the port we advertised it for. The ConnectAnswer still goes to the broker; only a refusal matters then.
+  public var advertised: Boxermesh_V1_PublicEndpoint {
+    get {_advertised ?? Boxermesh_V1_PublicEndpoint()}
+    set {_advertised = newValue}
+  }
+  /// Returns true if `advertised` has been explicitly set.
+  public var hasAdvertised: Bool {self._advertised != nil}
+  /// Clears the value of `advertised`. Subsequent reads from it will return its default value.
+  public mutating func clearAdvertised() {self._advertised = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _peer: Boxermesh_V1_Member? = nil
   fileprivate var _endpoint: Boxermesh_V1_PublicEndpoint? = nil
+  fileprivate var _advertised: Boxermesh_V1_PublicEndpoint? = nil
 }
 
 public nonisolated struct Boxermesh_V1_ConnectAnswer: Sendable {
@@ -2069,7 +2150,7 @@ nonisolated extension Boxermesh_V1_Path: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ControlMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}session\0\u{2}\u{8}hello\0\u{1}challenge\0\u{1}authenticate\0\u{1}welcome\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}leave\0\u{3}leave_ack\0\u{1}resolve\0\u{1}resolved\0\u{3}wait_members\0\u{3}list_members\0\u{1}members\0\u{1}error\0\u{3}connect_request\0\u{3}connect_offer\0\u{3}incoming_connection\0\u{3}connect_answer\0\u{1}ack\0\u{3}link_report\0\u{3}flow_report\0\u{3}member_expired\0\u{3}membership_update\0\u{3}membership_resync\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}session\0\u{2}\u{8}hello\0\u{1}challenge\0\u{1}authenticate\0\u{1}welcome\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}leave\0\u{3}leave_ack\0\u{1}resolve\0\u{1}resolved\0\u{3}wait_members\0\u{3}list_members\0\u{1}members\0\u{1}error\0\u{3}connect_request\0\u{3}connect_offer\0\u{3}incoming_connection\0\u{3}connect_answer\0\u{1}ack\0\u{3}link_report\0\u{3}flow_report\0\u{3}member_expired\0\u{3}membership_update\0\u{3}membership_resync\0\u{3}endpoint_advert\0\u{3}connect_withdrawn\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2391,6 +2472,32 @@ nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftP
           self.body = .membershipResync(v)
         }
       }()
+      case 34: try {
+        var v: Boxermesh_V1_EndpointAdvert?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .endpointAdvert(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .endpointAdvert(v)
+        }
+      }()
+      case 35: try {
+        var v: Boxermesh_V1_ConnectWithdrawn?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .connectWithdrawn(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .connectWithdrawn(v)
+        }
+      }()
       default: break
       }
     }
@@ -2504,6 +2611,14 @@ nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftP
       guard case .membershipResync(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 33)
     }()
+    case .endpointAdvert?: try {
+      guard case .endpointAdvert(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 34)
+    }()
+    case .connectWithdrawn?: try {
+      guard case .connectWithdrawn(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -2580,7 +2695,7 @@ nonisolated extension Boxermesh_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension Boxermesh_V1_Challenge: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Challenge"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}server_nonce\0\u{3}server_proof\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}server_nonce\0\u{3}server_proof\0\u{3}stun_port\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2590,6 +2705,7 @@ nonisolated extension Boxermesh_V1_Challenge: SwiftProtobuf.Message, SwiftProtob
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBytesField(value: &self.serverNonce) }()
       case 2: try { try decoder.decodeSingularBytesField(value: &self.serverProof) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.stunPort) }()
       default: break
       }
     }
@@ -2602,12 +2718,16 @@ nonisolated extension Boxermesh_V1_Challenge: SwiftProtobuf.Message, SwiftProtob
     if !self.serverProof.isEmpty {
       try visitor.visitSingularBytesField(value: self.serverProof, fieldNumber: 2)
     }
+    if self.stunPort != 0 {
+      try visitor.visitSingularUInt32Field(value: self.stunPort, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Boxermesh_V1_Challenge, rhs: Boxermesh_V1_Challenge) -> Bool {
     if lhs.serverNonce != rhs.serverNonce {return false}
     if lhs.serverProof != rhs.serverProof {return false}
+    if lhs.stunPort != rhs.stunPort {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3170,7 +3290,7 @@ nonisolated extension Boxermesh_V1_ConnectRequest: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Boxermesh_V1_ConnectOffer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ConnectOffer"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}peer\0\u{1}endpoint\0\u{1}token\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}peer\0\u{1}endpoint\0\u{1}token\0\u{1}advertised\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3182,6 +3302,7 @@ nonisolated extension Boxermesh_V1_ConnectOffer: SwiftProtobuf.Message, SwiftPro
       case 2: try { try decoder.decodeSingularMessageField(value: &self._peer) }()
       case 3: try { try decoder.decodeSingularMessageField(value: &self._endpoint) }()
       case 4: try { try decoder.decodeSingularBytesField(value: &self.token) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.advertised) }()
       default: break
       }
     }
@@ -3204,6 +3325,9 @@ nonisolated extension Boxermesh_V1_ConnectOffer: SwiftProtobuf.Message, SwiftPro
     if !self.token.isEmpty {
       try visitor.visitSingularBytesField(value: self.token, fieldNumber: 4)
     }
+    if self.advertised != false {
+      try visitor.visitSingularBoolField(value: self.advertised, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3212,6 +3336,81 @@ nonisolated extension Boxermesh_V1_ConnectOffer: SwiftProtobuf.Message, SwiftPro
     if lhs._peer != rhs._peer {return false}
     if lhs._endpoint != rhs._endpoint {return false}
     if lhs.token != rhs.token {return false}
+    if lhs.advertised != rhs.advertised {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_EndpointAdvert: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EndpointAdvert"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}endpoint\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._endpoint) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._endpoint {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_EndpointAdvert, rhs: Boxermesh_V1_EndpointAdvert) -> Bool {
+    if lhs._endpoint != rhs._endpoint {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_ConnectWithdrawn: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ConnectWithdrawn"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}code\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.connectionID) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.code) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.connectionID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.connectionID, fieldNumber: 1)
+    }
+    if self.code != .errorUnspecified {
+      try visitor.visitSingularEnumField(value: self.code, fieldNumber: 2)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_ConnectWithdrawn, rhs: Boxermesh_V1_ConnectWithdrawn) -> Bool {
+    if lhs.connectionID != rhs.connectionID {return false}
+    if lhs.code != rhs.code {return false}
+    if lhs.reason != rhs.reason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3326,7 +3525,7 @@ nonisolated extension Boxermesh_V1_MembershipResync: SwiftProtobuf.Message, Swif
 
 nonisolated extension Boxermesh_V1_IncomingConnection: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".IncomingConnection"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}peer\0\u{1}port\0\u{1}endpoint\0\u{1}token\0\u{1}spare\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}peer\0\u{1}port\0\u{1}endpoint\0\u{1}token\0\u{1}spare\0\u{1}advertised\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3340,6 +3539,7 @@ nonisolated extension Boxermesh_V1_IncomingConnection: SwiftProtobuf.Message, Sw
       case 4: try { try decoder.decodeSingularMessageField(value: &self._endpoint) }()
       case 5: try { try decoder.decodeSingularBytesField(value: &self.token) }()
       case 6: try { try decoder.decodeSingularBoolField(value: &self.spare) }()
+      case 7: try { try decoder.decodeSingularMessageField(value: &self._advertised) }()
       default: break
       }
     }
@@ -3368,6 +3568,9 @@ nonisolated extension Boxermesh_V1_IncomingConnection: SwiftProtobuf.Message, Sw
     if self.spare != false {
       try visitor.visitSingularBoolField(value: self.spare, fieldNumber: 6)
     }
+    try { if let v = self._advertised {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3378,6 +3581,7 @@ nonisolated extension Boxermesh_V1_IncomingConnection: SwiftProtobuf.Message, Sw
     if lhs._endpoint != rhs._endpoint {return false}
     if lhs.token != rhs.token {return false}
     if lhs.spare != rhs.spare {return false}
+    if lhs._advertised != rhs._advertised {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
