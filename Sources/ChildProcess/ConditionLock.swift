@@ -38,6 +38,11 @@ package final class ConditionLock: @unchecked Sendable {
         pthread_cond_broadcast(condition)
     }
 
+    /// Wakes one thread in ``wait()`` or ``wait(until:)``. Call with the mutex held.
+    package func signal() {
+        pthread_cond_signal(condition)
+    }
+
     /// Releases the mutex until woken (or woken spuriously), then takes it again. Call with the mutex held.
     package func wait() {
         pthread_cond_wait(condition, mutex)

@@ -54,7 +54,8 @@ public final class BlockingPool: @unchecked Sendable {
     private func submit(_ job: @escaping @Sendable () -> Void) {
         let spawn: Int? = lock.withLock {
             queue.append(job)
-            lock.broadcast()
+            // One job needs one thread: waking every idle one would cost each a context switch for nothing.
+            lock.signal()
             guard idle < queue.count, threads < limit else { return nil }
             threads += 1
             started += 1

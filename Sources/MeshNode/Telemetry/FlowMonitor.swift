@@ -90,19 +90,23 @@ final class FlowMonitor: Sendable {
         let flow = Flow(
             id: id, initiator: initiator, peer: peer.ipv4, peerName: peer.name, port: port, path: path, started: now, cookie: cookie,
             inode: inode, preamble: path == .direct ? UInt64(LinkToken.proofSize) : 0, rttCookie: path == .direct ? cookie : nil, sampledAt: now)
-        let refused = state.withLock { state in
+        enum Subscription { case open, opened, refused(Int32) }
+        let subscription = state.withLock { state -> Subscription in
             state.flows[cookie] = flow
             // Subscribed before the app has the socket, so its destroy notice cannot be missed.
-            guard state.destroyFD < 0, !state.destroyRefused else { return nil as Int32? }
+            guard state.destroyFD < 0, !state.destroyRefused else { return .open }
             state.destroyFD = boxer_tcp_destroy_listen()
             state.destroyRefused = state.destroyFD < 0
-            return state.destroyRefused ? errno : nil
+            return state.destroyRefused ? .refused(errno) : .opened
         }
-        if let refused {
+        switch subscription {
+        case .opened: wake.wake()  // the thread polls the subscription from now on
+        case .refused(let code):
             logger.notice(
-                "no socket destroy notices here (\(String(cString: strerror(refused)))): close events carry the last sample's counts")
+                "no socket destroy notices here (\(String(cString: strerror(code)))): close events carry the last sample's counts")
+            wake.wake()
+        case .open: break  // polled already; the flow's first sample comes with the next pass
         }
-        wake.wake()  // the thread polls the subscription from now on
     }
 
     /// Connection `id` moved from the relay to the direct socket `direct` (held by the relay pump).
