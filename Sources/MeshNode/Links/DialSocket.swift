@@ -102,16 +102,19 @@ struct DialSocket {
 
     /// TCP: connects to the server by the deadline.
     func connect(deadline: ContinuousClock.Instant, timeout: Duration) throws {
-        if connectOnce() == 0 { return }
-        let code = errno
-        guard code == EINPROGRESS || code == EINTR else { throw connectError(code) }
-        guard try wait(for: Int16(POLLOUT), until: deadline) else {
+        if try beginConnect() { return }
+        guard try finishConnect(until: deadline) else {
             throw STUNClientError(.timeout, server, transport, "no TCP connection within \(timeout)")
         }
-        var failure: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        _ = getsockopt(fd, SOL_SOCKET, SO_ERROR, &failure, &length)
+    }
+
+    /// TCP: waits for a connect under way (``beginConnect()``) until `deadline` (one already past only looks):
+    /// true once connected, false while still under way; throws when it failed.
+    func finishConnect(until deadline: ContinuousClock.Instant) throws -> Bool {
+        guard try wait(for: Int16(POLLOUT), until: deadline) else { return false }
+        let failure = pendingError()
         if failure != 0 { throw connectError(failure) }
+        return true
     }
 
     /// UDP: sends one datagram.
@@ -176,17 +179,17 @@ struct DialSocket {
             .timeout, server, transport, "no complete answer within \(timeout) (\(received) bytes received)")
     }
 
-    /// Waits for `events`; false when the deadline passed first.
+    /// Waits for `events`; false when the deadline passed first (one already past still looks once).
     private func wait(for events: Int16, until deadline: ContinuousClock.Instant) throws -> Bool {
         while true {
             let remaining = ContinuousClock.now.duration(to: deadline)
-            guard remaining > .zero else { return false }
             var entry = pollfd(fd: fd, events: events, revents: 0)
             let ready = poll(&entry, 1, remaining.pollTimeout)
             if ready > 0 { return true }
             if ready < 0 && errno != EINTR {
                 throw Self.error(.socket, server, transport, "poll failed", errno)
             }
+            if ContinuousClock.now >= deadline { return false }
         }
     }
 

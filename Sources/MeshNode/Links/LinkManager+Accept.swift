@@ -102,35 +102,32 @@ extension LinkManager {
                 initiator: false, failure: error.description)
             return
         }
-        await deliver(Link(fd: fd, connection: connection), id: id, peer: incoming.peer, port: port, path: path, started: started)
+        deliver(Link(fd: fd, connection: connection), id: id, peer: incoming.peer, port: port, path: path, started: started)
     }
 
-    /// An inbound link is up: report it, follow it for the tap, and wake the app's accept() for it (resetting it
-    /// when that fails).
+    /// An inbound link is up: follow it for the tap, and wake the app's accept() for it (resetting it when that
+    /// fails). Does not block.
     func deliver(
         _ link: Link, id: UInt64, peer: Member, port: UInt16, path: Boxermesh_V1_Path, started: ContinuousClock.Instant,
         spare: Bool = false
-    ) async {
+    ) {
         let setup = ContinuousClock.now - started
         var metadata: Logger.Metadata = ["peer": "\(peer.name)", "port": "\(port)", "path": "\(link.connection.path)", "setup": "\(setup)"]
         if spare { metadata["spare"] = "yes" }
         logger.info("link up", metadata: metadata)
         flows?.track(fd: link.fd, id: id, initiator: false, peer: peer, port: port, path: path)
-        do {
-            try await announce(link, port: port)
-        } catch {
-            logger.warning("cannot announce an inbound link to the app", metadata: ["port": "\(port)", "error": "\(error)"])
-            RelaySockets.reset(link.fd)
-        }
+        announce(link, port: port)
     }
 
     /// Wakes the app's accept() with a signal connection from ``signalSource`` and parks the link until the shim
     /// takes it with the signal connection's source port. The link is parked before the signal connects: the app
-    /// may accept and ask for it at once.
-    private func announce(_ link: Link, port: UInt16) async throws(SocketError) {
-        try await direct.blocking { [self] in
-            let socket = try DialSocket(server: Endpoint(IPv4Address.loopback, port: port), transport: .tcp, localPort: nil, reuse: false)
-            let key: AcceptKey
+    /// may accept and ask for it at once. A connection to our own host is up at once as a rule; only one that is
+    /// not (the app's accept queue is full) waits, on the blocking pool.
+    private func announce(_ link: Link, port: UInt16) {
+        let socket: DialSocket
+        let key: AcceptKey
+        do {
+            socket = try DialSocket(server: Endpoint(IPv4Address.loopback, port: port), transport: .tcp, localPort: nil, reuse: false)
             do {
                 try socket.bind(to: Endpoint(Self.signalSource, port: 0))
                 key = AcceptKey(port: port, signalPort: try socket.localEndpoint().port)
@@ -138,32 +135,47 @@ extension LinkManager {
                 socket.close()
                 throw error
             }
-            state.withLock {
-                $0.accepted[key] = ParkedLink(link: link, signalFD: socket.fd, deadline: .now + Timing.Choice.unacceptedLifetime)
-            }
-            var failure: (any Error)? = nil
+        } catch {
+            logger.warning("cannot announce an inbound link to the app", metadata: ["port": "\(port)", "error": "\(error)"])
+            RelaySockets.reset(link.fd)
+            return
+        }
+        state.withLock {
+            $0.accepted[key] = ParkedLink(link: link, signalFD: socket.fd, deadline: .now + Timing.Choice.unacceptedLifetime)
+        }
+        do {
+            if try socket.beginConnect() || socket.finishConnect(until: .now) { return signalled(key, socket, failure: nil) }
+        } catch {
+            return signalled(key, socket, failure: error)
+        }
+        let deadline = ContinuousClock.now + Timing.Choice.signalConnect
+        Task {
             do {
-                try socket.connect(deadline: .now + Timing.Choice.signalConnect, timeout: Timing.Choice.signalConnect)
+                let connected = try await direct.blocking { try socket.finishConnect(until: deadline) }
+                signalled(key, socket, failure: connected ? nil : SocketError(ETIMEDOUT, "no connection within \(Timing.Choice.signalConnect)"))
             } catch {
-                failure = error
+                signalled(key, socket, failure: error)
             }
-            // The entry takes the signal socket over, or it is gone already: taken by the app (the signal did
-            // land, whatever connect() said), or dropped with its link by the sweep or by unlisten(on:).
-            let parked = state.withLock { state -> Bool? in
-                guard state.accepted[key] != nil else { return nil }
-                guard failure == nil else {
-                    state.accepted[key] = nil
-                    return false
-                }
-                state.accepted[key]?.connecting = false
-                return true
-            }
-            if parked == true { return }
-            socket.close()
-            if parked == false, let failure {
-                let detail = (failure as? STUNClientError)?.detail ?? "\(failure)"  // DialSocket's errors name STUN
-                throw SocketError(ETIMEDOUT, "the signal connection to the app's port \(port) failed: \(detail)")
-            }
+        }
+    }
+
+    /// The signal connection of `key` connected, or failed. The entry takes the signal socket over, or it is gone
+    /// already: taken by the app (the signal did land, whatever connect() said), or dropped with its link by the
+    /// sweep or by unlisten(on:). A failed one takes its link with it.
+    private func signalled(_ key: AcceptKey, _ socket: DialSocket, failure: (any Error)?) {
+        let dropped = state.withLock { state -> ParkedLink?? in
+            guard state.accepted[key] != nil else { return .some(nil) }
+            guard failure == nil else { return state.accepted.removeValue(forKey: key) }
+            state.accepted[key]?.connecting = false
+            return nil
+        }
+        guard let dropped else { return }
+        socket.close()
+        if let dropped, let failure {
+            let detail = (failure as? STUNClientError)?.detail ?? "\(failure)"  // DialSocket's errors name STUN
+            logger.warning("cannot announce an inbound link to the app",
+                metadata: ["port": "\(key.port)", "error": "the signal connection failed: \(detail)"])
+            RelaySockets.reset(dropped.link.fd)
         }
     }
 

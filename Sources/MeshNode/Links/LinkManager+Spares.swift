@@ -265,9 +265,7 @@ extension LinkManager {
         connection.peerAddress = held.peer.address
         connection.peerPort = UInt32(held.via.port)
         connection.path = "direct"
-        Task {
-            await deliver(Link(fd: held.fd, connection: connection), id: held.id, peer: held.peer, port: port, path: .direct,
-                started: started, spare: true)
-        }
+        deliver(Link(fd: held.fd, connection: connection), id: held.id, peer: held.peer, port: port, path: .direct,
+            started: started, spare: true)
     }
 }
