@@ -94,10 +94,7 @@ public enum Node {
             let links = LinkManager(
                 session: session, direct: direct, logger: logger, relay: relay, policy: configuration.links, flows: flows)
             // Before the app starts: its first connect may come at once.
-            if links.punches {
-                direct.warmUp()
-                links.advertise()
-            }
+            if links.punches { direct.warmUp() }
             // The relay runs for the node's whole life (it must be attached before a peer relays to us).
             let relayTask = Task {
                 do {

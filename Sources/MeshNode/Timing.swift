@@ -55,6 +55,9 @@ enum Timing {
         /// A warm endpoint (learned ahead of a connect) older than this is learned again: NATs keep an unused
         /// mapping for at least 30 s.
         static let warmLifetime = Duration.seconds(20)
+        /// The first endpoint advertised for inbound connections is learned this long after the node started, not
+        /// during its start: in a small function every reflector exchange then would delay the app's start.
+        static let firstAdvert = Duration.seconds(1)
         /// A withdrawn offer is remembered this long (its connect may not have its offer yet).
         static let withdrawalMemory = Duration.seconds(30)
 

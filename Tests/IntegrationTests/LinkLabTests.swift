@@ -28,9 +28,11 @@ struct LinkLabTests {
             let python = try mesh.lab.spawn(.broker, [Self.pythonSubscriber, "tcp://127.0.0.1:7701", "default", mesh.secretFile])
             defer { python.kill() }
             #expect(await python.waitForLog(containing: "subscribed to"), "\(python.standardError)")
-            let server = try mesh.node(1, name: "srv", options: ["--no-shim"], [Self.app, "serve", "5000"])
+            let server = try mesh.node(1, name: "srv", options: ["--no-shim", "--log-level", "debug"], [Self.app, "serve", "5000"])
             defer { server.kill() }
             #expect(server.waitForOutput(containing: "listening on 5000", timeout: .seconds(15)), "\(server.standardError)")
+            // A node advertises its first endpoint for inbound connections a second after it started.
+            #expect(await server.waitForLog(containing: "advertised an endpoint for inbound connections"), "\(server.standardError)")
             let client = try mesh.node(
                 2, name: "cli", options: ["--no-shim", "--log-level", "info"],
                 ["sh", "-c", "\(Self.app) connect $(\(Self.app) resolve srv) 5000 hello-through-the-nats"])

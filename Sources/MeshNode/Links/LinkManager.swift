@@ -116,9 +116,10 @@ final class LinkManager: Sendable {
     func keepWarm() async {
         guard punches else { return }
         async let warm: Void = direct.keepWarm()
-        // The node advertised its first endpoint as it started.
-        while (try? await Task.sleep(for: Timing.Choice.warmLifetime / 2)) != nil {
+        var wait = Timing.Choice.firstAdvert
+        while (try? await Task.sleep(for: wait)) != nil {
             advertise()
+            wait = Timing.Choice.warmLifetime / 2
         }
         await warm
     }
@@ -131,6 +132,7 @@ final class LinkManager: Sendable {
             do throws(SocketError) {
                 let port = try await direct.advertisedPort()
                 session.post(.endpointAdvert(.with { $0.endpoint = port.endpoint.message }))
+                logger.debug("advertised an endpoint for inbound connections", metadata: ["endpoint": "\(port.endpoint)"])
             } catch {
                 logger.debug("no endpoint advertised for inbound connections: \(error.description)")
             }
