@@ -69,14 +69,18 @@ struct LinkLabTests {
     @Test("a port nobody listens on is refused promptly; an unknown address is unreachable")
     func refusedAndUnreachable() async throws {
         try await MeshLabFixture.with(prefix: "itr") { mesh in
-            let server = try mesh.node(1, name: "srv", options: ["--no-shim"], [Self.app, "serve", "5000"])
+            let server = try mesh.node(1, name: "srv", options: ["--no-shim", "--log-level", "debug"], [Self.app, "serve", "5000"])
             defer { server.kill() }
             #expect(server.waitForOutput(containing: "listening on 5000", timeout: .seconds(15)), "\(server.standardError)")
+            #expect(await server.waitForLog(containing: "advertised an endpoint for inbound connections"), "\(server.standardError)")
             let started = ContinuousClock.now
-            let refused = try mesh.node(2, name: "cli", options: ["--no-shim"], ["sh", "-c", "\(Self.app) connect $(\(Self.app) resolve srv) 5001 x"])
+            let refused = try mesh.node(
+                2, name: "cli", options: ["--no-shim", "--log-level", "debug"], ["sh", "-c", "\(Self.app) connect $(\(Self.app) resolve srv) 5001 x"])
             #expect(refused.waitUntilExit(timeout: .seconds(20)) == 1)
             #expect(refused.standardOutput.contains("errno 111"), "\(refused.standardOutput)")
             #expect(ContinuousClock.now - started < .seconds(5))
+            // The broker had offered the server's advertised endpoint at once; the server's refusal withdrew it.
+            #expect(refused.standardError.contains("the broker withdrew a connection offered early"), "\(refused.standardError)")
             let unknown = try mesh.node(2, name: "cli2", options: ["--no-shim"], [Self.app, "connect", "100.64.200.200", "5000", "x"])
             #expect(unknown.waitUntilExit(timeout: .seconds(20)) == 1)
             #expect(unknown.standardOutput.contains("errno 113"), "\(unknown.standardOutput)")

@@ -144,6 +144,7 @@ final class LinkManager: Sendable {
     /// The broker withdrew connection `id`, whose offer came early: the target refused it, or is gone.
     func withdraw(_ withdrawn: Boxermesh_V1_ConnectWithdrawn) {
         let error = SocketError(Self.errno(for: withdrawn.code), withdrawn.reason)
+        logger.debug("the broker withdrew a connection offered early", metadata: ["connection": "\(withdrawn.connectionID)", "why": "\(withdrawn.reason)"])
         let now = ContinuousClock.now
         state.withLock { state in
             state.withdrawn = state.withdrawn.filter { now - $0.value.at < Timing.Choice.withdrawalMemory }
