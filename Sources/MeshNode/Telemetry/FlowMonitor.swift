@@ -160,8 +160,11 @@ final class FlowMonitor: Sendable {
     func start() {
         startThread(named: "flow-monitor") { [self] in
             while !stopped.load(ordering: .acquiring) {
+                // While close reports are held back, further destroy notices wait in the subscription's queue and
+                // are read with them: one wake-up per batch, not one per socket.
                 let (wait, destroyFD) = state.withLock { state in
-                    (ContinuousClock.now.duration(to: min(state.nextSample, state.flushAt ?? state.nextSample)), state.destroyFD)
+                    (ContinuousClock.now.duration(to: min(state.nextSample, state.flushAt ?? state.nextSample)),
+                        state.flushAt == nil ? state.destroyFD : -1)
                 }
                 var fds = [pollfd(fd: wake.readEnd, events: Int16(POLLIN), revents: 0)]
                 if destroyFD >= 0 { fds.append(pollfd(fd: destroyFD, events: Int16(POLLIN), revents: 0)) }
