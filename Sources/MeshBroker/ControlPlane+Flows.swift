@@ -39,8 +39,8 @@ extension ControlPlaneHandler {
         }
     }
 
-    /// Connection ids grow (a spare link's lineage takes SpareClaim.lineage at once); a close report comes within seconds of the other side's, so ids far
-    /// behind the newest can be forgotten.
+    /// Connection ids grow (a spare link's lineage takes SpareClaim.lineage at once); a close report comes within
+    /// seconds of the other side's, so ids far behind the newest can be forgotten.
     private func forgetOldClosedConnections() {
         guard closedConnections.count > Self.closedMemory else { return }
         let oldest = nextConnectionID > UInt64(Self.closedMemory / 2) ? nextConnectionID - UInt64(Self.closedMemory / 2) : 0
