@@ -40,6 +40,7 @@ static const struct { long nr; boxer_sc_call call; } trapped[] = {
     {SYS_listen, BOXER_SC_LISTEN},           {SYS_accept4, BOXER_SC_ACCEPT4},
     {SYS_getsockname, BOXER_SC_GETSOCKNAME}, {SYS_getpeername, BOXER_SC_GETPEERNAME},
     {SYS_openat, BOXER_SC_OPENAT},           {SYS_newfstatat, BOXER_SC_NEWFSTATAT},
+    {SYS_getsockopt, BOXER_SC_GETSOCKOPT},
 #ifdef SYS_accept
     {SYS_accept, BOXER_SC_ACCEPT},
 #endif
@@ -70,9 +71,24 @@ static size_t emit_pass_by_flags(struct sock_filter *program, size_t n, long nr,
     return n;
 }
 
+/// Emits: if the call is `nr` and its arguments `first` and `second` are not `first_value` and `second_value`,
+/// allow it without asking the node. getsockopt: the node wants only SOL_SOCKET/SO_ERROR, the call by which an app
+/// learns that its non-blocking connect finished.
+static size_t emit_pass_unless(struct sock_filter *program, size_t n, long nr, int first, uint32_t first_value,
+                               int second, uint32_t second_value) {
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+    program[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 0, 5);
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LOW(first));
+    program[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, first_value, 0, 2);
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LOW(second));
+    program[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, second_value, 1, 0);
+    program[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    return n;
+}
+
 /// The filter: another architecture's calls (a 32-bit binary) pass untouched, as does every call not listed.
 static int install_filter(void) {
-    struct sock_filter program[3 + 3 * 5 + 1 + 2 * TRAPPED_COUNT + 1];
+    struct sock_filter program[3 + 3 * 5 + 7 + 1 + 2 * TRAPPED_COUNT + 1];
     size_t n = 0;
     program[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
     program[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, BOXER_AUDIT_ARCH, 1, 0);
@@ -80,6 +96,7 @@ static int install_filter(void) {
     const uint32_t not_a_read = O_WRONLY | O_RDWR | O_DIRECTORY | O_PATH;
     n = emit_pass_by_flags(program, n, SYS_openat, 2, not_a_read);
     n = emit_pass_by_flags(program, n, SYS_newfstatat, 3, AT_EMPTY_PATH);
+    n = emit_pass_unless(program, n, SYS_getsockopt, 1, SOL_SOCKET, 2, SO_ERROR);
 #ifdef SYS_open
     n = emit_pass_by_flags(program, n, SYS_open, 1, not_a_read);
 #endif

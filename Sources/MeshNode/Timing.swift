@@ -99,6 +99,9 @@ enum Timing {
         /// A link built for a connect that a signal interrupted waits this long for the app's retry (at once, in
         /// practice: the kernel restarts the call, or the app retries after EINTR), then is closed.
         static let unclaimedConnect = Duration.seconds(5)
+        /// A non-blocking connect's stand-in, writable once its link is up, waits this long for the app to ask how
+        /// the connect went (getsockopt SO_ERROR, at once in practice) before the node bridges it to the link.
+        static let standInGrace = Duration.milliseconds(100)
 
         // The tap's reports.
         /// Closed connections are reported this long after the first of them closed, together with those that

@@ -62,24 +62,30 @@ extension SeccompLabTests {
         }
     }
 
-    /// What the README promises a single-threaded event loop (until the supervisor can give EINPROGRESS): the
-    /// non-blocking connect returns 0 once the link is up, a registration made before connect() is gone, one made
-    /// after works.
-    @Test("a static event loop's non-blocking connect returns 0 with the link up; its epoll registration from before connect is lost, a new one works")
-    func nonBlockingConnect() async throws {
+    /// A single-threaded event loop that registered its socket with epoll before connect(): the non-blocking
+    /// connect returns EINPROGRESS, that registration (its data too) reports the socket writable once the link is
+    /// up and, after SO_ERROR put the link in, readable when the echo comes back; getpeername tells the mesh
+    /// address. An app that writes at once without asking (`write-first`) is bridged through the node and works too.
+    @Test("a static event loop's non-blocking connect: EINPROGRESS, its epoll registration from before connect follows the link; one that never asks SO_ERROR is bridged", arguments: [false, true])
+    func nonBlockingConnect(writeFirst: Bool) async throws {
         try MeshLabFixture.requireShim()
-        try await MeshLabFixture.with(prefix: "sqe", functionMemory: 1024) { mesh in
+        try await MeshLabFixture.with(prefix: writeFirst ? "sqw" : "sqe", functionMemory: 1024) { mesh in
             let (program, server, address) = try Self.staticClientOfEcho(mesh, source: Self.eventLoopConnect)
             defer { server.kill(SIGTERM) }
-            let client = try mesh.node(2, name: "loop", [program, address, "7000"])
+            let client = try mesh.node(
+                2, name: "loop", options: ["--log-level", "info"], [program, address, "7000"] + (writeFirst ? ["write-first"] : []))
             #expect(client.waitUntilExit(timeout: .seconds(60)) == 0, "\(client.standardOutput)\n\(client.standardError)")
             #expect(client.standardError.contains("the app runs under the seccomp supervisor: \(program) is statically linked"),
                 "\(client.standardError)")
             let lines = client.standardOutput.split(separator: "\n").map(String.init)
             #expect(lines == [
-                "connect: 0", "registered before: 0 events", "modify: No such file or directory", "registered after: 1 events",
-                "echo: hello from the event loop",
+                "connect: Operation now in progress", "writable: 1 events, data kept",
+            ] + (writeFirst ? [] : ["SO_ERROR: 0"]) + [
+                "peer: \(address):7000", "readable: 1 events, data kept", "echo: hello from the event loop",
             ], "\(client.standardOutput)")
+            let bridged = client.standardError.contains("this connection's bytes pass through the node")
+            #expect(bridged == writeFirst, "\(client.standardError)")
+            #expect(!client.standardError.contains("did not follow its connect"), "\(client.standardError)")
         }
     }
 }

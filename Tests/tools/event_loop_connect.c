@@ -1,12 +1,16 @@
 // What a single-threaded event loop sees of a non-blocking connect under the seccomp supervisor: the socket is
-// registered with epoll BEFORE connect() (as nginx does), then the loop waits for it to become writable.
+// registered with epoll BEFORE connect() (as nginx and libuv do), the loop waits on that registration for
+// writability, asks SO_ERROR, then waits on the same registration for the echo's reply.
 //
-//     event_loop_connect ADDRESS PORT    prints, one per line:
-//         "connect: 0" or "connect: <strerror>"   what the non-blocking connect() returned
-//         "registered before: N events"          epoll_wait (1 s) on the registration made before connect()
-//         "modify: ok" or "modify: <strerror>"   EPOLL_CTL_MOD on that registration
-//         "registered after: N events"           epoll_wait (5 s) after registering the descriptor again
-//         "echo: LINE"                           one line sent and read back
+//     event_loop_connect ADDRESS PORT [write-first]
+//     prints, one per line:
+//         "connect: <strerror>"                 what the non-blocking connect() returned (EINPROGRESS expected)
+//         "writable: N events, data kept"       epoll_wait (10 s) on the registration made before connect()
+//         "SO_ERROR: <strerror>"                getsockopt(SO_ERROR) — left out with write-first, which writes at
+//                                               once, as an app that never asks does
+//         "peer: ADDRESS:PORT"                  getpeername
+//         "readable: N events, data kept"       after the line is written and the registration modified to EPOLLIN
+//         "echo: LINE"                          the line read back
 //     exit 0 if the echo matches, 1 with the failing call on standard error otherwise
 // Built -static by the test, so `boxer-mesh node --interpose auto` puts it under the seccomp supervisor.
 #include <arpa/inet.h>
@@ -21,31 +25,53 @@
 
 #include "echo_line.h"
 
+/// The registration's data: not the descriptor number, so a registration made anew would show.
+#define MARK 0x5eed0000feedull
+
+static void wait_for(int loop, const char *what, int timeout_ms) {
+    struct epoll_event ready = {0};
+    int count = epoll_wait(loop, &ready, 1, timeout_ms);
+    printf("%s: %d events, data %s\n", what, count, count == 1 && ready.data.u64 == MARK ? "kept" : "lost");
+}
+
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s ADDRESS PORT\n", argv[0]);
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: %s ADDRESS PORT [write-first]\n", argv[0]);
         return 2;
     }
+    int write_first = argc == 4 && strcmp(argv[3], "write-first") == 0;
     setvbuf(stdout, NULL, _IOLBF, 0);
     struct sockaddr_in peer = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[2]))};
     if (inet_pton(AF_INET, argv[1], &peer.sin_addr) != 1) return fail("inet_pton");
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), loop = epoll_create1(0);
     if (fd < 0 || loop < 0) return fail("socket/epoll_create1");
-    struct epoll_event interest = {.events = EPOLLOUT, .data.fd = fd}, ready;
+    struct epoll_event interest = {.events = EPOLLOUT, .data.u64 = MARK};
     if (epoll_ctl(loop, EPOLL_CTL_ADD, fd, &interest) != 0) return fail("epoll_ctl ADD");
     int connected = connect(fd, (struct sockaddr *)&peer, sizeof peer);
     printf("connect: %s\n", connected == 0 ? "0" : strerror(errno));
     if (connected != 0 && errno != EINPROGRESS) return 1;
-    printf("registered before: %d events\n", epoll_wait(loop, &ready, 1, 1000));
-    printf("modify: %s\n", epoll_ctl(loop, EPOLL_CTL_MOD, fd, &interest) == 0 ? "ok" : strerror(errno));
-    epoll_ctl(loop, EPOLL_CTL_ADD, fd, &interest);  // EEXIST where the registration survived
-    printf("registered after: %d events\n", epoll_wait(loop, &ready, 1, 5000));
-    int error = 0;
-    socklen_t length = sizeof error;
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0 || error != 0) {
-        errno = error;
-        return fail("connect (SO_ERROR)");
+    wait_for(loop, "writable", 10000);
+    if (!write_first) {
+        int error = 0;
+        socklen_t length = sizeof error;
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0) return fail("getsockopt");
+        printf("SO_ERROR: %s\n", error == 0 ? "0" : strerror(error));
+        if (error != 0) return 1;
     }
-    fcntl(fd, F_SETFL, 0);
-    return echo_line(fd, "hello from the event loop\n");
+    const char *line = "hello from the event loop\n";
+    if (write(fd, line, strlen(line)) != (ssize_t)strlen(line)) return fail("write");
+    struct sockaddr_in name;
+    socklen_t name_length = sizeof name;
+    if (getpeername(fd, (struct sockaddr *)&name, &name_length) != 0) return fail("getpeername");
+    char text[INET_ADDRSTRLEN];
+    printf("peer: %s:%d\n", inet_ntop(AF_INET, &name.sin_addr, text, sizeof text), ntohs(name.sin_port));
+    interest.events = EPOLLIN;
+    if (epoll_ctl(loop, EPOLL_CTL_MOD, fd, &interest) != 0) return fail("epoll_ctl MOD");
+    wait_for(loop, "readable", 10000);
+    char echo[128];
+    ssize_t got = read(fd, echo, sizeof echo - 1);
+    if (got <= 0) return fail("read");
+    echo[got] = 0;
+    printf("echo: %s", echo);
+    return strcmp(echo, line) == 0 ? 0 : 1;
 }

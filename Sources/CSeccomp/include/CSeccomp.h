@@ -20,6 +20,7 @@ typedef enum {
     BOXER_SC_OPEN,        // open(path, flags, mode)
     BOXER_SC_OPENAT,      // openat(dirfd, path, flags, mode)
     BOXER_SC_NEWFSTATAT,  // newfstatat(dirfd, path, statbuf, flags): Go checks /etc/hosts' mtime and size
+    BOXER_SC_GETSOCKOPT,  // getsockopt(fd, SOL_SOCKET, SO_ERROR, value, length) only: a non-blocking connect's end
 } boxer_sc_call;
 
 /// One trapped call, as the kernel reports it.
@@ -75,3 +76,26 @@ ssize_t boxer_sc_read_string(pid_t pid, uint64_t address, char *buffer, size_t c
 /// Whether this kernel offers what the supervisor needs: 0, or the errno of the first thing missing, with
 /// `*missing` naming it.
 int boxer_sc_probe(const char **missing);
+
+// MARK: Non-blocking connects (Placeholder.c)
+
+/// Moves the app's epoll registrations of one descriptor to another file: every epoll instance of process `pid`
+/// (any thread id) that watches descriptor `app_fd` while it is the file `from` (a copy in the node) gets the same
+/// registration — events, flags and data — for `to`, under the same number `app_fd`, so the app's later
+/// EPOLL_CTL_MOD/DEL on `app_fd` find it once `to` is put there. Call before `to` replaces `from` in the app (epoll
+/// drops a registration when its file closes). Returns how many were carried, or -1 with errno set.
+int boxer_sc_carry_epoll(pid_t pid, int app_fd, int from, int to);
+
+/// A connected loopback TCP pair that stands in for the app's socket while its non-blocking connect is made: the
+/// app's end (`*app_end`) has its send queue filled, so it is neither readable nor writable, as a socket in
+/// SYN_SENT. `*filled` is the bytes queued. Returns 0, or -1 with errno set.
+int boxer_placeholder_open(int *app_end, int *node_end, size_t *filled);
+
+/// Reads the `filled` bytes at `node_end` (waiting up to `timeout_ms` for them to cross), which makes the app's end
+/// writable: its connect finished. Returns 0, or -1 with errno set.
+int boxer_placeholder_drain(int node_end, size_t filled, int timeout_ms);
+
+/// Copies bytes both ways between two connected stream sockets until both directions have ended (an end-of-file is
+/// passed on as a shutdown for writing; an error ends both), then closes both. Blocking: call on a thread of its own.
+/// Returns the bytes copied from `a` to `b` and from `b` to `a` in `*ab` and `*ba`.
+void boxer_bridge(int a, int b, uint64_t *ab, uint64_t *ba);

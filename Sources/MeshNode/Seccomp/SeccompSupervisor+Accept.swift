@@ -79,7 +79,7 @@ extension SeccompSupervisor {
             }
             Self.setNonBlocking(handed, flags & Int32(SOCK_NONBLOCK.rawValue) != 0)
             defer { close(handed) }  // the app's copy is the only one left
-            guard trapped.store(shownPeer, pointer: 1, lengthPointer: 2) else { return trapped.fail(EFAULT) }
+            guard trapped.store(shownPeer.bytes, pointer: 1, lengthPointer: 2) else { return trapped.fail(EFAULT) }
             if trapped.inject(handed, closeOnExec: flags & Int32(SOCK_CLOEXEC.rawValue) != 0, returning: true) == nil {
                 logger.warning("the app's accept was interrupted as a connection arrived; the connection is dropped", metadata: ["port": "\(port)"])
             }

@@ -7,25 +7,33 @@ import WireFormat
 extension SeccompSupervisor {
     /// connect(fd, addr, len) to a mesh address: the node builds the link (``LinkManager/connect(to:port:)``, as
     /// for the shim) and puts its socket at the app's descriptor number, with the app's blocking mode and
-    /// close-on-exec flag; the call returns 0. Anything else — another address, a UDP socket — runs untouched.
-    /// A connect the app retries after a signal joins the link being built (``ConnectAttempts``); one on a
-    /// socket that is a link already fails with EISCONN.
+    /// close-on-exec flag. Anything else — another address, a UDP socket — runs untouched.
     ///
-    /// The app's thread waits for the link even on a non-blocking socket (the replacement must happen while the
-    /// call is pending). Go registers a socket with epoll only after connect() returns, so its poller sees the new
-    /// socket; an event loop that registered it before would lose that registration.
+    /// A blocking connect returns 0 once the link is in. A retry after a signal joins the link being built
+    /// (``ConnectAttempts``); a connect on a socket that is a link already fails with EISCONN.
+    ///
+    /// A non-blocking connect returns EINPROGRESS at once (``connectInBackground(_:original:to:port:)``).
     func connect(_ trapped: TrappedCall) {
         guard let target = trapped.socketAddress(pointer: 1, length: 2), target.isMesh(in: subnet), let ipv4 = target.ipv4
         else { return trapped.proceed() }
         guard let socket = trapped.takeDescriptor(0) else { return trapped.proceed() }
-        let stream = Self.isStream(socket)
-        let nonBlocking = Self.isNonBlocking(socket)
-        let cookie = boxer_socket_cookie(socket)
+        let (stream, nonBlocking, cookie) = (Self.isStream(socket), Self.isNonBlocking(socket), boxer_socket_cookie(socket))
+        if stream && nonBlocking && !meshSockets.withLock({ $0[cookie] != nil }) {
+            // Linux's answers to a connect() again while a non-blocking one is under way, and once it ended.
+            let stage = question(trapped, standIn: socket)
+            guard stage != nil else { return connectInBackground(trapped, original: socket, to: ipv4, port: target.port) }
+            close(socket)
+            switch stage {
+            case .building: return trapped.fail(EALREADY)
+            case .ready, nil: return trapped.succeed()
+            case .failed(let error): return trapped.fail(error.code)
+            case .bridged: return trapped.fail(EISCONN)
+            }
+        }
         close(socket)
         guard stream else { return trapped.proceed() }
         if meshSockets.withLock({ $0[cookie] != nil }) {
-            connects.claimUnseen(cookie: cookie) ? trapped.succeed() : trapped.fail(EISCONN)
-            return
+            return connects.claimUnseen(cookie: cookie) ? trapped.succeed() : trapped.fail(EISCONN)
         }
         let key = ConnectAttempts.Key(cookie: cookie, address: ipv4, port: target.port)
         guard case .build(let serial) = connects.begin(trapped, key: key, closeOnExec: trapped.isCloseOnExec(0)) else {
@@ -36,7 +44,7 @@ extension SeccompSupervisor {
             let outcome: Result<Link, SocketError>
             do throws(SocketError) {
                 let link = try await links.connect(to: ipv4, port: target.port)
-                Self.setNonBlocking(link.fd, nonBlocking)
+                Self.setNonBlocking(link.fd, false)
                 remember(link)
                 outcome = .success(link)
             } catch {

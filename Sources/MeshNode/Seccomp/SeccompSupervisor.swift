@@ -27,6 +27,8 @@ final class SeccompSupervisor: Sendable {
     let meshSockets = Mutex<[UInt64: Boxermesh_V1_ShimConnection]>([:])
     /// Links being built for the app's connects, which a retried connect joins.
     let connects = ConnectAttempts()
+    /// Non-blocking connects in progress, by the stand-in the app holds meanwhile.
+    let standIns: StandIns
     private let stopping = Atomic<Bool>(false)
 
     /// Takes over `listener`, the filter's descriptor from ``AppProcess/supervised(arguments:environment:output:)``.
@@ -35,6 +37,7 @@ final class SeccompSupervisor: Sendable {
         self.links = links
         self.hosts = hosts
         self.logger = logger
+        standIns = StandIns(logger: logger)
         subnet = (try? IPv4Subnet(links.session.welcome.subnet)) ?? IPv4Subnet.sharedAddressSpace
     }
 
@@ -66,6 +69,7 @@ final class SeccompSupervisor: Sendable {
         case BOXER_SC_LISTEN: listen(trapped)
         case BOXER_SC_ACCEPT, BOXER_SC_ACCEPT4: accept(trapped)
         case BOXER_SC_GETSOCKNAME, BOXER_SC_GETPEERNAME: socketName(trapped)
+        case BOXER_SC_GETSOCKOPT: socketError(trapped)
         case BOXER_SC_OPEN, BOXER_SC_OPENAT: openFile(trapped)
         case BOXER_SC_NEWFSTATAT: statFile(trapped)
         default: trapped.proceed()
@@ -82,16 +86,25 @@ final class SeccompSupervisor: Sendable {
     }
 
     /// getsockname/getpeername on a socket the node put in: the mesh addresses (the kernel would tell the punched
-    /// endpoint, or loopback for a relayed link). Any other socket: the kernel answers.
+    /// endpoint, or loopback for a relayed link). A stand-in's link goes in first if it is up; getpeername on one
+    /// still connecting fails with ENOTCONN. Any other socket: the kernel answers.
     private func socketName(_ trapped: TrappedCall) {
         guard let copy = trapped.takeDescriptor(0) else { return trapped.proceed() }
         let cookie = boxer_socket_cookie(copy)
-        close(copy)
-        guard cookie != 0, let connection = meshSockets.withLock({ $0[cookie] }) else { return trapped.proceed() }
+        var connection = meshSockets.withLock { $0[cookie] }
+        let stage = connection == nil ? question(trapped, standIn: copy, tellsError: false) : nil
+        close(copy)  // before the answer (see connectInBackground)
+        switch stage {
+        case .ready(let link), .bridged(let link): connection = link.connection
+        case .building, .failed:
+            if trapped.call == BOXER_SC_GETPEERNAME { return trapped.fail(ENOTCONN) }
+        case nil: break
+        }
+        guard let connection else { return trapped.proceed() }
         let address = trapped.call == BOXER_SC_GETPEERNAME
             ? AppSocketAddress(family: AF_INET, ipv4: IPv4Address(connection.peerAddress), port: UInt16(truncatingIfNeeded: connection.peerPort))
             : AppSocketAddress(family: AF_INET, ipv4: IPv4Address(connection.localAddress), port: UInt16(truncatingIfNeeded: connection.localPort))
-        trapped.store(address, pointer: 1, lengthPointer: 2) ? trapped.succeed() : trapped.fail(EFAULT)
+        trapped.store(address.bytes, pointer: 1, lengthPointer: 2) ? trapped.succeed() : trapped.fail(EFAULT)
     }
 }
 

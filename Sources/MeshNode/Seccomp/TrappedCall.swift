@@ -67,13 +67,13 @@ struct TrappedCall: Sendable {
         return AppSocketAddress(bytes: bytes)
     }
 
-    /// Fills a (sockaddr, socklen_t *) pair of arguments as the kernel does: at most the app's length, truncated,
-    /// and the full length stored back. False when the app's memory is not writable there (EFAULT).
-    func store(_ address: AppSocketAddress, pointer: Int, lengthPointer: Int) -> Bool {
+    /// Fills a (buffer, socklen_t *) pair of arguments as the kernel does for a sockaddr or an option's value: at
+    /// most the app's length, truncated, and the full length stored back. False when the app's memory is not
+    /// writable there (EFAULT).
+    func store(_ bytes: [UInt8], pointer: Int, lengthPointer: Int) -> Bool {
         guard args[pointer] != 0, args[lengthPointer] != 0 else { return true }  // accept(fd, NULL, NULL)
         var room: socklen_t = 0
         guard boxer_sc_read(pid, args[lengthPointer], &room, MemoryLayout<socklen_t>.size) == 0 else { return false }
-        let bytes = address.bytes
         var full = socklen_t(bytes.count)
         let count = min(Int(room), bytes.count)
         if count > 0, boxer_sc_write(pid, args[pointer], bytes, count) != 0 { return false }
