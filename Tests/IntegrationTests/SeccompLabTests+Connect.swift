@@ -65,26 +65,32 @@ extension SeccompLabTests {
     /// A single-threaded event loop that registered its socket with epoll before connect(): the non-blocking
     /// connect returns EINPROGRESS, that registration (its data too) reports the socket writable once the link is
     /// up and, after SO_ERROR put the link in, readable when the echo comes back; getpeername tells the mesh
-    /// address. An app that writes at once without asking (`write-first`) is bridged through the node and works too.
-    @Test("a static event loop's non-blocking connect: EINPROGRESS, its epoll registration from before connect follows the link; one that never asks SO_ERROR is bridged", arguments: [false, true])
-    func nonBlockingConnect(writeFirst: Bool) async throws {
+    /// address. An app that writes at once without asking (`write-first`) is bridged through the node and works
+    /// too; a closed port reports its refusal through the same registration and SO_ERROR (`refused`). TCP_NODELAY,
+    /// set before connect(), is still set on the socket the app ends up with.
+    @Test("a static event loop's non-blocking connect: EINPROGRESS, its epoll registration from before connect follows the link; one that never asks SO_ERROR is bridged; a refusal shows in SO_ERROR",
+        arguments: ["ask", "write-first", "refused"])
+    func nonBlockingConnect(mode: String) async throws {
         try MeshLabFixture.requireShim()
-        try await MeshLabFixture.with(prefix: writeFirst ? "sqw" : "sqe", functionMemory: 1024) { mesh in
+        try await MeshLabFixture.with(prefix: "sq" + mode.prefix(1), functionMemory: 1024) { mesh in
             let (program, server, address) = try Self.staticClientOfEcho(mesh, source: Self.eventLoopConnect)
             defer { server.kill(SIGTERM) }
-            let client = try mesh.node(
-                2, name: "loop", options: ["--log-level", "info"], [program, address, "7000"] + (writeFirst ? ["write-first"] : []))
-            #expect(client.waitUntilExit(timeout: .seconds(60)) == 0, "\(client.standardOutput)\n\(client.standardError)")
+            let arguments = mode == "refused" ? [address, "7001"] : [address, "7000"] + (mode == "write-first" ? [mode] : [])
+            let client = try mesh.node(2, name: "loop", options: ["--log-level", "info"], [program] + arguments)
+            let status = client.waitUntilExit(timeout: .seconds(60))
+            #expect(status == (mode == "refused" ? 1 : 0), "\(client.standardOutput)\n\(client.standardError)")
             #expect(client.standardError.contains("the app runs under the seccomp supervisor: \(program) is statically linked"),
                 "\(client.standardError)")
             let lines = client.standardOutput.split(separator: "\n").map(String.init)
-            #expect(lines == [
-                "connect: Operation now in progress", "writable: 1 events, data kept",
-            ] + (writeFirst ? [] : ["SO_ERROR: 0"]) + [
-                "peer: \(address):7000", "readable: 1 events, data kept", "echo: hello from the event loop",
-            ], "\(client.standardOutput)")
+            let start = ["connect: Operation now in progress", "writable: 1 events, data kept"]
+            let expected = switch mode {
+            case "refused": start + ["SO_ERROR: Connection refused"]
+            case "write-first": start + ["peer: \(address):7000", "nodelay: 1", "readable: 1 events, data kept", "echo: hello from the event loop"]
+            default: start + ["SO_ERROR: 0", "peer: \(address):7000", "nodelay: 1", "readable: 1 events, data kept", "echo: hello from the event loop"]
+            }
+            #expect(lines == expected, "\(client.standardOutput)")
             let bridged = client.standardError.contains("this connection's bytes pass through the node")
-            #expect(bridged == writeFirst, "\(client.standardError)")
+            #expect(bridged == (mode == "write-first"), "\(client.standardError)")
             #expect(!client.standardError.contains("did not follow its connect"), "\(client.standardError)")
         }
     }

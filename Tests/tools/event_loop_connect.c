@@ -9,6 +9,7 @@
 //         "SO_ERROR: <strerror>"                getsockopt(SO_ERROR) — left out with write-first, which writes at
 //                                               once, as an app that never asks does
 //         "peer: ADDRESS:PORT"                  getpeername
+//         "nodelay: N"                          TCP_NODELAY, which the tool set to 1 before connect()
 //         "readable: N events, data kept"       after the line is written and the registration modified to EPOLLIN
 //         "echo: LINE"                          the line read back
 //     exit 0 if the echo matches, 1 with the failing call on standard error otherwise
@@ -16,6 +17,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +47,8 @@ int main(int argc, char **argv) {
     if (inet_pton(AF_INET, argv[1], &peer.sin_addr) != 1) return fail("inet_pton");
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), loop = epoll_create1(0);
     if (fd < 0 || loop < 0) return fail("socket/epoll_create1");
+    int on = 1;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on) != 0) return fail("setsockopt TCP_NODELAY");
     struct epoll_event interest = {.events = EPOLLOUT, .data.u64 = MARK};
     if (epoll_ctl(loop, EPOLL_CTL_ADD, fd, &interest) != 0) return fail("epoll_ctl ADD");
     int connected = connect(fd, (struct sockaddr *)&peer, sizeof peer);
@@ -65,6 +69,10 @@ int main(int argc, char **argv) {
     if (getpeername(fd, (struct sockaddr *)&name, &name_length) != 0) return fail("getpeername");
     char text[INET_ADDRSTRLEN];
     printf("peer: %s:%d\n", inet_ntop(AF_INET, &name.sin_addr, text, sizeof text), ntohs(name.sin_port));
+    int nodelay = 0;
+    socklen_t nodelay_length = sizeof nodelay;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, &nodelay_length) != 0) return fail("getsockopt TCP_NODELAY");
+    printf("nodelay: %d\n", nodelay);
     interest.events = EPOLLIN;
     if (epoll_ctl(loop, EPOLL_CTL_MOD, fd, &interest) != 0) return fail("epoll_ctl MOD");
     wait_for(loop, "readable", 10000);

@@ -77,7 +77,7 @@ ssize_t boxer_sc_read_string(pid_t pid, uint64_t address, char *buffer, size_t c
 /// `*missing` naming it.
 int boxer_sc_probe(const char **missing);
 
-// MARK: Non-blocking connects (Placeholder.c)
+// MARK: Non-blocking connects (StandIn.c)
 
 /// Moves the app's epoll registrations of one descriptor to another file: every epoll instance of process `pid`
 /// (any thread id) that watches descriptor `app_fd` while it is the file `from` (a copy in the node) gets the same
@@ -89,13 +89,28 @@ int boxer_sc_carry_epoll(pid_t pid, int app_fd, int from, int to);
 /// A connected loopback TCP pair that stands in for the app's socket while its non-blocking connect is made: the
 /// app's end (`*app_end`) has its send queue filled, so it is neither readable nor writable, as a socket in
 /// SYN_SENT. `*filled` is the bytes queued. Returns 0, or -1 with errno set.
-int boxer_placeholder_open(int *app_end, int *node_end, size_t *filled);
+int boxer_stand_in_open(int *app_end, int *node_end, size_t *filled);
 
 /// Reads the `filled` bytes at `node_end` (waiting up to `timeout_ms` for them to cross), which makes the app's end
 /// writable: its connect finished. Returns 0, or -1 with errno set.
-int boxer_placeholder_drain(int node_end, size_t filled, int timeout_ms);
+int boxer_stand_in_drain(int node_end, size_t filled, int timeout_ms);
 
 /// Copies bytes both ways between two connected stream sockets until both directions have ended (an end-of-file is
 /// passed on as a shutdown for writing; an error ends both), then closes both. Blocking: call on a thread of its own.
 /// Returns the bytes copied from `a` to `b` and from `b` to `a` in `*ab` and `*ba`.
 void boxer_bridge(int a, int b, uint64_t *ab, uint64_t *ba);
+
+/// Socket options the app set, to carry to the socket that replaces its own: those of a short list (SO_KEEPALIVE
+/// and its TCP timers, TCP_NODELAY, TCP_USER_TIMEOUT, IP_TOS, SO_PRIORITY) whose value differs from a fresh TCP
+/// socket's. The app's setsockopt calls are not trapped, so a value the app set to the default cannot be told from
+/// one it never set: either way the replacement keeps its own (a direct link's keepalive, say).
+typedef struct {
+    int count;
+    struct { int level, name, value; } set[8];
+} boxer_socket_options;
+
+/// Reads the options of `fd` that differ from a fresh socket's into `*options`.
+void boxer_socket_options_read(int fd, boxer_socket_options *options);
+
+/// Sets `options` on `fd` (best effort).
+void boxer_socket_options_apply(const boxer_socket_options *options, int fd);

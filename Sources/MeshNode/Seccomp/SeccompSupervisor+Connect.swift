@@ -30,6 +30,7 @@ extension SeccompSupervisor {
             case .bridged: return trapped.fail(EISCONN)
             }
         }
+        let options = Self.socketOptions(of: socket)  // for the link, which replaces this socket
         close(socket)
         guard stream else { return trapped.proceed() }
         if meshSockets.withLock({ $0[cookie] != nil }) {
@@ -45,6 +46,7 @@ extension SeccompSupervisor {
             do throws(SocketError) {
                 let link = try await links.connect(to: ipv4, port: target.port)
                 Self.setNonBlocking(link.fd, false)
+                Self.apply(options, to: link.fd)
                 remember(link)
                 outcome = .success(link)
             } catch {

@@ -17,6 +17,7 @@ extension SeccompSupervisor {
             return trapped.fail(error.code)
         }
         Self.setNonBlocking(standIn.appEnd, true)
+        Self.carryOptions(from: original, to: standIn.appEnd)
         carryRegistrations(trapped, from: original, to: standIn.appEnd)
         let injected = trapped.inject(standIn.appEnd, at: trapped.fd(0), closeOnExec: trapped.isCloseOnExec(0), returning: false) != nil
         // Before the answer: with the last copy of the replaced socket gone, so are its events in the app's epoll.
@@ -63,6 +64,7 @@ extension SeccompSupervisor {
         let cookie = boxer_socket_cookie(socket)
         guard cookie != 0 else { return nil }
         return standIns.question(cookie, tellsError: tellsError) { link in
+            Self.carryOptions(from: socket, to: link.fd)
             carryRegistrations(trapped, from: socket, to: link.fd)
             guard trapped.inject(link.fd, at: trapped.fd(0), closeOnExec: trapped.isCloseOnExec(0), returning: false) != nil
             else { return false }
@@ -70,6 +72,20 @@ extension SeccompSupervisor {
             close(link.fd)  // the app holds the only copy now
             return true
         }
+    }
+
+    /// The socket options the app set on `from` (those ``boxer_socket_options_read`` knows), set on `to`.
+    static func carryOptions(from: Int32, to: Int32) { apply(socketOptions(of: from), to: to) }
+
+    /// The options the app set on `fd`, for the socket that replaces it.
+    static func socketOptions(of fd: Int32) -> boxer_socket_options {
+        var options = boxer_socket_options()
+        boxer_socket_options_read(fd, &options)
+        return options
+    }
+
+    static func apply(_ options: boxer_socket_options, to fd: Int32) {
+        withUnsafePointer(to: options) { boxer_socket_options_apply($0, fd) }
     }
 
     /// Registers `to` in every epoll instance of the app that watches its descriptor (argument 0) as `from`.

@@ -53,7 +53,7 @@ final class StandIns: Sendable {
         var appEnd: Int32 = -1
         var nodeEnd: Int32 = -1
         var filled = 0
-        guard boxer_placeholder_open(&appEnd, &nodeEnd, &filled) == 0 else {
+        guard boxer_stand_in_open(&appEnd, &nodeEnd, &filled) == 0 else {
             throw SocketError(errno, "no stand-in socket for a non-blocking connect")
         }
         let cookie = boxer_socket_cookie(appEnd)
@@ -76,7 +76,7 @@ final class StandIns: Sendable {
             guard var entry = entries[cookie] else { return false }
             switch outcome {
             case .success(let link):
-                guard boxer_placeholder_drain(entry.nodeEnd, entry.filled, 100) == 0 else {
+                guard boxer_stand_in_drain(entry.nodeEnd, entry.filled, 100) == 0 else {
                     close(entry.nodeEnd)  // the stand-in broke: nothing can wait for this link
                     close(entry.appEnd)
                     entries[cookie] = nil

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -114,7 +115,7 @@ int boxer_sc_carry_epoll(pid_t pid, int app_fd, int from, int to) {
 
 // MARK: The stand-in pair
 
-int boxer_placeholder_open(int *app_end, int *node_end, size_t *filled) {
+int boxer_stand_in_open(int *app_end, int *node_end, size_t *filled) {
     int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), app = -1, node = -1;
     if (listener < 0) return -1;
     // The smallest buffers (the kernel rounds up): a few KiB fill the app's end.
@@ -157,7 +158,7 @@ failed:;
     return -1;
 }
 
-int boxer_placeholder_drain(int node_end, size_t filled, int timeout_ms) {
+int boxer_stand_in_drain(int node_end, size_t filled, int timeout_ms) {
     char buffer[4096];
     while (filled > 0) {
         ssize_t got = recv(node_end, buffer, filled < sizeof buffer ? filled : sizeof buffer, MSG_DONTWAIT);
@@ -219,4 +220,44 @@ void boxer_bridge(int a, int b, uint64_t *ab, uint64_t *ba) {
     free(back);
     close(a);
     close(b);
+}
+
+// MARK: Socket options
+
+static const struct { int level, name; } carried_options[8] = {
+    {SOL_SOCKET, SO_KEEPALIVE}, {IPPROTO_TCP, TCP_KEEPIDLE}, {IPPROTO_TCP, TCP_KEEPINTVL}, {IPPROTO_TCP, TCP_KEEPCNT},
+    {IPPROTO_TCP, TCP_NODELAY}, {IPPROTO_TCP, TCP_USER_TIMEOUT}, {IPPROTO_IP, IP_TOS}, {SOL_SOCKET, SO_PRIORITY},
+};
+
+static int option_value(int fd, int index) {
+    int value = 0;
+    socklen_t length = sizeof value;
+    return getsockopt(fd, carried_options[index].level, carried_options[index].name, &value, &length) == 0 ? value : 0;
+}
+
+/// A fresh TCP socket's values of the carried options, read once.
+static int defaults[8];
+
+static void read_defaults(void) {
+    int fresh = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    for (int i = 0; i < 8; i++) defaults[i] = fresh >= 0 ? option_value(fresh, i) : 0;
+    if (fresh >= 0) close(fresh);
+}
+
+void boxer_socket_options_read(int fd, boxer_socket_options *options) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, read_defaults);
+    options->count = 0;
+    for (int i = 0; i < 8; i++) {
+        int value = option_value(fd, i);
+        if (value == defaults[i]) continue;
+        options->set[options->count].level = carried_options[i].level;
+        options->set[options->count].name = carried_options[i].name;
+        options->set[options->count++].value = value;
+    }
+}
+
+void boxer_socket_options_apply(const boxer_socket_options *options, int fd) {
+    for (int i = 0; i < options->count; i++)
+        setsockopt(fd, options->set[i].level, options->set[i].name, &options->set[i].value, sizeof(int));
 }
