@@ -134,7 +134,7 @@ public enum Node {
             let app: AppProcess
             let supervisor: SeccompSupervisor?
             do throws(LaunchError) {
-                (app, supervisor) = try launch(configuration, environment: environment, links: links, hosts: hosts, logger: logger)
+                (app, supervisor) = try launch(configuration, environment: environment, links: links, names: names, logger: logger)
             } catch {
                 logger.error("\(error)")
                 configuration.report?.launchFailed(error)

@@ -11,6 +11,39 @@ import Testing
 struct SeccompLabTests {
     static let natsClient = LinkLabTests.tool("nats_client.py")
     static let denySeccomp = LinkLabTests.tool("deny_seccomp.py")
+    static let fakeDNS = LinkLabTests.tool("fake_dns.py")
+
+    /// busybox's nslookup has a DNS client of its own and never reads /etc/hosts: it reaches mesh names only
+    /// through the node's DNS responder. Its UDP socket connects to the name server from the function's
+    /// resolv.conf, or the one named on the command line (a fake one on the broker's host here, which answers
+    /// everything with 192.0.2.7): a mesh name is answered by the node, any other name by that server.
+    @Test("busybox nslookup (its own DNS client) finds mesh names through the node's DNS responder; other names go on to the app's name server")
+    func dnsResponder() async throws {
+        try MeshLabFixture.requireShim()
+        try await MeshLabFixture.with(prefix: "scd", functionMemory: 512) { mesh in
+            let upstream = try mesh.lab.spawn(.broker, ["python3", Self.fakeDNS, NATLab.brokerAddress])
+            defer { upstream.kill(SIGTERM) }
+            #expect(upstream.waitForOutput(containing: "serving", timeout: .seconds(10)), "\(upstream.standardError)")
+            let server = try mesh.node(1, name: "web", ["/usr/bin/python3", "-m", "http.server", "8000"])
+            defer { server.kill(SIGTERM) }
+            #expect(await server.waitForLog(containing: "preload shim"), "\(server.standardError)")
+            let address = try mesh.tool(2, ["resolve", "web"]).check().standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+            let lookups = try mesh.node(
+                2, name: "ask",
+                ["/bin/busybox", "sh", "-c",
+                 "busybox nslookup web && busybox nslookup web \(NATLab.brokerAddress) && busybox nslookup example.org \(NATLab.brokerAddress)"])
+            #expect(lookups.waitUntilExit(timeout: .seconds(60)) == 0, "\(lookups.standardOutput)\n\(lookups.standardError)")
+            #expect(lookups.standardError.contains("the app runs under the seccomp supervisor"), "\(lookups.standardError)")
+            let answers = lookups.standardOutput.components(separatedBy: "Name:").dropFirst().map {
+                $0.trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+            // web, twice (the function's own name server and the fake one never asked), then example.org.
+            #expect(answers.filter { $0.hasPrefix("web") && $0.contains("Address: \(address)") }.count == 2, "\(lookups.standardOutput)")
+            #expect(answers.contains { $0.hasPrefix("example.org") && $0.contains("Address: 192.0.2.7") }, "\(lookups.standardOutput)")
+            #expect(!upstream.standardOutput.contains("asked web"), "\(upstream.standardOutput)")
+            #expect(upstream.standardOutput.contains("asked example.org"), "\(upstream.standardOutput)")
+        }
+    }
 
     @Test("busybox-static wget fetches a file from python3 -m http.server by mesh name, sha256 intact; a closed port is refused")
     func busyboxWget() async throws {

@@ -7,7 +7,7 @@ extension Node {
     /// preload shim in LD_PRELOAD, or under the seccomp supervisor, which is then running. In auto mode a kernel or
     /// platform that refuses the filter means the shim, with a warning; `--interpose seccomp` fails instead.
     static func launch(
-        _ configuration: NodeConfiguration, environment: [String: String], links: LinkManager, hosts: HostsFile?,
+        _ configuration: NodeConfiguration, environment: [String: String], links: LinkManager, names: MeshNames,
         logger: Logger
     ) throws(LaunchError) -> (AppProcess, SeccompSupervisor?) {
         let program = configuration.command.first ?? ""
@@ -20,7 +20,12 @@ extension Node {
                 do throws(SupervisedLaunchError) {
                     let (app, listener) = try AppProcess.supervised(
                         arguments: configuration.command, environment: environment, output: configuration.appOutput)
-                    let supervisor = SeccompSupervisor(listener: listener, links: links, hosts: hosts, logger: logger)
+                    let dns: DNSResponder?
+                    do throws(SocketError) { dns = try DNSResponder(names: names, logger: logger) } catch {
+                        logger.warning("\(error); the app's DNS queries for mesh names go unanswered (its /etc/hosts still has them)")
+                        dns = nil
+                    }
+                    let supervisor = SeccompSupervisor(listener: listener, links: links, hosts: names.hosts, dns: dns, logger: logger)
                     supervisor.start()
                     logger.notice("the app runs under the seccomp supervisor: \(choice.reason)")
                     return (app, supervisor)

@@ -14,8 +14,11 @@ extension SeccompSupervisor {
     ///
     /// A non-blocking connect returns EINPROGRESS at once (``connectInBackground(_:original:to:port:)``).
     func connect(_ trapped: TrappedCall) {
-        guard let target = trapped.socketAddress(pointer: 1, length: 2), target.isMesh(in: subnet), let ipv4 = target.ipv4
-        else { return trapped.proceed() }
+        guard let target = trapped.socketAddress(pointer: 1, length: 2) else { return trapped.proceed() }
+        if target.port == 53, let dns, let server = target.ipv4, !target.isMesh(in: subnet) {
+            return connectResolver(trapped, server: server, dns: dns)
+        }
+        guard target.isMesh(in: subnet), let ipv4 = target.ipv4 else { return trapped.proceed() }
         guard let socket = trapped.takeDescriptor(0) else { return trapped.proceed() }
         let (stream, nonBlocking, cookie) = (Self.isStream(socket), Self.isNonBlocking(socket), boxer_socket_cookie(socket))
         if stream && nonBlocking && !meshSockets.withLock({ $0[cookie] != nil }) {

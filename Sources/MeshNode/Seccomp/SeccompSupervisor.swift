@@ -19,6 +19,8 @@ final class SeccompSupervisor: Sendable {
     let listener: Int32
     let links: LinkManager
     let hosts: HostsFile?
+    /// Answers the app's DNS queries for mesh names, if it could start.
+    let dns: DNSResponder?
     let logger: Logger
     /// The mesh's addresses: connects there are the node's to make.
     let subnet: IPv4Subnet
@@ -32,10 +34,11 @@ final class SeccompSupervisor: Sendable {
     private let stopping = Atomic<Bool>(false)
 
     /// Takes over `listener`, the filter's descriptor from ``AppProcess/supervised(arguments:environment:output:)``.
-    init(listener: Int32, links: LinkManager, hosts: HostsFile?, logger: Logger) {
+    init(listener: Int32, links: LinkManager, hosts: HostsFile?, dns: DNSResponder?, logger: Logger) {
         self.listener = listener
         self.links = links
         self.hosts = hosts
+        self.dns = dns
         self.logger = logger
         standIns = StandIns(logger: logger)
         subnet = (try? IPv4Subnet(links.session.welcome.subnet)) ?? IPv4Subnet.sharedAddressSpace
@@ -114,6 +117,13 @@ extension SeccompSupervisor {
         var type: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
         return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 && type == Int32(SOCK_STREAM.rawValue)
+    }
+
+    /// Whether a descriptor is a datagram socket.
+    static func isDatagram(_ fd: Int32) -> Bool {
+        var type: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 && type == Int32(SOCK_DGRAM.rawValue)
     }
 
     /// Whether a descriptor's file is non-blocking (shared by every copy of it: the app's and the node's).
