@@ -5,6 +5,26 @@ import Testing
 extension SeccompLabTests {
     static let interruptedConnect = LinkLabTests.tool("interrupted_connect.c")
     static let eventLoopConnect = LinkLabTests.tool("event_loop_connect.c")
+    static let interruptedAccept = LinkLabTests.tool("interrupted_accept.c")
+
+    /// Connects `count` times, one after another, to srv:7000 and echoes a line on each; prints "echoed N".
+    static let lineClient = """
+        import socket, sys
+        count = int(sys.argv[1])
+        for i in range(count):
+            with socket.create_connection(("srv", 7000), timeout=20) as s:
+                line = b"line %d\\n" % i
+                s.sendall(line)
+                data = b""
+                while not data.endswith(b"\\n"):
+                    chunk = s.recv(100)
+                    if not chunk:
+                        sys.exit("connection %d closed after %r" % (i, data))
+                    data += chunk
+                if data != line:
+                    sys.exit("connection %d echoed %r" % (i, data))
+        print("echoed", count, flush=True)
+        """
 
     /// Accepts connections on 7000 and echoes one line on each, printing "accepted N" for the N-th.
     static let lineEcho = """
@@ -59,6 +79,27 @@ extension SeccompLabTests {
             #expect(await server.waitForLog(containing: "link up"), "\(server.standardError)")
             #expect(server.standardError.components(separatedBy: "link up").count - 1 == 1, "\(server.standardError)")
             #expect(server.standardOutput.contains("accepted 1") && !server.standardOutput.contains("accepted 2"), "\(server.standardOutput)")
+        }
+    }
+
+    @Test("a static server whose blocking accept SIGALRM interrupts every millisecond (no SA_RESTART) gets every mesh connection")
+    func acceptUnderSignals() async throws {
+        try MeshLabFixture.requireShim()
+        try await MeshLabFixture.with(prefix: "sqa", functionMemory: 1024) { mesh in
+            let program = mesh.work.appendingPathComponent("interrupted_accept").path
+            try mesh.lab.run(.broker, ["cc", "-static", "-O2", "-o", program, Self.interruptedAccept]).check()
+            let count = 20
+            let server = try mesh.node(1, name: "srv", [program, "7000", "\(count)"])
+            defer { server.kill(SIGTERM) }
+            #expect(server.waitForOutput(containing: "listening", timeout: .seconds(15)), "\(server.standardError)")
+            let client = try mesh.node(2, name: "client", ["/usr/bin/python3", "-c", Self.lineClient, "\(count)"])
+            #expect(client.waitUntilExit(timeout: .seconds(120)) == 0, "\(client.standardOutput)\n\(client.standardError)")
+            #expect(client.standardOutput.contains("echoed \(count)"), "\(client.standardOutput)")
+            #expect(server.waitUntilExit(timeout: .seconds(30)) == 0, "\(server.standardOutput)\n\(server.standardError)")
+            #expect(server.standardError.contains("the app runs under the seccomp supervisor"), "\(server.standardError)")
+            // The timer did interrupt the accepts.
+            let interruptions = server.standardOutput.firstMatch(of: /accepted \d+ after (\d+) interruptions/).flatMap { Int($0.1) }
+            #expect((interruptions ?? 0) > 0, "\(server.standardOutput)")
         }
     }
 

@@ -122,8 +122,9 @@ extension LinkManager {
     /// Wakes the app's accept() with a signal connection from ``signalSource`` and parks the link until the shim
     /// takes it with the signal connection's source port. The link is parked before the signal connects: the app
     /// may accept and ask for it at once. A connection to our own host is up at once as a rule; only one that is
-    /// not (the app's accept queue is full) waits, on the blocking pool.
-    private func announce(_ link: Link, port: UInt16) {
+    /// not (the app's accept queue is full) waits, on the blocking pool. Also for a link taken whose accept the
+    /// app gave up (a signal interrupted it): it waits for the next.
+    func announce(_ link: Link, port: UInt16) {
         let socket: DialSocket
         let key: AcceptKey
         do {

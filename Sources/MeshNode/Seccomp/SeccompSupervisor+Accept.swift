@@ -66,9 +66,11 @@ extension SeccompSupervisor {
             }
             var handed = accepted
             var shownPeer = peer
+            var link: Link?
             if peer.ipv4 == LinkManager.signalSource {
                 close(accepted)
-                guard let link = links.take(port: port, signalPort: peer.port) else {
+                link = links.take(port: port, signalPort: peer.port)
+                guard let link else {
                     if blocking { continue }
                     return trapped.fail(EAGAIN)  // a stale signal connection: nothing to accept after all
                 }
@@ -78,10 +80,18 @@ extension SeccompSupervisor {
                 remember(link)
             }
             Self.setNonBlocking(handed, flags & Int32(SOCK_NONBLOCK.rawValue) != 0)
-            defer { close(handed) }  // the app's copy is the only one left
-            guard trapped.store(shownPeer.bytes, pointer: 1, lengthPointer: 2) else { return trapped.fail(EFAULT) }
-            if trapped.inject(handed, closeOnExec: flags & Int32(SOCK_CLOEXEC.rawValue) != 0, returning: true) == nil {
-                logger.warning("the app's accept was interrupted as a connection arrived; the connection is dropped", metadata: ["port": "\(port)"])
+            guard trapped.store(shownPeer.bytes, pointer: 1, lengthPointer: 2) else {
+                close(handed)
+                return trapped.fail(EFAULT)
+            }
+            if trapped.inject(handed, closeOnExec: flags & Int32(SOCK_CLOEXEC.rawValue) != 0, returning: true) != nil {
+                close(handed)  // the app's copy is the only one left
+            } else if let link {
+                // A signal interrupted the accept as the link arrived: the link waits for the app's next accept.
+                links.announce(link, port: port)
+            } else {
+                close(handed)
+                logger.warning("the app's accept was interrupted as a local connection arrived; the connection is dropped", metadata: ["port": "\(port)"])
             }
             return
         }
