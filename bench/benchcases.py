@@ -460,8 +460,9 @@ def interpose(ctx):
     and connect + first echo from a shim client to a server under each (the difference is the accept's cost).
     Between functions on direct links (the first connect of a run, to a new peer, is left out), and within one node
     (a loopback link: the interposition's cost without the network's). And a non-blocking connect (as an event
-    loop makes it) to srv: how long connect() itself holds the app's thread — the shim returns EINPROGRESS at once,
-    the supervisor only once the link is up — and how long until the socket is connected."""
+    loop makes it) to srv: how long connect() itself holds the app's thread — both return EINPROGRESS at once (the
+    supervisor with a stand-in socket) — and how long until the socket is connected (the supervisor's includes the
+    SO_ERROR call that puts the link in)."""
     lab, o = ctx.lab, ctx.options
     if not node_supports(ctx.binary, "--interpose"):
         return [row("interpose", "seccomp supervisor", "us", available=False,
@@ -528,8 +529,8 @@ def interpose(ctx):
             series["connect_shim"], "shim", note=retry_note(failures)),
         row("interpose", "non-blocking connect(): the call holds the app's thread, under the shim (EINPROGRESS)", "us",
             series["nonblocking_call_shim"]),
-        row("interpose", "non-blocking connect(): the call holds the app's thread, under the supervisor (until the "
-            "link is up)", "us", series["nonblocking_call_seccomp"], series["nonblocking_call_shim"], "shim"),
+        row("interpose", "non-blocking connect(): the call holds the app's thread, under the supervisor (EINPROGRESS, "
+            "stand-in)", "us", series["nonblocking_call_seccomp"], series["nonblocking_call_shim"], "shim"),
         row("interpose", "non-blocking connect until connected, under the shim", "us",
             series["nonblocking_connected_shim"]),
         row("interpose", "non-blocking connect until connected, under the supervisor", "us",

@@ -82,14 +82,15 @@ extension SeccompLabTests {
         }
     }
 
+    /// Also: the node forgets the mesh addresses of sockets the app closed (its table is pruned every 256 links).
     @Test("a static server whose blocking accept SIGALRM interrupts every millisecond (no SA_RESTART) gets every mesh connection")
     func acceptUnderSignals() async throws {
         try MeshLabFixture.requireShim()
         try await MeshLabFixture.with(prefix: "sqa", functionMemory: 1024) { mesh in
             let program = mesh.work.appendingPathComponent("interrupted_accept").path
             try mesh.lab.run(.broker, ["cc", "-static", "-O2", "-o", program, Self.interruptedAccept]).check()
-            let count = 20
-            let server = try mesh.node(1, name: "srv", [program, "7000", "\(count)"])
+            let count = 300
+            let server = try mesh.node(1, name: "srv", options: ["--log-level", "debug"], [program, "7000", "\(count)"])
             defer { server.kill(SIGTERM) }
             #expect(server.waitForOutput(containing: "listening", timeout: .seconds(15)), "\(server.standardError)")
             let client = try mesh.node(2, name: "client", ["/usr/bin/python3", "-c", Self.lineClient, "\(count)"])
@@ -100,6 +101,8 @@ extension SeccompLabTests {
             // The timer did interrupt the accepts.
             let interruptions = server.standardOutput.firstMatch(of: /accepted \d+ after (\d+) interruptions/).flatMap { Int($0.1) }
             #expect((interruptions ?? 0) > 0, "\(server.standardOutput)")
+            let forgotten = server.standardError.firstMatch(of: /forgot (\d+) mesh sockets the app closed/).flatMap { Int($0.1) }
+            #expect((forgotten ?? 0) > 200, "\(server.standardError.suffix(3000))")
         }
     }
 

@@ -25,8 +25,12 @@ final class SeccompSupervisor: Sendable {
     /// The mesh's addresses: connects there are the node's to make.
     let subnet: IPv4Subnet
     /// Mesh addresses of the sockets the node put into the app, by socket cookie (unique per boot, unlike an fd
-    /// number or inode), for getsockname and getpeername.
+    /// number or inode), for getsockname and getpeername. Those the app closed are forgotten as the table grows.
     let meshSockets = Mutex<[UInt64: Boxermesh_V1_ShimConnection]>([:])
+    /// The table's size after its last pruning.
+    private let prunedSize = Atomic<Int>(0)
+    /// Sockets remembered between two prunings.
+    static let pruneEvery = 256
     /// Links being built for the app's connects, which a retried connect joins.
     let connects = ConnectAttempts()
     /// Non-blocking connects in progress, by the stand-in the app holds meanwhile.
@@ -85,7 +89,35 @@ final class SeccompSupervisor: Sendable {
     func remember(_ link: Link) {
         let cookie = boxer_socket_cookie(link.fd)
         guard cookie != 0 else { return }
-        meshSockets.withLock { $0[cookie] = link.connection }
+        let count = meshSockets.withLock { table in
+            table[cookie] = link.connection
+            return table.count
+        }
+        if count >= prunedSize.load(ordering: .relaxed) + Self.pruneEvery { prune() }
+    }
+
+    /// Forgets the sockets the app closed: those no longer among this network namespace's TCP sockets. Only
+    /// sockets remembered before the look are judged by it.
+    private func prune() {
+        let judged = meshSockets.withLock { Set($0.keys) }
+        var room = 2 * judged.count + 256
+        var counters: [boxer_tcp_counters] = []
+        var count: Int32 = -1
+        for _ in 0..<3 where count < 0 || Int(count) > counters.count {  // more sockets than room: once more, bigger
+            counters = [boxer_tcp_counters](repeating: boxer_tcp_counters(), count: room)
+            count = boxer_tcp_dump(&counters, Int32(room))
+            room = Int(count) + 256
+            if count < 0 { return }
+        }
+        guard Int(count) <= counters.count else { return }
+        let alive = Set(counters.prefix(Int(count)).map(\.cookie))
+        let (forgotten, kept) = meshSockets.withLock { table in
+            let closed = judged.filter { !alive.contains($0) }
+            for cookie in closed { table[cookie] = nil }
+            return (closed.count, table.count)
+        }
+        prunedSize.store(kept, ordering: .relaxed)
+        logger.debug("forgot \(forgotten) mesh sockets the app closed; \(kept) left")
     }
 
     /// getsockname/getpeername on a socket the node put in: the mesh addresses (the kernel would tell the punched
