@@ -45,10 +45,14 @@ struct SeccompLabTests {
         }
     }
 
-    @Test("busybox-static wget fetches a file from python3 -m http.server by mesh name, sha256 intact; a closed port is refused")
+    @Test("busybox-static wget fetches a file from python3 -m http.server by mesh name, sha256 intact; the tap counts its bytes; a closed port is refused")
     func busyboxWget() async throws {
         try MeshLabFixture.requireShim()
         try await MeshLabFixture.with(prefix: "scw", functionMemory: 512) { mesh in
+            let tap = try mesh.lab.spawn(
+                .broker, [MeshLabFixture.binary, "tap", "--json", "--broker", "127.0.0.1", "--secret-file", mesh.secretFile])
+            defer { tap.kill() }
+            #expect(await tap.waitForLog(containing: "watching mesh"), "\(tap.standardError)")
             let site = mesh.work.appendingPathComponent("site")
             try FileManager.default.createDirectory(at: site, withIntermediateDirectories: true)
             let file = site.appendingPathComponent("blob.bin").path
@@ -65,6 +69,16 @@ struct SeccompLabTests {
             #expect(client.standardOutput.hasPrefix(expected), "got \(client.standardOutput), want \(expected)")
             #expect(client.standardError.contains("the app runs under the seccomp supervisor: /bin/busybox is statically linked"),
                 "\(client.standardError)")
+            // The tap saw the supervised app's connection, direct, and its close with the file's bytes.
+            var events: [[String: Any]] = []
+            let closed = await eventually(timeout: .seconds(15)) {
+                events = FlowLabTests.events(tap.standardOutput).filter { $0["node"] as? String == "fetch" && $0["peer"] as? String == "web" }
+                return events.contains { $0["event"] as? String == "close" }
+            }
+            #expect(closed, "\(tap.standardOutput)")
+            #expect(events.contains { $0["event"] as? String == "connect" && $0["path"] as? String == "direct" && $0["port"] as? Int == 8000 },
+                "\(events)")
+            #expect(events.contains { $0["event"] as? String == "close" && ($0["bytes_from_peer"] as? Int ?? 0) >= 3_000_000 }, "\(events)")
             let refused = try mesh.node(2, name: "nobody", ["/bin/busybox", "wget", "-q", "-O", "/dev/null", "http://web:8001/"])
             #expect(refused.waitUntilExit(timeout: .seconds(30)) == 1, "\(refused.standardError)")
             #expect(refused.standardError.contains("Connection refused"), "\(refused.standardError)")
