@@ -100,8 +100,10 @@ enum Timing {
         /// practice: the kernel restarts the call, or the app retries after EINTR), then is closed.
         static let unclaimedConnect = Duration.seconds(5)
         /// A non-blocking connect's stand-in, writable once its link is up, waits this long for the app to ask how
-        /// the connect went (getsockopt SO_ERROR, at once in practice) before the node bridges it to the link.
-        static let standInGrace = Duration.milliseconds(100)
+        /// the connect went (getsockopt SO_ERROR, at once in practice) before the node bridges it to the link, for
+        /// an app that waits for the server to speak first without asking. Generous: an event loop in a small
+        /// function may get the CPU only every 100 ms, and a bridge costs the node CPU for the connection's life.
+        static let standInGrace = Duration.seconds(1)
 
         // The tap's reports.
         /// Closed connections are reported this long after the first of them closed, together with those that

@@ -7,7 +7,8 @@ import WireFormat
 extension SeccompSupervisor {
     /// connect(fd, addr, len) to a mesh address: the node builds the link (``LinkManager/connect(to:port:)``, as
     /// for the shim) and puts its socket at the app's descriptor number, with the app's blocking mode and
-    /// close-on-exec flag. Anything else — another address, a UDP socket — runs untouched.
+    /// close-on-exec flag. A UDP socket to port 53 goes to the DNS responder (``connectResolver(_:server:dns:)``);
+    /// anything else — another address, a UDP socket elsewhere — runs untouched.
     ///
     /// A blocking connect returns 0 once the link is in. A retry after a signal joins the link being built
     /// (``ConnectAttempts``); a connect on a socket that is a link already fails with EISCONN.
