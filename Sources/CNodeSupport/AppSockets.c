@@ -21,24 +21,39 @@
 #define SYS_pidfd_getfd 438
 #endif
 
-/// The descriptor number in `pid` that holds the socket `inode`, or -1.
-static int find_in_process(const char *pid, uint64_t inode) {
-    char path[64], target[64], expected[48];
-    snprintf(path, sizeof path, "/proc/%s/fd", pid);
-    snprintf(expected, sizeof expected, "socket:[%" PRIu64 "]", inode);
+int boxer_each_fd(pid_t pid, int (*visit)(int fd, const char *target, void *context), void *context) {
+    char path[64], target[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", pid);
     DIR *fds = opendir(path);
     if (!fds) return -1;
-    int found = -1;
-    for (struct dirent *entry; found < 0 && (entry = readdir(fds));) {
+    int result = 0;
+    for (struct dirent *entry; result == 0 && (entry = readdir(fds));) {
         if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
-        snprintf(path, sizeof path, "/proc/%s/fd/%s", pid, entry->d_name);
+        snprintf(path, sizeof path, "/proc/%d/fd/%s", pid, entry->d_name);
         ssize_t length = readlink(path, target, sizeof target - 1);
         if (length <= 0) continue;
         target[length] = 0;
-        if (strcmp(target, expected) == 0) found = atoi(entry->d_name);
+        result = visit(atoi(entry->d_name), target, context);
     }
     closedir(fds);
-    return found;
+    return result;
+}
+
+struct socket_search { char expected[48]; int found; };
+
+static int match_socket(int fd, const char *target, void *context) {
+    struct socket_search *search = context;
+    if (strcmp(target, search->expected) != 0) return 0;
+    search->found = fd;
+    return 1;
+}
+
+/// The descriptor number in `pid` that holds the socket `inode`, or -1.
+static int find_in_process(pid_t pid, uint64_t inode) {
+    struct socket_search search = {.found = -1};
+    snprintf(search.expected, sizeof search.expected, "socket:[%" PRIu64 "]", inode);
+    boxer_each_fd(pid, match_socket, &search);
+    return search.found;
 }
 
 ssize_t boxer_read_proc_text(const char *path, char *text, size_t size) {
@@ -82,7 +97,7 @@ int boxer_reset_app_socket(uint64_t inode) {
     int result = 0, error = ESRCH;
     for (struct dirent *entry; result == 0 && (entry = readdir(processes));) {
         if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
-        int fd = find_in_process(entry->d_name, inode);
+        int fd = find_in_process(atoi(entry->d_name), inode);
         if (fd < 0) continue;
         int copy = boxer_take_app_fd(atoi(entry->d_name), fd);
         if (copy < 0) {

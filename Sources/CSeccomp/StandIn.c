@@ -5,7 +5,6 @@
 #include "CSeccomp.h"
 #include "CNodeSupport.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -67,41 +66,41 @@ static void *carry(void *argument) {
     return NULL;  // the private table, and what this thread put in it, goes with the thread
 }
 
+/// What ``boxer_sc_carry_epoll`` looks for, and what it found.
+struct epoll_search { pid_t pid; int app_fd; unsigned long long inode; int count; struct registration found[16]; };
+
+/// One of the app's descriptors: if it is an epoll instance, its registrations of the app's descriptor and file.
+static int find_registrations(int fd, const char *target, void *context) {
+    struct epoll_search *search = context;
+    if (strcmp(target, "anon_inode:[eventpoll]") != 0) return 0;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fdinfo/%d", search->pid, fd);
+    char *info = read_all(path);
+    if (!info) return 0;
+    // "tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x", one line per registration
+    for (char *line = strstr(info, "tfd:"); line && search->count < 16; line = strstr(line + 4, "\ntfd:")) {
+        if (*line == '\n') line++;
+        int number;
+        unsigned events;
+        unsigned long long data, inode;
+        long long position;
+        if (sscanf(line, "tfd: %d events: %x data: %llx pos:%lli ino:%llx", &number, &events, &data, &position,
+                   &inode) != 5 || number != search->app_fd || inode != search->inode)
+            continue;
+        int copy = boxer_take_app_fd(search->pid, fd);
+        if (copy >= 0) search->found[search->count++] = (struct registration){copy, events, data};
+    }
+    free(info);
+    return search->count == 16;
+}
+
 int boxer_sc_carry_epoll(pid_t pid, int app_fd, int from, int to) {
     struct stat file;
     if (fstat(from, &file) != 0) return -1;
-    char path[64], target[64];
-    snprintf(path, sizeof path, "/proc/%d/fd", pid);
-    DIR *fds = opendir(path);
-    if (!fds) return -1;
-    struct registration found[16];
-    int count = 0;
-    for (struct dirent *entry; count < 16 && (entry = readdir(fds));) {
-        if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
-        snprintf(path, sizeof path, "/proc/%d/fd/%s", pid, entry->d_name);
-        ssize_t length = readlink(path, target, sizeof target - 1);
-        if (length <= 0) continue;
-        target[length] = 0;
-        if (strcmp(target, "anon_inode:[eventpoll]") != 0) continue;
-        snprintf(path, sizeof path, "/proc/%d/fdinfo/%s", pid, entry->d_name);
-        char *info = read_all(path);
-        if (!info) continue;
-        // "tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x", one line per registration
-        for (char *line = strstr(info, "tfd:"); line && count < 16; line = strstr(line + 4, "\ntfd:")) {
-            if (*line == '\n') line++;
-            int number;
-            unsigned events;
-            unsigned long long data, inode;
-            long long position;
-            if (sscanf(line, "tfd: %d events: %x data: %llx pos:%lli ino:%llx", &number, &events, &data, &position,
-                       &inode) != 5 || number != app_fd || inode != (unsigned long long)file.st_ino)
-                continue;
-            int copy = boxer_take_app_fd(pid, atoi(entry->d_name));
-            if (copy >= 0) found[count++] = (struct registration){copy, events, data};
-        }
-        free(info);
-    }
-    closedir(fds);
+    struct epoll_search search = {.pid = pid, .app_fd = app_fd, .inode = (unsigned long long)file.st_ino};
+    if (boxer_each_fd(pid, find_registrations, &search) < 0) return -1;
+    int count = search.count;
+    struct registration *found = search.found;
     if (count == 0) return 0;
     struct carry_job job = {.app_fd = app_fd, .to = to, .count = count, .registrations = found};
     pthread_t thread;

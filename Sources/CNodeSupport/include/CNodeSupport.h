@@ -47,6 +47,11 @@ int boxer_tcp_listening(uint16_t port);
 /// with errno set (an empty file counts as a failure: /proc never has one).
 ssize_t boxer_read_proc_text(const char *path, char *text, size_t size);
 
+/// Calls `visit` with each descriptor of process `pid` (any thread id) and what /proc says it is ("socket:[123]",
+/// "anon_inode:[eventpoll]", a path), until `visit` returns non-zero. Returns that value, 0 when every descriptor was
+/// visited, or -1 with errno set when the process's descriptors cannot be read.
+int boxer_each_fd(pid_t pid, int (*visit)(int fd, const char *target, void *context), void *context);
+
 /// A copy of descriptor `fd` of process `pid` (any thread id: the descriptor table is the process's):
 /// pidfd_open + pidfd_getfd (Linux 5.6; needs ptrace access to that process), CLOEXEC. -1 with errno set.
 int boxer_take_app_fd(pid_t pid, int fd);
