@@ -100,16 +100,13 @@ final class SeccompSupervisor: Sendable {
     /// sockets remembered before the look are judged by it.
     private func prune() {
         let judged = meshSockets.withLock { Set($0.keys) }
-        var room = 2 * judged.count + 256
-        var counters: [boxer_tcp_counters] = []
-        var count: Int32 = -1
-        for _ in 0..<3 where count < 0 || Int(count) > counters.count {  // more sockets than room: once more, bigger
-            counters = [boxer_tcp_counters](repeating: boxer_tcp_counters(), count: room)
-            count = boxer_tcp_dump(&counters, Int32(room))
-            room = Int(count) + 256
-            if count < 0 { return }
+        var counters = [boxer_tcp_counters](repeating: boxer_tcp_counters(), count: 2 * judged.count + 256)
+        var count = boxer_tcp_dump(&counters, Int32(counters.count))
+        if Int(count) > counters.count {  // more sockets than room: once more, with room for them
+            counters = [boxer_tcp_counters](repeating: boxer_tcp_counters(), count: Int(count) + 256)
+            count = boxer_tcp_dump(&counters, Int32(counters.count))
         }
-        guard Int(count) <= counters.count else { return }
+        guard count >= 0, Int(count) <= counters.count else { return }
         let alive = Set(counters.prefix(Int(count)).map(\.cookie))
         let (forgotten, kept) = meshSockets.withLock { table in
             let closed = judged.filter { !alive.contains($0) }
