@@ -13,6 +13,7 @@
 //   shim_connect.c   connect (blocking and non-blocking), the fd swap, socket option record/replay
 //   shim_socket.c    socket/bind/listen/accept, getsockname/getpeername
 //   shim_names.c     getaddrinfo and friends, gethostname/uname
+//   shim_handoff.c   taking over the direct socket of a relayed connection after its upgrade (threads parked)
 #ifndef BOXER_SHIM_H
 #define BOXER_SHIM_H
 
@@ -149,6 +150,8 @@ struct shim_waiter {
 // (-1 if none), or an errno: ENETUNREACH when the node is unreachable or went away, ETIMEDOUT.
 int shim_node_call(Boxermesh__V1__ShimRequest *request, int timeout_ms, Boxermesh__V1__ShimResponse **response,
                    int *fd);
+// Sends a message the node does not answer (id 0). Lock held.
+void shim_node_notify_locked(Boxermesh__V1__ShimRequest *request);
 // Sends a non-blocking connect request; its reply is handled on the service thread. Lock held. Returns 0 or
 // an errno; on success the heap waiter is linked to sock.
 int shim_node_send_async_locked(Boxermesh__V1__ShimRequest *request, struct shim_sock *sock, int app_fd);
@@ -198,7 +201,11 @@ struct shim_sock {
     size_t n_opts;
     struct shim_epreg *regs;       // epoll registrations of fds referring to this socket
     size_t n_regs;
+    uint64_t handoff_connection;   // SHIM_MESH, relayed: the node may hand over its direct socket (ShimHandoff)
 };
+
+// Whether the socket's fd may still be swapped (so its epoll registrations and options are recorded).
+bool shim_sock_swappable(const struct shim_sock *sock);
 
 // Lock-free: may the fd have state? (Untracked fds never take the lock.)
 bool shim_fd_tracked(int fd);
@@ -235,5 +242,16 @@ void shim_sock_set_connection(struct shim_sock *sock, const Boxermesh__V1__ShimC
 // Sets the options the app set on sock (recorded by setsockopt) on fd, a socket the node handed over; they
 // override the node's own.
 void shim_replay_opts_locked(struct shim_sock *sock, int fd);
+// Puts the socket `replacement` at the app's fd number `fd`, keeping the app's O_NONBLOCK, FD_CLOEXEC and epoll
+// registrations; closes `replacement`. With `wake`, the old file is shut down afterwards. 0 or an errno.
+int shim_swap_locked(struct shim_sock *sock, int fd, int replacement, bool wake);
+// Copies the options recorded on `from` to `to` (a listener's, for a relayed socket accepted on it).
+void shim_copy_opts_locked(const struct shim_sock *from, struct shim_sock *to);
+
+// ---- shim_handoff.c ------------------------------------------------------------------------------------------
+
+// The node hands over the direct socket of relayed connection handoff->connection (service thread, lock held;
+// may release it while it waits). Takes ownership of both fds; answers the node with ShimHandoffResult.
+void shim_handoff_locked(const Boxermesh__V1__ShimHandoff *handoff, int direct, int pair);
 
 #endif

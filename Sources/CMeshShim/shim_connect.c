@@ -67,10 +67,9 @@ void shim_replay_opts_locked(struct shim_sock *sock, int fd) {
     }
 }
 
-// Puts the socket `replacement` at the app's fd number `fd`, keeping the app's O_NONBLOCK, FD_CLOEXEC and epoll
-// registrations; closes `replacement`. With `wake`, the old file (a placeholder) is shut down afterwards: a
-// poll()/select() already sleeping on it would otherwise sleep on, since dup3 does not wake it.
-static int swap_locked(struct shim_sock *sock, int fd, int replacement, bool wake) {
+// `wake` is for a placeholder: a poll()/select() already sleeping on it would otherwise sleep on, since dup3 does
+// not wake it.
+int shim_swap_locked(struct shim_sock *sock, int fd, int replacement, bool wake) {
     int status = real.fcntl(fd, F_GETFL, 0), descriptor = real.fcntl(fd, F_GETFD, 0);
     int replacement_status = real.fcntl(replacement, F_GETFL, 0);
     if (status < 0 || descriptor < 0 || replacement_status < 0) {
@@ -108,7 +107,18 @@ static int placeholder(void) {
     return fd;
 }
 
+void shim_copy_opts_locked(const struct shim_sock *from, struct shim_sock *to) {
+    if (!from->n_opts) return;
+    struct shim_opt *copy = malloc(from->n_opts * sizeof *copy);
+    if (!copy) return;
+    memcpy(copy, from->opts, from->n_opts * sizeof *copy);
+    free(to->opts);
+    to->opts = copy;
+    to->n_opts = from->n_opts;
+}
+
 void shim_sock_set_connection(struct shim_sock *sock, const Boxermesh__V1__ShimConnection *connection) {
+    sock->handoff_connection = connection->connection;
     sock->local_ip = connection->local_address ? connection->local_address : shim_cfg.mesh_ip;
     sock->local_port = (uint16_t)connection->local_port;
     sock->peer_ip = connection->peer_address;
@@ -122,14 +132,16 @@ static int connection_error(int transport, const Boxermesh__V1__ShimResponse *re
     return response->body_case == BOXERMESH__V1__SHIM_RESPONSE__BODY_CONNECTION ? 0 : EPROTO;
 }
 
-// Swaps in the connection; no more swaps follow, so the epoll shadow and the recorded options can go.
+// Swaps in the connection. Unless the node may hand over a direct socket later (a relayed connection), no more
+// swaps follow, so the epoll shadow and the recorded options can go.
 static int become_mesh_locked(struct shim_sock *sock, int fd, int connected, bool wake,
                               const Boxermesh__V1__ShimConnection *connection) {
     shim_replay_opts_locked(sock, connected);
-    int error = swap_locked(sock, fd, connected, wake);
+    int error = shim_swap_locked(sock, fd, connected, wake);
     if (error) return error;
     sock->state = SHIM_MESH;
     shim_sock_set_connection(sock, connection);
+    if (sock->handoff_connection) return 0;
     free(sock->regs);
     sock->regs = NULL;
     sock->n_regs = 0;
@@ -175,7 +187,7 @@ void shim_connect_complete_locked(struct shim_waiter *w) {
         // Ready at once, like a failed kernel connect, with SO_ERROR (hooked) telling why. A fresh TCP socket
         // also lets the app connect again; failing that, the shut-down placeholder is ready too.
         int fresh = real.socket(sock->family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fresh < 0 || swap_locked(sock, w->app_fd, fresh, true) != 0) shutdown(w->app_fd, SHUT_RDWR);
+        if (fresh < 0 || shim_swap_locked(sock, w->app_fd, fresh, true) != 0) shutdown(w->app_fd, SHUT_RDWR);
         sock->state = SHIM_FAILED;
         sock->so_error = error;
     }
@@ -211,7 +223,7 @@ static int connect_nonblocking_locked(struct shim_sock *sock, int fd, Boxermesh_
         real.close(stand_in);
         return error;
     }
-    error = swap_locked(sock, fd, stand_in, false);
+    error = shim_swap_locked(sock, fd, stand_in, false);
     if (error) {
         sock->pending->sock = NULL;
         sock->pending = NULL;
@@ -272,6 +284,7 @@ static int connect_mesh(int fd, const struct sockaddr *addr, socklen_t len, uint
     Boxermesh__V1__ShimConnect body = BOXERMESH__V1__SHIM_CONNECT__INIT;
     body.address = ip;
     body.port = port;
+    body.takes_handoff = true;
     Boxermesh__V1__ShimRequest request = BOXERMESH__V1__SHIM_REQUEST__INIT;
     request.body_case = BOXERMESH__V1__SHIM_REQUEST__BODY_CONNECT;
     request.connect = &body;
@@ -337,8 +350,7 @@ SHIM_EXPORT int setsockopt(int fd, int level, int name, const void *value, sockl
     int rc = real.setsockopt(fd, level, name, value, len);
     int saved = errno;
     // A listener's options are kept for the mesh sockets accepted on it, which the kernel did not clone from it.
-    if (rc == 0 && sock && (sock->state == SHIM_TCP || sock->state == SHIM_BLOCKING || sock->state == SHIM_FAILED ||
-                            sock->state == SHIM_LISTENING)) {
+    if (rc == 0 && sock && (sock->state == SHIM_LISTENING || shim_sock_swappable(sock))) {
         record_opt_locked(sock, level, name, value, len);
     }
     pthread_mutex_unlock(&shim_lock);

@@ -7,8 +7,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-static bool swappable(enum shim_state state) {
-    return state == SHIM_TCP || state == SHIM_CONNECTING || state == SHIM_BLOCKING || state == SHIM_FAILED;
+bool shim_sock_swappable(const struct shim_sock *sock) {
+    switch (sock->state) {
+    case SHIM_TCP:
+    case SHIM_CONNECTING:
+    case SHIM_BLOCKING:
+    case SHIM_FAILED:
+        return true;
+    case SHIM_MESH:
+        return sock->handoff_connection != 0;
+    default:
+        return false;
+    }
 }
 
 static struct shim_epreg *find(struct shim_sock *sock, int epfd, int fd) {
@@ -89,7 +99,7 @@ SHIM_EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
     int rc = real.epoll_ctl(epfd, op, fd, event);
     int saved = errno;
     struct shim_sock *sock = shim_fd_get_locked(fd);
-    if (rc == 0 && sock && swappable(sock->state)) record_locked(sock, epfd, op, fd, event);
+    if (rc == 0 && sock && shim_sock_swappable(sock)) record_locked(sock, epfd, op, fd, event);
     pthread_mutex_unlock(&shim_lock);
     errno = saved;
     return rc;

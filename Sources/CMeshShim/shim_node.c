@@ -126,19 +126,32 @@ static void *service_main(void *arg) {
             drop_connection_locked(ENETUNREACH, true);
             break;
         }
-        int fd = -1;
+        int fds[2] = {-1, -1};
+        size_t n_fds = 0;
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
             if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
             size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
             for (size_t i = 0; i < count; i++) {
                 int received;
                 memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof received);
-                if (fd < 0) fd = received;
-                else real.close(received);  // the protocol attaches at most one
+                if (n_fds < 2) fds[n_fds++] = received;
+                else real.close(received);  // the protocol attaches at most two
             }
         }
         Boxermesh__V1__ShimResponse *response =
             (msg.msg_flags & MSG_TRUNC) ? NULL : boxermesh__v1__shim_response__unpack(NULL, (size_t)n, buffer);
+        if (response && response->id == 0 && response->body_case == BOXERMESH__V1__SHIM_RESPONSE__BODY_HANDOFF &&
+            n_fds == 2) {
+            shim_handoff_locked(response->handoff, fds[0], fds[1]);
+            shim_response_free(response);
+            continue;
+        }
+        if (n_fds == 2) {  // only a handoff carries two
+            real.close(fds[1]);
+            fds[1] = -1;
+            if (response) response->error = EPROTO;
+        }
+        int fd = fds[0];
         if (!response) {
             SHIM_DEBUG("ignoring a malformed reply from the node (%zd bytes)", n);
             if (fd >= 0) real.close(fd);
@@ -230,6 +243,16 @@ static int send_locked(Boxermesh__V1__ShimRequest *request, struct shim_waiter *
     w->next = waiters;
     waiters = w;
     return 0;
+}
+
+void shim_node_notify_locked(Boxermesh__V1__ShimRequest *request) {
+    if (node_fd < 0) return;
+    request->id = 0;
+    uint8_t buffer[1024];
+    size_t size = boxermesh__v1__shim_request__get_packed_size(request);
+    if (size > sizeof buffer) return;
+    boxermesh__v1__shim_request__pack(request, buffer);
+    if (send(node_fd, buffer, size, MSG_NOSIGNAL) < 0) SHIM_DEBUG("cannot send to the node: %s", strerror(errno));
 }
 
 int shim_node_call(Boxermesh__V1__ShimRequest *request, int timeout_ms, Boxermesh__V1__ShimResponse **response,

@@ -128,6 +128,7 @@ static int take_accepted(int listen_fd, int signal_fd, uint16_t signal_port, int
     Boxermesh__V1__ShimTakeAccepted body = BOXERMESH__V1__SHIM_TAKE_ACCEPTED__INIT;
     body.port = port;
     body.signal_port = signal_port;
+    body.takes_handoff = true;
     Boxermesh__V1__ShimRequest request = BOXERMESH__V1__SHIM_REQUEST__INIT;
     request.body_case = BOXERMESH__V1__SHIM_REQUEST__BODY_TAKE_ACCEPTED;
     request.take_accepted = &body;
@@ -157,6 +158,8 @@ static int take_accepted(int listen_fd, int signal_fd, uint16_t signal_port, int
     struct shim_sock *sock = shim_sock_new(SHIM_MESH, family);
     if (sock) {
         shim_sock_set_connection(sock, c);
+        // A relayed socket may be swapped for its direct socket later, which then needs the listener's options.
+        if (listener && sock->handoff_connection) shim_copy_opts_locked(listener, sock);
         shim_fd_set_locked(fd, sock);
     }
     pthread_mutex_unlock(&shim_lock);

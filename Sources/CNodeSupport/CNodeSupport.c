@@ -52,22 +52,26 @@ int boxer_connect_seqpacket(const char *name) {
     return fd;
 }
 
-ssize_t boxer_send_with_fd(int socket, const void *data, size_t length, int fd) {
+ssize_t boxer_send_with_fds(int socket, const void *data, size_t length, const int *fds, size_t count) {
     struct iovec vector = {.iov_base = (void *)data, .iov_len = length};
     struct msghdr message = {.msg_iov = &vector, .msg_iovlen = 1};
     union {
         struct cmsghdr header;
-        char space[CMSG_SPACE(sizeof(int))];
+        char space[CMSG_SPACE(2 * sizeof(int))];
     } control;
-    if (fd >= 0) {
+    if (count > 2) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (count > 0) {
         memset(&control, 0, sizeof control);
         message.msg_control = control.space;
-        message.msg_controllen = sizeof control.space;
+        message.msg_controllen = CMSG_SPACE(count * sizeof(int));
         struct cmsghdr *header = CMSG_FIRSTHDR(&message);
         header->cmsg_level = SOL_SOCKET;
         header->cmsg_type = SCM_RIGHTS;
-        header->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(header), &fd, sizeof(int));
+        header->cmsg_len = CMSG_LEN(count * sizeof(int));
+        memcpy(CMSG_DATA(header), fds, count * sizeof(int));
     }
     ssize_t sent;
     do {

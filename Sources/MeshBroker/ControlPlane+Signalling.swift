@@ -114,8 +114,23 @@ extension ControlPlaneHandler {
                 "mesh": "\(session.mesh)", "node": "\(session.member?.name ?? "?")", "connection": "\(report.connectionID)",
                 "path": "\(report.path)", "setup_ms": "\(report.setupMs)", "failure": "\(report.failure)",
             ])
+        guard let member = session.member else { return }
+        // Each side's app takes the direct socket (or not) on its own: both sides' handoffs are published.
+        if report.handoff != .unspecified {
+            let peer = registry.member(at: IPv4Address(report.peerAddress), in: session.mesh) ?? Member()
+            var event = Boxermesh_V1_ConnectionEvent()
+            event.kind = .handoff
+            event.connectionID = report.connectionID
+            (event.from, event.to) = report.initiator ? (member, peer) : (peer, member)
+            event.port = report.port
+            event.path = .direct
+            event.reason = report.failure
+            event.handoffSide = report.initiator ? "connecting" : "accepting"
+            event.handoffDeclined = report.handoff == .declined
+            return publish(event, mesh: session.mesh)
+        }
         // The initiator's report is the one published, so each link shows once.
-        guard report.initiator, let member = session.member else { return }
+        guard report.initiator else { return }
         var event = Boxermesh_V1_ConnectionEvent()
         // A direct link reported for a connection the relay carried is its upgrade (relay -> direct).
         let upgrade = report.established && report.path == .direct && relay?.wasRelayed(report.connectionID) == true

@@ -90,7 +90,8 @@ public enum Node {
             let flows = try FlowMonitor(
                 session: session, interval: configuration.flowInterval, logger: logger, brokerRTT: { direct.brokerRTT })
             flows.start()
-            let relay = RelayClient(options: relayOptions, direct: direct)
+            let handoffs = HandoffDesk()
+            let relay = RelayClient(options: relayOptions, direct: direct, handoffs: handoffs)
             let links = LinkManager(
                 session: session, direct: direct, logger: logger, relay: relay, policy: configuration.links, flows: flows)
             // Before the app starts: its first connect may come at once.
@@ -98,9 +99,9 @@ public enum Node {
             // The relay runs for the node's whole life (it must be attached before a peer relays to us).
             let relayTask = Task {
                 do {
-                    try await relay.run(session: session, logger: logger) { id, context, direct in
-                        links.upgraded(id, context, direct: direct)
-                    }
+                    try await relay.run(
+                        session: session, logger: logger, onUpgraded: { id, context, direct in links.upgraded(id, context, direct: direct) },
+                        onHandoff: { id, context, event in links.handoff(id, context, event) })
                 } catch {
                     logger.error("the relay client stopped: \(error)")
                 }
@@ -120,7 +121,7 @@ public enum Node {
                 default: break
                 }
             }
-            let local = try LocalService(links: links, session: session, names: names, logger: logger)
+            let local = try LocalService(links: links, session: session, names: names, handoffs: handoffs, logger: logger)
             local.start()
             defer { local.stop() }
             var environment = ProcessInfo.processInfo.environment

@@ -48,6 +48,12 @@ enum Timing {
         static let upgradeFirst = Duration.seconds(1)
         /// …up to this (default of --upgrade-max-interval).
         static let upgradeMaxInterval = Duration.seconds(30)
+        /// An upgraded connection still draining its relay bytes is looked at again this soon for its handoff…
+        static let handoffRecheck = Duration.milliseconds(10)
+        /// …and one whose handoff the app's shim declined, after this, doubling…
+        static let handoffRetry = Duration.seconds(1)
+        /// …for this many declines; then it stays on the node's copy loop.
+        static let handoffAttempts = 6
 
         // Public endpoints.
         /// One exchange with the broker's reflector.

@@ -13,9 +13,11 @@ extension BoxerMesh {
             abstract: "Watch a mesh live: joins, leaves, expiries, connections and their flows, one line per event (or relayed traffic into a pcap file).",
             discussion: """
                 Lines go to standard output as events happen; --json prints one JSON object per line with the \
-                fields time, time_unix_ms, mesh, event (join, leave, expire, connect, upgrade, refused, connect-failed, \
-                close, flow, dropped), node, address, and as they apply members, connection, peer, peer_address, port, \
-                path, setup_ms, reason (why a node left, or a connect failed), count and kind (dropped: how many events of which kind); close and flow add bytes_to_peer and bytes_from_peer (what the node's app \
+                fields time, time_unix_ms, mesh, event (join, leave, expire, connect, upgrade, handoff, handoff-declined, \
+                refused, connect-failed, close, flow, dropped), node, address, and as they apply members, connection, \
+                peer, peer_address, port, path, setup_ms, reason (why a node left, a connect failed, or an app did not \
+                take its upgraded connection's direct socket), side (handoff: which app, connecting or accepting, now \
+                holds the direct socket itself), count and kind (dropped: how many events of which kind); close and flow add bytes_to_peer and bytes_from_peer (what the node's app \
                 sent to and received from the peer's), duration_ms and rtt_us, flow adds rate_to_peer_bps and \
                 rate_from_peer_bps. In a connection event the node is the connecting side. Flow samples come every \
                 few seconds per open connection; --no-flows leaves them out. Events are sealed per mesh: only a \
@@ -127,6 +129,7 @@ struct TapLine: Encodable {
     var rtt_us: UInt32?
     var rate_to_peer_bps: UInt64?
     var rate_from_peer_bps: UInt64?
+    var side: String?
 
     init(_ event: TapEvent) {
         time = Self.timestamp(event.timeUnixMs)
@@ -148,6 +151,7 @@ struct TapLine: Encodable {
             self.event = switch connection.kind {
             case .open: "connect"
             case .upgrade: "upgrade"
+            case .handoff: connection.handoffDeclined ? "handoff-declined" : "handoff"
             case .refused: "refused"
             case .failed: "connect-failed"
             case .close: "close"
@@ -174,6 +178,7 @@ struct TapLine: Encodable {
             }
             setup_ms = connection.kind == .open ? connection.setupMs : nil
             reason = connection.reason.isEmpty ? nil : connection.reason
+            side = connection.kind == .handoff ? connection.handoffSide : nil
         case .capture, nil:
             // Captured payloads come only on the capture port, and go to a pcap file (--pcap), never to lines.
             self.event = "unknown"
@@ -202,6 +207,7 @@ struct TapLine: Encodable {
         if let members { line += "  members=\(members)" }
         if let peer, let peer_address, let port { line += "  -> \(peer)/\(peer_address):\(port)" }
         if let path { line += "  path=\(path)" }
+        if let side { line += "  side=\(side)" }
         if let setup_ms { line += "  setup=\(setup_ms)ms" }
         if let reason { line += "  (\(reason))" }
         if let bytes_to_peer, let bytes_from_peer {

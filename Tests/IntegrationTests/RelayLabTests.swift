@@ -208,14 +208,7 @@ struct RelayLabTests {
             let python = try mesh.lab.spawn(.broker, [Self.pythonSubscriber, "tcp://127.0.0.1:7701", "default", mesh.secretFile])
             defer { python.kill() }
             #expect(await python.waitForLog(containing: "subscribed to"), "\(python.standardError)")
-            // A firewall rule on each NAT drops whatever goes towards the other NAT: no punch gets through.
-            let block = { (action: String) throws in
-                for (nat, other) in [(1, 2), (2, 1)] {
-                    _ = try mesh.lab.run(
-                        .nat(nat), ["iptables", action, "FORWARD", "-o", "wan0", "-d", NATLab.publicAddress(ofNAT: other), "-j", "DROP"]
-                    ).check()
-                }
-            }
+            let block = { (action: String) throws in try Self.blockPunching(mesh, action) }
             try block("-I")
             let server = try server(mesh, 1)
             defer { server.kill() }
@@ -248,6 +241,16 @@ struct RelayLabTests {
             let forced = try client(mesh, 2, name: "c-forced", options: ["--path", "relay"], ["stream", "3"])
             #expect(forced.exitStatus == 0 && forced.standardOutput.contains("path relay"), "\(forced.standardOutput)\n\(forced.standardError)")
             #expect(!forced.standardError.contains("moved to a direct link"), "\(forced.standardError)")
+        }
+    }
+
+    /// With `-I`, a firewall rule on each NAT drops whatever goes towards the other NAT, so no punch gets through;
+    /// `-D` lifts it.
+    static func blockPunching(_ mesh: MeshLabFixture, _ action: String) throws {
+        for (nat, other) in [(1, 2), (2, 1)] {
+            _ = try mesh.lab.run(
+                .nat(nat), ["iptables", action, "FORWARD", "-o", "wan0", "-d", NATLab.publicAddress(ofNAT: other), "-j", "DROP"]
+            ).check()
         }
     }
 

@@ -43,13 +43,13 @@ struct RelayedPair {
             var options = RelayOptions(endpoint: broker.relay)
             options.upgrade = false
             let direct = DirectPath(reflector: Endpoint(IPv4Address.loopback, port: 9))
-            let relay = RelayClient(options: options, direct: direct)
+            let relay = RelayClient(options: options, direct: direct, handoffs: HandoffDesk())
             let links = LinkManager(
                 session: session, direct: direct, logger: logger, relay: relay, policy: LinkPolicy(path: .relay))
             client.onPush { message in
                 if case .incomingConnection(let incoming) = message.body { Task { await links.accept(incoming) } }
             }
-            let pump = Task { try await relay.run(session: session, logger: logger) { _, _, _ in } }
+            let pump = Task { try await relay.run(session: session, logger: logger, onUpgraded: { _, _, _ in }, onHandoff: { _, _, _ in }) }
             defer {
                 relay.stop()
                 pump.cancel()

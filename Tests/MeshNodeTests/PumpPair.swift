@@ -22,6 +22,9 @@ final class PumpPair {
         var gathers: [(id: UInt64, attempt: UInt32)] = []
         var punches: [(id: UInt64, attempt: UInt32, request: UpgradePunch)] = []
         var upgrades: [UInt64] = []
+        /// Handoff offers made to this side's app, and what the pump reported of them.
+        var offers: [UInt64] = []
+        var handoffEvents: [HandoffEvent] = []
         /// The app's end of the relayed connection (non-blocking).
         var app: Int32 = -1
         /// What the app has read so far.
@@ -44,7 +47,8 @@ final class PumpPair {
     let acceptor = Side(name: "acceptor")
     let token = LinkToken(Array(repeating: 7, count: 32))
 
-    init(upgrade: Bool = true) {
+    /// `takesHandoff`: each app takes handoff offers (as the preload shim does); the test answers them.
+    init(upgrade: Bool = true, takesHandoff: Bool = false) {
         var options = RelayOptions(endpoint: "inproc://unused")
         options.upgrade = upgrade
         var logger = Logger(label: "pump-test")
@@ -57,7 +61,12 @@ final class PumpPair {
                 session: { Data([1, 2, 3]) },
                 gather: { id, attempt in side.gathers.append((id, attempt)) },
                 punch: { id, attempt, request in side.punches.append((id, attempt, request)) },
-                upgraded: { id, _, _ in side.upgrades.append(id) })
+                upgraded: { id, _, _ in side.upgrades.append(id) },
+                handOff: { id, _, _ in
+                    side.offers.append(id)
+                    return takesHandoff
+                },
+                handoff: { _, _, event in side.handoffEvents.append(event) })
             side.pump = RelayPump(options: options, effects: effects, expectations: side.expectations, logger: logger)
         }
     }

@@ -1987,6 +1987,96 @@ void   boxermesh__v1__shim_take_accepted__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__shim_take_accepted__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   boxermesh__v1__shim_handoff__init
+                     (Boxermesh__V1__ShimHandoff         *message)
+{
+  static const Boxermesh__V1__ShimHandoff init_value = BOXERMESH__V1__SHIM_HANDOFF__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__shim_handoff__get_packed_size
+                     (const Boxermesh__V1__ShimHandoff *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__shim_handoff__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__shim_handoff__pack
+                     (const Boxermesh__V1__ShimHandoff *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__shim_handoff__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__shim_handoff__pack_to_buffer
+                     (const Boxermesh__V1__ShimHandoff *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__shim_handoff__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__ShimHandoff *
+       boxermesh__v1__shim_handoff__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__ShimHandoff *)
+     protobuf_c_message_unpack (&boxermesh__v1__shim_handoff__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__shim_handoff__free_unpacked
+                     (Boxermesh__V1__ShimHandoff *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__shim_handoff__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__shim_handoff_result__init
+                     (Boxermesh__V1__ShimHandoffResult         *message)
+{
+  static const Boxermesh__V1__ShimHandoffResult init_value = BOXERMESH__V1__SHIM_HANDOFF_RESULT__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__shim_handoff_result__get_packed_size
+                     (const Boxermesh__V1__ShimHandoffResult *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__shim_handoff_result__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__shim_handoff_result__pack
+                     (const Boxermesh__V1__ShimHandoffResult *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__shim_handoff_result__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__shim_handoff_result__pack_to_buffer
+                     (const Boxermesh__V1__ShimHandoffResult *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__shim_handoff_result__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__ShimHandoffResult *
+       boxermesh__v1__shim_handoff_result__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__ShimHandoffResult *)
+     protobuf_c_message_unpack (&boxermesh__v1__shim_handoff_result__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__shim_handoff_result__free_unpacked
+                     (Boxermesh__V1__ShimHandoffResult *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__shim_handoff_result__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   boxermesh__v1__relay_frame__init
                      (Boxermesh__V1__RelayFrame         *message)
 {
@@ -4319,7 +4409,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__connect_answer__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__connect_answer__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__link_report__field_descriptors[9] =
+static const ProtobufCFieldDescriptor boxermesh__v1__link_report__field_descriptors[10] =
 {
   {
     "connection_id",
@@ -4429,11 +4519,24 @@ static const ProtobufCFieldDescriptor boxermesh__v1__link_report__field_descript
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "handoff",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LinkReport, handoff),
+    &boxermesh__v1__handoff__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__link_report__field_indices_by_name[] = {
   0,   /* field[0] = connection_id */
   1,   /* field[1] = established */
   4,   /* field[4] = failure */
+  9,   /* field[9] = handoff */
   5,   /* field[5] = initiator */
   2,   /* field[2] = path */
   6,   /* field[6] = peer_address */
@@ -4444,7 +4547,7 @@ static const unsigned boxermesh__v1__link_report__field_indices_by_name[] = {
 static const ProtobufCIntRange boxermesh__v1__link_report__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__link_report__descriptor =
 {
@@ -4454,7 +4557,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__link_report__descriptor =
   "Boxermesh__V1__LinkReport",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__LinkReport),
-  9,
+  10,
   boxermesh__v1__link_report__field_descriptors,
   boxermesh__v1__link_report__field_indices_by_name,
   1,  boxermesh__v1__link_report__number_ranges,
@@ -4906,7 +5009,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__membership_event__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__membership_event__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCEnumValue boxermesh__v1__connection_event__kind__enum_values_by_number[7] =
+static const ProtobufCEnumValue boxermesh__v1__connection_event__kind__enum_values_by_number[8] =
 {
   { "KIND_UNSPECIFIED", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UNSPECIFIED", 0 },
   { "KIND_OPEN", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_OPEN", 1 },
@@ -4915,15 +5018,17 @@ static const ProtobufCEnumValue boxermesh__v1__connection_event__kind__enum_valu
   { "KIND_UPGRADE", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UPGRADE", 4 },
   { "KIND_CLOSE", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_CLOSE", 5 },
   { "KIND_FLOW", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_FLOW", 6 },
+  { "KIND_HANDOFF", "BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_HANDOFF", 7 },
 };
 static const ProtobufCIntRange boxermesh__v1__connection_event__kind__value_ranges[] = {
-{0, 0},{0, 7}
+{0, 0},{0, 8}
 };
-static const ProtobufCEnumValueIndex boxermesh__v1__connection_event__kind__enum_values_by_name[7] =
+static const ProtobufCEnumValueIndex boxermesh__v1__connection_event__kind__enum_values_by_name[8] =
 {
   { "KIND_CLOSE", 5 },
   { "KIND_FAILED", 3 },
   { "KIND_FLOW", 6 },
+  { "KIND_HANDOFF", 7 },
   { "KIND_OPEN", 1 },
   { "KIND_REFUSED", 2 },
   { "KIND_UNSPECIFIED", 0 },
@@ -4936,15 +5041,15 @@ const ProtobufCEnumDescriptor boxermesh__v1__connection_event__kind__descriptor 
   "Kind",
   "Boxermesh__V1__ConnectionEvent__Kind",
   "boxermesh.v1",
-  7,
+  8,
   boxermesh__v1__connection_event__kind__enum_values_by_number,
-  7,
+  8,
   boxermesh__v1__connection_event__kind__enum_values_by_name,
   1,
   boxermesh__v1__connection_event__kind__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__connection_event__field_descriptors[14] =
+static const ProtobufCFieldDescriptor boxermesh__v1__connection_event__field_descriptors[16] =
 {
   {
     "kind",
@@ -5114,6 +5219,30 @@ static const ProtobufCFieldDescriptor boxermesh__v1__connection_event__field_des
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "handoff_side",
+    15,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, handoff_side),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "handoff_declined",
+    16,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ConnectionEvent, handoff_declined),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__connection_event__field_indices_by_name[] = {
   8,   /* field[8] = bytes_from_to */
@@ -5121,6 +5250,8 @@ static const unsigned boxermesh__v1__connection_event__field_indices_by_name[] =
   1,   /* field[1] = connection_id */
   10,   /* field[10] = duration_ms */
   2,   /* field[2] = from */
+  15,   /* field[15] = handoff_declined */
+  14,   /* field[14] = handoff_side */
   0,   /* field[0] = kind */
   5,   /* field[5] = path */
   4,   /* field[4] = port */
@@ -5134,7 +5265,7 @@ static const unsigned boxermesh__v1__connection_event__field_indices_by_name[] =
 static const ProtobufCIntRange boxermesh__v1__connection_event__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 14 }
+  { 0, 16 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__connection_event__descriptor =
 {
@@ -5144,7 +5275,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__connection_event__descriptor =
   "Boxermesh__V1__ConnectionEvent",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ConnectionEvent),
-  14,
+  16,
   boxermesh__v1__connection_event__field_descriptors,
   boxermesh__v1__connection_event__field_indices_by_name,
   1,  boxermesh__v1__connection_event__number_ranges,
@@ -5312,7 +5443,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__capture_segment__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__capture_segment__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__shim_request__field_descriptors[7] =
+static const ProtobufCFieldDescriptor boxermesh__v1__shim_request__field_descriptors[8] =
 {
   {
     "id",
@@ -5398,9 +5529,22 @@ static const ProtobufCFieldDescriptor boxermesh__v1__shim_request__field_descrip
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "handoff_result",
+    16,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ShimRequest, body_case),
+    offsetof(Boxermesh__V1__ShimRequest, handoff_result),
+    &boxermesh__v1__shim_handoff_result__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__shim_request__field_indices_by_name[] = {
   3,   /* field[3] = connect */
+  7,   /* field[7] = handoff_result */
   0,   /* field[0] = id */
   4,   /* field[4] = listen */
   1,   /* field[1] = resolve */
@@ -5412,7 +5556,7 @@ static const ProtobufCIntRange boxermesh__v1__shim_request__number_ranges[2 + 1]
 {
   { 1, 0 },
   { 10, 1 },
-  { 0, 7 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__shim_request__descriptor =
 {
@@ -5422,14 +5566,14 @@ const ProtobufCMessageDescriptor boxermesh__v1__shim_request__descriptor =
   "Boxermesh__V1__ShimRequest",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ShimRequest),
-  7,
+  8,
   boxermesh__v1__shim_request__field_descriptors,
   boxermesh__v1__shim_request__field_indices_by_name,
   2,  boxermesh__v1__shim_request__number_ranges,
   (ProtobufCMessageInit) boxermesh__v1__shim_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__shim_response__field_descriptors[5] =
+static const ProtobufCFieldDescriptor boxermesh__v1__shim_response__field_descriptors[6] =
 {
   {
     "id",
@@ -5491,10 +5635,23 @@ static const ProtobufCFieldDescriptor boxermesh__v1__shim_response__field_descri
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "handoff",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ShimResponse, body_case),
+    offsetof(Boxermesh__V1__ShimResponse, handoff),
+    &boxermesh__v1__shim_handoff__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__shim_response__field_indices_by_name[] = {
   4,   /* field[4] = connection */
   1,   /* field[1] = error */
+  5,   /* field[5] = handoff */
   0,   /* field[0] = id */
   2,   /* field[2] = message */
   3,   /* field[3] = resolved */
@@ -5503,7 +5660,7 @@ static const ProtobufCIntRange boxermesh__v1__shim_response__number_ranges[2 + 1
 {
   { 1, 0 },
   { 10, 3 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__shim_response__descriptor =
 {
@@ -5513,7 +5670,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__shim_response__descriptor =
   "Boxermesh__V1__ShimResponse",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ShimResponse),
-  5,
+  6,
   boxermesh__v1__shim_response__field_descriptors,
   boxermesh__v1__shim_response__field_indices_by_name,
   2,  boxermesh__v1__shim_response__number_ranges,
@@ -5647,7 +5804,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__shim_resolved__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__shim_resolved__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__shim_connect__field_descriptors[2] =
+static const ProtobufCFieldDescriptor boxermesh__v1__shim_connect__field_descriptors[3] =
 {
   {
     "address",
@@ -5673,15 +5830,28 @@ static const ProtobufCFieldDescriptor boxermesh__v1__shim_connect__field_descrip
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "takes_handoff",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimConnect, takes_handoff),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__shim_connect__field_indices_by_name[] = {
   0,   /* field[0] = address */
   1,   /* field[1] = port */
+  2,   /* field[2] = takes_handoff */
 };
 static const ProtobufCIntRange boxermesh__v1__shim_connect__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__shim_connect__descriptor =
 {
@@ -5691,14 +5861,14 @@ const ProtobufCMessageDescriptor boxermesh__v1__shim_connect__descriptor =
   "Boxermesh__V1__ShimConnect",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ShimConnect),
-  2,
+  3,
   boxermesh__v1__shim_connect__field_descriptors,
   boxermesh__v1__shim_connect__field_indices_by_name,
   1,  boxermesh__v1__shim_connect__number_ranges,
   (ProtobufCMessageInit) boxermesh__v1__shim_connect__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__shim_connection__field_descriptors[5] =
+static const ProtobufCFieldDescriptor boxermesh__v1__shim_connection__field_descriptors[6] =
 {
   {
     "local_address",
@@ -5760,8 +5930,21 @@ static const ProtobufCFieldDescriptor boxermesh__v1__shim_connection__field_desc
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "connection",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimConnection, connection),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__shim_connection__field_indices_by_name[] = {
+  5,   /* field[5] = connection */
   0,   /* field[0] = local_address */
   1,   /* field[1] = local_port */
   4,   /* field[4] = path */
@@ -5771,7 +5954,7 @@ static const unsigned boxermesh__v1__shim_connection__field_indices_by_name[] = 
 static const ProtobufCIntRange boxermesh__v1__shim_connection__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__shim_connection__descriptor =
 {
@@ -5781,7 +5964,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__shim_connection__descriptor =
   "Boxermesh__V1__ShimConnection",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ShimConnection),
-  5,
+  6,
   boxermesh__v1__shim_connection__field_descriptors,
   boxermesh__v1__shim_connection__field_indices_by_name,
   1,  boxermesh__v1__shim_connection__number_ranges,
@@ -5864,7 +6047,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__shim_unlisten__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__shim_unlisten__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__shim_take_accepted__field_descriptors[2] =
+static const ProtobufCFieldDescriptor boxermesh__v1__shim_take_accepted__field_descriptors[3] =
 {
   {
     "port",
@@ -5890,15 +6073,28 @@ static const ProtobufCFieldDescriptor boxermesh__v1__shim_take_accepted__field_d
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "takes_handoff",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimTakeAccepted, takes_handoff),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__shim_take_accepted__field_indices_by_name[] = {
   0,   /* field[0] = port */
   1,   /* field[1] = signal_port */
+  2,   /* field[2] = takes_handoff */
 };
 static const ProtobufCIntRange boxermesh__v1__shim_take_accepted__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__shim_take_accepted__descriptor =
 {
@@ -5908,11 +6104,139 @@ const ProtobufCMessageDescriptor boxermesh__v1__shim_take_accepted__descriptor =
   "Boxermesh__V1__ShimTakeAccepted",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ShimTakeAccepted),
-  2,
+  3,
   boxermesh__v1__shim_take_accepted__field_descriptors,
   boxermesh__v1__shim_take_accepted__field_indices_by_name,
   1,  boxermesh__v1__shim_take_accepted__number_ranges,
   (ProtobufCMessageInit) boxermesh__v1__shim_take_accepted__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__shim_handoff__field_descriptors[1] =
+{
+  {
+    "connection",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimHandoff, connection),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__shim_handoff__field_indices_by_name[] = {
+  0,   /* field[0] = connection */
+};
+static const ProtobufCIntRange boxermesh__v1__shim_handoff__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__shim_handoff__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.ShimHandoff",
+  "ShimHandoff",
+  "Boxermesh__V1__ShimHandoff",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__ShimHandoff),
+  1,
+  boxermesh__v1__shim_handoff__field_descriptors,
+  boxermesh__v1__shim_handoff__field_indices_by_name,
+  1,  boxermesh__v1__shim_handoff__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__shim_handoff__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__shim_handoff_result__field_descriptors[5] =
+{
+  {
+    "connection",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimHandoffResult, connection),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "error",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimHandoffResult, error),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reason",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimHandoffResult, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "carried",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimHandoffResult, carried),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "taken",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimHandoffResult, taken),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__shim_handoff_result__field_indices_by_name[] = {
+  3,   /* field[3] = carried */
+  0,   /* field[0] = connection */
+  1,   /* field[1] = error */
+  2,   /* field[2] = reason */
+  4,   /* field[4] = taken */
+};
+static const ProtobufCIntRange boxermesh__v1__shim_handoff_result__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__shim_handoff_result__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.ShimHandoffResult",
+  "ShimHandoffResult",
+  "Boxermesh__V1__ShimHandoffResult",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__ShimHandoffResult),
+  5,
+  boxermesh__v1__shim_handoff_result__field_descriptors,
+  boxermesh__v1__shim_handoff_result__field_indices_by_name,
+  1,  boxermesh__v1__shim_handoff_result__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__shim_handoff_result__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor boxermesh__v1__relay_frame__field_descriptors[10] =
@@ -6888,5 +7212,35 @@ const ProtobufCEnumDescriptor boxermesh__v1__path__descriptor =
   boxermesh__v1__path__enum_values_by_name,
   1,
   boxermesh__v1__path__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue boxermesh__v1__handoff__enum_values_by_number[3] =
+{
+  { "HANDOFF_UNSPECIFIED", "BOXERMESH__V1__HANDOFF__HANDOFF_UNSPECIFIED", 0 },
+  { "HANDOFF_DONE", "BOXERMESH__V1__HANDOFF__HANDOFF_DONE", 1 },
+  { "HANDOFF_DECLINED", "BOXERMESH__V1__HANDOFF__HANDOFF_DECLINED", 2 },
+};
+static const ProtobufCIntRange boxermesh__v1__handoff__value_ranges[] = {
+{0, 0},{0, 3}
+};
+static const ProtobufCEnumValueIndex boxermesh__v1__handoff__enum_values_by_name[3] =
+{
+  { "HANDOFF_DECLINED", 2 },
+  { "HANDOFF_DONE", 1 },
+  { "HANDOFF_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor boxermesh__v1__handoff__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.Handoff",
+  "Handoff",
+  "Boxermesh__V1__Handoff",
+  "boxermesh.v1",
+  3,
+  boxermesh__v1__handoff__enum_values_by_number,
+  3,
+  boxermesh__v1__handoff__enum_values_by_name,
+  1,
+  boxermesh__v1__handoff__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };

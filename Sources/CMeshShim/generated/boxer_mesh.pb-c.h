@@ -59,6 +59,8 @@ typedef struct Boxermesh__V1__ShimConnection Boxermesh__V1__ShimConnection;
 typedef struct Boxermesh__V1__ShimListen Boxermesh__V1__ShimListen;
 typedef struct Boxermesh__V1__ShimUnlisten Boxermesh__V1__ShimUnlisten;
 typedef struct Boxermesh__V1__ShimTakeAccepted Boxermesh__V1__ShimTakeAccepted;
+typedef struct Boxermesh__V1__ShimHandoff Boxermesh__V1__ShimHandoff;
+typedef struct Boxermesh__V1__ShimHandoffResult Boxermesh__V1__ShimHandoffResult;
 typedef struct Boxermesh__V1__RelayFrame Boxermesh__V1__RelayFrame;
 typedef struct Boxermesh__V1__RelayHello Boxermesh__V1__RelayHello;
 typedef struct Boxermesh__V1__RelayOpen Boxermesh__V1__RelayOpen;
@@ -121,7 +123,12 @@ typedef enum _Boxermesh__V1__ConnectionEvent__Kind {
   /*
    * a periodic sample of an open connection: bytes so far, rates, RTT (topic kind "flow")
    */
-  BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_FLOW = 6
+  BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_FLOW = 6,
+  /*
+   * After an upgrade, one side's app was handed the direct socket (reason empty), or stays on its node's copy
+   * loop (reason says why). `handoff_side` says which side; both sides report.
+   */
+  BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_HANDOFF = 7
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__CONNECTION_EVENT__KIND)
 } Boxermesh__V1__ConnectionEvent__Kind;
 typedef enum _Boxermesh__V1__CaptureSegment__Kind {
@@ -201,6 +208,18 @@ typedef enum _Boxermesh__V1__Path {
   BOXERMESH__V1__PATH__PATH_RELAY = 2
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__PATH)
 } Boxermesh__V1__Path;
+typedef enum _Boxermesh__V1__Handoff {
+  BOXERMESH__V1__HANDOFF__HANDOFF_UNSPECIFIED = 0,
+  /*
+   * the app holds the direct kernel socket
+   */
+  BOXERMESH__V1__HANDOFF__HANDOFF_DONE = 1,
+  /*
+   * this attempt could not switch safely (failure says why); the node keeps copying
+   */
+  BOXERMESH__V1__HANDOFF__HANDOFF_DECLINED = 2
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__HANDOFF)
+} Boxermesh__V1__Handoff;
 
 /* --- messages --- */
 
@@ -757,10 +776,16 @@ struct  Boxermesh__V1__LinkReport
    * through the broker is refused in the target's ConnectAnswer, which the broker sees itself).
    */
   protobuf_c_boolean refused;
+  /*
+   * Set on a report about a relayed connection already moved to a direct link, from either side: whether that
+   * side's app now holds the direct socket itself (the node copies no more of its bytes), or why it stays on the
+   * node's copy loop (failure).
+   */
+  Boxermesh__V1__Handoff handoff;
 };
 #define BOXERMESH__V1__LINK_REPORT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__link_report__descriptor) \
-    , 0, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, (char *)protobuf_c_empty_string, 0, 0, 0, 0 }
+    , 0, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, (char *)protobuf_c_empty_string, 0, 0, 0, 0, BOXERMESH__V1__HANDOFF__HANDOFF_UNSPECIFIED }
 
 
 /*
@@ -910,10 +935,18 @@ struct  Boxermesh__V1__ConnectionEvent
    */
   uint64_t rate_from_to_bps;
   uint64_t rate_to_from_bps;
+  /*
+   * handoff: "connecting" or "accepting"
+   */
+  char *handoff_side;
+  /*
+   * handoff: the app did not take the direct socket this time (reason says why)
+   */
+  protobuf_c_boolean handoff_declined;
 };
 #define BOXERMESH__V1__CONNECTION_EVENT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__connection_event__descriptor) \
-    , BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UNSPECIFIED, 0, NULL, NULL, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0 }
+    , BOXERMESH__V1__CONNECTION_EVENT__KIND__KIND_UNSPECIFIED, 0, NULL, NULL, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0 }
 
 
 /*
@@ -945,7 +978,8 @@ typedef enum {
   BOXERMESH__V1__SHIM_REQUEST__BODY_CONNECT = 12,
   BOXERMESH__V1__SHIM_REQUEST__BODY_LISTEN = 13,
   BOXERMESH__V1__SHIM_REQUEST__BODY_UNLISTEN = 14,
-  BOXERMESH__V1__SHIM_REQUEST__BODY_TAKE_ACCEPTED = 15
+  BOXERMESH__V1__SHIM_REQUEST__BODY_TAKE_ACCEPTED = 15,
+  BOXERMESH__V1__SHIM_REQUEST__BODY_HANDOFF_RESULT = 16
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__SHIM_REQUEST__BODY__CASE)
 } Boxermesh__V1__ShimRequest__BodyCase;
 
@@ -964,6 +998,7 @@ struct  Boxermesh__V1__ShimRequest
     Boxermesh__V1__ShimListen *listen;
     Boxermesh__V1__ShimUnlisten *unlisten;
     Boxermesh__V1__ShimTakeAccepted *take_accepted;
+    Boxermesh__V1__ShimHandoffResult *handoff_result;
   };
 };
 #define BOXERMESH__V1__SHIM_REQUEST__INIT \
@@ -974,7 +1009,8 @@ struct  Boxermesh__V1__ShimRequest
 typedef enum {
   BOXERMESH__V1__SHIM_RESPONSE__BODY__NOT_SET = 0,
   BOXERMESH__V1__SHIM_RESPONSE__BODY_RESOLVED = 10,
-  BOXERMESH__V1__SHIM_RESPONSE__BODY_CONNECTION = 11
+  BOXERMESH__V1__SHIM_RESPONSE__BODY_CONNECTION = 11,
+  BOXERMESH__V1__SHIM_RESPONSE__BODY_HANDOFF = 12
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__SHIM_RESPONSE__BODY__CASE)
 } Boxermesh__V1__ShimResponse__BodyCase;
 
@@ -994,6 +1030,7 @@ struct  Boxermesh__V1__ShimResponse
   union {
     Boxermesh__V1__ShimResolved *resolved;
     Boxermesh__V1__ShimConnection *connection;
+    Boxermesh__V1__ShimHandoff *handoff;
   };
 };
 #define BOXERMESH__V1__SHIM_RESPONSE__INIT \
@@ -1046,10 +1083,14 @@ struct  Boxermesh__V1__ShimConnect
   ProtobufCMessage base;
   uint32_t address;
   uint32_t port;
+  /*
+   * The asker takes ShimHandoff messages (the preload shim does): a relayed connection may later be handed over.
+   */
+  protobuf_c_boolean takes_handoff;
 };
 #define BOXERMESH__V1__SHIM_CONNECT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__shim_connect__descriptor) \
-    , 0, 0 }
+    , 0, 0, 0 }
 
 
 /*
@@ -1066,10 +1107,14 @@ struct  Boxermesh__V1__ShimConnection
    * "direct" or "relay", for logs.
    */
   char *path;
+  /*
+   * A relayed connection the node may later hand over (ShimHandoff) when it has moved to a direct link; 0 otherwise.
+   */
+  uint64_t connection;
 };
 #define BOXERMESH__V1__SHIM_CONNECTION__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__shim_connection__descriptor) \
-    , 0, 0, 0, 0, (char *)protobuf_c_empty_string }
+    , 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0 }
 
 
 /*
@@ -1106,10 +1151,52 @@ struct  Boxermesh__V1__ShimTakeAccepted
   ProtobufCMessage base;
   uint32_t port;
   uint32_t signal_port;
+  /*
+   * as in ShimConnect
+   */
+  protobuf_c_boolean takes_handoff;
 };
 #define BOXERMESH__V1__SHIM_TAKE_ACCEPTED__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__shim_take_accepted__descriptor) \
-    , 0, 0 }
+    , 0, 0, 0 }
+
+
+/*
+ * Node -> shim, unasked (id 0): relayed connection `connection` has moved to a direct link; take its direct
+ * socket. Two fds are attached: the direct socket, then the node's end of the app's loopback socket. The node
+ * copies nothing meanwhile. The shim stops the app's threads for a moment, carries over the bytes the app wrote
+ * to its loopback socket, puts the direct socket at each of the app's fd numbers of the connection (epoll
+ * registrations, socket options and fd flags kept) and answers ShimHandoffResult. It declines, and the node goes
+ * on copying, where it cannot do so safely.
+ */
+struct  Boxermesh__V1__ShimHandoff
+{
+  ProtobufCMessage base;
+  uint64_t connection;
+};
+#define BOXERMESH__V1__SHIM_HANDOFF__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__shim_handoff__descriptor) \
+    , 0 }
+
+
+/*
+ * Shim -> node, not answered (id 0): how a ShimHandoff went. `taken`: the app holds the direct socket now (the node
+ * copies no more); the shim wrote `carried` bytes from the loopback socket to it first. error 0 with it; an errno
+ * and a reason when carrying the bytes over failed and the shim reset the connection rather than leave a gap.
+ * Not taken: the shim declined (error and reason say why) and nothing changed for the app.
+ */
+struct  Boxermesh__V1__ShimHandoffResult
+{
+  ProtobufCMessage base;
+  uint64_t connection;
+  int32_t error;
+  char *reason;
+  uint64_t carried;
+  protobuf_c_boolean taken;
+};
+#define BOXERMESH__V1__SHIM_HANDOFF_RESULT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__shim_handoff_result__descriptor) \
+    , 0, 0, (char *)protobuf_c_empty_string, 0, 0 }
 
 
 typedef enum {
@@ -2214,6 +2301,44 @@ Boxermesh__V1__ShimTakeAccepted *
 void   boxermesh__v1__shim_take_accepted__free_unpacked
                      (Boxermesh__V1__ShimTakeAccepted *message,
                       ProtobufCAllocator *allocator);
+/* Boxermesh__V1__ShimHandoff methods */
+void   boxermesh__v1__shim_handoff__init
+                     (Boxermesh__V1__ShimHandoff         *message);
+size_t boxermesh__v1__shim_handoff__get_packed_size
+                     (const Boxermesh__V1__ShimHandoff   *message);
+size_t boxermesh__v1__shim_handoff__pack
+                     (const Boxermesh__V1__ShimHandoff   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__shim_handoff__pack_to_buffer
+                     (const Boxermesh__V1__ShimHandoff   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__ShimHandoff *
+       boxermesh__v1__shim_handoff__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__shim_handoff__free_unpacked
+                     (Boxermesh__V1__ShimHandoff *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__ShimHandoffResult methods */
+void   boxermesh__v1__shim_handoff_result__init
+                     (Boxermesh__V1__ShimHandoffResult         *message);
+size_t boxermesh__v1__shim_handoff_result__get_packed_size
+                     (const Boxermesh__V1__ShimHandoffResult   *message);
+size_t boxermesh__v1__shim_handoff_result__pack
+                     (const Boxermesh__V1__ShimHandoffResult   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__shim_handoff_result__pack_to_buffer
+                     (const Boxermesh__V1__ShimHandoffResult   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__ShimHandoffResult *
+       boxermesh__v1__shim_handoff_result__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__shim_handoff_result__free_unpacked
+                     (Boxermesh__V1__ShimHandoffResult *message,
+                      ProtobufCAllocator *allocator);
 /* Boxermesh__V1__RelayFrame methods */
 void   boxermesh__v1__relay_frame__init
                      (Boxermesh__V1__RelayFrame         *message);
@@ -2538,6 +2663,12 @@ typedef void (*Boxermesh__V1__ShimUnlisten_Closure)
 typedef void (*Boxermesh__V1__ShimTakeAccepted_Closure)
                  (const Boxermesh__V1__ShimTakeAccepted *message,
                   void *closure_data);
+typedef void (*Boxermesh__V1__ShimHandoff_Closure)
+                 (const Boxermesh__V1__ShimHandoff *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__ShimHandoffResult_Closure)
+                 (const Boxermesh__V1__ShimHandoffResult *message,
+                  void *closure_data);
 typedef void (*Boxermesh__V1__RelayFrame_Closure)
                  (const Boxermesh__V1__RelayFrame *message,
                   void *closure_data);
@@ -2577,6 +2708,7 @@ typedef void (*Boxermesh__V1__LambdaError_Closure)
 extern const ProtobufCEnumDescriptor    boxermesh__v1__role__descriptor;
 extern const ProtobufCEnumDescriptor    boxermesh__v1__error_code__descriptor;
 extern const ProtobufCEnumDescriptor    boxermesh__v1__path__descriptor;
+extern const ProtobufCEnumDescriptor    boxermesh__v1__handoff__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__control_message__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__hello__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__challenge__descriptor;
@@ -2625,6 +2757,8 @@ extern const ProtobufCMessageDescriptor boxermesh__v1__shim_connection__descript
 extern const ProtobufCMessageDescriptor boxermesh__v1__shim_listen__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__shim_unlisten__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__shim_take_accepted__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__shim_handoff__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__shim_handoff_result__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__relay_frame__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__relay_hello__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__relay_open__descriptor;

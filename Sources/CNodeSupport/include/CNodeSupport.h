@@ -14,8 +14,9 @@ int boxer_listen_seqpacket(const char *name);
 /// Connects an AF_UNIX SOCK_SEQPACKET socket to `name` (as above). Returns the fd, or -1 with errno set.
 int boxer_connect_seqpacket(const char *name);
 
-/// Sends one datagram; with `fd >= 0`, that descriptor rides along as SCM_RIGHTS. Returns bytes sent or -1.
-ssize_t boxer_send_with_fd(int socket, const void *data, size_t length, int fd);
+/// Sends one datagram; the `count` (at most 2) descriptors in `fds` ride along as SCM_RIGHTS. Returns bytes sent
+/// or -1.
+ssize_t boxer_send_with_fds(int socket, const void *data, size_t length, const int *fds, size_t count);
 
 /// Receives one datagram; a descriptor that rides along is stored in `*fd` (else -1), with FD_CLOEXEC set.
 ssize_t boxer_receive_with_fd(int socket, void *buffer, size_t capacity, int *fd);

@@ -92,7 +92,7 @@ extension LinkManager {
             relay?.unexpect(id)
             (fd, path, connection.path) = (direct, .direct, "direct")
         case .relay(let relayed):
-            (fd, path, connection.path) = (relayed, .relay, "relay")
+            (fd, path, connection.path, connection.connection) = (relayed, .relay, "relay", id)
             // The same port the connecting app sees as its own (it has no punched port on the relay).
             connection.peerPort = UInt32(RelayFrame.initiatorPort(connectionID: id))
         case .failed(let error):

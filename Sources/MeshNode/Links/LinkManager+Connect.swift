@@ -130,6 +130,7 @@ extension LinkManager {
         connection.peerAddress = offer.peer.address
         connection.peerPort = UInt32(port)
         connection.path = name
+        if path == .relay { connection.connection = offer.connectionID }
         return Link(fd: fd, connection: connection)
     }
 

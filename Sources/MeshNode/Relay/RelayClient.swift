@@ -33,6 +33,8 @@ enum RelayCommand: Sendable {
     /// The broker stopped answering, or this node joined again after it restarted: relayed connections wait for
     /// the relay and resume there.
     case session(SessionEvent)
+    /// The app's shim answered an offer of a connection's direct socket.
+    case handoffAnswered(Boxermesh_V1_ShimHandoffResult)
 }
 
 /// This node's side of the relay: one DEALER to the broker's relay and one thread (``RelayLoop``) whose
@@ -43,10 +45,12 @@ final class RelayClient: Sendable {
     private let direct: DirectPath
     private let loop: SocketLoop<RelayCommand>
     private let expectations = RelayExpectations()
+    private let handoffs: HandoffDesk
 
-    init(options: RelayOptions, direct: DirectPath) {
+    init(options: RelayOptions, direct: DirectPath, handoffs: HandoffDesk) {
         self.options = options
         self.direct = direct
+        self.handoffs = handoffs
         let expectations = expectations
         loop = SocketLoop(name: "relay-pump") { orphans in
             let stopped = SocketError(ENETDOWN, "the relay is not running")
@@ -62,11 +66,13 @@ final class RelayClient: Sendable {
     }
 
     /// Runs the pump until cancelled. `onUpgraded` hears of each connection that moved to a direct link (with the
-    /// direct socket, valid during the call).
+    /// direct socket, valid during the call), `onHandoff` how handing its direct socket to the app went.
     func run(
-        session: MeshSession, logger: Logger, onUpgraded: @escaping @Sendable (UInt64, RelayStreamContext, Int32?) -> Void
+        session: MeshSession, logger: Logger, onUpgraded: @escaping @Sendable (UInt64, RelayStreamContext, Int32?) -> Void,
+        onHandoff: @escaping @Sendable (UInt64, RelayStreamContext, HandoffEvent) -> Void
     ) async throws {
-        let (options, loop, expectations, direct) = (options, loop, expectations, direct)
+        let (options, loop, expectations, direct, handoffs) = (options, loop, expectations, direct, handoffs)
+        handoffs.onAnswer { loop.post(.handoffAnswered($0)) }
         RelayAllocator.tune()
         session.observe { loop.post(.session($0)) }
         try await loop.run {
@@ -97,7 +103,9 @@ final class RelayClient: Sendable {
                                 if !loop.post(.punched(id, attempt: attempt, result)), case .success(let fd) = result { close(fd) }
                             }
                         },
-                        upgraded: onUpgraded)
+                        upgraded: onUpgraded,
+                        handOff: { id, direct, pair in handoffs.offer(id, direct: direct, pair: pair) },
+                        handoff: onHandoff)
                 })
         }
     }

@@ -18,6 +18,12 @@ struct RelayPumpEffects {
     var punch: (_ id: UInt64, _ attempt: UInt32, _ request: UpgradePunch) -> Void
     /// A connection moved to a direct link (the direct socket is valid during the call).
     var upgraded: (UInt64, RelayStreamContext, Int32?) -> Void
+    /// Offers an upgraded connection's direct socket and the node's end of the app's loopback socket to the app
+    /// (``HandoffDesk``); false when it takes no handoff. The answer comes back as
+    /// ``RelayCommand/handoffAnswered(_:)``.
+    var handOff: (_ id: UInt64, _ direct: Int32, _ pair: Int32) -> Bool
+    /// How a handoff went (sockets valid during the call).
+    var handoff: (UInt64, RelayStreamContext, HandoffEvent) -> Void
 }
 
 /// One upgrade attempt's punch: from our fresh port to the peer's, proving the connection's token.

@@ -166,6 +166,8 @@ extension RelayPump {
                 "relayed_bytes_out": "\(stream.sentOnRelay)",
             ])
         effects.upgraded(stream.id, stream.context, stream.direct)
+        stream.handoff.phase = .waiting
+        stream.handoff.next = .now
         // The pair can punch now: its other relayed connections try at once instead of at their next backoff.
         for other in streams.values
         where other !== stream && other.context.initiator && other.context.peer == stream.context.peer

@@ -62,6 +62,7 @@ final class RelayPump {
             if let at = stream.resumeBy { next = min(next, at) }
             if let at = stream.upgrade.next { next = min(next, at) }
             if let at = stream.upgrade.deadline { next = min(next, at) }
+            if let at = stream.handoff.next { next = min(next, at) }
         }
         return next
     }
@@ -85,6 +86,7 @@ final class RelayPump {
             entry.deliver(.failure(SocketError(ETIMEDOUT, "the relay did not open the connection in time")))
         }
         upgradeTick(now: now)
+        handoffTick(now: now)
         resumeTick(now: now)
     }
 
@@ -113,6 +115,8 @@ final class RelayPump {
             punched(id, attempt: attempt, result)
         case .session(let event):
             sessionChanged(event)
+        case .handoffAnswered(let result):
+            handoffAnswered(result)
         }
     }
 
@@ -425,7 +429,7 @@ final class RelayPump {
         if let direct = stream.direct { RelaySockets.reset(direct) }
     }
 
-    private func forget(_ stream: RelayStream) {
+    func forget(_ stream: RelayStream) {
         streams[stream.id] = nil
         owners[stream.fd] = nil
         if let direct = stream.direct { owners[direct] = nil }

@@ -77,6 +77,7 @@ final class RelayStream {
     // Upgrade.
     var direct: Int32?
     var upgrade = UpgradeState()
+    var handoff = HandoffState()
 
     // Resume (the broker restarted).
     /// While the relay is away: when the connection gives up waiting for it (reset).
@@ -146,8 +147,9 @@ final class RelayStream {
     /// Both directions are over: the app's EOF went out, and the app's socket is shut for writing.
     var finished: Bool { appEOF && directOut.isEmpty && inbound == .shut }
 
-    /// What to poll: the app's end and, once in use, the direct socket.
+    /// What to poll: the app's end and, once in use, the direct socket; nothing while the app's shim has both.
     var descriptors: [PolledDescriptor] {
+        guard handoff.phase != .offered else { return [] }
         var appEvents: Int16 = 0
         switch outbound {
         case .relay where credit > 0 && !suspended: appEvents |= Int16(POLLIN)
@@ -194,6 +196,23 @@ struct UpgradeState {
     var peerEndpoint: Endpoint?
     /// When the current phase gives up (an offer never answered).
     var deadline: ContinuousClock.Instant?
+}
+
+/// Where handing the direct socket to the app stands, once both directions are on it (see ShimHandoff).
+struct HandoffState {
+    enum Phase: Equatable {
+        /// Not (or no more) to be handed off: still relayed, taken by the app, or given up.
+        case none
+        /// To be offered once nothing is held in the node, at `next`.
+        case waiting
+        /// The app's shim holds both sockets; the node copies nothing until it answers.
+        case offered
+    }
+
+    var phase = Phase.none
+    var next: ContinuousClock.Instant?
+    var declined = 0
+    var delay = Timing.Choice.handoffRetry
 }
 
 /// Non-blocking socket calls: bytes moved, 0 for EOF, nil for "would block", or the errno.

@@ -13,7 +13,8 @@ import ZeroMQ
 /// never holds up the next. Lookups the table answers, listen, unlisten and take are answered at once, in order,
 /// on the connection's thread (a close-and-listen-again keeps its order).
 /// Connections go out as the kernel sockets themselves (SCM_RIGHTS), and the node closes its copy at once, so
-/// the app's close() really closes.
+/// the app's close() really closes. A relayed connection's direct socket follows later, unasked, once it has
+/// moved to a direct link (``HandoffDesk``), to a shim that said it takes handoffs.
 final class LocalService: Sendable {
     /// The socket's address for BOXER_SHIM_SOCKET ("@…": abstract, nothing to clean up on disk).
     let address: String
@@ -21,10 +22,11 @@ final class LocalService: Sendable {
     private let links: LinkManager
     private let session: MeshSession
     private let names: MeshNames
+    private let handoffs: HandoffDesk
     private let logger: Logger
     private let clients = Mutex<Set<Int32>>([])
 
-    init(links: LinkManager, session: MeshSession, names: MeshNames, logger: Logger) throws {
+    init(links: LinkManager, session: MeshSession, names: MeshNames, handoffs: HandoffDesk, logger: Logger) throws {
         address = "@boxer-mesh-\(getpid())-\(Sodium.randomBytes(6).hex)"
         listenFD = boxer_listen_seqpacket(address)
         guard listenFD >= 0 else {
@@ -33,6 +35,7 @@ final class LocalService: Sendable {
         self.links = links
         self.session = session
         self.names = names
+        self.handoffs = handoffs
         self.logger = logger
     }
 
@@ -62,7 +65,7 @@ final class LocalService: Sendable {
         let client = ShimClient(fd: fd)
         defer {
             clients.withLock { _ = $0.remove(fd) }
-            client.finish()
+            handoffs.forget(client.finish(), reason: "the app's process ended")
         }
         while true {
             var passed: Int32 = -1
@@ -95,13 +98,26 @@ final class LocalService: Sendable {
                 client.begin()
                 Task {
                     let (response, link) = await self.connect(connect, for: request)
+                    if connect.takesHandoff { register(response, for: client) }
                     client.reply(response, passing: link)
                     client.end()
                 }
+            case .handoffResult(let result):
+                handoffs.answer(result)
             default:
                 let (response, link) = respondAtOnce(to: request)
+                if case .takeAccepted(let take) = request.body, take.takesHandoff { register(response, for: client) }
                 guard client.reply(response, passing: link) else { return }
             }
+        }
+    }
+
+    /// A relayed connection about to go to `client`, whose shim takes handoffs: its direct socket goes there later.
+    private func register(_ response: Boxermesh_V1_ShimResponse, for client: ShimClient) {
+        guard case .connection(let connection) = response.body, connection.connection != 0 else { return }
+        client.took(connection.connection)
+        handoffs.register(connection.connection) { id, direct, pair in
+            client.send(Boxermesh_V1_ShimResponse.with { $0.handoff = .with { $0.connection = id } }, passing: [direct, pair])
         }
     }
 
@@ -153,8 +169,8 @@ final class LocalService: Sendable {
             return (Self.response(to: request) { $0.connection = link.connection }, link.fd)
         case nil:
             return Self.failure(request, EINVAL, "unknown shim request")
-        case .connect, .resolve, .reverse:
-            preconditionFailure("serve() answers connects through connect(_:for:) and lookups through lookUp(_:)")
+        case .connect, .resolve, .reverse, .handoffResult:
+            preconditionFailure("serve() answers connects through connect(_:for:), lookups through lookUp(_:), and takes handoff results")
         }
         return (Self.response(to: request) { _ in }, nil)
     }
@@ -177,8 +193,8 @@ final class LocalService: Sendable {
 /// whole), and the descriptor stays open until the last one is sent: a reply never goes to a reused number.
 private final class ShimClient: Sendable {
     let fd: Int32
-    /// Replies still being worked on, and whether the app hung up.
-    private let state = Mutex((inFlight: 0, finished: false))
+    /// Replies still being worked on, whether the app hung up, and the relayed connections it took (handoffs).
+    private let state = Mutex((inFlight: 0, finished: false, relayed: [UInt64]()))
 
     init(fd: Int32) { self.fd = fd }
 
@@ -188,11 +204,21 @@ private final class ShimClient: Sendable {
     /// False when the app is gone.
     @discardableResult
     func reply(_ response: Boxermesh_V1_ShimResponse, passing link: Int32?) -> Bool {
-        let bytes: [UInt8] = try! response.serializedBytes()
-        let sent = bytes.withUnsafeBytes { boxer_send_with_fd(fd, $0.baseAddress, $0.count, link ?? -1) }
-        if let link { close(link) }
-        return sent >= 0
+        defer { if let link { close(link) } }
+        return send(response, passing: link.map { [$0] } ?? [])
     }
+
+    /// Sends a message with `fds` attached (the node keeps its copies). False when the app is gone.
+    func send(_ response: Boxermesh_V1_ShimResponse, passing fds: [Int32]) -> Bool {
+        let bytes: [UInt8] = try! response.serializedBytes()
+        // Not after finish(): the number may belong to another client by then.
+        return state.withLock { state in
+            guard !state.finished || state.inFlight > 0 else { return false }
+            return bytes.withUnsafeBytes { boxer_send_with_fds(fd, $0.baseAddress, $0.count, fds, fds.count) } >= 0
+        }
+    }
+
+    func took(_ id: UInt64) { state.withLock { $0.relayed.append(id) } }
 
     func end() {
         let last = state.withLock { state in
@@ -202,12 +228,14 @@ private final class ShimClient: Sendable {
         if last { close(fd) }
     }
 
-    /// The app hung up (or the node stops): close once no reply is in flight.
-    func finish() {
-        let idle = state.withLock { state in
+    /// The app hung up (or the node stops): close once no reply is in flight. Returns the relayed connections it
+    /// took, whose direct sockets now have nobody to go to.
+    func finish() -> [UInt64] {
+        let (idle, relayed) = state.withLock { state in
             state.finished = true
-            return state.inFlight == 0
+            return (state.inFlight == 0, state.relayed)
         }
         if idle { close(fd) }
+        return relayed
     }
 }

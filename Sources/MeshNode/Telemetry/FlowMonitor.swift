@@ -34,11 +34,14 @@ final class FlowMonitor: Sendable {
         let port: UInt16
         var path: Boxermesh_V1_Path
         let started: ContinuousClock.Instant
-        let cookie: UInt64
+        /// The socket whose counters are the app's bytes: the app's, or after an upgrade the direct socket.
+        var cookie: UInt64
         /// The app's socket's inode: how the node finds it in the app's descriptors (``peerExpired(_:)``).
-        let inode: UInt64
+        var inode: UInt64
         /// Bytes each way on the socket before the app got it (a direct link's token proofs), not the app's.
-        let preamble: UInt64
+        var preamble: UInt64
+        /// The app's bytes each way before that socket carried them (an upgraded connection's relayed bytes).
+        var base: (sent: UInt64, received: UInt64) = (0, 0)
         /// Whose RTT to report: the app's socket (direct), the node's direct socket (upgraded), or none (relayed).
         var rttCookie: UInt64?
         var sent: UInt64 = 0
@@ -117,6 +120,31 @@ final class FlowMonitor: Sendable {
             guard let key = state.flows.first(where: { $0.value.id == id })?.key else { return }
             state.flows[key]?.path = .direct
             state.flows[key]?.rttCookie = cookie == 0 ? nil : cookie
+        }
+    }
+
+    /// From now on the app's bytes of upgraded connection `id` are counted on its direct socket (the node's copy
+    /// loop, then the app itself, moves them there), after `relayed`: the app's socket to the node is about to go.
+    func follow(_ id: UInt64, direct: Int32, relayed: (sent: UInt64, received: UInt64)) {
+        let cookie = boxer_socket_cookie(direct)
+        guard cookie != 0 else { return }
+        state.withLock { state in
+            guard let key = state.flows.first(where: { $0.value.id == id })?.key, var flow = state.flows.removeValue(forKey: key) else { return }
+            flow.cookie = cookie
+            flow.rttCookie = cookie
+            flow.preamble = UInt64(LinkToken.proofSize)
+            flow.base = relayed
+            state.flows[cookie] = flow
+        }
+    }
+
+    /// The app holds connection `id`'s direct socket now (a vanished peer's connections are reset there).
+    func handedOff(_ id: UInt64, direct: Int32) {
+        var status = stat()
+        guard fstat(direct, &status) == 0 else { return }
+        state.withLock { state in
+            guard let key = state.flows.first(where: { $0.value.id == id })?.key else { return }
+            state.flows[key]?.inode = UInt64(status.st_ino)
         }
     }
 
@@ -296,8 +324,9 @@ final class FlowMonitor: Sendable {
         let finReceived = [6, 7, 8, 9, 11].contains(counters.state)  // TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING
         let overhead = 1 + (finished && counters.bytes_acked >= 2 ? 1 : 0) + flow.preamble
         let receivedOverhead = (finReceived && counters.bytes_received > 0 ? 1 : 0) + flow.preamble
-        flow.sent = max(flow.sent, counters.bytes_acked >= overhead ? counters.bytes_acked - overhead : 0)
-        flow.received = max(flow.received, counters.bytes_received >= receivedOverhead ? counters.bytes_received - receivedOverhead : 0)
+        flow.sent = max(flow.sent, flow.base.sent + (counters.bytes_acked >= overhead ? counters.bytes_acked - overhead : 0))
+        flow.received = max(
+            flow.received, flow.base.received + (counters.bytes_received >= receivedOverhead ? counters.bytes_received - receivedOverhead : 0))
         if flow.rttCookie == flow.cookie {
             flow.rttMicroseconds = counters.rtt_us
         } else if flow.rttCookie == nil, let relayRTT {

@@ -188,6 +188,48 @@ public nonisolated enum Boxermesh_V1_Path: SwiftProtobuf.Enum, Swift.CaseIterabl
 
 }
 
+public nonisolated enum Boxermesh_V1_Handoff: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case unspecified // = 0
+
+  /// the app holds the direct kernel socket
+  case done // = 1
+
+  /// this attempt could not switch safely (failure says why); the node keeps copying
+  case declined // = 2
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .done
+    case 2: self = .declined
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .done: return 1
+    case .declined: return 2
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Boxermesh_V1_Handoff] = [
+    .unspecified,
+    .done,
+    .declined,
+  ]
+
+}
+
 public nonisolated struct Boxermesh_V1_ControlMessage: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1084,6 +1126,11 @@ public nonisolated struct Boxermesh_V1_LinkReport: Sendable {
   /// through the broker is refused in the target's ConnectAnswer, which the broker sees itself).
   public var refused: Bool = false
 
+  /// Set on a report about a relayed connection already moved to a direct link, from either side: whether that
+  /// side's app now holds the direct socket itself (the node copies no more of its bytes), or why it stays on the
+  /// node's copy loop (failure).
+  public var handoff: Boxermesh_V1_Handoff = .unspecified
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1360,6 +1407,18 @@ public nonisolated struct Boxermesh_V1_ConnectionEvent: @unchecked Sendable {
     set {_uniqueStorage()._rateToFromBps = newValue}
   }
 
+  /// handoff: "connecting" or "accepting"
+  public var handoffSide: String {
+    get {_storage._handoffSide}
+    set {_uniqueStorage()._handoffSide = newValue}
+  }
+
+  /// handoff: the app did not take the direct socket this time (reason says why)
+  public var handoffDeclined: Bool {
+    get {_storage._handoffDeclined}
+    set {_uniqueStorage()._handoffDeclined = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum Kind: SwiftProtobuf.Enum, Swift.CaseIterable {
@@ -1383,6 +1442,10 @@ public nonisolated struct Boxermesh_V1_ConnectionEvent: @unchecked Sendable {
 
     /// a periodic sample of an open connection: bytes so far, rates, RTT (topic kind "flow")
     case flow // = 6
+
+    /// After an upgrade, one side's app was handed the direct socket (reason empty), or stays on its node's copy
+    /// loop (reason says why). `handoff_side` says which side; both sides report.
+    case handoff // = 7
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -1398,6 +1461,7 @@ public nonisolated struct Boxermesh_V1_ConnectionEvent: @unchecked Sendable {
       case 4: self = .upgrade
       case 5: self = .close
       case 6: self = .flow
+      case 7: self = .handoff
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -1411,6 +1475,7 @@ public nonisolated struct Boxermesh_V1_ConnectionEvent: @unchecked Sendable {
       case .upgrade: return 4
       case .close: return 5
       case .flow: return 6
+      case .handoff: return 7
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -1424,6 +1489,7 @@ public nonisolated struct Boxermesh_V1_ConnectionEvent: @unchecked Sendable {
       .upgrade,
       .close,
       .flow,
+      .handoff,
     ]
 
   }
@@ -1568,6 +1634,14 @@ public nonisolated struct Boxermesh_V1_ShimRequest: Sendable {
     set {body = .takeAccepted(newValue)}
   }
 
+  public var handoffResult: Boxermesh_V1_ShimHandoffResult {
+    get {
+      if case .handoffResult(let v)? = body {return v}
+      return Boxermesh_V1_ShimHandoffResult()
+    }
+    set {body = .handoffResult(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -1577,6 +1651,7 @@ public nonisolated struct Boxermesh_V1_ShimRequest: Sendable {
     case listen(Boxermesh_V1_ShimListen)
     case unlisten(Boxermesh_V1_ShimUnlisten)
     case takeAccepted(Boxermesh_V1_ShimTakeAccepted)
+    case handoffResult(Boxermesh_V1_ShimHandoffResult)
 
   }
 
@@ -1614,11 +1689,20 @@ public nonisolated struct Boxermesh_V1_ShimResponse: Sendable {
     set {body = .connection(newValue)}
   }
 
+  public var handoff: Boxermesh_V1_ShimHandoff {
+    get {
+      if case .handoff(let v)? = body {return v}
+      return Boxermesh_V1_ShimHandoff()
+    }
+    set {body = .handoff(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
     case resolved(Boxermesh_V1_ShimResolved)
     case connection(Boxermesh_V1_ShimConnection)
+    case handoff(Boxermesh_V1_ShimHandoff)
 
   }
 
@@ -1675,6 +1759,9 @@ public nonisolated struct Boxermesh_V1_ShimConnect: Sendable {
 
   public var port: UInt32 = 0
 
+  /// The asker takes ShimHandoff messages (the preload shim does): a relayed connection may later be handed over.
+  public var takesHandoff: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1696,6 +1783,9 @@ public nonisolated struct Boxermesh_V1_ShimConnection: Sendable {
 
   /// "direct" or "relay", for logs.
   public var path: String = String()
+
+  /// A relayed connection the node may later hand over (ShimHandoff) when it has moved to a direct link; 0 otherwise.
+  public var connection: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1739,6 +1829,51 @@ public nonisolated struct Boxermesh_V1_ShimTakeAccepted: Sendable {
   public var port: UInt32 = 0
 
   public var signalPort: UInt32 = 0
+
+  /// as in ShimConnect
+  public var takesHandoff: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Node -> shim, unasked (id 0): relayed connection `connection` has moved to a direct link; take its direct
+/// socket. Two fds are attached: the direct socket, then the node's end of the app's loopback socket. The node
+/// copies nothing meanwhile. The shim stops the app's threads for a moment, carries over the bytes the app wrote
+/// to its loopback socket, puts the direct socket at each of the app's fd numbers of the connection (epoll
+/// registrations, socket options and fd flags kept) and answers ShimHandoffResult. It declines, and the node goes
+/// on copying, where it cannot do so safely.
+public nonisolated struct Boxermesh_V1_ShimHandoff: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var connection: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Shim -> node, not answered (id 0): how a ShimHandoff went. `taken`: the app holds the direct socket now (the node
+/// copies no more); the shim wrote `carried` bytes from the loopback socket to it first. error 0 with it; an errno
+/// and a reason when carrying the bytes over failed and the shim reset the connection rather than leave a gap.
+/// Not taken: the shim declined (error and reason say why) and nothing changed for the app.
+public nonisolated struct Boxermesh_V1_ShimHandoffResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var connection: UInt64 = 0
+
+  public var error: Int32 = 0
+
+  public var reason: String = String()
+
+  public var carried: UInt64 = 0
+
+  public var taken: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2146,6 +2281,10 @@ nonisolated extension Boxermesh_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding 
 
 nonisolated extension Boxermesh_V1_Path: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PATH_UNSPECIFIED\0\u{1}PATH_DIRECT\0\u{1}PATH_RELAY\0")
+}
+
+nonisolated extension Boxermesh_V1_Handoff: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0HANDOFF_UNSPECIFIED\0\u{1}HANDOFF_DONE\0\u{1}HANDOFF_DECLINED\0")
 }
 
 nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -3638,7 +3777,7 @@ nonisolated extension Boxermesh_V1_ConnectAnswer: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Boxermesh_V1_LinkReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".LinkReport"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}established\0\u{1}path\0\u{3}setup_ms\0\u{1}failure\0\u{1}initiator\0\u{3}peer_address\0\u{1}port\0\u{1}refused\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}established\0\u{1}path\0\u{3}setup_ms\0\u{1}failure\0\u{1}initiator\0\u{3}peer_address\0\u{1}port\0\u{1}refused\0\u{1}handoff\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3655,6 +3794,7 @@ nonisolated extension Boxermesh_V1_LinkReport: SwiftProtobuf.Message, SwiftProto
       case 7: try { try decoder.decodeSingularFixed32Field(value: &self.peerAddress) }()
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
       case 9: try { try decoder.decodeSingularBoolField(value: &self.refused) }()
+      case 10: try { try decoder.decodeSingularEnumField(value: &self.handoff) }()
       default: break
       }
     }
@@ -3688,6 +3828,9 @@ nonisolated extension Boxermesh_V1_LinkReport: SwiftProtobuf.Message, SwiftProto
     if self.refused != false {
       try visitor.visitSingularBoolField(value: self.refused, fieldNumber: 9)
     }
+    if self.handoff != .unspecified {
+      try visitor.visitSingularEnumField(value: self.handoff, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3701,6 +3844,7 @@ nonisolated extension Boxermesh_V1_LinkReport: SwiftProtobuf.Message, SwiftProto
     if lhs.peerAddress != rhs.peerAddress {return false}
     if lhs.port != rhs.port {return false}
     if lhs.refused != rhs.refused {return false}
+    if lhs.handoff != rhs.handoff {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -3980,7 +4124,7 @@ nonisolated extension Boxermesh_V1_MembershipEvent.Kind: SwiftProtobuf._ProtoNam
 
 nonisolated extension Boxermesh_V1_ConnectionEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ConnectionEvent"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{3}connection_id\0\u{1}from\0\u{1}to\0\u{1}port\0\u{1}path\0\u{3}setup_ms\0\u{1}reason\0\u{3}bytes_from_to\0\u{3}bytes_to_from\0\u{3}duration_ms\0\u{3}rtt_us\0\u{3}rate_from_to_bps\0\u{3}rate_to_from_bps\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{3}connection_id\0\u{1}from\0\u{1}to\0\u{1}port\0\u{1}path\0\u{3}setup_ms\0\u{1}reason\0\u{3}bytes_from_to\0\u{3}bytes_to_from\0\u{3}duration_ms\0\u{3}rtt_us\0\u{3}rate_from_to_bps\0\u{3}rate_to_from_bps\0\u{3}handoff_side\0\u{3}handoff_declined\0")
 
   fileprivate class _StorageClass {
     var _kind: Boxermesh_V1_ConnectionEvent.Kind = .unspecified
@@ -3997,6 +4141,8 @@ nonisolated extension Boxermesh_V1_ConnectionEvent: SwiftProtobuf.Message, Swift
     var _rttUs: UInt32 = 0
     var _rateFromToBps: UInt64 = 0
     var _rateToFromBps: UInt64 = 0
+    var _handoffSide: String = String()
+    var _handoffDeclined: Bool = false
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -4021,6 +4167,8 @@ nonisolated extension Boxermesh_V1_ConnectionEvent: SwiftProtobuf.Message, Swift
       _rttUs = source._rttUs
       _rateFromToBps = source._rateFromToBps
       _rateToFromBps = source._rateToFromBps
+      _handoffSide = source._handoffSide
+      _handoffDeclined = source._handoffDeclined
     }
   }
 
@@ -4053,6 +4201,8 @@ nonisolated extension Boxermesh_V1_ConnectionEvent: SwiftProtobuf.Message, Swift
         case 12: try { try decoder.decodeSingularUInt32Field(value: &_storage._rttUs) }()
         case 13: try { try decoder.decodeSingularUInt64Field(value: &_storage._rateFromToBps) }()
         case 14: try { try decoder.decodeSingularUInt64Field(value: &_storage._rateToFromBps) }()
+        case 15: try { try decoder.decodeSingularStringField(value: &_storage._handoffSide) }()
+        case 16: try { try decoder.decodeSingularBoolField(value: &_storage._handoffDeclined) }()
         default: break
         }
       }
@@ -4107,6 +4257,12 @@ nonisolated extension Boxermesh_V1_ConnectionEvent: SwiftProtobuf.Message, Swift
       if _storage._rateToFromBps != 0 {
         try visitor.visitSingularUInt64Field(value: _storage._rateToFromBps, fieldNumber: 14)
       }
+      if !_storage._handoffSide.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._handoffSide, fieldNumber: 15)
+      }
+      if _storage._handoffDeclined != false {
+        try visitor.visitSingularBoolField(value: _storage._handoffDeclined, fieldNumber: 16)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -4130,6 +4286,8 @@ nonisolated extension Boxermesh_V1_ConnectionEvent: SwiftProtobuf.Message, Swift
         if _storage._rttUs != rhs_storage._rttUs {return false}
         if _storage._rateFromToBps != rhs_storage._rateFromToBps {return false}
         if _storage._rateToFromBps != rhs_storage._rateToFromBps {return false}
+        if _storage._handoffSide != rhs_storage._handoffSide {return false}
+        if _storage._handoffDeclined != rhs_storage._handoffDeclined {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -4140,7 +4298,7 @@ nonisolated extension Boxermesh_V1_ConnectionEvent: SwiftProtobuf.Message, Swift
 }
 
 nonisolated extension Boxermesh_V1_ConnectionEvent.Kind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}KIND_OPEN\0\u{1}KIND_REFUSED\0\u{1}KIND_FAILED\0\u{1}KIND_UPGRADE\0\u{1}KIND_CLOSE\0\u{1}KIND_FLOW\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0KIND_UNSPECIFIED\0\u{1}KIND_OPEN\0\u{1}KIND_REFUSED\0\u{1}KIND_FAILED\0\u{1}KIND_UPGRADE\0\u{1}KIND_CLOSE\0\u{1}KIND_FLOW\0\u{1}KIND_HANDOFF\0")
 }
 
 nonisolated extension Boxermesh_V1_CaptureSegment: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -4214,7 +4372,7 @@ nonisolated extension Boxermesh_V1_CaptureSegment.Kind: SwiftProtobuf._ProtoName
 
 nonisolated extension Boxermesh_V1_ShimRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ShimRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{2}\u{9}resolve\0\u{1}reverse\0\u{1}connect\0\u{1}listen\0\u{1}unlisten\0\u{3}take_accepted\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{2}\u{9}resolve\0\u{1}reverse\0\u{1}connect\0\u{1}listen\0\u{1}unlisten\0\u{3}take_accepted\0\u{3}handoff_result\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4301,6 +4459,19 @@ nonisolated extension Boxermesh_V1_ShimRequest: SwiftProtobuf.Message, SwiftProt
           self.body = .takeAccepted(v)
         }
       }()
+      case 16: try {
+        var v: Boxermesh_V1_ShimHandoffResult?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .handoffResult(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .handoffResult(v)
+        }
+      }()
       default: break
       }
     }
@@ -4339,6 +4510,10 @@ nonisolated extension Boxermesh_V1_ShimRequest: SwiftProtobuf.Message, SwiftProt
       guard case .takeAccepted(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
     }()
+    case .handoffResult?: try {
+      guard case .handoffResult(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -4354,7 +4529,7 @@ nonisolated extension Boxermesh_V1_ShimRequest: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Boxermesh_V1_ShimResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ShimResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}error\0\u{1}message\0\u{2}\u{7}resolved\0\u{1}connection\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}error\0\u{1}message\0\u{2}\u{7}resolved\0\u{1}connection\0\u{1}handoff\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4391,6 +4566,19 @@ nonisolated extension Boxermesh_V1_ShimResponse: SwiftProtobuf.Message, SwiftPro
           self.body = .connection(v)
         }
       }()
+      case 12: try {
+        var v: Boxermesh_V1_ShimHandoff?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .handoff(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .handoff(v)
+        }
+      }()
       default: break
       }
     }
@@ -4418,6 +4606,10 @@ nonisolated extension Boxermesh_V1_ShimResponse: SwiftProtobuf.Message, SwiftPro
     case .connection?: try {
       guard case .connection(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+    }()
+    case .handoff?: try {
+      guard case .handoff(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
     }()
     case nil: break
     }
@@ -4531,7 +4723,7 @@ nonisolated extension Boxermesh_V1_ShimResolved: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Boxermesh_V1_ShimConnect: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ShimConnect"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}address\0\u{1}port\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}address\0\u{1}port\0\u{3}takes_handoff\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4541,6 +4733,7 @@ nonisolated extension Boxermesh_V1_ShimConnect: SwiftProtobuf.Message, SwiftProt
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularFixed32Field(value: &self.address) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.takesHandoff) }()
       default: break
       }
     }
@@ -4553,12 +4746,16 @@ nonisolated extension Boxermesh_V1_ShimConnect: SwiftProtobuf.Message, SwiftProt
     if self.port != 0 {
       try visitor.visitSingularUInt32Field(value: self.port, fieldNumber: 2)
     }
+    if self.takesHandoff != false {
+      try visitor.visitSingularBoolField(value: self.takesHandoff, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Boxermesh_V1_ShimConnect, rhs: Boxermesh_V1_ShimConnect) -> Bool {
     if lhs.address != rhs.address {return false}
     if lhs.port != rhs.port {return false}
+    if lhs.takesHandoff != rhs.takesHandoff {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4566,7 +4763,7 @@ nonisolated extension Boxermesh_V1_ShimConnect: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Boxermesh_V1_ShimConnection: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ShimConnection"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}local_address\0\u{3}local_port\0\u{3}peer_address\0\u{3}peer_port\0\u{1}path\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}local_address\0\u{3}local_port\0\u{3}peer_address\0\u{3}peer_port\0\u{1}path\0\u{1}connection\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4579,6 +4776,7 @@ nonisolated extension Boxermesh_V1_ShimConnection: SwiftProtobuf.Message, SwiftP
       case 3: try { try decoder.decodeSingularFixed32Field(value: &self.peerAddress) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.peerPort) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.path) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.connection) }()
       default: break
       }
     }
@@ -4600,6 +4798,9 @@ nonisolated extension Boxermesh_V1_ShimConnection: SwiftProtobuf.Message, SwiftP
     if !self.path.isEmpty {
       try visitor.visitSingularStringField(value: self.path, fieldNumber: 5)
     }
+    if self.connection != 0 {
+      try visitor.visitSingularUInt64Field(value: self.connection, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4609,6 +4810,7 @@ nonisolated extension Boxermesh_V1_ShimConnection: SwiftProtobuf.Message, SwiftP
     if lhs.peerAddress != rhs.peerAddress {return false}
     if lhs.peerPort != rhs.peerPort {return false}
     if lhs.path != rhs.path {return false}
+    if lhs.connection != rhs.connection {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4676,7 +4878,7 @@ nonisolated extension Boxermesh_V1_ShimUnlisten: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Boxermesh_V1_ShimTakeAccepted: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ShimTakeAccepted"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}port\0\u{3}signal_port\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}port\0\u{3}signal_port\0\u{3}takes_handoff\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4686,6 +4888,7 @@ nonisolated extension Boxermesh_V1_ShimTakeAccepted: SwiftProtobuf.Message, Swif
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.signalPort) }()
+      case 3: try { try decoder.decodeSingularBoolField(value: &self.takesHandoff) }()
       default: break
       }
     }
@@ -4698,12 +4901,96 @@ nonisolated extension Boxermesh_V1_ShimTakeAccepted: SwiftProtobuf.Message, Swif
     if self.signalPort != 0 {
       try visitor.visitSingularUInt32Field(value: self.signalPort, fieldNumber: 2)
     }
+    if self.takesHandoff != false {
+      try visitor.visitSingularBoolField(value: self.takesHandoff, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Boxermesh_V1_ShimTakeAccepted, rhs: Boxermesh_V1_ShimTakeAccepted) -> Bool {
     if lhs.port != rhs.port {return false}
     if lhs.signalPort != rhs.signalPort {return false}
+    if lhs.takesHandoff != rhs.takesHandoff {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_ShimHandoff: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ShimHandoff"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}connection\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.connection) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.connection != 0 {
+      try visitor.visitSingularUInt64Field(value: self.connection, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_ShimHandoff, rhs: Boxermesh_V1_ShimHandoff) -> Bool {
+    if lhs.connection != rhs.connection {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_ShimHandoffResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ShimHandoffResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}connection\0\u{1}error\0\u{1}reason\0\u{1}carried\0\u{1}taken\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.connection) }()
+      case 2: try { try decoder.decodeSingularInt32Field(value: &self.error) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.carried) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.taken) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.connection != 0 {
+      try visitor.visitSingularUInt64Field(value: self.connection, fieldNumber: 1)
+    }
+    if self.error != 0 {
+      try visitor.visitSingularInt32Field(value: self.error, fieldNumber: 2)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 3)
+    }
+    if self.carried != 0 {
+      try visitor.visitSingularUInt64Field(value: self.carried, fieldNumber: 4)
+    }
+    if self.taken != false {
+      try visitor.visitSingularBoolField(value: self.taken, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_ShimHandoffResult, rhs: Boxermesh_V1_ShimHandoffResult) -> Bool {
+    if lhs.connection != rhs.connection {return false}
+    if lhs.error != rhs.error {return false}
+    if lhs.reason != rhs.reason {return false}
+    if lhs.carried != rhs.carried {return false}
+    if lhs.taken != rhs.taken {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,376 @@
+// Taking over the direct socket of a relayed connection after its upgrade, so its bytes stop passing through the
+// node. The node has stopped copying and sent both its direct socket and its end of the app's loopback socket
+// (the "pair"). Two things must hold: every byte the app wrote to the loopback socket reaches the peer before any
+// byte it writes to the direct socket, and no byte the app has not read yet is left behind in the loopback
+// socket. So the app's other threads are parked for a moment (a signal whose handler waits): meanwhile the
+// loopback socket, shut for writing, is emptied into the direct socket and the direct socket takes each of the
+// app's fd numbers of the connection (epoll registrations, O_NONBLOCK, FD_CLOEXEC and options kept).
+//
+// A thread the signal interrupts in a blocking call on the socket that moved nothing yet restarts it (SA_RESTART)
+// on the direct socket; one that moved some bytes returns them, as on any signal. epoll_wait, poll and sleeps in
+// other threads return early with EINTR, which they must already handle. Where this cannot be done safely (the
+// app handles the signal itself, a thread does not stop, the socket has send/receive timeouts, the app leaves
+// bytes unread) the shim declines, and the node goes on copying.
+#include "shim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <linux/sockios.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_FDS 16
+#define MAX_THREADS 4096
+// How long the app may take to read what it was sent, and its threads to stop.
+#define SETTLE_MS 1000
+#define PARK_MS 500
+// Bytes the loopback socket may still hold when the threads are parked (moved while they wait).
+#define SMALL_BUFFER (64 * 1024)
+#define DRAIN_MS 5000
+
+static int park_signal(void) { return SIGRTMAX - 2; }
+
+// Parking: the handler waits while `parking` is set, until `park_generation` changes.
+static uint32_t park_generation;
+static int parking;
+static int parked;
+
+static void park_handler(int sig) {
+    (void)sig;
+    int saved = errno;
+    uint32_t generation = __atomic_load_n(&park_generation, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&parking, __ATOMIC_SEQ_CST)) {
+        __atomic_add_fetch(&parked, 1, __ATOMIC_SEQ_CST);
+        while (__atomic_load_n(&park_generation, __ATOMIC_SEQ_CST) == generation) {
+            syscall(SYS_futex, &park_generation, FUTEX_WAIT_PRIVATE, generation, NULL, NULL, 0);
+        }
+        __atomic_sub_fetch(&parked, 1, __ATOMIC_SEQ_CST);
+    }
+    errno = saved;
+}
+
+static int64_t now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static void pause_us(long us) {
+    struct timespec t = {.tv_sec = 0, .tv_nsec = us * 1000};
+    nanosleep(&t, NULL);
+}
+
+// The process's thread ids, without malloc (a parked thread may hold malloc's lock). -1 when unreadable.
+static int list_threads(pid_t *tids, int max) {
+    int dir = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) return -1;
+    char buffer[4096];
+    int n = 0;
+    long got;
+    while ((got = syscall(SYS_getdents64, dir, buffer, sizeof buffer)) > 0) {
+        for (long offset = 0; offset < got;) {
+            unsigned short reclen;
+            memcpy(&reclen, buffer + offset + 16, sizeof reclen);  // struct linux_dirent64: ino, off, reclen, type, name
+            const char *name = buffer + offset + 19;
+            offset += reclen;
+            if (*name < '0' || *name > '9') continue;
+            if (n >= max) {
+                real.close(dir);
+                return -1;
+            }
+            tids[n++] = (pid_t)strtol(name, NULL, 10);
+        }
+    }
+    real.close(dir);
+    return got < 0 ? -1 : n;
+}
+
+// Whether thread `tid` blocks `sig` (from /proc; false when unreadable).
+static bool blocks_signal(pid_t tid, int sig) {
+    char path[64], status[4096];
+    snprintf(path, sizeof path, "/proc/self/task/%d/status", (int)tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    ssize_t n = read(fd, status, sizeof status - 1);
+    real.close(fd);
+    if (n <= 0) return false;
+    status[n] = 0;
+    const char *line = strstr(status, "SigBlk:");
+    if (!line) return false;
+    unsigned long long mask = strtoull(line + 7, NULL, 16);
+    return (mask >> (sig - 1)) & 1;
+}
+
+static void release_all(void) {
+    __atomic_store_n(&parking, 0, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&park_generation, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &park_generation, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+    // The next parking counts from zero.
+    for (int64_t until = now_ms() + 100; __atomic_load_n(&parked, __ATOMIC_SEQ_CST) > 0 && now_ms() < until;) {
+        pause_us(100);
+    }
+}
+
+// Parks every thread but this one. 0, or the id of a thread that did not stop (the others are released).
+static pid_t park_all(void) {
+    static pid_t signaled[MAX_THREADS], tids[MAX_THREADS];
+    int n_signaled = 0;
+    pid_t self = (pid_t)syscall(SYS_gettid), pid = getpid();
+    __atomic_store_n(&parking, 1, __ATOMIC_SEQ_CST);
+    int64_t deadline = now_ms() + PARK_MS;
+    for (;;) {
+        int n = list_threads(tids, MAX_THREADS);
+        pid_t straggler = -1;
+        int others = 0;
+        for (int i = 0; i < n; i++) {
+            if (tids[i] == self) continue;
+            others++;
+            straggler = tids[i];
+            bool known = false;
+            for (int j = 0; j < n_signaled && !known; j++) known = signaled[j] == tids[i];
+            if (known) continue;
+            if (n_signaled == MAX_THREADS) n = -1;
+            else if (syscall(SYS_tgkill, pid, tids[i], park_signal()) == 0) signaled[n_signaled++] = tids[i];
+        }
+        if (n < 0) {
+            release_all();
+            return self;
+        }
+        if (__atomic_load_n(&parked, __ATOMIC_SEQ_CST) >= others) return 0;
+        if (now_ms() > deadline) {
+            release_all();
+            return straggler;
+        }
+        pause_us(100);
+    }
+}
+
+static int bytes_queued(int fd, unsigned long request) {
+    int n = 0;
+    return ioctl(fd, request, &n) == 0 ? n : -1;
+}
+
+// Writes all of `bytes` to the non-blocking socket fd by the deadline.
+static bool write_all(int fd, const char *bytes, size_t size, int64_t deadline) {
+    while (size > 0) {
+        ssize_t n = send(fd, bytes, size, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n > 0) {
+            bytes += n;
+            size -= (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno != EAGAIN && errno != EINTR) return false;
+        int64_t left = deadline - now_ms();
+        if (left <= 0) return false;
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        poll(&p, 1, (int)(left < 100 ? left : 100));
+    }
+    return true;
+}
+
+// Moves what the pair holds now into the direct socket. Returns false on an error or the deadline; *eof once the
+// pair reads end of stream.
+static bool move_ready(int pair, int direct, uint64_t *carried, bool *eof, int64_t deadline) {
+    static char buffer[64 * 1024];
+    for (;;) {
+        ssize_t n = recv(pair, buffer, sizeof buffer, MSG_DONTWAIT);
+        if (n > 0) {
+            if (!write_all(direct, buffer, (size_t)n, deadline)) return false;
+            *carried += (uint64_t)n;
+            continue;
+        }
+        if (n == 0) *eof = true;
+        return n == 0 || errno == EAGAIN || errno == EINTR;
+    }
+}
+
+struct found {
+    uint64_t connection;
+    struct shim_sock *sock;
+    int fds[MAX_FDS];
+    size_t n;
+};
+
+static void collect(int fd, struct shim_sock *sock, void *context) {
+    struct found *found = context;
+    if (sock->state != SHIM_MESH || sock->handoff_connection != found->connection) return;
+    if (found->sock && found->sock != sock) return;
+    found->sock = sock;
+    if (found->n < MAX_FDS) found->fds[found->n++] = fd;
+}
+
+static struct found find_locked(uint64_t connection) {
+    struct found found = {.connection = connection};
+    shim_fd_each_locked(0, ~0u, collect, &found);
+    return found;
+}
+
+// Parks the app, carries the loopback socket's bytes over and swaps the direct socket in (*taken). 0, or an errno
+// with `why` filled: nothing changed for the app, or (*taken) carrying its bytes over failed and the connection
+// was reset rather than left with a gap.
+static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t *carried, bool *taken, char *why,
+                            size_t size) {
+    struct found found = find_locked(connection);
+    if (!found.n) {
+        snprintf(why, size, "the app no longer holds the connection in this process");
+        return ENOENT;
+    }
+    if (found.n == MAX_FDS) {
+        snprintf(why, size, "the app holds the connection at too many fd numbers");
+        return EMFILE;
+    }
+    int app = found.fds[0];
+    struct timeval timeout[2];
+    socklen_t length = sizeof timeout[0];
+    if (real.getsockopt(app, SOL_SOCKET, SO_RCVTIMEO, &timeout[0], &length) < 0 ||
+        real.getsockopt(app, SOL_SOCKET, SO_SNDTIMEO, &timeout[1], &length) < 0 || timeout[0].tv_sec ||
+        timeout[0].tv_usec || timeout[1].tv_sec || timeout[1].tv_usec) {
+        snprintf(why, size, "the socket has a send or receive timeout (an interrupted call would fail with EINTR)");
+        return EBUSY;
+    }
+    struct sigaction current;
+    sigaction(park_signal(), NULL, &current);
+    if (current.sa_handler != park_handler) {
+        if (current.sa_handler != SIG_DFL || (current.sa_flags & SA_SIGINFO)) {
+            snprintf(why, size, "the app handles signal %d itself", park_signal());
+            return EBUSY;
+        }
+        struct sigaction action = {.sa_handler = park_handler, .sa_flags = SA_RESTART};
+        sigfillset(&action.sa_mask);
+        sigaction(park_signal(), &action, NULL);
+    }
+    static pid_t tids[MAX_THREADS];
+    pid_t self = (pid_t)syscall(SYS_gettid);
+    int n = list_threads(tids, MAX_THREADS);
+    for (int i = 0; i < n; i++) {
+        if (tids[i] != self && blocks_signal(tids[i], park_signal())) {
+            snprintf(why, size, "thread %d blocks signal %d", (int)tids[i], park_signal());
+            return EBUSY;
+        }
+    }
+
+    // While the app runs: small loopback buffers, so that little is left to carry once it is parked; what is
+    // there goes on to the peer meanwhile, and the app reads what it was sent.
+    int small = SMALL_BUFFER;
+    real.setsockopt(app, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    real.setsockopt(pair, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    pthread_mutex_unlock(&shim_lock);
+    int64_t start = now_ms();
+    bool eof = false, moved = true;
+    int unread = 0;
+    for (;;) {
+        moved = move_ready(pair, direct, carried, &eof, start + SETTLE_MS);
+        unread = bytes_queued(app, FIONREAD);
+        int waiting = bytes_queued(pair, FIONREAD) + bytes_queued(app, SIOCOUTQ);
+        if (!moved || eof || unread < 0) break;
+        if (unread == 0 && (waiting <= 2 * SMALL_BUFFER || now_ms() - start > SETTLE_MS / 3)) break;
+        if (now_ms() - start > SETTLE_MS) break;
+        struct pollfd p = {.fd = pair, .events = POLLIN};
+        poll(&p, 1, 1);
+    }
+    pthread_mutex_lock(&shim_lock);
+    if (!moved || eof || unread != 0) {
+        if (!moved) snprintf(why, size, "the direct socket did not take the app's bytes: %s", strerror(errno));
+        else if (eof) snprintf(why, size, "the app shut the connection down for writing");
+        else snprintf(why, size, "the app left %d received bytes unread for %d ms", unread, SETTLE_MS);
+        return EAGAIN;
+    }
+    // The app may have closed or duplicated the fd meanwhile.
+    found = find_locked(connection);
+    if (!found.n || found.n == MAX_FDS) {
+        snprintf(why, size, "the app closed the connection meanwhile");
+        return ENOENT;
+    }
+    app = found.fds[0];
+    int replacements[MAX_FDS];
+    for (size_t i = 0; i < found.n; i++) {
+        replacements[i] = real.fcntl(direct, F_DUPFD_CLOEXEC, 0);
+        if (replacements[i] < 0) {
+            int error = errno;
+            for (size_t j = 0; j < i; j++) real.close(replacements[j]);
+            snprintf(why, size, "no fd for the direct socket: %s", strerror(error));
+            return error;
+        }
+    }
+
+    pid_t straggler = park_all();
+    if (straggler || bytes_queued(app, FIONREAD) != 0) {
+        if (!straggler) release_all();
+        for (size_t i = 0; i < found.n; i++) real.close(replacements[i]);
+        if (straggler) snprintf(why, size, "thread %d did not stop within %d ms", (int)straggler, PARK_MS);
+        else snprintf(why, size, "bytes for the app arrived while it was being parked");
+        return EAGAIN;
+    }
+    // The app is parked: nothing moves on its side until release_all().
+    int nodelay = 0;
+    length = sizeof nodelay;
+    real.getsockopt(app, IPPROTO_TCP, TCP_NODELAY, &nodelay, &length);
+    int old = real.fcntl(app, F_DUPFD_CLOEXEC, 0);
+    int error = 0;
+    *taken = true;
+    for (size_t i = 0; i < found.n; i++) {
+        int swapped = shim_swap_locked(found.sock, found.fds[i], replacements[i], false);
+        if (swapped && !error) error = swapped;
+    }
+    real.setsockopt(direct, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof nodelay);
+    shim_replay_opts_locked(found.sock, direct);
+    // The app's last bytes on the loopback socket, then its end of stream: everything it wrote goes first.
+    if (old >= 0) shutdown(old, SHUT_WR);
+    int64_t deadline = now_ms() + DRAIN_MS;
+    eof = false;
+    while (!error && old >= 0 && !eof) {
+        if (!move_ready(pair, direct, carried, &eof, deadline)) error = errno ? errno : ETIMEDOUT;
+        else if (!eof && now_ms() > deadline) error = ETIMEDOUT;
+        else if (!eof) {
+            struct pollfd p = {.fd = pair, .events = POLLIN};
+            poll(&p, 1, 10);
+        }
+    }
+    if (old < 0) error = errno;
+    if (error) {
+        // A gap in the stream must not go unnoticed: reset the connection (connect to AF_UNSPEC aborts it).
+        struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+        real.connect(direct, &unspec, sizeof unspec);
+        snprintf(why, size, "carrying the app's last bytes over failed (%s): connection reset", strerror(error));
+    }
+    if (old >= 0) real.close(old);
+    found.sock->handoff_connection = 0;
+    free(found.sock->regs);
+    found.sock->regs = NULL;
+    found.sock->n_regs = 0;
+    free(found.sock->opts);
+    found.sock->opts = NULL;
+    found.sock->n_opts = 0;
+    release_all();
+    return error;
+}
+
+void shim_handoff_locked(const Boxermesh__V1__ShimHandoff *handoff, int direct, int pair) {
+    char why[160] = "";
+    uint64_t carried = 0;
+    bool taken = false;
+    int error = take_over_locked(handoff->connection, direct, pair, &carried, &taken, why, sizeof why);
+    real.close(direct);
+    real.close(pair);
+    SHIM_DEBUG("connection %llu: %s%s (%llu bytes carried over)", (unsigned long long)handoff->connection,
+               taken ? "the app holds the direct socket " : "stays with the node: ", why, (unsigned long long)carried);
+    Boxermesh__V1__ShimHandoffResult body = BOXERMESH__V1__SHIM_HANDOFF_RESULT__INIT;
+    body.connection = handoff->connection;
+    body.error = error;
+    body.reason = why;
+    body.carried = carried;
+    body.taken = taken;
+    Boxermesh__V1__ShimRequest request = BOXERMESH__V1__SHIM_REQUEST__INIT;
+    request.body_case = BOXERMESH__V1__SHIM_REQUEST__BODY_HANDOFF_RESULT;
+    request.handoff_result = &body;
+    shim_node_notify_locked(&request);
+}

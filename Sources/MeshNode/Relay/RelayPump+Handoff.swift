@@ -1,0 +1,76 @@
+import Glibc
+import WireFormat
+
+/// What became of handing an upgraded connection's direct socket to the app, for reports and flow counts.
+enum HandoffEvent: Sendable {
+    /// Offered to the app's shim: from now on the app's bytes are counted on the direct socket, after those it
+    /// moved on the relay.
+    case offered(direct: Int32, relayedOut: UInt64, relayedIn: UInt64)
+    /// The app holds the direct socket (valid during the call). `failure`: carrying its last bytes over failed
+    /// and its shim reset the connection rather than leave a gap.
+    case taken(direct: Int32, carried: UInt64, failure: String?)
+    /// Not this time (the node goes on copying), or never (no shim that takes handoffs); why.
+    case declined(String, final: Bool)
+}
+
+/// Handing an upgraded connection's direct socket to the app, so that its bytes stop passing through the node.
+/// Once both directions are on the direct link and the node holds none of the connection's bytes, the pump stops
+/// polling both sockets and offers them to the app's shim (``RelayPumpEffects/handOff``), which parks the app's
+/// threads, carries over what the app wrote to its loopback socket and swaps the direct socket in. Its answer
+/// comes back as ``RelayCommand/handoffAnswered(_:)``: taken, the node forgets the connection (closing only its
+/// own copies); declined, it copies on and offers again later, a few times.
+extension RelayPump {
+    /// Offers due handoffs.
+    func handoffTick(now: ContinuousClock.Instant) {
+        for stream in streams.values {
+            guard stream.handoff.phase == .waiting, let next = stream.handoff.next, next <= now else { continue }
+            stream.handoff.next = nil
+            guard stream.outbound == .direct, let direct = stream.direct else { stream.handoff.phase = .none; continue }
+            switch stream.inbound {
+            case .direct where stream.directOut.isEmpty && stream.directIn.isEmpty:
+                offer(stream, direct: direct)
+            case .direct, .draining:
+                stream.handoff.next = now + Timing.Choice.handoffRecheck  // relay bytes or a burst still in the node
+            default:
+                stream.handoff.phase = .none  // the peer is done: nothing left to gain
+            }
+        }
+    }
+
+    private func offer(_ stream: RelayStream, direct: Int32) {
+        effects.handoff(stream.id, stream.context, .offered(direct: direct, relayedOut: stream.sentOnRelay, relayedIn: stream.receivedOnRelay))
+        guard effects.handOff(stream.id, direct, stream.fd) else {
+            stream.handoff.phase = .none
+            effects.handoff(stream.id, stream.context, .declined("the app takes no handoff (no preload shim: supervised or --no-shim)", final: true))
+            return
+        }
+        stream.handoff.phase = .offered
+        logger.debug("offered the direct socket to the app", metadata: ["connection": "\(stream.id)"])
+    }
+
+    func handoffAnswered(_ result: Boxermesh_V1_ShimHandoffResult) {
+        guard let stream = streams[result.connection], stream.handoff.phase == .offered, let direct = stream.direct else { return }
+        if result.taken {
+            stream.handoff.phase = .none
+            let failure = result.error == 0 ? nil : result.reason
+            logger.info(
+                failure == nil ? "the app holds the direct socket: its bytes no longer pass through the node" : "handing the direct socket to the app failed",
+                metadata: ["connection": "\(stream.id)", "carried": "\(result.carried)", "failure": "\(failure ?? "")"])
+            effects.handoff(stream.id, stream.context, .taken(direct: direct, carried: result.carried, failure: failure))
+            // Our copies only: the app holds the direct socket, and its shim has read the loopback pair to its end.
+            forget(stream)
+            close(stream.fd)
+            close(direct)
+            return
+        }
+        stream.handoff.declined += 1
+        let final = stream.handoff.declined >= Timing.Choice.handoffAttempts
+        logger.info(
+            "the app's shim declined the direct socket: the node goes on copying",
+            metadata: ["connection": "\(stream.id)", "reason": "\(result.reason)", "attempt": "\(stream.handoff.declined)"])
+        effects.handoff(stream.id, stream.context, .declined(result.reason, final: final))
+        stream.handoff.phase = final ? .none : .waiting
+        stream.handoff.next = final ? nil : .now + stream.handoff.delay
+        stream.handoff.delay = stream.handoff.delay * 2
+    }
+}

@@ -1,0 +1,69 @@
+import Foundation
+import MeshLab
+import Testing
+
+/// After a relayed connection moves to a direct link, the app itself takes the punched socket (the preload shim
+/// swaps it in), so its bytes stop passing through the node. Driven by Tests/tools/handoff_app.c under the shim,
+/// in three app patterns, both ways at once, across the switch; punching is blocked until the connection is up on
+/// the relay, as in the relay lab's upgrade test.
+@Suite(
+    "Handoff of upgraded connections in the NAT lab", .serialized,
+    .enabled(if: NATLab.isRoot, "needs root: network namespaces, veth pairs and iptables"))
+struct HandoffLabTests {
+    static let source = LinkLabTests.tool("handoff_app.c")
+
+    /// The sha256 (as sha256sum prints it) of the first `bytes` bytes of handoff_app's stream `seed`.
+    static func digest(_ mesh: MeshLabFixture, program: String, seed: Int, bytes: String) throws -> String {
+        try mesh.lab.run(.broker, ["sh", "-c", "\(program) generate \(seed) \(bytes) | sha256sum"]).check().standardOutput
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    @Test(
+        "an upgraded connection is handed to the app mid-stream: its fd becomes the punched socket, both directions arrive whole",
+        arguments: ["blocking", "epoll", "writer"])
+    func handoff(mode: String) async throws {
+        try await MeshLabFixture.with(prefix: "hof") { mesh in
+            let program = mesh.work.appendingPathComponent("handoff_app").path
+            try mesh.lab.run(.broker, ["cc", "-O2", "-pthread", "-o", program, Self.source]).check()
+            let tap = try mesh.lab.spawn(.broker, [RelayLabTests.pythonSubscriber, "tcp://127.0.0.1:7701", "default", mesh.secretFile])
+            defer { tap.kill() }
+            #expect(await tap.waitForLog(containing: "subscribed to"), "\(tap.standardError)")
+            try RelayLabTests.blockPunching(mesh, "-I")
+            let options = ["--log-level", "debug", "--upgrade-max-interval", "1"]
+            let seconds = 8
+            let server = try mesh.node(1, name: "srv", options: options, ["sh", "-c", "\(program) \(mode) serve 5000 \(seconds) | sha256sum"])
+            defer { server.kill() }
+            #expect(await server.waitForLog(containing: "listening on 5000", timeout: .seconds(15)), "\(server.standardError)")
+            let client = try mesh.node(2, name: "cli", options: options, ["sh", "-c", "\(program) \(mode) connect srv 5000 \(seconds) | sha256sum"])
+            defer { client.kill() }
+            #expect(await client.waitForLog(containing: "connected", timeout: .seconds(20)), "\(client.standardError)")
+            #expect(client.standardError.contains("path=relay"), "\(client.standardError)")
+            try await Task.sleep(for: .seconds(1))
+            try RelayLabTests.blockPunching(mesh, "-D")
+            let held = "the app holds the direct socket"
+            for node in [client, server] {
+                #expect(await node.waitForLog(containing: held, timeout: .seconds(5)), "\(node.standardError)")
+            }
+            // While the apps still stream: the app's fd is a TCP socket to the peer's NAT, not the loopback socket.
+            let sockets = try mesh.lab.run(.function(2), ["ss", "-Htnp"]).check().standardOutput
+            let app = sockets.split(separator: "\n").filter { $0.contains("\"handoff_app\"") }
+            #expect(app.count == 1 && app[0].contains(NATLab.publicAddress(ofNAT: 1)) && !app[0].contains("127.0.0.1"), "\(sockets)")
+            #expect(client.waitUntilExit(timeout: .seconds(60)) == 0, "\(client.standardOutput)\n\(client.standardError)")
+            #expect(server.waitUntilExit(timeout: .seconds(60)) == 0, "\(server.standardOutput)\n\(server.standardError)")
+            for (receiver, sender, seed) in [(server, client, 1), (client, server, 2)] {
+                let sent = sender.standardError.split(separator: "\n").last { $0.hasPrefix("sent ") }?.split(separator: " ").last
+                let bytes = try #require(sent.map(String.init), "\(sender.standardError)")
+                #expect(Int(bytes) ?? 0 > 0)
+                #expect(receiver.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == (try Self.digest(mesh, program: program, seed: seed, bytes: bytes)),
+                    "stream \(seed) (\(bytes) bytes) arrived changed")
+            }
+            // Both sides' handoffs show on the tap, and nothing was declined.
+            let handoffs = await eventually(timeout: .seconds(5)) {
+                tap.standardOutput.split(separator: "\n").filter { $0.contains("KIND_HANDOFF") }.count >= 2
+            }
+            let lines = tap.standardOutput.split(separator: "\n").filter { $0.contains("KIND_HANDOFF") }
+            #expect(handoffs && lines.contains { $0.contains("\"connecting\"") } && lines.contains { $0.contains("\"accepting\"") }, "\(lines)")
+            #expect(!lines.contains { $0.contains("handoff_declined") }, "\(lines)")
+        }
+    }
+}
