@@ -159,37 +159,34 @@ static int bytes_queued(int fd, unsigned long request) {
     return ioctl(fd, request, &n) == 0 ? n : -1;
 }
 
-// Writes all of `bytes` to the non-blocking socket fd by the deadline.
-static bool write_all(int fd, const char *bytes, size_t size, int64_t deadline) {
-    while (size > 0) {
-        ssize_t n = send(fd, bytes, size, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n > 0) {
-            bytes += n;
-            size -= (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno != EAGAIN && errno != EINTR) return false;
-        int64_t left = deadline - now_ms();
-        if (left <= 0) return false;
-        struct pollfd p = {.fd = fd, .events = POLLOUT};
-        poll(&p, 1, (int)(left < 100 ? left : 100));
-    }
-    return true;
-}
-
-// Moves what the pair holds now into the direct socket. Returns false on an error or the deadline; *eof once the
-// pair reads end of stream.
-static bool move_ready(int pair, int direct, uint64_t *carried, bool *eof, int64_t deadline) {
+// Moves what the pair holds into the direct socket, as much as the direct socket takes: bytes are peeked and
+// consumed only once sent, so nothing is lost when it is full. With `wait`, waits for room until the deadline
+// (false then); without, stops where it is full (*full). False on an error; *eof once the pair reads end of
+// stream.
+static bool move_ready(int pair, int direct, uint64_t *carried, bool *eof, bool *full, bool wait, int64_t deadline) {
+    *full = false;
     static char buffer[64 * 1024];
     for (;;) {
-        ssize_t n = recv(pair, buffer, sizeof buffer, MSG_DONTWAIT);
-        if (n > 0) {
-            if (!write_all(direct, buffer, (size_t)n, deadline)) return false;
-            *carried += (uint64_t)n;
+        ssize_t n = recv(pair, buffer, sizeof buffer, MSG_PEEK | MSG_DONTWAIT);
+        if (n == 0) *eof = true;
+        if (n == 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))) return true;
+        if (n < 0) return false;
+        ssize_t sent = send(direct, buffer, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (sent > 0) {
+            recv(pair, buffer, (size_t)sent, MSG_DONTWAIT);  // what was peeked is there
+            *carried += (uint64_t)sent;
             continue;
         }
-        if (n == 0) *eof = true;
-        return n == 0 || errno == EAGAIN || errno == EINTR;
+        if (errno != EAGAIN && errno != EINTR) return false;
+        *full = true;
+        if (!wait) return true;
+        int64_t left = deadline - now_ms();
+        if (left <= 0) {
+            errno = ETIMEDOUT;
+            return false;
+        }
+        struct pollfd p = {.fd = direct, .events = POLLOUT};
+        poll(&p, 1, (int)(left < 100 ? left : 100));
     }
 }
 
@@ -265,16 +262,16 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
     real.setsockopt(pair, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
     pthread_mutex_unlock(&shim_lock);
     int64_t start = now_ms();
-    bool eof = false, moved = true;
+    bool eof = false, moved = true, full = false;
     int unread = 0;
     for (;;) {
-        moved = move_ready(pair, direct, carried, &eof, start + SETTLE_MS);
+        moved = move_ready(pair, direct, carried, &eof, &full, false, 0);
         unread = bytes_queued(app, FIONREAD);
         int waiting = bytes_queued(pair, FIONREAD) + bytes_queued(app, SIOCOUTQ);
         if (!moved || eof || unread < 0) break;
         if (unread == 0 && (waiting <= 2 * SMALL_BUFFER || now_ms() - start > SETTLE_MS / 3)) break;
         if (now_ms() - start > SETTLE_MS) break;
-        struct pollfd p = {.fd = pair, .events = POLLIN};
+        struct pollfd p = full ? (struct pollfd){.fd = direct, .events = POLLOUT} : (struct pollfd){.fd = pair, .events = POLLIN};
         poll(&p, 1, 1);
     }
     pthread_mutex_lock(&shim_lock);
@@ -328,7 +325,7 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
     int64_t deadline = now_ms() + DRAIN_MS;
     eof = false;
     while (!error && old >= 0 && !eof) {
-        if (!move_ready(pair, direct, carried, &eof, deadline)) error = errno ? errno : ETIMEDOUT;
+        if (!move_ready(pair, direct, carried, &eof, &full, true, deadline)) error = errno ? errno : ETIMEDOUT;
         else if (!eof && now_ms() > deadline) error = ETIMEDOUT;
         else if (!eof) {
             struct pollfd p = {.fd = pair, .events = POLLIN};

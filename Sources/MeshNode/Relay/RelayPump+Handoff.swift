@@ -29,8 +29,9 @@ extension RelayPump {
             switch stream.inbound {
             case .direct where stream.directOut.isEmpty && stream.directIn.isEmpty:
                 offer(stream, direct: direct)
-            case .direct, .draining:
-                stream.handoff.next = now + Timing.Choice.handoffRecheck  // relay bytes or a burst still in the node
+            case .relay, .draining, .direct:
+                // The peer's switch marker or its relay bytes still to come, or a burst held in the node.
+                stream.handoff.next = now + Timing.Choice.handoffRecheck
             default:
                 stream.handoff.phase = .none  // the peer is done: nothing left to gain
             }
