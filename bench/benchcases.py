@@ -701,9 +701,10 @@ def set_punch_block(lab, on):
 def upgrade(ctx):
     """A connection opened while punching is blocked comes up relayed; after `hold` seconds the block is lifted
     ("punching becomes possible") and we time until the broker's tap reports the connection's upgrade to a direct
-    link (KIND_UPGRADE, stamped by the broker). The app pings all along (rtt watch), so the JSON also shows the RTT
-    the app saw on each path. The result depends on where the node's retry backoff is (1 s, then doubling) when
-    the block is lifted: the hold is part of the result."""
+    link (KIND_UPGRADE, stamped by the broker), then until both apps hold the direct socket (KIND_HANDOFF from each
+    side). The app pings all along (rtt watch), so the JSON also shows the RTT the app saw on each path; then it
+    moves bulk on the same connection, while both nodes' CPU is measured. The result depends on where the node's
+    retry backoff is (1 s, then doubling) when the block is lifted: the hold is part of the result."""
     if not ctx.relay or not ctx.shim:
         why = UPGRADE_MISSING if ctx.shim else f"not available: {ctx.shim_note}"
         return [row("upgrade", "time from punching possible to connection on the direct path", "s", available=False,
@@ -712,16 +713,18 @@ def upgrade(ctx):
     tap_tool = os.path.join(ctx.root, "Tests", "tools", "tap_subscriber.py")
     tap = lab.spawn("broker", ["/usr/bin/python3", tap_tool, "tcp://127.0.0.1:7701", "default", lab.secret], "tap")
     lab.wait_log("tap", ["subscribed to"], 30)
-    hold, watch_seconds = o.upgrade_hold_seconds, o.upgrade_hold_seconds + 40
+    hold, bulk_seconds = o.upgrade_hold_seconds, 3
+    watch_seconds = hold + 8  # pings until the upgrade and the handoffs are long done; then the bulk
     runs = []
     try:
         for rep in range(o.scale_reps):
             name = f"up{rep}"
             set_punch_block(lab, True)
             blocked = True
-            node = lab.spawn("fn2", lab.node_argv(name, [ctx.rtt, "watch", "srv", str(MESH_ECHO), str(watch_seconds)],
-                                                  ["--log-level", "info"]), name)
+            node = lab.spawn("fn2", lab.node_argv(name, [ctx.rtt, "watch", "srv", str(MESH_ECHO), str(watch_seconds),
+                                                         str(bulk_seconds)], ["--log-level", "info"]), name)
             try:
+                started = time.monotonic()
                 opened = wait_tap(lab, lambda e: e.get("kind") == "KIND_OPEN" and sender(e) == name, 20)
                 if not opened:
                     raise BenchError(f"{name}: no connection opened (node log: {tail(read(f'{lab.work}/{name}.log'))})")
@@ -734,42 +737,78 @@ def upgrade(ctx):
                 blocked = False
                 upgraded = wait_tap(lab, lambda e: e.get("kind") == "KIND_UPGRADE"
                                     and e.get("connection_id") == connection, 40)
-                if upgraded:
-                    time.sleep(1)  # the app pings on the direct path for a while: its RTT there
+                handoffs = [wait_tap(lab, lambda e, side=side: e.get("kind") == "KIND_HANDOFF"
+                                     and e.get("connection_id") == connection and e.get("handoff_side") == side, 5)
+                            for side in ("connecting", "accepting")] if upgraded else []
+                taken = [h for h in handoffs if h and not h.get("handoff_declined")]
+                # Both nodes' CPU while the app moves bulk on the connection (it starts watch_seconds after it did).
+                bulk_at = started + watch_seconds
+                time.sleep(max(0.0, bulk_at + 0.3 - time.monotonic()))
+                pids = [node.pid, lab.srv.pid]
+                cpu_before, cpu_start = [cpu_seconds(pid) for pid in pids], time.monotonic()
+                time.sleep(bulk_seconds - 0.6)
+                cpu_after, cpu_end = [cpu_seconds(pid) for pid in pids], time.monotonic()
+                node.wait(timeout=bulk_seconds + 20)
+                measured = None not in cpu_before + cpu_after
                 result = {"hold_s": hold, "opened_ms": int(opened["time"]), "lifted_ms": lifted_ms,
                           "upgraded_ms": upgraded and int(upgraded["time"]),
-                          "upgrade_s": upgraded and (int(upgraded["time"]) - lifted_ms) / 1000}
+                          "upgrade_s": upgraded and (int(upgraded["time"]) - lifted_ms) / 1000,
+                          "handoffs": [h and {k: h.get(k) for k in ("handoff_side", "handoff_declined", "reason", "time")}
+                                       for h in handoffs],
+                          "handed_off_ms": max(int(h["time"]) for h in taken) if len(taken) == 2 else None,
+                          "bulk_nodes_cpu_pct": 100 * (sum(cpu_after) - sum(cpu_before)) / (cpu_end - cpu_start)
+                          if measured else None}
             finally:
                 if blocked:
                     set_punch_block(lab, False)
                 lab.stop(node)
-            buckets = [(b["bucket_ms"], b["p50_us"]) for b in json_lines(read(f"{lab.work}/{name}.out"))
-                       if "bucket_ms" in b]
+            lines = json_lines(read(f"{lab.work}/{name}.out"))
+            buckets = [(b["bucket_ms"], b["p50_us"]) for b in lines if "bucket_ms" in b]
+            bulk = next((b for b in lines if "bulk_mbps" in b), {})
+            # After the switch: from both handoffs on (or from the upgrade, where an app kept the node's copy loop).
+            switched = result["handed_off_ms"] or result["upgraded_ms"]
             before = [b[1] for b in buckets if b[0] < result["lifted_ms"] - 100]
-            after = [b[1] for b in buckets if result["upgraded_ms"] and b[0] > result["upgraded_ms"] + 100]
+            after = [b[1] for b in buckets if switched and b[0] > switched + 100]
             result.update({"app_rtt_relayed_p50_us": statistics.median(before) if before else None,
                            "app_rtt_direct_p50_us": statistics.median(after) if after else None,
+                           "bulk_mbps": bulk.get("bulk_mbps") if switched and bulk.get("bulk_start_ms", 0) > switched
+                           else None,
                            "app_watch": buckets})
-            if lab.agent:  # the same paced pings on a connection that was direct from the start
-                status, out, _ = lab.agent.run(f"{ctx.rtt} watch srv {MESH_ECHO} 1.5", 10)
+            if lab.agent:  # the same paced pings and bulk on a connection that was direct from the start
+                status, out, _ = lab.agent.run(f"{ctx.rtt} watch srv {MESH_ECHO} 1.5 {bulk_seconds}", 30)
                 paced = [b["p50_us"] for b in json_lines(out) if "p50_us" in b]
                 result["direct_from_start_p50_us"] = statistics.median(paced) if paced else None
+                result["direct_from_start_bulk_mbps"] = next((b["bulk_mbps"] for b in json_lines(out)
+                                                              if "bulk_mbps" in b), None)
             runs.append(result)
             log(f"  upgrade rep {rep + 1}: {result['upgrade_s']} s after the block was lifted "
-                f"(held {hold} s); app RTT relayed {result['app_rtt_relayed_p50_us']} µs, "
-                f"direct {result['app_rtt_direct_p50_us']} µs")
+                f"(held {hold} s); handoffs {result['handoffs']}; app RTT relayed {result['app_rtt_relayed_p50_us']} µs, "
+                f"after {result['app_rtt_direct_p50_us']} µs (direct from the start "
+                f"{result.get('direct_from_start_p50_us')} µs); bulk {result['bulk_mbps']} Mbit/s "
+                f"(direct from the start {result.get('direct_from_start_bulk_mbps')}), nodes' CPU meanwhile "
+                f"{result['bulk_nodes_cpu_pct']} %")
     finally:
         lab.stop(tap)
     times = [r["upgrade_s"] for r in runs]
     note = "" if all(t is not None for t in times) else f"{times.count(None)} run(s) never upgraded within 40 s"
+    handed = [sum(1 for h in r["handoffs"] if h and not h.get("handoff_declined")) for r in runs]
+    declined = sorted({h.get("reason") for r in runs for h in r["handoffs"] if h and h.get("handoff_declined")})
     return [
         row("upgrade", f"time from punching possible to direct path (tap; relayed {hold} s before)", "s", times,
             note=note),
+        row("upgrade", "apps that took the direct socket after the upgrade (of 2 per run; tap)", "count", handed,
+            goal=("both (issue 14)", ">=", 2), note="declined: " + "; ".join(declined) if declined else ""),
         row("upgrade", "app's 1 KiB RTT while relayed (a ping every ms; p50)", "us",
             [r["app_rtt_relayed_p50_us"] for r in runs]),
-        row("upgrade", "app's 1 KiB RTT after the upgrade (same connection), vs direct from the start", "us",
+        row("upgrade", "app's 1 KiB RTT after the upgrade and handoff (same connection), vs direct from the start", "us",
             [r["app_rtt_direct_p50_us"] for r in runs], [r.get("direct_from_start_p50_us") for r in runs],
-            "direct"),
+            "direct", goal=("≤ 1.05x direct (issue 14)", "<=", 1.05)),
+        row("upgrade", "app's bulk echo after the upgrade and handoff (same connection), vs direct from the start",
+            "bit/s", [r["bulk_mbps"] and r["bulk_mbps"] * 1e6 for r in runs],
+            [r.get("direct_from_start_bulk_mbps") and r["direct_from_start_bulk_mbps"] * 1e6 for r in runs], "direct",
+            goal=("≥ 0.95x direct (issue 14)", ">=", 0.95)),
+        row("upgrade", "both nodes' CPU during that bulk (% of one core)", "%", [r["bulk_nodes_cpu_pct"] for r in runs],
+            goal=("≈ 0 (issue 14; read as ≤ 1 %)", "<=", 1)),
     ], {"runs": runs}
 
 

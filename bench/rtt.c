@@ -8,9 +8,10 @@
 //                                         one connection per target; COUNT round trips on each, BLOCK at a time
 //                                         in turn (the first target of each turn rotates), after WARMUP on each:
 //                                         baseline and candidate share the process, the time and the CPU
-//   rtt watch HOST PORT SECONDS           one connection; a 1 KiB round trip every millisecond for SECONDS; prints
+//   rtt watch HOST PORT SECONDS [BULK]    one connection; a 1 KiB round trip every millisecond for SECONDS; prints
 //                                         a line per 100 ms of wall clock with the median RTT: shows when the
-//                                         connection's path changes
+//                                         connection's path changes. With BULK, then BULK seconds of 64 KiB writes
+//                                         on the same connection while reading the echo: bulk_mbps (echoed)
 //   rtt connect HOST PORT COUNT           COUNT connect()s to HOST:PORT; the first stays open while the rest are
 //                                         made, so connect[0] is "new peer" and connect[1..] "peer already
 //                                         connected"; each connection is checked with a 1-byte echo, timed from
@@ -236,7 +237,23 @@ static int pingmix(int size, int count, int block, int warmup, int targets, char
     return 0;
 }
 
-static int watch(const char *host, const char *port, double seconds) {
+struct bulk {
+    int fd;
+    double seconds;
+};
+
+static void *bulk_writer(void *arg) {
+    struct bulk *bulk = arg;
+    static char block[65536];
+    int64_t end = now_ns(CLOCK_MONOTONIC) + (int64_t)(bulk->seconds * 1e9);
+    while (now_ns(CLOCK_MONOTONIC) < end) {
+        if (full(bulk->fd, block, sizeof block, 1) != 0) fail("bulk send");
+    }
+    shutdown(bulk->fd, SHUT_WR);
+    return NULL;
+}
+
+static int watch(const char *host, const char *port, double seconds, double bulk_seconds) {
     int fd = dial(lookup(host, port));
     char buffer[1024] = {0};
     int64_t end = now_ns(CLOCK_MONOTONIC) + (int64_t)(seconds * 1e9);
@@ -250,6 +267,7 @@ static int watch(const char *host, const char *port, double seconds) {
                 qsort(samples, n, sizeof *samples, compare);
                 printf("{\"bucket_ms\": %lld, \"p50_us\": %.1f, \"count\": %d}\n", (long long)(bucket_start / 1000000),
                        samples[n / 2], n);
+                fflush(stdout);
             }
             n = 0;
             bucket_start = wall / 100000000 * 100000000;
@@ -257,6 +275,27 @@ static int watch(const char *host, const char *port, double seconds) {
         if (full(fd, buffer, sizeof buffer, 1) != 0 || full(fd, buffer, sizeof buffer, 0) != 0) fail("echo");
         if (n < 4096) samples[n++] = (now_ns(CLOCK_MONOTONIC) - start) / 1000.0;
         usleep(1000);
+    }
+    if (bulk_seconds > 0) {
+        struct timeval none = {0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);  // the echo may lag behind the writes
+        struct bulk bulk = {.fd = fd, .seconds = bulk_seconds};
+        pthread_t writer;
+        int64_t start = now_ns(CLOCK_MONOTONIC), wall = now_ns(CLOCK_REALTIME);
+        if (pthread_create(&writer, NULL, bulk_writer, &bulk) != 0) fail("pthread_create");
+        static char echo[65536];
+        long long echoed = 0;
+        for (;;) {
+            ssize_t got = recv(fd, echo, sizeof echo, 0);
+            if (got < 0 && errno == EINTR) continue;
+            if (got < 0) fail("bulk recv");
+            if (got == 0) break;
+            echoed += got;
+        }
+        double elapsed = (now_ns(CLOCK_MONOTONIC) - start) / 1e9;
+        pthread_join(writer, NULL);
+        printf("{\"bulk_start_ms\": %lld, \"bulk_bytes\": %lld, \"bulk_mbps\": %.1f}\n", (long long)(wall / 1000000),
+               echoed, echoed * 8 / elapsed / 1e6);
     }
     close(fd);
     return 0;
@@ -380,7 +419,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "ping") && argc == 7) return ping(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), atoi(argv[6]));
     if (!strcmp(mode, "pingmix") && argc >= 7)
         return pingmix(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), argc - 6, argv + 6);
-    if (!strcmp(mode, "watch") && argc == 5) return watch(argv[2], argv[3], atof(argv[4]));
+    if (!strcmp(mode, "watch") && (argc == 5 || argc == 6)) return watch(argv[2], argv[3], atof(argv[4]), argc == 6 ? atof(argv[5]) : 0);
     if (!strcmp(mode, "connect") && argc == 5) return connects(argv[2], argv[3], atoi(argv[4]), 0, 0);
     if (!strcmp(mode, "connect") && argc == 6 && !strcmp(argv[5], "nonblocking"))
         return connects(argv[2], argv[3], atoi(argv[4]), 1, 0);
@@ -392,7 +431,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "member") && argc == 4) member(argv[2], argv[3]);
     fprintf(stderr, "usage: rtt serve PORT | ping HOST PORT SIZE COUNT WARMUP | "
                     "pingmix SIZE COUNT BLOCK WARMUP NAME=HOST:PORT... | "
-                    "watch HOST PORT SECONDS | connect HOST PORT COUNT [nonblocking | pause=MS] | "
+                    "watch HOST PORT SECONDS [BULK] | connect HOST PORT COUNT [nonblocking | pause=MS] | "
                     "resolve NAME COUNT [SECONDS] | lookups NAME BASELINE COUNT | member FILE NAME\n");
     return 2;
 }

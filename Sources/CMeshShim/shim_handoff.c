@@ -8,9 +8,11 @@
 //
 // A thread the signal interrupts in a blocking call on the socket that moved nothing yet restarts it (SA_RESTART)
 // on the direct socket; one that moved some bytes returns them, as on any signal. epoll_wait, poll and sleeps in
-// other threads return early with EINTR, which they must already handle. Where this cannot be done safely (the
-// app handles the signal itself, a thread does not stop, the socket has send/receive timeouts, the app leaves
-// bytes unread) the shim declines, and the node goes on copying.
+// other threads return early with EINTR, which they must already handle; a blocked call on a socket with a
+// send or receive timeout would fail with EINTR too, so the shim waits until no thread is in one. Where this
+// cannot be done safely (the app handles the signal itself, a thread blocks it or does not stop, a thread keeps
+// waiting on a socket with a timeout, the app leaves bytes unread) the shim declines, and the node goes on
+// copying.
 #include "shim.h"
 
 #include <errno.h>
@@ -154,6 +156,51 @@ static pid_t park_all(void) {
     }
 }
 
+// Whether fd is a socket with a send or receive timeout: a signal ends a blocked call on it with EINTR, SA_RESTART
+// or not (the kernel restarts only untimed socket waits).
+static bool has_timeout(int fd) {
+    struct timeval timeout[2] = {{0}};
+    socklen_t length = sizeof timeout[0];
+    if (real.getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout[0], &length) < 0) return false;
+    length = sizeof timeout[1];
+    real.getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout[1], &length);
+    return timeout[0].tv_sec || timeout[0].tv_usec || timeout[1].tv_sec || timeout[1].tv_usec;
+}
+
+static bool socket_call(long number) {
+    switch (number) {
+    case SYS_read: case SYS_write: case SYS_readv: case SYS_writev: case SYS_recvfrom: case SYS_sendto:
+    case SYS_recvmsg: case SYS_sendmsg: case SYS_recvmmsg: case SYS_sendmmsg: case SYS_accept: case SYS_accept4:
+    case SYS_connect:
+        return true;
+    default:
+        return false;
+    }
+}
+
+// A thread (not this one) blocked in a socket call on a socket with a timeout, which parking would fail with
+// EINTR: its id, or 0. (/proc/self/task/N/syscall: "running", or the call's number and arguments.)
+static pid_t timed_waiter(void) {
+    static pid_t tids[MAX_THREADS];
+    pid_t self = (pid_t)syscall(SYS_gettid);
+    int n = list_threads(tids, MAX_THREADS);
+    for (int i = 0; i < n; i++) {
+        if (tids[i] == self) continue;
+        char path[64], line[256];
+        snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tids[i]);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        ssize_t got = read(fd, line, sizeof line - 1);
+        real.close(fd);
+        if (got <= 0 || line[0] < '0' || line[0] > '9') continue;
+        line[got] = 0;
+        char *rest;
+        long number = strtol(line, &rest, 10);
+        if (socket_call(number) && has_timeout((int)strtoul(rest, NULL, 16))) return tids[i];
+    }
+    return 0;
+}
+
 static int bytes_queued(int fd, unsigned long request) {
     int n = 0;
     return ioctl(fd, request, &n) == 0 ? n : -1;
@@ -226,14 +273,7 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
         return EMFILE;
     }
     int app = found.fds[0];
-    struct timeval timeout[2];
-    socklen_t length = sizeof timeout[0];
-    if (real.getsockopt(app, SOL_SOCKET, SO_RCVTIMEO, &timeout[0], &length) < 0 ||
-        real.getsockopt(app, SOL_SOCKET, SO_SNDTIMEO, &timeout[1], &length) < 0 || timeout[0].tv_sec ||
-        timeout[0].tv_usec || timeout[1].tv_sec || timeout[1].tv_usec) {
-        snprintf(why, size, "the socket has a send or receive timeout (an interrupted call would fail with EINTR)");
-        return EBUSY;
-    }
+    socklen_t length;
     struct sigaction current;
     sigaction(park_signal(), NULL, &current);
     if (current.sa_handler != park_handler) {
@@ -264,21 +304,24 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
     int64_t start = now_ms();
     bool eof = false, moved = true, full = false;
     int unread = 0;
+    pid_t waiter = 0;
     for (;;) {
         moved = move_ready(pair, direct, carried, &eof, &full, false, 0);
         unread = bytes_queued(app, FIONREAD);
         int waiting = bytes_queued(pair, FIONREAD) + bytes_queued(app, SIOCOUTQ);
         if (!moved || eof || unread < 0) break;
-        if (unread == 0 && (waiting <= 2 * SMALL_BUFFER || now_ms() - start > SETTLE_MS / 3)) break;
+        waiter = unread == 0 ? timed_waiter() : 0;
+        if (unread == 0 && !waiter && (waiting <= 2 * SMALL_BUFFER || now_ms() - start > SETTLE_MS / 3)) break;
         if (now_ms() - start > SETTLE_MS) break;
         struct pollfd p = full ? (struct pollfd){.fd = direct, .events = POLLOUT} : (struct pollfd){.fd = pair, .events = POLLIN};
         poll(&p, 1, 1);
     }
     pthread_mutex_lock(&shim_lock);
-    if (!moved || eof || unread != 0) {
+    if (!moved || eof || unread != 0 || waiter) {
         if (!moved) snprintf(why, size, "the direct socket did not take the app's bytes: %s", strerror(errno));
         else if (eof) snprintf(why, size, "the app shut the connection down for writing");
-        else snprintf(why, size, "the app left %d received bytes unread for %d ms", unread, SETTLE_MS);
+        else if (unread) snprintf(why, size, "the app left %d received bytes unread for %d ms", unread, SETTLE_MS);
+        else snprintf(why, size, "thread %d kept waiting in a call on a socket with a timeout", (int)waiter);
         return EAGAIN;
     }
     // The app may have closed or duplicated the fd meanwhile.
@@ -299,7 +342,14 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
         }
     }
 
-    pid_t straggler = park_all();
+    // Checked again right before the signal: a blocked socket call with a timeout would fail with EINTR.
+    waiter = timed_waiter();
+    pid_t straggler = waiter ? 0 : park_all();
+    if (waiter) {
+        for (size_t i = 0; i < found.n; i++) real.close(replacements[i]);
+        snprintf(why, size, "thread %d waits in a call on a socket with a timeout", (int)waiter);
+        return EAGAIN;
+    }
     if (straggler || bytes_queued(app, FIONREAD) != 0) {
         if (!straggler) release_all();
         for (size_t i = 0; i < found.n; i++) real.close(replacements[i]);
