@@ -206,21 +206,20 @@ static int bytes_queued(int fd, unsigned long request) {
     return ioctl(fd, request, &n) == 0 ? n : -1;
 }
 
-// Moves what the pair holds into the direct socket, as much as the direct socket takes: bytes are peeked and
-// consumed only once sent, so nothing is lost when it is full. With `wait`, waits for room until the deadline
-// (false then); without, stops where it is full (*full). False on an error; *eof once the pair reads end of
-// stream.
-static bool move_ready(int pair, int direct, uint64_t *carried, bool *eof, bool *full, bool wait, int64_t deadline) {
+// Moves what `from` holds into `to`, as much as `to` takes: bytes are peeked and consumed only once sent, so
+// nothing is lost when it is full. With `wait`, waits for room until the deadline (false then); without, stops
+// where it is full (*full). False on an error; *eof once `from` reads end of stream (which stays there).
+static bool move_ready(int from, int to, uint64_t *carried, bool *eof, bool *full, bool wait, int64_t deadline) {
     *full = false;
     static char buffer[64 * 1024];
     for (;;) {
-        ssize_t n = recv(pair, buffer, sizeof buffer, MSG_PEEK | MSG_DONTWAIT);
+        ssize_t n = recv(from, buffer, sizeof buffer, MSG_PEEK | MSG_DONTWAIT);
         if (n == 0) *eof = true;
         if (n == 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))) return true;
         if (n < 0) return false;
-        ssize_t sent = send(direct, buffer, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        ssize_t sent = send(to, buffer, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (sent > 0) {
-            recv(pair, buffer, (size_t)sent, MSG_DONTWAIT);  // what was peeked is there
+            recv(from, buffer, (size_t)sent, MSG_DONTWAIT);  // what was peeked is there
             *carried += (uint64_t)sent;
             continue;
         }
@@ -232,7 +231,7 @@ static bool move_ready(int pair, int direct, uint64_t *carried, bool *eof, bool 
             errno = ETIMEDOUT;
             return false;
         }
-        struct pollfd p = {.fd = direct, .events = POLLOUT};
+        struct pollfd p = {.fd = to, .events = POLLOUT};
         poll(&p, 1, (int)(left < 100 ? left : 100));
     }
 }
@@ -295,30 +294,45 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
         }
     }
 
-    // While the app runs: small loopback buffers, so that little is left to carry once it is parked; what is
-    // there goes on to the peer meanwhile, and the app reads what it was sent.
+    // While the app runs, the shim carries its bytes on, until the app has read all it was given and no thread
+    // waits in a timed socket call (such a waiter gets the peer's bytes the direct socket holds: it may be waiting
+    // for them); bytes arriving later wait in the direct socket for the app.
+    // Small loopback buffers leave little of the app's own bytes to carry once it is parked.
     int small = SMALL_BUFFER;
     real.setsockopt(app, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
     real.setsockopt(pair, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
     pthread_mutex_unlock(&shim_lock);
     int64_t start = now_ms();
-    bool eof = false, moved = true, full = false;
+    bool eof = false, moved = true, full = false, peer_eof = false, pair_full;
+    uint64_t given = 0;
     int unread = 0;
     pid_t waiter = 0;
     for (;;) {
-        moved = move_ready(pair, direct, carried, &eof, &full, false, 0);
         unread = bytes_queued(app, FIONREAD);
-        int waiting = bytes_queued(pair, FIONREAD) + bytes_queued(app, SIOCOUTQ);
-        if (!moved || eof || unread < 0) break;
-        waiter = unread == 0 ? timed_waiter() : 0;
-        if (unread == 0 && !waiter && (waiting <= 2 * SMALL_BUFFER || now_ms() - start > SETTLE_MS / 3)) break;
+        int unsent = bytes_queued(pair, SIOCOUTQ);  // given to the app's socket, not yet in it
+        if (unread < 0 || unsent < 0) break;
+        waiter = 0;
+        if (unread == 0 && unsent == 0) {
+            waiter = timed_waiter();
+            int waiting = bytes_queued(pair, FIONREAD) + bytes_queued(app, SIOCOUTQ);
+            if (!waiter && (waiting <= 2 * SMALL_BUFFER || now_ms() - start > SETTLE_MS / 3)) break;
+        }
         if (now_ms() - start > SETTLE_MS) break;
-        struct pollfd p = full ? (struct pollfd){.fd = direct, .events = POLLOUT} : (struct pollfd){.fd = pair, .events = POLLIN};
-        poll(&p, 1, 1);
+        moved = move_ready(pair, direct, carried, &eof, &full, false, 0);
+        if (!moved || eof) break;
+        // The waiter may wait for the peer's next bytes: give it those the direct socket holds now.
+        bool feed = waiter && !peer_eof;
+        if (feed && !move_ready(direct, pair, &given, &peer_eof, &pair_full, false, 0)) {
+            moved = false;
+            break;
+        }
+        struct pollfd p[2] = {{.fd = pair, .events = POLLIN},
+                              {.fd = direct, .events = (short)((full ? POLLOUT : 0) | (feed ? POLLIN : 0))}};
+        poll(p, 2, 1);
     }
     pthread_mutex_lock(&shim_lock);
     if (!moved || eof || unread != 0 || waiter) {
-        if (!moved) snprintf(why, size, "the direct socket did not take the app's bytes: %s", strerror(errno));
+        if (!moved) snprintf(why, size, "copying between the sockets failed: %s", strerror(errno));
         else if (eof) snprintf(why, size, "the app shut the connection down for writing");
         else if (unread) snprintf(why, size, "the app left %d received bytes unread for %d ms", unread, SETTLE_MS);
         else snprintf(why, size, "thread %d kept waiting in a call on a socket with a timeout", (int)waiter);
@@ -345,15 +359,12 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
     // Checked again right before the signal: a blocked socket call with a timeout would fail with EINTR.
     waiter = timed_waiter();
     pid_t straggler = waiter ? 0 : park_all();
-    if (waiter) {
+    int late = waiter || straggler ? 0 : bytes_queued(app, FIONREAD);
+    if (late) release_all();
+    if (waiter || straggler || late) {
         for (size_t i = 0; i < found.n; i++) real.close(replacements[i]);
-        snprintf(why, size, "thread %d waits in a call on a socket with a timeout", (int)waiter);
-        return EAGAIN;
-    }
-    if (straggler || bytes_queued(app, FIONREAD) != 0) {
-        if (!straggler) release_all();
-        for (size_t i = 0; i < found.n; i++) real.close(replacements[i]);
-        if (straggler) snprintf(why, size, "thread %d did not stop within %d ms", (int)straggler, PARK_MS);
+        if (waiter) snprintf(why, size, "thread %d waits in a call on a socket with a timeout", (int)waiter);
+        else if (straggler) snprintf(why, size, "thread %d did not stop within %d ms", (int)straggler, PARK_MS);
         else snprintf(why, size, "bytes for the app arrived while it was being parked");
         return EAGAIN;
     }

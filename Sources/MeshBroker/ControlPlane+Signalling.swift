@@ -127,7 +127,13 @@ extension ControlPlaneHandler {
             event.reason = report.failure
             event.handoffSide = report.initiator ? "connecting" : "accepting"
             event.handoffDeclined = report.handoff == .declined
-            return publish(event, mesh: session.mesh)
+            publish(event, mesh: session.mesh)
+            if report.initiator, report.handoffSettled, let acceptor = registry.session(holding: peer.name, in: session.mesh) {
+                var push = ControlMessage()
+                push.handoffTurn = .with { $0.connectionID = report.connectionID }
+                send(to: acceptor.routingID, push)
+            }
+            return
         }
         // The initiator's report is the one published, so each link shows once.
         guard report.initiator else { return }

@@ -115,6 +115,7 @@ public enum Node {
                 switch message.body {
                 case .incomingConnection(let incoming): Task { await links.accept(incoming) }
                 case .connectWithdrawn(let withdrawn): links.withdraw(withdrawn)
+                case .handoffTurn(let turn): relay.handoffTurn(turn.connectionID)
                 case .memberExpired(let expired):
                     links.forgetSpares(of: expired.member.ipv4)
                     Task { flows.peerExpired(expired.member) }

@@ -71,14 +71,31 @@ struct RelayHandoffTests {
         let pair = PumpPair()
         defer { pair.close() }
         try upgraded(pair)
-        pair.acceptor.pump.tick(now: .now)
-        pair.acceptor.pump.tick(now: .now + .seconds(60))
-        #expect(pair.acceptor.offers == [PumpPair.id])
-        #expect(pair.acceptor.stream?.handoff.phase == HandoffState.Phase.none)
-        let declines = pair.acceptor.handoffEvents.filter { if case .declined(_, true) = $0 { true } else { false } }
-        #expect(declines.count == 1, "\(pair.acceptor.handoffEvents)")
+        pair.initiator.pump.tick(now: .now)
+        pair.initiator.pump.tick(now: .now + .seconds(60))
+        #expect(pair.initiator.offers == [PumpPair.id])
+        #expect(pair.initiator.stream?.handoff.phase == HandoffState.Phase.none)
+        let declines = pair.initiator.handoffEvents.filter { if case .declined(_, true) = $0 { true } else { false } }
+        #expect(declines.count == 1, "\(pair.initiator.handoffEvents)")
         let bytes = pattern(20_000, seed: 3)
-        try pair.write(pair.acceptor, bytes)
-        try pair.settle(until: { pair.initiator.received == bytes })
+        try pair.write(pair.initiator, bytes)
+        try pair.settle(until: { pair.acceptor.received == bytes })
+    }
+
+    @Test("the accepting side waits for its turn (the connecting side settled), then offers")
+    func acceptorWaitsForTurn() throws {
+        let pair = PumpPair(takesHandoff: true)
+        defer { pair.close() }
+        try upgraded(pair)
+        pair.acceptor.pump.tick(now: .now + .seconds(60))
+        #expect(pair.acceptor.offers.isEmpty)
+        #expect(pair.acceptor.stream?.handoff.phase == .awaitingTurn)
+        pair.acceptor.pump.handle(.handoffTurn(PumpPair.id))
+        pair.acceptor.pump.tick(now: .now)
+        #expect(pair.acceptor.offers == [PumpPair.id])
+        // A turn for the connecting side, or for a connection it does not know, changes nothing.
+        pair.initiator.pump.handle(.handoffTurn(PumpPair.id))
+        pair.acceptor.pump.handle(.handoffTurn(99))
+        #expect(pair.acceptor.stream?.handoff.phase == .offered)
     }
 }

@@ -997,6 +997,51 @@ void   boxermesh__v1__connect_withdrawn__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__connect_withdrawn__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   boxermesh__v1__handoff_turn__init
+                     (Boxermesh__V1__HandoffTurn         *message)
+{
+  static const Boxermesh__V1__HandoffTurn init_value = BOXERMESH__V1__HANDOFF_TURN__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__handoff_turn__get_packed_size
+                     (const Boxermesh__V1__HandoffTurn *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__handoff_turn__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__handoff_turn__pack
+                     (const Boxermesh__V1__HandoffTurn *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__handoff_turn__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__handoff_turn__pack_to_buffer
+                     (const Boxermesh__V1__HandoffTurn *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__handoff_turn__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__HandoffTurn *
+       boxermesh__v1__handoff_turn__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__HandoffTurn *)
+     protobuf_c_message_unpack (&boxermesh__v1__handoff_turn__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__handoff_turn__free_unpacked
+                     (Boxermesh__V1__HandoffTurn *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__handoff_turn__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   boxermesh__v1__member_expired__init
                      (Boxermesh__V1__MemberExpired         *message)
 {
@@ -2527,7 +2572,7 @@ void   boxermesh__v1__lambda_error__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__lambda_error__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_descriptors[28] =
+static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_descriptors[29] =
 {
   {
     "request_id",
@@ -2865,6 +2910,18 @@ static const ProtobufCFieldDescriptor boxermesh__v1__control_message__field_desc
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "handoff_turn",
+    36,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ControlMessage, body_case),
+    offsetof(Boxermesh__V1__ControlMessage, handoff_turn),
+    &boxermesh__v1__handoff_turn__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__control_message__field_indices_by_name[] = {
   20,   /* field[20] = ack */
@@ -2877,6 +2934,7 @@ static const unsigned boxermesh__v1__control_message__field_indices_by_name[] = 
   26,   /* field[26] = endpoint_advert */
   15,   /* field[15] = error */
   22,   /* field[22] = flow_report */
+  28,   /* field[28] = handoff_turn */
   6,   /* field[6] = heartbeat */
   7,   /* field[7] = heartbeat_ack */
   2,   /* field[2] = hello */
@@ -2900,7 +2958,7 @@ static const ProtobufCIntRange boxermesh__v1__control_message__number_ranges[2 +
 {
   { 1, 0 },
   { 10, 2 },
-  { 0, 28 }
+  { 0, 29 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__control_message__descriptor =
 {
@@ -2910,7 +2968,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__control_message__descriptor =
   "Boxermesh__V1__ControlMessage",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ControlMessage),
-  28,
+  29,
   boxermesh__v1__control_message__field_descriptors,
   boxermesh__v1__control_message__field_indices_by_name,
   2,  boxermesh__v1__control_message__number_ranges,
@@ -4038,6 +4096,44 @@ const ProtobufCMessageDescriptor boxermesh__v1__connect_withdrawn__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__connect_withdrawn__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor boxermesh__v1__handoff_turn__field_descriptors[1] =
+{
+  {
+    "connection_id",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__HandoffTurn, connection_id),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__handoff_turn__field_indices_by_name[] = {
+  0,   /* field[0] = connection_id */
+};
+static const ProtobufCIntRange boxermesh__v1__handoff_turn__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__handoff_turn__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.HandoffTurn",
+  "HandoffTurn",
+  "Boxermesh__V1__HandoffTurn",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__HandoffTurn),
+  1,
+  boxermesh__v1__handoff_turn__field_descriptors,
+  boxermesh__v1__handoff_turn__field_indices_by_name,
+  1,  boxermesh__v1__handoff_turn__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__handoff_turn__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor boxermesh__v1__member_expired__field_descriptors[1] =
 {
   {
@@ -4409,7 +4505,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__connect_answer__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__connect_answer__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__link_report__field_descriptors[10] =
+static const ProtobufCFieldDescriptor boxermesh__v1__link_report__field_descriptors[11] =
 {
   {
     "connection_id",
@@ -4531,12 +4627,25 @@ static const ProtobufCFieldDescriptor boxermesh__v1__link_report__field_descript
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "handoff_settled",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LinkReport, handoff_settled),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__link_report__field_indices_by_name[] = {
   0,   /* field[0] = connection_id */
   1,   /* field[1] = established */
   4,   /* field[4] = failure */
   9,   /* field[9] = handoff */
+  10,   /* field[10] = handoff_settled */
   5,   /* field[5] = initiator */
   2,   /* field[2] = path */
   6,   /* field[6] = peer_address */
@@ -4547,7 +4656,7 @@ static const unsigned boxermesh__v1__link_report__field_indices_by_name[] = {
 static const ProtobufCIntRange boxermesh__v1__link_report__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 10 }
+  { 0, 11 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__link_report__descriptor =
 {
@@ -4557,7 +4666,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__link_report__descriptor =
   "Boxermesh__V1__LinkReport",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__LinkReport),
-  10,
+  11,
   boxermesh__v1__link_report__field_descriptors,
   boxermesh__v1__link_report__field_indices_by_name,
   1,  boxermesh__v1__link_report__number_ranges,

@@ -37,6 +37,7 @@ typedef struct Boxermesh__V1__ConnectRequest Boxermesh__V1__ConnectRequest;
 typedef struct Boxermesh__V1__ConnectOffer Boxermesh__V1__ConnectOffer;
 typedef struct Boxermesh__V1__EndpointAdvert Boxermesh__V1__EndpointAdvert;
 typedef struct Boxermesh__V1__ConnectWithdrawn Boxermesh__V1__ConnectWithdrawn;
+typedef struct Boxermesh__V1__HandoffTurn Boxermesh__V1__HandoffTurn;
 typedef struct Boxermesh__V1__MemberExpired Boxermesh__V1__MemberExpired;
 typedef struct Boxermesh__V1__MembershipUpdate Boxermesh__V1__MembershipUpdate;
 typedef struct Boxermesh__V1__MembershipResync Boxermesh__V1__MembershipResync;
@@ -250,7 +251,8 @@ typedef enum {
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_MEMBERSHIP_UPDATE = 32,
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_MEMBERSHIP_RESYNC = 33,
   BOXERMESH__V1__CONTROL_MESSAGE__BODY_ENDPOINT_ADVERT = 34,
-  BOXERMESH__V1__CONTROL_MESSAGE__BODY_CONNECT_WITHDRAWN = 35
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_CONNECT_WITHDRAWN = 35,
+  BOXERMESH__V1__CONTROL_MESSAGE__BODY_HANDOFF_TURN = 36
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__CONTROL_MESSAGE__BODY__CASE)
 } Boxermesh__V1__ControlMessage__BodyCase;
 
@@ -293,6 +295,7 @@ struct  Boxermesh__V1__ControlMessage
     Boxermesh__V1__MembershipResync *membership_resync;
     Boxermesh__V1__EndpointAdvert *endpoint_advert;
     Boxermesh__V1__ConnectWithdrawn *connect_withdrawn;
+    Boxermesh__V1__HandoffTurn *handoff_turn;
   };
 };
 #define BOXERMESH__V1__CONTROL_MESSAGE__INIT \
@@ -644,6 +647,21 @@ struct  Boxermesh__V1__ConnectWithdrawn
 
 
 /*
+ * Broker -> the accepting node of a relayed connection that moved to a direct link, pushed: the connecting side is
+ * done handing its direct socket to its app (taken, or given up): the accepting side may hand its own over now.
+ * One side at a time: while a side's app is parked, its last bytes must reach a peer whose node still reads.
+ */
+struct  Boxermesh__V1__HandoffTurn
+{
+  ProtobufCMessage base;
+  uint64_t connection_id;
+};
+#define BOXERMESH__V1__HANDOFF_TURN__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__handoff_turn__descriptor) \
+    , 0 }
+
+
+/*
  * Broker -> every other node of the mesh, pushed: a member was expired (no heartbeat for the expiry time; its
  * function froze or vanished without leaving). Its peers end their apps' connections to it at once, where TCP alone
  * would notice only after its own timeouts (a writer's unacknowledged data: minutes). Not sent for a graceful leave:
@@ -782,10 +800,15 @@ struct  Boxermesh__V1__LinkReport
    * node's copy loop (failure).
    */
   Boxermesh__V1__Handoff handoff;
+  /*
+   * With handoff: this side will not try again (its app took the socket, or the node gave up): from the connecting
+   * side, the broker then gives the accepting side its turn (HandoffTurn).
+   */
+  protobuf_c_boolean handoff_settled;
 };
 #define BOXERMESH__V1__LINK_REPORT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__link_report__descriptor) \
-    , 0, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, (char *)protobuf_c_empty_string, 0, 0, 0, 0, BOXERMESH__V1__HANDOFF__HANDOFF_UNSPECIFIED }
+    , 0, 0, BOXERMESH__V1__PATH__PATH_UNSPECIFIED, 0, (char *)protobuf_c_empty_string, 0, 0, 0, 0, BOXERMESH__V1__HANDOFF__HANDOFF_UNSPECIFIED, 0 }
 
 
 /*
@@ -1883,6 +1906,25 @@ Boxermesh__V1__ConnectWithdrawn *
 void   boxermesh__v1__connect_withdrawn__free_unpacked
                      (Boxermesh__V1__ConnectWithdrawn *message,
                       ProtobufCAllocator *allocator);
+/* Boxermesh__V1__HandoffTurn methods */
+void   boxermesh__v1__handoff_turn__init
+                     (Boxermesh__V1__HandoffTurn         *message);
+size_t boxermesh__v1__handoff_turn__get_packed_size
+                     (const Boxermesh__V1__HandoffTurn   *message);
+size_t boxermesh__v1__handoff_turn__pack
+                     (const Boxermesh__V1__HandoffTurn   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__handoff_turn__pack_to_buffer
+                     (const Boxermesh__V1__HandoffTurn   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__HandoffTurn *
+       boxermesh__v1__handoff_turn__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__handoff_turn__free_unpacked
+                     (Boxermesh__V1__HandoffTurn *message,
+                      ProtobufCAllocator *allocator);
 /* Boxermesh__V1__MemberExpired methods */
 void   boxermesh__v1__member_expired__init
                      (Boxermesh__V1__MemberExpired         *message);
@@ -2597,6 +2639,9 @@ typedef void (*Boxermesh__V1__EndpointAdvert_Closure)
 typedef void (*Boxermesh__V1__ConnectWithdrawn_Closure)
                  (const Boxermesh__V1__ConnectWithdrawn *message,
                   void *closure_data);
+typedef void (*Boxermesh__V1__HandoffTurn_Closure)
+                 (const Boxermesh__V1__HandoffTurn *message,
+                  void *closure_data);
 typedef void (*Boxermesh__V1__MemberExpired_Closure)
                  (const Boxermesh__V1__MemberExpired *message,
                   void *closure_data);
@@ -2731,6 +2776,7 @@ extern const ProtobufCMessageDescriptor boxermesh__v1__connect_request__descript
 extern const ProtobufCMessageDescriptor boxermesh__v1__connect_offer__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__endpoint_advert__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__connect_withdrawn__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__handoff_turn__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__member_expired__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__membership_update__descriptor;
 extern const ProtobufCEnumDescriptor    boxermesh__v1__membership_update__kind__descriptor;

@@ -196,19 +196,19 @@ final class LinkManager: Sendable {
     /// How handing an upgraded connection's direct socket to the app went: flow counts follow the direct socket
     /// from the offer on; the tap hears whether the app holds it or why not.
     func handoff(_ id: UInt64, _ context: RelayStreamContext, _ event: HandoffEvent) {
-        let (result, reason): (Boxermesh_V1_Handoff, String)
+        let (result, reason, settled): (Boxermesh_V1_Handoff, String, Bool)
         switch event {
         case .offered(let direct, let relayedOut, let relayedIn):
             flows?.follow(id, direct: direct, relayed: (sent: relayedOut, received: relayedIn))
             return
         case .taken(let direct, _, let failure):
             flows?.handedOff(id, direct: direct)
-            (result, reason) = (.done, failure ?? "")
+            (result, reason, settled) = (.done, failure ?? "", true)
         case .declined(let why, let final):
-            (result, reason) = (.declined, final ? "\(why); it stays on the node's copy loop" : why)
+            (result, reason, settled) = (.declined, final ? "\(why); it stays on the node's copy loop" : why, final)
         }
         report(id, established: true, setup: ContinuousClock.now - context.started, peer: context.peer, port: context.port,
-            initiator: context.initiator, failure: reason, path: .direct, handoff: result)
+            initiator: context.initiator, failure: reason, path: .direct, handoff: result, handoffSettled: settled)
     }
 
     // MARK: Reports
@@ -217,7 +217,8 @@ final class LinkManager: Sendable {
     /// connecting side's reports only: the accepting side reports failures (for the broker's log) and upgrades.
     func report(
         _ id: UInt64, established: Bool, setup: Duration, peer: IPv4Address, port: UInt16, initiator: Bool, failure: String = "",
-        refused: Bool = false, path: Boxermesh_V1_Path = .direct, handoff: Boxermesh_V1_Handoff = .unspecified
+        refused: Bool = false, path: Boxermesh_V1_Path = .direct, handoff: Boxermesh_V1_Handoff = .unspecified,
+        handoffSettled: Bool = false
     ) {
         var report = Boxermesh_V1_LinkReport()
         report.connectionID = id
@@ -230,6 +231,7 @@ final class LinkManager: Sendable {
         report.failure = failure
         report.refused = refused
         report.handoff = handoff
+        report.handoffSettled = handoffSettled
         session.post(.linkReport(report))
     }
 }

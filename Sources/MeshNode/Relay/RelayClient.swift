@@ -35,6 +35,8 @@ enum RelayCommand: Sendable {
     case session(SessionEvent)
     /// The app's shim answered an offer of a connection's direct socket.
     case handoffAnswered(Boxermesh_V1_ShimHandoffResult)
+    /// The connecting side is done with its handoff: ours may go ahead (we accepted the connection).
+    case handoffTurn(UInt64)
 }
 
 /// This node's side of the relay: one DEALER to the broker's relay and one thread (``RelayLoop``) whose
@@ -131,4 +133,7 @@ final class RelayClient: Sendable {
     func unexpect(_ id: UInt64) { expectations.cancel(id) }
 
     func giveUp(_ id: UInt64, reason: String) { loop.post(.giveUp(id, reason)) }
+
+    /// The broker's HandoffTurn for connection `id`.
+    func handoffTurn(_ id: UInt64) { loop.post(.handoffTurn(id)) }
 }

@@ -18,7 +18,9 @@ enum HandoffEvent: Sendable {
 /// polling both sockets and offers them to the app's shim (``RelayPumpEffects/handOff``), which parks the app's
 /// threads, carries over what the app wrote to its loopback socket and swaps the direct socket in. Its answer
 /// comes back as ``RelayCommand/handoffAnswered(_:)``: taken, the node forgets the connection (closing only its
-/// own copies); declined, it copies on and offers again later, a few times.
+/// own copies); declined, it copies on and offers again later, a few times. The connecting side goes first; the
+/// accepting side waits for the broker's ``RelayCommand/handoffTurn(_:)`` (the connecting side is settled), so that
+/// the bytes a parked app's shim carries over always reach a side whose node or app still reads.
 extension RelayPump {
     /// Offers due handoffs.
     func handoffTick(now: ContinuousClock.Instant) {
@@ -47,6 +49,15 @@ extension RelayPump {
         }
         stream.handoff.phase = .offered
         logger.debug("offered the direct socket to the app", metadata: ["connection": "\(stream.id)"])
+    }
+
+    /// The connecting side's handoff is settled: the accepting side's may go ahead.
+    func handoffTurn(_ id: UInt64) {
+        guard let stream = streams[id], !stream.context.initiator else { return }
+        stream.handoff.turn = true
+        guard stream.handoff.phase == .awaitingTurn else { return }
+        stream.handoff.phase = .waiting
+        stream.handoff.next = .now
     }
 
     func handoffAnswered(_ result: Boxermesh_V1_ShimHandoffResult) {

@@ -166,7 +166,7 @@ extension RelayPump {
                 "relayed_bytes_out": "\(stream.sentOnRelay)",
             ])
         effects.upgraded(stream.id, stream.context, stream.direct)
-        stream.handoff.phase = .waiting
+        stream.handoff.phase = stream.context.initiator || stream.handoff.turn ? .waiting : .awaitingTurn
         stream.handoff.next = .now
         // The pair can punch now: its other relayed connections try at once instead of at their next backoff.
         for other in streams.values

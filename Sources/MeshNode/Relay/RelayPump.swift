@@ -117,6 +117,8 @@ final class RelayPump {
             sessionChanged(event)
         case .handoffAnswered(let result):
             handoffAnswered(result)
+        case .handoffTurn(let id):
+            handoffTurn(id)
         }
     }
 

@@ -203,6 +203,9 @@ struct HandoffState {
     enum Phase: Equatable {
         /// Not (or no more) to be handed off: still relayed, taken by the app, or given up.
         case none
+        /// The accepting side waits for the connecting side's handoff to be settled (HandoffTurn): one side's app
+        /// at a time is parked, while the other side's node still reads.
+        case awaitingTurn
         /// To be offered once nothing is held in the node, at `next`.
         case waiting
         /// The app's shim holds both sockets; the node copies nothing until it answers.
@@ -211,6 +214,8 @@ struct HandoffState {
 
     var phase = Phase.none
     var next: ContinuousClock.Instant?
+    /// The broker gave this (accepting) side its turn.
+    var turn = false
     var declined = 0
     var delay = Timing.Choice.handoffRetry
 }

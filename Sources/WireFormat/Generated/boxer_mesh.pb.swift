@@ -451,6 +451,14 @@ public nonisolated struct Boxermesh_V1_ControlMessage: Sendable {
     set {body = .connectWithdrawn(newValue)}
   }
 
+  public var handoffTurn: Boxermesh_V1_HandoffTurn {
+    get {
+      if case .handoffTurn(let v)? = body {return v}
+      return Boxermesh_V1_HandoffTurn()
+    }
+    set {body = .handoffTurn(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -480,6 +488,7 @@ public nonisolated struct Boxermesh_V1_ControlMessage: Sendable {
     case membershipResync(Boxermesh_V1_MembershipResync)
     case endpointAdvert(Boxermesh_V1_EndpointAdvert)
     case connectWithdrawn(Boxermesh_V1_ConnectWithdrawn)
+    case handoffTurn(Boxermesh_V1_HandoffTurn)
 
   }
 
@@ -904,6 +913,21 @@ public nonisolated struct Boxermesh_V1_ConnectWithdrawn: Sendable {
   public init() {}
 }
 
+/// Broker -> the accepting node of a relayed connection that moved to a direct link, pushed: the connecting side is
+/// done handing its direct socket to its app (taken, or given up): the accepting side may hand its own over now.
+/// One side at a time: while a side's app is parked, its last bytes must reach a peer whose node still reads.
+public nonisolated struct Boxermesh_V1_HandoffTurn: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var connectionID: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// Broker -> every other node of the mesh, pushed: a member was expired (no heartbeat for the expiry time; its
 /// function froze or vanished without leaving). Its peers end their apps' connections to it at once, where TCP alone
 /// would notice only after its own timeouts (a writer's unacknowledged data: minutes). Not sent for a graceful leave:
@@ -1130,6 +1154,10 @@ public nonisolated struct Boxermesh_V1_LinkReport: Sendable {
   /// side's app now holds the direct socket itself (the node copies no more of its bytes), or why it stays on the
   /// node's copy loop (failure).
   public var handoff: Boxermesh_V1_Handoff = .unspecified
+
+  /// With handoff: this side will not try again (its app took the socket, or the node gave up): from the connecting
+  /// side, the broker then gives the accepting side its turn (HandoffTurn).
+  public var handoffSettled: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2289,7 +2317,7 @@ nonisolated extension Boxermesh_V1_Handoff: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ControlMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}session\0\u{2}\u{8}hello\0\u{1}challenge\0\u{1}authenticate\0\u{1}welcome\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}leave\0\u{3}leave_ack\0\u{1}resolve\0\u{1}resolved\0\u{3}wait_members\0\u{3}list_members\0\u{1}members\0\u{1}error\0\u{3}connect_request\0\u{3}connect_offer\0\u{3}incoming_connection\0\u{3}connect_answer\0\u{1}ack\0\u{3}link_report\0\u{3}flow_report\0\u{3}member_expired\0\u{3}membership_update\0\u{3}membership_resync\0\u{3}endpoint_advert\0\u{3}connect_withdrawn\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}session\0\u{2}\u{8}hello\0\u{1}challenge\0\u{1}authenticate\0\u{1}welcome\0\u{1}heartbeat\0\u{3}heartbeat_ack\0\u{1}leave\0\u{3}leave_ack\0\u{1}resolve\0\u{1}resolved\0\u{3}wait_members\0\u{3}list_members\0\u{1}members\0\u{1}error\0\u{3}connect_request\0\u{3}connect_offer\0\u{3}incoming_connection\0\u{3}connect_answer\0\u{1}ack\0\u{3}link_report\0\u{3}flow_report\0\u{3}member_expired\0\u{3}membership_update\0\u{3}membership_resync\0\u{3}endpoint_advert\0\u{3}connect_withdrawn\0\u{3}handoff_turn\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2637,6 +2665,19 @@ nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftP
           self.body = .connectWithdrawn(v)
         }
       }()
+      case 36: try {
+        var v: Boxermesh_V1_HandoffTurn?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .handoffTurn(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .handoffTurn(v)
+        }
+      }()
       default: break
       }
     }
@@ -2757,6 +2798,10 @@ nonisolated extension Boxermesh_V1_ControlMessage: SwiftProtobuf.Message, SwiftP
     case .connectWithdrawn?: try {
       guard case .connectWithdrawn(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
+    }()
+    case .handoffTurn?: try {
+      guard case .handoffTurn(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 36)
     }()
     case nil: break
     }
@@ -3555,6 +3600,36 @@ nonisolated extension Boxermesh_V1_ConnectWithdrawn: SwiftProtobuf.Message, Swif
   }
 }
 
+nonisolated extension Boxermesh_V1_HandoffTurn: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HandoffTurn"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.connectionID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.connectionID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.connectionID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_HandoffTurn, rhs: Boxermesh_V1_HandoffTurn) -> Bool {
+    if lhs.connectionID != rhs.connectionID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension Boxermesh_V1_MemberExpired: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".MemberExpired"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}member\0")
@@ -3777,7 +3852,7 @@ nonisolated extension Boxermesh_V1_ConnectAnswer: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Boxermesh_V1_LinkReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".LinkReport"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}established\0\u{1}path\0\u{3}setup_ms\0\u{1}failure\0\u{1}initiator\0\u{3}peer_address\0\u{1}port\0\u{1}refused\0\u{1}handoff\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}connection_id\0\u{1}established\0\u{1}path\0\u{3}setup_ms\0\u{1}failure\0\u{1}initiator\0\u{3}peer_address\0\u{1}port\0\u{1}refused\0\u{1}handoff\0\u{3}handoff_settled\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -3795,6 +3870,7 @@ nonisolated extension Boxermesh_V1_LinkReport: SwiftProtobuf.Message, SwiftProto
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
       case 9: try { try decoder.decodeSingularBoolField(value: &self.refused) }()
       case 10: try { try decoder.decodeSingularEnumField(value: &self.handoff) }()
+      case 11: try { try decoder.decodeSingularBoolField(value: &self.handoffSettled) }()
       default: break
       }
     }
@@ -3831,6 +3907,9 @@ nonisolated extension Boxermesh_V1_LinkReport: SwiftProtobuf.Message, SwiftProto
     if self.handoff != .unspecified {
       try visitor.visitSingularEnumField(value: self.handoff, fieldNumber: 10)
     }
+    if self.handoffSettled != false {
+      try visitor.visitSingularBoolField(value: self.handoffSettled, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3845,6 +3924,7 @@ nonisolated extension Boxermesh_V1_LinkReport: SwiftProtobuf.Message, SwiftProto
     if lhs.port != rhs.port {return false}
     if lhs.refused != rhs.refused {return false}
     if lhs.handoff != rhs.handoff {return false}
+    if lhs.handoffSettled != rhs.handoffSettled {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
