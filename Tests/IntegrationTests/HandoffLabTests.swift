@@ -50,13 +50,20 @@ struct HandoffLabTests {
             #expect(app.count == 1 && app[0].contains(NATLab.publicAddress(ofNAT: 1)) && !app[0].contains("127.0.0.1"), "\(sockets)")
             #expect(client.waitUntilExit(timeout: .seconds(60)) == 0, "\(client.standardOutput)\n\(client.standardError)")
             #expect(server.waitUntilExit(timeout: .seconds(60)) == 0, "\(server.standardOutput)\n\(server.standardError)")
+            var sent: [String] = []
             for (receiver, sender, seed) in [(server, client, 1), (client, server, 2)] {
-                let sent = sender.standardError.split(separator: "\n").last { $0.hasPrefix("sent ") }?.split(separator: " ").last
-                let bytes = try #require(sent.map(String.init), "\(sender.standardError)")
+                let count = sender.standardError.split(separator: "\n").last { $0.hasPrefix("sent ") }?.split(separator: " ").last
+                let bytes = try #require(count.map(String.init), "\(sender.standardError)")
                 #expect(Int(bytes) ?? 0 > 0)
                 #expect(receiver.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == (try Self.digest(mesh, program: program, seed: seed, bytes: bytes)),
                     "stream \(seed) (\(bytes) bytes) arrived changed")
+                sent.append(bytes)
             }
+            // The close event counts every byte each way: relayed, copied by the node, and moved by the app itself.
+            let closed = await eventually(timeout: .seconds(10)) { tap.standardOutput.contains("KIND_CLOSE") }
+            let close = tap.standardOutput.split(separator: "\n").first { $0.contains("KIND_CLOSE") } ?? ""
+            #expect(closed && close.contains("\"bytes_from_to\": \"\(sent[0])\"") && close.contains("\"bytes_to_from\": \"\(sent[1])\""),
+                "sent \(sent): \(close)")
             // Both sides' handoffs show on the tap, and nothing was declined.
             let handoffs = await eventually(timeout: .seconds(5)) {
                 tap.standardOutput.split(separator: "\n").filter { $0.contains("KIND_HANDOFF") }.count >= 2
