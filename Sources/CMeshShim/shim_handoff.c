@@ -9,10 +9,11 @@
 // A thread the signal interrupts in a blocking call on the socket that moved nothing yet restarts it (SA_RESTART)
 // on the direct socket; one that moved some bytes returns them, as on any signal. epoll_wait, poll and sleeps in
 // other threads return early with EINTR, which they must already handle; a blocked call on a socket with a
-// send or receive timeout would fail with EINTR too, so the shim waits until no thread is in one. Where this
-// cannot be done safely (the app handles the signal itself, a thread blocks it or does not stop, a thread keeps
-// waiting on a socket with a timeout, the app leaves bytes unread) the shim declines, and the node goes on
-// copying.
+// send or receive timeout would fail with EINTR too, so the shim waits until no thread is in one. A thread that
+// blocks the signal (a helper that blocks every signal) is left running only while it sleeps on a futex that
+// nothing can wake before the window ends. Where this cannot be done safely (the app handles the signal itself,
+// a thread that blocks it is not asleep so, a thread does not stop or keeps waiting on a socket with a timeout,
+// the app leaves bytes unread) the shim declines, and the node goes on copying.
 #include "shim.h"
 
 #include <errno.h>
@@ -122,7 +123,8 @@ static void release_all(void) {
     }
 }
 
-// Parks every thread but this one. 0, or the id of a thread that did not stop (the others are released).
+// Parks every thread but this one and those that block the signal (``sleeper_awake`` found them asleep past the
+// window). 0, or the id of a thread that did not stop (the others are released).
 static pid_t park_all(void) {
     static pid_t signaled[MAX_THREADS], tids[MAX_THREADS];
     int n_signaled = 0;
@@ -134,7 +136,7 @@ static pid_t park_all(void) {
         pid_t straggler = -1;
         int others = 0;
         for (int i = 0; i < n; i++) {
-            if (tids[i] == self) continue;
+            if (tids[i] == self || blocks_signal(tids[i], park_signal())) continue;
             others++;
             straggler = tids[i];
             bool known = false;
@@ -178,25 +180,65 @@ static bool socket_call(long number) {
     }
 }
 
+// What thread `tid` waits in: its system call's number and arguments (/proc/self/task/N/syscall). False when it
+// is running, not in a call, or gone.
+static bool thread_call(pid_t tid, long *number, unsigned long args[6]) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    ssize_t got = read(fd, line, sizeof line - 1);
+    real.close(fd);
+    if (got <= 0 || line[0] < '0' || line[0] > '9') return false;
+    line[got] = 0;
+    char *rest;
+    *number = strtol(line, &rest, 10);
+    for (int i = 0; i < 6; i++) args[i] = strtoul(rest, &rest, 16);
+    return true;
+}
+
 // A thread (not this one) blocked in a socket call on a socket with a timeout, which parking would fail with
-// EINTR: its id, or 0. (/proc/self/task/N/syscall: "running", or the call's number and arguments.)
+// EINTR: its id, or 0.
 static pid_t timed_waiter(void) {
     static pid_t tids[MAX_THREADS];
     pid_t self = (pid_t)syscall(SYS_gettid);
     int n = list_threads(tids, MAX_THREADS);
     for (int i = 0; i < n; i++) {
-        if (tids[i] == self) continue;
-        char path[64], line[256];
-        snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tids[i]);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) continue;
-        ssize_t got = read(fd, line, sizeof line - 1);
-        real.close(fd);
-        if (got <= 0 || line[0] < '0' || line[0] > '9') continue;
-        line[got] = 0;
-        char *rest;
-        long number = strtol(line, &rest, 10);
-        if (socket_call(number) && has_timeout((int)strtoul(rest, NULL, 16))) return tids[i];
+        long number;
+        unsigned long args[6];
+        if (tids[i] != self && thread_call(tids[i], &number, args) && socket_call(number) && has_timeout((int)args[0])) {
+            return tids[i];
+        }
+    }
+    return 0;
+}
+
+// Whether a thread that waits in (number, args) stays asleep while the others are parked: a futex wait with no
+// timeout, or with an absolute one past the longest the window can last. Nothing else can wake it then: every
+// other thread is parked. (jemalloc's background thread, for one, blocks every signal and waits so.)
+static bool asleep_past_window(long number, const unsigned long args[6]) {
+    if (number != SYS_futex) return false;
+    int op = (int)args[1] & FUTEX_CMD_MASK;
+    if (op != FUTEX_WAIT && op != FUTEX_WAIT_BITSET) return false;
+    const struct timespec *timeout = (const struct timespec *)args[3];
+    if (!timeout) return true;
+    if (op == FUTEX_WAIT) return false;  // relative to when it began waiting, which is not known
+    struct timespec now;
+    clock_gettime((args[1] & FUTEX_CLOCK_REALTIME) ? CLOCK_REALTIME : CLOCK_MONOTONIC, &now);
+    int64_t left_ms = (timeout->tv_sec - now.tv_sec) * 1000 + (timeout->tv_nsec - now.tv_nsec) / 1000000;
+    return left_ms > DRAIN_MS + PARK_MS + 1000;
+}
+
+// A thread that blocks the park signal and may run while the others are parked: its id, or 0.
+static pid_t sleeper_awake(void) {
+    static pid_t tids[MAX_THREADS];
+    pid_t self = (pid_t)syscall(SYS_gettid);
+    int n = list_threads(tids, MAX_THREADS);
+    for (int i = 0; i < n; i++) {
+        if (tids[i] == self || !blocks_signal(tids[i], park_signal())) continue;
+        long number;
+        unsigned long args[6];
+        if (!thread_call(tids[i], &number, args) || !asleep_past_window(number, args)) return tids[i];
     }
     return 0;
 }
@@ -284,16 +326,6 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
         sigfillset(&action.sa_mask);
         sigaction(park_signal(), &action, NULL);
     }
-    static pid_t tids[MAX_THREADS];
-    pid_t self = (pid_t)syscall(SYS_gettid);
-    int n = list_threads(tids, MAX_THREADS);
-    for (int i = 0; i < n; i++) {
-        if (tids[i] != self && blocks_signal(tids[i], park_signal())) {
-            snprintf(why, size, "thread %d blocks signal %d", (int)tids[i], park_signal());
-            return EBUSY;
-        }
-    }
-
     // While the app runs, the shim carries its bytes on, until the app has read all it was given and no thread
     // waits in a timed socket call (such a waiter gets the peer's bytes the direct socket holds: it may be waiting
     // for them); bytes arriving later wait in the direct socket for the app.
@@ -306,16 +338,17 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
     bool eof = false, moved = true, full = false, peer_eof = false, pair_full;
     uint64_t given = 0;
     int unread = 0;
-    pid_t waiter = 0;
+    pid_t waiter = 0, awake = 0;
     for (;;) {
         unread = bytes_queued(app, FIONREAD);
         int unsent = bytes_queued(pair, SIOCOUTQ);  // given to the app's socket, not yet in it
         if (unread < 0 || unsent < 0) break;
-        waiter = 0;
+        waiter = awake = 0;
         if (unread == 0 && unsent == 0) {
             waiter = timed_waiter();
+            awake = waiter ? 0 : sleeper_awake();
             int waiting = bytes_queued(pair, FIONREAD) + bytes_queued(app, SIOCOUTQ);
-            if (!waiter && (waiting <= 2 * SMALL_BUFFER || now_ms() - start > SETTLE_MS / 3)) break;
+            if (!waiter && !awake && (waiting <= 2 * SMALL_BUFFER || now_ms() - start > SETTLE_MS / 3)) break;
         }
         if (now_ms() - start > SETTLE_MS) break;
         moved = move_ready(pair, direct, carried, &eof, &full, false, 0);
@@ -331,11 +364,12 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
         poll(p, 2, 1);
     }
     pthread_mutex_lock(&shim_lock);
-    if (!moved || eof || unread != 0 || waiter) {
+    if (!moved || eof || unread != 0 || waiter || awake) {
         if (!moved) snprintf(why, size, "copying between the sockets failed: %s", strerror(errno));
         else if (eof) snprintf(why, size, "the app shut the connection down for writing");
         else if (unread) snprintf(why, size, "the app left %d received bytes unread for %d ms", unread, SETTLE_MS);
-        else snprintf(why, size, "thread %d kept waiting in a call on a socket with a timeout", (int)waiter);
+        else if (waiter) snprintf(why, size, "thread %d kept waiting in a call on a socket with a timeout", (int)waiter);
+        else snprintf(why, size, "thread %d blocks signal %d and did not stay asleep", (int)awake, park_signal());
         return EAGAIN;
     }
     // The app may have closed or duplicated the fd meanwhile.
@@ -356,14 +390,17 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
         }
     }
 
-    // Checked again right before the signal: a blocked socket call with a timeout would fail with EINTR.
+    // Checked again right before the signal: a blocked socket call with a timeout would fail with EINTR, and a
+    // thread that cannot be parked must be asleep.
     waiter = timed_waiter();
-    pid_t straggler = waiter ? 0 : park_all();
-    int late = waiter || straggler ? 0 : bytes_queued(app, FIONREAD);
+    awake = waiter ? 0 : sleeper_awake();
+    pid_t straggler = waiter || awake ? 0 : park_all();
+    int late = waiter || awake || straggler ? 0 : bytes_queued(app, FIONREAD);
     if (late) release_all();
-    if (waiter || straggler || late) {
+    if (waiter || awake || straggler || late) {
         for (size_t i = 0; i < found.n; i++) real.close(replacements[i]);
         if (waiter) snprintf(why, size, "thread %d waits in a call on a socket with a timeout", (int)waiter);
+        else if (awake) snprintf(why, size, "thread %d blocks signal %d and is not asleep", (int)awake, park_signal());
         else if (straggler) snprintf(why, size, "thread %d did not stop within %d ms", (int)straggler, PARK_MS);
         else snprintf(why, size, "bytes for the app arrived while it was being parked");
         return EAGAIN;

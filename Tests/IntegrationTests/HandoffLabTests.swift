@@ -73,4 +73,39 @@ struct HandoffLabTests {
             #expect(!lines.contains { $0.contains("handoff_declined") }, "\(lines)")
         }
     }
+
+    @Test("unmodified redis-cli and iperf3 run on across the upgrade; each of their connections' apps takes the punched socket on both sides")
+    func unmodifiedApps() async throws {
+        try await MeshLabFixture.with(prefix: "hoa") { mesh in
+            try RelayLabTests.blockPunching(mesh, "-I")
+            let options = ["--log-level", "info", "--upgrade-max-interval", "1"]
+            let redis = try mesh.redisServer(1, options: options)
+            defer { redis.kill() }
+            let iperfServer = try mesh.node(1, name: "server", options: options, ["iperf3", "-s", "-p", "5201", "--forceflush"])
+            defer { iperfServer.kill() }
+            #expect(iperfServer.waitForOutput(containing: "Server listening", timeout: .seconds(15)), "\(iperfServer.standardOutput)")
+            // One blocking client (800 commands, 10 ms apart) and one bulk stream (iperf3's control and data connections).
+            let counter = try mesh.node(2, name: "counter", options: options, ["redis-cli", "-h", "cache", "-r", "800", "-i", "0.01", "incr", "n"])
+            defer { counter.kill() }
+            let iperf = try mesh.node(2, name: "client", options: options, ["iperf3", "-c", "server", "-p", "5201", "-t", "8", "-f", "m"])
+            defer { iperf.kill() }
+            for node in [counter, iperf] {
+                #expect(await node.waitForLog(containing: "path=relay", timeout: .seconds(20)), "\(node.standardError)")
+            }
+            try await Task.sleep(for: .seconds(1))
+            try RelayLabTests.blockPunching(mesh, "-D")
+            #expect(counter.waitUntilExit(timeout: .seconds(60)) == 0, "\(counter.standardOutput)\n\(counter.standardError)")
+            #expect(iperf.waitUntilExit(timeout: .seconds(60)) == 0, "\(iperf.standardOutput)\n\(iperf.standardError)")
+            #expect(iperf.standardOutput.contains("receiver"), "\(iperf.standardOutput)")
+            let total = try mesh.node(2, name: "check", ["redis-cli", "-h", "cache", "get", "n"])
+            #expect(total.waitUntilExit(timeout: .seconds(30)) == 0)
+            #expect(total.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == "800", "\(total.standardOutput)")
+            let held = "the app holds the direct socket"
+            func handoffs(_ node: LabProcess) -> Int { node.standardError.components(separatedBy: held).count - 1 }
+            #expect(handoffs(counter) == 1, "\(counter.standardError)")
+            #expect(handoffs(iperf) == 2, "\(iperf.standardError)")
+            #expect(handoffs(redis) == 1, "\(redis.standardError)")
+            #expect(handoffs(iperfServer) == 2, "\(iperfServer.standardError)")
+        }
+    }
 }
