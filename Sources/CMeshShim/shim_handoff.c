@@ -97,16 +97,23 @@ static int list_threads(pid_t *tids, int max) {
     return got < 0 ? -1 : n;
 }
 
-// Whether thread `tid` blocks `sig` (from /proc; false when unreadable).
-static bool blocks_signal(pid_t tid, int sig) {
-    char path[64], status[4096];
-    snprintf(path, sizeof path, "/proc/self/task/%d/status", (int)tid);
+// Reads /proc/self/task/TID/NAME into `text` (NUL-terminated), without malloc. False when unreadable.
+static bool read_task_file(pid_t tid, const char *name, char *text, size_t size) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/task/%d/%s", (int)tid, name);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return false;
-    ssize_t n = read(fd, status, sizeof status - 1);
+    ssize_t n = read(fd, text, size - 1);
     real.close(fd);
     if (n <= 0) return false;
-    status[n] = 0;
+    text[n] = 0;
+    return true;
+}
+
+// Whether thread `tid` blocks `sig` (from /proc; false when unreadable).
+static bool blocks_signal(pid_t tid, int sig) {
+    char status[4096];
+    if (!read_task_file(tid, "status", status, sizeof status)) return false;
     const char *line = strstr(status, "SigBlk:");
     if (!line) return false;
     unsigned long long mask = strtoull(line + 7, NULL, 16);
@@ -183,14 +190,8 @@ static bool socket_call(long number) {
 // What thread `tid` waits in: its system call's number and arguments (/proc/self/task/N/syscall). False when it
 // is running, not in a call, or gone.
 static bool thread_call(pid_t tid, long *number, unsigned long args[6]) {
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return false;
-    ssize_t got = read(fd, line, sizeof line - 1);
-    real.close(fd);
-    if (got <= 0 || line[0] < '0' || line[0] > '9') return false;
-    line[got] = 0;
+    char line[256];
+    if (!read_task_file(tid, "syscall", line, sizeof line) || line[0] < '0' || line[0] > '9') return false;
     char *rest;
     *number = strtol(line, &rest, 10);
     for (int i = 0; i < 6; i++) args[i] = strtoul(rest, &rest, 16);

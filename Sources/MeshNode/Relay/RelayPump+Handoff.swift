@@ -27,7 +27,10 @@ extension RelayPump {
         for stream in streams.values {
             guard stream.handoff.phase == .waiting, let next = stream.handoff.next, next <= now else { continue }
             stream.handoff.next = nil
-            guard stream.outbound == .direct, let direct = stream.direct else { stream.handoff.phase = .none; continue }
+            guard stream.outbound == .direct, let direct = stream.direct else {
+                settle(stream, "the app shut the connection down for writing")
+                continue
+            }
             switch stream.inbound {
             case .direct where stream.directOut.isEmpty && stream.directIn.isEmpty:
                 offer(stream, direct: direct)
@@ -35,17 +38,21 @@ extension RelayPump {
                 // The peer's switch marker or its relay bytes still to come, or a burst held in the node.
                 stream.handoff.next = now + Timing.Choice.handoffRecheck
             default:
-                stream.handoff.phase = .none  // the peer is done: nothing left to gain
+                settle(stream, "the peer shut the connection down for writing")
             }
         }
+    }
+
+    /// No handoff for this connection: the tap hears why, and (from the connecting side) the peer gets its turn.
+    private func settle(_ stream: RelayStream, _ reason: String) {
+        stream.handoff.phase = .none
+        effects.handoff(stream.id, stream.context, .declined(reason, final: true))
     }
 
     private func offer(_ stream: RelayStream, direct: Int32) {
         effects.handoff(stream.id, stream.context, .offered(direct: direct, relayedOut: stream.sentOnRelay, relayedIn: stream.receivedOnRelay))
         guard effects.handOff(stream.id, direct, stream.fd) else {
-            stream.handoff.phase = .none
-            effects.handoff(stream.id, stream.context, .declined("the app takes no handoff (no preload shim: supervised or --no-shim)", final: true))
-            return
+            return settle(stream, "the app takes no handoff (no preload shim: supervised or --no-shim)")
         }
         stream.handoff.phase = .offered
         logger.debug("offered the direct socket to the app", metadata: ["connection": "\(stream.id)"])
