@@ -150,6 +150,8 @@ struct shim_waiter {
 // (-1 if none), or an errno: ENETUNREACH when the node is unreachable or went away, ETIMEDOUT.
 int shim_node_call(Boxermesh__V1__ShimRequest *request, int timeout_ms, Boxermesh__V1__ShimResponse **response,
                    int *fd);
+// Milliseconds on the monotonic clock (deadlines).
+int64_t shim_now_ms(void);
 // Sends a message the node does not answer (id 0). Lock held.
 void shim_node_notify_locked(Boxermesh__V1__ShimRequest *request);
 // Sends a non-blocking connect request; its reply is handled on the service thread. Lock held. Returns 0 or
@@ -245,6 +247,8 @@ void shim_replay_opts_locked(struct shim_sock *sock, int fd);
 // Puts the socket `replacement` at the app's fd number `fd`, keeping the app's O_NONBLOCK, FD_CLOEXEC and epoll
 // registrations; closes `replacement`. With `wake`, the old file is shut down afterwards. 0 or an errno.
 int shim_swap_locked(struct shim_sock *sock, int fd, int replacement, bool wake);
+// No more swaps for sock: drops its epoll shadow, recorded options and handoff connection.
+void shim_sock_forget_swaps_locked(struct shim_sock *sock);
 // Copies the options recorded on `from` to `to` (a listener's, for a relayed socket accepted on it).
 void shim_copy_opts_locked(const struct shim_sock *from, struct shim_sock *to);
 

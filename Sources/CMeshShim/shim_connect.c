@@ -141,14 +141,18 @@ static int become_mesh_locked(struct shim_sock *sock, int fd, int connected, boo
     if (error) return error;
     sock->state = SHIM_MESH;
     shim_sock_set_connection(sock, connection);
-    if (sock->handoff_connection) return 0;
+    if (!sock->handoff_connection) shim_sock_forget_swaps_locked(sock);
+    return 0;
+}
+
+void shim_sock_forget_swaps_locked(struct shim_sock *sock) {
+    sock->handoff_connection = 0;
     free(sock->regs);
     sock->regs = NULL;
     sock->n_regs = 0;
     free(sock->opts);
     sock->opts = NULL;
     sock->n_opts = 0;
-    return 0;
 }
 
 static void log_result(int fd, uint32_t ip, uint16_t port, int error, const Boxermesh__V1__ShimResponse *response) {

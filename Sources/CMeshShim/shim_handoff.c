@@ -61,12 +61,6 @@ static void park_handler(int sig) {
     errno = saved;
 }
 
-static int64_t now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
 static void pause_us(long us) {
     struct timespec t = {.tv_sec = 0, .tv_nsec = us * 1000};
     nanosleep(&t, NULL);
@@ -125,7 +119,7 @@ static void release_all(void) {
     __atomic_add_fetch(&park_generation, 1, __ATOMIC_SEQ_CST);
     syscall(SYS_futex, &park_generation, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
     // The next parking counts from zero.
-    for (int64_t until = now_ms() + 100; __atomic_load_n(&parked, __ATOMIC_SEQ_CST) > 0 && now_ms() < until;) {
+    for (int64_t until = shim_now_ms() + 100; __atomic_load_n(&parked, __ATOMIC_SEQ_CST) > 0 && shim_now_ms() < until;) {
         pause_us(100);
     }
 }
@@ -137,7 +131,7 @@ static pid_t park_all(void) {
     int n_signaled = 0;
     pid_t self = (pid_t)syscall(SYS_gettid), pid = getpid();
     __atomic_store_n(&parking, 1, __ATOMIC_SEQ_CST);
-    int64_t deadline = now_ms() + PARK_MS;
+    int64_t deadline = shim_now_ms() + PARK_MS;
     for (;;) {
         int n = list_threads(tids, MAX_THREADS);
         pid_t straggler = -1;
@@ -157,7 +151,7 @@ static pid_t park_all(void) {
             return self;
         }
         if (__atomic_load_n(&parked, __ATOMIC_SEQ_CST) >= others) return 0;
-        if (now_ms() > deadline) {
+        if (shim_now_ms() > deadline) {
             release_all();
             return straggler;
         }
@@ -269,7 +263,7 @@ static bool move_ready(int from, int to, uint64_t *carried, bool *eof, bool *ful
         if (errno != EAGAIN && errno != EINTR) return false;
         *full = true;
         if (!wait) return true;
-        int64_t left = deadline - now_ms();
+        int64_t left = deadline - shim_now_ms();
         if (left <= 0) {
             errno = ETIMEDOUT;
             return false;
@@ -335,7 +329,7 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
     real.setsockopt(app, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
     real.setsockopt(pair, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
     pthread_mutex_unlock(&shim_lock);
-    int64_t start = now_ms();
+    int64_t start = shim_now_ms();
     bool eof = false, moved = true, full = false, peer_eof = false, pair_full;
     uint64_t given = 0;
     int unread = 0;
@@ -349,9 +343,9 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
             waiter = timed_waiter();
             awake = waiter ? 0 : sleeper_awake();
             int waiting = bytes_queued(pair, FIONREAD) + bytes_queued(app, SIOCOUTQ);
-            if (!waiter && !awake && (waiting <= 2 * SMALL_BUFFER || now_ms() - start > SETTLE_MS / 3)) break;
+            if (!waiter && !awake && (waiting <= 2 * SMALL_BUFFER || shim_now_ms() - start > SETTLE_MS / 3)) break;
         }
-        if (now_ms() - start > SETTLE_MS) break;
+        if (shim_now_ms() - start > SETTLE_MS) break;
         moved = move_ready(pair, direct, carried, &eof, &full, false, 0);
         if (!moved || eof) break;
         // The waiter may wait for the peer's next bytes: give it those the direct socket holds now.
@@ -421,11 +415,11 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
     shim_replay_opts_locked(found.sock, direct);
     // The app's last bytes on the loopback socket, then its end of stream: everything it wrote goes first.
     if (old >= 0) shutdown(old, SHUT_WR);
-    int64_t deadline = now_ms() + DRAIN_MS;
+    int64_t deadline = shim_now_ms() + DRAIN_MS;
     eof = false;
     while (!error && old >= 0 && !eof) {
         if (!move_ready(pair, direct, carried, &eof, &full, true, deadline)) error = errno ? errno : ETIMEDOUT;
-        else if (!eof && now_ms() > deadline) error = ETIMEDOUT;
+        else if (!eof && shim_now_ms() > deadline) error = ETIMEDOUT;
         else if (!eof) {
             struct pollfd p = {.fd = pair, .events = POLLIN};
             poll(&p, 1, 10);
@@ -439,13 +433,7 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
         snprintf(why, size, "carrying the app's last bytes over failed (%s): connection reset", strerror(error));
     }
     if (old >= 0) real.close(old);
-    found.sock->handoff_connection = 0;
-    free(found.sock->regs);
-    found.sock->regs = NULL;
-    found.sock->n_regs = 0;
-    free(found.sock->opts);
-    found.sock->opts = NULL;
-    found.sock->n_opts = 0;
+    shim_sock_forget_swaps_locked(found.sock);
     release_all();
     return error;
 }

@@ -22,7 +22,7 @@ static uint64_t next_id = 1;
 static struct shim_waiter *waiters;
 static pthread_cond_t replied = PTHREAD_COND_INITIALIZER;
 
-static int64_t now_ms(void) {
+int64_t shim_now_ms(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
@@ -90,7 +90,7 @@ static void *service_main(void *arg) {
     pthread_mutex_lock(&shim_lock);
     while (mine == generation) {
         // Time out waiters, and learn how long until the next deadline.
-        int64_t now = now_ms(), nearest = -1;
+        int64_t now = shim_now_ms(), nearest = -1;
         struct shim_waiter **link = &waiters;
         while (*link) {
             struct shim_waiter *w = *link;
@@ -239,7 +239,7 @@ static int send_locked(Boxermesh__V1__ShimRequest *request, struct shim_waiter *
         drop_connection_locked(ENETUNREACH, true);
         return ENETUNREACH;
     }
-    w->deadline_ms = now_ms() + timeout_ms;
+    w->deadline_ms = shim_now_ms() + timeout_ms;
     w->next = waiters;
     waiters = w;
     return 0;
