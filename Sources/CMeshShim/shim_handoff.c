@@ -332,11 +332,11 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
     int64_t start = shim_now_ms();
     bool eof = false, moved = true, full = false, peer_eof = false, pair_full;
     uint64_t given = 0;
-    int unread = 0;
+    int unread = 0, unsent = 0;
     pid_t waiter = 0, awake = 0;
     for (;;) {
         unread = bytes_queued(app, FIONREAD);
-        int unsent = bytes_queued(pair, SIOCOUTQ);  // given to the app's socket, not yet in it
+        unsent = bytes_queued(pair, SIOCOUTQ);  // given to the app's socket, not yet in it
         if (unread < 0 || unsent < 0) break;
         waiter = awake = 0;
         if (unread == 0 && unsent == 0) {
@@ -359,10 +359,12 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
         poll(p, 2, 1);
     }
     pthread_mutex_lock(&shim_lock);
-    if (!moved || eof || unread != 0 || waiter || awake) {
+    if (!moved || eof || unread != 0 || unsent != 0 || waiter || awake) {
         if (!moved) snprintf(why, size, "copying between the sockets failed: %s", strerror(errno));
         else if (eof) snprintf(why, size, "the app shut the connection down for writing");
-        else if (unread) snprintf(why, size, "the app left %d received bytes unread for %d ms", unread, SETTLE_MS);
+        else if (unread || unsent) {
+            snprintf(why, size, "the app left %d received bytes unread for %d ms", unread + unsent, SETTLE_MS);
+        }
         else if (waiter) snprintf(why, size, "thread %d kept waiting in a call on a socket with a timeout", (int)waiter);
         else snprintf(why, size, "thread %d blocks signal %d and did not stay asleep", (int)awake, park_signal());
         return EAGAIN;
@@ -390,7 +392,7 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
     waiter = timed_waiter();
     awake = waiter ? 0 : sleeper_awake();
     pid_t straggler = waiter || awake ? 0 : park_all();
-    int late = waiter || awake || straggler ? 0 : bytes_queued(app, FIONREAD);
+    int late = waiter || awake || straggler ? 0 : bytes_queued(app, FIONREAD) + bytes_queued(pair, SIOCOUTQ);
     if (late) release_all();
     if (waiter || awake || straggler || late) {
         for (size_t i = 0; i < found.n; i++) real.close(replacements[i]);
