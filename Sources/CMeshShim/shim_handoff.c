@@ -13,7 +13,8 @@
 // blocks the signal (a helper that blocks every signal) is left running only while it sleeps on a futex that
 // nothing can wake before the window ends. Where this cannot be done safely (the app handles the signal itself,
 // a thread that blocks it is not asleep so, a thread does not stop or keeps waiting on a socket with a timeout,
-// the app leaves bytes unread) the shim declines, and the node goes on copying.
+// the app leaves bytes unread, another process holds the socket too) the shim declines, and the node goes on
+// copying.
 #include "shim.h"
 
 #include <errno.h>
@@ -27,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -66,29 +68,95 @@ static void pause_us(long us) {
     nanosleep(&t, NULL);
 }
 
-// The process's thread ids, without malloc (a parked thread may hold malloc's lock). -1 when unreadable.
-static int list_threads(pid_t *tids, int max) {
-    int dir = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+// Calls `each` with the number of every numeric entry of the directory at `path` until it returns false; without
+// malloc (a parked thread may hold malloc's lock). 1 when it went through the whole directory, 0 when `each`
+// stopped it, -1 when it is unreadable.
+static int each_number(const char *path, bool (*each)(int dir, long number, void *context), void *context) {
+    int dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dir < 0) return -1;
     char buffer[4096];
-    int n = 0;
     long got;
-    while ((got = syscall(SYS_getdents64, dir, buffer, sizeof buffer)) > 0) {
-        for (long offset = 0; offset < got;) {
+    bool going = true;
+    while (going && (got = syscall(SYS_getdents64, dir, buffer, sizeof buffer)) > 0) {
+        for (long offset = 0; going && offset < got;) {
             unsigned short reclen;
             memcpy(&reclen, buffer + offset + 16, sizeof reclen);  // struct linux_dirent64: ino, off, reclen, type, name
             const char *name = buffer + offset + 19;
             offset += reclen;
-            if (*name < '0' || *name > '9') continue;
-            if (n >= max) {
-                real.close(dir);
-                return -1;
-            }
-            tids[n++] = (pid_t)strtol(name, NULL, 10);
+            if (*name >= '0' && *name <= '9') going = each(dir, strtol(name, NULL, 10), context);
         }
     }
     real.close(dir);
-    return got < 0 ? -1 : n;
+    return !going ? 0 : got == 0 ? 1 : -1;
+}
+
+struct threads {
+    pid_t *tids;
+    int max, n;
+};
+
+static bool add_thread(int dir, long tid, void *context) {
+    (void)dir;
+    struct threads *threads = context;
+    if (threads->n >= threads->max) return false;
+    threads->tids[threads->n++] = (pid_t)tid;
+    return true;
+}
+
+// The process's thread ids. -1 when unreadable.
+static int list_threads(pid_t *tids, int max) {
+    struct threads threads = {.tids = tids, .max = max};
+    return each_number("/proc/self/task", add_thread, &threads) == 1 ? threads.n : -1;
+}
+
+struct sharing {
+    char target[40];  // "socket:[INODE]"
+    pid_t self, process;
+};
+
+static bool holds_target(int dir, long fd, void *context) {
+    struct sharing *sharing = context;
+    char name[24], text[40];
+    snprintf(name, sizeof name, "%ld", fd);
+    ssize_t n = readlinkat(dir, name, text, sizeof text);
+    return !(n == (ssize_t)strlen(sharing->target) && !memcmp(text, sharing->target, (size_t)n));
+}
+
+// Looks through one process's fds: stops (false) at the one that holds the target. A process whose fds we may
+// not read (another user's) cannot have been given ours by fork or exec without changing users: passed over.
+static bool process_lacks_target(int dir, long pid, void *context) {
+    (void)dir;
+    struct sharing *sharing = context;
+    if (pid == sharing->self) return true;
+    char path[40];
+    snprintf(path, sizeof path, "/proc/%ld/fd", pid);
+    if (each_number(path, holds_target, sharing) == 0) sharing->process = (pid_t)pid;
+    return sharing->process == 0;
+}
+
+// Another process that holds the socket at `fd` too (a forked child, a program it ran, one it was passed to), or 0.
+// The swap reaches only this process's fds, so that process would be left with the loopback socket the shim
+// shuts. Without malloc.
+static pid_t shared_with(int fd) {
+    struct stat status;
+    if (fstat(fd, &status) != 0) return 0;
+    struct sharing sharing = {.self = getpid()};
+    snprintf(sharing.target, sizeof sharing.target, "socket:[%lu]", (unsigned long)status.st_ino);
+    each_number("/proc", process_lacks_target, &sharing);
+    return sharing.process;
+}
+
+// Says which process shares the connection's socket.
+static void say_shared(pid_t process, char *why, size_t size) {
+    char path[40], name[32] = "";
+    snprintf(path, sizeof path, "/proc/%d/comm", (int)process);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, name, sizeof name - 1) : -1;
+    if (fd >= 0) real.close(fd);
+    if (n > 0 && name[n - 1] == '\n') n--;
+    name[n > 0 ? n : 0] = 0;
+    snprintf(why, size, "the connection's socket is shared with process %d (%s), which the switch would leave behind",
+             (int)process, name);
 }
 
 // Reads /proc/self/task/TID/NAME into `text` (NUL-terminated), without malloc. False when unreadable.
@@ -321,6 +389,11 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
         sigfillset(&action.sa_mask);
         sigaction(park_signal(), &action, NULL);
     }
+    pid_t sharer = shared_with(app);
+    if (sharer) {
+        say_shared(sharer, why, size);
+        return EBUSY;
+    }
     // While the app runs, the shim carries its bytes on, until the app has read all it was given and no thread
     // waits in a timed socket call (such a waiter gets the peer's bytes the direct socket holds: it may be waiting
     // for them); bytes arriving later wait in the direct socket for the app.
@@ -393,13 +466,16 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
     awake = waiter ? 0 : sleeper_awake();
     pid_t straggler = waiter || awake ? 0 : park_all();
     int late = waiter || awake || straggler ? 0 : bytes_queued(app, FIONREAD) + bytes_queued(pair, SIOCOUTQ);
-    if (late) release_all();
-    if (waiter || awake || straggler || late) {
+    // Again, now that no thread of the app can fork or spawn: one may have while it settled.
+    sharer = waiter || awake || straggler || late ? 0 : shared_with(app);
+    if (late || sharer) release_all();
+    if (waiter || awake || straggler || late || sharer) {
         for (size_t i = 0; i < found.n; i++) real.close(replacements[i]);
         if (waiter) snprintf(why, size, "thread %d waits in a call on a socket with a timeout", (int)waiter);
         else if (awake) snprintf(why, size, "thread %d blocks signal %d and is not asleep", (int)awake, park_signal());
         else if (straggler) snprintf(why, size, "thread %d did not stop within %d ms", (int)straggler, PARK_MS);
-        else snprintf(why, size, "bytes for the app arrived while it was being parked");
+        else if (late) snprintf(why, size, "bytes for the app arrived while it was being parked");
+        else say_shared(sharer, why, size);
         return EAGAIN;
     }
     // The app is parked: nothing moves on its side until release_all().

@@ -18,10 +18,15 @@ struct HandoffLabTests {
             .trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    @Test(
-        "an upgraded connection is handed to the app mid-stream: its fd becomes the punched socket, both directions arrive whole",
-        arguments: ["blocking", "epoll", "writer"])
-    func handoff(mode: String) async throws {
+    /// A relayed connection between handoff_app in `clientMode` (node cli, on function 2) and in `serverMode` (node
+    /// srv, on function 1), both ways for 8 s, upgraded once both are up; `whileStreaming` runs as soon as the
+    /// connection's handoff settled on the client (`settled` appeared in its log), while the apps still stream.
+    /// Checks that both apps exit 0 and that each stream arrived whole; returns the tap's handoff events.
+    private func stream(
+        clientMode: String, serverMode: String, settled: String,
+        whileStreaming: (MeshLabFixture, LabProcess, LabProcess) async throws -> Void
+    ) async throws -> [Substring] {
+        var events: [Substring] = []
         try await MeshLabFixture.with(prefix: "hof") { mesh in
             let program = mesh.work.appendingPathComponent("handoff_app").path
             try mesh.lab.run(.broker, ["cc", "-O2", "-pthread", "-o", program, Self.source]).check()
@@ -31,23 +36,17 @@ struct HandoffLabTests {
             try RelayLabTests.blockPunching(mesh, "-I")
             let options = ["--log-level", "debug", "--upgrade-max-interval", "1"]
             let seconds = 8
-            let server = try mesh.node(1, name: "srv", options: options, ["sh", "-c", "\(program) \(mode) serve 5000 \(seconds) | sha256sum"])
+            let server = try mesh.node(1, name: "srv", options: options, ["sh", "-c", "\(program) \(serverMode) serve 5000 \(seconds) | sha256sum"])
             defer { server.kill() }
             #expect(await server.waitForLog(containing: "listening on 5000", timeout: .seconds(15)), "\(server.standardError)")
-            let client = try mesh.node(2, name: "cli", options: options, ["sh", "-c", "\(program) \(mode) connect srv 5000 \(seconds) | sha256sum"])
+            let client = try mesh.node(2, name: "cli", options: options, ["sh", "-c", "\(program) \(clientMode) connect srv 5000 \(seconds) | sha256sum"])
             defer { client.kill() }
             #expect(await client.waitForLog(containing: "connected", timeout: .seconds(20)), "\(client.standardError)")
             #expect(client.standardError.contains("path=relay"), "\(client.standardError)")
             try await Task.sleep(for: .seconds(1))
             try RelayLabTests.blockPunching(mesh, "-D")
-            let held = "the app holds the direct socket"
-            for node in [client, server] {
-                #expect(await node.waitForLog(containing: held, timeout: .seconds(5)), "\(node.standardError)")
-            }
-            // While the apps still stream: the app's fd is a TCP socket to the peer's NAT, not the loopback socket.
-            let sockets = try mesh.lab.run(.function(2), ["ss", "-Htnp"]).check().standardOutput
-            let app = sockets.split(separator: "\n").filter { $0.contains("\"handoff_app\"") }
-            #expect(app.count == 1 && app[0].contains(NATLab.publicAddress(ofNAT: 1)) && !app[0].contains("127.0.0.1"), "\(sockets)")
+            #expect(await client.waitForLog(containing: settled, timeout: .seconds(5)), "\(client.standardError)")
+            try await whileStreaming(mesh, client, server)
             #expect(client.waitUntilExit(timeout: .seconds(60)) == 0, "\(client.standardOutput)\n\(client.standardError)")
             #expect(server.waitUntilExit(timeout: .seconds(60)) == 0, "\(server.standardOutput)\n\(server.standardError)")
             var sent: [String] = []
@@ -64,14 +63,37 @@ struct HandoffLabTests {
             let close = tap.standardOutput.split(separator: "\n").first { $0.contains("KIND_CLOSE") } ?? ""
             #expect(closed && close.contains("\"bytes_from_to\": \"\(sent[0])\"") && close.contains("\"bytes_to_from\": \"\(sent[1])\""),
                 "sent \(sent): \(close)")
-            // Both sides' handoffs show on the tap, and nothing was declined.
-            let handoffs = await eventually(timeout: .seconds(5)) {
-                tap.standardOutput.split(separator: "\n").filter { $0.contains("KIND_HANDOFF") }.count >= 2
-            }
-            let lines = tap.standardOutput.split(separator: "\n").filter { $0.contains("KIND_HANDOFF") }
-            #expect(handoffs && lines.contains { $0.contains("\"connecting\"") } && lines.contains { $0.contains("\"accepting\"") }, "\(lines)")
-            #expect(!lines.contains { $0.contains("handoff_declined") }, "\(lines)")
+            events = tap.standardOutput.split(separator: "\n").filter { $0.contains("KIND_HANDOFF") }
         }
+        return events
+    }
+
+    @Test(
+        "an upgraded connection is handed to the app mid-stream: its fd becomes the punched socket, both directions arrive whole",
+        arguments: ["blocking", "epoll", "writer"])
+    func handoff(mode: String) async throws {
+        let held = "the app holds the direct socket"
+        let events = try await stream(clientMode: mode, serverMode: mode, settled: held) { mesh, client, server in
+            #expect(await server.waitForLog(containing: held, timeout: .seconds(5)), "\(server.standardError)")
+            // While the apps still stream: the app's fd is a TCP socket to the peer's NAT, not the loopback socket.
+            let sockets = try mesh.lab.run(.function(2), ["ss", "-Htnp"]).check().standardOutput
+            let app = sockets.split(separator: "\n").filter { $0.contains("\"handoff_app\"") }
+            #expect(app.count == 1 && app[0].contains(NATLab.publicAddress(ofNAT: 1)) && !app[0].contains("127.0.0.1"), "\(sockets)")
+        }
+        // Both sides' handoffs show on the tap, and nothing was declined.
+        #expect(events.contains { $0.contains("\"connecting\"") } && events.contains { $0.contains("\"accepting\"") }, "\(events)")
+        #expect(!events.contains { $0.contains("handoff_declined") }, "\(events)")
+    }
+
+    @Test("a connection whose socket another process shares (a forked child streams on it) stays on the node's copy loop, whole; the tap says why")
+    func sharedSocket() async throws {
+        let events = try await stream(clientMode: "forked", serverMode: "blocking", settled: "declined the direct socket") { _, client, _ in
+            #expect(client.standardError.contains("shared with process"), "\(client.standardError)")
+            #expect(!client.standardError.contains("the app holds the direct socket"), "\(client.standardError)")
+        }
+        let connecting = events.filter { $0.contains("\"connecting\"") }
+        #expect(!connecting.isEmpty && connecting.allSatisfy { $0.contains("handoff_declined") && $0.contains("shared with process") },
+            "\(events)")
     }
 
     @Test("unmodified redis-cli and iperf3 run on across the upgrade; each of their connections' apps takes the punched socket on both sides")

@@ -9,6 +9,7 @@
 // MODE: blocking  a reader thread blocked in recv(); the main thread writes paced chunks
 //       epoll     one thread, a non-blocking socket in an epoll loop, paced writes
 //       writer    a writer thread that never pauses (blocking send); the main thread reads
+//       forked    a forked child streams as in blocking mode; the parent keeps the socket open until the child exits
 // stderr: "connected"/"accepted" once the connection is up, "sent N" at the end. Exit status 0 unless a call failed.
 #define _GNU_SOURCE
 #include <errno.h>
@@ -23,6 +24,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -178,7 +180,7 @@ int main(int argc, char **argv) {
     }
     bool serve = argc == 5 && !strcmp(argv[2], "serve");
     if (!serve && !(argc == 6 && !strcmp(argv[2], "connect"))) {
-        fprintf(stderr, "usage: handoff_app blocking|epoll|writer serve PORT SECONDS | connect HOST PORT SECONDS\n");
+        fprintf(stderr, "usage: handoff_app blocking|epoll|writer|forked serve PORT SECONDS | connect HOST PORT SECONDS\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -207,7 +209,17 @@ int main(int argc, char **argv) {
         fprintf(stderr, "connected\n");
         state = 1;
     }
-    if (!strcmp(mode, "blocking")) threads(true);
+    if (!strcmp(mode, "forked")) {
+        // The parent holds the socket (as a pre-fork server does) while its child uses it.
+        pid_t child = fork();
+        if (child < 0) die("fork");
+        if (child > 0) {
+            int status;
+            if (waitpid(child, &status, 0) < 0) die("waitpid");
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+        }
+        threads(true);
+    } else if (!strcmp(mode, "blocking")) threads(true);
     else if (!strcmp(mode, "writer")) threads(false);
     else if (!strcmp(mode, "epoll")) epoll_loop();
     else {
