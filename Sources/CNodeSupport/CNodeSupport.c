@@ -52,7 +52,7 @@ int boxer_connect_seqpacket(const char *name) {
     return fd;
 }
 
-ssize_t boxer_send_with_fds(int socket, const void *data, size_t length, const int *fds, size_t count) {
+ssize_t boxer_send_with_fds(int socket, const void *data, size_t length, const int *fds, size_t count, int flags) {
     struct iovec vector = {.iov_base = (void *)data, .iov_len = length};
     struct msghdr message = {.msg_iov = &vector, .msg_iovlen = 1};
     union {
@@ -75,7 +75,7 @@ ssize_t boxer_send_with_fds(int socket, const void *data, size_t length, const i
     }
     ssize_t sent;
     do {
-        sent = sendmsg(socket, &message, MSG_NOSIGNAL);
+        sent = sendmsg(socket, &message, MSG_NOSIGNAL | flags);
     } while (sent < 0 && errno == EINTR);
     return sent;
 }

@@ -25,6 +25,8 @@ final class PumpPair {
         /// Handoff offers made to this side's app, and what the pump reported of them.
         var offers: [UInt64] = []
         var handoffEvents: [HandoffEvent] = []
+        /// Set: offers do not reach this side's app (its shim connection is full), for this reason.
+        var undeliverable: String?
         /// The app's end of the relayed connection (non-blocking).
         var app: Int32 = -1
         /// What the app has read so far.
@@ -64,7 +66,8 @@ final class PumpPair {
                 upgraded: { id, _, _ in side.upgrades.append(id) },
                 handOff: { id, _, _ in
                     side.offers.append(id)
-                    return takesHandoff
+                    if let why = side.undeliverable { return .undelivered(why) }
+                    return takesHandoff ? .sent : .noTaker
                 },
                 handoff: { _, _, event in side.handoffEvents.append(event) })
             side.pump = RelayPump(options: options, effects: effects, expectations: side.expectations, logger: logger)

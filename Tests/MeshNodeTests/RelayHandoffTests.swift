@@ -66,6 +66,30 @@ struct RelayHandoffTests {
         #expect(side.stream == nil)
     }
 
+    @Test("an offer that cannot reach the app's shim now is a decline: the pump copies on and offers again after the retry delay")
+    func undelivered() throws {
+        let pair = PumpPair(takesHandoff: true)
+        defer { pair.close() }
+        try upgraded(pair)
+        let side = pair.initiator
+        side.undeliverable = "the app's shim did not take the offer: Resource temporarily unavailable"
+        side.pump.tick(now: .now)
+        #expect(side.offers == [PumpPair.id])
+        guard case .declined(let why, let final) = side.handoffEvents.last else {
+            Issue.record("no declined event: \(side.handoffEvents)")
+            return
+        }
+        #expect(why == side.undeliverable && !final)
+        #expect(side.stream?.handoff.phase == .waiting)
+        let bytes = pattern(20_000, seed: 5)
+        try pair.write(side, bytes)
+        try pair.settle(until: { pair.acceptor.received == bytes })
+        side.undeliverable = nil
+        side.pump.tick(now: .now + Timing.Choice.handoffRetry + .milliseconds(1))
+        #expect(side.offers.count == 2)
+        #expect(side.stream?.handoff.phase == .offered)
+    }
+
     @Test("an app without a shim that takes handoffs stays on the copy loop, and the pump says why once")
     func noTaker() throws {
         let pair = PumpPair()

@@ -14,9 +14,9 @@ int boxer_listen_seqpacket(const char *name);
 /// Connects an AF_UNIX SOCK_SEQPACKET socket to `name` (as above). Returns the fd, or -1 with errno set.
 int boxer_connect_seqpacket(const char *name);
 
-/// Sends one datagram; the `count` (at most 2) descriptors in `fds` ride along as SCM_RIGHTS. Returns bytes sent
-/// or -1.
-ssize_t boxer_send_with_fds(int socket, const void *data, size_t length, const int *fds, size_t count);
+/// Sends one datagram; the `count` (at most 2) descriptors in `fds` ride along as SCM_RIGHTS; `flags` are
+/// sendmsg's (MSG_NOSIGNAL is always added). Returns bytes sent or -1.
+ssize_t boxer_send_with_fds(int socket, const void *data, size_t length, const int *fds, size_t count, int flags);
 
 /// Receives one datagram; a descriptor that rides along is stored in `*fd` (else -1), with FD_CLOEXEC set.
 ssize_t boxer_receive_with_fd(int socket, void *buffer, size_t capacity, int *fd);

@@ -7,9 +7,8 @@ import WireFormat
 /// service registers takers as it hands relayed connections out; the relay pump offers them the direct socket and
 /// hears back through ``answer(_:)``.
 final class HandoffDesk: Sendable {
-    /// Sends ShimHandoff with the direct socket and the node's end of the app's loopback socket; false when the
-    /// app's process is gone.
-    typealias Taker = @Sendable (_ id: UInt64, _ direct: Int32, _ pair: Int32) -> Bool
+    /// Sends ShimHandoff with the direct socket and the node's end of the app's loopback socket, without waiting.
+    typealias Taker = @Sendable (_ id: UInt64, _ direct: Int32, _ pair: Int32) -> HandoffOffer
     typealias Answers = @Sendable (Boxermesh_V1_ShimHandoffResult) -> Void
 
     private let takers = Mutex<[UInt64: Taker]>([:])
@@ -30,9 +29,9 @@ final class HandoffDesk: Sendable {
         }
     }
 
-    /// Offers connection `id`'s direct socket to its taker; false when it has none (the app speaks no handoff).
-    func offer(_ id: UInt64, direct: Int32, pair: Int32) -> Bool {
-        guard let taker = takers.withLock({ $0[id] }) else { return false }
+    /// Offers connection `id`'s direct socket to its taker.
+    func offer(_ id: UInt64, direct: Int32, pair: Int32) -> HandoffOffer {
+        guard let taker = takers.withLock({ $0[id] }) else { return .noTaker }
         return taker(id, direct, pair)
     }
 
@@ -41,4 +40,14 @@ final class HandoffDesk: Sendable {
         if result.taken { _ = takers.withLock { $0.removeValue(forKey: result.connection) } }
         answers.withLock { $0 }?(result)
     }
+}
+
+/// How offering a connection's direct socket to the app went.
+enum HandoffOffer: Sendable, Equatable {
+    /// The app's shim has the offer; its answer comes through ``HandoffDesk/answer(_:)``.
+    case sent
+    /// Nobody takes this connection's handoffs: the app speaks none (no preload shim).
+    case noTaker
+    /// The offer did not reach the shim now (its connection full, or the app going away): a decline.
+    case undelivered(String)
 }

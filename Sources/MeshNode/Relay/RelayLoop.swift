@@ -21,7 +21,7 @@ struct RelayPumpEffects {
     /// Offers an upgraded connection's direct socket and the node's end of the app's loopback socket to the app
     /// (``HandoffDesk``); false when it takes no handoff. The answer comes back as
     /// ``RelayCommand/handoffAnswered(_:)``.
-    var handOff: (_ id: UInt64, _ direct: Int32, _ pair: Int32) -> Bool
+    var handOff: (_ id: UInt64, _ direct: Int32, _ pair: Int32) -> HandoffOffer
     /// How a handoff went (sockets valid during the call).
     var handoff: (UInt64, RelayStreamContext, HandoffEvent) -> Void
 }

@@ -51,11 +51,15 @@ extension RelayPump {
 
     private func offer(_ stream: RelayStream, direct: Int32) {
         effects.handoff(stream.id, stream.context, .offered(direct: direct, relayedOut: stream.sentOnRelay, relayedIn: stream.receivedOnRelay))
-        guard effects.handOff(stream.id, direct, stream.fd) else {
-            return settle(stream, "the app takes no handoff (no preload shim: supervised or --no-shim)")
+        switch effects.handOff(stream.id, direct, stream.fd) {
+        case .sent:
+            stream.handoff.phase = .offered
+            logger.debug("offered the direct socket to the app", metadata: ["connection": "\(stream.id)"])
+        case .noTaker:
+            settle(stream, "the app takes no handoff (no preload shim: supervised or --no-shim)")
+        case .undelivered(let why):
+            declined(stream, why)
         }
-        stream.handoff.phase = .offered
-        logger.debug("offered the direct socket to the app", metadata: ["connection": "\(stream.id)"])
     }
 
     /// The connecting side's handoff is settled: the accepting side's may go ahead.
@@ -82,12 +86,17 @@ extension RelayPump {
             close(direct)
             return
         }
+        declined(stream, result.reason)
+    }
+
+    /// The app did not take the direct socket this time: copy on, and offer again later (a few times).
+    private func declined(_ stream: RelayStream, _ reason: String) {
         stream.handoff.declined += 1
         let final = stream.handoff.declined >= Timing.Choice.handoffAttempts
         logger.info(
             "the app's shim declined the direct socket: the node goes on copying",
-            metadata: ["connection": "\(stream.id)", "reason": "\(result.reason)", "attempt": "\(stream.handoff.declined)"])
-        effects.handoff(stream.id, stream.context, .declined(result.reason, final: final))
+            metadata: ["connection": "\(stream.id)", "reason": "\(reason)", "attempt": "\(stream.handoff.declined)"])
+        effects.handoff(stream.id, stream.context, .declined(reason, final: final))
         stream.handoff.phase = final ? .none : .waiting
         stream.handoff.next = final ? nil : .now + stream.handoff.delay
         stream.handoff.delay = stream.handoff.delay * 2

@@ -117,7 +117,10 @@ final class LocalService: Sendable {
         guard case .connection(let connection) = response.body, connection.connection != 0 else { return }
         client.took(connection.connection)
         handoffs.register(connection.connection) { id, direct, pair in
-            client.send(Boxermesh_V1_ShimResponse.with { $0.handoff = .with { $0.connection = id } }, passing: [direct, pair])
+            // From the relay pump's thread, which must not wait for an app that does not read its shim connection.
+            let offer = Boxermesh_V1_ShimResponse.with { $0.handoff = .with { $0.connection = id } }
+            return client.send(offer, passing: [direct, pair], waiting: false)
+                ? .sent : .undelivered("the app's shim did not take the offer: \(String(cString: strerror(errno)))")
         }
     }
 
@@ -208,13 +211,18 @@ private final class ShimClient: Sendable {
         return send(response, passing: link.map { [$0] } ?? [])
     }
 
-    /// Sends a message with `fds` attached (the node keeps its copies). False when the app is gone.
-    func send(_ response: Boxermesh_V1_ShimResponse, passing fds: [Int32]) -> Bool {
+    /// Sends a message with `fds` attached (the node keeps its copies). False when the app is gone, or (not
+    /// `waiting`) its shim connection has no room now; errno says which.
+    func send(_ response: Boxermesh_V1_ShimResponse, passing fds: [Int32], waiting: Bool = true) -> Bool {
         let bytes: [UInt8] = try! response.serializedBytes()
         // Not after finish(): the number may belong to another client by then.
         return state.withLock { state in
-            guard !state.finished || state.inFlight > 0 else { return false }
-            return bytes.withUnsafeBytes { boxer_send_with_fds(fd, $0.baseAddress, $0.count, fds, fds.count) } >= 0
+            guard !state.finished || state.inFlight > 0 else {
+                errno = EPIPE
+                return false
+            }
+            let flags = waiting ? 0 : Int32(MSG_DONTWAIT)
+            return bytes.withUnsafeBytes { boxer_send_with_fds(fd, $0.baseAddress, $0.count, fds, fds.count, flags) } >= 0
         }
     }
 
