@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import statistics
+import subprocess
 import time
 
 from benchlab import BROKER, Agent, BenchError, Lab, cpu_seconds, family_cpu_seconds, last_json, link_paths, log, \
@@ -977,7 +978,9 @@ def function_relay(ctx):
     """Issue 14: iperf3 between two 128 MB functions (`lab up --function-memory 128`: 0.07 vCPU each, memory limit,
     600 Mbit/s, uid 65534), server and clients under nodes inside the functions: relayed (--path relay) against
     direct (--path direct) and the raw path (NAT 1's port forward, no nodes), interleaved, in one lab. The server's
-    node is long-lived: its CPU per relayed GB is the accepting side's cost inside the function."""
+    node is long-lived: its CPU per relayed GB is the accepting side's cost inside the function. "upgraded": a
+    connection that comes up relayed (punching blocked) and is upgraded 1 s later, after which each app takes the
+    direct socket (handoff); iperf3 omits the first UPGRADE_OMIT seconds, so what it reports is after the switch."""
     if not ctx.relay or not ctx.shim:
         return [row("fnrelay", "relayed vs direct in 128 MB functions", "bit/s", available=False,
                     note=RELAY_MISSING if ctx.shim else f"not available: {ctx.shim_note}")], {"available": False}
@@ -987,14 +990,15 @@ def function_relay(ctx):
     lab = Lab(ctx.binary, prefix, os.path.join(ctx.work, prefix), 2, function_memory=size)
     ctx.labs.append(lab)
     log(f"lab {prefix}: up, two functions of {size} MB")
-    variants = ["raw", "direct", "relayed"]
+    variants = ["raw", "direct", "relayed", "upgraded"]
     bps = {v: [] for v in variants}
     server_cpu = []  # per relayed run: the server node's CPU seconds and the bytes moved
+    handoffs = []  # per upgraded run: how many of iperf3's two connections the client's app took over
     failures = {v: [] for v in variants}
     try:
         lab.up()
         iperf_server = ["iperf3", "-s", "--rcv-timeout", "5000", "-p"]
-        server = lab.spawn("fn1", lab.node_argv("srv", iperf_server + [str(MESH_IPERF)]), "srv")
+        server = lab.spawn("fn1", lab.node_argv("srv", iperf_server + [str(MESH_IPERF)], ["--log-level", "info"]), "srv")
         lab.spawn("fn1", iperf_server + [str(RAW_IPERF)], "raw-iperf3")
         lab.port_forward(1, RAW_IPERF, "10.1.1.2")
         lab.allow_forwarded(1)
@@ -1002,15 +1006,22 @@ def function_relay(ctx):
         time.sleep(1)  # both iperf3 servers listening
         for rep in range(o.reps):
             for variant in rotated(variants, rep):
-                args = ["-t", str(seconds), "-O", str(omit), "-J"]
+                args = ["-t", str(seconds), "-O", str(UPGRADE_OMIT if variant == "upgraded" else omit), "-J"]
                 if variant == "raw":
                     argv = ["iperf3", "-c", nat_public(1), "-p", str(RAW_IPERF)] + args
                 else:
-                    path = "direct" if variant == "direct" else "relay"
+                    path = {"direct": "direct", "relayed": "relay", "upgraded": "auto"}[variant]
                     argv = lab.node_argv(f"c{rep}{path}", ["iperf3", "-c", "srv", "-p", str(MESH_IPERF)] + args,
-                                         ["--path", path])
+                                         ["--path", path, "--log-level", "info", "--upgrade-max-interval", "1"])
                 before = cpu_seconds(server.pid)
-                status, out, err = lab.run("fn2", argv, seconds + omit + 30)
+                if variant == "upgraded":
+                    status, out, err = upgraded_run(lab, argv, seconds + UPGRADE_OMIT + 30)
+                    held = err.count(HANDOFF_TAKEN)
+                    handoffs.append(held)
+                    if held < 2:
+                        log(f"  fnrelay upgraded: the client's apps took {held} direct socket(s) of 2")
+                else:
+                    status, out, err = lab.run("fn2", argv, seconds + omit + 30)
                 after = cpu_seconds(server.pid)
                 value, error = iperf_bps(out)
                 if not value:
@@ -1034,6 +1045,43 @@ def function_relay(ctx):
             "direct", goal=("≥ 0.9x direct", ">=", 0.9), note=failed_note(failures["relayed"])),
         row("fnrelay", f"{size} MB functions: accepting node, CPU-s per relayed GB", "s", per_gb,
             goal=("≤ 0.3", "<=", 0.3)),
+        row("fnrelay", f"{size} MB functions: relayed, upgraded 1 s in and handed to the apps, vs direct (after "
+            f"{UPGRADE_OMIT} s)", "bit/s", bps["upgraded"], bps["direct"], "direct", goal=("≥ 0.9x direct", ">=", 0.9),
+            note="; ".join(filter(None, [failed_note(failures["upgraded"]),
+                                         f"client's handoffs per run (of 2): {handoffs}"]))),
     ]
-    return rows, {"function_memory": size, "seconds": seconds, "omit": omit, "bits_per_second": bps,
-                  "server_node_cpu": server_cpu, "failures": failures}
+    server_handoffs = read(f"{lab.work}/srv.log").count(HANDOFF_TAKEN)
+    return rows, {"function_memory": size, "seconds": seconds, "omit": omit, "upgrade_omit": UPGRADE_OMIT,
+                  "bits_per_second": bps, "server_node_cpu": server_cpu, "failures": failures,
+                  "client_handoffs": handoffs, "server_handoffs_total": server_handoffs}
+
+
+UPGRADE_OMIT = 4  # seconds iperf3 leaves out of an upgraded run: relayed 1 s, the upgrade, both handoffs
+HANDOFF_TAKEN = "the app holds the direct socket"
+
+
+def upgraded_run(lab, argv, timeout):
+    """Runs argv (a node with iperf3) on fn2 with punching blocked, lifted 1 s after the connection came up on the
+    relay; returns (status, stdout, the node's stderr)."""
+    name = "upgraded"
+    set_punch_block(lab, True)
+    blocked = True
+    try:
+        process = lab.spawn("fn2", argv, name)
+        try:
+            lab.wait_log(name, ["path=relay"], 20)
+        except BenchError as error:
+            lab.stop(process)
+            return 125, "", f"no relayed connection: {error}"
+        time.sleep(1)
+        set_punch_block(lab, False)
+        blocked = False
+        try:
+            status = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            lab.stop(process)
+            status = 124
+    finally:
+        if blocked:
+            set_punch_block(lab, False)
+    return status, read(f"{lab.work}/{name}.out"), read(f"{lab.work}/{name}.log")
