@@ -72,6 +72,15 @@ extension LinkManager {
         }
     }
 
+    /// Logs "link up" (info). Its metadata is built only where the level shows the line: every connect passes here.
+    func logLinkUp(peer: String, port: UInt16, path: String, started: ContinuousClock.Instant, _ more: @autoclosure () -> Logger.Metadata) {
+        guard logger.logLevel <= .info else { return }
+        let setup = ContinuousClock.now - started
+        var metadata: Logger.Metadata = ["peer": "\(peer)", "port": "\(port)", "path": "\(path)", "setup": "\(setup)"]
+        metadata.merge(more()) { $1 }
+        logger.info("link up", metadata: metadata)
+    }
+
     /// Logs why an app's connect failed: a notice, but only a debug line once the node is leaving the mesh (the
     /// app has exited, and the connects it left under way fail with its session; nobody waits for them).
     func logConnectFailure(to address: IPv4Address, port: UInt16, _ error: SocketError) {
@@ -117,11 +126,13 @@ extension LinkManager {
     ) -> Link {
         let setup = ContinuousClock.now - started
         let name = path == .relay ? "relay" : "direct"
-        var metadata: Logger.Metadata = ["peer": "\(offer.peer.name)", "port": "\(port)", "path": "\(name)", "setup": "\(setup)"]
-        if path == .direct { metadata["via"] = "\(Endpoint(offer.endpoint))" }
-        if offer.advertised { metadata["offer"] = "early" }
-        if spare { metadata["spare"] = "yes" }
-        logger.info("link up", metadata: metadata)
+        logLinkUp(peer: offer.peer.name, port: port, path: name, started: started, {
+            var more: Logger.Metadata = [:]
+            if path == .direct { more["via"] = "\(Endpoint(offer.endpoint))" }
+            if offer.advertised { more["offer"] = "early" }
+            if spare { more["spare"] = "yes" }
+            return more
+        }())
         report(offer.connectionID, established: true, setup: setup, peer: offer.peer.ipv4, port: port, initiator: true, path: path)
         flows?.track(fd: fd, id: offer.connectionID, initiator: true, peer: offer.peer, port: port, path: path)
         var connection = Boxermesh_V1_ShimConnection()
