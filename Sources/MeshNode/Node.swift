@@ -125,6 +125,7 @@ public enum Node {
             let local = try LocalService(links: links, session: session, names: names, handoffs: handoffs, logger: logger)
             local.start()
             defer { local.stop() }
+            await settle(relay: relay, direct: links.punches ? direct : nil, logger: logger)
             var environment = ProcessInfo.processInfo.environment
             environment["BOXER_MESH"] = configuration.join.mesh
             environment["BOXER_MESH_NAME"] = me.name
@@ -195,6 +196,18 @@ public enum Node {
                 throw error
             }
             return session
+        }
+    }
+
+    /// Waits (``Timing/Choice/startupBeforeApp`` at most) until the relay is attached and, where the node punches,
+    /// the first warm endpoint is learned, so that this work does not share the app's first CPU period with its
+    /// first connect.
+    private static func settle(relay: RelayClient, direct: DirectPath?, logger: Logger) async {
+        let deadline = ContinuousClock.now + Timing.Choice.startupBeforeApp
+        let attached = await relay.attached.wait(timeout: deadline - .now)
+        let warm = await direct?.firstWarm.wait(timeout: deadline - .now) ?? true
+        if !attached || !warm {
+            logger.debug("starting the app before the node's start-up settled", metadata: ["relay": "\(attached)", "warm": "\(warm)"])
         }
     }
 

@@ -28,6 +28,8 @@ final class DirectPath: Sendable {
 
     private let pool: BlockingPool
     private let state = Mutex(State())
+    /// Opens once the first warm endpoint was learned (or learning it failed).
+    let firstWarm = Latch()
 
     private struct State {
         /// The broker's reflector, once known (the broker names its port while the node authenticates).
@@ -166,6 +168,7 @@ final class DirectPath: Sendable {
                 return state.warmWaiters
             }
             for (index, waiter) in waiters.enumerated() { waiter.resume(returning: index == 0 ? learned : nil) }
+            firstWarm.open()
         }
     }
 

@@ -48,6 +48,8 @@ final class RelayClient: Sendable {
     private let loop: SocketLoop<RelayCommand>
     private let expectations = RelayExpectations()
     private let handoffs: HandoffDesk
+    /// Opens when the node first attached to the broker's relay.
+    let attached = Latch()
 
     init(options: RelayOptions, direct: DirectPath, handoffs: HandoffDesk) {
         self.options = options
@@ -73,7 +75,7 @@ final class RelayClient: Sendable {
         session: MeshSession, logger: Logger, onUpgraded: @escaping @Sendable (UInt64, RelayStreamContext, Int32?) -> Void,
         onHandoff: @escaping @Sendable (UInt64, RelayStreamContext, HandoffEvent) -> Void
     ) async throws {
-        let (options, loop, expectations, direct, handoffs) = (options, loop, expectations, direct, handoffs)
+        let (options, loop, expectations, direct, handoffs, attached) = (options, loop, expectations, direct, handoffs, attached)
         handoffs.onAnswer { loop.post(.handoffAnswered($0)) }
         RelayAllocator.tune()
         session.observe { loop.post(.session($0)) }
@@ -107,7 +109,8 @@ final class RelayClient: Sendable {
                         },
                         upgraded: onUpgraded,
                         handOff: { id, direct, pair in handoffs.offer(id, direct: direct, pair: pair) },
-                        handoff: onHandoff)
+                        handoff: onHandoff,
+                        attached: { attached.open() })
                 })
         }
     }

@@ -24,6 +24,8 @@ struct RelayPumpEffects {
     var handOff: (_ id: UInt64, _ direct: Int32, _ pair: Int32) -> HandoffOffer
     /// How a handoff went (sockets valid during the call).
     var handoff: (UInt64, RelayStreamContext, HandoffEvent) -> Void
+    /// The broker's relay said hello: the node is attached (each time it attaches again, too).
+    var attached: () -> Void = {}
 }
 
 /// One upgrade attempt's punch: from our fresh port to the peer's, proving the connection's token.

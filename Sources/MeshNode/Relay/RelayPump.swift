@@ -138,7 +138,10 @@ final class RelayPump {
         let id = header.connectionID
         switch header.kind {
         case .hello:
-            if !attached { logger.debug("attached to the relay at \(options.endpoint)") }
+            if !attached {
+                logger.debug("attached to the relay at \(options.endpoint)")
+                effects.attached()
+            }
             attached = true
             sendResumes()
         case .open:
