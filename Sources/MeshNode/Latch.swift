@@ -1,7 +1,7 @@
 import Synchronization
 
-/// Something that happens once (the relay attached, the first warm endpoint learned), and callers that wait for it
-/// a bounded time.
+/// A condition callers wait for a bounded time: something that happens once (the relay attached, the first warm
+/// endpoint learned), or that comes and goes (the table of names in step with the broker).
 final class Latch: Sendable {
     private struct State {
         var isOpen = false
@@ -17,7 +17,7 @@ final class Latch: Sendable {
 
     var isOpen: Bool { state.withLock { $0.isOpen } }
 
-    /// It happened: every waiter goes on, and later ones do not wait.
+    /// It holds: every waiter goes on, and later ones do not wait.
     func open() {
         let waiters = state.withLock { state in
             state.isOpen = true
@@ -27,7 +27,10 @@ final class Latch: Sendable {
         for waiter in waiters { waiter.resume(returning: true) }
     }
 
-    /// Waits until it happened (true) or `timeout` passed (false).
+    /// It no longer holds: callers wait again.
+    func close() { state.withLock { $0.isOpen = false } }
+
+    /// Waits until it holds (true) or `timeout` passed (false).
     func wait(timeout: Duration) async -> Bool {
         let id = state.withLock { state in
             state.nextWaiter += 1

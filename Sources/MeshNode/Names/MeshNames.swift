@@ -17,8 +17,6 @@ final class MeshNames: Sendable {
 
     private struct State {
         var table = MemberTable()
-        var waiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
-        var nextWaiter: UInt64 = 0
         /// A MembershipResync is under way (one at a time).
         var resyncing = false
         /// A resync was needed before the session was there to send it.
@@ -31,6 +29,8 @@ final class MeshNames: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Open while the table is in step (set with the table, under `state`'s lock).
+    private let synced = Latch()
     private let session = Mutex(SessionReference())
     private let logger: Logger
     /// The table as the app reads it, if it does.
@@ -44,14 +44,12 @@ final class MeshNames: Sendable {
     /// Applies a membership push; false for any other message (the caller handles those).
     func receive(_ message: ControlMessage) -> Bool {
         guard case .membershipUpdate(let update) = message.body else { return false }
-        let (outcome, synced) = state.withLock { state -> (MemberTable.Outcome, [CheckedContinuation<Bool, Never>]) in
+        let outcome = state.withLock { state in
             let outcome = state.table.apply(update)
             if let hosts { Self.follow(outcome, of: update, table: state.table, in: hosts) }
-            guard state.table.isSynced, !state.waiters.isEmpty else { return (outcome, []) }
-            defer { state.waiters = [:] }
-            return (outcome, Array(state.waiters.values))
+            followSync(state.table)
+            return outcome
         }
-        for waiter in synced { waiter.resume(returning: true) }
         if case .outOfStep(let why) = outcome {
             logger.warning("the mesh's membership table lost step with the broker (\(why)); asking for a snapshot")
             resyncSoon()
@@ -93,23 +91,11 @@ final class MeshNames: Sendable {
     }
 
     /// Waits until the table answers lookups, at most `timeout`; false when it still does not.
-    func waitUntilSynced(timeout: Duration) async -> Bool {
-        let id = state.withLock { state in
-            state.nextWaiter += 1
-            return state.nextWaiter
-        }
-        let timer = Task {
-            try await Task.sleep(for: timeout)
-            state.withLock { $0.waiters.removeValue(forKey: id) }?.resume(returning: false)
-        }
-        defer { timer.cancel() }
-        return await withCheckedContinuation { continuation in
-            let synced = state.withLock { state in
-                if !state.table.isSynced { state.waiters[id] = continuation }
-                return state.table.isSynced
-            }
-            if synced { continuation.resume(returning: true) }
-        }
+    func waitUntilSynced(timeout: Duration) async -> Bool { await synced.wait(timeout: timeout) }
+
+    /// Opens or closes ``synced`` as `table` is in step or not (under `state`'s lock).
+    private func followSync(_ table: MemberTable) {
+        if table.isSynced { synced.open() } else { synced.close() }
     }
 
     /// The session that sends resyncs: set once joined.
@@ -124,6 +110,7 @@ final class MeshNames: Sendable {
         state.withLock { state in
             state.table.forget()
             hosts?.clear()
+            followSync(state.table)
         }
     }
 
@@ -135,6 +122,7 @@ final class MeshNames: Sendable {
             if state.table.isBehind(brokerVersion) {
                 state.table.forget()
                 hosts?.clear()
+                followSync(state.table)
                 return true
             }
             return !state.table.isSynced
