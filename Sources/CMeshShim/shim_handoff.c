@@ -389,11 +389,6 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
         sigfillset(&action.sa_mask);
         sigaction(park_signal(), &action, NULL);
     }
-    pid_t sharer = shared_with(app);
-    if (sharer) {
-        say_shared(sharer, why, size);
-        return EBUSY;
-    }
     // While the app runs, the shim carries its bytes on, until the app has read all it was given and no thread
     // waits in a timed socket call (such a waiter gets the peer's bytes the direct socket holds: it may be waiting
     // for them); bytes arriving later wait in the direct socket for the app.
@@ -402,6 +397,13 @@ static int take_over_locked(uint64_t connection, int direct, int pair, uint64_t 
     real.setsockopt(app, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
     real.setsockopt(pair, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
     pthread_mutex_unlock(&shim_lock);
+    // A first look, without the lock (it reads /proc): checked again once the app is parked.
+    pid_t sharer = shared_with(app);
+    if (sharer) {
+        pthread_mutex_lock(&shim_lock);
+        say_shared(sharer, why, size);
+        return EBUSY;
+    }
     int64_t start = shim_now_ms();
     bool eof = false, moved = true, full = false, peer_eof = false, pair_full;
     uint64_t given = 0;
