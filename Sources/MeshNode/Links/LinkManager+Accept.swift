@@ -111,7 +111,7 @@ extension LinkManager {
         _ link: Link, id: UInt64, peer: Member, port: UInt16, path: Boxermesh_V1_Path, started: ContinuousClock.Instant,
         spare: Bool = false
     ) {
-        logLinkUp(peer: peer.name, port: port, path: link.connection.path, started: started, spare ? ["spare": "yes"] : [:])
+        logLinkUp(peer: peer.name, port: port, path: link.connection.path, setup: ContinuousClock.now - started, spare ? ["spare": "yes"] : [:])
         flows?.track(fd: link.fd, id: id, initiator: false, peer: peer, port: port, path: path)
         announce(link, port: port)
     }

@@ -73,9 +73,8 @@ extension LinkManager {
     }
 
     /// Logs "link up" (info). Its metadata is built only where the level shows the line: every connect passes here.
-    func logLinkUp(peer: String, port: UInt16, path: String, started: ContinuousClock.Instant, _ more: @autoclosure () -> Logger.Metadata) {
+    func logLinkUp(peer: String, port: UInt16, path: String, setup: Duration, _ more: @autoclosure () -> Logger.Metadata) {
         guard logger.logLevel <= .info else { return }
-        let setup = ContinuousClock.now - started
         var metadata: Logger.Metadata = ["peer": "\(peer)", "port": "\(port)", "path": "\(path)", "setup": "\(setup)"]
         metadata.merge(more()) { $1 }
         logger.info("link up", metadata: metadata)
@@ -126,7 +125,7 @@ extension LinkManager {
     ) -> Link {
         let setup = ContinuousClock.now - started
         let name = path == .relay ? "relay" : "direct"
-        logLinkUp(peer: offer.peer.name, port: port, path: name, started: started, {
+        logLinkUp(peer: offer.peer.name, port: port, path: name, setup: setup, {
             var more: Logger.Metadata = [:]
             if path == .direct { more["via"] = "\(Endpoint(offer.endpoint))" }
             if offer.advertised { more["offer"] = "early" }

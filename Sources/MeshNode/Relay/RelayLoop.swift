@@ -19,7 +19,7 @@ struct RelayPumpEffects {
     /// A connection moved to a direct link (the direct socket is valid during the call).
     var upgraded: (UInt64, RelayStreamContext, Int32?) -> Void
     /// Offers an upgraded connection's direct socket and the node's end of the app's loopback socket to the app
-    /// (``HandoffDesk``); false when it takes no handoff. The answer comes back as
+    /// (``HandoffDesk``), without waiting; says whether the offer went out. The answer comes back as
     /// ``RelayCommand/handoffAnswered(_:)``.
     var handOff: (_ id: UInt64, _ direct: Int32, _ pair: Int32) -> HandoffOffer
     /// How a handoff went (sockets valid during the call).
