@@ -55,7 +55,7 @@ let package = Package(
         .target(
             name: "MeshBroker",
             dependencies: [
-                "WireFormat", "ZeroMQ",
+                "WireFormat", "ZeroMQ", "CNodeSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

@@ -2,6 +2,7 @@
 #include "CNodeSupport.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -102,6 +103,16 @@ ssize_t boxer_receive_with_fd(int socket, void *buffer, size_t capacity, int *fd
 
 int boxer_accept_cloexec(int fd) {
     return accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+}
+
+ssize_t boxer_splice(int in, int out, size_t length) {
+    return splice(in, NULL, out, NULL, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+}
+
+int boxer_pipe_cloexec(int ends[2], int capacity) {
+    if (pipe2(ends, O_CLOEXEC | O_NONBLOCK) != 0) return -1;
+    fcntl(ends[1], F_SETPIPE_SZ, capacity);  // a smaller pipe still works; only the batches shrink
+    return fcntl(ends[1], F_GETPIPE_SZ);
 }
 
 int boxer_memory_file(const char *name) {

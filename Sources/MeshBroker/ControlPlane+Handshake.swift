@@ -93,6 +93,7 @@ extension ControlPlaneHandler {
         welcome.tapPort = UInt32(port(of: tap.socket.lastEndpoint))
         welcome.stunPort = UInt32(configuration.stunPort)
         welcome.capturePort = UInt32(configuration.capturePort)
+        welcome.splicePort = UInt32(configuration.splicePort)
         if let member = session.member {
             relay?.sessionOpened(token: session.token, mesh: hello.mesh)
             welcome.self_p = member

@@ -123,7 +123,7 @@ extension ControlPlaneHandler {
             event.connectionID = report.connectionID
             (event.from, event.to) = report.initiator ? (member, peer) : (peer, member)
             event.port = report.port
-            event.path = .direct
+            event.path = report.path == .spliced ? .spliced : .direct
             event.reason = report.failure
             event.handoffSide = report.initiator ? "connecting" : "accepting"
             event.handoffDeclined = report.handoff == .declined
@@ -138,8 +138,10 @@ extension ControlPlaneHandler {
         // The initiator's report is the one published, so each link shows once.
         guard report.initiator else { return }
         var event = Boxermesh_V1_ConnectionEvent()
-        // A direct link reported for a connection the relay carried is its upgrade (relay -> direct).
-        let upgrade = report.established && report.path == .direct && relay?.wasRelayed(report.connectionID) == true
+        // A direct link (or the splice port) reported for a connection the relay carried is its upgrade (relay -> direct
+        // or spliced).
+        let upgrade = report.established && (report.path == .direct || report.path == .spliced)
+            && relay?.wasRelayed(report.connectionID) == true
         event.kind = upgrade ? .upgrade : report.established ? .open : report.refused ? .refused : .failed
         event.connectionID = report.connectionID
         event.from = member

@@ -13,6 +13,8 @@ public struct BrokerConfiguration: Sendable {
     public var stunPort: UInt16 = 3478
     /// The relay's capture PUB port, told to peers in Welcome; 0 when the broker did not opt in to capture.
     public var capturePort: UInt16 = 0
+    /// The splice port, told to peers in Welcome; 0 when the broker splices nothing.
+    public var splicePort: UInt16 = 0
     /// Virtual addresses come from here; each mesh has the whole range to itself.
     public var subnet = try! IPv4Subnet("100.64.0.0/16")
     public var secret: MeshSecret

@@ -65,10 +65,10 @@ public struct ReflectorError: Error, Sendable, CustomStringConvertible {
     /// The whole message.
     public var description: String
 
-    init(_ code: Code, _ transport: Transport, _ endpoint: Endpoint, errno: Int32) {
+    init(_ code: Code, _ transport: Transport, _ endpoint: Endpoint, errno: Int32, component: String = "reflector") {
         self.code = code
         self.description =
-            "reflector cannot bind \(transport.rawValue) \(endpoint): \(ReflectorSocket.describe(errno: errno))"
+            "\(component) cannot bind \(transport.rawValue) \(endpoint): \(ReflectorSocket.describe(errno: errno))"
     }
 
     init(_ code: Code, _ description: String) {

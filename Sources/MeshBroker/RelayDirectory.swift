@@ -88,6 +88,15 @@ public final class RelayDirectory: Sendable {
         state.withLock { $0.pairings[id] }
     }
 
+    /// The session token that proves a splice hello for `id` in `role`: that end's, while the relay carries the
+    /// connection (a splice only ever moves a relayed connection); nil otherwise.
+    func spliceSession(_ id: UInt64, role: SpliceHello.Role) -> [UInt8]? {
+        state.withLock { state in
+            guard let pairing = state.pairings[id], pairing.relayed, pairing.ended == nil else { return nil }
+            return role == .initiator ? pairing.initiator : pairing.acceptor
+        }
+    }
+
     func markRelayed(_ id: UInt64) {
         state.withLock { $0.pairings[id]?.relayed = true }
     }

@@ -23,6 +23,9 @@ public struct NodeConfiguration: Sendable {
     public var relayPort: UInt16 = 7702
     /// While relayed, upgrade attempts back off up to this interval.
     public var upgradeMaxInterval = Timing.Choice.upgradeMaxInterval
+    /// Move relayed connections onto the broker's splice port (the kernel moves their bytes, not the node); such a
+    /// connection does not survive a broker restart.
+    public var relaySplice = false
     /// How often open connections' counters are sampled for the tap's flow events.
     public var flowInterval = Duration.seconds(5)
     /// Where the app's standard output and error go; nil: the node's own.
@@ -85,8 +88,13 @@ public enum Node {
             direct.use(reflector: Endpoint(brokerAddress, port: UInt16(truncatingIfNeeded: session.welcome.stunPort)))
             var relayOptions = RelayOptions(endpoint: configuration.broker.endpoint(port: configuration.relayPort))
             relayOptions.upgradeMaxInterval = configuration.upgradeMaxInterval
-            // A node that forces the relay stays on it.
+            // A node that forces the relay stays on it (or on the broker's splice).
             relayOptions.upgrade = configuration.links.path != .relay
+            if configuration.relaySplice {
+                let port = UInt16(truncatingIfNeeded: session.welcome.splicePort)
+                if port == 0 { logger.warning("--relay-splice: the broker has no splice port; relayed connections stay on its relay") }
+                relayOptions.splice = port == 0 ? nil : Endpoint(brokerAddress, port: port)
+            }
             let flows = try FlowMonitor(
                 session: session, interval: configuration.flowInterval, logger: logger, brokerRTT: { direct.brokerRTT })
             flows.start()

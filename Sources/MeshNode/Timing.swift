@@ -48,6 +48,11 @@ enum Timing {
         static let upgradeFirst = Duration.seconds(1)
         /// …up to this (default of --upgrade-max-interval).
         static let upgradeMaxInterval = Duration.seconds(30)
+        /// With --relay-splice, a node that punches tries this many upgrade attempts by punching before it moves the
+        /// connection onto the broker's splice port (which it cannot leave again); one that does not punch splices at once.
+        static let punchesBeforeSplice: UInt32 = 2
+        /// How long a splice attempt may take: dial the broker, wait for the other end, prove the link.
+        static let spliceAttempt = Duration.seconds(5)
         /// An upgraded connection still draining its relay bytes is looked at again this soon for its handoff…
         static let handoffRecheck = Duration.milliseconds(10)
         /// …and one whose handoff the app's shim declined, after this, doubling…

@@ -25,6 +25,12 @@ extension BoxerMesh {
         @Option(help: "Relay port (ZeroMQ ROUTER) on the --listen host: carries connections no direct link could be punched for.")
         var relayPort: UInt16 = 7702
 
+        @Option(help: """
+            Splice port (TCP) on the --listen host, 0 for none: relayed connections of nodes started with --relay-splice \
+            move onto TCP connections to it that the broker joins in the kernel.
+            """)
+        var splicePort: UInt16 = 7704
+
         @Option(help: ArgumentHelp("Relayed bytes the broker may hold at once, all connections together (MiB).", valueName: "mib"))
         var relayMemoryMib = 256
 
@@ -83,6 +89,7 @@ extension BoxerMesh {
             configuration.tapEndpoint = tapListen.map(Self.endpoint) ?? Self.replacingPort(of: control, with: 7701)
             configuration.subnet = try IPv4Subnet(subnet)
             configuration.stunPort = stunPort
+            configuration.splicePort = splicePort
             configuration.heartbeatInterval = .milliseconds(heartbeatMs)
             configuration.expiry = .milliseconds(expiryMs)
             if !IPv4Subnet.sharedAddressSpace.contains(configuration.subnet) {
@@ -103,12 +110,19 @@ extension BoxerMesh {
                 }
             }
             let directory = RelayDirectory()
+            var services: [any Service] = [
+                ControlPlane(configuration: configuration, logger: logger, relay: directory),
+                Reflector(configuration: reflector, logger: logger),
+                Relay(configuration: relay, directory: directory, logger: logger),
+            ]
+            if splicePort != 0 {
+                var splice = SpliceConfiguration()
+                splice.host = reflector.host
+                splice.port = splicePort
+                services.append(Splicer(configuration: splice, directory: directory, logger: logger))
+            }
             let group = ServiceGroup(
-                services: [
-                    ControlPlane(configuration: configuration, logger: logger, relay: directory),
-                    Reflector(configuration: reflector, logger: logger),
-                    Relay(configuration: relay, directory: directory, logger: logger),
-                ],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger)
             try await group.run()

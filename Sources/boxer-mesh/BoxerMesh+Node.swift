@@ -52,6 +52,14 @@ extension BoxerMesh {
         @Option(help: ArgumentHelp("While a connection is relayed, retries to punch back off up to this many seconds.", valueName: "seconds"))
         var upgradeMaxInterval: Double = 30
 
+        @Flag(help: """
+            Move relayed connections onto TCP connections to the broker's splice port, which the broker joins in the \
+            kernel: neither node copies their bytes, and the app may hold the socket. With --path auto, after two failed \
+            punches. Such a connection does not survive a broker restart (the app sees a reset); the relay's do. \
+            Both nodes of a connection need it.
+            """)
+        var relaySplice = false
+
         @Option(help: ArgumentHelp("Seconds between samples of open connections' bytes, rates and RTT (the tap's flow events).", valueName: "seconds"))
         var flowInterval: Double = 5
 
@@ -93,6 +101,7 @@ extension BoxerMesh {
             configuration.interpose = interpose.flatMap(InterposeMode.init(rawValue:)) ?? (noShim ? .preload : .auto)
             configuration.relayPort = relayPort
             configuration.upgradeMaxInterval = .milliseconds(Int64(upgradeMaxInterval * 1000))
+            configuration.relaySplice = relaySplice
             configuration.flowInterval = .milliseconds(Int64(flowInterval * 1000))
             let status = try await MeshNode.Node.run(configuration, logger: logger)
             throw ExitCode(status)

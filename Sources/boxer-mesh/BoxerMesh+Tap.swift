@@ -174,6 +174,7 @@ struct TapLine: Encodable {
             path = switch connection.path {
             case .direct: "direct"
             case .relay: "relay"
+            case .spliced: "spliced"
             default: nil
             }
             setup_ms = connection.kind == .open ? connection.setupMs : nil

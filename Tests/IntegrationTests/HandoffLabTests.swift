@@ -19,11 +19,13 @@ struct HandoffLabTests {
     }
 
     /// A relayed connection between handoff_app in `clientMode` (node cli, on function 2) and in `serverMode` (node
-    /// srv, on function 1), both ways for 8 s, upgraded once both are up; `whileStreaming` runs as soon as the
-    /// connection's handoff settled on the client (`settled` appeared in its log), while the apps still stream.
-    /// Checks that both apps exit 0 and that each stream arrived whole; returns the tap's handoff events.
+    /// srv, on function 1), both ways for 8 s, upgraded once both are up (`spliced`: both nodes only relay, with
+    /// --relay-splice, and the connection moves onto the broker's splice port at once); `whileStreaming` runs as
+    /// soon as the connection's handoff settled on the client (`settled` appeared in its log), while the apps still
+    /// stream. Checks that both apps exit 0 and that each stream arrived whole; returns the tap's handoff and
+    /// upgrade events.
     private func stream(
-        clientMode: String, serverMode: String, settled: String,
+        clientMode: String, serverMode: String, settled: String, spliced: Bool = false,
         whileStreaming: (MeshLabFixture, LabProcess, LabProcess) async throws -> Void
     ) async throws -> [Substring] {
         var events: [Substring] = []
@@ -33,8 +35,8 @@ struct HandoffLabTests {
             let tap = try mesh.lab.spawn(.broker, [RelayLabTests.pythonSubscriber, "tcp://127.0.0.1:7701", "default", mesh.secretFile])
             defer { tap.kill() }
             #expect(await tap.waitForLog(containing: "subscribed to"), "\(tap.standardError)")
-            try RelayLabTests.blockPunching(mesh, "-I")
-            let options = ["--log-level", "debug", "--upgrade-max-interval", "1"]
+            if !spliced { try RelayLabTests.blockPunching(mesh, "-I") }
+            let options = ["--log-level", "debug"] + (spliced ? ["--path", "relay", "--relay-splice"] : ["--upgrade-max-interval", "1"])
             let seconds = 8
             let server = try mesh.node(1, name: "srv", options: options, ["sh", "-c", "\(program) \(serverMode) serve 5000 \(seconds) | sha256sum"])
             defer { server.kill() }
@@ -43,8 +45,10 @@ struct HandoffLabTests {
             defer { client.kill() }
             #expect(await client.waitForLog(containing: "connected", timeout: .seconds(20)), "\(client.standardError)")
             #expect(client.standardError.contains("path=relay"), "\(client.standardError)")
-            try await Task.sleep(for: .seconds(1))
-            try RelayLabTests.blockPunching(mesh, "-D")
+            if !spliced {
+                try await Task.sleep(for: .seconds(1))
+                try RelayLabTests.blockPunching(mesh, "-D")
+            }
             #expect(await client.waitForLog(containing: settled, timeout: .seconds(5)), "\(client.standardError)")
             try await whileStreaming(mesh, client, server)
             #expect(client.waitUntilExit(timeout: .seconds(60)) == 0, "\(client.standardOutput)\n\(client.standardError)")
@@ -63,7 +67,7 @@ struct HandoffLabTests {
             let close = tap.standardOutput.split(separator: "\n").first { $0.contains("KIND_CLOSE") } ?? ""
             #expect(closed && close.contains("\"bytes_from_to\": \"\(sent[0])\"") && close.contains("\"bytes_to_from\": \"\(sent[1])\""),
                 "sent \(sent): \(close)")
-            events = tap.standardOutput.split(separator: "\n").filter { $0.contains("KIND_HANDOFF") }
+            events = tap.standardOutput.split(separator: "\n").filter { $0.contains("KIND_HANDOFF") || $0.contains("KIND_UPGRADE") }
         }
         return events
     }
@@ -83,6 +87,28 @@ struct HandoffLabTests {
         // Both sides' handoffs show on the tap, and nothing was declined.
         #expect(events.contains { $0.contains("\"connecting\"") } && events.contains { $0.contains("\"accepting\"") }, "\(events)")
         #expect(!events.contains { $0.contains("handoff_declined") }, "\(events)")
+        #expect(events.contains { $0.contains("KIND_UPGRADE") && $0.contains("PATH_DIRECT") }, "\(events)")
+    }
+
+    @Test(
+        "a relayed connection moves onto the broker's splice port and is handed to the app mid-stream: its fd is a TCP socket to the broker, both directions arrive whole",
+        arguments: ["blocking", "epoll", "writer"])
+    func spliced(mode: String) async throws {
+        let held = "the app holds the spliced socket"
+        let events = try await stream(clientMode: mode, serverMode: mode, settled: held, spliced: true) { mesh, client, server in
+            #expect(await server.waitForLog(containing: held, timeout: .seconds(5)), "\(server.standardError)")
+            // While the apps still stream: each app's fd is its function's TCP connection to the broker's splice port.
+            for (function, node) in [(2, client), (1, server)] {
+                let sockets = try mesh.lab.run(.function(function), ["ss", "-Htnp"]).check().standardOutput
+                let app = sockets.split(separator: "\n").filter { $0.contains("\"handoff_app\"") }
+                #expect(app.count == 1 && app[0].contains("\(NATLab.brokerAddress):7704"), "function \(function): \(sockets)")
+                #expect(node.standardError.contains("relayed connection moved onto the broker's splice"), "\(node.standardError)")
+            }
+        }
+        #expect(events.contains { $0.contains("\"connecting\"") } && events.contains { $0.contains("\"accepting\"") }, "\(events)")
+        #expect(!events.contains { $0.contains("handoff_declined") }, "\(events)")
+        #expect(events.contains { $0.contains("KIND_UPGRADE") && $0.contains("PATH_SPLICED") }, "\(events)")
+        #expect(!events.contains { $0.contains("PATH_DIRECT") }, "\(events)")
     }
 
     @Test("a connection whose socket another process shares (a forked child streams on it) stays on the node's copy loop, whole; the tap says why")

@@ -30,7 +30,7 @@ struct LambdaFixture {
         let broker = try ChildProcess(
             [
                 binary, "broker", "--listen", "tcp://127.0.0.1:\(ports[0])", "--tap-listen", "tcp://127.0.0.1:\(ports[1])",
-                "--stun-port", "\(ports[2])", "--relay-port", "\(ports[3])", "--subnet", "100.64.0.0/24",
+                "--stun-port", "\(ports[2])", "--relay-port", "\(ports[3])", "--splice-port", "0", "--subnet", "100.64.0.0/24",
                 "--secret-file", secretFile,
             ],
             standardOutput: .null, standardError: .file(fixture.brokerLog))

@@ -3193,7 +3193,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__authenticate__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__authenticate__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__welcome__field_descriptors[9] =
+static const ProtobufCFieldDescriptor boxermesh__v1__welcome__field_descriptors[10] =
 {
   {
     "session",
@@ -3303,6 +3303,18 @@ static const ProtobufCFieldDescriptor boxermesh__v1__welcome__field_descriptors[
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "splice_port",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__Welcome, splice_port),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__welcome__field_indices_by_name[] = {
   8,   /* field[8] = capture_port */
@@ -3311,6 +3323,7 @@ static const unsigned boxermesh__v1__welcome__field_indices_by_name[] = {
   5,   /* field[5] = member_count */
   1,   /* field[1] = self */
   0,   /* field[0] = session */
+  9,   /* field[9] = splice_port */
   7,   /* field[7] = stun_port */
   2,   /* field[2] = subnet */
   6,   /* field[6] = tap_port */
@@ -3318,7 +3331,7 @@ static const unsigned boxermesh__v1__welcome__field_indices_by_name[] = {
 static const ProtobufCIntRange boxermesh__v1__welcome__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__welcome__descriptor =
 {
@@ -3328,7 +3341,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__welcome__descriptor =
   "Boxermesh__V1__Welcome",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__Welcome),
-  9,
+  10,
   boxermesh__v1__welcome__field_descriptors,
   boxermesh__v1__welcome__field_indices_by_name,
   1,  boxermesh__v1__welcome__number_ranges,
@@ -6767,7 +6780,7 @@ const ProtobufCEnumDescriptor boxermesh__v1__relay_punch__stage__descriptor =
   boxermesh__v1__relay_punch__stage__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__relay_punch__field_descriptors[4] =
+static const ProtobufCFieldDescriptor boxermesh__v1__relay_punch__field_descriptors[5] =
 {
   {
     "attempt",
@@ -6817,17 +6830,30 @@ static const ProtobufCFieldDescriptor boxermesh__v1__relay_punch__field_descript
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "splice",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__RelayPunch, splice),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__relay_punch__field_indices_by_name[] = {
   0,   /* field[0] = attempt */
   2,   /* field[2] = endpoint */
   3,   /* field[3] = reason */
+  4,   /* field[4] = splice */
   1,   /* field[1] = stage */
 };
 static const ProtobufCIntRange boxermesh__v1__relay_punch__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__relay_punch__descriptor =
 {
@@ -6837,7 +6863,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__relay_punch__descriptor =
   "Boxermesh__V1__RelayPunch",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__RelayPunch),
-  4,
+  5,
   boxermesh__v1__relay_punch__field_descriptors,
   boxermesh__v1__relay_punch__field_indices_by_name,
   1,  boxermesh__v1__relay_punch__number_ranges,
@@ -7293,19 +7319,21 @@ const ProtobufCEnumDescriptor boxermesh__v1__error_code__descriptor =
   boxermesh__v1__error_code__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue boxermesh__v1__path__enum_values_by_number[3] =
+static const ProtobufCEnumValue boxermesh__v1__path__enum_values_by_number[4] =
 {
   { "PATH_UNSPECIFIED", "BOXERMESH__V1__PATH__PATH_UNSPECIFIED", 0 },
   { "PATH_DIRECT", "BOXERMESH__V1__PATH__PATH_DIRECT", 1 },
   { "PATH_RELAY", "BOXERMESH__V1__PATH__PATH_RELAY", 2 },
+  { "PATH_SPLICED", "BOXERMESH__V1__PATH__PATH_SPLICED", 3 },
 };
 static const ProtobufCIntRange boxermesh__v1__path__value_ranges[] = {
-{0, 0},{0, 3}
+{0, 0},{0, 4}
 };
-static const ProtobufCEnumValueIndex boxermesh__v1__path__enum_values_by_name[3] =
+static const ProtobufCEnumValueIndex boxermesh__v1__path__enum_values_by_name[4] =
 {
   { "PATH_DIRECT", 1 },
   { "PATH_RELAY", 2 },
+  { "PATH_SPLICED", 3 },
   { "PATH_UNSPECIFIED", 0 },
 };
 const ProtobufCEnumDescriptor boxermesh__v1__path__descriptor =
@@ -7315,9 +7343,9 @@ const ProtobufCEnumDescriptor boxermesh__v1__path__descriptor =
   "Path",
   "Boxermesh__V1__Path",
   "boxermesh.v1",
-  3,
+  4,
   boxermesh__v1__path__enum_values_by_number,
-  3,
+  4,
   boxermesh__v1__path__enum_values_by_name,
   1,
   boxermesh__v1__path__value_ranges,

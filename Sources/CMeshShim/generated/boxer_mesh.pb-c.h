@@ -206,7 +206,11 @@ typedef enum _Boxermesh__V1__ErrorCode {
 typedef enum _Boxermesh__V1__Path {
   BOXERMESH__V1__PATH__PATH_UNSPECIFIED = 0,
   BOXERMESH__V1__PATH__PATH_DIRECT = 1,
-  BOXERMESH__V1__PATH__PATH_RELAY = 2
+  BOXERMESH__V1__PATH__PATH_RELAY = 2,
+  /*
+   * relayed through the broker on TCP connections it splices in the kernel (a relayed one moved there)
+   */
+  BOXERMESH__V1__PATH__PATH_SPLICED = 3
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__PATH)
 } Boxermesh__V1__Path;
 typedef enum _Boxermesh__V1__Handoff {
@@ -397,10 +401,15 @@ struct  Boxermesh__V1__Welcome
    * The broker's capture PUB port: 0 unless the broker was started with the payload-capture opt-in.
    */
   uint32_t capture_port;
+  /*
+   * The broker's splice port (TCP): relayed connections of nodes started with --relay-splice may move onto a TCP
+   * connection to it that the broker splices in the kernel (see Relay, 6.). 0: the broker splices nothing.
+   */
+  uint32_t splice_port;
 };
 #define BOXERMESH__V1__WELCOME__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__welcome__descriptor) \
-    , {0,NULL}, NULL, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0 }
+    , {0,NULL}, NULL, (char *)protobuf_c_empty_string, 0, 0, 0, 0, 0, 0, 0 }
 
 
 struct  Boxermesh__V1__Member
@@ -1354,10 +1363,14 @@ struct  Boxermesh__V1__RelayPunch
   Boxermesh__V1__RelayPunch__Stage stage;
   Boxermesh__V1__PublicEndpoint *endpoint;
   char *reason;
+  /*
+   * OFFER: not a punch but the broker's splice port (Relay, 6.): no endpoints, no ANSWER; both ends dial at once.
+   */
+  protobuf_c_boolean splice;
 };
 #define BOXERMESH__V1__RELAY_PUNCH__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__relay_punch__descriptor) \
-    , 0, BOXERMESH__V1__RELAY_PUNCH__STAGE__STAGE_UNSPECIFIED, NULL, (char *)protobuf_c_empty_string }
+    , 0, BOXERMESH__V1__RELAY_PUNCH__STAGE__STAGE_UNSPECIFIED, NULL, (char *)protobuf_c_empty_string, 0 }
 
 
 /*

@@ -1,5 +1,5 @@
-// Socket plumbing the node needs that Swift cannot express well: abstract AF_UNIX addresses and SCM_RIGHTS.
-// Linked into the node binary; this is NOT the preload shim (that one lives in CMeshShim, built with cc).
+// Socket plumbing the node (and the broker's splice port) needs that Swift cannot express well: abstract AF_UNIX
+// addresses, SCM_RIGHTS, splice(2). Linked into the boxer-mesh binary; this is NOT the preload shim (that one lives in CMeshShim, built with cc).
 #pragma once
 #include <stddef.h>
 #include <sys/types.h>
@@ -20,6 +20,13 @@ ssize_t boxer_send_with_fds(int socket, const void *data, size_t length, const i
 
 /// Receives one datagram; a descriptor that rides along is stored in `*fd` (else -1), with FD_CLOEXEC set.
 ssize_t boxer_receive_with_fd(int socket, void *buffer, size_t capacity, int *fd);
+
+/// splice(in, NULL, out, NULL, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK): one of the two is a pipe. Bytes moved,
+/// 0 at the source's end, or -1 with errno set (EAGAIN: nothing to move now).
+ssize_t boxer_splice(int in, int out, size_t length);
+
+/// A non-blocking, close-on-exec pipe, grown towards `capacity` bytes; returns its capacity, or -1 with errno set.
+int boxer_pipe_cloexec(int ends[2], int capacity);
 
 /// accept4(fd, NULL, NULL, SOCK_CLOEXEC), which Swift's Glibc module does not expose. -1 with errno on failure.
 int boxer_accept_cloexec(int fd);

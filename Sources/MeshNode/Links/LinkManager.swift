@@ -184,13 +184,15 @@ final class LinkManager: Sendable {
     /// A relayed connection moved to the direct link `direct`: report it (the tap shows the upgrade), and remember
     /// that this peer can be punched.
     func upgraded(_ id: UInt64, _ context: RelayStreamContext, direct: Int32?) {
-        state.withLock {
-            $0.punchable.insert(context.peer)
-            $0.unpunchable[context.peer] = nil
+        if context.path == .direct {
+            state.withLock {
+                $0.punchable.insert(context.peer)
+                $0.unpunchable[context.peer] = nil
+            }
         }
-        flows?.upgraded(id, direct: direct)
+        flows?.upgraded(id, direct: direct, path: context.path)
         report(id, established: true, setup: ContinuousClock.now - context.started, peer: context.peer, port: context.port,
-            initiator: context.initiator, path: .direct)
+            initiator: context.initiator, path: context.path)
     }
 
     /// How handing an upgraded connection's direct socket to the app went: flow counts follow the direct socket
@@ -208,7 +210,7 @@ final class LinkManager: Sendable {
             (result, reason, settled) = (.declined, final ? "\(why); it stays on the node's copy loop" : why, final)
         }
         report(id, established: true, setup: ContinuousClock.now - context.started, peer: context.peer, port: context.port,
-            initiator: context.initiator, failure: reason, path: .direct, handoff: result, handoffSettled: settled)
+            initiator: context.initiator, failure: reason, path: context.path, handoff: result, handoffSettled: settled)
     }
 
     // MARK: Reports

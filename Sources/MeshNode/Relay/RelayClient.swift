@@ -14,6 +14,9 @@ public struct RelayOptions: Sendable {
     public var upgradeMaxInterval = Timing.Choice.upgradeMaxInterval
     /// How long one upgrade attempt may punch.
     public var upgradePunchTimeout = Timing.Choice.upgradePunch
+    /// The broker's splice port, when this node moves relayed connections there (--relay-splice): after
+    /// ``Timing/Choice/punchesBeforeSplice`` failed punches, or at once where the node does not punch.
+    public var splice: Endpoint?
 
     public init(endpoint: String) {
         self.endpoint = endpoint
@@ -97,10 +100,15 @@ final class RelayClient: Sendable {
                             Task {
                                 let result: Result<Int32, SocketError>
                                 do throws(SocketError) {
-                                    result = .success(
-                                        try await direct.punch(
-                                            from: request.port, to: request.peer, proving: request.proof, until: request.deadline,
-                                            listening: false))
+                                    switch request.route {
+                                    case .punch(let port, let peer):
+                                        result = .success(
+                                            try await direct.punch(
+                                                from: port, to: peer, proving: request.proof, until: request.deadline, listening: false))
+                                    case .splice(let broker, let hello):
+                                        result = .success(
+                                            try await direct.blocking { try SpliceDial.dial(broker, hello: hello, proving: request.proof, until: request.deadline) })
+                                    }
                                 } catch {
                                     result = .failure(error)
                                 }

@@ -14,7 +14,8 @@ struct RelayPumpEffects {
     /// Learns a fresh punch port for an upgrade attempt of a connection; the result comes back as
     /// ``RelayCommand/gathered(_:attempt:_:)``.
     var gather: (_ id: UInt64, _ attempt: UInt32) -> Void
-    /// Punches and proves for an upgrade attempt; the result comes back as ``RelayCommand/punched(_:attempt:_:)``.
+    /// Punches (or dials the splice port) and proves for an upgrade attempt; the result comes back as
+    /// ``RelayCommand/punched(_:attempt:_:)``.
     var punch: (_ id: UInt64, _ attempt: UInt32, _ request: UpgradePunch) -> Void
     /// A connection moved to a direct link (the direct socket is valid during the call).
     var upgraded: (UInt64, RelayStreamContext, Int32?) -> Void
@@ -28,10 +29,15 @@ struct RelayPumpEffects {
     var attached: () -> Void = {}
 }
 
-/// One upgrade attempt's punch: from our fresh port to the peer's, proving the connection's token.
+/// One upgrade attempt's new socket, proving the connection's token on it: punched from our fresh port to the
+/// peer's, or dialled to the broker's splice port, which joins it to the peer's.
 struct UpgradePunch: Sendable {
-    let port: UInt16
-    let peer: Endpoint
+    enum Route: Sendable {
+        case punch(port: UInt16, peer: Endpoint)
+        case splice(Endpoint, SpliceHello)
+    }
+
+    let route: Route
     let proof: DirectPath.Proof
     let deadline: ContinuousClock.Instant
 }

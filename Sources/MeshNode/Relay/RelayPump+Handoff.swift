@@ -77,7 +77,9 @@ extension RelayPump {
             stream.handoff.phase = .none
             let failure = result.error == 0 ? nil : result.reason
             logger.info(
-                failure == nil ? "the app holds the direct socket: its bytes no longer pass through the node" : "handing the direct socket to the app failed",
+                failure == nil
+                    ? "the app holds the \(stream.context.path == .spliced ? "spliced" : "direct") socket: its bytes no longer pass through the node"
+                    : "handing the direct socket to the app failed",
                 metadata: ["connection": "\(stream.id)", "carried": "\(result.carried)", "failure": "\(failure ?? "")"])
             effects.handoff(stream.id, stream.context, .taken(direct: direct, carried: result.carried, failure: failure))
             // Our copies only: the app holds the direct socket, and its shim has read the loopback pair to its end.

@@ -11,7 +11,14 @@ import WireFormat
 /// switches only once it has said READY and heard READY: it ends its relay stream with `switch_offset` = the bytes it sent on the
 /// relay and writes the rest to the direct socket; the other end hands its app the relay bytes up to that
 /// offset, then reads the direct socket. So both ends hold a proven socket before a byte goes onto it.
+///
+/// A splice attempt (``RelayOptions/splice``) runs the same way with another socket: the OFFER says `splice`, and
+/// instead of learning endpoints and punching, both ends dial the broker's splice port at once, which joins the two
+/// connections in the kernel; the link token is proven through it as on a punched link.
 extension RelayPump {
+    /// Whether this stream's upgrades may move it at all: by punching, or onto the broker's splice port.
+    var upgrades: Bool { options.upgrade || options.splice != nil }
+
     func scheduleUpgrade(_ stream: RelayStream, after delay: Duration) {
         stream.upgrade.phase = .idle
         stream.upgrade.deadline = nil
@@ -31,8 +38,30 @@ extension RelayPump {
             stream.upgrade.next = nil
             guard stream.upgrade.phase == .idle, stream.outbound == .relay, stream.inbound == .relay else { continue }
             stream.upgrade.attempt += 1
-            gather(stream, attempt: stream.upgrade.attempt)
+            let attempt = stream.upgrade.attempt
+            if options.splice != nil, !options.upgrade || attempt > Timing.Choice.punchesBeforeSplice {
+                send(RelayFrame.with(stream.id, .punch(.with { $0.attempt = attempt; $0.stage = .offer; $0.splice = true })))
+                startSplice(stream, attempt: attempt)
+            } else {
+                stream.upgrade.splice = false
+                gather(stream, attempt: attempt)
+            }
         }
+    }
+
+    /// Dials the broker's splice port, joins the peer there and proves the link (``RelayPumpEffects/punch``);
+    /// ``punched(_:attempt:_:)`` goes on.
+    private func startSplice(_ stream: RelayStream, attempt: UInt32) {
+        guard let broker = options.splice else { return failAttempt(stream, attempt, reason: "this node does not splice") }
+        stream.upgrade.splice = true
+        stream.upgrade.phase = .punching(attempt)
+        let hello = SpliceHello(
+            connectionID: stream.id, role: stream.context.initiator ? .initiator : .acceptor, session: [UInt8](effects.session()))
+        effects.punch(stream.id, attempt, UpgradePunch(route: .splice(broker, hello), proof: proof(stream), deadline: .now + Timing.Choice.spliceAttempt))
+    }
+
+    private func proof(_ stream: RelayStream) -> DirectPath.Proof {
+        DirectPath.Proof(token: stream.context.token, connectionID: stream.id, initiator: stream.context.initiator)
     }
 
     /// Learns a fresh port's public endpoint (``RelayPumpEffects/gather``); ``gathered(_:attempt:_:)`` goes on.
@@ -68,8 +97,7 @@ extension RelayPump {
     /// Punches and proves (``RelayPumpEffects/punch``); ``punched(_:attempt:_:)`` goes on.
     private func startPunch(_ stream: RelayStream, attempt: UInt32, from port: UInt16, to peer: Endpoint) {
         stream.upgrade.phase = .punching(attempt)
-        let proof = DirectPath.Proof(token: stream.context.token, connectionID: stream.id, initiator: stream.context.initiator)
-        effects.punch(stream.id, attempt, UpgradePunch(port: port, peer: peer, proof: proof, deadline: .now + options.upgradePunchTimeout))
+        effects.punch(stream.id, attempt, UpgradePunch(route: .punch(port: port, peer: peer), proof: proof(stream), deadline: .now + options.upgradePunchTimeout))
     }
 
     func punched(_ id: UInt64, attempt: UInt32, _ result: Result<Int32, SocketError>) {
@@ -95,7 +123,16 @@ extension RelayPump {
         let attempt = punch.attempt
         let endpoint = Endpoint(punch.endpoint)
         switch punch.stage {
+        case .offer where !stream.context.initiator && punch.splice:
+            guard options.splice != nil, stream.upgrade.phase != .done, stream.outbound == .relay, stream.inbound == .relay else {
+                let reason = options.splice == nil ? "this node does not splice relayed connections" : "not upgrading"
+                return send(RelayFrame.with(stream.id, .punch(.with { $0.attempt = attempt; $0.stage = .failed; $0.reason = reason })))
+            }
+            dropDirect(stream)
+            stream.upgrade.attempt = attempt
+            startSplice(stream, attempt: attempt)
         case .offer where !stream.context.initiator:
+            stream.upgrade.splice = false
             guard options.upgrade, stream.upgrade.phase != .done, stream.outbound == .relay, stream.inbound == .relay else {
                 return send(RelayFrame.with(stream.id, .punch(.with { $0.attempt = attempt; $0.stage = .failed; $0.reason = "not upgrading" })))
             }
@@ -154,13 +191,14 @@ extension RelayPump {
         guard let direct = stream.direct else { return }
         stream.upgrade.phase = .done
         stream.upgrade.next = nil
+        stream.context.path = stream.upgrade.splice ? .spliced : .direct
         owners[direct] = stream.id
         if stream.outbound == .relay {
             send(RelayFrame.with(stream.id, .switchOffset(stream.sentOnRelay)))
             stream.move(RelayStream.Outbound.direct)
         }
         logger.info(
-            "relayed connection moved to a direct link",
+            stream.upgrade.splice ? "relayed connection moved onto the broker's splice" : "relayed connection moved to a direct link",
             metadata: [
                 "connection": "\(stream.id)", "peer": "\(stream.context.peer)", "attempt": "\(stream.upgrade.attempt)",
                 "relayed_bytes_out": "\(stream.sentOnRelay)",
@@ -169,6 +207,7 @@ extension RelayPump {
         stream.handoff.phase = stream.context.initiator || stream.handoff.turn ? .waiting : .awaitingTurn
         stream.handoff.next = .now
         // The pair can punch now: its other relayed connections try at once instead of at their next backoff.
+        guard !stream.upgrade.splice else { return }
         for other in streams.values
         where other !== stream && other.context.initiator && other.context.peer == stream.context.peer
             && other.upgrade.phase == .idle

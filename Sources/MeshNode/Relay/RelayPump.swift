@@ -232,7 +232,8 @@ final class RelayPump {
         let stream = RelayStream(id: id, fd: pair.node, window: window, context: waiter.context)
         streams[id] = stream
         owners[pair.node] = id
-        if options.upgrade && stream.context.initiator { scheduleUpgrade(stream, after: Timing.Choice.upgradeFirst) }
+        // A node that only splices moves the connection there at once; one that punches gives the punch a moment.
+        if upgrades && stream.context.initiator { scheduleUpgrade(stream, after: options.upgrade ? Timing.Choice.upgradeFirst : .zero) }
         waiter.deliver(.success(pair.app))
     }
 

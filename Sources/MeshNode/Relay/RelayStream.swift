@@ -11,6 +11,8 @@ struct RelayStreamContext: Sendable {
     /// The accepting side's port (for reports).
     let port: UInt16
     let started: ContinuousClock.Instant
+    /// Where the connection went when it left the relay: a punched link, or the broker's splice port.
+    var path = Boxermesh_V1_Path.direct
 }
 
 /// One relayed connection inside the pump: the node's end of the app's loopback socket, the credit windows of
@@ -52,7 +54,7 @@ final class RelayStream {
     /// The node's end of the loopback pair (non-blocking); the app holds the other.
     let fd: Int32
     let window: Int
-    let context: RelayStreamContext
+    var context: RelayStreamContext
     private(set) var outbound = Outbound.relay
     private(set) var inbound = Inbound.relay
 
@@ -194,6 +196,8 @@ struct UpgradeState {
     var peerReady: UInt32?
     /// The initiator's endpoint from its offer (the acceptor punches to it).
     var peerEndpoint: Endpoint?
+    /// The current attempt dials the broker's splice port instead of punching.
+    var splice = false
     /// When the current phase gives up (an offer never answered).
     var deadline: ContinuousClock.Instant?
 }

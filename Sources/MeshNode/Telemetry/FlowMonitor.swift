@@ -38,8 +38,9 @@ final class FlowMonitor: Sendable {
         var cookie: UInt64
         /// The app's socket's inode: how the node finds it in the app's descriptors (``peerExpired(_:)``).
         var inode: UInt64
-        /// Bytes each way on the socket before the app got it (a direct link's token proofs), not the app's.
-        var preamble: UInt64
+        /// Bytes each way on the socket before the app got it (a direct link's token proofs, a splice's hello), not
+        /// the app's.
+        var preamble: (sent: UInt64, received: UInt64)
         /// The app's bytes each way before that socket carried them (an upgraded connection's relayed bytes).
         var base: (sent: UInt64, received: UInt64) = (0, 0)
         /// Whose RTT to report: the app's socket (direct), the node's direct socket (upgraded), or none (relayed).
@@ -92,7 +93,7 @@ final class FlowMonitor: Sendable {
         let inode = fstat(fd, &status) == 0 ? UInt64(status.st_ino) : 0
         let flow = Flow(
             id: id, initiator: initiator, peer: peer.ipv4, peerName: peer.name, port: port, path: path, started: now, cookie: cookie,
-            inode: inode, preamble: path == .direct ? UInt64(LinkToken.proofSize) : 0, rttCookie: path == .direct ? cookie : nil, sampledAt: now)
+            inode: inode, preamble: path == .direct ? Self.preamble(.direct) : (0, 0), rttCookie: path == .direct ? cookie : nil, sampledAt: now)
         enum Subscription { case open, opened, refused(Int32) }
         let subscription = state.withLock { state -> Subscription in
             state.flows[cookie] = flow
@@ -112,13 +113,20 @@ final class FlowMonitor: Sendable {
         }
     }
 
-    /// Connection `id` moved from the relay to the direct socket `direct` (held by the relay pump).
-    func upgraded(_ id: UInt64, direct: Int32?) {
+    /// What a node sends and receives on a link's socket before the app's bytes: both token proofs, and on a
+    /// spliced one first its hello to the broker.
+    static func preamble(_ path: Boxermesh_V1_Path) -> (sent: UInt64, received: UInt64) {
+        let proof = UInt64(LinkToken.proofSize)
+        return path == .spliced ? (UInt64(SpliceHello.size) + proof, proof) : (proof, proof)
+    }
+
+    /// Connection `id` moved from the relay to the direct (or spliced: `path`) socket `direct`, held by the relay pump.
+    func upgraded(_ id: UInt64, direct: Int32?, path: Boxermesh_V1_Path) {
         counts.withLock { $0.upgraded += 1 }
         let cookie = direct.map { boxer_socket_cookie($0) }
         state.withLock { state in
             guard let key = state.flows.first(where: { $0.value.id == id })?.key else { return }
-            state.flows[key]?.path = .direct
+            state.flows[key]?.path = path
             state.flows[key]?.rttCookie = cookie == 0 ? nil : cookie
         }
     }
@@ -132,7 +140,7 @@ final class FlowMonitor: Sendable {
             guard let key = state.flows.first(where: { $0.value.id == id })?.key, var flow = state.flows.removeValue(forKey: key) else { return }
             flow.cookie = cookie
             flow.rttCookie = cookie
-            flow.preamble = UInt64(LinkToken.proofSize)
+            flow.preamble = Self.preamble(flow.path)
             flow.base = relayed
             state.flows[cookie] = flow
         }
@@ -322,8 +330,8 @@ final class FlowMonitor: Sendable {
     private static func update(_ flow: inout Flow, with counters: boxer_tcp_counters, relayRTT: Duration?, now: ContinuousClock.Instant) {
         let finished = [5, 6, 7, 11].contains(counters.state)  // FIN_WAIT2, TIME_WAIT, CLOSE, CLOSING: our FIN is out
         let finReceived = [6, 7, 8, 9, 11].contains(counters.state)  // TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING
-        let overhead = 1 + (finished && counters.bytes_acked >= 2 ? 1 : 0) + flow.preamble
-        let receivedOverhead = (finReceived && counters.bytes_received > 0 ? 1 : 0) + flow.preamble
+        let overhead = 1 + (finished && counters.bytes_acked >= 2 ? 1 : 0) + flow.preamble.sent
+        let receivedOverhead = (finReceived && counters.bytes_received > 0 ? 1 : 0) + flow.preamble.received
         flow.sent = max(flow.sent, flow.base.sent + (counters.bytes_acked >= overhead ? counters.bytes_acked - overhead : 0))
         flow.received = max(
             flow.received, flow.base.received + (counters.bytes_received >= receivedOverhead ? counters.bytes_received - receivedOverhead : 0))

@@ -155,6 +155,9 @@ public nonisolated enum Boxermesh_V1_Path: SwiftProtobuf.Enum, Swift.CaseIterabl
   case unspecified // = 0
   case direct // = 1
   case relay // = 2
+
+  /// relayed through the broker on TCP connections it splices in the kernel (a relayed one moved there)
+  case spliced // = 3
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -166,6 +169,7 @@ public nonisolated enum Boxermesh_V1_Path: SwiftProtobuf.Enum, Swift.CaseIterabl
     case 0: self = .unspecified
     case 1: self = .direct
     case 2: self = .relay
+    case 3: self = .spliced
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -175,6 +179,7 @@ public nonisolated enum Boxermesh_V1_Path: SwiftProtobuf.Enum, Swift.CaseIterabl
     case .unspecified: return 0
     case .direct: return 1
     case .relay: return 2
+    case .spliced: return 3
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -184,6 +189,7 @@ public nonisolated enum Boxermesh_V1_Path: SwiftProtobuf.Enum, Swift.CaseIterabl
     .unspecified,
     .direct,
     .relay,
+    .spliced,
   ]
 
 }
@@ -592,6 +598,10 @@ public nonisolated struct Boxermesh_V1_Welcome: Sendable {
 
   /// The broker's capture PUB port: 0 unless the broker was started with the payload-capture opt-in.
   public var capturePort: UInt32 = 0
+
+  /// The broker's splice port (TCP): relayed connections of nodes started with --relay-splice may move onto a TCP
+  /// connection to it that the broker splices in the kernel (see Relay, 6.). 0: the broker splices nothing.
+  public var splicePort: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2105,6 +2115,9 @@ public nonisolated struct Boxermesh_V1_RelayPunch: Sendable {
 
   public var reason: String = String()
 
+  /// OFFER: not a punch but the broker's splice port (Relay, 6.): no endpoints, no ANSWER; both ends dial at once.
+  public var splice: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum Stage: SwiftProtobuf.Enum, Swift.CaseIterable {
@@ -2308,7 +2321,7 @@ nonisolated extension Boxermesh_V1_ErrorCode: SwiftProtobuf._ProtoNameProviding 
 }
 
 nonisolated extension Boxermesh_V1_Path: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PATH_UNSPECIFIED\0\u{1}PATH_DIRECT\0\u{1}PATH_RELAY\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0PATH_UNSPECIFIED\0\u{1}PATH_DIRECT\0\u{1}PATH_RELAY\0\u{1}PATH_SPLICED\0")
 }
 
 nonisolated extension Boxermesh_V1_Handoff: SwiftProtobuf._ProtoNameProviding {
@@ -2949,7 +2962,7 @@ nonisolated extension Boxermesh_V1_Authenticate: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Boxermesh_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Welcome"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}session\0\u{1}self\0\u{1}subnet\0\u{3}heartbeat_interval_ms\0\u{3}expiry_ms\0\u{3}member_count\0\u{3}tap_port\0\u{3}stun_port\0\u{3}capture_port\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}session\0\u{1}self\0\u{1}subnet\0\u{3}heartbeat_interval_ms\0\u{3}expiry_ms\0\u{3}member_count\0\u{3}tap_port\0\u{3}stun_port\0\u{3}capture_port\0\u{3}splice_port\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2966,6 +2979,7 @@ nonisolated extension Boxermesh_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.tapPort) }()
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.stunPort) }()
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.capturePort) }()
+      case 10: try { try decoder.decodeSingularUInt32Field(value: &self.splicePort) }()
       default: break
       }
     }
@@ -3003,6 +3017,9 @@ nonisolated extension Boxermesh_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf
     if self.capturePort != 0 {
       try visitor.visitSingularUInt32Field(value: self.capturePort, fieldNumber: 9)
     }
+    if self.splicePort != 0 {
+      try visitor.visitSingularUInt32Field(value: self.splicePort, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -3016,6 +3033,7 @@ nonisolated extension Boxermesh_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.tapPort != rhs.tapPort {return false}
     if lhs.stunPort != rhs.stunPort {return false}
     if lhs.capturePort != rhs.capturePort {return false}
+    if lhs.splicePort != rhs.splicePort {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -5399,7 +5417,7 @@ nonisolated extension Boxermesh_V1_RelayResume: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Boxermesh_V1_RelayPunch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RelayPunch"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}attempt\0\u{1}stage\0\u{1}endpoint\0\u{1}reason\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}attempt\0\u{1}stage\0\u{1}endpoint\0\u{1}reason\0\u{1}splice\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5411,6 +5429,7 @@ nonisolated extension Boxermesh_V1_RelayPunch: SwiftProtobuf.Message, SwiftProto
       case 2: try { try decoder.decodeSingularEnumField(value: &self.stage) }()
       case 3: try { try decoder.decodeSingularMessageField(value: &self._endpoint) }()
       case 4: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.splice) }()
       default: break
       }
     }
@@ -5433,6 +5452,9 @@ nonisolated extension Boxermesh_V1_RelayPunch: SwiftProtobuf.Message, SwiftProto
     if !self.reason.isEmpty {
       try visitor.visitSingularStringField(value: self.reason, fieldNumber: 4)
     }
+    if self.splice != false {
+      try visitor.visitSingularBoolField(value: self.splice, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -5441,6 +5463,7 @@ nonisolated extension Boxermesh_V1_RelayPunch: SwiftProtobuf.Message, SwiftProto
     if lhs.stage != rhs.stage {return false}
     if lhs._endpoint != rhs._endpoint {return false}
     if lhs.reason != rhs.reason {return false}
+    if lhs.splice != rhs.splice {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
