@@ -49,13 +49,18 @@ final class PumpPair {
     let acceptor = Side(name: "acceptor")
     let token = LinkToken(Array(repeating: 7, count: 32))
 
+    /// The broker's splice port, for sides that splice.
+    static let splicePort = Endpoint(IPv4Address(203, 0, 113, 10), port: 7704)
+
+    /// `upgrade`: both sides punch; `splice`: which sides move connections onto the broker's splice port;
     /// `takesHandoff`: each app takes handoff offers (as the preload shim does); the test answers them.
-    init(upgrade: Bool = true, takesHandoff: Bool = false) {
-        var options = RelayOptions(endpoint: "inproc://unused")
-        options.upgrade = upgrade
+    init(upgrade: Bool = true, splice: (initiator: Bool, acceptor: Bool) = (false, false), takesHandoff: Bool = false) {
         var logger = Logger(label: "pump-test")
         logger.logLevel = .critical
         for side in [initiator, acceptor] {
+            var options = RelayOptions(endpoint: "inproc://unused")
+            options.upgrade = upgrade
+            options.splice = (side === initiator ? splice.initiator : splice.acceptor) ? Self.splicePort : nil
             let effects = RelayPumpEffects(
                 send: { frames in
                     side.outbox += frames.map { [UInt8]($0.bytes) }.filter { (try? RelayFrameHeader(scanning: $0))?.connectionID != 0 }
