@@ -39,6 +39,8 @@ class Context:
         self.shim_note = ""
         # The relay (issue 5) is detected, not assumed: a node that can be told its path has one.
         self.relay = node_supports(binary, "--path")
+        # So is the splice port (issue 14): the broker joins a relayed connection's two TCP connections in the kernel.
+        self.splice = node_supports(binary, "--relay-splice")
 
     def remaining(self):
         return self.deadline - time.monotonic()
@@ -54,7 +56,7 @@ def serve(ctx, lab, full):
     # Both iperf3 servers give up on a test whose client went silent (a run that lost its data connection).
     iperf_server = "iperf3 -s --rcv-timeout 5000 -p"
     mesh_app = ["sh", "-c", f"{iperf_server} {MESH_IPERF} >/dev/null 2>&1 & exec {rtt} serve {MESH_ECHO}"]
-    lab.srv = lab.node("fn1", "srv", mesh_app)
+    lab.srv = lab.node("fn1", "srv", mesh_app, ["--relay-splice"] if ctx.splice else [])
     lab.spawn("fn1", [rtt, "serve", str(RAW_ECHO)], "raw-echo")
     lab.spawn("fn1", [rtt, "serve", str(RELAYED_ECHO)], "relayed-echo")
     for port in (RAW_ECHO, RELAYED_ECHO, RAW_IPERF):
@@ -82,12 +84,14 @@ def serve(ctx, lab, full):
                           ["--path", "direct", "--log-level", "info"] if ctx.relay else ["--log-level", "info"])
         if ctx.relay:
             lab.relay_agent = Agent(lab, "fn2", "clr", script, ["--path", "relay", "--log-level", "info"])
+        if ctx.splice:
+            lab.splice_agent = Agent(lab, "fn2", "cls", script, ["--path", "relay", "--relay-splice", "--log-level", "info"])
     time.sleep(0.3)  # plain servers and socat listening
 
 
 def make_lab(ctx, prefix, functions, delay_ms=0, full=True, function_memory=None):
     lab = Lab(ctx.binary, prefix, os.path.join(ctx.work, prefix), functions, delay_ms, function_memory)
-    lab.srv = lab.agent = lab.relay_agent = lab.socat_big = None
+    lab.srv = lab.agent = lab.relay_agent = lab.splice_agent = lab.socat_big = None
     ctx.labs.append(lab)
     log(f"lab {prefix}: up, {functions} functions" + (f" of {function_memory} MB" if function_memory else "") +
         f", delay {delay_ms} ms")
@@ -115,11 +119,14 @@ def iperf_bytes(text):
 
 def throughput(ctx):
     lab, agent, relay, o = ctx.lab, ctx.lab.agent, ctx.lab.relay_agent, ctx.options
+    spliced = lab.splice_agent
     seconds, omit = o.iperf_seconds, o.iperf_omit
     timeout = seconds + omit + 6  # a run that lost a connection to the accept race hangs until then
-    variants = ["raw", "socat256k", "socat"] + (["direct"] if agent else []) + (["relayed"] if relay else [])
+    variants = (["raw", "socat256k", "socat"] + (["direct"] if agent else []) + (["relayed"] if relay else [])
+                + (["spliced"] if spliced else []))
+    clients = {"direct": agent, "relayed": relay, "spliced": spliced}
     data = {d: {v: [] for v in variants} for d in ("A→B", "B→A")}
-    cpu = {"direct": [], "relayed": []}  # per mesh run: CPU seconds of both nodes and the broker, wall seconds
+    cpu = {"direct": [], "relayed": [], "spliced": []}  # per mesh run: CPU seconds of both nodes and the broker, wall seconds
     socat_cpu = []  # per socat -b 262144 run: the relay's CPU seconds (its forked children) and the bytes moved
     failures = {v: [] for v in variants}
     for rep in range(o.reps):
@@ -129,8 +136,8 @@ def throughput(ctx):
                 args = ["-t", str(seconds), "-O", str(omit), "-J"] + reverse
                 value = None
                 for attempt in range(2):
-                    if variant in ("direct", "relayed"):
-                        client = agent if variant == "direct" else relay
+                    if variant in clients:
+                        client = clients[variant]
                         pids = [client.pid, lab.srv.pid, lab.broker.pid]
                         before = [cpu_seconds(pid) for pid in pids]
                         started = time.monotonic()
@@ -180,6 +187,9 @@ def throughput(ctx):
         else:
             rows.append(row("throughput", f"{direction} mesh relayed", "bit/s", available=False,
                             note=RELAY_MISSING if agent else f"not available: {ctx.shim_note}"))
+        if spliced:
+            rows.append(row("throughput", f"{direction} mesh spliced (--relay-splice) vs socat -b 262144", "bit/s",
+                            d["spliced"], d["socat256k"], "socat", note=retry_note(failures["spliced"])))
         for v in ("socat256k", "socat"):
             rows.append(row("throughput", f"{direction} {names[v]}", "bit/s", d[v], d["raw"], "raw"))
     for variant, runs in cpu.items():
@@ -189,14 +199,17 @@ def throughput(ctx):
         goal = ("≈ 0 (issue 3; read as ≤ 1 %)", "<=", 1.0) if variant == "direct" else None
         rows.append(row("throughput", f"both nodes' CPU during {variant} transfers (% of one core)", "%", nodes,
                         goal=goal))
-        if variant == "relayed":
-            rows.append(row("throughput", "broker CPU during relayed transfers (% of one core)", "%",
+        if variant != "direct":
+            rows.append(row("throughput", f"broker CPU during {variant} transfers (% of one core)", "%",
                             [100 * c["broker_cpu_s"] / c["wall_s"] for c in runs]))
-            rows += relay_cpu_rows(runs, socat_cpu)
-    paths = {name: link_paths(read(f"{lab.work}/{name}.log")) for name in ("cli", "clr")}
-    wrong = {"cli": paths["cli"].get("relay", 0), "clr": paths["clr"].get("direct", 0)}
+            rows += relay_cpu_rows(variant, runs, socat_cpu)
+    names = ("cli", "clr") + (("cls",) if spliced else ())
+    paths = {name: link_paths(read(f"{lab.work}/{name}.log")) for name in names}
+    wrong = {"cli": paths["cli"].get("relay", 0), "clr": paths["clr"].get("direct", 0),
+             "cls": paths.get("cls", {}).get("direct", 0)}
     for r in rows:  # a figure is only of its path if every link of its agent came up on that path
-        agent_name = "cli" if "direct" in r["what"] else "clr" if "relayed" in r["what"] else None
+        agent_name = ("cli" if "direct" in r["what"] else "clr" if "relayed" in r["what"]
+                      else "cls" if "spliced" in r["what"] else None)
         if agent_name and wrong[agent_name]:
             other = f"{wrong[agent_name]} link(s) of {agent_name} on the other path"
             r["note"] = f"{r['note']}; {other}" if r.get("note") else other
@@ -206,20 +219,21 @@ def throughput(ctx):
                   "agent_link_paths": paths}
 
 
-def relay_cpu_rows(runs, socat_runs):
-    """CPU per relayed GB (10^9 bytes) of each node and of the broker (issue 14), the broker's against a socat
-    -b 262144 relay's on the same host in the same run (runs of both directions, interleaved, paired in order)."""
+def relay_cpu_rows(variant, runs, socat_runs):
+    """CPU per relayed GB (10^9 bytes) of each node and of the broker (issue 14) on the `variant` path (relayed:
+    the copy loop; spliced: the broker's splice port), the broker's against a socat -b 262144 relay's on the same
+    host in the same run (runs of both directions, interleaved, paired in order)."""
     def per_gb(seconds, moved):
         return seconds / (moved / 1e9) if moved else None
 
     socat = [per_gb(c["cpu_s"], c["bytes"]) for c in socat_runs]
     goal = ("≤ 0.3 cpu-s/GB", "<=", 0.3)
     return [
-        row("throughput", "connecting node's CPU per relayed GB", "cpu-s/GB",
+        row("throughput", f"connecting node's CPU per {variant} GB", "cpu-s/GB",
             [per_gb(c["client_node_cpu_s"], c["bytes"]) for c in runs], goal=goal),
-        row("throughput", "accepting node's CPU per relayed GB", "cpu-s/GB",
+        row("throughput", f"accepting node's CPU per {variant} GB", "cpu-s/GB",
             [per_gb(c["server_node_cpu_s"], c["bytes"]) for c in runs], goal=goal),
-        row("throughput", "broker CPU per relayed GB vs a socat -b 262144 relay's", "cpu-s/GB",
+        row("throughput", f"broker CPU per {variant} GB vs a socat -b 262144 relay's", "cpu-s/GB",
             [per_gb(c["broker_cpu_s"], c["bytes"]) for c in runs], socat, "socat", goal=("≤ 1.0x socat", "<=", 1.0)),
     ]
 
@@ -261,6 +275,8 @@ def rtt(ctx):
     runs = [("direct", agent)] if agent else [("plain", None)]
     if relay:
         runs.append(("relayed", relay))
+    if lab.splice_agent:
+        runs.append(("spliced", lab.splice_agent))
     p50 = {run: {} for run, _ in runs}
     p99 = {run: {} for run, _ in runs}
     failures = []
@@ -301,6 +317,9 @@ def rtt(ctx):
     else:
         rows.append(row("rtt", "1 KiB p50, mesh relayed", "us", available=False,
                         note=RELAY_MISSING if agent else f"not available: {ctx.shim_note}"))
+    if lab.splice_agent:
+        rows.append(row("rtt", "1 KiB p50, mesh spliced (--relay-splice) vs a socat relay on the broker host (same process)",
+                        "us", p50["spliced"]["spliced"], p50["spliced"]["socat"], "socat", goal=("≤ 1.5x socat", "<=", 1.5)))
     rows.append(row("rtt", "1 KiB p50, socat relay on broker host", "us", p50[first]["socat"], base50, "raw"))
     rows.append(row("rtt", "1 KiB p99, raw (baseline)", "us", base99))
     if agent:
@@ -980,7 +999,9 @@ def function_relay(ctx):
     direct (--path direct) and the raw path (NAT 1's port forward, no nodes), interleaved, in one lab. The server's
     node is long-lived: its CPU per relayed GB is the accepting side's cost inside the function. "upgraded": a
     connection that comes up relayed (punching blocked) and is upgraded 1 s later, after which each app takes the
-    direct socket (handoff); iperf3 omits the first UPGRADE_OMIT seconds, so what it reports is after the switch."""
+    direct socket (handoff); iperf3 omits the first UPGRADE_OMIT seconds, so what it reports is after the switch.
+    "spliced": relayed with --relay-splice on both nodes, so the connection moves onto the broker's splice port at
+    once and each app takes that socket."""
     if not ctx.relay or not ctx.shim:
         return [row("fnrelay", "relayed vs direct in 128 MB functions", "bit/s", available=False,
                     note=RELAY_MISSING if ctx.shim else f"not available: {ctx.shim_note}")], {"available": False}
@@ -990,15 +1011,16 @@ def function_relay(ctx):
     lab = Lab(ctx.binary, prefix, os.path.join(ctx.work, prefix), 2, function_memory=size)
     ctx.labs.append(lab)
     log(f"lab {prefix}: up, two functions of {size} MB")
-    variants = ["raw", "direct", "relayed", "upgraded"]
+    variants = ["raw", "direct", "relayed", "upgraded"] + (["spliced"] if ctx.splice else [])
     bps = {v: [] for v in variants}
-    server_cpu = []  # per relayed run: the server node's CPU seconds and the bytes moved
+    server_cpu = {"relayed": [], "spliced": []}  # per run: the server node's CPU seconds and the bytes moved
     handoffs = []  # per upgraded run: how many of iperf3's two connections the client's app took over
     failures = {v: [] for v in variants}
     try:
         lab.up()
         iperf_server = ["iperf3", "-s", "--rcv-timeout", "5000", "-p"]
-        server = lab.spawn("fn1", lab.node_argv("srv", iperf_server + [str(MESH_IPERF)], ["--log-level", "info"]), "srv")
+        server = lab.spawn("fn1", lab.node_argv("srv", iperf_server + [str(MESH_IPERF)],
+                                                ["--log-level", "info"] + (["--relay-splice"] if ctx.splice else [])), "srv")
         lab.spawn("fn1", iperf_server + [str(RAW_IPERF)], "raw-iperf3")
         lab.port_forward(1, RAW_IPERF, "10.1.1.2")
         lab.allow_forwarded(1)
@@ -1010,9 +1032,10 @@ def function_relay(ctx):
                 if variant == "raw":
                     argv = ["iperf3", "-c", nat_public(1), "-p", str(RAW_IPERF)] + args
                 else:
-                    path = {"direct": "direct", "relayed": "relay", "upgraded": "auto"}[variant]
-                    argv = lab.node_argv(f"c{rep}{path}", ["iperf3", "-c", "srv", "-p", str(MESH_IPERF)] + args,
-                                         ["--path", path, "--log-level", "info", "--upgrade-max-interval", "1"])
+                    path = {"direct": "direct", "relayed": "relay", "upgraded": "auto", "spliced": "relay"}[variant]
+                    options = {"upgraded": ["--upgrade-max-interval", "1"], "spliced": ["--relay-splice"]}.get(variant, [])
+                    argv = lab.node_argv(f"c{rep}{variant}", ["iperf3", "-c", "srv", "-p", str(MESH_IPERF)] + args,
+                                         ["--path", path, "--log-level", "info"] + options)
                 before = cpu_seconds(server.pid)
                 if variant == "upgraded":
                     status, out, err = upgraded_run(lab, argv, seconds + UPGRADE_OMIT + 30)
@@ -1029,13 +1052,13 @@ def function_relay(ctx):
                     log(f"  fnrelay {variant}: run failed: {failures[variant][-1]}")
                     time.sleep(2)  # let the server end the broken test
                 bps[variant].append(value)
-                if variant == "relayed" and value and None not in (before, after):
-                    server_cpu.append({"cpu_s": after - before, "bytes": iperf_bytes(out)})
+                if variant in server_cpu and value and None not in (before, after):
+                    server_cpu[variant].append({"cpu_s": after - before, "bytes": iperf_bytes(out)})
                 log(f"  fnrelay rep {rep + 1} {variant}: {(value or 0) / 1e6:.0f} Mbit/s")
     finally:
         lab.down()
         ctx.labs.remove(lab)
-    per_gb = [c["cpu_s"] / (c["bytes"] / 1e9) for c in server_cpu if c["bytes"]]
+    per_gb = {v: [c["cpu_s"] / (c["bytes"] / 1e9) for c in runs if c["bytes"]] for v, runs in server_cpu.items()}
     rows = [
         row("fnrelay", f"{size} MB functions: raw TCP via port-forward (baseline)", "bit/s", bps["raw"],
             note=failed_note(failures["raw"])),
@@ -1043,13 +1066,20 @@ def function_relay(ctx):
             note=failed_note(failures["direct"])),
         row("fnrelay", f"{size} MB functions: mesh relayed vs direct", "bit/s", bps["relayed"], bps["direct"],
             "direct", goal=("≥ 0.9x direct", ">=", 0.9), note=failed_note(failures["relayed"])),
-        row("fnrelay", f"{size} MB functions: accepting node, CPU-s per relayed GB", "s", per_gb,
+        row("fnrelay", f"{size} MB functions: accepting node, CPU-s per relayed GB", "s", per_gb["relayed"],
             goal=("≤ 0.3", "<=", 0.3)),
         row("fnrelay", f"{size} MB functions: relayed, upgraded 1 s in and handed to the apps, vs direct (after "
             f"{UPGRADE_OMIT} s)", "bit/s", bps["upgraded"], bps["direct"], "direct", goal=("≥ 0.9x direct", ">=", 0.9),
             note="; ".join(filter(None, [failed_note(failures["upgraded"]),
                                          f"client's handoffs per run (of 2): {handoffs}"]))),
     ]
+    if ctx.splice:
+        rows += [
+            row("fnrelay", f"{size} MB functions: mesh spliced (--relay-splice) vs direct", "bit/s", bps["spliced"],
+                bps["direct"], "direct", goal=("≥ 0.9x direct", ">=", 0.9), note=failed_note(failures["spliced"])),
+            row("fnrelay", f"{size} MB functions: accepting node, CPU-s per spliced GB", "s", per_gb["spliced"],
+                goal=("≤ 0.3", "<=", 0.3)),
+        ]
     server_handoffs = read(f"{lab.work}/srv.log").count(HANDOFF_TAKEN)
     return rows, {"function_memory": size, "seconds": seconds, "omit": omit, "upgrade_omit": UPGRADE_OMIT,
                   "bits_per_second": bps, "server_node_cpu": server_cpu, "failures": failures,

@@ -7,8 +7,9 @@ typealias LambdaEvent = Boxermesh_V1_LambdaEvent
 
 extension LambdaEvent {
     /// The fields an event may have, for the message that names an unknown one.
-    static let fieldNames = "broker, mesh, name, namePrefix, waitFor, command, graceSeconds, relayPort"
-    static let shape = "strings broker, mesh, name or namePrefix, numbers waitFor, graceSeconds, relayPort, and command a list of strings"
+    static let fieldNames = "broker, mesh, name, namePrefix, waitFor, command, graceSeconds, relayPort, relaySplice"
+    static let shape =
+        "strings broker, mesh, name or namePrefix, numbers waitFor, graceSeconds, relayPort, a boolean relaySplice, and command a list of strings"
 
     /// Parses an event; one that is not a boxer-mesh event is refused in words that say what is wrong.
     static func parsing(_ bytes: [UInt8]) throws(LambdaFailure) -> LambdaEvent {
@@ -67,6 +68,7 @@ extension LambdaEvent {
             guard relayPort <= UInt32(UInt16.max) else { throw LambdaFailure(.invalidEvent, "relayPort \(relayPort) is not a port") }
             configuration.relayPort = UInt16(relayPort)
         }
+        configuration.relaySplice = relaySplice
         return (configuration, grace)
     }
 }

@@ -158,6 +158,8 @@ final class SpliceLoop: SocketLoopHandler {
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             var one: Int32 = 1
             _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            // A node that vanishes (a frozen or killed function sends no FIN) is noticed, and its pair reset.
+            LinkLiveness.apply(to: fd)
             if unjoined.count >= configuration.maximumUnjoined, let oldest = unjoined.min(by: { $0.value.deadline < $1.value.deadline }) {
                 badInput.drop("too many connections waiting to be joined: closed the oldest")
                 drop(oldest.key)

@@ -49,7 +49,8 @@ enum Timing {
         /// …up to this (default of --upgrade-max-interval).
         static let upgradeMaxInterval = Duration.seconds(30)
         /// With --relay-splice, a node that punches tries this many upgrade attempts by punching before it moves the
-        /// connection onto the broker's splice port (which it cannot leave again); one that does not punch splices at once.
+        /// connection onto the broker's splice port (which it cannot leave again), then splices and punches in turn;
+        /// one that does not punch splices at once.
         static let punchesBeforeSplice: UInt32 = 2
         /// How long a splice attempt may take: dial the broker, wait for the other end, prove the link.
         static let spliceAttempt = Duration.seconds(5)

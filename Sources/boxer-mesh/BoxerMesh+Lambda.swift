@@ -13,7 +13,7 @@ extension BoxerMesh {
                 The runtime the Lambda package's `bootstrap` (boxer-mesh-lambda) runs, in the full binary. \
                 Needs \(RuntimeAPI.environmentVariable) (the platform sets it). Each invocation event is JSON: \
                 {"broker": "HOST[:PORT]", "mesh": "M", "name": "N" or "namePrefix": "P", "waitFor": K, \
-                "command": ["PROGRAM", "ARG", ...], "graceSeconds": S, "relayPort": PORT}; the node joins, runs the \
+                "command": ["PROGRAM", "ARG", ...], "graceSeconds": S, "relayPort": PORT, "relaySplice": true}; the node joins, runs the \
                 command, and the response gives its exit status, last 50 lines (4 KiB) of output and the node's \
                 direct and relayed links. The secret comes from \(MeshSecret.environmentVariable), never from an \
                 event; \(BrokerAddress.environmentVariable) and BOXER_MESH are defaults for events that name none. \

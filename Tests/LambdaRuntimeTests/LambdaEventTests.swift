@@ -10,7 +10,7 @@ import WireFormat
     @Test func fullEvent() throws {
         let event = try LambdaEvent.parsing(Array("""
             {"broker": "10.0.0.1:7700", "mesh": "Lab", "namePrefix": "Worker", "waitFor": 3,
-             "command": ["redis-server", "--port", "6379"], "graceSeconds": 4.5, "relay_port": 7802}
+             "command": ["redis-server", "--port", "6379"], "graceSeconds": 4.5, "relay_port": 7802, "relaySplice": true}
             """.utf8))
         let (configuration, grace) = try event.nodeConfiguration(settings)
         #expect(configuration.broker.description == "10.0.0.1:7700")
@@ -20,6 +20,7 @@ import WireFormat
         #expect(configuration.waitFor == 3)
         #expect(configuration.command == ["redis-server", "--port", "6379"])
         #expect(configuration.relayPort == 7802)
+        #expect(configuration.relaySplice)
         #expect(grace == .milliseconds(4500))
     }
 
@@ -30,6 +31,7 @@ import WireFormat
         #expect(configuration.join.nameIsPrefix == false)
         #expect(configuration.waitFor == nil)
         #expect(configuration.relayPort == 7702)
+        #expect(!configuration.relaySplice)
         #expect(grace == .seconds(10))
     }
 

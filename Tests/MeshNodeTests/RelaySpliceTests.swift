@@ -80,7 +80,7 @@ struct RelaySpliceTests {
         try pair.settle(until: { pair.acceptor.received == [1, 2, 3] })
     }
 
-    @Test("a node that punches tries punching first: attempts 1 and 2 punch, attempt 3 splices")
+    @Test("a node that punches tries punching first: attempts 1 and 2 punch, attempt 3 splices, attempt 4 punches again")
     func punchesFirst() throws {
         let pair = PumpPair(upgrade: true, splice: (true, true))
         defer { pair.close() }
@@ -95,5 +95,8 @@ struct RelaySpliceTests {
         #expect(pair.initiator.gathers.isEmpty)
         #expect(spliceDials(pair.initiator).count == 1)
         #expect(pair.initiator.stream?.upgrade.phase == .punching(3))
+        pair.punched(pair.initiator, .failure(SocketError(ECONNREFUSED, "splice port closed")))
+        pair.initiator.pump.tick(now: .now + .seconds(3600))
+        #expect(pair.initiator.gathers.count == 1 && spliceDials(pair.initiator).isEmpty, "attempt 4 punches")
     }
 }

@@ -6870,7 +6870,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__relay_punch__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__relay_punch__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__lambda_event__field_descriptors[8] =
+static const ProtobufCFieldDescriptor boxermesh__v1__lambda_event__field_descriptors[9] =
 {
   {
     "broker",
@@ -6968,6 +6968,18 @@ static const ProtobufCFieldDescriptor boxermesh__v1__lambda_event__field_descrip
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "relay_splice",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__LambdaEvent, relay_splice),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__lambda_event__field_indices_by_name[] = {
   0,   /* field[0] = broker */
@@ -6977,12 +6989,13 @@ static const unsigned boxermesh__v1__lambda_event__field_indices_by_name[] = {
   2,   /* field[2] = name */
   3,   /* field[3] = name_prefix */
   7,   /* field[7] = relay_port */
+  8,   /* field[8] = relay_splice */
   4,   /* field[4] = wait_for */
 };
 static const ProtobufCIntRange boxermesh__v1__lambda_event__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 0, 9 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__lambda_event__descriptor =
 {
@@ -6992,7 +7005,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__lambda_event__descriptor =
   "Boxermesh__V1__LambdaEvent",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__LambdaEvent),
-  8,
+  9,
   boxermesh__v1__lambda_event__field_descriptors,
   boxermesh__v1__lambda_event__field_indices_by_name,
   1,  boxermesh__v1__lambda_event__number_ranges,

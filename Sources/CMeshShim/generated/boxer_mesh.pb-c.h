@@ -1413,10 +1413,14 @@ struct  Boxermesh__V1__LambdaEvent
    * the broker's relay port; default 7702
    */
   uint32_t relay_port;
+  /*
+   * Relayed connections move onto the broker's splice port (the node's --relay-splice; see Relay, 6.).
+   */
+  protobuf_c_boolean relay_splice;
 };
 #define BOXERMESH__V1__LAMBDA_EVENT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__lambda_event__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0,NULL, 0, 0 }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0,NULL, 0, 0, 0 }
 
 
 typedef enum {

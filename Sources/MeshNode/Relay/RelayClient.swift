@@ -15,7 +15,8 @@ public struct RelayOptions: Sendable {
     /// How long one upgrade attempt may punch.
     public var upgradePunchTimeout = Timing.Choice.upgradePunch
     /// The broker's splice port, when this node moves relayed connections there (--relay-splice): after
-    /// ``Timing/Choice/punchesBeforeSplice`` failed punches, or at once where the node does not punch.
+    /// ``Timing/Choice/punchesBeforeSplice`` failed punches (then in turn with punches), or at once where the node
+    /// does not punch.
     public var splice: Endpoint?
 
     public init(endpoint: String) {

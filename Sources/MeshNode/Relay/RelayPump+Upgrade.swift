@@ -39,7 +39,7 @@ extension RelayPump {
             guard stream.upgrade.phase == .idle, stream.outbound == .relay, stream.inbound == .relay else { continue }
             stream.upgrade.attempt += 1
             let attempt = stream.upgrade.attempt
-            if options.splice != nil, !options.upgrade || attempt > Timing.Choice.punchesBeforeSplice {
+            if splices(attempt) {
                 send(RelayFrame.with(stream.id, .punch(.with { $0.attempt = attempt; $0.stage = .offer; $0.splice = true })))
                 startSplice(stream, attempt: attempt)
             } else {
@@ -58,6 +58,15 @@ extension RelayPump {
         let hello = SpliceHello(
             connectionID: stream.id, role: stream.context.initiator ? .initiator : .acceptor, session: [UInt8](effects.session()))
         effects.punch(stream.id, attempt, UpgradePunch(route: .splice(broker, hello), proof: proof(stream), deadline: .now + Timing.Choice.spliceAttempt))
+    }
+
+    /// Whether attempt `attempt` splices: every one where the node does not punch; else, after the first
+    /// ``Timing/Choice/punchesBeforeSplice`` punches, every other one (a splice that keeps failing, say the port
+    /// blocked, still leaves punches that may succeed later).
+    private func splices(_ attempt: UInt32) -> Bool {
+        guard options.splice != nil else { return false }
+        guard options.upgrade else { return true }
+        return attempt > Timing.Choice.punchesBeforeSplice && (attempt - Timing.Choice.punchesBeforeSplice) % 2 == 1
     }
 
     private func proof(_ stream: RelayStream) -> DirectPath.Proof {

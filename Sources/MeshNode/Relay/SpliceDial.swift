@@ -1,5 +1,6 @@
 import Glibc
 import WireFormat
+import ZeroMQ
 
 /// A node's end of a spliced connection (the schema's Relay, 6.): a TCP connection to the broker's splice port
 /// that says which end of which relayed connection it is. Blocking: run on the ``BlockingPool``.
@@ -12,6 +13,7 @@ enum SpliceDial {
         let socket = try DialSocket(server: broker, transport: .tcp, localPort: nil, reuse: false)
         do {
             try socket.connect(deadline: deadline, timeout: ContinuousClock.now.duration(to: deadline))
+            LinkLiveness.apply(to: socket.fd)
             try FixedMessage.send(hello.bytes, on: socket.fd, "splice hello")
             try Puncher.verify(socket.fd, proof, until: deadline)
         } catch {

@@ -2210,6 +2210,9 @@ public nonisolated struct Boxermesh_V1_LambdaEvent: Sendable {
   /// the broker's relay port; default 7702
   public var relayPort: UInt32 = 0
 
+  /// Relayed connections move onto the broker's splice port (the node's --relay-splice; see Relay, 6.).
+  public var relaySplice: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -5475,7 +5478,7 @@ nonisolated extension Boxermesh_V1_RelayPunch.Stage: SwiftProtobuf._ProtoNamePro
 
 nonisolated extension Boxermesh_V1_LambdaEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".LambdaEvent"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}broker\0\u{1}mesh\0\u{1}name\0\u{3}name_prefix\0\u{3}wait_for\0\u{1}command\0\u{3}grace_seconds\0\u{3}relay_port\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}broker\0\u{1}mesh\0\u{1}name\0\u{3}name_prefix\0\u{3}wait_for\0\u{1}command\0\u{3}grace_seconds\0\u{3}relay_port\0\u{3}relay_splice\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -5491,6 +5494,7 @@ nonisolated extension Boxermesh_V1_LambdaEvent: SwiftProtobuf.Message, SwiftProt
       case 6: try { try decoder.decodeRepeatedStringField(value: &self.command) }()
       case 7: try { try decoder.decodeSingularDoubleField(value: &self.graceSeconds) }()
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.relayPort) }()
+      case 9: try { try decoder.decodeSingularBoolField(value: &self.relaySplice) }()
       default: break
       }
     }
@@ -5521,6 +5525,9 @@ nonisolated extension Boxermesh_V1_LambdaEvent: SwiftProtobuf.Message, SwiftProt
     if self.relayPort != 0 {
       try visitor.visitSingularUInt32Field(value: self.relayPort, fieldNumber: 8)
     }
+    if self.relaySplice != false {
+      try visitor.visitSingularBoolField(value: self.relaySplice, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -5533,6 +5540,7 @@ nonisolated extension Boxermesh_V1_LambdaEvent: SwiftProtobuf.Message, SwiftProt
     if lhs.command != rhs.command {return false}
     if lhs.graceSeconds != rhs.graceSeconds {return false}
     if lhs.relayPort != rhs.relayPort {return false}
+    if lhs.relaySplice != rhs.relaySplice {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
