@@ -135,15 +135,17 @@ struct SplicerTests {
                 #expect(closedByBroker(fd))
                 close(fd)
             }
-            let first = try dial(port, hello(.initiator))
-            defer { close(first) }
-            let second = try dial(port, hello(.initiator))
-            #expect(closedByBroker(second))
-            close(second)
-            // The first one still waits, and is joined when its acceptor comes.
+            // Two initiator ends: whichever hello the broker reads second is closed, the other waits.
+            let twins = [try dial(port, hello(.initiator)), try dial(port, hello(.initiator))]
+            defer { twins.forEach { close($0) } }
+            var entries = twins.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            #expect(poll(&entries, 2, 3000) == 1, "exactly one of two ends of the same role is closed")
+            let (closed, waiting) = entries[0].revents != 0 ? (twins[0], twins[1]) : (twins[1], twins[0])
+            #expect(closedByBroker(closed))
+            // The one that waits is joined when its acceptor comes.
             let acceptor = try dial(port, hello(.acceptor))
             defer { close(acceptor) }
-            try sendAll(first, [42])
+            try sendAll(waiting, [42])
             #expect(try read(acceptor, upTo: 1) == [42])
         }
     }
