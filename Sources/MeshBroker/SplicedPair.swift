@@ -132,9 +132,13 @@ final class SplicedPair {
         closePipes()
     }
 
+    /// Both FINs passed on: a plain close, so the kernel still delivers what the sockets hold (a reset would drop it).
     private func closeAll() {
-        close(fds.0)
-        close(fds.1)
+        for fd in [fds.0, fds.1] {
+            var linger = Glibc.linger(l_onoff: 0, l_linger: 0)
+            _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+            close(fd)
+        }
         closePipes()
     }
 
@@ -142,11 +146,16 @@ final class SplicedPair {
         for fd in [forward.pipe.read, forward.pipe.write, backward.pipe.read, backward.pipe.write] { close(fd) }
     }
 
-    /// Closes `fd` with a reset rather than a FIN (SO_LINGER 0).
+    /// Closes `fd` with a reset rather than a FIN.
     static func reset(_ fd: Int32) {
+        lingerNot(fd)
+        close(fd)
+    }
+
+    /// SO_LINGER 0: closing `fd` (also by the process ending) sends a reset, not a FIN.
+    static func lingerNot(_ fd: Int32) {
         var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
         _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
-        close(fd)
     }
 }
 

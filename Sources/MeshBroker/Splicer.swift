@@ -160,6 +160,9 @@ final class SpliceLoop: SocketLoopHandler {
             _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
             // A node that vanishes (a frozen or killed function sends no FIN) is noticed, and its pair reset.
             LinkLiveness.apply(to: fd)
+            // Closed any other way than by a FIN passed on (shutdown), a spliced connection resets: if the broker
+            // dies, each app sees ECONNRESET, never an EOF its peer did not send.
+            SplicedPair.lingerNot(fd)
             if unjoined.count >= configuration.maximumUnjoined, let oldest = unjoined.min(by: { $0.value.deadline < $1.value.deadline }) {
                 badInput.drop("too many connections waiting to be joined: closed the oldest")
                 drop(oldest.key)

@@ -119,6 +119,27 @@ struct BrokerRestartLabTests {
         }
     }
 
+    @Test("kill -9 during a spliced stream (--relay-splice): the app gets ECONNRESET at once, never an EOF its peer did not send")
+    func splicedStream() async throws {
+        try await MeshLabFixture.with(prefix: "brs", nat: .hard) { mesh in
+            let splice = ["--path", "relay", "--relay-splice"]
+            let server = try mesh.node(1, name: "srv", options: ["--no-shim", "--log-level", "info"] + splice, [Self.app, "serve", "5000"])
+            defer { server.kill() }
+            #expect(server.waitForOutput(containing: "listening on 5000", timeout: .seconds(15)), "\(server.standardError)")
+            let stream = try client(mesh, 2, name: "c-stream", options: splice, ["stream", "60"])
+            defer { stream.kill() }
+            #expect(await stream.waitForLog(containing: "moved onto the broker's splice", timeout: .seconds(20)), "\(stream.standardError)")
+            try await Task.sleep(for: .seconds(1))
+            try mesh.killBroker()
+            let killed = ContinuousClock.now
+            #expect(stream.waitUntilExit(timeout: .seconds(10)) == 1, "\(stream.standardOutput)\n\(stream.standardError)")
+            let reset = ContinuousClock.now - killed
+            print("broker restart lab: spliced: the app got its error \(reset) after the kill")
+            #expect(reset < .seconds(3), "a spliced connection ends with the broker, not with the relay's 10 s wait")
+            #expect(stream.standardOutput.contains("client failed: errno 104"), "\(stream.standardOutput)")
+        }
+    }
+
     @Test("broker away for 15 s: the relayed connection ends with ECONNRESET, a connect meanwhile fails with ETIMEDOUT; all works after")
     func brokerAwayTooLong() async throws {
         try await MeshLabFixture.with(prefix: "brl", nat: .hard) { mesh in
