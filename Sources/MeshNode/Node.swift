@@ -92,7 +92,10 @@ public enum Node {
             relayOptions.upgrade = configuration.links.path != .relay
             if configuration.relaySplice {
                 let port = UInt16(truncatingIfNeeded: session.welcome.splicePort)
-                if port == 0 { logger.warning("--relay-splice: the broker has no splice port; relayed connections stay on its relay") }
+                if port == 0 {
+                    logger.warning(
+                        "--relay-splice: the broker has no splice port (--splice-port 0, or it captures payloads); relayed connections stay on its relay")
+                }
                 relayOptions.splice = port == 0 ? nil : Endpoint(brokerAddress, port: port)
             }
             let flows = try FlowMonitor(

@@ -27,7 +27,8 @@ extension BoxerMesh {
 
         @Option(help: """
             Splice port (TCP) on the --listen host, 0 for none: relayed connections of nodes started with --relay-splice \
-            move onto TCP connections to it that the broker joins in the kernel.
+            move onto TCP connections to it that the broker joins in the kernel. None with --capture-payloads (spliced \
+            bytes would bypass the capture).
             """)
         var splicePort: UInt16 = 7704
 
@@ -89,7 +90,12 @@ extension BoxerMesh {
             configuration.tapEndpoint = tapListen.map(Self.endpoint) ?? Self.replacingPort(of: control, with: 7701)
             configuration.subnet = try IPv4Subnet(subnet)
             configuration.stunPort = stunPort
-            configuration.splicePort = splicePort
+            // Spliced bytes never pass the relay's capture: a broker that captures keeps relayed connections there.
+            let splices = splicePort != 0 && !capturePayloads
+            configuration.splicePort = splices ? splicePort : 0
+            if capturePayloads && splicePort != 0 {
+                logger.notice("payload capture is on: no splice port, so relayed connections stay on the relay, where they are captured")
+            }
             configuration.heartbeatInterval = .milliseconds(heartbeatMs)
             configuration.expiry = .milliseconds(expiryMs)
             if !IPv4Subnet.sharedAddressSpace.contains(configuration.subnet) {
@@ -115,7 +121,7 @@ extension BoxerMesh {
                 Reflector(configuration: reflector, logger: logger),
                 Relay(configuration: relay, directory: directory, logger: logger),
             ]
-            if splicePort != 0 {
+            if splices {
                 var splice = SpliceConfiguration()
                 splice.host = reflector.host
                 splice.port = splicePort

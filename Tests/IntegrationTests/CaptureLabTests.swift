@@ -26,13 +26,15 @@ struct CaptureLabTests {
             #expect(mesh.broker.standardError.contains("payload capture ON"), "\(mesh.broker.standardError)")
             let ports = try listening(mesh)
             #expect(ports.contains(":7703 "), "the capture port should listen: \(ports)")
+            // A capturing broker splices nothing (spliced bytes would bypass the capture), even for nodes that ask.
+            #expect(!ports.contains(":7704 ") && mesh.broker.standardError.contains("no splice port"), "\(ports)")
             let site = mesh.work.appendingPathComponent("site")
             try FileManager.default.createDirectory(at: site, withIntermediateDirectories: true)
             let file = site.appendingPathComponent("file.bin").path
             let made = try mesh.lab.run(.broker, ["sh", "-c", "head -c 3000000 /dev/urandom > \(file) && sha256sum \(file)"])
             let expected = try #require(made.standardOutput.split(separator: " ").first.map(String.init))
             // Port 8080: tshark dissects it as HTTP by default (8000 would need `-d tcp.port==8000,http`).
-            let server = try mesh.node(1, name: "web", ["/usr/bin/python3", "-u", "-m", "http.server", "8080", "--directory", site.path])
+            let server = try mesh.node(1, name: "web", options: ["--relay-splice"], ["/usr/bin/python3", "-u", "-m", "http.server", "8080", "--directory", site.path])
             defer { server.kill(SIGTERM) }
             #expect(
                 server.waitForOutput(containing: "Serving HTTP", timeout: .seconds(15)),
@@ -45,7 +47,7 @@ struct CaptureLabTests {
             #expect(await tap.waitForLog(containing: "capturing the relayed traffic"), "\(tap.standardError)")
 
             let client = try mesh.node(
-                2, name: "fetch", options: ["--log-level", "info"],
+                2, name: "fetch", options: ["--log-level", "info", "--relay-splice"],
                 [
                     "sh", "-c",
                     MeshLabFixture.inTemporaryFile(
@@ -54,6 +56,7 @@ struct CaptureLabTests {
                 ])
             #expect(client.waitUntilExit(timeout: .seconds(120)) == 0, "\(client.standardOutput)\n\(client.standardError)")
             #expect(client.standardError.contains("no direct link in time; relaying"), "not relayed: \(client.standardError)")
+            #expect(client.standardError.contains("the broker has no splice port"), "\(client.standardError)")
             let lines = client.standardOutput.split(separator: "\n")
             #expect(lines.last?.hasPrefix(expected) == true, "got \(client.standardOutput), want \(expected)")
             // What curl saw: the server's mesh address and port, its own mesh address and port.
