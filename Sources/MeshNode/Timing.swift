@@ -50,7 +50,7 @@ enum Timing {
         static let upgradeMaxInterval = Duration.seconds(30)
         /// With --relay-splice, a node that punches tries this many upgrade attempts by punching before it moves the
         /// connection onto the broker's splice port (which it cannot leave again), then splices and punches in turn;
-        /// one that does not punch splices at once.
+        /// one that does not punch, or relays at once because a punch towards the peer just failed, splices at once.
         static let punchesBeforeSplice: UInt32 = 2
         /// How long a splice attempt may take: dial the broker, wait for the other end, prove the link.
         static let spliceAttempt = Duration.seconds(5)

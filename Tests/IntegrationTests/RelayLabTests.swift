@@ -168,6 +168,28 @@ struct RelayLabTests {
         }
     }
 
+    @Test("hard NAT, --relay-splice: a connection to a peer a punch just failed for moves onto the broker's splice port at once; both streams arrive whole")
+    func splicedAtOnce() async throws {
+        try await MeshLabFixture.with(prefix: "rls", nat: .hard) { mesh in
+            let server = try server(mesh, 1, options: ["--relay-splice"])
+            defer { server.kill() }
+            // The first connect punches, fails and relays; the second relays at once, and so splices at once.
+            let app = Self.app
+            let twice = try mesh.node(
+                2, name: "c-twice", options: ["--no-shim", "--log-level", "debug", "--relay-splice"],
+                ["sh", "-c", "\(app) client srv 5000 sink 100000 && \(app) client srv 5000 sink 20000000"])
+            defer { twice.kill() }
+            #expect(twice.waitUntilExit(timeout: .seconds(60)) == 0, "\(twice.standardOutput)\n\(twice.standardError)")
+            let intact = twice.standardOutput.components(separatedBy: "ok sink: the server read the same bytes").count - 1
+            #expect(intact == 2, "\(twice.standardOutput)")
+            let log = twice.standardError.split(separator: "\n")
+            #expect(log.contains { $0.contains("no direct link in time; relaying") }, "\(twice.standardError)")
+            #expect(log.contains { $0.contains("relaying at once: punching towards this peer failed") }, "\(twice.standardError)")
+            #expect(log.contains { $0.contains("moved onto the broker's splice") && $0.contains("attempt=1") }, "\(twice.standardError)")
+            #expect(!log.contains { $0.contains("moved to a direct link") }, "\(twice.standardError)")
+        }
+    }
+
     @Test("200 MB over a relayed connection arrive with the same sha256; a 1 KB/s reader slows its writer and the broker's memory stays bounded")
     func bigTransferAndSlowReader() async throws {
         try await MeshLabFixture.with(prefix: "rlb", nat: .hard) { mesh in

@@ -82,8 +82,11 @@ final class PumpPair {
     func other(_ side: Side) -> Side { side === initiator ? acceptor : initiator }
 
     /// Opens the relayed connection on both sides as the broker would, and gives each app its end.
-    func open() throws {
+    /// `punchFailedRecently`: the initiator relayed at once because a punch towards the peer had just failed.
+    func open(punchFailedRecently: Bool = false) throws {
         let started = ContinuousClock.now
+        var context = RelayStreamContext(token: token, initiator: true, peer: IPv4Address(100, 64, 0, 2), port: 5000, started: started)
+        context.punchFailedRecently = punchFailedRecently
         let peer = IPv4Address(100, 64, 0, 2)
         let delivered = Delivered()
         acceptor.expectations.expect(
@@ -91,10 +94,7 @@ final class PumpPair {
             .init(context: RelayStreamContext(token: token, initiator: false, peer: peer, port: 5000, started: started)) {
                 delivered.append($0)
             })
-        initiator.pump.handle(
-            .open(Self.id, RelayStreamContext(token: token, initiator: true, peer: peer, port: 5000, started: started)) {
-                delivered.append($0)
-            })
+        initiator.pump.handle(.open(Self.id, context) { delivered.append($0) })
         initiator.outbox.removeAll()  // the open request went to the broker, which answers both sides:
         let open = RelayFrame.with(Self.id, .open(.with { $0.window = UInt32(Self.window) })).frame()
         initiator.pump.received(open)

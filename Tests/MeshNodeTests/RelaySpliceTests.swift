@@ -80,11 +80,24 @@ struct RelaySpliceTests {
         try pair.settle(until: { pair.acceptor.received == [1, 2, 3] })
     }
 
+    @Test("towards a peer a punch just failed for, a node that punches splices first, at once")
+    func punchJustFailed() throws {
+        let pair = PumpPair(upgrade: true, splice: (true, true))
+        defer { pair.close() }
+        try pair.open(punchFailedRecently: true)
+        pair.initiator.pump.tick(now: .now)  // due at once, not after the punch's 1 s
+        #expect(pair.initiator.gathers.isEmpty)
+        #expect(spliceDials(pair.initiator).count == 1)
+        #expect(pair.initiator.stream?.upgrade.phase == .punching(1))
+    }
+
     @Test("a node that punches tries punching first: attempts 1 and 2 punch, attempt 3 splices, attempt 4 punches again")
     func punchesFirst() throws {
         let pair = PumpPair(upgrade: true, splice: (true, true))
         defer { pair.close() }
         try pair.open()
+        pair.initiator.pump.tick(now: .now)
+        #expect(pair.initiator.gathers.isEmpty && spliceDials(pair.initiator).isEmpty, "a first punch waits its 1 s")
         for attempt in 1...2 {
             pair.initiator.pump.tick(now: .now + .seconds(3600))
             #expect(pair.initiator.gathers.count == 1 && spliceDials(pair.initiator).isEmpty, "attempt \(attempt)")

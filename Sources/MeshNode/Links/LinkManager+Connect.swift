@@ -12,10 +12,12 @@ extension LinkManager {
         if address == me.ipv4 { return try await loopback(port: port) }
         if let link = try await connectBySpare(to: address, port: port, started: started) { return link }
         var punching = punches
+        var punchFailedRecently = false
         if punching, policy.path == .auto, relay != nil, let failed = recentPunchFailure(towards: address) {
             logger.info("relaying at once: punching towards this peer failed \(ContinuousClock.now - failed) ago",
                 metadata: ["peer": "\(address)", "port": "\(port)"])
             punching = false
+            punchFailedRecently = true
         }
         // Forcing the relay, we skip the reflector and say so with port 0: the peer then does not punch either.
         var ours: DirectPath.PunchPort? = nil
@@ -59,7 +61,8 @@ extension LinkManager {
             logger.info("no direct link in time; relaying", metadata: ["peer": "\(peer.name)", "why": "\(punchFailure.description)"])
             punchFailed(towards: address)
         }
-        let context = RelayStreamContext(token: token, initiator: true, peer: address, port: port, started: started)
+        var context = RelayStreamContext(token: token, initiator: true, peer: address, port: port, started: started)
+        context.punchFailedRecently = punchFailedRecently
         do {
             let fd = try await relay.open(offer.connectionID, context: context)
             return established(

@@ -39,7 +39,7 @@ extension RelayPump {
             guard stream.upgrade.phase == .idle, stream.outbound == .relay, stream.inbound == .relay else { continue }
             stream.upgrade.attempt += 1
             let attempt = stream.upgrade.attempt
-            if splices(attempt) {
+            if splices(stream, attempt: attempt) {
                 send(RelayFrame.with(stream.id, .punch(.with { $0.attempt = attempt; $0.stage = .offer; $0.splice = true })))
                 startSplice(stream, attempt: attempt)
             } else {
@@ -61,12 +61,13 @@ extension RelayPump {
     }
 
     /// Whether attempt `attempt` splices: every one where the node does not punch; else, after the first
-    /// ``Timing/Choice/punchesBeforeSplice`` punches, every other one (a splice that keeps failing, say the port
-    /// blocked, still leaves punches that may succeed later).
-    private func splices(_ attempt: UInt32) -> Bool {
+    /// ``Timing/Choice/punchesBeforeSplice`` punches (none when a punch towards the peer had just failed), every
+    /// other one (a splice that keeps failing, say the port blocked, still leaves punches that may succeed later).
+    func splices(_ stream: RelayStream, attempt: UInt32) -> Bool {
         guard options.splice != nil else { return false }
         guard options.upgrade else { return true }
-        return attempt > Timing.Choice.punchesBeforeSplice && (attempt - Timing.Choice.punchesBeforeSplice) % 2 == 1
+        let punchesFirst = stream.context.punchFailedRecently ? 0 : Timing.Choice.punchesBeforeSplice
+        return attempt > punchesFirst && (attempt - punchesFirst) % 2 == 1
     }
 
     private func proof(_ stream: RelayStream) -> DirectPath.Proof {

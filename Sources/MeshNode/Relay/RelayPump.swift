@@ -232,8 +232,10 @@ final class RelayPump {
         let stream = RelayStream(id: id, fd: pair.node, window: window, context: waiter.context)
         streams[id] = stream
         owners[pair.node] = id
-        // A node that only splices moves the connection there at once; one that punches gives the punch a moment.
-        if upgrades && stream.context.initiator { scheduleUpgrade(stream, after: options.upgrade ? Timing.Choice.upgradeFirst : .zero) }
+        // A first attempt that splices goes at once; a punch gets the NATs a moment.
+        if upgrades && stream.context.initiator {
+            scheduleUpgrade(stream, after: splices(stream, attempt: 1) ? .zero : Timing.Choice.upgradeFirst)
+        }
         waiter.deliver(.success(pair.app))
     }
 

@@ -13,6 +13,8 @@ struct RelayStreamContext: Sendable {
     let started: ContinuousClock.Instant
     /// Where the connection went when it left the relay: a punched link, or the broker's splice port.
     var path = Boxermesh_V1_Path.direct
+    /// It relayed at once because a punch towards the peer had just failed: with --relay-splice it splices first.
+    var punchFailedRecently = false
 }
 
 /// One relayed connection inside the pump: the node's end of the app's loopback socket, the credit windows of
