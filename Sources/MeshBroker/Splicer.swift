@@ -80,6 +80,8 @@ final class SpliceLoop: SocketLoopHandler {
     /// Each joined socket's pair.
     var pairs: [Int32: SplicedPair] = [:]
     let badInput: BadInputLog
+    /// accept() failed for want of descriptors or memory: the listener rests until then (it would stay readable).
+    var acceptPausedUntil: ContinuousClock.Instant?
 
     /// No ZeroMQ sockets: the loop polls plain descriptors only.
     var sockets: [ZMQSocket] { [] }
@@ -98,7 +100,7 @@ final class SpliceLoop: SocketLoopHandler {
     }
 
     var descriptors: [PolledDescriptor] {
-        var list = [PolledDescriptor(fd: listener, events: Int16(POLLIN))]
+        var list = acceptPausedUntil == nil ? [PolledDescriptor(fd: listener, events: Int16(POLLIN))] : []
         for fd in unjoined.keys where unjoined[fd]?.proven == nil { list.append(PolledDescriptor(fd: fd, events: Int16(POLLIN))) }
         // A proven end waiting for its partner is polled too: its node may give up (EOF, reset) meanwhile.
         for fd in waiting.values { list.append(PolledDescriptor(fd: fd, events: 0)) }
@@ -111,11 +113,12 @@ final class SpliceLoop: SocketLoopHandler {
         return list
     }
 
-    var nextTick: ContinuousClock.Instant? { unjoined.values.map(\.deadline).min() }
+    var nextTick: ContinuousClock.Instant? { (unjoined.values.map(\.deadline) + [acceptPausedUntil].compactMap { $0 }).min() }
 
     func handle(_ command: Never) {}
 
     func tick(now: ContinuousClock.Instant) {
+        if let paused = acceptPausedUntil, paused <= now { acceptPausedUntil = nil }
         for (fd, end) in unjoined where end.deadline <= now {
             if let hello = end.proven {
                 logger.info("closed connection \(hello.connectionID)'s \(hello.role) end at the splice port: its other end never came")
@@ -134,7 +137,8 @@ final class SpliceLoop: SocketLoopHandler {
         }
         guard let end = unjoined[fd] else { return }
         if end.proven != nil {
-            // Waiting ends send nothing more before they are joined: anything here is their node giving up.
+            // Only errors and hang-ups are watched for on a waiting end (its link proof waits in the socket for the
+            // partner): its node gave up.
             badInput.drop("connection \(end.proven!.connectionID)'s end left before its partner came")
             return drop(fd)
         }
@@ -153,7 +157,13 @@ final class SpliceLoop: SocketLoopHandler {
     private func acceptConnections() {
         for _ in 0..<16 {
             let fd = accept(listener, nil, nil)
-            guard fd >= 0 else { return }
+            guard fd >= 0 else {
+                if errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM {
+                    badInput.drop("cannot accept a connection: \(String(cString: strerror(errno)))")
+                    acceptPausedUntil = .now + .milliseconds(100)
+                }
+                return
+            }
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             var one: Int32 = 1
