@@ -44,6 +44,9 @@ public struct Splicer: Service {
     }
 
     public func run() async throws {
+        // splice(2) cannot pass MSG_NOSIGNAL: a write towards a node that reset its connection after its FIN raises
+        // SIGPIPE, which would end the whole broker. Ignored, the write fails with EPIPE and resets that pair only.
+        signal(SIGPIPE, SIG_IGN)
         let loop = SocketLoop<Never>(name: "splicer")
         let (configuration, directory, logger, onReady) = (configuration, directory, logger, onReady)
         try await cancelWhenGracefulShutdown {

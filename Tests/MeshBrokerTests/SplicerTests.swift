@@ -121,6 +121,46 @@ struct SplicerTests {
         }
     }
 
+    @Test("an end that resets while bytes are on their way to it resets the other end, and the splice port serves on")
+    func resetWhileSending() async throws {
+        try await withSplicer { port, directory in
+            let initiator = try dial(port, hello(.initiator))
+            defer { close(initiator) }
+            let acceptor = try dial(port, hello(.acceptor))
+            // The acceptor reads nothing and goes away while the initiator keeps sending: the broker's next write
+            // towards it fails, which must end the pair, not the broker.
+            var small: Int32 = 4096
+            setsockopt(acceptor, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+            let writer = Thread {
+                let chunk = [UInt8](repeating: 7, count: 65536)
+                for _ in 0..<512 { guard (try? sendAll(initiator, chunk)) != nil else { return } }
+            }
+            writer.start()
+            try await Task.sleep(for: .milliseconds(200))
+            // First a FIN (the broker's socket to it is then in CLOSE_WAIT, where a later reset makes writes fail
+            // with EPIPE and, without MSG_NOSIGNAL, which splice(2) cannot pass, raise SIGPIPE), then the reset.
+            shutdown(acceptor, Int32(SHUT_WR))
+            try await Task.sleep(for: .milliseconds(100))
+            var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+            setsockopt(acceptor, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+            close(acceptor)
+            #expect(await eventually(timeout: .seconds(5)) {
+                var byte: UInt8 = 0
+                let got = recv(initiator, &byte, 1, Int32(MSG_DONTWAIT))
+                return got == 0 || (got < 0 && errno == ECONNRESET)
+            }, "the initiator's end was not reset")
+            // The splice port still joins new connections.
+            let id = Self.id + 7
+            let ends = RelayDirectory.Ends(mesh: "m", initiator: Member(), acceptor: Member(), port: 5000)
+            directory.connectionSignalled(id, initiator: Self.initiatorSession, acceptor: Self.acceptorSession, ends: ends)
+            directory.markRelayed(id)
+            let again = [try dial(port, hello(.initiator, id: id)), try dial(port, hello(.acceptor, id: id))]
+            defer { again.forEach { close($0) } }
+            try sendAll(again[0], [9])
+            #expect(try read(again[1], upTo: 1) == [9])
+        }
+    }
+
     @Test("hellos that prove nothing are closed: wrong session, unknown connection, bad magic, short, a second end of the same role")
     func refuses() async throws {
         try await withSplicer { port, _ in
