@@ -135,8 +135,7 @@ final class SplicedPair {
     /// Both FINs passed on: a plain close, so the kernel still delivers what the sockets hold (a reset would drop it).
     private func closeAll() {
         for fd in [fds.0, fds.1] {
-            var linger = Glibc.linger(l_onoff: 0, l_linger: 0)
-            _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+            Self.closesWithReset(fd, false)
             close(fd)
         }
         closePipes()
@@ -148,13 +147,14 @@ final class SplicedPair {
 
     /// Closes `fd` with a reset rather than a FIN.
     static func reset(_ fd: Int32) {
-        lingerNot(fd)
+        closesWithReset(fd)
         close(fd)
     }
 
-    /// SO_LINGER 0: closing `fd` (also by the process ending) sends a reset, not a FIN.
-    static func lingerNot(_ fd: Int32) {
-        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+    /// SO_LINGER 0 (`reset`) makes closing `fd`, also by the process ending, send a reset rather than a FIN;
+    /// without it, a close lets the kernel deliver what the socket still holds.
+    static func closesWithReset(_ fd: Int32, _ reset: Bool = true) {
+        var linger = Glibc.linger(l_onoff: reset ? 1 : 0, l_linger: 0)
         _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
     }
 }

@@ -175,7 +175,7 @@ final class SpliceLoop: SocketLoopHandler {
             LinkLiveness.apply(to: fd)
             // Closed any other way than by a FIN passed on (shutdown), a spliced connection resets: if the broker
             // dies, each app sees ECONNRESET, never an EOF its peer did not send.
-            SplicedPair.lingerNot(fd)
+            SplicedPair.closesWithReset(fd)
             if unjoined.count >= configuration.maximumUnjoined, let oldest = unjoined.min(by: { $0.value.deadline < $1.value.deadline }) {
                 badInput.drop("too many connections waiting to be joined: closed the oldest")
                 drop(oldest.key)
