@@ -81,10 +81,21 @@ enum Timing {
         static let startupBeforeApp = Duration.milliseconds(300)
 
         // Spare links.
-        /// A claimed spare link must be answered within max(this, 4 × broker RTT); one that is not is dead (a NAT
+        /// A claim that waits for its answer must have it within max(this, 4 × broker RTT); one that is not is dead (a NAT
         /// dropped its mapping) and the connect tries the next. Long enough for a peer node in a 128 MB function,
         /// whose CPU quota may stall it for most of a 100 ms period.
         static let spareAnswer = Duration.milliseconds(250)
+        /// A connect claims a spare without waiting for the peer's answer (no round trip) only for a port the
+        /// peer accepted a connection on within this. A port the peer's app closed since is learned too late for
+        /// such a claim: its app sees its first read or write reset, where a claim that waits sees the refusal.
+        static let listenerMemory = Duration.seconds(1)
+        /// A spare is claimed without an answer only while the kernel heard from the peer within this: spares
+        /// probe every ``spareProbeSeconds`` (TCP keepalive, all in the kernel), so a live one is never staler, and
+        /// one whose path died longer ago than this is claimed the waiting way, which finds it dead.
+        static let spareFreshness = Duration.milliseconds(1500)
+        /// Keepalive idle time of a spare on the connecting side (the link's own, ``LinkLiveness``, once an app
+        /// holds it).
+        static let spareProbeSeconds: Int32 = 1
         /// The accepting side reads a claim this long at most (it comes in one segment: all of it is there, in
         /// practice, when the first byte is).
         static let spareClaimRead = Duration.milliseconds(100)

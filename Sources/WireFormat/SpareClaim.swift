@@ -1,23 +1,32 @@
-/// What travels on a spare link (see the schema's ConnectRequest.spare) when a connect takes it: the connecting
-/// node's claim — which port of the peer the app wants — and the peer node's answer. Both are fixed-size, so each
-/// side reads exactly its message and the apps' first bytes stay in the socket. The link was proven with the
-/// broker's token when it was made; these bytes need no proof of their own.
+/// What travels on a spare link (see the schema's ConnectRequest.spare) besides the link proof: the accepting
+/// node's successor offer once the link is proven, the connecting node's claim when a connect takes the link — which
+/// port of the peer the app wants — and, only where the claim asks for one, the peer's answer. All are fixed-size,
+/// so each side reads exactly its message and the apps' first bytes stay in the socket. The link was proven with
+/// the broker's token when it was made; these bytes need no proof of their own.
 ///
-/// A claim may also ask for the spare's successor, so the pool refills without the broker: it carries the public
-/// endpoint of a fresh port of the claiming node, and an answer that agrees carries one of the peer's. Both ends
-/// then punch between the two and prove the link with the successor's token and connection id (``successorID(of:)``,
-/// ``LinkToken/successor(connectionID:)``), which both derive from the claimed spare's.
+/// A claim that asks for no answer lets the connect return as soon as the claim is sent: no round trip at connect
+/// time. The connecting node asks for one where it has not seen the port accepted lately; a claim for a port that
+/// nothing listens on then resets the link instead of being refused in words.
+///
+/// The pool refills on the link itself, without the broker: the offer carries the public endpoint the accepting
+/// node will punch the link's successor from, and a claim that wants the successor carries one of the claiming
+/// node's. Both ends then punch between the two and prove the link with the successor's token and connection id
+/// (``successorID(of:)``, ``LinkToken/successor(connectionID:)``), which both derive from the claimed spare's.
 public enum SpareClaim {
-    /// "BXC2", the port (big-endian), two bytes of zero, the successor's endpoint (or eight bytes of zero).
+    /// "BXO3", the successor's endpoint (or eight bytes of zero: the accepting node makes none).
+    public static let offerSize = 12
+    /// "BXC3", the port (big-endian), whether an answer is wanted (1 or 0), a byte of zero, the successor's
+    /// endpoint (or eight bytes of zero).
     public static let claimSize = 16
-    /// "BXA2", the answer, three bytes of zero, the successor's endpoint (or eight bytes of zero).
-    public static let answerSize = 16
+    /// "BXA3", the answer, three bytes of zero.
+    public static let answerSize = 8
     /// Connection ids the broker sets aside for each spare link it signals, from a multiple of this on: the
     /// spare's own and those of its successors, so no two connections ever share one.
     public static let lineage: UInt64 = 64
 
-    private static let claimMagic = Array("BXC2".utf8)
-    private static let answerMagic = Array("BXA2".utf8)
+    private static let offerMagic = Array("BXO3".utf8)
+    private static let claimMagic = Array("BXC3".utf8)
+    private static let answerMagic = Array("BXA3".utf8)
 
     /// The peer's answer to a claim.
     public enum Answer: UInt8, Sendable {
@@ -27,58 +36,58 @@ public enum SpareClaim {
         case refused = 1
     }
 
-    /// A claim as read: the port, and where the claiming node punches the successor from, if it asks for one.
+    /// A claim as read: the port, whether the claiming node waits for an answer, and where it punches the
+    /// successor from, if it wants one.
     public struct Claim: Equatable, Sendable {
         public var port: UInt16
+        public var answered: Bool
         public var successor: Endpoint?
 
-        public init(port: UInt16, successor: Endpoint? = nil) {
+        public init(port: UInt16, answered: Bool = true, successor: Endpoint? = nil) {
             self.port = port
+            self.answered = answered
             self.successor = successor
         }
     }
 
-    /// An answer as read: the verdict, and where the peer punches the successor from, if it makes one.
-    public struct Reply: Equatable, Sendable {
-        public var answer: Answer
-        public var successor: Endpoint?
-
-        public init(answer: Answer, successor: Endpoint? = nil) {
-            self.answer = answer
-            self.successor = successor
-        }
-    }
-
-    /// A claim or an answer that is not one (wrong magic, wrong size, bytes that must be zero): the link is not
-    /// what it should be.
+    /// Bytes that are not the message expected (wrong magic, wrong size, bytes that must be zero): the link is
+    /// not what it should be.
     public struct Malformed: Error, CustomStringConvertible {
         public let description: String
     }
 
-    public static func claim(port: UInt16, successor: Endpoint? = nil) -> [UInt8] {
-        claimMagic + [UInt8(port >> 8), UInt8(port & 0xFF), 0, 0] + encode(successor)
+    public static func offer(successor: Endpoint?) -> [UInt8] { offerMagic + encode(successor) }
+
+    /// The successor endpoint an offer carries; nil: the accepting node makes none.
+    public static func offer(from bytes: [UInt8]) throws(Malformed) -> Endpoint? {
+        guard bytes.count == offerSize, Array(bytes.prefix(4)) == offerMagic else {
+            throw Malformed(description: "not a spare-link offer: \(bytes.count) bytes starting \(bytes.prefix(4))")
+        }
+        return try decode(bytes[4...], "spare-link offer")
+    }
+
+    public static func claim(_ claim: Claim) -> [UInt8] {
+        claimMagic + [UInt8(claim.port >> 8), UInt8(claim.port & 0xFF), claim.answered ? 1 : 0, 0] + encode(claim.successor)
     }
 
     public static func claim(from bytes: [UInt8]) throws(Malformed) -> Claim {
-        guard bytes.count == claimSize, Array(bytes.prefix(4)) == claimMagic, bytes[6] == 0, bytes[7] == 0 else {
+        guard bytes.count == claimSize, Array(bytes.prefix(4)) == claimMagic, bytes[6] <= 1, bytes[7] == 0 else {
             throw Malformed(description: "not a spare-link claim: \(bytes.count) bytes starting \(bytes.prefix(4))")
         }
         let port = UInt16(bytes[4]) << 8 | UInt16(bytes[5])
         guard port != 0 else { throw Malformed(description: "a spare-link claim for port 0") }
-        return Claim(port: port, successor: try decode(bytes[8...], "spare-link claim"))
+        return Claim(port: port, answered: bytes[6] == 1, successor: try decode(bytes[8...], "spare-link claim"))
     }
 
-    public static func answer(_ answer: Answer, successor: Endpoint? = nil) -> [UInt8] {
-        answerMagic + [answer.rawValue, 0, 0, 0] + encode(successor)
-    }
+    public static func answer(_ answer: Answer) -> [UInt8] { answerMagic + [answer.rawValue, 0, 0, 0] }
 
-    public static func reply(from bytes: [UInt8]) throws(Malformed) -> Reply {
-        guard bytes.count == answerSize, Array(bytes.prefix(4)) == answerMagic, bytes[5..<8].allSatisfy({ $0 == 0 }),
+    public static func answer(from bytes: [UInt8]) throws(Malformed) -> Answer {
+        guard bytes.count == answerSize, Array(bytes.prefix(4)) == answerMagic, bytes[5...].allSatisfy({ $0 == 0 }),
             let answer = Answer(rawValue: bytes[4])
         else {
             throw Malformed(description: "not an answer to a spare-link claim: \(bytes.count) bytes starting \(bytes.prefix(4))")
         }
-        return Reply(answer: answer, successor: try decode(bytes[8...], "answer to a spare-link claim"))
+        return answer
     }
 
     /// The connection id of the successor of the spare link `id`; nil once its lineage is used up (the next spare

@@ -17,19 +17,29 @@ public enum LinkLiveness {
     /// Silence before the first probe: far below the NAT timeouts for established TCP (cloud NAT gateways ~350 s,
     /// home routers minutes), so an idle link's probes keep its NAT mappings; and short enough that three probes
     /// still end within 5 s.
-    static let idleSeconds: Int32 = 2
+    public static let idleSeconds: Int32 = 2
     /// Between unanswered probes: one lost probe is not the end.
     static let intervalSeconds: Int32 = 1
     /// Unanswered probes before giving up: 2 + 3 × 1 = 5 s of silence in all.
     static let probeCount: Int32 = 3
 
-    /// Sets keepalive on a direct mesh socket. Best effort: a socket without it still works.
-    public static func apply(to fd: Int32) {
+    /// Sets keepalive on a direct mesh socket, first probe after `idle` seconds of silence. Best effort: a socket
+    /// without it still works.
+    public static func apply(to fd: Int32, idle: Int32 = idleSeconds) {
         var on: Int32 = 1
         _ = setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, socklen_t(MemoryLayout<Int32>.size))
-        for (option, value) in [(TCP_KEEPIDLE, idleSeconds), (TCP_KEEPINTVL, intervalSeconds), (TCP_KEEPCNT, probeCount)] {
+        for (option, value) in [(TCP_KEEPIDLE, idle), (TCP_KEEPINTVL, intervalSeconds), (TCP_KEEPCNT, probeCount)] {
             var value = value
             _ = setsockopt(fd, Int32(IPPROTO_TCP), option, &value, socklen_t(MemoryLayout<Int32>.size))
         }
+    }
+
+    /// How long ago the kernel last heard from the peer on `fd` (data, or an ACK — of a keepalive probe too); nil
+    /// where it cannot say.
+    public static func silence(on fd: Int32) -> Duration? {
+        var info = tcp_info()
+        var size = socklen_t(MemoryLayout<tcp_info>.size)
+        guard getsockopt(fd, Int32(IPPROTO_TCP), TCP_INFO, &info, &size) == 0 else { return nil }
+        return .milliseconds(Int64(min(info.tcpi_last_ack_recv, info.tcpi_last_data_recv)))
     }
 }

@@ -227,18 +227,29 @@ final class DirectPath: Sendable {
         from port: UInt16, to peer: Endpoint, proving proof: Proof, until deadline: ContinuousClock.Instant,
         listening: Bool, abandoned: @escaping @Sendable () -> Bool = { false }
     ) async throws(SocketError) -> Int32 {
+        try await punch(from: port, to: peer, proving: proof, until: deadline, listening: listening, abandoned: abandoned) { _, _ in }.fd
+    }
+
+    /// As ``punch(from:to:proving:until:listening:abandoned:)``, then `exchange` on the proven socket, on the same
+    /// pool thread (a spare link's offer), with the proof's deadline; the socket is closed if it throws.
+    func punch<T: Sendable>(
+        from port: UInt16, to peer: Endpoint, proving proof: Proof, until deadline: ContinuousClock.Instant,
+        listening: Bool, abandoned: @escaping @Sendable () -> Bool = { false },
+        then exchange: @escaping @Sendable (Int32, ContinuousClock.Instant) throws -> T
+    ) async throws(SocketError) -> (fd: Int32, exchanged: T) {
         do {
             return try await pool.run { cancellation in
                 let fd = try Puncher.punch(
                     from: port, to: peer, until: deadline, listening: listening,
                     abandoned: { cancellation.isCancelled || abandoned() })
                 do {
-                    try Puncher.verify(fd, proof, until: max(deadline, ContinuousClock.now + Timing.Wire.proof))
+                    let proven = max(deadline, ContinuousClock.now + Timing.Wire.proof)
+                    try Puncher.verify(fd, proof, until: proven)
+                    return (fd, try exchange(fd, proven))
                 } catch {
                     close(fd)
                     throw error
                 }
-                return fd
             }
         } catch {
             throw SocketError.wrapping(error)

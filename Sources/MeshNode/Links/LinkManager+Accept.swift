@@ -109,10 +109,10 @@ extension LinkManager {
     /// fails). Does not block.
     func deliver(
         _ link: Link, id: UInt64, peer: Member, port: UInt16, path: Boxermesh_V1_Path, started: ContinuousClock.Instant,
-        spare: Bool = false
+        spare: SpareUse? = nil
     ) {
-        logLinkUp(peer: peer.name, port: port, path: link.connection.path, setup: ContinuousClock.now - started, spare ? ["spare": "yes"] : [:])
-        flows?.track(fd: link.fd, id: id, initiator: false, peer: peer, port: port, path: path)
+        logLinkUp(peer: peer.name, port: port, path: link.connection.path, setup: ContinuousClock.now - started, spare?.metadata ?? [:])
+        flows?.track(fd: link.fd, id: id, initiator: false, peer: peer, port: port, path: path, preamble: spare?.preamble(initiator: false))
         announce(link, port: port)
     }
 

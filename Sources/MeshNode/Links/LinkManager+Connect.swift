@@ -10,6 +10,7 @@ extension LinkManager {
     func connect(to address: IPv4Address, port: UInt16) async throws(SocketError) -> Link {
         let started = ContinuousClock.now
         if address == me.ipv4 { return try await loopback(port: port) }
+        if let link = connectAtOnce(to: address, port: port) { return link }
         if let link = try await connectBySpare(to: address, port: port, started: started) { return link }
         var punching = punches
         var punchFailedRecently = false
@@ -124,7 +125,7 @@ extension LinkManager {
     /// The connection is up: report it, follow it for the tap, and describe it to the app.
     func established(
         _ offer: Boxermesh_V1_ConnectOffer, fd: Int32, path: Boxermesh_V1_Path, localPort: UInt16, port: UInt16,
-        started: ContinuousClock.Instant, spare: Bool = false
+        started: ContinuousClock.Instant, spare: SpareUse? = nil
     ) -> Link {
         let setup = ContinuousClock.now - started
         let name = path == .relay ? "relay" : "direct"
@@ -132,11 +133,14 @@ extension LinkManager {
             var more: Logger.Metadata = [:]
             if path == .direct { more["via"] = "\(Endpoint(offer.endpoint))" }
             if offer.advertised { more["offer"] = "early" }
-            if spare { more["spare"] = "yes" }
+            more.merge(spare?.metadata ?? [:]) { $1 }
             return more
         }())
+        // The peer took this connection: a claim of a spare may skip its answer for this port a while.
+        if spare != .unanswered { acceptedLately(port, by: offer.peer.ipv4) }
         report(offer.connectionID, established: true, setup: setup, peer: offer.peer.ipv4, port: port, initiator: true, path: path)
-        flows?.track(fd: fd, id: offer.connectionID, initiator: true, peer: offer.peer, port: port, path: path)
+        flows?.track(fd: fd, id: offer.connectionID, initiator: true, peer: offer.peer, port: port, path: path,
+            preamble: spare?.preamble(initiator: true))
         var connection = Boxermesh_V1_ShimConnection()
         connection.localAddress = me.address
         connection.localPort = UInt32(localPort)

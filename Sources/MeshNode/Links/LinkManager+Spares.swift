@@ -1,63 +1,154 @@
 import FoundationEssentials
 import Glibc
+import Logging
 import WireFormat
+import ZeroMQ
 
 /// Spare links: proven direct links made ahead of the app's connects to a peer it already talks to (see
-/// ``SparePool``). The connecting side claims one with the port its app wants; the accepting side answers on the
-/// link and hands it to its app like any inbound link. One round trip on the link itself, no broker.
+/// ``SparePool``). The connecting side claims one with the port its app wants; the accepting side hands it to its
+/// app like any inbound link. As a rule the claim is not answered, and the connect returns as soon as it is sent: no
+/// broker, no punch, no round trip (``SpareClaim``).
 extension LinkManager {
+    /// How a connection came from a spare link: whether its claim waited for the peer's answer.
+    enum SpareUse: Sendable {
+        case answered, unanswered
+
+        /// For the "link up" line.
+        var metadata: Logger.Metadata { ["spare": "yes", "claim": "\(self)"] }
+
+        /// What the nodes exchanged on the link before the app's bytes: both proofs, the offer (accepting side to
+        /// connecting side), the claim (the other way), and the answer if one was asked for.
+        func preamble(initiator: Bool) -> (sent: UInt64, received: UInt64) {
+            let proof = FlowMonitor.preamble(.direct)
+            let toInitiator = UInt64(SpareClaim.offerSize + (self == .answered ? SpareClaim.answerSize : 0))
+            let fromInitiator = UInt64(SpareClaim.claimSize)
+            return initiator
+                ? (proof.sent + fromInitiator, proof.received + toInitiator) : (proof.sent + toInitiator, proof.received + fromInitiator)
+        }
+    }
+
     // MARK: Connecting side
 
-    /// Connects through a spare link to `address`, if one is ready and alive; nil sends the caller the broker's
-    /// way. A spare the peer or a NAT dropped is noticed before any app gets it — closed or reset on our side, or
-    /// no answer to the claim in time — and the next one is tried. The claim asks for the spare's successor where
-    /// our endpoint can be predicted, so the pool refills on the link itself.
-    func connectBySpare(to address: IPv4Address, port: UInt16, started: ContinuousClock.Instant) async throws(SocketError) -> Link? {
-        guard spares.enabled else { return nil }
-        defer { makeSpares(towards: address) }
-        while let spare = spares.take(towards: address) {
-            let successor = successorPort(towards: address)
-            let reply: SpareClaim.Reply
+    /// Connects through a spare link to `address` at once: where a spare is ready, the kernel heard from the peer on
+    /// it within ``Timing/Choice/spareFreshness``, and the peer took a connection on `port` within
+    /// ``Timing/Choice/listenerMemory``, the claim goes out asking for no answer and the link is the app's. Nil
+    /// otherwise: the caller goes the waiting way (``connectBySpare(to:port:started:)``, then the broker). Never
+    /// blocks: the shim's thread calls it before it hands a connect to a task.
+    func connectAtOnce(to address: IPv4Address, port: UInt16) -> Link? {
+        let started = ContinuousClock.now
+        guard spares.enabled, isAccepting(port, at: address, now: started) else { return nil }
+        while let spare = spares.take(towards: address, onlyIf: { Self.isFresh($0.fd) }) {
+            let successor: DirectPath.PunchPort?
             do {
-                reply = try await direct.blocking { [self] in try claim(spare, port: port, successor: successor?.endpoint) }
+                successor = try sendClaim(spare, port: port, answered: false)
             } catch {
-                if successor != nil { spares.abandonSuccessor(towards: address) }
                 logger.info("a spare link was dead; trying the next", metadata: ["peer": "\(spare.peer.name)", "why": "\(error.description)"])
                 RelaySockets.reset(spare.fd)
                 continue
             }
-            if let successor { makeSuccessor(of: spare, from: successor, to: reply.successor) }
-            guard reply.answer == .accepted else {
+            if let successor { makeSuccessor(of: spare, from: successor) }
+            makeSpares(towards: address)
+            return established(spare, port: port, started: started, .unanswered)
+        }
+        return nil
+    }
+
+    /// Connects through a spare link to `address`, waiting for the peer's answer to the claim; nil sends the caller
+    /// the broker's way. A spare the peer or a NAT dropped is noticed before any app gets it — closed or reset on
+    /// our side, or no answer to the claim in time — and the next one is tried.
+    func connectBySpare(to address: IPv4Address, port: UInt16, started: ContinuousClock.Instant) async throws(SocketError) -> Link? {
+        guard spares.enabled else { return nil }
+        defer { makeSpares(towards: address) }
+        while let spare = spares.take(towards: address) {
+            let (answer, successor): (SpareClaim.Answer, DirectPath.PunchPort?)
+            do {
+                (answer, successor) = try await direct.blocking { [self] in try claim(spare, port: port) }
+            } catch {
+                logger.info("a spare link was dead; trying the next", metadata: ["peer": "\(spare.peer.name)", "why": "\(error.description)"])
+                RelaySockets.reset(spare.fd)
+                continue
+            }
+            if let successor { makeSuccessor(of: spare, from: successor) }
+            guard answer == .accepted else {
+                state.withLock { _ = $0.accepting.removeValue(forKey: PeerPort(peer: address, port: port)) }
                 close(spare.fd)
                 report(spare.id, established: false, setup: ContinuousClock.now - started, peer: address, port: port, initiator: true,
                     failure: "nothing listens on port \(port)", refused: true)
                 throw SocketError(ECONNREFUSED, "\(spare.peer.name) refused port \(port): nothing listens there")
             }
-            let offer = Boxermesh_V1_ConnectOffer.with {
-                $0.connectionID = spare.id
-                $0.peer = spare.peer
-                $0.endpoint = spare.via.message
-            }
-            return established(offer, fd: spare.fd, path: .direct, localPort: spare.localPort, port: port, started: started, spare: true)
+            return established(spare, port: port, started: started, .answered)
         }
         return nil
     }
 
-    /// Claims `spare` for `port` (asking for its successor from `successor`, if given): checks it is still open on
-    /// our side, sends the claim, and waits for the answer within max(``Timing/Choice/spareAnswer``, 4 × the
-    /// broker round trip). Blocking.
-    private func claim(_ spare: SparePool.Spare, port: UInt16, successor: Endpoint?) throws(SocketError) -> SpareClaim.Reply {
+    /// A spare's claim may skip the answer while the kernel heard from the peer on it lately (its keepalive probes
+    /// were answered): a path that died longer ago is left to a claim that waits.
+    private static func isFresh(_ fd: Int32) -> Bool {
+        guard let silence = LinkLiveness.silence(on: fd) else { return false }
+        return silence <= Timing.Choice.spareFreshness
+    }
+
+    /// Whether `peer` took a connection on `port` within ``Timing/Choice/listenerMemory``.
+    private func isAccepting(_ port: UInt16, at peer: IPv4Address, now: ContinuousClock.Instant) -> Bool {
+        state.withLock { state in
+            state.accepting[PeerPort(peer: peer, port: port)].map { now - $0 < Timing.Choice.listenerMemory } ?? false
+        }
+    }
+
+    /// `peer` took a connection on `port` just now (a claim it answered, or a connect through the broker).
+    func acceptedLately(_ port: UInt16, by peer: IPv4Address) {
+        let now = ContinuousClock.now
+        state.withLock { state in
+            if state.accepting.count >= 256 { state.accepting = state.accepting.filter { now - $0.value < Timing.Choice.listenerMemory } }
+            state.accepting[PeerPort(peer: peer, port: port)] = now
+        }
+    }
+
+    /// Sends the claim of `spare` for `port` once nothing is readable on it, asking for its successor where the
+    /// peer offered one and the pool wants it; returns the successor's port, reserved. Throws when the spare is
+    /// dead (the caller resets it and tries the next). Never blocks: the socket's buffer is empty.
+    private func sendClaim(_ spare: SparePool.Spare, port: UInt16, answered: Bool) throws(SocketError) -> DirectPath.PunchPort? {
         // Nothing may be readable on a held spare: data there is the peer's FIN, a reset, or bytes it must not send.
         var entry = pollfd(fd: spare.fd, events: Int16(POLLIN), revents: 0)
         if poll(&entry, 1, 0) != 0 { throw SocketError(ECONNRESET, "the peer closed the spare link") }
-        try FixedMessage.send(SpareClaim.claim(port: port, successor: successor), on: spare.fd, "spare-link claim")
-        let wait = max(Timing.Choice.spareAnswer, (direct.brokerRTT ?? .zero) * 4)
-        let bytes = try FixedMessage.receive(SpareClaim.answerSize, from: spare.fd, until: .now + wait, "answer to the spare-link claim")
+        let successor = spare.successor == nil ? nil : successorPort(towards: spare.peer.ipv4)
         do {
-            return try SpareClaim.reply(from: bytes)
+            let claim = SpareClaim.Claim(port: port, answered: answered, successor: successor?.endpoint)
+            try FixedMessage.send(SpareClaim.claim(claim), on: spare.fd, "spare-link claim")
         } catch {
-            throw SocketError(EPROTO, error.description)
+            if successor != nil { spares.abandonSuccessor(towards: spare.peer.ipv4) }
+            throw error
         }
+        return successor
+    }
+
+    /// Claims `spare` for `port` and waits for the answer within max(``Timing/Choice/spareAnswer``, 4 × the broker
+    /// round trip); returns it with the successor's port, if the claim asked for one. Blocking.
+    private func claim(_ spare: SparePool.Spare, port: UInt16) throws(SocketError) -> (SpareClaim.Answer, DirectPath.PunchPort?) {
+        let successor = try sendClaim(spare, port: port, answered: true)
+        do throws(SocketError) {
+            let wait = max(Timing.Choice.spareAnswer, (direct.brokerRTT ?? .zero) * 4)
+            let bytes = try FixedMessage.receive(SpareClaim.answerSize, from: spare.fd, until: .now + wait, "answer to the spare-link claim")
+            do {
+                return (try SpareClaim.answer(from: bytes), successor)
+            } catch {
+                throw SocketError(EPROTO, error.description)
+            }
+        } catch {
+            if successor != nil { spares.abandonSuccessor(towards: spare.peer.ipv4) }
+            throw error
+        }
+    }
+
+    /// A claimed spare is the app's connection now: with the link's own keepalive, reported and followed.
+    private func established(_ spare: SparePool.Spare, port: UInt16, started: ContinuousClock.Instant, _ use: SpareUse) -> Link {
+        LinkLiveness.apply(to: spare.fd)
+        let offer = Boxermesh_V1_ConnectOffer.with {
+            $0.connectionID = spare.id
+            $0.peer = spare.peer
+            $0.endpoint = spare.via.message
+        }
+        return established(offer, fd: spare.fd, path: .direct, localPort: spare.localPort, port: port, started: started, spare: use)
     }
 
     /// A port to punch the successor of a spare towards `address` from, reserved in the pool: only where the
@@ -71,11 +162,11 @@ extension LinkManager {
         return port
     }
 
-    /// The claim of `spare` asked for its successor from `ours`: punch it towards `theirs` (none: the peer made
-    /// none) in the background, with the id and token both ends derive from the spare's.
-    private func makeSuccessor(of spare: SparePool.Spare, from ours: DirectPath.PunchPort, to theirs: Endpoint?) {
+    /// The claim of `spare` asked for its successor from `ours`: punch it towards the endpoint the peer offered,
+    /// in the background, with the id and token both ends derive from the spare's.
+    private func makeSuccessor(of spare: SparePool.Spare, from ours: DirectPath.PunchPort) {
         let peer = spare.peer.ipv4
-        guard let theirs, let id = SpareClaim.successorID(of: spare.id) else {
+        guard let theirs = spare.successor, let id = SpareClaim.successorID(of: spare.id) else {
             spares.abandonSuccessor(towards: peer)
             return
         }
@@ -126,20 +217,33 @@ extension LinkManager {
         }
     }
 
-    /// Punches a spare link from `ours` to the peer's `theirs`, proves it as connection `id`, and gives it to the
-    /// pool.
+    /// Punches a spare link from `ours` to the peer's `theirs`, proves it as connection `id`, reads the peer's
+    /// successor offer, and gives it to the pool. Its keepalive probes every ``Timing/Choice/spareProbeSeconds``,
+    /// so a claim can tell it is fresh.
     private func punchSpare(
         from ours: DirectPath.PunchPort, to theirs: Endpoint, id: UInt64, token: LinkToken, peer: Member, made: String
     ) async throws(SocketError) {
         let proof = DirectPath.Proof(token: token, connectionID: id, initiator: true)
-        let fd: Int32
+        let (fd, successor): (Int32, Endpoint?)
         do {
-            fd = try await direct.punch(from: ours.port, to: theirs, proving: proof, until: .now + Timing.Choice.sparePunch, listening: false)
+            (fd, successor) = try await direct.punch(
+                from: ours.port, to: theirs, proving: proof, until: .now + Timing.Choice.sparePunch, listening: false
+            ) { fd, deadline in
+                let bytes = try FixedMessage.receive(SpareClaim.offerSize, from: fd, until: deadline, "spare-link offer")
+                let offer: Endpoint?
+                do throws(SpareClaim.Malformed) {
+                    offer = try SpareClaim.offer(from: bytes)
+                } catch {
+                    throw SocketError(EPROTO, error.description)
+                }
+                LinkLiveness.apply(to: fd, idle: Timing.Choice.spareProbeSeconds)
+                return offer
+            }
         } catch {
             if ours.predicted { direct.predictionFailed() }
             throw error
         }
-        let spare = SparePool.Spare(fd: fd, id: id, peer: peer, localPort: ours.port, via: theirs, token: token)
+        let spare = SparePool.Spare(fd: fd, id: id, peer: peer, localPort: ours.port, via: theirs, token: token, successor: successor)
         logger.debug("spare link ready", metadata: ["peer": "\(peer.name)", "endpoint": "\(ours.origin)", "made": "\(made)"])
         if !spares.made(spare) { close(fd) }
     }
@@ -185,16 +289,19 @@ extension LinkManager {
     }
 
     /// Punches a spare link a peer makes from `theirs` (listening on our end too), proves it as connection `id`,
+    /// offers the endpoint we will punch its successor from (predicted, where we can predict and hold one more),
     /// and holds it until claimed. In the background.
     private func holdSpare(from ours: DirectPath.PunchPort, to theirs: Endpoint, id: UInt64, token: LinkToken, peer: Member) {
         let (direct, inbox, logger) = (direct, inbox, logger)
+        let successor = punches && !session.hasLeft && inbox.hasRoom ? (try? direct.predictedPunchPort())??.endpoint : nil
         Task {
             do throws(SocketError) {
                 let proof = DirectPath.Proof(token: token, connectionID: id, initiator: false)
-                let fd = try await direct.punch(
-                    from: ours.port, to: theirs, proving: proof, until: .now + Timing.Choice.sparePunch, listening: true)
+                let (fd, _) = try await direct.punch(
+                    from: ours.port, to: theirs, proving: proof, until: .now + Timing.Choice.sparePunch, listening: true
+                ) { fd, _ in try FixedMessage.send(SpareClaim.offer(successor: successor), on: fd, "spare-link offer") }
                 logger.debug("spare link held", metadata: ["peer": "\(peer.name)", "endpoint": "\(ours.origin)"])
-                inbox.hold(SpareInbox.Held(fd: fd, id: id, peer: peer, localPort: ours.port, via: theirs, token: token))
+                inbox.hold(SpareInbox.Held(fd: fd, id: id, peer: peer, localPort: ours.port, via: theirs, token: token, successor: successor))
             } catch {
                 if ours.predicted { direct.predictionFailed() }
                 logger.debug("no spare link", metadata: ["peer": "\(peer.name)", "why": "\(error.description)"])
@@ -211,10 +318,10 @@ extension LinkManager {
         }
     }
 
-    /// A held spare link became readable: the peer claims it for a port (answer, and hand it to the app that
-    /// listens there), or closed it. Runs on the inbox's thread, with no hop to another: the claim is one segment,
-    /// already here, and the answer fits the empty socket buffer — only a claim cut in two can hold the thread, for
-    /// ``Timing/Choice/spareClaimRead`` at most.
+    /// A held spare link became readable: the peer claims it for a port (hand it to the app that listens there,
+    /// answering first if the claim asks), or closed it. Runs on the inbox's thread, with no hop to another: the
+    /// claim is one segment, already here, and an answer fits the empty socket buffer — only a claim cut in two
+    /// can hold the thread, for ``Timing/Choice/spareClaimRead`` at most.
     private func answerClaim(_ held: SpareInbox.Held) {
         let started = ContinuousClock.now
         let claim: SpareClaim.Claim
@@ -235,26 +342,29 @@ extension LinkManager {
         }
         let port = claim.port
         let accepted = isListening(on: port)
-        // The successor it asks for, where we may hold one more and can say our endpoint at once.
-        var successor: (ours: DirectPath.PunchPort, theirs: Endpoint, id: UInt64)? = nil
-        if let theirs = claim.successor, let id = SpareClaim.successorID(of: held.id), punches, !session.hasLeft, inbox.hasRoom,
-            let ours = try? direct.predictedPunchPort()
-        {
-            successor = (ours, theirs, id)
+        if claim.answered {
+            do {
+                try FixedMessage.send(SpareClaim.answer(accepted ? .accepted : .refused), on: held.fd, "spare-link answer")
+            } catch {
+                logger.info("a claimed spare link failed before it reached the app", metadata: ["peer": "\(held.peer.name)", "why": "\(error.description)"])
+                RelaySockets.reset(held.fd)
+                return
+            }
         }
-        do {
-            try FixedMessage.send(
-                SpareClaim.answer(accepted ? .accepted : .refused, successor: successor?.ours.endpoint), on: held.fd, "spare-link answer")
-        } catch {
-            logger.info("a claimed spare link failed before it reached the app", metadata: ["peer": "\(held.peer.name)", "why": "\(error.description)"])
-            RelaySockets.reset(held.fd)
-            return
-        }
-        if let successor {
-            holdSpare(from: successor.ours, to: successor.theirs, id: successor.id, token: held.token.successor(connectionID: successor.id),
-                peer: held.peer)
+        // The successor we offered, if the claim wants it.
+        if let theirs = claim.successor, let ours = held.successor, let id = SpareClaim.successorID(of: held.id), punches, !session.hasLeft {
+            holdSpare(from: DirectPath.PunchPort(port: ours.port, endpoint: ours, predicted: true), to: theirs, id: id,
+                token: held.token.successor(connectionID: id), peer: held.peer)
         }
         guard accepted else {
+            guard claim.answered else {
+                // The peer's app has the link already: a reset is the refusal it can see.
+                logger.info("refused a connection claimed without an answer; resetting it", metadata: ["peer": "\(held.peer.name)", "port": "\(port)"])
+                RelaySockets.reset(held.fd)
+                report(held.id, established: false, setup: ContinuousClock.now - started, peer: held.peer.ipv4, port: port, initiator: false,
+                    failure: "nothing listens on port \(port): the link, claimed without an answer, was reset", refused: true)
+                return
+            }
             logger.info("refused a connection", metadata: ["peer": "\(held.peer.name)", "port": "\(port)"])
             close(held.fd)  // a FIN after the answer: the peer reads the answer first
             return
@@ -266,6 +376,6 @@ extension LinkManager {
         connection.peerPort = UInt32(held.via.port)
         connection.path = "direct"
         deliver(Link(fd: held.fd, connection: connection), id: held.id, peer: held.peer, port: port, path: .direct,
-            started: started, spare: true)
+            started: started, spare: claim.answered ? .answered : .unanswered)
     }
 }

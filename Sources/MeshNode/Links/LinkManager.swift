@@ -71,6 +71,13 @@ final class LinkManager: Sendable {
         /// Connections whose offer came early and which the broker then withdrew (ConnectWithdrawn), and when:
         /// the connect punching for one stops. Kept a while, as the push may come before the connect has its offer.
         var withdrawn: [UInt64: (error: SocketError, at: ContinuousClock.Instant)] = [:]
+        /// When each peer last took a connection on each port: a spare's claim for such a port skips its answer.
+        var accepting: [PeerPort: ContinuousClock.Instant] = [:]
+    }
+
+    struct PeerPort: Hashable {
+        let peer: IPv4Address
+        let port: UInt16
     }
 
     struct AcceptKey: Hashable {

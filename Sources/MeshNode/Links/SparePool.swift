@@ -2,8 +2,8 @@ import Synchronization
 import WireFormat
 
 /// Proven direct links to the peers this node's app connects to, made ahead of its connects (see the schema's
-/// ConnectRequest.spare): a connect to such a peer takes one and needs no broker, no reflector and no punch — only
-/// its claim's round trip on the link itself. Only the bookkeeping lives here; making, claiming and closing the
+/// ConnectRequest.spare): a connect to such a peer takes one and needs no broker, no reflector and no punch — as a
+/// rule not even a round trip (``SpareClaim``). Only the bookkeeping lives here; making, claiming and closing the
 /// links is ``LinkManager``'s (`LinkManager+Spares.swift`).
 ///
 /// Only for a peer the app connects to again and again: spares cost a punch each on both nodes, so a peer gets
@@ -25,6 +25,9 @@ final class SparePool: Sendable {
         let via: Endpoint
         /// The token it was proven with: its successor's derives from it.
         let token: LinkToken
+        /// The accepting node's public endpoint for this spare's successor, which it offered once the spare was
+        /// proven (nil: it makes none); it punches from the same port where that is claimed.
+        var successor: Endpoint? = nil
     }
 
     static let initialPerPeer = 2
@@ -64,9 +67,15 @@ final class SparePool: Sendable {
 
     /// A spare to `peer`, if one is ready; the caller now owns its descriptor. Counts as a use of the peer either
     /// way, and a peer whose pool ran dry gets more.
-    func take(towards peer: IPv4Address, now: ContinuousClock.Instant = .now) -> Spare? {
+    ///
+    /// With `usable`, only a spare it approves is taken, and a pool found empty is left for the caller's next
+    /// try without it (which counts the use).
+    func take(towards peer: IPv4Address, now: ContinuousClock.Instant = .now, onlyIf usable: ((Spare) -> Bool)? = nil) -> Spare? {
         state.withLock { state in
             guard var entry = state.peers[peer] else { return nil }
+            if let usable {
+                guard let newest = entry.spares.last, usable(newest) else { return nil }
+            }
             entry.lastUsed = now
             let spare = entry.spares.popLast()
             if spare == nil, entry.making > 0 { entry.wanted = min(perPeer, entry.wanted * 2) }

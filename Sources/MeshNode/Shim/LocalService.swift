@@ -95,6 +95,13 @@ final class LocalService: Sendable {
                     client.end()
                 }
             case .connect(let connect):
+                // A spare link whose claim needs no answer: the connection goes back from this thread, with no hop.
+                if connect.port > 0, connect.port <= UInt16.max,
+                    let link = links.connectAtOnce(to: IPv4Address(connect.address), port: UInt16(connect.port))
+                {
+                    guard client.reply(Self.response(to: request) { $0.connection = link.connection }, passing: link.fd) else { return }
+                    continue
+                }
                 client.begin()
                 Task {
                     let (response, link) = await self.connect(connect, for: request)

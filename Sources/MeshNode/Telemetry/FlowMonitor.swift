@@ -84,7 +84,12 @@ final class FlowMonitor: Sendable {
 
     /// Follows the socket `fd` (about to go to the app) of connection `id`. A direct link's socket carried the
     /// two token proofs before the app got it; those bytes are not counted.
-    func track(fd: Int32, id: UInt64, initiator: Bool, peer: Member, port: UInt16, path: Boxermesh_V1_Path) {
+    /// `preamble`: what the nodes exchange on the socket before the app's bytes, where it is not just the path's
+    /// (``preamble(_:)``): a spare link's claim and offer too.
+    func track(
+        fd: Int32, id: UInt64, initiator: Bool, peer: Member, port: UInt16, path: Boxermesh_V1_Path,
+        preamble: (sent: UInt64, received: UInt64)? = nil
+    ) {
         counts.withLock { path == .direct ? ($0.direct += 1) : ($0.relayed += 1) }
         let cookie = boxer_socket_cookie(fd)
         guard cookie != 0 else { return logger.debug("socket \(fd) has no cookie: its flow is not followed") }
@@ -93,7 +98,7 @@ final class FlowMonitor: Sendable {
         let inode = fstat(fd, &status) == 0 ? UInt64(status.st_ino) : 0
         let flow = Flow(
             id: id, initiator: initiator, peer: peer.ipv4, peerName: peer.name, port: port, path: path, started: now, cookie: cookie,
-            inode: inode, preamble: path == .direct ? Self.preamble(.direct) : (0, 0), rttCookie: path == .direct ? cookie : nil, sampledAt: now)
+            inode: inode, preamble: preamble ?? (path == .direct ? Self.preamble(.direct) : (0, 0)), rttCookie: path == .direct ? cookie : nil, sampledAt: now)
         enum Subscription { case open, opened, refused(Int32) }
         let subscription = state.withLock { state -> Subscription in
             state.flows[cookie] = flow
