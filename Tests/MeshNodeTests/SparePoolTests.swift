@@ -1,5 +1,7 @@
+import Glibc
 import Testing
 import WireFormat
+import ZeroMQ
 
 @testable import MeshNode
 
@@ -102,5 +104,52 @@ struct SparePoolTests {
         #expect(pool.made(spare(9, to: other)))
         #expect(pool.forget(other).map(\.fd) == [9])
         #expect(pool.ready(towards: other) == 0)
+    }
+
+    @Test("a take that must be usable takes only a usable newest spare, and counts nothing when there is none")
+    func usableOnly() {
+        let pool = SparePool(perPeer: 8)
+        #expect(demand(pool, peer) == 2)
+        #expect(pool.made(spare(3)))
+        #expect(pool.take(towards: peer, onlyIf: { _ in false }) == nil)
+        #expect(pool.ready(towards: peer) == 1, "an unusable spare stays for a take that waits for its answer")
+        #expect(pool.take(towards: peer, onlyIf: { $0.fd == 3 })?.fd == 3)
+        // Empty while one more is made: only the plain take doubles the want.
+        #expect(pool.take(towards: peer, onlyIf: { _ in true }) == nil)
+        #expect(pool.reserve(towards: peer) == 1, "still 2 wanted, 1 being made")
+        #expect(pool.take(towards: peer) == nil)
+        #expect(pool.reserve(towards: peer) == 2, "4 wanted now, 2 being made")
+    }
+
+    @Test("a spare's keepalive keeps it fresh in the kernel's eyes; a socket nobody probes grows stale")
+    func freshness() async throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var size = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, size) == 0 && getsockname(listener, $0, &size) == 0 }
+        }
+        try #require(bound && listen(listener, 4) == 0)
+        var pairs: [(Int32, Int32)] = []
+        for _ in 0..<2 {
+            let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, size) == 0 }
+            }
+            try #require(connected)
+            pairs.append((client, accept(listener, nil, nil)))
+        }
+        defer { for (a, b) in pairs { close(a); close(b) } }
+        let (probed, silent) = (pairs[0].0, pairs[1].0)
+        LinkLiveness.apply(to: probed, idle: Timing.Choice.spareProbeSeconds)
+        #expect(LinkLiveness.silence(on: silent).map { $0 < .milliseconds(500) } == true, "just connected")
+        try await Task.sleep(for: Timing.Choice.spareFreshness + .seconds(1))
+        let (fresh, stale) = (LinkLiveness.silence(on: probed), LinkLiveness.silence(on: silent))
+        #expect(fresh.map { $0 <= Timing.Choice.spareFreshness } == true, "probed: \(String(describing: fresh))")
+        #expect(stale.map { $0 > Timing.Choice.spareFreshness } == true, "silent: \(String(describing: stale))")
+        #expect(LinkLiveness.silence(on: -1) == nil)
     }
 }
