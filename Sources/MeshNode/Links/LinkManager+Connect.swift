@@ -10,7 +10,8 @@ extension LinkManager {
     func connect(to address: IPv4Address, port: UInt16) async throws(SocketError) -> Link {
         let started = ContinuousClock.now
         if address == me.ipv4 { return try await loopback(port: port) }
-        if let link = connectAtOnce(to: address, port: port) { return link }
+        var atOnce: Link? = nil
+        if connectAtOnce(to: address, port: port, deliver: { atOnce = $0 }), let atOnce { return atOnce }
         if let link = try await connectBySpare(to: address, port: port, started: started) { return link }
         var punching = punches
         var punchFailedRecently = false
@@ -127,9 +128,28 @@ extension LinkManager {
         _ offer: Boxermesh_V1_ConnectOffer, fd: Int32, path: Boxermesh_V1_Path, localPort: UInt16, port: UInt16,
         started: ContinuousClock.Instant, spare: SpareUse? = nil
     ) -> Link {
-        let setup = ContinuousClock.now - started
-        let name = path == .relay ? "relay" : "direct"
-        logLinkUp(peer: offer.peer.name, port: port, path: name, setup: setup, {
+        settle(offer, fd: fd, path: path, port: port, setup: ContinuousClock.now - started, spare: spare)
+        return link(offer, fd: fd, path: path, localPort: localPort, port: port)
+    }
+
+    /// The connection as the app sees it.
+    func link(_ offer: Boxermesh_V1_ConnectOffer, fd: Int32, path: Boxermesh_V1_Path, localPort: UInt16, port: UInt16) -> Link {
+        var connection = Boxermesh_V1_ShimConnection()
+        connection.localAddress = me.address
+        connection.localPort = UInt32(localPort)
+        connection.peerAddress = offer.peer.address
+        connection.peerPort = UInt32(port)
+        connection.path = path == .relay ? "relay" : "direct"
+        if path == .relay { connection.connection = offer.connectionID }
+        return Link(fd: fd, connection: connection)
+    }
+
+    /// The bookkeeping of a connection that is up (its log line, its report, its flow), while the node still
+    /// holds its socket: after the app has it, where the connect is in a hurry.
+    func settle(
+        _ offer: Boxermesh_V1_ConnectOffer, fd: Int32, path: Boxermesh_V1_Path, port: UInt16, setup: Duration, spare: SpareUse? = nil
+    ) {
+        logLinkUp(peer: offer.peer.name, port: port, path: path == .relay ? "relay" : "direct", setup: setup, {
             var more: Logger.Metadata = [:]
             if path == .direct { more["via"] = "\(Endpoint(offer.endpoint))" }
             if offer.advertised { more["offer"] = "early" }
@@ -141,14 +161,6 @@ extension LinkManager {
         report(offer.connectionID, established: true, setup: setup, peer: offer.peer.ipv4, port: port, initiator: true, path: path)
         flows?.track(fd: fd, id: offer.connectionID, initiator: true, peer: offer.peer, port: port, path: path,
             preamble: spare?.preamble(initiator: true))
-        var connection = Boxermesh_V1_ShimConnection()
-        connection.localAddress = me.address
-        connection.localPort = UInt32(localPort)
-        connection.peerAddress = offer.peer.address
-        connection.peerPort = UInt32(port)
-        connection.path = name
-        if path == .relay { connection.connection = offer.connectionID }
-        return Link(fd: fd, connection: connection)
     }
 
     /// A connection to our own mesh address is a plain loopback connection to the app.

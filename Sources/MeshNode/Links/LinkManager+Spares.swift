@@ -31,12 +31,13 @@ extension LinkManager {
 
     /// Connects through a spare link to `address` at once: where a spare is ready, the kernel heard from the peer on
     /// it within ``Timing/Choice/spareFreshness``, and the peer took a connection on `port` within
-    /// ``Timing/Choice/listenerMemory``, the claim goes out asking for no answer and the link is the app's. Nil
-    /// otherwise: the caller goes the waiting way (``connectBySpare(to:port:started:)``, then the broker). Never
-    /// blocks: the shim's thread calls it before it hands a connect to a task.
-    func connectAtOnce(to address: IPv4Address, port: UInt16) -> Link? {
+    /// ``Timing/Choice/listenerMemory``, the claim goes out asking for no answer and `deliver` gets the link at once;
+    /// the node's bookkeeping follows, and the caller closes its copy of the socket after that. False otherwise:
+    /// the caller goes the waiting way (``connectBySpare(to:port:started:)``, then the broker). Never blocks: the
+    /// shim's thread calls it before it hands a connect to a task.
+    func connectAtOnce(to address: IPv4Address, port: UInt16, deliver: (Link) -> Void) -> Bool {
         let started = ContinuousClock.now
-        guard spares.enabled, isAccepting(port, at: address, now: started) else { return nil }
+        guard spares.enabled, isAccepting(port, at: address, now: started) else { return false }
         while let spare = spares.take(towards: address, onlyIf: { Self.isFresh($0.fd) }) {
             let successor: DirectPath.PunchPort?
             do {
@@ -46,11 +47,16 @@ extension LinkManager {
                 RelaySockets.reset(spare.fd)
                 continue
             }
+            let offer = spare.offer
+            LinkLiveness.apply(to: spare.fd)  // before the app has it: its own settings follow and override
+            deliver(link(offer, fd: spare.fd, path: .direct, localPort: spare.localPort, port: port))
+            let setup = ContinuousClock.now - started
             if let successor { makeSuccessor(of: spare, from: successor) }
             makeSpares(towards: address)
-            return established(spare, port: port, started: started, .unanswered)
+            settle(offer, fd: spare.fd, path: .direct, port: port, setup: setup, spare: .unanswered)
+            return true
         }
-        return nil
+        return false
     }
 
     /// Connects through a spare link to `address`, waiting for the peer's answer to the claim; nil sends the caller
@@ -143,12 +149,7 @@ extension LinkManager {
     /// A claimed spare is the app's connection now: with the link's own keepalive, reported and followed.
     private func established(_ spare: SparePool.Spare, port: UInt16, started: ContinuousClock.Instant, _ use: SpareUse) -> Link {
         LinkLiveness.apply(to: spare.fd)
-        let offer = Boxermesh_V1_ConnectOffer.with {
-            $0.connectionID = spare.id
-            $0.peer = spare.peer
-            $0.endpoint = spare.via.message
-        }
-        return established(offer, fd: spare.fd, path: .direct, localPort: spare.localPort, port: port, started: started, spare: use)
+        return established(spare.offer, fd: spare.fd, path: .direct, localPort: spare.localPort, port: port, started: started, spare: use)
     }
 
     /// A port to punch the successor of a spare towards `address` from, reserved in the pool: only where the
@@ -339,6 +340,12 @@ extension LinkManager {
             // The peer dropped it (idle, or it left): nothing to say.
             close(held.fd)
             return
+        }
+        if !claim.answered {
+            // Acknowledged now: the link answered its proof with the offer, so the kernel would hold this ACK back
+            // (up to 40 ms) for a reply that never comes, and the peer's next small write waits for it (Nagle).
+            var on: Int32 = 1
+            _ = setsockopt(held.fd, Int32(IPPROTO_TCP), TCP_QUICKACK, &on, socklen_t(MemoryLayout<Int32>.size))
         }
         let port = claim.port
         let accepted = isListening(on: port)

@@ -28,6 +28,15 @@ final class SparePool: Sendable {
         /// The accepting node's public endpoint for this spare's successor, which it offered once the spare was
         /// proven (nil: it makes none); it punches from the same port where that is claimed.
         var successor: Endpoint? = nil
+
+        /// The connection it becomes once claimed, as the broker would have offered it.
+        var offer: Boxermesh_V1_ConnectOffer {
+            .with {
+                $0.connectionID = id
+                $0.peer = peer
+                $0.endpoint = via.message
+            }
+        }
     }
 
     static let initialPerPeer = 2

@@ -96,10 +96,15 @@ final class LocalService: Sendable {
                 }
             case .connect(let connect):
                 // A spare link whose claim needs no answer: the connection goes back from this thread, with no hop.
+                var (socket, sent): (Int32, Bool) = (-1, false)
                 if connect.port > 0, connect.port <= UInt16.max,
-                    let link = links.connectAtOnce(to: IPv4Address(connect.address), port: UInt16(connect.port))
+                    links.connectAtOnce(to: IPv4Address(connect.address), port: UInt16(connect.port), deliver: { link in
+                        socket = link.fd
+                        sent = client.send(Self.response(to: request) { $0.connection = link.connection }, passing: [link.fd])
+                    })
                 {
-                    guard client.reply(Self.response(to: request) { $0.connection = link.connection }, passing: link.fd) else { return }
+                    close(socket)  // after the node's bookkeeping: the app holds the only copy now
+                    guard sent else { return }
                     continue
                 }
                 client.begin()
