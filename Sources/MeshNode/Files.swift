@@ -19,6 +19,21 @@ final class ReadOnlyFile {
     /// The whole file, or nil when it cannot be read.
     var contents: [UInt8]? { bytes(size, at: 0) }
 
+    /// What the file holds up to `limit` bytes, read until its end: for the kernel's files (/proc, /sys), whose
+    /// size says nothing.
+    func read(upTo limit: Int) -> [UInt8]? {
+        var buffer = [UInt8](repeating: 0, count: limit)
+        var done = 0
+        while done < limit {
+            let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, limit - done, off_t(done)) }
+            if got < 0, errno == EINTR { continue }
+            guard got >= 0 else { return nil }
+            if got == 0 { break }
+            done += got
+        }
+        return Array(buffer[..<done])
+    }
+
     /// `count` bytes at `offset`, or nil when the file has fewer.
     func bytes(_ count: Int, at offset: Int) -> [UInt8]? {
         guard count >= 0 else { return nil }

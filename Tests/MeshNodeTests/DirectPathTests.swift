@@ -38,6 +38,20 @@ struct DirectPathTests {
         }
     }
 
+    @Test("a free local port comes from the namespace's ephemeral range, and no socket holds it")
+    func freePorts() throws {
+        let text = try String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)
+        let range = text.split(whereSeparator: \.isWhitespace).compactMap { UInt16($0) }
+        #expect(range.count == 2 && Puncher.ephemeralPorts == range[0]...range[1])
+        for _ in 0..<20 {
+            let port = try Puncher.freeLocalPort()
+            #expect(Puncher.ephemeralPorts.contains(port))
+            // Bindable without SO_REUSEADDR: nothing holds it, not even a socket in TIME_WAIT.
+            let probe = try DialSocket(server: Endpoint(IPv4Address.loopback, port: 9), transport: .tcp, localPort: port, reuse: false)
+            probe.close()
+        }
+    }
+
     @Test("both ends get one proven socket of the same connection, with the app's first bytes untouched")
     func proven() async throws {
         let (initiator, acceptor) = try await punchBoth(acceptorToken: token)

@@ -6,8 +6,8 @@
     shim_protocol_app.py connects IP PAUSE_MS STEP,...
                                               one connect per STEP, PAUSE_MS apart, each as connect does with the
                                               message "hello-N" (N counts from 1); a failed one prints its errno
-                                              and the rest go on. A STEP is a port, or wait:FILE (wait until FILE
-                                              exists)
+                                              and the rest go on, as does one whose answer fails (it prints the
+                                              errno). A STEP is a port, or wait:FILE (wait until FILE exists)
     shim_protocol_app.py resolve NAME         print the mesh address of NAME
 
 Uses Debian's python3-protobuf and the module protoc generates from proto/ (into a temporary folder).
@@ -46,11 +46,16 @@ def connect_once(target, port, message):
     c = response.connection
     print(f"connected {mesh(c.local_address)}:{c.local_port} -> {mesh(c.peer_address)}:{c.peer_port} path {c.path}", flush=True)
     link = socket.socket(fileno=fd)
-    peer = link.getpeername()
-    print(f"kernel peer {peer[0]}:{peer[1]}", flush=True)
-    link.sendall(message.encode() + b"\n")
-    print("answer " + link.makefile().readline().strip(), flush=True)
-    link.close()
+    try:
+        peer = link.getpeername()
+        print(f"kernel peer {peer[0]}:{peer[1]}", flush=True)
+        link.sendall(message.encode() + b"\n")
+        print("answer " + link.makefile().readline().strip(), flush=True)
+    except OSError as error:
+        print(f"answer failed: errno {error.errno} ({os.strerror(error.errno)})", flush=True)
+        return False
+    finally:
+        link.close()
     return True
 
 
