@@ -85,6 +85,8 @@ enum Timing {
         /// dropped its mapping) and the connect tries the next. Long enough for a peer node in a 128 MB function,
         /// whose CPU quota may stall it for most of a 100 ms period.
         static let spareAnswer = Duration.milliseconds(250)
+        /// The accepting node believes the kernel's word that a port listens this long (``LinkManager/isListening(on:)``).
+        static let listenerCheck = Duration.milliseconds(100)
         /// A connect claims a spare without waiting for the peer's answer (no round trip) only for a port the
         /// peer accepted a connection on within this. A port the peer's app closed since is learned too late for
         /// such a claim: its app sees its first read or write reset, where a claim that waits sees the refusal.

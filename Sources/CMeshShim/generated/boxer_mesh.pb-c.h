@@ -586,7 +586,8 @@ struct  Boxermesh__V1__ConnectRequest
   /*
    * A spare link: punched and proven now, for a connect later. The requester keeps it in its pool; when its app
    * connects to the target, the requester sends a SpareClaim (the port, WireFormat/SpareClaim.swift) on it and the
-   * target answers yes or no on the link itself, with no broker in between. Direct only: never relayed, and not on
+   * target hands the link to its app (answering yes or no on the link itself first, where the claim asks for an
+   * answer), with no broker in between. Direct only: never relayed, and not on
    * the tap until a connect takes it (the requester then sends its LinkReport with the real port).
    */
   protobuf_c_boolean spare;
@@ -799,8 +800,9 @@ struct  Boxermesh__V1__LinkReport
    */
   uint32_t port;
   /*
-   * Not established because nothing listens on the port: the peer said so on a spare link (a connect signalled
-   * through the broker is refused in the target's ConnectAnswer, which the broker sees itself).
+   * Not established because nothing listens on the port: the peer said so on a spare link, or (from the accepting
+   * side) reset a spare claimed without an answer (a connect signalled through the broker is refused in the target's
+   * ConnectAnswer, which the broker sees itself).
    */
   protobuf_c_boolean refused;
   /*

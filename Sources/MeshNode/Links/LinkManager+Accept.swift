@@ -221,6 +221,7 @@ extension LinkManager {
         let announced = state.withLock { state -> Bool in
             guard let count = state.listeners[port] else { return false }
             state.listeners[port] = count > 1 ? count - 1 : nil
+            state.listenerSeen[port] = nil
             return count > 1
         }
         guard !announced, !KernelSockets.isListening(onWildcardPort: port) else { return }
@@ -240,7 +241,16 @@ extension LinkManager {
 
     /// The app announced `port` and a socket really listens on it. Announcements outlive the process that made
     /// them (a server may daemonize and its parent exit), so the kernel's table has the last word.
+    /// A listener the kernel showed is believed for ``Timing/Choice/listenerCheck``: asking costs a walk of the
+    /// kernel's listening table, the most expensive single step of an inbound connection at a new one per request.
+    /// A listener that closed meanwhile fails the signal connection, which resets the link.
     func isListening(on port: UInt16) -> Bool {
-        state.withLock { $0.listeners[port] != nil } && KernelSockets.isListening(onWildcardPort: port)
+        let now = ContinuousClock.now
+        let (announced, seen) = state.withLock { ($0.listeners[port] != nil, $0.listenerSeen[port]) }
+        guard announced else { return false }
+        if let seen, now - seen < Timing.Choice.listenerCheck { return true }
+        guard KernelSockets.isListening(onWildcardPort: port) else { return false }
+        state.withLock { $0.listenerSeen[port] = now }
+        return true
     }
 }

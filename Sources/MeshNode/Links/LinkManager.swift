@@ -61,6 +61,8 @@ final class LinkManager: Sendable {
     struct State {
         /// Ports the app listens on, with how many listen() registrations each has.
         var listeners: [UInt16: Int] = [:]
+        /// When the kernel last showed a listener on each of them.
+        var listenerSeen: [UInt16: ContinuousClock.Instant] = [:]
         /// Inbound links waiting for the app's accept(), by (port, signal connection's source port).
         var accepted: [AcceptKey: ParkedLink] = [:]
         /// Peers a relayed connection was upgraded with: punching works between us now.

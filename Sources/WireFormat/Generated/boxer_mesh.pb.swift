@@ -827,7 +827,8 @@ public nonisolated struct Boxermesh_V1_ConnectRequest: Sendable {
 
   /// A spare link: punched and proven now, for a connect later. The requester keeps it in its pool; when its app
   /// connects to the target, the requester sends a SpareClaim (the port, WireFormat/SpareClaim.swift) on it and the
-  /// target answers yes or no on the link itself, with no broker in between. Direct only: never relayed, and not on
+  /// target hands the link to its app (answering yes or no on the link itself first, where the claim asks for an
+  /// answer), with no broker in between. Direct only: never relayed, and not on
   /// the tap until a connect takes it (the requester then sends its LinkReport with the real port).
   public var spare: Bool = false
 
@@ -1156,8 +1157,9 @@ public nonisolated struct Boxermesh_V1_LinkReport: Sendable {
   /// the accepting side's port
   public var port: UInt32 = 0
 
-  /// Not established because nothing listens on the port: the peer said so on a spare link (a connect signalled
-  /// through the broker is refused in the target's ConnectAnswer, which the broker sees itself).
+  /// Not established because nothing listens on the port: the peer said so on a spare link, or (from the accepting
+  /// side) reset a spare claimed without an answer (a connect signalled through the broker is refused in the target's
+  /// ConnectAnswer, which the broker sees itself).
   public var refused: Bool = false
 
   /// Set on a report about a relayed connection already moved to a direct link, from either side: whether that
