@@ -23,6 +23,35 @@ struct SpareLinkLabTests {
         return server
     }
 
+    /// Starts node `cli` in function 2 whose app connects to srv by `steps` (the first three to one port, then
+    /// wait:`go`), and waits until its node holds spare links to srv; returns it with their local ports.
+    static func clientWithSpares(_ mesh: MeshLabFixture, steps: String) async throws -> (LabProcess, [String]) {
+        let client = try mesh.node(
+            2, name: "cli", options: ["--no-shim", "--log-level", "info"],
+            ["sh", "-c", "\(app) connects $(\(app) resolve srv) 0 \(steps)"])
+        guard client.waitForOutput(containing: "answer echo:hello-3", timeout: .seconds(30)) else {
+            client.kill()
+            throw FixtureError("the first connects did not finish: \(client.standardError)")
+        }
+        // The spares (the third connect asked for them): the node's established links to the server's NAT (the
+        // app's connections are closed).
+        let serverNAT = NATLab.publicAddress(ofNAT: 1)
+        var spares: [String] = []
+        let made = try await eventually(timeout: .seconds(10)) {
+            let listed = try mesh.lab.run(.function(2), ["ss", "-Htn", "state", "established", "dst", serverNAT])
+            // Recv-Q Send-Q Local:Port Peer:Port: the first field with a colon is our end.
+            spares = listed.standardOutput.split(separator: "\n").compactMap { line in
+                line.split(separator: " ").first { $0.contains(":") }?.split(separator: ":").last.map(String.init)
+            }
+            return spares.count >= 2
+        }
+        guard made else {
+            client.kill()
+            throw FixtureError("the node made no spare links: \(client.standardError)")
+        }
+        return (client, spares)
+    }
+
     /// The app's connects in order: (port it asked for, what came of it), from the client's output.
     static func outcomes(_ output: String) -> [String] {
         output.split(separator: "\n").filter { $0.hasPrefix("answer ") || $0.hasPrefix("connect failed") }.map(String.init)
@@ -92,24 +121,8 @@ struct SpareLinkLabTests {
             let server = try Self.servers(mesh, ports: [5000])
             defer { server.kill() }
             let go = mesh.work.appendingPathComponent("go").path
-            let client = try mesh.node(
-                2, name: "cli", options: ["--no-shim", "--log-level", "info"],
-                ["sh", "-c", "\(Self.app) connects $(\(Self.app) resolve srv) 0 5000,5000,5000,wait:\(go),5000"])
+            let (client, spares) = try await Self.clientWithSpares(mesh, steps: "5000,5000,5000,wait:\(go),5000")
             defer { client.kill() }
-            #expect(client.waitForOutput(containing: "answer echo:hello-3", timeout: .seconds(30)), "\(client.standardError)")
-            // The spares (the third connect asked for them): the node's established links to the server's NAT (the
-            // app's connections are closed).
-            let serverNAT = NATLab.publicAddress(ofNAT: 1)
-            var spares: [String] = []
-            let made = try await eventually(timeout: .seconds(10)) {
-                let listed = try mesh.lab.run(.function(2), ["ss", "-Htn", "state", "established", "dst", serverNAT])
-                // Recv-Q Send-Q Local:Port Peer:Port: the first field with a colon is our end.
-                spares = listed.standardOutput.split(separator: "\n").compactMap { line in
-                    line.split(separator: " ").first { $0.contains(":") }?.split(separator: ":").last.map(String.init)
-                }
-                return spares.count >= 2
-            }
-            #expect(made, "the node made no spare links: \(client.standardError)")
             // The client's NAT drops every packet of those links from now on, as if it had lost their mappings.
             for port in spares {
                 for direction in ["--sport", "--dport"] {
@@ -136,24 +149,11 @@ struct SpareLinkLabTests {
         arguments: [false, true])
     func closedPortRefusedOrReset(pastListenerMemory: Bool) async throws {
         try await MeshLabFixture.with(prefix: pastListenerMemory ? "isk" : "isc") { mesh in
-            let serve = "\(Self.app) serve 5000 & \(Self.app) serve 5001 & wait"
-            let server = try mesh.node(1, name: "srv", options: ["--no-shim", "--log-level", "info"], ["sh", "-c", serve])
+            let server = try Self.servers(mesh, ports: [5000, 5001])
             defer { server.kill() }
-            for port in [5000, 5001] {
-                try #require(server.waitForOutput(containing: "listening on \(port)", timeout: .seconds(15)), "\(server.standardError)")
-            }
             let go = mesh.work.appendingPathComponent("go").path
-            let client = try mesh.node(
-                2, name: "cli", options: ["--no-shim", "--log-level", "info"],
-                ["sh", "-c", "\(Self.app) connects $(\(Self.app) resolve srv) 0 5001,5001,5001,wait:\(go),5001,5000"])
+            let (client, _) = try await Self.clientWithSpares(mesh, steps: "5001,5001,5001,wait:\(go),5001,5000")
             defer { client.kill() }
-            #expect(client.waitForOutput(containing: "answer echo:hello-3", timeout: .seconds(30)), "\(client.standardError)")
-            let serverNAT = NATLab.publicAddress(ofNAT: 1)
-            let made = try await eventually(timeout: .seconds(10)) {
-                let listed = try mesh.lab.run(.function(2), ["ss", "-Htn", "state", "established", "dst", serverNAT])
-                return listed.standardOutput.split(separator: "\n").count >= 2
-            }
-            #expect(made, "the node made no spare links: \(client.standardError)")
             // The app on 5001 goes away; 5000 stays.
             _ = try mesh.lab.run(.function(1), ["pkill", "-f", "shim_protocol_app.py serve 5001$"])
             let closed = try await eventually(timeout: .seconds(5)) {
