@@ -2,7 +2,7 @@ import Glibc
 import ZeroMQ
 
 /// The fixed-size messages two nodes exchange on a direct link before an app gets it — the link proof, a spare
-/// link's claim and its answer: sent whole, and read exactly, so the apps' first bytes stay in the socket.
+/// link's offer, claim and answer: sent whole, and read exactly, so the apps' first bytes stay in the socket.
 /// Blocking: run on the ``BlockingPool``.
 enum FixedMessage {
     /// Sends all of `bytes` (a few dozen: the socket's buffer takes them at once) or throws.
