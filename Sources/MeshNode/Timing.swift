@@ -70,6 +70,11 @@ enum Timing {
         /// The first endpoint advertised for inbound connections is learned this long after the node started, not
         /// during its start: in a small function every reflector exchange then would delay the app's start.
         static let firstAdvert = Duration.seconds(1)
+        /// An endpoint a connect used up (the warm one, or the one advertised for inbound connections) is learned
+        /// anew this long after, not at once: the reflector exchange (both ends' kernels, the broker's reflector)
+        /// would share the CPU with the connect itself. Measured at no added delay, where CPU is what a connect
+        /// waits for.
+        static let relearnDelay = Duration.milliseconds(10)
         /// A withdrawn offer is remembered this long (its connect may not have its offer yet).
         static let withdrawalMemory = Duration.seconds(30)
 

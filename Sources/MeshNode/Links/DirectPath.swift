@@ -70,7 +70,7 @@ final class DirectPath: Sendable {
     // MARK: Endpoints
 
     /// A fresh local port and its public endpoint: the warm one if it is fresh (another is learned in the
-    /// background for the next caller), else learned now. Where the NAT keeps source ports (the NATs punching
+    /// background for the next caller, ``Timing/Choice/relearnDelay`` later), else learned now. Where the NAT keeps source ports (the NATs punching
     /// works through), a warm mapping holds for any destination while the port is unused.
     func punchPort() async throws(SocketError) -> PunchPort {
         let now = ContinuousClock.now
@@ -80,7 +80,7 @@ final class DirectPath: Sendable {
             if let warm = state.warm, now - warm.learned < Timing.Choice.warmLifetime { return .warm(warm.port) }
             return state.warming && state.warmWaiters.isEmpty ? .onItsWay : .none
         }
-        defer { warmUp() }
+        defer { warmUp(after: Timing.Choice.relearnDelay) }
         switch ready {
         case .warm(let port):
             return port
@@ -148,9 +148,16 @@ final class DirectPath: Sendable {
         state.withLock { $0.portsKept = nil }
     }
 
-    /// Learns a warm endpoint in the background unless one is fresh or on its way. Called after each use, and
-    /// every half ``Timing/Choice/warmLifetime`` by ``keepWarm()``.
-    func warmUp() {
+    /// Learns a warm endpoint in the background, after `delay`, unless one is fresh or on its way by then. Called
+    /// after each use, and every half ``Timing/Choice/warmLifetime`` by ``keepWarm()``.
+    func warmUp(after delay: Duration = .zero) {
+        guard delay == .zero else {
+            Task {
+                try? await Task.sleep(for: delay)
+                warmUp()
+            }
+            return
+        }
         let start = state.withLock { state in
             let fresh = state.warm.map { ContinuousClock.now - $0.learned < Timing.Choice.warmLifetime / 2 } ?? false
             guard !fresh, !state.warming else { return false }

@@ -14,9 +14,10 @@ extension LinkManager {
         let id = incoming.connectionID
         var answer = Boxermesh_V1_ConnectAnswer()
         answer.connectionID = id
-        // The broker handed the requester our advertised endpoint: we punch from its port, and advertise another.
+        // The broker handed the requester our advertised endpoint: we punch from its port, and advertise another
+        // once this connection is on its way.
         let advertised = incoming.hasAdvertised ? Endpoint(incoming.advertised) : nil
-        if advertised != nil { advertise() }
+        if advertised != nil { advertise(after: Timing.Choice.relearnDelay) }
         let peerPunches = incoming.endpoint.port != 0
         guard isListening(on: port) else {
             answer.reason = "nothing listens on port \(port)"

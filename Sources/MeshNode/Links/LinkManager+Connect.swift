@@ -6,13 +6,19 @@ import WireFormat
 /// Outbound: the app's connect() to a mesh address, from the shim's request to the app's socket.
 extension LinkManager {
     /// Connects to `port` on the node at `address`: signal through the broker, punch and prove (direct), or
-    /// relay when no direct link is up within the punch deadline; returns the app's socket.
-    func connect(to address: IPv4Address, port: UInt16) async throws(SocketError) -> Link {
+    /// relay when no direct link is up within the punch deadline. `deliver` gets the app's link as soon as it is
+    /// up, before the node's bookkeeping (its log line, report and flow), which a connect should not wait for;
+    /// then the same link is returned, and the caller owns its socket. The node's copy kept the connection open
+    /// through the bookkeeping: an app that closes at once is still followed.
+    func connect(to address: IPv4Address, port: UInt16, deliver: (Link) -> Void = { _ in }) async throws(SocketError) -> Link {
         let started = ContinuousClock.now
-        if address == me.ipv4 { return try await loopback(port: port) }
-        var atOnce: Link? = nil
-        if connectAtOnce(to: address, port: port, deliver: { atOnce = $0 }), let atOnce { return atOnce }
-        if let link = try await connectBySpare(to: address, port: port, started: started) { return link }
+        if address == me.ipv4 {
+            let link = try await loopback(port: port)
+            deliver(link)
+            return link
+        }
+        if let link = connectAtOnce(to: address, port: port, deliver: deliver) { return link }
+        if let link = try await connectBySpare(to: address, port: port, started: started, deliver: deliver) { return link }
         var punching = punches
         var punchFailedRecently = false
         if punching, policy.path == .auto, relay != nil, let failed = recentPunchFailure(towards: address) {
@@ -42,7 +48,7 @@ extension LinkManager {
                     from: ours.port, to: Endpoint(offer.endpoint), proving: proof,
                     until: .now + punchDeadline(towards: address), listening: false,
                     abandoned: { [self] in withdrawal(of: id) != nil })
-                return established(offer, fd: fd, path: .direct, localPort: ours.port, port: port, started: started)
+                return established(offer, fd: fd, path: .direct, localPort: ours.port, port: port, started: started, deliver: deliver)
             } catch {
                 punchFailure = error
             }
@@ -69,7 +75,7 @@ extension LinkManager {
             let fd = try await relay.open(offer.connectionID, context: context)
             return established(
                 offer, fd: fd, path: .relay, localPort: RelayFrame.initiatorPort(connectionID: offer.connectionID), port: port,
-                started: started)
+                started: started, deliver: deliver)
         } catch {
             report(offer.connectionID, established: false, setup: ContinuousClock.now - started, peer: address, port: port,
                 initiator: true, failure: error.description)
@@ -123,13 +129,16 @@ extension LinkManager {
         }
     }
 
-    /// The connection is up: report it, follow it for the tap, and describe it to the app.
+    /// The connection is up: `deliver` it to the app, then report it and follow it for the tap.
     func established(
         _ offer: Boxermesh_V1_ConnectOffer, fd: Int32, path: Boxermesh_V1_Path, localPort: UInt16, port: UInt16,
-        started: ContinuousClock.Instant, spare: SpareUse? = nil
+        started: ContinuousClock.Instant, spare: SpareUse? = nil, deliver: (Link) -> Void
     ) -> Link {
-        settle(offer, fd: fd, path: path, port: port, setup: ContinuousClock.now - started, spare: spare)
-        return link(offer, fd: fd, path: path, localPort: localPort, port: port)
+        let link = link(offer, fd: fd, path: path, localPort: localPort, port: port)
+        let setup = ContinuousClock.now - started
+        deliver(link)
+        settle(offer, fd: fd, path: path, port: port, setup: setup, spare: spare)
+        return link
     }
 
     /// The connection as the app sees it.

@@ -32,12 +32,13 @@ extension LinkManager {
     /// Connects through a spare link to `address` at once: where a spare is ready, the kernel heard from the peer on
     /// it within ``Timing/Choice/spareFreshness``, and the peer took a connection on `port` within
     /// ``Timing/Choice/listenerMemory``, the claim goes out asking for no answer and `deliver` gets the link at once;
-    /// the node's bookkeeping follows, and the caller closes its copy of the socket after that. False otherwise:
-    /// the caller goes the waiting way (``connectBySpare(to:port:started:)``, then the broker). Never blocks: the
-    /// shim's thread calls it before it hands a connect to a task.
-    func connectAtOnce(to address: IPv4Address, port: UInt16, deliver: (Link) -> Void) -> Bool {
+    /// the node's bookkeeping follows, and the link is returned: the caller owns its socket after that. Nil
+    /// otherwise: the caller goes the waiting way (``connectBySpare(to:port:started:deliver:)``, then the broker).
+    /// Never blocks: the shim's thread calls it before it hands a connect to a task.
+    @discardableResult
+    func connectAtOnce(to address: IPv4Address, port: UInt16, deliver: (Link) -> Void) -> Link? {
         let started = ContinuousClock.now
-        guard spares.enabled, isAccepting(port, at: address, now: started) else { return false }
+        guard spares.enabled, isAccepting(port, at: address, now: started) else { return nil }
         while let spare = spares.take(towards: address, onlyIf: { Self.isFresh($0.fd) }) {
             let successor: DirectPath.PunchPort?
             do {
@@ -49,20 +50,23 @@ extension LinkManager {
             }
             let offer = spare.offer
             LinkLiveness.apply(to: spare.fd)  // before the app has it: its own settings follow and override
-            deliver(link(offer, fd: spare.fd, path: .direct, localPort: spare.localPort, port: port))
+            let link = link(offer, fd: spare.fd, path: .direct, localPort: spare.localPort, port: port)
+            deliver(link)
             let setup = ContinuousClock.now - started
             if let successor { makeSuccessor(of: spare, from: successor) }
             makeSpares(towards: address)
             settle(offer, fd: spare.fd, path: .direct, port: port, setup: setup, spare: .unanswered)
-            return true
+            return link
         }
-        return false
+        return nil
     }
 
     /// Connects through a spare link to `address`, waiting for the peer's answer to the claim; nil sends the caller
     /// the broker's way. A spare the peer or a NAT dropped is noticed before any app gets it — closed or reset on
     /// our side, or no answer to the claim in time — and the next one is tried.
-    func connectBySpare(to address: IPv4Address, port: UInt16, started: ContinuousClock.Instant) async throws(SocketError) -> Link? {
+    func connectBySpare(
+        to address: IPv4Address, port: UInt16, started: ContinuousClock.Instant, deliver: (Link) -> Void
+    ) async throws(SocketError) -> Link? {
         guard spares.enabled else { return nil }
         defer { makeSpares(towards: address) }
         while let spare = spares.take(towards: address) {
@@ -82,7 +86,7 @@ extension LinkManager {
                     failure: "nothing listens on port \(port)", refused: true)
                 throw SocketError(ECONNREFUSED, "\(spare.peer.name) refused port \(port): nothing listens there")
             }
-            return established(spare, port: port, started: started, .answered)
+            return established(spare, port: port, started: started, .answered, deliver: deliver)
         }
         return nil
     }
@@ -147,9 +151,12 @@ extension LinkManager {
     }
 
     /// A claimed spare is the app's connection now: with the link's own keepalive, reported and followed.
-    private func established(_ spare: SparePool.Spare, port: UInt16, started: ContinuousClock.Instant, _ use: SpareUse) -> Link {
+    private func established(
+        _ spare: SparePool.Spare, port: UInt16, started: ContinuousClock.Instant, _ use: SpareUse, deliver: (Link) -> Void
+    ) -> Link {
         LinkLiveness.apply(to: spare.fd)
-        return established(spare.offer, fd: spare.fd, path: .direct, localPort: spare.localPort, port: port, started: started, spare: use)
+        return established(
+            spare.offer, fd: spare.fd, path: .direct, localPort: spare.localPort, port: port, started: started, spare: use, deliver: deliver)
     }
 
     /// A port to punch the successor of a spare towards `address` from, reserved in the pool: only where the

@@ -135,9 +135,10 @@ final class LinkManager: Sendable {
 
     /// Learns the public endpoint of a fresh port and advertises it to the broker for the next inbound
     /// connection (see the schema's EndpointAdvert). In the background.
-    func advertise() {
+    func advertise(after delay: Duration = .zero) {
         guard punches, !session.hasLeft else { return }
         Task {
+            if delay > .zero { try? await Task.sleep(for: delay) }
             do throws(SocketError) {
                 let port = try await direct.advertisedPort()
                 session.post(.endpointAdvert(.with { $0.endpoint = port.endpoint.message }))

@@ -96,22 +96,19 @@ final class LocalService: Sendable {
                 }
             case .connect(let connect):
                 // A spare link whose claim needs no answer: the connection goes back from this thread, with no hop.
-                var (socket, sent): (Int32, Bool) = (-1, false)
+                var sent = false
                 if connect.port > 0, connect.port <= UInt16.max,
-                    links.connectAtOnce(to: IPv4Address(connect.address), port: UInt16(connect.port), deliver: { link in
-                        socket = link.fd
-                        sent = client.send(Self.response(to: request) { $0.connection = link.connection }, passing: [link.fd])
-                    })
+                    let link = links.connectAtOnce(
+                        to: IPv4Address(connect.address), port: UInt16(connect.port),
+                        deliver: { sent = self.deliver($0, answering: request, takesHandoff: connect.takesHandoff, to: client) })
                 {
-                    close(socket)  // after the node's bookkeeping: the app holds the only copy now
+                    close(link.fd)  // after the node's bookkeeping: the app holds the only copy now
                     guard sent else { return }
                     continue
                 }
                 client.begin()
                 Task {
-                    let (response, link) = await self.connect(connect, for: request)
-                    if connect.takesHandoff { register(response, for: client) }
-                    client.reply(response, passing: link)
+                    await self.connect(connect, for: request, to: client)
                     client.end()
                 }
             case .handoffResult(let result):
@@ -155,20 +152,32 @@ final class LocalService: Sendable {
         }
     }
 
-    /// Answers a connect, which waits on the network; the connection comes with its socket.
-    private func connect(
-        _ connect: Boxermesh_V1_ShimConnect, for request: Boxermesh_V1_ShimRequest
-    ) async -> (Boxermesh_V1_ShimResponse, Int32?) {
+    /// Answers a connect, which waits on the network: the connection goes to `client` with its socket as soon as
+    /// it is up, before the node's bookkeeping.
+    private func connect(_ connect: Boxermesh_V1_ShimConnect, for request: Boxermesh_V1_ShimRequest, to client: ShimClient) async {
         guard connect.port > 0, connect.port <= UInt16.max else {
-            return Self.failure(request, EINVAL, "port \(connect.port) is out of range")
+            let (failure, _) = Self.failure(request, EINVAL, "port \(connect.port) is out of range")
+            client.reply(failure, passing: nil)
+            return
         }
         do {
-            let link = try await links.connect(to: IPv4Address(connect.address), port: UInt16(connect.port))
-            return (Self.response(to: request) { $0.connection = link.connection }, link.fd)
+            let link = try await links.connect(to: IPv4Address(connect.address), port: UInt16(connect.port)) {
+                self.deliver($0, answering: request, takesHandoff: connect.takesHandoff, to: client)
+            }
+            close(link.fd)  // after the node's bookkeeping: the app holds the only copy now
         } catch {
             links.logConnectFailure(to: IPv4Address(connect.address), port: UInt16(connect.port), error)
-            return Self.failure(request, error.code, error.description)
+            client.reply(Self.failure(request, error.code, error.description).0, passing: nil)
         }
+    }
+
+    /// Sends a connection to the app that asked for it, with its socket (the node keeps its copy); false when the
+    /// app is gone.
+    @discardableResult
+    private func deliver(_ link: Link, answering request: Boxermesh_V1_ShimRequest, takesHandoff: Bool, to client: ShimClient) -> Bool {
+        let response = Self.response(to: request) { $0.connection = link.connection }
+        if takesHandoff { register(response, for: client) }
+        return client.send(response, passing: [link.fd])
     }
 
     /// Answers a request the node settles at once (listen, unlisten, take an accepted link), in order.
