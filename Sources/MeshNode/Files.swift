@@ -21,31 +21,26 @@ final class ReadOnlyFile {
 
     /// What the file holds up to `limit` bytes, read until its end: for the kernel's files (/proc, /sys), whose
     /// size says nothing.
-    func read(upTo limit: Int) -> [UInt8]? {
-        var buffer = [UInt8](repeating: 0, count: limit)
-        var done = 0
-        while done < limit {
-            let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, limit - done, off_t(done)) }
-            if got < 0, errno == EINTR { continue }
-            guard got >= 0 else { return nil }
-            if got == 0 { break }
-            done += got
-        }
-        return Array(buffer[..<done])
-    }
+    func read(upTo limit: Int) -> [UInt8]? { read(limit, at: 0, exactly: false) }
 
     /// `count` bytes at `offset`, or nil when the file has fewer.
-    func bytes(_ count: Int, at offset: Int) -> [UInt8]? {
+    func bytes(_ count: Int, at offset: Int) -> [UInt8]? { read(count, at: offset, exactly: true) }
+
+    /// Up to `count` bytes at `offset`, stopping at the file's end; nil on an error, or `exactly` and fewer.
+    private func read(_ count: Int, at offset: Int, exactly: Bool) -> [UInt8]? {
         guard count >= 0 else { return nil }
         var buffer = [UInt8](repeating: 0, count: count)
         var done = 0
         while done < count {
             let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
             if got < 0, errno == EINTR { continue }
-            guard got > 0 else { return nil }
+            guard got > 0 else {
+                if got == 0 && !exactly { break }
+                return nil
+            }
             done += got
         }
-        return buffer
+        return Array(buffer[..<done])
     }
 }
 

@@ -28,14 +28,8 @@ enum Puncher {
             if bind(fd, port: port) { return port }
             guard errno == EADDRINUSE else { break }
         }
-        guard bind(fd, port: 0) else { throw SocketError.lastError("no free local port") }
-        var address = sockaddr_in()
-        var size = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let named = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &size) }
-        }
-        guard named == 0 else { throw SocketError.lastError("no free local port") }
-        return UInt16(bigEndian: address.sin_port)
+        guard bind(fd, port: 0), let bound = Endpoint.local(of: fd) else { throw SocketError.lastError("no free local port") }
+        return bound.port
     }
 
     /// Random ports tried in each round: with the range nine tenths full, 16 tries find a free one four times in
@@ -52,12 +46,8 @@ enum Puncher {
     }()
 
     private static func bind(_ fd: Int32, port: UInt16) -> Bool {
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = port.bigEndian
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-        }
+        var (address, length) = Endpoint(IPv4Address.any, port: port).socketAddress
+        return withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, length) == 0 } }
     }
 
     /// Connects from `localPort` to `remote`, one attempt per ``Timing/Choice/punchAttempt`` (a SYN the far NAT
