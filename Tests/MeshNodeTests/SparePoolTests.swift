@@ -123,6 +123,36 @@ struct SparePoolTests {
 
     @Test("a spare's keepalive keeps it fresh in the kernel's eyes; a socket nobody probes grows stale")
     func freshness() async throws {
+        let pairs = try Self.loopbackPairs(2)
+        defer { for (a, b) in pairs { close(a); close(b) } }
+        let (probed, silent) = (pairs[0].0, pairs[1].0)
+        LinkLiveness.apply(to: probed, idle: Timing.Choice.spareProbeSeconds)
+        #expect(LinkLiveness.silence(on: silent).map { $0 < .milliseconds(500) } == true, "just connected")
+        try await Task.sleep(for: Timing.Choice.spareFreshness + .seconds(1))
+        let (fresh, stale) = (LinkLiveness.silence(on: probed), LinkLiveness.silence(on: silent))
+        #expect(fresh.map { $0 <= Timing.Choice.spareFreshness } == true, "probed: \(String(describing: fresh))")
+        #expect(stale.map { $0 > Timing.Choice.spareFreshness } == true, "silent: \(String(describing: stale))")
+        #expect(LinkLiveness.silence(on: -1) == nil)
+    }
+
+    @Test("a corked claim waits in the socket until uncorked; the app's bytes written meanwhile follow it, in order")
+    func corkedClaim() throws {
+        let pairs = try Self.loopbackPairs(1)
+        defer { for (a, b) in pairs { close(a); close(b) } }
+        let (ours, theirs) = pairs[0]
+        let claim = SpareClaim.claim(SpareClaim.Claim(port: 5000, answered: false, successor: nil))
+        LinkManager.cork(ours, true)
+        try FixedMessage.send(claim, on: ours, "spare-link claim")
+        #expect(send(ours, "GET", 3, 0) == 3, "the app writes before the node uncorks")
+        var entry = pollfd(fd: theirs, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&entry, 1, 100) == 0, "nothing leaves while corked")
+        LinkManager.cork(ours, false)
+        #expect(try FixedMessage.receive(SpareClaim.claimSize, from: theirs, until: .now + .seconds(2), "claim") == claim)
+        #expect(try FixedMessage.receive(3, from: theirs, until: .now + .seconds(2), "app bytes") == Array("GET".utf8))
+    }
+
+    /// `count` connected TCP pairs on loopback: (connecting end, accepted end).
+    private static func loopbackPairs(_ count: Int) throws -> [(Int32, Int32)] {
         let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(listener) }
         var address = sockaddr_in()
@@ -134,7 +164,7 @@ struct SparePoolTests {
         }
         try #require(bound && listen(listener, 4) == 0)
         var pairs: [(Int32, Int32)] = []
-        for _ in 0..<2 {
+        for _ in 0..<count {
             let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             let connected = withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, size) == 0 }
@@ -142,14 +172,6 @@ struct SparePoolTests {
             try #require(connected)
             pairs.append((client, accept(listener, nil, nil)))
         }
-        defer { for (a, b) in pairs { close(a); close(b) } }
-        let (probed, silent) = (pairs[0].0, pairs[1].0)
-        LinkLiveness.apply(to: probed, idle: Timing.Choice.spareProbeSeconds)
-        #expect(LinkLiveness.silence(on: silent).map { $0 < .milliseconds(500) } == true, "just connected")
-        try await Task.sleep(for: Timing.Choice.spareFreshness + .seconds(1))
-        let (fresh, stale) = (LinkLiveness.silence(on: probed), LinkLiveness.silence(on: silent))
-        #expect(fresh.map { $0 <= Timing.Choice.spareFreshness } == true, "probed: \(String(describing: fresh))")
-        #expect(stale.map { $0 > Timing.Choice.spareFreshness } == true, "silent: \(String(describing: stale))")
-        #expect(LinkLiveness.silence(on: -1) == nil)
+        return pairs
     }
 }

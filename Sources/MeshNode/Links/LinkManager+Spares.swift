@@ -42,7 +42,7 @@ extension LinkManager {
         while let spare = spares.take(towards: address, onlyIf: { Self.isFresh($0.fd) }) {
             let successor: DirectPath.PunchPort?
             do {
-                successor = try sendClaim(spare, port: port, answered: false)
+                successor = try sendClaim(spare, port: port, answered: false, corked: true)
             } catch {
                 logger.info("a spare link was dead; trying the next", metadata: ["peer": "\(spare.peer.name)", "why": "\(error.description)"])
                 RelaySockets.reset(spare.fd)
@@ -52,6 +52,7 @@ extension LinkManager {
             LinkLiveness.apply(to: spare.fd)  // before the app has it: its own settings follow and override
             let link = link(offer, fd: spare.fd, path: .direct, localPort: spare.localPort, port: port)
             deliver(link)
+            Self.cork(spare.fd, false)  // the claim leaves now, as the app wakes
             let setup = ContinuousClock.now - started
             if let successor { makeSuccessor(of: spare, from: successor) }
             makeSpares(towards: address)
@@ -91,6 +92,13 @@ extension LinkManager {
         return nil
     }
 
+    /// Holds back what is written to `fd` (TCP_CORK), or sends it. The app's first bytes may join an uncorked
+    /// claim's segment, after it; an app that corks its socket at once has its cork lifted once, early.
+    static func cork(_ fd: Int32, _ on: Bool) {
+        var value: Int32 = on ? 1 : 0
+        _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_CORK, &value, socklen_t(MemoryLayout<Int32>.size))
+    }
+
     /// A spare's claim may skip the answer while the kernel heard from the peer on it lately (its keepalive probes
     /// were answered): a path that died longer ago is left to a claim that waits.
     private static func isFresh(_ fd: Int32) -> Bool {
@@ -116,14 +124,19 @@ extension LinkManager {
 
     /// Sends the claim of `spare` for `port` once nothing is readable on it, asking for its successor where the
     /// peer offered one and the pool wants it; returns the successor's port, reserved. Throws when the spare is
-    /// dead (the caller resets it and tries the next). Never blocks: the socket's buffer is empty.
-    private func sendClaim(_ spare: SparePool.Spare, port: UInt16, answered: Bool) throws(SocketError) -> DirectPath.PunchPort? {
+    /// dead (the caller resets it and tries the next). Never blocks: the socket's buffer is empty. `corked`, the
+    /// claim only waits in the socket until the caller uncorks it (``cork(_:_:)``): the kernel carries a segment
+    /// through both NATs inside the call that releases it, about 0.1 ms that a connect need not wait for.
+    private func sendClaim(
+        _ spare: SparePool.Spare, port: UInt16, answered: Bool, corked: Bool = false
+    ) throws(SocketError) -> DirectPath.PunchPort? {
         // Nothing may be readable on a held spare: data there is the peer's FIN, a reset, or bytes it must not send.
         var entry = pollfd(fd: spare.fd, events: Int16(POLLIN), revents: 0)
         if poll(&entry, 1, 0) != 0 { throw SocketError(ECONNRESET, "the peer closed the spare link") }
         let successor = spare.successor == nil ? nil : successorPort(towards: spare.peer.ipv4)
         do {
             let claim = SpareClaim.Claim(port: port, answered: answered, successor: successor?.endpoint)
+            if corked { Self.cork(spare.fd, true) }
             try FixedMessage.send(SpareClaim.claim(claim), on: spare.fd, "spare-link claim")
         } catch {
             if successor != nil { spares.abandonSuccessor(towards: spare.peer.ipv4) }
