@@ -70,8 +70,9 @@ final class DirectPath: Sendable {
     // MARK: Endpoints
 
     /// A fresh local port and its public endpoint: the warm one if it is fresh (another is learned in the
-    /// background for the next caller, ``Timing/Choice/relearnDelay`` later), else learned now. Where the NAT keeps source ports (the NATs punching
-    /// works through), a warm mapping holds for any destination while the port is unused.
+    /// background for the next caller, ``Timing/Choice/relearnDelay`` later), else learned now. Where the NAT keeps
+    /// source ports (the NATs punching works through), a warm mapping holds for any destination while the port is
+    /// unused.
     func punchPort() async throws(SocketError) -> PunchPort {
         let now = ContinuousClock.now
         enum Ready { case warm(PunchPort), onItsWay, none }

@@ -35,7 +35,6 @@ extension LinkManager {
     /// the node's bookkeeping follows, and the link is returned: the caller owns its socket after that. Nil
     /// otherwise: the caller goes the waiting way (``connectBySpare(to:port:started:deliver:)``, then the broker).
     /// Never blocks: the shim's thread calls it before it hands a connect to a task.
-    @discardableResult
     func connectAtOnce(to address: IPv4Address, port: UInt16, deliver: (Link) -> Void) -> Link? {
         let started = ContinuousClock.now
         guard spares.enabled, isAccepting(port, at: address, now: started) else { return nil }
@@ -126,7 +125,7 @@ extension LinkManager {
     /// peer offered one and the pool wants it; returns the successor's port, reserved. Throws when the spare is
     /// dead (the caller resets it and tries the next). Never blocks: the socket's buffer is empty. `corked`, the
     /// claim only waits in the socket until the caller uncorks it (``cork(_:_:)``): the kernel carries a segment
-    /// through both NATs inside the call that releases it, about 0.1 ms that a connect need not wait for.
+    /// through both NATs inside the call that releases it, which a connect need not wait for.
     private func sendClaim(
         _ spare: SparePool.Spare, port: UInt16, answered: Bool, corked: Bool = false
     ) throws(SocketError) -> DirectPath.PunchPort? {

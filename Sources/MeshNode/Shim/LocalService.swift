@@ -156,8 +156,7 @@ final class LocalService: Sendable {
     /// it is up, before the node's bookkeeping.
     private func connect(_ connect: Boxermesh_V1_ShimConnect, for request: Boxermesh_V1_ShimRequest, to client: ShimClient) async {
         guard connect.port > 0, connect.port <= UInt16.max else {
-            let (failure, _) = Self.failure(request, EINVAL, "port \(connect.port) is out of range")
-            client.reply(failure, passing: nil)
+            client.reply(Self.failure(request, EINVAL, "port \(connect.port) is out of range").0, passing: nil)
             return
         }
         do {
