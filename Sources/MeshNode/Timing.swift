@@ -146,6 +146,9 @@ enum Timing {
         /// Closed connections are reported this long after the first of them closed, together with those that
         /// closed meanwhile: an app that connects per request closes hundreds a second.
         static let closeReportDelay = Duration.milliseconds(100)
+        /// Link reports wait this long at most, so those of an app that connects per request reach the broker
+        /// together. Shorter than ``closeReportDelay``: a connection's report comes before either side's close.
+        static let reportDelay = Duration.milliseconds(50)
 
         // Blocking pool.
         /// A pool thread with nothing to do for this long ends (the pool grows again on demand).

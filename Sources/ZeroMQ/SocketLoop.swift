@@ -46,7 +46,18 @@ extension SocketLoopHandler {
 /// cooperative thread pool. Other threads talk to it with ``post(_:)``; a self-pipe wakes the poll.
 public final class SocketLoop<Command: Sendable>: Sendable {
     private let name: String
-    private let mailbox = Mutex<(commands: [Command], stopping: Bool)>(([], false))
+    private let mailbox = Mutex(Mailbox())
+    private struct Mailbox {
+        var commands: [Command] = []
+        var stopping = false
+        /// When commands posted with a delay must be handled; nil while none waits.
+        var due: ContinuousClock.Instant?
+        /// A command without a delay waits: everything queued goes now.
+        var urgent = false
+
+        /// Whether the queued commands go to the handler at `now`.
+        func ready(at now: ContinuousClock.Instant) -> Bool { stopping || urgent || due.map { now >= $0 } ?? true }
+    }
     /// Wakes the loop's poll from other threads.
     private let wake: WakePipe
     private let abandon: @Sendable ([Command]) -> Void
@@ -69,9 +80,26 @@ public final class SocketLoop<Command: Sendable>: Sendable {
         let accepted = mailbox.withLock { box in
             guard !box.stopping else { return false }
             box.commands.append(command)
+            box.urgent = true
             return true
         }
         if accepted { wake.wake() }
+        return accepted
+    }
+
+    /// Queues `command` for the handler within `delay`, after those queued before it; sooner when another command
+    /// or the loop's own work wakes it first. Only the first of the commands that wait this way wakes the loop (to
+    /// time them), so many go in one wake-up. For messages nobody waits for (reports). Returns false as ``post(_:)``.
+    @discardableResult
+    public func post(_ command: Command, within delay: Duration) -> Bool {
+        let (accepted, arm) = mailbox.withLock { box -> (Bool, Bool) in
+            guard !box.stopping else { return (false, false) }
+            box.commands.append(command)
+            guard box.due == nil else { return (true, false) }
+            box.due = .now + delay
+            return (true, true)
+        }
+        if arm { wake.wake() }
         return accepted
     }
 
@@ -125,14 +153,17 @@ public final class SocketLoop<Command: Sendable>: Sendable {
                     at: sockets.count)
                 extra = wanted
             }
-            let timeout = handler.nextTick.map { Int(clock.now.duration(to: $0).pollTimeout) } ?? -1
+            let due = mailbox.withLock { $0.due }
+            let timeout = [handler.nextTick, due].compactMap { $0 }.min().map { Int(clock.now.duration(to: $0).pollTimeout) } ?? -1
             let ready = zmq_poll(&items, Int32(items.count), timeout)
             if ready < 0 && zmq_errno() != EINTR { break }
             // Commands first: one posted before a message was sent to us (the node expects a relayed connection,
             // then answers the broker, whose open follows) must be handled before that message is read.
             if items[items.count - 1].revents & Int16(ZMQ_POLLIN) != 0 { wake.drain() }
-            let (commands, stopping) = mailbox.withLock { box in
-                defer { box.commands.removeAll() }
+            let now = clock.now
+            let (commands, stopping) = mailbox.withLock { box -> ([Command], Bool) in
+                guard box.ready(at: now) else { return ([], false) }
+                defer { (box.commands, box.urgent, box.due) = ([], false, nil) }
                 return (box.commands, box.stopping)
             }
             for command in commands { handler.handle(command) }

@@ -81,12 +81,14 @@ public final class ControlClient: Sendable {
         return reply
     }
 
-    /// Sends `message`, which the broker does not answer (a report), and returns at once. A refusal the broker sends
-    /// anyway (no session) is dropped with the replies nobody waits for.
-    public func post(_ message: ControlMessage) {
+    /// Sends `message`, which the broker does not answer (a report), and returns at once; with `delay`, within that
+    /// time, together with other reports (one wake-up of this thread and of the broker for all of them), and before
+    /// any message sent after it. A refusal the broker sends anyway (no session) is dropped with the replies nobody
+    /// waits for.
+    public func post(_ message: ControlMessage, within delay: Duration? = nil) {
         var message = message
         message.requestID = nextRequestID.add(1, ordering: .relaxed).oldValue
-        _ = loop.post(.post(message))
+        if let delay { loop.post(.post(message), within: delay) } else { loop.post(.post(message)) }
     }
 }
 

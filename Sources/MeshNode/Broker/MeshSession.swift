@@ -157,13 +157,13 @@ public final class MeshSession: Sendable {
         }
     }
 
-    /// Sends a report inside this session, which the broker does not answer; lost if the broker no longer knows
-    /// the session (it restarted).
-    public func post(_ body: ControlMessage.OneOf_Body) {
+    /// Sends a report inside this session, which the broker does not answer, within `delay` if given
+    /// (``ControlClient/post(_:within:)``); lost if the broker no longer knows the session (it restarted).
+    public func post(_ body: ControlMessage.OneOf_Body, within delay: Duration? = nil) {
         var message = ControlMessage()
         message.session = welcome.session
         message.body = body
-        client.post(message)
+        client.post(message, within: delay)
     }
 
     /// Heartbeats until cancelled. When the broker no longer knows the session (it restarted, or we were silent

@@ -41,7 +41,7 @@ public final class BlockingPool: @unchecked Sendable {
         let flag = CancellationFlag()
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
-                submit {
+                start {
                     guard !flag.isCancelled else { return continuation.resume(throwing: CancellationError()) }
                     continuation.resume(with: Result { try body(flag) })
                 }
@@ -51,7 +51,8 @@ public final class BlockingPool: @unchecked Sendable {
         }
     }
 
-    private func submit(_ job: @escaping @Sendable () -> Void) {
+    /// Runs `job` on one of the pool's threads; nothing waits for it.
+    func start(_ job: @escaping @Sendable () -> Void) {
         let spawn: Int? = lock.withLock {
             queue.append(job)
             // One job needs one thread: waking every idle one would cost each a context switch for nothing.

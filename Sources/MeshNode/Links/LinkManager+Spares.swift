@@ -191,13 +191,8 @@ extension LinkManager {
             return
         }
         let token = spare.token.successor(connectionID: id)
-        Task {
-            do throws(SocketError) {
-                try await punchSpare(from: ours, to: theirs, id: id, token: token, peer: spare.peer, made: "on a claimed spare")
-            } catch {
-                spares.failed(towards: peer, refused: false)
-                logger.debug("no spare link", metadata: ["peer": "\(spare.peer.name)", "why": "\(error.description)"])
-            }
+        punchSpare(from: ours, to: theirs, id: id, token: token, peer: spare.peer, made: "on a claimed spare") { [self] error in
+            noSpare(towards: peer, refused: false, error)
         }
     }
 
@@ -210,7 +205,7 @@ extension LinkManager {
         }
     }
 
-    /// Signals a spare link through the broker, punches and proves it, and gives it to the pool.
+    /// Signals a spare link through the broker, then has it punched, proven and given to the pool.
     private func makeSpare(towards address: IPv4Address) async {
         // Refused: the broker or the peer said no (it holds no more, does not punch, or left); anything else (a slow
         // reflector, a lost punch) may pass.
@@ -228,27 +223,32 @@ extension LinkManager {
                 refused = true
                 throw SocketError(ECONNREFUSED, "the peer keeps no spare links")
             }
-            try await punchSpare(
+            punchSpare(
                 from: ours, to: Endpoint(offer.endpoint), id: offer.connectionID, token: LinkToken([UInt8](offer.token)),
-                peer: offer.peer, made: "through the broker")
+                peer: offer.peer, made: "through the broker"
+            ) { [self] error in noSpare(towards: address, refused: false, error) }
         } catch {
-            spares.failed(towards: address, refused: refused)
-            logger.debug("no spare link", metadata: ["peer": "\(address)", "why": "\(error.description)"])
+            noSpare(towards: address, refused: refused, error)
         }
     }
 
+    /// No spare link towards `address` this time: the pool counts the failure (a refusal holds spares back longer).
+    private func noSpare(towards address: IPv4Address, refused: Bool, _ error: SocketError) {
+        spares.failed(towards: address, refused: refused)
+        logger.debug("no spare link", metadata: ["peer": "\(address)", "why": "\(error.description)"])
+    }
+
     /// Punches a spare link from `ours` to the peer's `theirs`, proves it as connection `id`, reads the peer's
-    /// successor offer, and gives it to the pool. Its keepalive probes every ``Timing/Choice/spareProbeSeconds``,
-    /// so a claim can tell it is fresh.
+    /// successor offer, and gives it to the pool, in the background; `failed` hears why not. Its keepalive probes
+    /// every ``Timing/Choice/spareProbeSeconds``, so a claim can tell it is fresh.
     private func punchSpare(
-        from ours: DirectPath.PunchPort, to theirs: Endpoint, id: UInt64, token: LinkToken, peer: Member, made: String
-    ) async throws(SocketError) {
+        from ours: DirectPath.PunchPort, to theirs: Endpoint, id: UInt64, token: LinkToken, peer: Member, made: String,
+        failed: @escaping @Sendable (SocketError) -> Void
+    ) {
         let proof = DirectPath.Proof(token: token, connectionID: id, initiator: true)
-        let (fd, successor): (Int32, Endpoint?)
-        do {
-            (fd, successor) = try await direct.punch(
-                from: ours.port, to: theirs, proving: proof, until: .now + Timing.Choice.sparePunch, listening: false
-            ) { fd, deadline in
+        direct.punch(
+            from: ours.port, to: theirs, proving: proof, until: .now + Timing.Choice.sparePunch, listening: false,
+            then: { fd, deadline throws(SocketError) -> Endpoint? in
                 let bytes = try FixedMessage.receive(SpareClaim.offerSize, from: fd, until: deadline, "spare-link offer")
                 let offer: Endpoint?
                 do throws(SpareClaim.Malformed) {
@@ -259,13 +259,17 @@ extension LinkManager {
                 LinkLiveness.apply(to: fd, idle: Timing.Choice.spareProbeSeconds)
                 return offer
             }
-        } catch {
-            if ours.predicted { direct.predictionFailed() }
-            throw error
+        ) { [self] outcome in
+            switch outcome {
+            case .success(let (fd, successor)):
+                let spare = SparePool.Spare(fd: fd, id: id, peer: peer, localPort: ours.port, via: theirs, token: token, successor: successor)
+                logger.debug("spare link ready", metadata: ["peer": "\(peer.name)", "endpoint": "\(ours.origin)", "made": "\(made)"])
+                if !spares.made(spare) { close(fd) }
+            case .failure(let error):
+                if ours.predicted { direct.predictionFailed() }
+                failed(error)
+            }
         }
-        let spare = SparePool.Spare(fd: fd, id: id, peer: peer, localPort: ours.port, via: theirs, token: token, successor: successor)
-        logger.debug("spare link ready", metadata: ["peer": "\(peer.name)", "endpoint": "\(ours.origin)", "made": "\(made)"])
-        if !spares.made(spare) { close(fd) }
     }
 
     /// Closes the spares of peers the app stopped connecting to, every ``Timing/Choice/unacceptedSweep``.
@@ -314,15 +318,16 @@ extension LinkManager {
     private func holdSpare(from ours: DirectPath.PunchPort, to theirs: Endpoint, id: UInt64, token: LinkToken, peer: Member) {
         let (direct, inbox, logger) = (direct, inbox, logger)
         let successor = punches && !session.hasLeft && inbox.hasRoom ? (try? direct.predictedPunchPort())??.endpoint : nil
-        Task {
-            do throws(SocketError) {
-                let proof = DirectPath.Proof(token: token, connectionID: id, initiator: false)
-                let (fd, _) = try await direct.punch(
-                    from: ours.port, to: theirs, proving: proof, until: .now + Timing.Choice.sparePunch, listening: true
-                ) { fd, _ in try FixedMessage.send(SpareClaim.offer(successor: successor), on: fd, "spare-link offer") }
+        let proof = DirectPath.Proof(token: token, connectionID: id, initiator: false)
+        direct.punch(
+            from: ours.port, to: theirs, proving: proof, until: .now + Timing.Choice.sparePunch, listening: true,
+            then: { fd, _ in try FixedMessage.send(SpareClaim.offer(successor: successor), on: fd, "spare-link offer") }
+        ) { outcome in
+            switch outcome {
+            case .success(let (fd, _)):
                 logger.debug("spare link held", metadata: ["peer": "\(peer.name)", "endpoint": "\(ours.origin)"])
                 inbox.hold(SpareInbox.Held(fd: fd, id: id, peer: peer, localPort: ours.port, via: theirs, token: token, successor: successor))
-            } catch {
+            case .failure(let error):
                 if ours.predicted { direct.predictionFailed() }
                 logger.debug("no spare link", metadata: ["peer": "\(peer.name)", "why": "\(error.description)"])
             }

@@ -244,7 +244,8 @@ final class LinkManager: Sendable {
         report.refused = refused
         report.handoff = handoff
         report.handoffSettled = handoffSettled
-        session.post(.linkReport(report))
+        // A handoff's report moves it on (the broker gives the accepting side its turn); the others only inform.
+        session.post(.linkReport(report), within: handoff == .unspecified ? Timing.Choice.reportDelay : nil)
     }
 }
 
