@@ -141,25 +141,32 @@ public struct Reflector: Service {
         logger.notice("STUN reflector stopped")
     }
 
-    /// Opens the configured sockets. When the port is 0, TCP tries the port UDP got first, so both share one.
+    /// Opens the configured sockets. When the port is 0, both share one: TCP takes the port UDP got, and where
+    /// something holds that one for TCP, UDP takes another (a few times, then they part).
     private func bindSockets() throws -> ReflectorSockets {
         guard let host = IPAddress(configuration.host) else {
             throw ReflectorError(.badHost, "reflector cannot bind: '\(configuration.host)' is not an IP address")
         }
         var sockets = ReflectorSockets()
         do {
-            if configuration.udp {
-                sockets.udp = try ReflectorSocket.bind(.udp, Endpoint(host: host, port: configuration.port))
-            }
-            if configuration.tcp {
+            for attempt in 1...Self.sharedPortTries {
+                if configuration.udp {
+                    sockets.udp = try ReflectorSocket.bind(.udp, Endpoint(host: host, port: configuration.port))
+                }
+                guard configuration.tcp else { break }
                 let udpPort = sockets.udp.flatMap { Endpoint.local(of: $0)?.port }
                 if configuration.port == 0, let udpPort,
                     let fd = try? ReflectorSocket.bind(.tcp, Endpoint(host: host, port: udpPort))
                 {
                     sockets.tcp = fd
+                } else if configuration.port == 0, udpPort != nil, attempt < Self.sharedPortTries {
+                    sockets.closeAll()
+                    sockets = ReflectorSockets()
+                    continue
                 } else {
                     sockets.tcp = try ReflectorSocket.bind(.tcp, Endpoint(host: host, port: configuration.port))
                 }
+                break
             }
         } catch {
             sockets.closeAll()
@@ -167,6 +174,9 @@ public struct Reflector: Service {
         }
         return sockets
     }
+
+    /// Ports UDP takes with port 0 before TCP gives up sharing one with it.
+    static let sharedPortTries = 8
 }
 
 /// The reflector's listening sockets (file descriptors).

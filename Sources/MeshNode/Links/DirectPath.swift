@@ -24,6 +24,9 @@ final class DirectPath: Sendable {
         let token: LinkToken
         let connectionID: UInt64
         let initiator: Bool
+        /// Bytes this end sends right after its proof, in the same segment: it then checks the other end's proof
+        /// first, so they go to the right node only (a spare link's offer). Empty: both proofs cross at once.
+        var answer: [UInt8] = []
     }
 
     private let pool: BlockingPool

@@ -318,10 +318,10 @@ extension LinkManager {
     private func holdSpare(from ours: DirectPath.PunchPort, to theirs: Endpoint, id: UInt64, token: LinkToken, peer: Member) {
         let (direct, inbox, logger) = (direct, inbox, logger)
         let successor = punches && !session.hasLeft && inbox.hasRoom ? (try? direct.predictedPunchPort())??.endpoint : nil
-        let proof = DirectPath.Proof(token: token, connectionID: id, initiator: false)
+        // The offer goes with our proof, in one segment, once the peer's proof checked out.
+        let proof = DirectPath.Proof(token: token, connectionID: id, initiator: false, answer: SpareClaim.offer(successor: successor))
         direct.punch(
-            from: ours.port, to: theirs, proving: proof, until: .now + Timing.Choice.sparePunch, listening: true,
-            then: { fd, _ in try FixedMessage.send(SpareClaim.offer(successor: successor), on: fd, "spare-link offer") }
+            from: ours.port, to: theirs, proving: proof, until: .now + Timing.Choice.sparePunch, listening: true, then: { _, _ in }
         ) { outcome in
             switch outcome {
             case .success(let (fd, _)):

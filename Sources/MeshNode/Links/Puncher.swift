@@ -139,13 +139,16 @@ enum Puncher {
     }
 
     /// Sends this end's proof and checks the other end's, reading exactly one proof so the app's first bytes stay
-    /// in the socket. Closes nothing; throws when the peer is not who the broker paired us with.
+    /// in the socket; with an answer (``DirectPath/Proof/answer``) it checks first, then sends proof and answer in
+    /// one segment. Closes nothing; throws when the peer is not who the broker paired us with.
     static func verify(_ fd: Int32, _ proof: DirectPath.Proof, until deadline: ContinuousClock.Instant) throws(SocketError) {
         let (token, connectionID, initiator) = (proof.token, proof.connectionID, proof.initiator)
-        try FixedMessage.send(token.proof(initiator: initiator, connectionID: connectionID), on: fd, "link proof")
+        let ours = token.proof(initiator: initiator, connectionID: connectionID)
+        if proof.answer.isEmpty { try FixedMessage.send(ours, on: fd, "link proof") }
         let theirs = try FixedMessage.receive(LinkToken.proofSize, from: fd, until: deadline, "link proof")
         guard token.matches(theirs, initiator: !initiator, connectionID: connectionID) else {
             throw SocketError(ECONNREFUSED, "the peer's link proof is wrong: not the node the broker paired")
         }
+        if !proof.answer.isEmpty { try FixedMessage.send(ours + proof.answer, on: fd, "link proof") }
     }
 }
