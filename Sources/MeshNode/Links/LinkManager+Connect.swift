@@ -129,14 +129,16 @@ extension LinkManager {
         }
     }
 
-    /// The connection is up: `deliver` it to the app, then report it and follow it for the tap.
+    /// The connection is up: `deliver` it to the app, run `delivered` (what must follow the app's socket at once),
+    /// then report it and follow it for the tap.
     func established(
         _ offer: Boxermesh_V1_ConnectOffer, fd: Int32, path: Boxermesh_V1_Path, localPort: UInt16, port: UInt16,
-        started: ContinuousClock.Instant, spare: SpareUse? = nil, deliver: (Link) -> Void
+        started: ContinuousClock.Instant, spare: SpareUse? = nil, deliver: (Link) -> Void, delivered: () -> Void = {}
     ) -> Link {
         let link = link(offer, fd: fd, path: path, localPort: localPort, port: port)
         let setup = ContinuousClock.now - started
         deliver(link)
+        delivered()
         settle(offer, fd: fd, path: path, port: port, setup: setup, spare: spare)
         return link
     }

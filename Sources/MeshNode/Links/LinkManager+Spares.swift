@@ -47,16 +47,11 @@ extension LinkManager {
                 RelaySockets.reset(spare.fd)
                 continue
             }
-            let offer = spare.offer
-            LinkLiveness.apply(to: spare.fd)  // before the app has it: its own settings follow and override
-            let link = link(offer, fd: spare.fd, path: .direct, localPort: spare.localPort, port: port)
-            deliver(link)
-            Self.cork(spare.fd, false)  // the claim leaves now, as the app wakes
-            let setup = ContinuousClock.now - started
-            if let successor { makeSuccessor(of: spare, from: successor) }
-            makeSpares(towards: address)
-            settle(offer, fd: spare.fd, path: .direct, port: port, setup: setup, spare: .unanswered)
-            return link
+            return established(spare, port: port, started: started, .unanswered, deliver: deliver) { [self] in
+                Self.cork(spare.fd, false)  // the claim leaves now, as the app wakes
+                if let successor { makeSuccessor(of: spare, from: successor) }
+                makeSpares(towards: address)
+            }
         }
         return nil
     }
@@ -162,13 +157,16 @@ extension LinkManager {
         }
     }
 
-    /// A claimed spare is the app's connection now: with the link's own keepalive, reported and followed.
+    /// A claimed spare is the app's connection now: with the link's own keepalive (set before the app has it: its
+    /// own settings follow and override), reported and followed.
     private func established(
-        _ spare: SparePool.Spare, port: UInt16, started: ContinuousClock.Instant, _ use: SpareUse, deliver: (Link) -> Void
+        _ spare: SparePool.Spare, port: UInt16, started: ContinuousClock.Instant, _ use: SpareUse, deliver: (Link) -> Void,
+        delivered: () -> Void = {}
     ) -> Link {
         LinkLiveness.apply(to: spare.fd)
         return established(
-            spare.offer, fd: spare.fd, path: .direct, localPort: spare.localPort, port: port, started: started, spare: use, deliver: deliver)
+            spare.offer, fd: spare.fd, path: .direct, localPort: spare.localPort, port: port, started: started, spare: use,
+            deliver: deliver, delivered: delivered)
     }
 
     /// A port to punch the successor of a spare towards `address` from, reserved in the pool: only where the

@@ -138,7 +138,10 @@ final class LinkManager: Sendable {
     func advertise(after delay: Duration = .zero) {
         guard punches, !session.hasLeft else { return }
         Task {
-            if delay > .zero { try? await Task.sleep(for: delay) }
+            if delay > .zero {
+                try? await Task.sleep(for: delay)
+                guard !session.hasLeft else { return }  // left meanwhile: nobody would use it
+            }
             do throws(SocketError) {
                 let port = try await direct.advertisedPort()
                 session.post(.endpointAdvert(.with { $0.endpoint = port.endpoint.message }))
