@@ -94,47 +94,53 @@ def mem_available_kib():
 # ---- building ------------------------------------------------------------------------------------------------
 
 
-def build(root, scratch, skip_build, log_path):
+def build(root, scratch, skip_build, log_path, binary=None):
     """Release-builds boxer-mesh into its own scratch path (other people's builds use .build), then the preload
-    shim beside it and bench/rtt.c. Returns (bin_dir, shim_path or None, shim_note, rtt_path, seconds)."""
+    shim beside it and bench/rtt.c; with `binary` (what ships: the preload shim appended to it) only bench/rtt.c.
+    Returns (bin_dir, shim_path or None, shim_note, rtt_path, seconds)."""
     started = time.monotonic()
     with open(log_path, "w") as out:
         deps = f"{root}/scripts/install-deps.sh"  # iperf3, socat, python3-zmq/nacl/protobuf, …: quiet if present
         if os.path.exists(deps) and subprocess.call(["bash", deps], stdout=out, stderr=subprocess.STDOUT) != 0:
             raise BenchError(f"scripts/install-deps.sh failed; see {log_path}")
-        if not skip_build:
-            log(f"building boxer-mesh (release, --scratch-path {scratch}); log {log_path}")
-            rc = subprocess.call(
-                ["swift", "build", "-c", "release", "--scratch-path", scratch, "--product", "boxer-mesh"],
-                cwd=root, stdout=out, stderr=subprocess.STDOUT)
-            if rc != 0:
-                out.flush()
-                errors = [line.strip() for line in _read(log_path).splitlines() if ": error:" in line]
-                raise BenchError(f"swift build failed (status {rc}): {errors[0] if errors else 'see ' + log_path}; "
-                                 "fix the tree, or measure the last good build with --no-build")
-        bin_dir = subprocess.check_output(
-            ["swift", "build", "-c", "release", "--scratch-path", scratch, "--show-bin-path"],
-            cwd=root, text=True, stderr=out).strip()
-        if not os.access(f"{bin_dir}/boxer-mesh", os.X_OK):
-            raise BenchError(f"no {bin_dir}/boxer-mesh: build it or drop --no-build")
-        shim, note = None, ""
-        script = f"{root}/scripts/build-shim.sh"  # trees before the PreloadShimBuilder plugin
-        built = f"{bin_dir}/boxer-mesh_PreloadShim.resources/libboxer-shim.so"  # built with the binary
-        if os.path.exists(built) and not os.path.exists(script):
-            shim = built
-        elif skip_build and os.path.exists(f"{bin_dir}/libboxer-shim.so"):
-            shim = f"{bin_dir}/libboxer-shim.so"  # the one built with that binary
-        elif os.path.exists(script) and os.path.isdir(f"{root}/Sources/CMeshShim"):
-            rc = subprocess.call(["bash", script, f"{bin_dir}/libboxer-shim.so"], cwd=root, stdout=out,
-                                 stderr=subprocess.STDOUT)
-            if rc == 0:
-                shim = f"{bin_dir}/libboxer-shim.so"
-            else:
-                note = f"scripts/build-shim.sh failed (status {rc}); see {log_path}"
+        if binary:
+            if not os.access(binary, os.X_OK):
+                raise BenchError(f"--binary {binary}: not an executable file")
+            bin_dir, shim, note = os.path.dirname(os.path.abspath(binary)), os.path.abspath(binary), ""
         else:
-            note = "no preload shim in this tree (no PreloadShimBuilder output, scripts/build-shim.sh or Sources/CMeshShim)"
-        if shim is None and os.path.exists(f"{bin_dir}/libboxer-shim.so"):
-            os.unlink(f"{bin_dir}/libboxer-shim.so")  # never measure a stale shim the node would pick up
+            if not skip_build:
+                log(f"building boxer-mesh (release, --scratch-path {scratch}); log {log_path}")
+                rc = subprocess.call(
+                    ["swift", "build", "-c", "release", "--scratch-path", scratch, "--product", "boxer-mesh"],
+                    cwd=root, stdout=out, stderr=subprocess.STDOUT)
+                if rc != 0:
+                    out.flush()
+                    errors = [line.strip() for line in _read(log_path).splitlines() if ": error:" in line]
+                    raise BenchError(f"swift build failed (status {rc}): {errors[0] if errors else 'see ' + log_path}; "
+                                     "fix the tree, or measure the last good build with --no-build")
+            bin_dir = subprocess.check_output(
+                ["swift", "build", "-c", "release", "--scratch-path", scratch, "--show-bin-path"],
+                cwd=root, text=True, stderr=out).strip()
+            if not os.access(f"{bin_dir}/boxer-mesh", os.X_OK):
+                raise BenchError(f"no {bin_dir}/boxer-mesh: build it or drop --no-build")
+            shim, note = None, ""
+            script = f"{root}/scripts/build-shim.sh"  # trees before the PreloadShimBuilder plugin
+            built = f"{bin_dir}/boxer-mesh_PreloadShim.resources/libboxer-shim.so"  # built with the binary
+            if os.path.exists(built) and not os.path.exists(script):
+                shim = built
+            elif skip_build and os.path.exists(f"{bin_dir}/libboxer-shim.so"):
+                shim = f"{bin_dir}/libboxer-shim.so"  # the one built with that binary
+            elif os.path.exists(script) and os.path.isdir(f"{root}/Sources/CMeshShim"):
+                rc = subprocess.call(["bash", script, f"{bin_dir}/libboxer-shim.so"], cwd=root, stdout=out,
+                                     stderr=subprocess.STDOUT)
+                if rc == 0:
+                    shim = f"{bin_dir}/libboxer-shim.so"
+                else:
+                    note = f"scripts/build-shim.sh failed (status {rc}); see {log_path}"
+            else:
+                note = "no preload shim in this tree (no PreloadShimBuilder output, scripts/build-shim.sh or Sources/CMeshShim)"
+            if shim is None and os.path.exists(f"{bin_dir}/libboxer-shim.so"):
+                os.unlink(f"{bin_dir}/libboxer-shim.so")  # never measure a stale shim the node would pick up
         rtt = os.path.join(os.path.dirname(log_path), "rtt")
         rc = subprocess.call(["cc", "-O2", "-Wall", "-pthread", "-o", rtt, f"{root}/bench/rtt.c"], stdout=out,
                              stderr=subprocess.STDOUT)

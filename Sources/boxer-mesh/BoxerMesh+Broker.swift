@@ -7,6 +7,7 @@ import WireFormat
 extension BoxerMesh {
     struct Broker: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "broker",
             abstract: "Run the broker: membership, names, addresses, hole-punch signalling, STUN reflector, relay and tap.",
             discussion: """
                 Run it on a host the functions can reach. Nodes prove they know the mesh secret; with no secret \

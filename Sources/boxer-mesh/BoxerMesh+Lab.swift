@@ -5,6 +5,7 @@ extension BoxerMesh {
     /// `boxer-mesh lab`: a NAT lab of network namespaces for trying and testing the mesh on one machine.
     struct Lab: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "lab",
             abstract: "Build a NAT lab of network namespaces: a broker host and functions behind NATs (needs root).",
             discussion: """
                 Namespaces are PREFIX-inet (the internet bridge, 203.0.113.0/24), PREFIX-broker (203.0.113.10), \
@@ -41,6 +42,7 @@ extension NATKind: ExpressibleByArgument {}
 extension BoxerMesh.Lab {
     struct Up: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "up",
             abstract: "Build the lab (removing a stale one with the same prefix first).",
             discussion: """
                 easy NAT: port-preserving, endpoint-independent mapping (MASQUERADE) that drops unsolicited \
@@ -140,6 +142,7 @@ extension BoxerMesh.Lab {
 
     struct Exec: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "exec",
             abstract: """
                 Run a command inside one lab host (as the function, in a lab with --function-memory); exits with \
                 the command's status.
@@ -169,6 +172,7 @@ extension BoxerMesh.Lab {
 
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "status",
             abstract: "Show the lab's hosts, namespaces, addresses, NAT kind, delay and function limits."
         )
 
@@ -186,6 +190,7 @@ extension BoxerMesh.Lab {
 
     struct Down: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "down",
             abstract: """
                 Remove every namespace named PREFIX-*, the function hosts' cgroups and /tmp, and the state file, \
                 even of a half-built lab.

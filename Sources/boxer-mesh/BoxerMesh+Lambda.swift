@@ -8,6 +8,7 @@ import WireFormat
 extension BoxerMesh {
     struct Lambda: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "lambda",
             abstract: "Run as an AWS Lambda custom runtime: one node and its app per invocation.",
             discussion: """
                 The runtime the Lambda package's `bootstrap` (boxer-mesh-lambda) runs, in the full binary. \

@@ -6,6 +6,7 @@ import MeshNode
 extension BoxerMesh {
     struct Node: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "node",
             abstract: "Join the mesh and run an app in it (the function wrapper).",
             usage: "boxer-mesh node --broker HOST[:PORT] --name NAME [options] -- COMMAND [ARGS...]",
             discussion: """

@@ -6,6 +6,7 @@ import WireFormat
 extension BoxerMesh {
     struct Resolve: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "resolve",
             abstract: "Print the mesh address of a node name, or the name holding a mesh address.",
             discussion: "Exits 1 with a message on standard error when the mesh has no such node.")
 

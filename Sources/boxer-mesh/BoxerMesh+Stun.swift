@@ -5,6 +5,7 @@ import WireFormat
 extension BoxerMesh {
     struct Stun: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "stun",
             abstract: "Ask a STUN reflector (the broker's) which public ip:port this host's NAT maps a local port to.",
             discussion: "Prints the mapped endpoint, e.g. 203.0.113.101:40001. Exits 1 when the reflector does not answer.")
 

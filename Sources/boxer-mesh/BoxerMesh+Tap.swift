@@ -10,6 +10,7 @@ import WireFormat
 extension BoxerMesh {
     struct Tap: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "tap",
             abstract: "Watch a mesh live: joins, leaves, expiries, connections and their flows, one line per event (or relayed traffic into a pcap file).",
             discussion: """
                 Lines go to standard output as events happen; --json prints one JSON object per line with the \
