@@ -88,15 +88,17 @@ public final class SocketLoop<Command: Sendable>: Sendable {
     }
 
     /// Queues `command` for the handler within `delay`, after those queued before it; sooner when another command
-    /// or the loop's own work wakes it first. Only the first of the commands that wait this way wakes the loop (to
-    /// time them), so many go in one wake-up. For messages nobody waits for (reports). Returns false as ``post(_:)``.
+    /// or an earlier delay runs out first. Only a command that brings the batch's time forward wakes the loop (to
+    /// time it), so many go in one wake-up. For messages nobody waits for (reports). Returns false as ``post(_:)``.
     @discardableResult
     public func post(_ command: Command, within delay: Duration) -> Bool {
         let (accepted, arm) = mailbox.withLock { box -> (Bool, Bool) in
             guard !box.stopping else { return (false, false) }
             box.commands.append(command)
-            guard box.due == nil else { return (true, false) }
-            box.due = .now + delay
+            let due = ContinuousClock.now + delay
+            // A batch already due sooner takes it along; one due later is brought forward, which wakes the loop.
+            if let waiting = box.due, waiting <= due { return (true, false) }
+            box.due = due
             return (true, true)
         }
         if arm { wake.wake() }

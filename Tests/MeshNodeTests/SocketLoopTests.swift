@@ -54,6 +54,18 @@ struct SocketLoopTests {
         }
     }
 
+    @Test("a shorter delay posted later brings the whole batch forward")
+    func shorterDelayFirst() async throws {
+        try await withLoop { loop, seen in
+            let posted = ContinuousClock.now
+            #expect(loop.post(1, within: .seconds(60)))
+            #expect(loop.post(2, within: .milliseconds(10)))
+            let handled = await seen.arrived(count: 2, within: .seconds(10))
+            #expect(handled.map(\.command) == [1, 2], "handled together, long before the minute is up")
+            #expect(ContinuousClock.now - posted < .seconds(30))
+        }
+    }
+
     @Test("a command that may not wait takes those waiting before it along, in the order they were posted")
     func urgentTakesAlong() async throws {
         try await withLoop { loop, seen in
