@@ -152,6 +152,9 @@ int shim_node_call(Boxermesh__V1__ShimRequest *request, int timeout_ms, Boxermes
                    int *fd);
 // Milliseconds on the monotonic clock (deadlines).
 int64_t shim_now_ms(void);
+// Connects to the node now if the process has no connection yet: a mesh name was looked up, so a connect()
+// is likely next, and it should not wait for the node to start the thread that serves this process.
+void shim_node_warm(void);
 // Sends a message the node does not answer (id 0). Lock held.
 void shim_node_notify_locked(Boxermesh__V1__ShimRequest *request);
 // Sends a non-blocking connect request; its reply is handled on the service thread. Lock held. Returns 0 or

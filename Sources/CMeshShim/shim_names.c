@@ -26,6 +26,7 @@ static int resolve(const char *name, uint32_t *ip) {
     if (known != EAGAIN) {
         char text[INET_ADDRSTRLEN];
         SHIM_DEBUG("resolve %s from the hosts file: %s", name, known ? strerror(known) : shim_ip_string(*ip, text));
+        if (!known) shim_node_warm();
         return known;
     }
     Boxermesh__V1__ShimResolve body = BOXERMESH__V1__SHIM_RESOLVE__INIT;

@@ -18,6 +18,7 @@ static int node_fd = -1;           // also read without the lock by shim_node_is
 static dev_t node_dev;             // identity of our socket: notices an fd closed behind our back and reused
 static ino_t node_ino;
 static uint64_t generation;        // bumped whenever the connection is given up; its service thread then exits
+static uint64_t serving;           // the generation whose service thread runs
 static uint64_t next_id = 1;
 static struct shim_waiter *waiters;
 static pthread_cond_t replied = PTHREAD_COND_INITIALIZER;
@@ -183,7 +184,8 @@ static void *service_main(void *arg) {
     return NULL;
 }
 
-static int connect_node_locked(void) {
+// Opens the connection (no thread yet): the node starts serving this process meanwhile.
+static int open_node_locked(void) {
     if (node_fd >= 0) {
         if (node_fd_is_ours_locked()) return 0;
         SHIM_DEBUG("node connection fd %d was closed behind the shim's back; reconnecting", node_fd);
@@ -205,7 +207,14 @@ static int connect_node_locked(void) {
     node_ino = st.st_ino;
     set_node_fd(fd);
     generation++;
+    SHIM_DEBUG("connected to the node (fd %d)", fd);
+    return 0;
+}
 
+// The connection, with its service thread (started with the first request on it).
+static int connect_node_locked(void) {
+    int error = open_node_locked();
+    if (error || serving == generation) return error;
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);  // the thread inherits this mask
@@ -221,8 +230,15 @@ static int connect_node_locked(void) {
         drop_connection_locked(ENETUNREACH, true);
         return ENETUNREACH;
     }
-    SHIM_DEBUG("connected to the node (fd %d)", fd);
+    serving = generation;
     return 0;
+}
+
+void shim_node_warm(void) {
+    if (__atomic_load_n(&node_fd, __ATOMIC_RELAXED) >= 0 || shim_in_vfork_child()) return;
+    pthread_mutex_lock(&shim_lock);
+    if (node_fd < 0) open_node_locked();
+    pthread_mutex_unlock(&shim_lock);
 }
 
 // Sends `request` with a fresh id and links w as its waiter.

@@ -56,10 +56,12 @@ struct HandoffLabTests {
             var sent: [String] = []
             for (receiver, sender, seed) in [(server, client, 1), (client, server, 2)] {
                 let count = sender.standardError.split(separator: "\n").last { $0.hasPrefix("sent ") }?.split(separator: " ").last
-                let bytes = try #require(count.map(String.init), "\(sender.standardError)")
+                // Both sides' logs: what ended one app early is often in its peer's node's log.
+                let logs = "sender:\n\(sender.standardError)\nreceiver:\n\(receiver.standardError)"
+                let bytes = try #require(count.map(String.init), "\(logs)")
                 #expect(Int(bytes) ?? 0 > 0)
                 #expect(receiver.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == (try Self.digest(mesh, program: program, seed: seed, bytes: bytes)),
-                    "stream \(seed) (\(bytes) bytes) arrived changed")
+                    "stream \(seed) (\(bytes) bytes) arrived changed\n\(logs)")
                 sent.append(bytes)
             }
             // The close event counts every byte each way: relayed, copied by the node, and moved by the app itself.

@@ -3,9 +3,10 @@
 Only mesh names, "localhost" and names from /etc/hosts are looked up: nothing here may reach a DNS server.
 """
 import os
+import socket
 import subprocess
 
-from harness import FakeNode, check, expect_ok, run, run_python, shim_env, test
+from harness import FakeNode, check, expect_ok, run, run_python, scratch, shim_env, test
 
 HOSTS = [("redis", "100.64.0.2"), ("web", "100.64.0.3")]
 
@@ -155,3 +156,44 @@ print(int((time.monotonic() - start) / 200 * 1e6))
 """, shim_env(node, debug=False)), "python")
         micros = int(r.stdout.strip())
         check(micros < 5000, f"{micros} us per mesh lookup")
+
+
+@test
+def a_mesh_name_lookup_opens_the_node_connection_for_the_connect_that_follows():
+    """A lookup the node's hosts file answers asks the node nothing, but opens the process's node connection
+    (without its thread), so the node starts serving the process before the connect; other names open nothing."""
+    hosts = scratch("hosts")
+    with open(hosts, "w") as f:
+        f.write("# boxer-mesh: the mesh's names\n100.64.0.2\tredis\n")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    with FakeNode(maps=[(f"100.64.0.2:{port}", f"127.0.0.1:{port}")]) as node:
+        r = expect_ok(run_python(f"""
+import os, socket, time
+def sockets():
+    links = []
+    for fd in os.listdir('/proc/self/fd'):
+        try:
+            links.append(os.readlink('/proc/self/fd/' + fd))
+        except FileNotFoundError:  # the directory's own fd, closed by now
+            pass
+    return sum(link.startswith('socket:') for link in links)
+threads = len(os.listdir('/proc/self/task'))
+socket.getaddrinfo('localhost', 80, socket.AF_INET, socket.SOCK_STREAM)
+print('localhost', sockets())
+address = socket.getaddrinfo('redis', {port}, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+print('redis', address[0], sockets(), len(os.listdir('/proc/self/task')) - threads)
+socket.getaddrinfo('redis', {port}, socket.AF_INET, socket.SOCK_STREAM)
+print('again', sockets())
+s = socket.create_connection(address, timeout=5)
+print('connected', s.getpeername()[0])
+""", shim_env(node, BOXER_MESH_HOSTS=hosts)), "python")
+        lines = r.stdout.splitlines()
+        expected = ["localhost 0", "redis 100.64.0.2 1 0", "again 1", "connected 100.64.0.2"]
+        check(lines == expected, f"got {lines}, expected {expected}\n{r.stderr}")
+        check(not node.lines("resolve"), f"the node was asked: {node.lines('resolve')}")
+        check(len(node.lines("hello")) == 1 and len(node.lines("connect")) == 1,
+              f"one node connection serves the lookup and the connect: {node.log()}")
+    listener.close()
