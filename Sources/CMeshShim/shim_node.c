@@ -1,7 +1,8 @@
-// The connection to the node: one AF_UNIX SOCK_SEQPACKET connection per process, opened on first need, one
-// protobuf message per datagram. Any thread sends; a service thread, started with each connection, is the only
-// reader: it matches replies to waiters by id, completes non-blocking connects, and times out waiters whose
-// node stopped answering. All of this state is guarded by shim_lock.
+// The connection to the node: one AF_UNIX SOCK_SEQPACKET connection per process, opened on first need (or at a
+// lookup of a mesh name, shim_node_warm), one protobuf message per datagram. Any thread sends; a service thread,
+// started with the first request on each connection, is the only reader: it matches replies to waiters by id,
+// completes non-blocking connects, and times out waiters whose node stopped answering. All of this state is
+// guarded by shim_lock.
 #include "shim.h"
 
 #include <errno.h>
