@@ -171,7 +171,7 @@ def a_mesh_name_lookup_opens_the_node_connection_for_the_connect_that_follows():
     port = listener.getsockname()[1]
     with FakeNode(maps=[(f"100.64.0.2:{port}", f"127.0.0.1:{port}")]) as node:
         r = expect_ok(run_python(f"""
-import os, socket, time
+import os, socket
 def sockets():
     links = []
     for fd in os.listdir('/proc/self/fd'):
