@@ -14,6 +14,7 @@
 //   shim_socket.c    socket/bind/listen/accept, getsockname/getpeername
 //   shim_names.c     getaddrinfo and friends, gethostname/uname
 //   shim_handoff.c   taking over the direct socket of a relayed connection after its upgrade (threads parked)
+//   shim_spare.c     spare links the node lent: a connect to their peer claims one without asking the node
 #ifndef BOXER_SHIM_H
 #define BOXER_SHIM_H
 
@@ -150,8 +151,9 @@ struct shim_waiter {
 // (-1 if none), or an errno: ENETUNREACH when the node is unreachable or went away, ETIMEDOUT.
 int shim_node_call(Boxermesh__V1__ShimRequest *request, int timeout_ms, Boxermesh__V1__ShimResponse **response,
                    int *fd);
-// Milliseconds on the monotonic clock (deadlines).
+// Milliseconds and microseconds on the monotonic clock (deadlines, timings).
 int64_t shim_now_ms(void);
+int64_t shim_now_us(void);
 // Connects to the node now if the process has no connection yet: a mesh name was looked up, so a connect()
 // is likely next, and it should not wait for the node to start the thread that serves this process.
 void shim_node_warm(void);
@@ -166,6 +168,24 @@ void shim_node_vacate_locked(unsigned int first, unsigned int last);
 bool shim_node_is_fd(int fd);
 // In a forked child: forget the parent's connection, thread and waiters.
 void shim_node_after_fork_child(void);
+
+// ---- shim_spare.c --------------------------------------------------------------------------------------------
+
+// A spare link the node lent this process (from the service thread; the fd is ours from now on).
+void shim_spare_add_locked(const Boxermesh__V1__ShimSpare *spare, int fd);
+// The node wants lent spare `id` back.
+void shim_spare_recall_locked(uint64_t id);
+// The node trusts that ip takes connections on port for listener_ms more (from a connect's reply).
+void shim_spare_trust_locked(uint32_t ip, uint16_t port, uint32_t listener_ms);
+// A connect to ip:port, begun at started_us: a lent spare claimed for it (the node told), with the connection's
+// mesh addresses filled in, or -1 (ask the node). Lent spares found dead on the way go back to the node.
+int shim_spare_claim_locked(uint32_t ip, uint16_t port, int64_t started_us,
+                            Boxermesh__V1__ShimConnection *connection);
+// The app is about to close (or dup onto) the fds first..last: lent spares among them go back to the node.
+void shim_spare_vacate_locked(unsigned int first, unsigned int last);
+bool shim_spare_is_fd(int fd);
+// Closes every lent spare we hold, telling nobody (the node connection is gone, or this is a forked child).
+void shim_spare_drop_all_locked(void);
 
 // ---- shim_fdtable.c ------------------------------------------------------------------------------------------
 

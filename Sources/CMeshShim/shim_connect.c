@@ -185,6 +185,7 @@ void shim_connect_complete_locked(struct shim_waiter *w) {
     if (!error) {
         ip = response->connection->peer_address;
         port = (uint16_t)response->connection->peer_port;
+        shim_spare_trust_locked(ip, port, response->connection->listener_ms);
         error = become_mesh_locked(sock, w->app_fd, w->fd, true, response->connection);
     }
     if (error) {
@@ -250,6 +251,7 @@ static int connect_blocking(struct shim_sock *sock, int fd, uint32_t ip, uint16_
     } else if (error) {
         sock->state = SHIM_TCP;
     } else {
+        shim_spare_trust_locked(ip, port, response->connection->listener_ms);
         error = become_mesh_locked(sock, fd, connected, false, response->connection);
         if (error) sock->state = SHIM_TCP;
     }
@@ -264,7 +266,24 @@ static int connect_blocking(struct shim_sock *sock, int fd, uint32_t ip, uint16_
     return 0;
 }
 
+// The connect took a lent spare link (already claimed): it becomes the app's socket, as a kernel connect's would.
+static int connect_by_spare_locked(struct shim_sock *sock, int fd, int spare, bool nonblocking,
+                                   const Boxermesh__V1__ShimConnection *connection) {
+    int error = become_mesh_locked(sock, fd, spare, false, connection);
+    pthread_mutex_unlock(&shim_lock);
+    char peer[INET_ADDRSTRLEN];
+    SHIM_DEBUG("connect fd %d to %s:%u: %s", fd, shim_ip_string(connection->peer_address, peer),
+               connection->peer_port, error ? strerror(error) : "connected (direct, a lent spare link)");
+    // Non-blocking, the kernel says EINPROGRESS even on loopback; the socket is writable at once.
+    if (error || nonblocking) {
+        errno = error ? error : EINPROGRESS;
+        return -1;
+    }
+    return 0;
+}
+
 static int connect_mesh(int fd, const struct sockaddr *addr, socklen_t len, uint32_t ip, uint16_t port) {
+    int64_t started_us = shim_now_us();
     pthread_mutex_lock(&shim_lock);
     struct shim_sock *sock = shim_fd_get_locked(fd);
     if (!sock) {
@@ -285,15 +304,20 @@ static int connect_mesh(int fd, const struct sockaddr *addr, socklen_t len, uint
         errno = error;
         return -1;
     }
+    int status = real.fcntl(fd, F_GETFL, 0);
+    bool nonblocking = status >= 0 && (status & O_NONBLOCK);
+    Boxermesh__V1__ShimConnection lent = BOXERMESH__V1__SHIM_CONNECTION__INIT;
+    int spare = shim_spare_claim_locked(ip, port, started_us, &lent);
+    if (spare >= 0) return connect_by_spare_locked(sock, fd, spare, nonblocking, &lent);
     Boxermesh__V1__ShimConnect body = BOXERMESH__V1__SHIM_CONNECT__INIT;
     body.address = ip;
     body.port = port;
     body.takes_handoff = true;
+    body.takes_spares = true;
     Boxermesh__V1__ShimRequest request = BOXERMESH__V1__SHIM_REQUEST__INIT;
     request.body_case = BOXERMESH__V1__SHIM_REQUEST__BODY_CONNECT;
     request.connect = &body;
-    int status = real.fcntl(fd, F_GETFL, 0);
-    if (status >= 0 && (status & O_NONBLOCK)) {
+    if (nonblocking) {
         error = connect_nonblocking_locked(sock, fd, &request);
         pthread_mutex_unlock(&shim_lock);
         char peer[INET_ADDRSTRLEN];

@@ -150,7 +150,7 @@ static void copy_entry_locked(int from, int to) {
 }
 
 SHIM_EXPORT int close(int fd) {
-    if (!shim_enabled() || !(shim_fd_tracked(fd) || shim_node_is_fd(fd))) return real.close(fd);
+    if (!shim_enabled() || !(shim_fd_tracked(fd) || shim_node_is_fd(fd) || shim_spare_is_fd(fd))) return real.close(fd);
     pthread_mutex_lock(&shim_lock);
     shim_node_vacate_locked((unsigned int)fd, (unsigned int)fd);
     uint16_t port = shim_fd_forget_locked(fd);
@@ -230,7 +230,7 @@ SHIM_EXPORT int dup(int fd) {
 }
 
 static int dup_onto(int from, int to, int flags, bool three) {
-    if (!shim_enabled() || !(shim_fd_tracked(from) || shim_fd_tracked(to) || shim_node_is_fd(to))) {
+    if (!shim_enabled() || !(shim_fd_tracked(from) || shim_fd_tracked(to) || shim_node_is_fd(to) || shim_spare_is_fd(to))) {
         return three ? real.dup3(from, to, flags) : real.dup2(from, to);
     }
     pthread_mutex_lock(&shim_lock);

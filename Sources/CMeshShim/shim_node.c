@@ -24,10 +24,14 @@ static uint64_t next_id = 1;
 static struct shim_waiter *waiters;
 static pthread_cond_t replied = PTHREAD_COND_INITIALIZER;
 
-int64_t shim_now_ms(void) {
+int64_t shim_now_us(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+    return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
+}
+
+int64_t shim_now_ms(void) {
+    return shim_now_us() / 1000;
 }
 
 bool shim_node_is_fd(int fd) {
@@ -80,6 +84,7 @@ static void drop_connection_locked(int error, bool close_it) {
     set_node_fd(-1);
     generation++;
     fail_all_waiters_locked(error);
+    shim_spare_drop_all_locked();  // the node ends its loans to this connection
 }
 
 // Waits for replies; exits when its connection is given up. Runs with all signals blocked (the app's handlers
@@ -142,6 +147,18 @@ static void *service_main(void *arg) {
         }
         Boxermesh__V1__ShimResponse *response =
             (msg.msg_flags & MSG_TRUNC) ? NULL : boxermesh__v1__shim_response__unpack(NULL, (size_t)n, buffer);
+        if (response && response->id == 0 && response->body_case == BOXERMESH__V1__SHIM_RESPONSE__BODY_SPARE &&
+            n_fds == 1) {
+            shim_spare_add_locked(response->spare, fds[0]);
+            shim_response_free(response);
+            continue;
+        }
+        if (response && response->id == 0 && response->body_case == BOXERMESH__V1__SHIM_RESPONSE__BODY_RECALL &&
+            n_fds == 0) {
+            shim_spare_recall_locked(response->recall->spare);
+            shim_response_free(response);
+            continue;
+        }
         if (response && response->id == 0 && response->body_case == BOXERMESH__V1__SHIM_RESPONSE__BODY_HANDOFF &&
             n_fds == 2) {
             shim_handoff_locked(response->handoff, fds[0], fds[1]);
@@ -307,6 +324,7 @@ int shim_node_send_async_locked(Boxermesh__V1__ShimRequest *request, struct shim
 }
 
 void shim_node_vacate_locked(unsigned int first, unsigned int last) {
+    shim_spare_vacate_locked(first, last);  // first: the node hears of them on the connection
     if (node_fd < 0 || (unsigned int)node_fd < first || (unsigned int)node_fd > last) return;
     // Give the connection up rather than move it: the service thread polls the fd by number, and only a
     // shutdown reliably wakes it. The next request connects again.
@@ -317,6 +335,7 @@ void shim_node_vacate_locked(unsigned int first, unsigned int last) {
 
 void shim_node_after_fork_child(void) {
     if (node_fd >= 0) real.close(node_fd);  // our copy of the parent's connection
+    shim_spare_drop_all_locked();           // and of the spares lent to the parent
     set_node_fd(-1);
     generation++;
     // Waiters belong to the parent's threads; a non-blocking connect still in flight stays unfinished here.

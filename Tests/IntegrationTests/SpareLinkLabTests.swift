@@ -24,11 +24,13 @@ struct SpareLinkLabTests {
     }
 
     /// Starts node `cli` in function 2 whose app connects to srv by `steps` (the first three to one port, then
-    /// wait:`go`), and waits until its node holds spare links to srv; returns it with their local ports.
-    static func clientWithSpares(_ mesh: MeshLabFixture, steps: String) async throws -> (LabProcess, [String]) {
+    /// wait:`go`), and waits until its node holds spare links to srv; returns it with their local ports. With
+    /// `preloaded`, the app connects with plain socket.connect() under the preload shim, which the node lends its
+    /// spares to; otherwise it speaks the shim protocol itself.
+    static func clientWithSpares(_ mesh: MeshLabFixture, steps: String, preloaded: Bool = false) async throws -> (LabProcess, [String]) {
         let client = try mesh.node(
-            2, name: "cli", options: ["--no-shim", "--log-level", "info"],
-            ["sh", "-c", "\(app) connects $(\(app) resolve srv) 0 \(steps)"])
+            2, name: "cli", options: (preloaded ? [] : ["--no-shim"]) + ["--log-level", preloaded ? "debug" : "info"],
+            ["sh", "-c", "\(app) \(preloaded ? "socket-connects" : "connects") $(\(app) resolve srv) 0 \(steps)"])
         guard client.waitForOutput(containing: "answer echo:hello-3", timeout: .seconds(30)) else {
             client.kill()
             throw FixtureError("the first connects did not finish: \(client.standardError)")
@@ -115,6 +117,48 @@ struct SpareLinkLabTests {
         }
     }
 
+    @Test("an unmodified app's connects take the spare links lent to its shim, with no node thread on the way, and reach the right port of the right app")
+    func lentSparesReachTheRightPort() async throws {
+        try await MeshLabFixture.with(prefix: "isl") { mesh in
+            let server = try Self.servers(mesh, ports: [5000, 5001])
+            defer { server.kill() }
+            let steps = "5000,5001,5000,5001,5000,5001,5000,5001"
+            let client = try mesh.node(
+                2, name: "cli", options: ["--log-level", "debug"],
+                ["sh", "-c", "\(Self.app) socket-connects $(\(Self.app) resolve srv) 200 \(steps)"])
+            #expect(client.waitUntilExit(timeout: .seconds(60)) == 0, "\(client.standardOutput)\n\(client.standardError)")
+            let ports = steps.split(separator: ",")
+            #expect(Self.outcomes(client.standardOutput) == ports.indices.map { "answer echo:hello-\($0 + 1) (port \(ports[$0]))" },
+                "\(client.standardOutput)\n\(client.standardError)")
+            // The app's socket says whom it reached: the server's mesh address and the port asked for.
+            let peers = client.standardOutput.split(separator: "\n").filter { $0.hasPrefix("kernel peer ") }.map { $0.split(separator: ":").last.map(String.init) ?? "" }
+            #expect(peers == ports.map(String.init), "\(client.standardOutput)")
+            // From the fourth on, the node lent the spares it made to the app's shim as they were ready; the shim
+            // claimed them itself (the node heard afterwards: "claim=lent").
+            let linksUp = client.standardError.split(separator: "\n").filter { $0.contains("link up") }
+            #expect(linksUp.count == ports.count, "\(client.standardError)")
+            let lent = linksUp.filter { $0.contains("claim=lent") }
+            #expect(lent.count >= 3 && linksUp.prefix(3).allSatisfy { !$0.contains("spare=yes") }, "\(client.standardError)")
+            #expect(lent.allSatisfy { line in ["5000", "5001"].contains { line.contains("port=\($0) ") } }, "\(client.standardError)")
+            // The server's app took each connection on the port the client's app asked for.
+            for port in ["5000", "5001"] {
+                #expect(server.standardOutput.split(separator: "\n").filter { $0.contains("accepted") && $0.hasSuffix(":\(port)") }.count == 4,
+                    "\(server.standardOutput)")
+            }
+            // Claims of lent spares ask for their successors like the node's own.
+            #expect(client.standardError.contains("made=on a claimed spare"), "\(client.standardError)")
+        }
+    }
+
+    /// Has function 2's NAT drop every packet of the links on these local ports, as if it had lost their mappings.
+    static func dropMappings(_ mesh: MeshLabFixture, ports: [String]) throws {
+        for port in ports {
+            for direction in ["--sport", "--dport"] {
+                _ = try mesh.lab.run(.nat(2), ["iptables", "-I", "FORWARD", "-p", "tcp", direction, port, "-j", "DROP"]).check()
+            }
+        }
+    }
+
     @Test("a spare link whose NAT path died (silent past the freshness bound) is never handed to an app: the connect finds it dead and goes the broker's way")
     func deadSpareNeverHandedOut() async throws {
         try await MeshLabFixture.with(prefix: "isd") { mesh in
@@ -123,12 +167,7 @@ struct SpareLinkLabTests {
             let go = mesh.work.appendingPathComponent("go").path
             let (client, spares) = try await Self.clientWithSpares(mesh, steps: "5000,5000,5000,wait:\(go),5000")
             defer { client.kill() }
-            // The client's NAT drops every packet of those links from now on, as if it had lost their mappings.
-            for port in spares {
-                for direction in ["--sport", "--dport"] {
-                    _ = try mesh.lab.run(.nat(2), ["iptables", "-I", "FORWARD", "-p", "tcp", direction, port, "-j", "DROP"]).check()
-                }
-            }
+            try Self.dropMappings(mesh, ports: spares)
             // A claim skips its answer only on a spare the kernel heard from within 1.5 s (its keepalive probes):
             // past that, the connect claims the waiting way, and finds every spare dead.
             try await Task.sleep(for: .seconds(2))
@@ -141,6 +180,40 @@ struct SpareLinkLabTests {
             }
             #expect(localPorts.count == 4 && !spares.contains(localPorts[3]), "spares \(spares), the app's links \(localPorts)")
             #expect(client.standardError.contains("a spare link was dead"), "\(client.standardError)")
+        }
+    }
+
+    @Test("a lent spare link whose NAT path died is never handed to the app: its shim finds it silent, gives it back, and asks the node")
+    func deadLentSpareNeverHandedOut() async throws {
+        try await MeshLabFixture.with(prefix: "isn") { mesh in
+            let server = try Self.servers(mesh, ports: [5000])
+            defer { server.kill() }
+            let (go, again) = (mesh.work.appendingPathComponent("go").path, mesh.work.appendingPathComponent("again").path)
+            let (client, spares) = try await Self.clientWithSpares(
+                mesh, steps: "5000,5000,5000,wait:\(go),5000,wait:\(again),5000", preloaded: true)
+            defer { client.kill() }
+            try Self.dropMappings(mesh, ports: spares)
+            // Past a second, the shim no longer trusts that srv takes connections on 5000: the 4th connect goes
+            // the node's way (the broker's: the node's spares are lent) and, taken by srv, renews that trust.
+            try await Task.sleep(for: .milliseconds(1100))
+            try #require(FileManager.default.createFile(atPath: go, contents: Data()), "cannot write \(go)")
+            let fourth = await eventually(timeout: .seconds(10)) { Self.outcomes(client.standardOutput).count == 4 }
+            try #require(fourth, "\(client.standardOutput)\n\(client.standardError)")
+            // The 5th is trusted, but the lent spares have been silent for over 1.5 s.
+            try await Task.sleep(for: .milliseconds(600))
+            try #require(FileManager.default.createFile(atPath: again, contents: Data()), "cannot write \(again)")
+            #expect(client.waitUntilExit(timeout: .seconds(30)) == 0, "\(client.standardOutput)\n\(client.standardError)")
+            #expect(Self.outcomes(client.standardOutput) == (1...5).map { "answer echo:hello-\($0) (port 5000)" },
+                "\(client.standardOutput)\n\(client.standardError)")
+            let localPorts = client.standardOutput.split(separator: "\n").filter { $0.hasPrefix("connected ") }.compactMap {
+                $0.split(separator: " ")[1].split(separator: ":").last.map(String.init)
+            }
+            #expect(localPorts.count == 5 && !spares.contains(localPorts[3]) && !spares.contains(localPorts[4]),
+                "spares \(spares), the app's links \(localPorts)")
+            let back = client.standardError.split(separator: "\n").filter { $0.contains("a lent spare link came back") }
+            #expect(back.count == spares.count && back.allSatisfy { $0.contains("silent") }, "\(client.standardError)")
+            let linksUp = client.standardError.split(separator: "\n").filter { $0.contains("link up") }
+            #expect(linksUp.count == 5 && !linksUp.contains { $0.contains("spare=yes") }, "\(client.standardError)")
         }
     }
 

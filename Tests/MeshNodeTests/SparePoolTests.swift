@@ -20,8 +20,46 @@ private func demand(_ pool: SparePool, _ address: IPv4Address, now: ContinuousCl
     return pool.reserve(towards: address, now: now)
 }
 
+/// An app process the pool lends spares to; it hears recalls only.
+private final class Borrower: SpareBorrower {
+    func lend(_ spare: Boxermesh_V1_ShimSpare, fd: Int32) -> Bool { true }
+    func recall(_ id: UInt64) {}
+}
+
 @Suite("The spare-link pool's bookkeeping")
 struct SparePoolTests {
+    @Test("ready spares go to the peer's last borrower; a loan stays held until claimed or given back, and ends with its borrower")
+    func lending() {
+        let pool = SparePool(perPeer: 2)
+        let (first, second) = (Borrower(), Borrower())
+        #expect(pool.lend(towards: peer, to: first) == nil, "no entry for the peer before its first connect")
+        #expect(demand(pool, peer) == 2)
+        #expect(pool.lend(towards: peer, to: first) == nil, "nothing ready yet")
+        #expect(pool.made(spare(3)))
+        #expect(pool.made(spare(4)))
+        let lent = pool.lend(towards: peer)
+        #expect(lent.map { ObjectIdentifier($0.0) } == ObjectIdentifier(first) && lent?.1.map(\.fd) == [3, 4], "to the borrower named before")
+        for spare in lent?.1 ?? [] { #expect(pool.recordLoan(.init(spare: spare, successor: nil, borrower: first))) }
+        #expect(pool.ready(towards: peer) == 0 && pool.take(towards: peer) == nil)
+        #expect(pool.reserve(towards: peer) == 0, "two wanted, two lent: lent spares count as held")
+        #expect(pool.endLoan(3, of: ObjectIdentifier(second), claimed: true) == nil, "not the borrower's loan")
+        #expect(pool.endLoan(3, of: ObjectIdentifier(first), claimed: true)?.spare.fd == 3)
+        #expect(pool.endLoan(3, of: ObjectIdentifier(first), claimed: true) == nil, "ended once")
+        #expect(pool.reserve(towards: peer) == 1, "the claimed one's room is free again")
+        #expect(pool.made(spare(6)))
+        #expect(pool.lend(towards: peer, to: second).map { ObjectIdentifier($0.0) } == ObjectIdentifier(second), "the latest connecting process")
+        #expect(pool.endLoans(of: ObjectIdentifier(first)).map(\.spare.fd) == [4])
+        #expect(pool.endLoans(of: ObjectIdentifier(first)).isEmpty)
+        // An idle peer's loans are asked back once, and the peer is kept until they end.
+        #expect(pool.recordLoan(.init(spare: spare(7), successor: nil, borrower: second)))
+        let idle = ContinuousClock.now + Timing.Choice.spareIdle + .seconds(1)
+        #expect(pool.sweep(now: idle).recalling.map(\.spare.fd) == [7])
+        #expect(pool.sweep(now: idle).recalling.isEmpty, "asked once")
+        #expect(pool.endLoan(7, of: ObjectIdentifier(second), claimed: false)?.spare.fd == 7)
+        #expect(pool.sweep(now: idle).closing.isEmpty)
+        #expect(pool.lend(towards: peer, to: second) == nil, "the idle peer was forgotten")
+    }
+
     @Test("a peer gets spares from the third connect within 10 s on; connects further apart do not count")
     func demandFirst() {
         let pool = SparePool(perPeer: 8)
@@ -97,12 +135,12 @@ struct SparePoolTests {
         #expect(pool.reserve(towards: peer, now: start + .seconds(1)) == 0)
         #expect(pool.reserve(towards: peer, now: start + Timing.Choice.spareBackoff + .seconds(1)) == 1, "one failed, one still on its way")
         #expect(pool.made(spare(7)))
-        #expect(pool.sweep(now: start + Timing.Choice.spareBackoff + .seconds(2)).isEmpty, "used just now")
-        #expect(pool.sweep(now: start + Timing.Choice.spareBackoff + Timing.Choice.spareIdle + .seconds(2)).map(\.fd) == [7])
+        #expect(pool.sweep(now: start + Timing.Choice.spareBackoff + .seconds(2)).closing.isEmpty, "used just now")
+        #expect(pool.sweep(now: start + Timing.Choice.spareBackoff + Timing.Choice.spareIdle + .seconds(2)).closing.map(\.fd) == [7])
         #expect(!pool.made(spare(8)), "a spare for a forgotten peer is not wanted")
         #expect(demand(pool, other) == 2)
         #expect(pool.made(spare(9, to: other)))
-        #expect(pool.forget(other).map(\.fd) == [9])
+        #expect(pool.forget(other).spares.map(\.fd) == [9])
         #expect(pool.ready(towards: other) == 0)
     }
 

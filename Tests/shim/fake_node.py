@@ -12,6 +12,10 @@ It listens on an AF_UNIX SOCK_SEQPACKET socket (as BOXER_SHIM_SOCKET gives it) a
                               and hands the client's connection over on ShimTakeAccepted
   --gone L=P                  the same, but the node says the connection is gone when the shim asks for it
   --connect-delay S           answer ShimConnect only after S seconds (to see non-blocking connects pending)
+  --lend N                    after answering a connect that takes spares (with a second of listener trust),
+                              lend N spare links to the same target: real TCP connections to its loopback port, each
+                              sent as a ShimSpare with SCM_RIGHTS, the node keeping no copy
+  --lend-dead K               lend K more whose far end the fake node closed (lent last: the shim tries them first)
 Everything it receives is written to --log, one line per event, for the tests to check.
 """
 import argparse
@@ -54,6 +58,7 @@ class FakeNode:
         self.self_ip = ip_number(args.self_ip)
         self.peer_ip = ip_number(args.peer)
         self.listening = set()
+        self.next_spare = 1
         self.pending = {}  # (app port, signal source port) -> (client socket, signal socket)
         self.lock = threading.Lock()
         self.log_file = open(args.log, "a", buffering=1) if args.log else None
@@ -76,6 +81,10 @@ class FakeNode:
                     break
                 request = pb.ShimRequest()
                 request.ParseFromString(data)
+                if request.WhichOneof("body") == "spare_used":
+                    used = request.spare_used
+                    self.log(f"spare-used {used.spare} port={used.port} reason={used.reason} pid={pid}")
+                    continue
                 response, fd = self.answer(request, pid)
                 response.id = request.id
                 payload = response.SerializeToString()
@@ -84,6 +93,8 @@ class FakeNode:
                     fd.close()  # our copy: otherwise the app's close() sends no FIN
                 else:
                     conn.send(payload)
+                if request.WhichOneof("body") == "connect" and request.connect.takes_spares and fd is not None:
+                    self.lend(conn, request.connect, pid)
         except OSError as e:
             self.log(f"shim connection error pid={pid}: {e}")
         self.log(f"bye pid={pid}")
@@ -154,7 +165,33 @@ class FakeNode:
         c.peer_address = body.address
         c.peer_port = body.port
         c.path = "direct"
+        c.listener_ms = 1000
         return response, sock
+
+    def lend(self, conn, body, pid):
+        local = self.maps[(body.address, body.port)]
+        for dead in [False] * self.args.lend + [True] * self.args.lend_dead:
+            if dead:
+                listener = socket.socket()
+                listener.bind(("127.0.0.1", 0))
+                listener.listen(1)
+                sock = socket.create_connection(listener.getsockname())
+                far, _ = listener.accept()
+                far.close()
+                listener.close()
+            else:
+                sock = socket.create_connection(local, timeout=5)
+            message = pb.ShimResponse()
+            spare = message.spare
+            spare.spare = self.next_spare
+            spare.peer_address = body.address
+            spare.local_port = sock.getsockname()[1]
+            spare.claim = b"BXC3\0\0\0\0" + bytes(8)
+            spare.fresh_ms = 1500
+            socket.send_fds(conn, [message.SerializeToString()], [sock.fileno()])
+            sock.close()
+            self.log(f"lent {self.next_spare} {'dead' if dead else 'live'} to {ip_text(body.address)} pid={pid}")
+            self.next_spare += 1
 
     def answer_take(self, body, pid, response):
         self.log(f"take {body.port} {body.signal_port} pid={pid}")
@@ -236,6 +273,8 @@ def main():
     parser.add_argument("--inbound", action="append", default=[])
     parser.add_argument("--gone", action="append", default=[])
     parser.add_argument("--connect-delay", type=float, default=0.0)
+    parser.add_argument("--lend", type=int, default=0)
+    parser.add_argument("--lend-dead", type=int, default=0)
     parser.add_argument("--log")
     FakeNode(parser.parse_args()).run()
 

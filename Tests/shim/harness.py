@@ -113,12 +113,13 @@ class Process:
 
 
 class FakeNode(Process):
-    def __init__(self, hosts=(), maps=(), inbound=(), gone=(), blackhole=(), connect_delay=0.0):
+    def __init__(self, hosts=(), maps=(), inbound=(), gone=(), blackhole=(), connect_delay=0.0, lend=0, lend_dead=0):
         ctx.counter += 1
         self.socket = f"@boxer-shim-test-{os.getpid()}-{ctx.counter}"
         self.log_path = scratch("node.log")
         argv = [PYTHON, os.path.join(HERE, "fake_node.py"), "--socket", self.socket, "--self-ip", SELF_IP,
-                "--log", self.log_path, "--connect-delay", str(connect_delay)]
+                "--log", self.log_path, "--connect-delay", str(connect_delay), "--lend", str(lend),
+                "--lend-dead", str(lend_dead)]
         for name, ip in hosts:
             argv += ["--host", f"{name}={ip}"]
         for mesh, local in maps:

@@ -8,6 +8,9 @@
                                               message "hello-N" (N counts from 1); a failed one prints its errno
                                               and the rest go on, as does one whose answer fails (it prints the
                                               errno). A STEP is a port, or wait:FILE (wait until FILE exists)
+    shim_protocol_app.py socket-connects IP PAUSE_MS STEP,...
+                                              the same through plain socket.connect(), as an unmodified app
+                                              connects: under the preload shim, not the protocol
     shim_protocol_app.py resolve NAME         print the mesh address of NAME
 
 Uses Debian's python3-protobuf and the module protoc generates from proto/ (into a temporary folder).
@@ -16,14 +19,16 @@ import ipaddress, os, socket, struct, sys
 
 from mesh_proto import pb  # noqa: E402
 
-node = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-address = os.environ["BOXER_SHIM_SOCKET"]
-node.connect("\0" + address[1:] if address.startswith("@") else address)
+node = None
 next_id = 0
 
 
 def ask(**body):
-    global next_id
+    global next_id, node
+    if node is None:
+        node = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        address = os.environ["BOXER_SHIM_SOCKET"]
+        node.connect("\0" + address[1:] if address.startswith("@") else address)
     next_id += 1
     request = pb.ShimRequest(id=next_id, **body)
     node.send(request.SerializeToString())
@@ -45,7 +50,25 @@ def connect_once(target, port, message):
         return False
     c = response.connection
     print(f"connected {mesh(c.local_address)}:{c.local_port} -> {mesh(c.peer_address)}:{c.peer_port} path {c.path}", flush=True)
-    link = socket.socket(fileno=fd)
+    return talk(socket.socket(fileno=fd), message)
+
+
+def socket_connect_once(target, port, message):
+    """One connect through socket.connect(), which the preload shim takes into the mesh; False when it failed."""
+    link = socket.socket()
+    try:
+        link.connect((mesh(target), port))
+    except OSError as error:
+        print(f"connect failed: errno {error.errno} ({os.strerror(error.errno)})", flush=True)
+        link.close()
+        return False
+    local, peer = link.getsockname(), link.getpeername()
+    print(f"connected {local[0]}:{local[1]} -> {peer[0]}:{peer[1]} path kernel", flush=True)
+    return talk(link, message)
+
+
+def talk(link, message):
+    """Sends `message` on a connected link, prints the answer, closes it; False when that failed."""
     try:
         peer = link.getpeername()
         print(f"kernel peer {peer[0]}:{peer[1]}", flush=True)
@@ -66,8 +89,9 @@ if command == "resolve":
 elif command == "connect":
     target = int(ipaddress.IPv4Address(sys.argv[2]))
     sys.exit(0 if connect_once(target, int(sys.argv[3]), sys.argv[4]) else 1)
-elif command == "connects":
+elif command in ("connects", "socket-connects"):
     import time
+    once = connect_once if command == "connects" else socket_connect_once
     target, pause = int(ipaddress.IPv4Address(sys.argv[2])), int(sys.argv[3]) / 1000
     count = 0
     for step in sys.argv[4].split(","):
@@ -77,7 +101,7 @@ elif command == "connects":
             continue
         time.sleep(pause)
         count += 1
-        connect_once(target, int(step), f"hello-{count}")
+        once(target, int(step), f"hello-{count}")
 elif command == "serve":
     port = int(sys.argv[2])
     listener = socket.socket()

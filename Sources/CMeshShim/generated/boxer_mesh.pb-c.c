@@ -2122,6 +2122,141 @@ void   boxermesh__v1__shim_handoff_result__free_unpacked
   assert(message->base.descriptor == &boxermesh__v1__shim_handoff_result__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   boxermesh__v1__shim_spare__init
+                     (Boxermesh__V1__ShimSpare         *message)
+{
+  static const Boxermesh__V1__ShimSpare init_value = BOXERMESH__V1__SHIM_SPARE__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__shim_spare__get_packed_size
+                     (const Boxermesh__V1__ShimSpare *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__shim_spare__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__shim_spare__pack
+                     (const Boxermesh__V1__ShimSpare *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__shim_spare__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__shim_spare__pack_to_buffer
+                     (const Boxermesh__V1__ShimSpare *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__shim_spare__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__ShimSpare *
+       boxermesh__v1__shim_spare__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__ShimSpare *)
+     protobuf_c_message_unpack (&boxermesh__v1__shim_spare__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__shim_spare__free_unpacked
+                     (Boxermesh__V1__ShimSpare *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__shim_spare__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__shim_recall__init
+                     (Boxermesh__V1__ShimRecall         *message)
+{
+  static const Boxermesh__V1__ShimRecall init_value = BOXERMESH__V1__SHIM_RECALL__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__shim_recall__get_packed_size
+                     (const Boxermesh__V1__ShimRecall *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__shim_recall__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__shim_recall__pack
+                     (const Boxermesh__V1__ShimRecall *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__shim_recall__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__shim_recall__pack_to_buffer
+                     (const Boxermesh__V1__ShimRecall *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__shim_recall__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__ShimRecall *
+       boxermesh__v1__shim_recall__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__ShimRecall *)
+     protobuf_c_message_unpack (&boxermesh__v1__shim_recall__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__shim_recall__free_unpacked
+                     (Boxermesh__V1__ShimRecall *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__shim_recall__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   boxermesh__v1__shim_spare_used__init
+                     (Boxermesh__V1__ShimSpareUsed         *message)
+{
+  static const Boxermesh__V1__ShimSpareUsed init_value = BOXERMESH__V1__SHIM_SPARE_USED__INIT;
+  *message = init_value;
+}
+size_t boxermesh__v1__shim_spare_used__get_packed_size
+                     (const Boxermesh__V1__ShimSpareUsed *message)
+{
+  assert(message->base.descriptor == &boxermesh__v1__shim_spare_used__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t boxermesh__v1__shim_spare_used__pack
+                     (const Boxermesh__V1__ShimSpareUsed *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &boxermesh__v1__shim_spare_used__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t boxermesh__v1__shim_spare_used__pack_to_buffer
+                     (const Boxermesh__V1__ShimSpareUsed *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &boxermesh__v1__shim_spare_used__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Boxermesh__V1__ShimSpareUsed *
+       boxermesh__v1__shim_spare_used__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Boxermesh__V1__ShimSpareUsed *)
+     protobuf_c_message_unpack (&boxermesh__v1__shim_spare_used__descriptor,
+                                allocator, len, data);
+}
+void   boxermesh__v1__shim_spare_used__free_unpacked
+                     (Boxermesh__V1__ShimSpareUsed *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &boxermesh__v1__shim_spare_used__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   boxermesh__v1__relay_frame__init
                      (Boxermesh__V1__RelayFrame         *message)
 {
@@ -5565,7 +5700,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__capture_segment__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__capture_segment__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__shim_request__field_descriptors[8] =
+static const ProtobufCFieldDescriptor boxermesh__v1__shim_request__field_descriptors[9] =
 {
   {
     "id",
@@ -5663,6 +5798,18 @@ static const ProtobufCFieldDescriptor boxermesh__v1__shim_request__field_descrip
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "spare_used",
+    17,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ShimRequest, body_case),
+    offsetof(Boxermesh__V1__ShimRequest, spare_used),
+    &boxermesh__v1__shim_spare_used__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__shim_request__field_indices_by_name[] = {
   3,   /* field[3] = connect */
@@ -5671,6 +5818,7 @@ static const unsigned boxermesh__v1__shim_request__field_indices_by_name[] = {
   4,   /* field[4] = listen */
   1,   /* field[1] = resolve */
   2,   /* field[2] = reverse */
+  8,   /* field[8] = spare_used */
   6,   /* field[6] = take_accepted */
   5,   /* field[5] = unlisten */
 };
@@ -5678,7 +5826,7 @@ static const ProtobufCIntRange boxermesh__v1__shim_request__number_ranges[2 + 1]
 {
   { 1, 0 },
   { 10, 1 },
-  { 0, 8 }
+  { 0, 9 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__shim_request__descriptor =
 {
@@ -5688,14 +5836,14 @@ const ProtobufCMessageDescriptor boxermesh__v1__shim_request__descriptor =
   "Boxermesh__V1__ShimRequest",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ShimRequest),
-  8,
+  9,
   boxermesh__v1__shim_request__field_descriptors,
   boxermesh__v1__shim_request__field_indices_by_name,
   2,  boxermesh__v1__shim_request__number_ranges,
   (ProtobufCMessageInit) boxermesh__v1__shim_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__shim_response__field_descriptors[6] =
+static const ProtobufCFieldDescriptor boxermesh__v1__shim_response__field_descriptors[8] =
 {
   {
     "id",
@@ -5769,6 +5917,30 @@ static const ProtobufCFieldDescriptor boxermesh__v1__shim_response__field_descri
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "spare",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ShimResponse, body_case),
+    offsetof(Boxermesh__V1__ShimResponse, spare),
+    &boxermesh__v1__shim_spare__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "recall",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Boxermesh__V1__ShimResponse, body_case),
+    offsetof(Boxermesh__V1__ShimResponse, recall),
+    &boxermesh__v1__shim_recall__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__shim_response__field_indices_by_name[] = {
   4,   /* field[4] = connection */
@@ -5776,13 +5948,15 @@ static const unsigned boxermesh__v1__shim_response__field_indices_by_name[] = {
   5,   /* field[5] = handoff */
   0,   /* field[0] = id */
   2,   /* field[2] = message */
+  7,   /* field[7] = recall */
   3,   /* field[3] = resolved */
+  6,   /* field[6] = spare */
 };
 static const ProtobufCIntRange boxermesh__v1__shim_response__number_ranges[2 + 1] =
 {
   { 1, 0 },
   { 10, 3 },
-  { 0, 6 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__shim_response__descriptor =
 {
@@ -5792,7 +5966,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__shim_response__descriptor =
   "Boxermesh__V1__ShimResponse",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ShimResponse),
-  6,
+  8,
   boxermesh__v1__shim_response__field_descriptors,
   boxermesh__v1__shim_response__field_indices_by_name,
   2,  boxermesh__v1__shim_response__number_ranges,
@@ -5926,7 +6100,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__shim_resolved__descriptor =
   (ProtobufCMessageInit) boxermesh__v1__shim_resolved__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__shim_connect__field_descriptors[3] =
+static const ProtobufCFieldDescriptor boxermesh__v1__shim_connect__field_descriptors[4] =
 {
   {
     "address",
@@ -5964,16 +6138,29 @@ static const ProtobufCFieldDescriptor boxermesh__v1__shim_connect__field_descrip
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "takes_spares",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimConnect, takes_spares),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__shim_connect__field_indices_by_name[] = {
   0,   /* field[0] = address */
   1,   /* field[1] = port */
   2,   /* field[2] = takes_handoff */
+  3,   /* field[3] = takes_spares */
 };
 static const ProtobufCIntRange boxermesh__v1__shim_connect__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__shim_connect__descriptor =
 {
@@ -5983,14 +6170,14 @@ const ProtobufCMessageDescriptor boxermesh__v1__shim_connect__descriptor =
   "Boxermesh__V1__ShimConnect",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ShimConnect),
-  3,
+  4,
   boxermesh__v1__shim_connect__field_descriptors,
   boxermesh__v1__shim_connect__field_indices_by_name,
   1,  boxermesh__v1__shim_connect__number_ranges,
   (ProtobufCMessageInit) boxermesh__v1__shim_connect__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor boxermesh__v1__shim_connection__field_descriptors[6] =
+static const ProtobufCFieldDescriptor boxermesh__v1__shim_connection__field_descriptors[7] =
 {
   {
     "local_address",
@@ -6064,9 +6251,22 @@ static const ProtobufCFieldDescriptor boxermesh__v1__shim_connection__field_desc
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "listener_ms",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimConnection, listener_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned boxermesh__v1__shim_connection__field_indices_by_name[] = {
   5,   /* field[5] = connection */
+  6,   /* field[6] = listener_ms */
   0,   /* field[0] = local_address */
   1,   /* field[1] = local_port */
   4,   /* field[4] = path */
@@ -6076,7 +6276,7 @@ static const unsigned boxermesh__v1__shim_connection__field_indices_by_name[] = 
 static const ProtobufCIntRange boxermesh__v1__shim_connection__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor boxermesh__v1__shim_connection__descriptor =
 {
@@ -6086,7 +6286,7 @@ const ProtobufCMessageDescriptor boxermesh__v1__shim_connection__descriptor =
   "Boxermesh__V1__ShimConnection",
   "boxermesh.v1",
   sizeof(Boxermesh__V1__ShimConnection),
-  6,
+  7,
   boxermesh__v1__shim_connection__field_descriptors,
   boxermesh__v1__shim_connection__field_indices_by_name,
   1,  boxermesh__v1__shim_connection__number_ranges,
@@ -6359,6 +6559,211 @@ const ProtobufCMessageDescriptor boxermesh__v1__shim_handoff_result__descriptor 
   boxermesh__v1__shim_handoff_result__field_indices_by_name,
   1,  boxermesh__v1__shim_handoff_result__number_ranges,
   (ProtobufCMessageInit) boxermesh__v1__shim_handoff_result__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__shim_spare__field_descriptors[5] =
+{
+  {
+    "spare",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimSpare, spare),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "peer_address",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimSpare, peer_address),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "local_port",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimSpare, local_port),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "claim",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimSpare, claim),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "fresh_ms",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimSpare, fresh_ms),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__shim_spare__field_indices_by_name[] = {
+  3,   /* field[3] = claim */
+  4,   /* field[4] = fresh_ms */
+  2,   /* field[2] = local_port */
+  1,   /* field[1] = peer_address */
+  0,   /* field[0] = spare */
+};
+static const ProtobufCIntRange boxermesh__v1__shim_spare__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__shim_spare__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.ShimSpare",
+  "ShimSpare",
+  "Boxermesh__V1__ShimSpare",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__ShimSpare),
+  5,
+  boxermesh__v1__shim_spare__field_descriptors,
+  boxermesh__v1__shim_spare__field_indices_by_name,
+  1,  boxermesh__v1__shim_spare__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__shim_spare__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__shim_recall__field_descriptors[1] =
+{
+  {
+    "spare",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimRecall, spare),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__shim_recall__field_indices_by_name[] = {
+  0,   /* field[0] = spare */
+};
+static const ProtobufCIntRange boxermesh__v1__shim_recall__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__shim_recall__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.ShimRecall",
+  "ShimRecall",
+  "Boxermesh__V1__ShimRecall",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__ShimRecall),
+  1,
+  boxermesh__v1__shim_recall__field_descriptors,
+  boxermesh__v1__shim_recall__field_indices_by_name,
+  1,  boxermesh__v1__shim_recall__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__shim_recall__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor boxermesh__v1__shim_spare_used__field_descriptors[4] =
+{
+  {
+    "spare",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimSpareUsed, spare),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "port",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimSpareUsed, port),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "setup_us",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimSpareUsed, setup_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reason",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Boxermesh__V1__ShimSpareUsed, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned boxermesh__v1__shim_spare_used__field_indices_by_name[] = {
+  1,   /* field[1] = port */
+  3,   /* field[3] = reason */
+  2,   /* field[2] = setup_us */
+  0,   /* field[0] = spare */
+};
+static const ProtobufCIntRange boxermesh__v1__shim_spare_used__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor boxermesh__v1__shim_spare_used__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "boxermesh.v1.ShimSpareUsed",
+  "ShimSpareUsed",
+  "Boxermesh__V1__ShimSpareUsed",
+  "boxermesh.v1",
+  sizeof(Boxermesh__V1__ShimSpareUsed),
+  4,
+  boxermesh__v1__shim_spare_used__field_descriptors,
+  boxermesh__v1__shim_spare_used__field_indices_by_name,
+  1,  boxermesh__v1__shim_spare_used__number_ranges,
+  (ProtobufCMessageInit) boxermesh__v1__shim_spare_used__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor boxermesh__v1__relay_frame__field_descriptors[10] =

@@ -62,6 +62,9 @@ typedef struct Boxermesh__V1__ShimUnlisten Boxermesh__V1__ShimUnlisten;
 typedef struct Boxermesh__V1__ShimTakeAccepted Boxermesh__V1__ShimTakeAccepted;
 typedef struct Boxermesh__V1__ShimHandoff Boxermesh__V1__ShimHandoff;
 typedef struct Boxermesh__V1__ShimHandoffResult Boxermesh__V1__ShimHandoffResult;
+typedef struct Boxermesh__V1__ShimSpare Boxermesh__V1__ShimSpare;
+typedef struct Boxermesh__V1__ShimRecall Boxermesh__V1__ShimRecall;
+typedef struct Boxermesh__V1__ShimSpareUsed Boxermesh__V1__ShimSpareUsed;
 typedef struct Boxermesh__V1__RelayFrame Boxermesh__V1__RelayFrame;
 typedef struct Boxermesh__V1__RelayHello Boxermesh__V1__RelayHello;
 typedef struct Boxermesh__V1__RelayOpen Boxermesh__V1__RelayOpen;
@@ -1013,7 +1016,8 @@ typedef enum {
   BOXERMESH__V1__SHIM_REQUEST__BODY_LISTEN = 13,
   BOXERMESH__V1__SHIM_REQUEST__BODY_UNLISTEN = 14,
   BOXERMESH__V1__SHIM_REQUEST__BODY_TAKE_ACCEPTED = 15,
-  BOXERMESH__V1__SHIM_REQUEST__BODY_HANDOFF_RESULT = 16
+  BOXERMESH__V1__SHIM_REQUEST__BODY_HANDOFF_RESULT = 16,
+  BOXERMESH__V1__SHIM_REQUEST__BODY_SPARE_USED = 17
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__SHIM_REQUEST__BODY__CASE)
 } Boxermesh__V1__ShimRequest__BodyCase;
 
@@ -1033,6 +1037,7 @@ struct  Boxermesh__V1__ShimRequest
     Boxermesh__V1__ShimUnlisten *unlisten;
     Boxermesh__V1__ShimTakeAccepted *take_accepted;
     Boxermesh__V1__ShimHandoffResult *handoff_result;
+    Boxermesh__V1__ShimSpareUsed *spare_used;
   };
 };
 #define BOXERMESH__V1__SHIM_REQUEST__INIT \
@@ -1044,7 +1049,9 @@ typedef enum {
   BOXERMESH__V1__SHIM_RESPONSE__BODY__NOT_SET = 0,
   BOXERMESH__V1__SHIM_RESPONSE__BODY_RESOLVED = 10,
   BOXERMESH__V1__SHIM_RESPONSE__BODY_CONNECTION = 11,
-  BOXERMESH__V1__SHIM_RESPONSE__BODY_HANDOFF = 12
+  BOXERMESH__V1__SHIM_RESPONSE__BODY_HANDOFF = 12,
+  BOXERMESH__V1__SHIM_RESPONSE__BODY_SPARE = 13,
+  BOXERMESH__V1__SHIM_RESPONSE__BODY_RECALL = 14
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(BOXERMESH__V1__SHIM_RESPONSE__BODY__CASE)
 } Boxermesh__V1__ShimResponse__BodyCase;
 
@@ -1065,6 +1072,8 @@ struct  Boxermesh__V1__ShimResponse
     Boxermesh__V1__ShimResolved *resolved;
     Boxermesh__V1__ShimConnection *connection;
     Boxermesh__V1__ShimHandoff *handoff;
+    Boxermesh__V1__ShimSpare *spare;
+    Boxermesh__V1__ShimRecall *recall;
   };
 };
 #define BOXERMESH__V1__SHIM_RESPONSE__INIT \
@@ -1121,10 +1130,14 @@ struct  Boxermesh__V1__ShimConnect
    * The asker takes ShimHandoff messages (the preload shim does): a relayed connection may later be handed over.
    */
   protobuf_c_boolean takes_handoff;
+  /*
+   * The asker takes ShimSpare messages (the preload shim does): the node may lend it spare links to this peer.
+   */
+  protobuf_c_boolean takes_spares;
 };
 #define BOXERMESH__V1__SHIM_CONNECT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__shim_connect__descriptor) \
-    , 0, 0, 0 }
+    , 0, 0, 0, 0 }
 
 
 /*
@@ -1145,10 +1158,15 @@ struct  Boxermesh__V1__ShimConnection
    * A relayed connection the node may later hand over (ShimHandoff) when it has moved to a direct link; 0 otherwise.
    */
   uint64_t connection;
+  /*
+   * How much longer (ms) the node trusts that the peer takes connections on peer_port: until then a lent spare
+   * link's claim for that port needs no answer (ShimSpare). 0: no such trust.
+   */
+  uint32_t listener_ms;
 };
 #define BOXERMESH__V1__SHIM_CONNECTION__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__shim_connection__descriptor) \
-    , 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0 }
+    , 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0, 0 }
 
 
 /*
@@ -1231,6 +1249,60 @@ struct  Boxermesh__V1__ShimHandoffResult
 #define BOXERMESH__V1__SHIM_HANDOFF_RESULT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__shim_handoff_result__descriptor) \
     , 0, 0, (char *)protobuf_c_empty_string, 0, 0 }
+
+
+/*
+ * Node -> shim, unasked (id 0): a spare link to peer `peer_address`, lent to this process, attached (one fd). The
+ * node keeps its copy. A connect of the app to that peer, on a port it trusts (ShimConnection.listener_ms), may
+ * take it without asking the node: once the kernel heard from the peer on it within `fresh_ms` (TCP_INFO) and
+ * nothing is readable on it, the shim writes `claim` to it with the port (big-endian) in bytes 4-5, puts it at the
+ * app's fd (its local mesh port is `local_port`) and tells the node with ShimSpareUsed. A spare found dead, or not
+ * wanted any more, goes back the same way (port 0).
+ */
+struct  Boxermesh__V1__ShimSpare
+{
+  ProtobufCMessage base;
+  uint64_t spare;
+  uint32_t peer_address;
+  uint32_t local_port;
+  ProtobufCBinaryData claim;
+  uint32_t fresh_ms;
+};
+#define BOXERMESH__V1__SHIM_SPARE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__shim_spare__descriptor) \
+    , 0, 0, 0, {0,NULL}, 0 }
+
+
+/*
+ * Node -> shim, unasked (id 0): give lent spare `spare` back (the node no longer wants it held); the shim closes
+ * its copy and answers ShimSpareUsed with port 0, unless a connect took it already.
+ */
+struct  Boxermesh__V1__ShimRecall
+{
+  ProtobufCMessage base;
+  uint64_t spare;
+};
+#define BOXERMESH__V1__SHIM_RECALL__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__shim_recall__descriptor) \
+    , 0 }
+
+
+/*
+ * Shim -> node, not answered (id 0): lent spare `spare` was claimed for `port` (the app holds it; its claim went
+ * out `setup_us` after the app's connect began), or, with port 0, given back: the shim no longer holds it, and
+ * `reason` says why (dead, recalled, the app closed its fd).
+ */
+struct  Boxermesh__V1__ShimSpareUsed
+{
+  ProtobufCMessage base;
+  uint64_t spare;
+  uint32_t port;
+  uint32_t setup_us;
+  char *reason;
+};
+#define BOXERMESH__V1__SHIM_SPARE_USED__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&boxermesh__v1__shim_spare_used__descriptor) \
+    , 0, 0, 0, (char *)protobuf_c_empty_string }
 
 
 typedef enum {
@@ -2400,6 +2472,63 @@ Boxermesh__V1__ShimHandoffResult *
 void   boxermesh__v1__shim_handoff_result__free_unpacked
                      (Boxermesh__V1__ShimHandoffResult *message,
                       ProtobufCAllocator *allocator);
+/* Boxermesh__V1__ShimSpare methods */
+void   boxermesh__v1__shim_spare__init
+                     (Boxermesh__V1__ShimSpare         *message);
+size_t boxermesh__v1__shim_spare__get_packed_size
+                     (const Boxermesh__V1__ShimSpare   *message);
+size_t boxermesh__v1__shim_spare__pack
+                     (const Boxermesh__V1__ShimSpare   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__shim_spare__pack_to_buffer
+                     (const Boxermesh__V1__ShimSpare   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__ShimSpare *
+       boxermesh__v1__shim_spare__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__shim_spare__free_unpacked
+                     (Boxermesh__V1__ShimSpare *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__ShimRecall methods */
+void   boxermesh__v1__shim_recall__init
+                     (Boxermesh__V1__ShimRecall         *message);
+size_t boxermesh__v1__shim_recall__get_packed_size
+                     (const Boxermesh__V1__ShimRecall   *message);
+size_t boxermesh__v1__shim_recall__pack
+                     (const Boxermesh__V1__ShimRecall   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__shim_recall__pack_to_buffer
+                     (const Boxermesh__V1__ShimRecall   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__ShimRecall *
+       boxermesh__v1__shim_recall__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__shim_recall__free_unpacked
+                     (Boxermesh__V1__ShimRecall *message,
+                      ProtobufCAllocator *allocator);
+/* Boxermesh__V1__ShimSpareUsed methods */
+void   boxermesh__v1__shim_spare_used__init
+                     (Boxermesh__V1__ShimSpareUsed         *message);
+size_t boxermesh__v1__shim_spare_used__get_packed_size
+                     (const Boxermesh__V1__ShimSpareUsed   *message);
+size_t boxermesh__v1__shim_spare_used__pack
+                     (const Boxermesh__V1__ShimSpareUsed   *message,
+                      uint8_t             *out);
+size_t boxermesh__v1__shim_spare_used__pack_to_buffer
+                     (const Boxermesh__V1__ShimSpareUsed   *message,
+                      ProtobufCBuffer     *buffer);
+Boxermesh__V1__ShimSpareUsed *
+       boxermesh__v1__shim_spare_used__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   boxermesh__v1__shim_spare_used__free_unpacked
+                     (Boxermesh__V1__ShimSpareUsed *message,
+                      ProtobufCAllocator *allocator);
 /* Boxermesh__V1__RelayFrame methods */
 void   boxermesh__v1__relay_frame__init
                      (Boxermesh__V1__RelayFrame         *message);
@@ -2733,6 +2862,15 @@ typedef void (*Boxermesh__V1__ShimHandoff_Closure)
 typedef void (*Boxermesh__V1__ShimHandoffResult_Closure)
                  (const Boxermesh__V1__ShimHandoffResult *message,
                   void *closure_data);
+typedef void (*Boxermesh__V1__ShimSpare_Closure)
+                 (const Boxermesh__V1__ShimSpare *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__ShimRecall_Closure)
+                 (const Boxermesh__V1__ShimRecall *message,
+                  void *closure_data);
+typedef void (*Boxermesh__V1__ShimSpareUsed_Closure)
+                 (const Boxermesh__V1__ShimSpareUsed *message,
+                  void *closure_data);
 typedef void (*Boxermesh__V1__RelayFrame_Closure)
                  (const Boxermesh__V1__RelayFrame *message,
                   void *closure_data);
@@ -2824,6 +2962,9 @@ extern const ProtobufCMessageDescriptor boxermesh__v1__shim_unlisten__descriptor
 extern const ProtobufCMessageDescriptor boxermesh__v1__shim_take_accepted__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__shim_handoff__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__shim_handoff_result__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__shim_spare__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__shim_recall__descriptor;
+extern const ProtobufCMessageDescriptor boxermesh__v1__shim_spare_used__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__relay_frame__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__relay_hello__descriptor;
 extern const ProtobufCMessageDescriptor boxermesh__v1__relay_open__descriptor;

@@ -130,12 +130,16 @@ extension LinkManager {
     }
 
     /// The connection is up: `deliver` it to the app, run `delivered` (what must follow the app's socket at once),
-    /// then report it and follow it for the tap.
+    /// then report it and follow it for the tap. It tells the app's shim how long a lent spare's claim for this
+    /// port may skip its answer: a connection the peer took just now (not one claimed without an answer) starts
+    /// that time anew.
     func established(
         _ offer: Boxermesh_V1_ConnectOffer, fd: Int32, path: Boxermesh_V1_Path, localPort: UInt16, port: UInt16,
         started: ContinuousClock.Instant, spare: SpareUse? = nil, deliver: (Link) -> Void, delivered: () -> Void = {}
     ) -> Link {
-        let link = link(offer, fd: fd, path: path, localPort: localPort, port: port)
+        var link = link(offer, fd: fd, path: path, localPort: localPort, port: port)
+        if spare == nil || spare == .answered { acceptedLately(port, by: offer.peer.ipv4) }
+        link.connection.listenerMs = UInt32(listenerTrust(port, at: offer.peer.ipv4) / .milliseconds(1))
         let setup = ContinuousClock.now - started
         deliver(link)
         delivered()
@@ -167,8 +171,6 @@ extension LinkManager {
             more.merge(spare?.metadata ?? [:]) { $1 }
             return more
         }())
-        // The peer took this connection: a claim of a spare may skip its answer for this port a while.
-        if spare != .unanswered { acceptedLately(port, by: offer.peer.ipv4) }
         report(offer.connectionID, established: true, setup: setup, peer: offer.peer.ipv4, port: port, initiator: true, path: path)
         flows?.track(fd: fd, id: offer.connectionID, initiator: true, peer: offer.peer, port: port, path: path,
             preamble: spare?.preamble(initiator: true))

@@ -9,9 +9,10 @@ import ZeroMQ
 /// app like any inbound link. As a rule the claim is not answered, and the connect returns as soon as it is sent: no
 /// broker, no punch, no round trip (``SpareClaim``).
 extension LinkManager {
-    /// How a connection came from a spare link: whether its claim waited for the peer's answer.
+    /// How a connection came from a spare link: whether its claim waited for the peer's answer, or the app's shim
+    /// claimed a lent spare itself (without an answer, like `unanswered`).
     enum SpareUse: Sendable {
-        case answered, unanswered
+        case answered, unanswered, lent
 
         /// For the "link up" line.
         var metadata: Logger.Metadata { ["spare": "yes", "claim": "\(self)"] }
@@ -102,8 +103,14 @@ extension LinkManager {
 
     /// Whether `peer` took a connection on `port` within ``Timing/Choice/listenerMemory``.
     private func isAccepting(_ port: UInt16, at peer: IPv4Address, now: ContinuousClock.Instant) -> Bool {
+        listenerTrust(port, at: peer, now: now) > .zero
+    }
+
+    /// How much longer a claim for `port` at `peer` may skip its answer: the rest of ``Timing/Choice/listenerMemory``
+    /// since the peer last took a connection there (zero: none may).
+    func listenerTrust(_ port: UInt16, at peer: IPv4Address, now: ContinuousClock.Instant = .now) -> Duration {
         state.withLock { state in
-            state.accepting[PeerPort(peer: peer, port: port)].map { now - $0 < Timing.Choice.listenerMemory } ?? false
+            state.accepting[PeerPort(peer: peer, port: port)].map { max(.zero, Timing.Choice.listenerMemory - (now - $0)) } ?? .zero
         }
     }
 
@@ -171,7 +178,7 @@ extension LinkManager {
 
     /// A port to punch the successor of a spare towards `address` from, reserved in the pool: only where the
     /// pool wants one more and our endpoint can be predicted without the reflector (the claim cannot wait for it).
-    private func successorPort(towards address: IPv4Address) -> DirectPath.PunchPort? {
+    func successorPort(towards address: IPv4Address) -> DirectPath.PunchPort? {
         guard punches, !session.hasLeft, spares.reserveSuccessor(towards: address) else { return nil }
         guard let port = try? direct.predictedPunchPort() else {
             spares.abandonSuccessor(towards: address)
@@ -182,7 +189,7 @@ extension LinkManager {
 
     /// The claim of `spare` asked for its successor from `ours`: punch it towards the endpoint the peer offered,
     /// in the background, with the id and token both ends derive from the spare's.
-    private func makeSuccessor(of spare: SparePool.Spare, from ours: DirectPath.PunchPort) {
+    func makeSuccessor(of spare: SparePool.Spare, from ours: DirectPath.PunchPort) {
         let peer = spare.peer.ipv4
         guard let theirs = spare.successor, let id = SpareClaim.successorID(of: spare.id) else {
             spares.abandonSuccessor(towards: peer)
@@ -262,7 +269,7 @@ extension LinkManager {
             case .success(let (fd, successor)):
                 let spare = SparePool.Spare(fd: fd, id: id, peer: peer, localPort: ours.port, via: theirs, token: token, successor: successor)
                 logger.debug("spare link ready", metadata: ["peer": "\(peer.name)", "endpoint": "\(ours.origin)", "made": "\(made)"])
-                if !spares.made(spare) { close(fd) }
+                if spares.made(spare) { lendSpares(towards: peer.ipv4) } else { close(fd) }
             case .failure(let error):
                 if ours.predicted { direct.predictionFailed() }
                 failed(error)
@@ -273,13 +280,21 @@ extension LinkManager {
     /// Closes the spares of peers the app stopped connecting to, every ``Timing/Choice/unacceptedSweep``.
     func dropIdleSpares() async {
         while (try? await Task.sleep(for: Timing.Choice.unacceptedSweep)) != nil {
-            for spare in spares.sweep() { close(spare.fd) }
+            let (closing, recalling) = spares.sweep()
+            for spare in closing { close(spare.fd) }
+            for loan in recalling { loan.borrower.recall(loan.spare.id) }
         }
     }
 
     /// `peer` left or expired: its spares are dead.
     func forgetSpares(of peer: IPv4Address) {
-        for spare in spares.forget(peer) { close(spare.fd) }
+        let (gone, loans) = spares.forget(peer)
+        for spare in gone { close(spare.fd) }
+        // A lent spare's other copy is the app's: a shutdown ends the link for both, and the shim finds it closed.
+        for loan in loans {
+            shutdown(loan.spare.fd, Int32(SHUT_RDWR))
+            close(loan.spare.fd)
+        }
     }
 
     // MARK: Accepting side

@@ -7,7 +7,7 @@ import WireFormat
 /// A verified mesh connection, ready to hand to the app: the kernel socket and the mesh addresses the app sees.
 struct Link: Sendable {
     let fd: Int32
-    let connection: Boxermesh_V1_ShimConnection
+    var connection: Boxermesh_V1_ShimConnection
 }
 
 /// Which paths this node's connections may take.

@@ -12,6 +12,10 @@ import WireFormat
 /// doubles what the peer gets, up to `perPeer`; all peers together hold at most `total`. A peer the app has not
 /// connected to for ``Timing/Choice/spareIdle`` loses its spares, and one that refused a spare, or for which three
 /// in a row failed, gets none for ``Timing/Choice/spareBackoff``.
+///
+/// Lent: the ready spares to a peer go to the app process that connects to it (its shim claims them itself, with
+/// no node thread on the connect's way: ``LinkManager/lendSpares(towards:to:)``). A lent spare stays the pool's,
+/// counted as held, until the process says it claimed it or gives it back.
 final class SparePool: Sendable {
     /// One proven link, ready to be claimed (on the accepting side, ``SpareInbox`` holds the other end).
     struct Spare: Sendable {
@@ -39,6 +43,15 @@ final class SparePool: Sendable {
         }
     }
 
+    /// A spare lent to an app process (``borrower``), with the port its claim's successor is punched from.
+    struct Loan: Sendable {
+        let spare: Spare
+        let successor: DirectPath.PunchPort?
+        let borrower: any SpareBorrower
+        /// Asked back (the peer went idle): not asked again.
+        var recalled = false
+    }
+
     static let initialPerPeer = 2
     static let connectsBeforeSpares = 3
 
@@ -48,12 +61,15 @@ final class SparePool: Sendable {
 
     private struct State {
         var peers: [IPv4Address: Peer] = [:]
-        var held: Int { peers.values.reduce(0) { $0 + $1.spares.count + $1.making } }
+        var held: Int { peers.values.reduce(0) { $0 + $1.spares.count + $1.lent.count + $1.making } }
     }
 
     private struct Peer {
         /// Newest last: a connect takes the newest (its mappings are the freshest).
         var spares: [Spare] = []
+        var lent: [UInt64: Loan] = [:]
+        /// The app process that connected to the peer last, which its spares are lent to as they become ready.
+        var borrower: (any SpareBorrower)? = nil
         var making = 0
         var wanted: Int
         var lastUsed: ContinuousClock.Instant
@@ -113,15 +129,16 @@ final class SparePool: Sendable {
             }
             entry.backoffUntil = nil
             let room = max(0, total - state.held)
-            let count = min(room, max(0, entry.wanted - entry.spares.count - entry.making))
+            let count = min(room, max(0, entry.wanted - entry.spares.count - entry.lent.count - entry.making))
             entry.making += count
             state.peers[peer] = entry
             return count
         }
     }
 
-    /// A connect is about to claim a spare towards `peer`: whether its claim asks for the spare's successor (the
-    /// pool wants one more, and may hold it), counted as being made as for ``reserve(towards:now:)``.
+    /// A connect is about to claim a spare towards `peer`, or a spare is lent: whether its claim asks for the
+    /// spare's successor (the pool wants one more, and may hold it), counted as being made as for
+    /// ``reserve(towards:now:)``. A lent spare's successor stands in for it: lent ones are not counted here.
     func reserveSuccessor(towards peer: IPv4Address, now: ContinuousClock.Instant = .now) -> Bool {
         state.withLock { state in
             guard var entry = state.peers[peer], entry.backoffUntil.map({ now >= $0 }) ?? true, state.held < total,
@@ -146,7 +163,7 @@ final class SparePool: Sendable {
             entry.making -= 1
             entry.failures = 0
             state.peers[spare.peer.ipv4] = entry
-            guard entry.spares.count < entry.wanted else { return false }
+            guard entry.spares.count + entry.lent.count < entry.wanted else { return false }
             state.peers[spare.peer.ipv4]!.spares.append(spare)
             return true
         }
@@ -168,18 +185,85 @@ final class SparePool: Sendable {
         }
     }
 
-    /// Forgets the peers not used for ``Timing/Choice/spareIdle``; returns their spares for the caller to close.
-    func sweep(now: ContinuousClock.Instant = .now) -> [Spare] {
+    /// Forgets the peers not used for ``Timing/Choice/spareIdle``; returns their spares for the caller to close,
+    /// and the loans to ask back (a peer with loans out is kept until they end).
+    func sweep(now: ContinuousClock.Instant = .now) -> (closing: [Spare], recalling: [Loan]) {
         state.withLock { state in
-            let idle = state.peers.filter { now - $0.value.lastUsed >= Timing.Choice.spareIdle }
-            for peer in idle.keys { state.peers[peer] = nil }
-            return idle.values.flatMap(\.spares)
+            var closing: [Spare] = [], recalling: [Loan] = []
+            for (peer, entry) in state.peers where now - entry.lastUsed >= Timing.Choice.spareIdle {
+                closing += entry.spares
+                guard !entry.lent.isEmpty else {
+                    state.peers[peer] = nil
+                    continue
+                }
+                state.peers[peer]!.spares = []
+                state.peers[peer]!.borrower = nil
+                for (id, loan) in entry.lent where !loan.recalled {
+                    state.peers[peer]!.lent[id]!.recalled = true
+                    recalling.append(loan)
+                }
+            }
+            return (closing, recalling)
         }
     }
 
-    /// Forgets `peer` (it left or expired); returns its spares for the caller to close.
-    func forget(_ peer: IPv4Address) -> [Spare] {
-        state.withLock { $0.peers.removeValue(forKey: peer)?.spares ?? [] }
+    /// Forgets `peer` (it left or expired); returns its spares and loans for the caller to close.
+    func forget(_ peer: IPv4Address) -> (spares: [Spare], loans: [Loan]) {
+        state.withLock { state in
+            let entry = state.peers.removeValue(forKey: peer)
+            return (entry?.spares ?? [], entry.map { Array($0.lent.values) } ?? [])
+        }
+    }
+
+    // MARK: Lending
+
+    /// The spares ready towards `peer`, taken out to be lent to its borrower — `borrower`, which connected to it
+    /// just now, or the one before — with that borrower; nil when there are none or nobody to lend to. The caller
+    /// records each with ``recordLoan(_:)`` before it sends it.
+    func lend(towards peer: IPv4Address, to borrower: (any SpareBorrower)? = nil) -> (any SpareBorrower, [Spare])? {
+        state.withLock { state in
+            guard var entry = state.peers[peer] else { return nil }
+            if let borrower { entry.borrower = borrower }
+            let ready = entry.spares
+            if entry.borrower != nil { entry.spares = [] }
+            state.peers[peer] = entry
+            guard let to = entry.borrower, !ready.isEmpty else { return nil }
+            return (to, ready)
+        }
+    }
+
+    /// A spare is lent. False when its peer was forgotten meanwhile: the caller closes it.
+    func recordLoan(_ loan: Loan) -> Bool {
+        state.withLock { state in
+            guard state.peers[loan.spare.peer.ipv4] != nil else { return false }
+            state.peers[loan.spare.peer.ipv4]!.lent[loan.spare.id] = loan
+            return true
+        }
+    }
+
+    /// `borrower` says it claimed (a connect took it: a use of the peer) or gave back lent spare `id`; the loan,
+    /// or nil when it has none such.
+    func endLoan(_ id: UInt64, of borrower: ObjectIdentifier, claimed: Bool, now: ContinuousClock.Instant = .now) -> Loan? {
+        state.withLock { state in
+            guard let peer = state.peers.first(where: { $0.value.lent[id].map { ObjectIdentifier($0.borrower) == borrower } ?? false })?.key else { return nil }
+            if claimed { state.peers[peer]!.lastUsed = now }
+            return state.peers[peer]!.lent.removeValue(forKey: id)
+        }
+    }
+
+    /// `borrower`'s process ended: its loans, which nobody can claim any more; it is nobody's borrower from now on.
+    func endLoans(of borrower: ObjectIdentifier) -> [Loan] {
+        state.withLock { state in
+            var ended: [Loan] = []
+            for (peer, entry) in state.peers {
+                if let current = entry.borrower, ObjectIdentifier(current) == borrower { state.peers[peer]!.borrower = nil }
+                for (id, loan) in entry.lent where ObjectIdentifier(loan.borrower) == borrower {
+                    state.peers[peer]!.lent[id] = nil
+                    ended.append(loan)
+                }
+            }
+            return ended
+        }
     }
 
     /// How many spares are ready towards `peer`.

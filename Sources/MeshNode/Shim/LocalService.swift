@@ -14,7 +14,8 @@ import ZeroMQ
 /// on the connection's thread (a close-and-listen-again keeps its order).
 /// Connections go out as the kernel sockets themselves (SCM_RIGHTS), and the node closes its copy at once, so
 /// the app's close() really closes. A relayed connection's direct socket follows later, unasked, once it has
-/// moved to a direct link (``HandoffDesk``), to a shim that said it takes handoffs.
+/// moved to a direct link (``HandoffDesk``), to a shim that said it takes handoffs; and spare links are lent to a
+/// shim that said it takes them (``SpareBorrower``), which claims them itself and tells the node afterwards.
 final class LocalService: Sendable {
     /// The socket's address for BOXER_SHIM_SOCKET ("@…": abstract, nothing to clean up on disk).
     let address: String
@@ -66,6 +67,7 @@ final class LocalService: Sendable {
         defer {
             clients.withLock { _ = $0.remove(fd) }
             handoffs.forget(client.finish(), reason: "the app's process ended")
+            links.borrowerLeft(client)
         }
         while true {
             var passed: Int32 = -1
@@ -104,6 +106,7 @@ final class LocalService: Sendable {
                 {
                     close(link.fd)  // after the node's bookkeeping: the app holds the only copy now
                     guard sent else { return }
+                    if connect.takesSpares { links.lendSpares(towards: IPv4Address(connect.address), to: client) }
                     continue
                 }
                 client.begin()
@@ -113,6 +116,9 @@ final class LocalService: Sendable {
                 }
             case .handoffResult(let result):
                 handoffs.answer(result)
+            case .spareUsed(let used):
+                links.loanEnded(used.spare, port: UInt16(truncatingIfNeeded: used.port), setup: .microseconds(used.setupUs),
+                    reason: used.reason, by: client)
             default:
                 let (response, link) = respondAtOnce(to: request)
                 if case .takeAccepted(let take) = request.body, take.takesHandoff { register(response, for: client) }
@@ -164,6 +170,7 @@ final class LocalService: Sendable {
                 self.deliver($0, answering: request, takesHandoff: connect.takesHandoff, to: client)
             }
             close(link.fd)  // after the node's bookkeeping: the app holds the only copy now
+            if connect.takesSpares { links.lendSpares(towards: IPv4Address(connect.address), to: client) }
         } catch {
             links.logConnectFailure(to: IPv4Address(connect.address), port: UInt16(connect.port), error)
             client.reply(Self.failure(request, error.code, error.description).0, passing: nil)
@@ -192,8 +199,8 @@ final class LocalService: Sendable {
             return (Self.response(to: request) { $0.connection = link.connection }, link.fd)
         case nil:
             return Self.failure(request, EINVAL, "unknown shim request")
-        case .connect, .resolve, .reverse, .handoffResult:
-            preconditionFailure("serve() answers connects through connect(_:for:), lookups through lookUp(_:), and takes handoff results")
+        case .connect, .resolve, .reverse, .handoffResult, .spareUsed:
+            preconditionFailure("serve() answers connects through connect(_:for:), lookups through lookUp(_:), and takes handoff results and spares' use")
         }
         return (Self.response(to: request) { _ in }, nil)
     }
@@ -214,7 +221,7 @@ final class LocalService: Sendable {
 
 /// One app process's shim connection. Replies may come from several tasks at once (a SEQPACKET datagram goes out
 /// whole), and the descriptor stays open until the last one is sent: a reply never goes to a reused number.
-private final class ShimClient: Sendable {
+private final class ShimClient: SpareBorrower {
     let fd: Int32
     /// Replies still being worked on, whether the app hung up, and the relayed connections it took (handoffs).
     private let state = Mutex((inFlight: 0, finished: false, relayed: [UInt64]()))
@@ -247,6 +254,16 @@ private final class ShimClient: Sendable {
     }
 
     func took(_ id: UInt64) { state.withLock { $0.relayed.append(id) } }
+
+    // From the threads that make spares, which must not wait for an app that does not read its shim connection.
+    func lend(_ spare: Boxermesh_V1_ShimSpare, fd: Int32) -> Bool {
+        send(.with { $0.spare = spare }, passing: [fd], waiting: false)
+    }
+
+    /// Best effort: a recall not sent leaves the spare with the process until it ends.
+    func recall(_ id: UInt64) {
+        _ = send(.with { $0.recall = .with { $0.spare = id } }, passing: [], waiting: false)
+    }
 
     func end() {
         let last = state.withLock { state in

@@ -1682,6 +1682,14 @@ public nonisolated struct Boxermesh_V1_ShimRequest: Sendable {
     set {body = .handoffResult(newValue)}
   }
 
+  public var spareUsed: Boxermesh_V1_ShimSpareUsed {
+    get {
+      if case .spareUsed(let v)? = body {return v}
+      return Boxermesh_V1_ShimSpareUsed()
+    }
+    set {body = .spareUsed(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -1692,6 +1700,7 @@ public nonisolated struct Boxermesh_V1_ShimRequest: Sendable {
     case unlisten(Boxermesh_V1_ShimUnlisten)
     case takeAccepted(Boxermesh_V1_ShimTakeAccepted)
     case handoffResult(Boxermesh_V1_ShimHandoffResult)
+    case spareUsed(Boxermesh_V1_ShimSpareUsed)
 
   }
 
@@ -1737,12 +1746,30 @@ public nonisolated struct Boxermesh_V1_ShimResponse: Sendable {
     set {body = .handoff(newValue)}
   }
 
+  public var spare: Boxermesh_V1_ShimSpare {
+    get {
+      if case .spare(let v)? = body {return v}
+      return Boxermesh_V1_ShimSpare()
+    }
+    set {body = .spare(newValue)}
+  }
+
+  public var recall: Boxermesh_V1_ShimRecall {
+    get {
+      if case .recall(let v)? = body {return v}
+      return Boxermesh_V1_ShimRecall()
+    }
+    set {body = .recall(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
     case resolved(Boxermesh_V1_ShimResolved)
     case connection(Boxermesh_V1_ShimConnection)
     case handoff(Boxermesh_V1_ShimHandoff)
+    case spare(Boxermesh_V1_ShimSpare)
+    case recall(Boxermesh_V1_ShimRecall)
 
   }
 
@@ -1802,6 +1829,9 @@ public nonisolated struct Boxermesh_V1_ShimConnect: Sendable {
   /// The asker takes ShimHandoff messages (the preload shim does): a relayed connection may later be handed over.
   public var takesHandoff: Bool = false
 
+  /// The asker takes ShimSpare messages (the preload shim does): the node may lend it spare links to this peer.
+  public var takesSpares: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1826,6 +1856,10 @@ public nonisolated struct Boxermesh_V1_ShimConnection: Sendable {
 
   /// A relayed connection the node may later hand over (ShimHandoff) when it has moved to a direct link; 0 otherwise.
   public var connection: UInt64 = 0
+
+  /// How much longer (ms) the node trusts that the peer takes connections on peer_port: until then a lent spare
+  /// link's claim for that port needs no answer (ShimSpare). 0: no such trust.
+  public var listenerMs: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1914,6 +1948,67 @@ public nonisolated struct Boxermesh_V1_ShimHandoffResult: Sendable {
   public var carried: UInt64 = 0
 
   public var taken: Bool = false
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Node -> shim, unasked (id 0): a spare link to peer `peer_address`, lent to this process, attached (one fd). The
+/// node keeps its copy. A connect of the app to that peer, on a port it trusts (ShimConnection.listener_ms), may
+/// take it without asking the node: once the kernel heard from the peer on it within `fresh_ms` (TCP_INFO) and
+/// nothing is readable on it, the shim writes `claim` to it with the port (big-endian) in bytes 4-5, puts it at the
+/// app's fd (its local mesh port is `local_port`) and tells the node with ShimSpareUsed. A spare found dead, or not
+/// wanted any more, goes back the same way (port 0).
+public nonisolated struct Boxermesh_V1_ShimSpare: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var spare: UInt64 = 0
+
+  public var peerAddress: UInt32 = 0
+
+  public var localPort: UInt32 = 0
+
+  public var claim: Data = Data()
+
+  public var freshMs: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Node -> shim, unasked (id 0): give lent spare `spare` back (the node no longer wants it held); the shim closes
+/// its copy and answers ShimSpareUsed with port 0, unless a connect took it already.
+public nonisolated struct Boxermesh_V1_ShimRecall: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var spare: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Shim -> node, not answered (id 0): lent spare `spare` was claimed for `port` (the app holds it; its claim went
+/// out `setup_us` after the app's connect began), or, with port 0, given back: the shim no longer holds it, and
+/// `reason` says why (dead, recalled, the app closed its fd).
+public nonisolated struct Boxermesh_V1_ShimSpareUsed: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var spare: UInt64 = 0
+
+  public var port: UInt32 = 0
+
+  public var setupUs: UInt32 = 0
+
+  public var reason: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -4475,7 +4570,7 @@ nonisolated extension Boxermesh_V1_CaptureSegment.Kind: SwiftProtobuf._ProtoName
 
 nonisolated extension Boxermesh_V1_ShimRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ShimRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{2}\u{9}resolve\0\u{1}reverse\0\u{1}connect\0\u{1}listen\0\u{1}unlisten\0\u{3}take_accepted\0\u{3}handoff_result\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{2}\u{9}resolve\0\u{1}reverse\0\u{1}connect\0\u{1}listen\0\u{1}unlisten\0\u{3}take_accepted\0\u{3}handoff_result\0\u{3}spare_used\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4575,6 +4670,19 @@ nonisolated extension Boxermesh_V1_ShimRequest: SwiftProtobuf.Message, SwiftProt
           self.body = .handoffResult(v)
         }
       }()
+      case 17: try {
+        var v: Boxermesh_V1_ShimSpareUsed?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .spareUsed(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .spareUsed(v)
+        }
+      }()
       default: break
       }
     }
@@ -4617,6 +4725,10 @@ nonisolated extension Boxermesh_V1_ShimRequest: SwiftProtobuf.Message, SwiftProt
       guard case .handoffResult(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
     }()
+    case .spareUsed?: try {
+      guard case .spareUsed(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 17)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -4632,7 +4744,7 @@ nonisolated extension Boxermesh_V1_ShimRequest: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Boxermesh_V1_ShimResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ShimResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}error\0\u{1}message\0\u{2}\u{7}resolved\0\u{1}connection\0\u{1}handoff\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}error\0\u{1}message\0\u{2}\u{7}resolved\0\u{1}connection\0\u{1}handoff\0\u{1}spare\0\u{1}recall\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4682,6 +4794,32 @@ nonisolated extension Boxermesh_V1_ShimResponse: SwiftProtobuf.Message, SwiftPro
           self.body = .handoff(v)
         }
       }()
+      case 13: try {
+        var v: Boxermesh_V1_ShimSpare?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .spare(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .spare(v)
+        }
+      }()
+      case 14: try {
+        var v: Boxermesh_V1_ShimRecall?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .recall(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .recall(v)
+        }
+      }()
       default: break
       }
     }
@@ -4713,6 +4851,14 @@ nonisolated extension Boxermesh_V1_ShimResponse: SwiftProtobuf.Message, SwiftPro
     case .handoff?: try {
       guard case .handoff(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+    }()
+    case .spare?: try {
+      guard case .spare(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
+    }()
+    case .recall?: try {
+      guard case .recall(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
     }()
     case nil: break
     }
@@ -4826,7 +4972,7 @@ nonisolated extension Boxermesh_V1_ShimResolved: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Boxermesh_V1_ShimConnect: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ShimConnect"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}address\0\u{1}port\0\u{3}takes_handoff\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}address\0\u{1}port\0\u{3}takes_handoff\0\u{3}takes_spares\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4837,6 +4983,7 @@ nonisolated extension Boxermesh_V1_ShimConnect: SwiftProtobuf.Message, SwiftProt
       case 1: try { try decoder.decodeSingularFixed32Field(value: &self.address) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
       case 3: try { try decoder.decodeSingularBoolField(value: &self.takesHandoff) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.takesSpares) }()
       default: break
       }
     }
@@ -4852,6 +4999,9 @@ nonisolated extension Boxermesh_V1_ShimConnect: SwiftProtobuf.Message, SwiftProt
     if self.takesHandoff != false {
       try visitor.visitSingularBoolField(value: self.takesHandoff, fieldNumber: 3)
     }
+    if self.takesSpares != false {
+      try visitor.visitSingularBoolField(value: self.takesSpares, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4859,6 +5009,7 @@ nonisolated extension Boxermesh_V1_ShimConnect: SwiftProtobuf.Message, SwiftProt
     if lhs.address != rhs.address {return false}
     if lhs.port != rhs.port {return false}
     if lhs.takesHandoff != rhs.takesHandoff {return false}
+    if lhs.takesSpares != rhs.takesSpares {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4866,7 +5017,7 @@ nonisolated extension Boxermesh_V1_ShimConnect: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Boxermesh_V1_ShimConnection: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ShimConnection"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}local_address\0\u{3}local_port\0\u{3}peer_address\0\u{3}peer_port\0\u{1}path\0\u{1}connection\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}local_address\0\u{3}local_port\0\u{3}peer_address\0\u{3}peer_port\0\u{1}path\0\u{1}connection\0\u{3}listener_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4880,6 +5031,7 @@ nonisolated extension Boxermesh_V1_ShimConnection: SwiftProtobuf.Message, SwiftP
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.peerPort) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.path) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.connection) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.listenerMs) }()
       default: break
       }
     }
@@ -4904,6 +5056,9 @@ nonisolated extension Boxermesh_V1_ShimConnection: SwiftProtobuf.Message, SwiftP
     if self.connection != 0 {
       try visitor.visitSingularUInt64Field(value: self.connection, fieldNumber: 6)
     }
+    if self.listenerMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.listenerMs, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -4914,6 +5069,7 @@ nonisolated extension Boxermesh_V1_ShimConnection: SwiftProtobuf.Message, SwiftP
     if lhs.peerPort != rhs.peerPort {return false}
     if lhs.path != rhs.path {return false}
     if lhs.connection != rhs.connection {return false}
+    if lhs.listenerMs != rhs.listenerMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -5094,6 +5250,131 @@ nonisolated extension Boxermesh_V1_ShimHandoffResult: SwiftProtobuf.Message, Swi
     if lhs.reason != rhs.reason {return false}
     if lhs.carried != rhs.carried {return false}
     if lhs.taken != rhs.taken {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_ShimSpare: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ShimSpare"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spare\0\u{3}peer_address\0\u{3}local_port\0\u{1}claim\0\u{3}fresh_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.spare) }()
+      case 2: try { try decoder.decodeSingularFixed32Field(value: &self.peerAddress) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.localPort) }()
+      case 4: try { try decoder.decodeSingularBytesField(value: &self.claim) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.freshMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.spare != 0 {
+      try visitor.visitSingularUInt64Field(value: self.spare, fieldNumber: 1)
+    }
+    if self.peerAddress != 0 {
+      try visitor.visitSingularFixed32Field(value: self.peerAddress, fieldNumber: 2)
+    }
+    if self.localPort != 0 {
+      try visitor.visitSingularUInt32Field(value: self.localPort, fieldNumber: 3)
+    }
+    if !self.claim.isEmpty {
+      try visitor.visitSingularBytesField(value: self.claim, fieldNumber: 4)
+    }
+    if self.freshMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.freshMs, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_ShimSpare, rhs: Boxermesh_V1_ShimSpare) -> Bool {
+    if lhs.spare != rhs.spare {return false}
+    if lhs.peerAddress != rhs.peerAddress {return false}
+    if lhs.localPort != rhs.localPort {return false}
+    if lhs.claim != rhs.claim {return false}
+    if lhs.freshMs != rhs.freshMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_ShimRecall: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ShimRecall"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spare\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.spare) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.spare != 0 {
+      try visitor.visitSingularUInt64Field(value: self.spare, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_ShimRecall, rhs: Boxermesh_V1_ShimRecall) -> Bool {
+    if lhs.spare != rhs.spare {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Boxermesh_V1_ShimSpareUsed: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ShimSpareUsed"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spare\0\u{1}port\0\u{3}setup_us\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.spare) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.setupUs) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.spare != 0 {
+      try visitor.visitSingularUInt64Field(value: self.spare, fieldNumber: 1)
+    }
+    if self.port != 0 {
+      try visitor.visitSingularUInt32Field(value: self.port, fieldNumber: 2)
+    }
+    if self.setupUs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.setupUs, fieldNumber: 3)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Boxermesh_V1_ShimSpareUsed, rhs: Boxermesh_V1_ShimSpareUsed) -> Bool {
+    if lhs.spare != rhs.spare {return false}
+    if lhs.port != rhs.port {return false}
+    if lhs.setupUs != rhs.setupUs {return false}
+    if lhs.reason != rhs.reason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
