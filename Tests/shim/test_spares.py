@@ -78,9 +78,16 @@ def connect(port, blocking=True):
     finally:
         s.close()
 
+def sockets():
+    return sum(os.readlink(f"/proc/self/fd/{fd}").startswith("socket:") for fd in os.listdir("/proc/self/fd")
+               if os.path.exists(f"/proc/self/fd/{fd}"))
+
 for step in sys.argv[1].split(","):
-    if step == "pause":
-        time.sleep(0.3)  # the node's lend reaches the shim's thread
+    if step.startswith("lent:"):
+        # The node's lend reaches the shim's thread: the process holds the node connection and that many spares.
+        deadline = time.monotonic() + 10
+        while sockets() < 1 + int(step[5:]) and time.monotonic() < deadline:
+            time.sleep(0.01)
     elif step == "fork":
         pid = os.fork()
         if pid == 0:
@@ -103,7 +110,7 @@ def lent_spares_take_connects_to_their_peer_without_the_node():
     server = ClaimServer()
     try:
         with FakeNode(hosts=HOSTS, maps=[(f"{PEER_IP}:7000", f"127.0.0.1:{server.port}")], lend=2) as node:
-            steps = "7000,pause,7001,fork,7000,7000n,7000"
+            steps = "7000,lent:2,7001,fork,7000,7000n,7000"
             r = expect_ok(run_python(APP, shim_env(node), args=(steps,), timeout=30), "the app")
             lines = r.stdout.splitlines()
             check(lines == [
@@ -129,7 +136,7 @@ def a_dead_or_closed_lent_spare_goes_back_and_is_never_handed_to_the_app():
     server = ClaimServer()
     try:
         with FakeNode(hosts=HOSTS, maps=[(f"{PEER_IP}:7000", f"127.0.0.1:{server.port}")], lend=1, lend_dead=1) as node:
-            r = expect_ok(run_python(APP, shim_env(node), args=("7000,pause,7000,7000,pause,closeall,7000",), timeout=30),
+            r = expect_ok(run_python(APP, shim_env(node), args=("7000,lent:2,7000,7000,lent:2,closeall,7000",), timeout=30),
                           "the app")
             check(r.stdout.splitlines() == [
                 f"7000 peer={PEER_IP}:7000 plain hello",
