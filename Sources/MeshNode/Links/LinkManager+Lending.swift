@@ -43,7 +43,8 @@ extension LinkManager {
     }
 
     /// The shim of `borrower` claimed lent spare `id` for `port` (the app holds it; the claim went out `setup`
-    /// after its connect began), or gave it back (port 0; `reason` says why).
+    /// after its connect began), or gave it back (port 0; `reason` says why). A claim's bookkeeping waits
+    /// ``Timing/Choice/lentBookkeeping``; only the claim is sent at once.
     func loanEnded(_ id: UInt64, port: UInt16, setup: Duration, reason: String, by borrower: any SpareBorrower) {
         guard let loan = spares.endLoan(id, of: ObjectIdentifier(borrower), claimed: port != 0) else {
             logger.debug("an app process reported a spare link not lent to it", metadata: ["spare": "\(id)"])
@@ -56,10 +57,13 @@ extension LinkManager {
             return
         }
         Self.cork(spare.fd, false)  // the shim held its claim back: it leaves now, if the app wrote nothing yet
-        settle(spare.offer, fd: spare.fd, path: .direct, port: port, setup: setup, spare: .lent)
-        if let successor = loan.successor { makeSuccessor(of: spare, from: successor) }
-        makeSpares(towards: spare.peer.ipv4)
-        close(spare.fd)  // after the bookkeeping: the app holds the only copy now
+        Task {
+            try? await Task.sleep(for: Timing.Choice.lentBookkeeping)
+            settle(spare.offer, fd: spare.fd, path: .direct, port: port, setup: setup, spare: .lent)
+            if let successor = loan.successor { makeSuccessor(of: spare, from: successor) }
+            makeSpares(towards: spare.peer.ipv4)
+            close(spare.fd)  // after the bookkeeping: the app holds the only copy now
+        }
     }
 
     /// The process of `borrower` ended (or lost its connection to the node, and closed its copies): the spares
