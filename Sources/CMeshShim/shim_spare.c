@@ -59,10 +59,10 @@ static void set_fd(int slot, int fd) {
     __atomic_store_n(&spare_fds[slot], fd, __ATOMIC_RELAXED);
 }
 
-// Tells the node how spare `slot` ended: claimed for `port` (0: given back, for `reason`).
-static void report_locked(int slot, uint16_t port, int64_t setup_us, const char *reason) {
+// Tells the node how spare `id` ended: claimed for `port` (0: given back, for `reason`).
+static void report_locked(uint64_t id, uint16_t port, int64_t setup_us, const char *reason) {
     Boxermesh__V1__ShimSpareUsed body = BOXERMESH__V1__SHIM_SPARE_USED__INIT;
-    body.spare = spares[slot].id;
+    body.spare = id;
     body.port = port;
     body.setup_us = setup_us > 0 ? (uint32_t)setup_us : 0;
     body.reason = (char *)reason;
@@ -78,7 +78,7 @@ static void give_back_locked(int slot, bool close_it, const char *reason) {
                spare_fds[slot], reason);
     if (close_it) real.close(spare_fds[slot]);
     set_fd(slot, -1);
-    report_locked(slot, 0, 0, reason);
+    report_locked(spares[slot].id, 0, 0, reason);
 }
 
 void shim_spare_add_locked(const Boxermesh__V1__ShimSpare *spare, int fd) {
@@ -90,16 +90,9 @@ void shim_spare_add_locked(const Boxermesh__V1__ShimSpare *spare, int fd) {
                           : fstat(fd, &st) != 0 ? "it is no socket"
                                                  : NULL;
     if (refusal) {
-        // Said from a slot-less report: the id is all the node needs.
         SHIM_DEBUG("lent spare link %llu refused: %s", (unsigned long long)spare->spare, refusal);
         real.close(fd);
-        Boxermesh__V1__ShimSpareUsed body = BOXERMESH__V1__SHIM_SPARE_USED__INIT;
-        body.spare = spare->spare;
-        body.reason = (char *)refusal;
-        Boxermesh__V1__ShimRequest request = BOXERMESH__V1__SHIM_REQUEST__INIT;
-        request.body_case = BOXERMESH__V1__SHIM_REQUEST__BODY_SPARE_USED;
-        request.spare_used = &body;
-        shim_node_notify_locked(&request);
+        report_locked(spare->spare, 0, 0, refusal);
         return;
     }
     struct spare *s = &spares[slot];
@@ -196,7 +189,7 @@ int shim_spare_claim_locked(uint32_t ip, uint16_t port, int64_t started_us,
             ssize_t sent = send(fd, claim, spares[slot].claim_len, MSG_NOSIGNAL | MSG_DONTWAIT | MSG_MORE);
             if (sent == (ssize_t)spares[slot].claim_len) {
                 set_fd(slot, -1);
-                report_locked(slot, port, shim_now_us() - started_us, "");
+                report_locked(spares[slot].id, port, shim_now_us() - started_us, "");
                 connection->local_port = spares[slot].local_port;
                 connection->peer_address = ip;
                 connection->peer_port = port;

@@ -54,6 +54,13 @@ struct SpareLinkLabTests {
         return (client, spares)
     }
 
+    /// The local mesh ports of the app's connections, in order, from the client's output.
+    static func localPorts(_ output: String) -> [String] {
+        output.split(separator: "\n").filter { $0.hasPrefix("connected ") }.compactMap {
+            $0.split(separator: " ")[1].split(separator: ":").last.map(String.init)
+        }
+    }
+
     /// The app's connects in order: (port it asked for, what came of it), from the client's output.
     static func outcomes(_ output: String) -> [String] {
         output.split(separator: "\n").filter { $0.hasPrefix("answer ") || $0.hasPrefix("connect failed") }.map(String.init)
@@ -175,9 +182,7 @@ struct SpareLinkLabTests {
             #expect(client.waitUntilExit(timeout: .seconds(30)) == 0, "\(client.standardOutput)\n\(client.standardError)")
             #expect(Self.outcomes(client.standardOutput) == (1...4).map { "answer echo:hello-\($0) (port 5000)" },
                 "\(client.standardOutput)\n\(client.standardError)")
-            let localPorts = client.standardOutput.split(separator: "\n").filter { $0.hasPrefix("connected ") }.compactMap {
-                $0.split(separator: " ")[1].split(separator: ":").last.map(String.init)
-            }
+            let localPorts = Self.localPorts(client.standardOutput)
             #expect(localPorts.count == 4 && !spares.contains(localPorts[3]), "spares \(spares), the app's links \(localPorts)")
             #expect(client.standardError.contains("a spare link was dead"), "\(client.standardError)")
         }
@@ -205,9 +210,7 @@ struct SpareLinkLabTests {
             #expect(client.waitUntilExit(timeout: .seconds(30)) == 0, "\(client.standardOutput)\n\(client.standardError)")
             #expect(Self.outcomes(client.standardOutput) == (1...5).map { "answer echo:hello-\($0) (port 5000)" },
                 "\(client.standardOutput)\n\(client.standardError)")
-            let localPorts = client.standardOutput.split(separator: "\n").filter { $0.hasPrefix("connected ") }.compactMap {
-                $0.split(separator: " ")[1].split(separator: ":").last.map(String.init)
-            }
+            let localPorts = Self.localPorts(client.standardOutput)
             #expect(localPorts.count == 5 && !spares.contains(localPorts[3]) && !spares.contains(localPorts[4]),
                 "spares \(spares), the app's links \(localPorts)")
             let back = client.standardError.split(separator: "\n").filter { $0.contains("a lent spare link came back") }
