@@ -35,7 +35,7 @@ extension LinkManager {
                 endUnclaimed(loan)
                 continue
             }
-            if !to.lend(message, fd: spare.fd), let loan = spares.endLoan(spare.id, of: ObjectIdentifier(to), claimed: false) {
+            if !to.lend(message, fd: spare.fd), let (loan, _) = spares.endLoan(spare.id, of: ObjectIdentifier(to), claimed: false) {
                 logger.debug("a spare link could not be lent", metadata: ["peer": "\(spare.peer.name)", "why": "\(String(cString: strerror(Glibc.errno)))"])
                 endUnclaimed(loan)
             }
@@ -46,7 +46,7 @@ extension LinkManager {
     /// after its connect began), or gave it back (port 0; `reason` says why). A claim's bookkeeping waits
     /// ``Timing/Choice/lentBookkeeping``; only the claim is sent at once.
     func loanEnded(_ id: UInt64, port: UInt16, setup: Duration, reason: String, by borrower: any SpareBorrower) {
-        guard let loan = spares.endLoan(id, of: ObjectIdentifier(borrower), claimed: port != 0) else {
+        guard let (loan, sinceUse) = spares.endLoan(id, of: ObjectIdentifier(borrower), claimed: port != 0) else {
             logger.debug("an app process reported a spare link not lent to it", metadata: ["spare": "\(id)"])
             return
         }
@@ -57,11 +57,17 @@ extension LinkManager {
             return
         }
         Self.cork(spare.fd, false)  // the shim held its claim back: it leaves now, if the app wrote nothing yet
-        Task {
-            try? await Task.sleep(for: Timing.Choice.lentBookkeeping)
-            settle(spare.offer, fd: spare.fd, path: .direct, port: port, setup: setup, spare: .lent)
+        let refill = { [self] in
             if let successor = loan.successor { makeSuccessor(of: spare, from: successor) }
             makeSpares(towards: spare.peer.ipv4)
+        }
+        // An app that connects again and again needs the successor at once; one that connects now and then can wait.
+        let storm = sinceUse < Timing.Choice.lentBookkeepingStorm
+        if storm { refill() }
+        Task {
+            try? await Task.sleep(for: Timing.Choice.lentBookkeeping)
+            if !storm { refill() }
+            settle(spare.offer, fd: spare.fd, path: .direct, port: port, setup: setup, spare: .lent)
             close(spare.fd)  // after the bookkeeping: the app holds the only copy now
         }
     }
