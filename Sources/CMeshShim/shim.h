@@ -151,6 +151,9 @@ struct shim_waiter {
 // (-1 if none), or an errno: ENETUNREACH when the node is unreachable or went away, ETIMEDOUT.
 int shim_node_call(Boxermesh__V1__ShimRequest *request, int timeout_ms, Boxermesh__V1__ShimResponse **response,
                    int *fd);
+// Whether fd still refers to the file with this dev and ino: not an fd the app closed behind the shim's back,
+// its number since reused.
+bool shim_fd_is(int fd, dev_t dev, ino_t ino);
 // Milliseconds and microseconds on the monotonic clock (deadlines, timings).
 int64_t shim_now_ms(void);
 int64_t shim_now_us(void);

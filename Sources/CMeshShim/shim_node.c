@@ -42,9 +42,13 @@ static void set_node_fd(int fd) {
     __atomic_store_n(&node_fd, fd, __ATOMIC_RELAXED);
 }
 
-static bool node_fd_is_ours_locked(void) {
+bool shim_fd_is(int fd, dev_t dev, ino_t ino) {
     struct stat st;
-    return node_fd >= 0 && fstat(node_fd, &st) == 0 && st.st_dev == node_dev && st.st_ino == node_ino;
+    return fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+}
+
+static bool node_fd_is_ours_locked(void) {
+    return node_fd >= 0 && shim_fd_is(node_fd, node_dev, node_ino);
 }
 
 void shim_response_free(Boxermesh__V1__ShimResponse *response) {
@@ -85,6 +89,27 @@ static void drop_connection_locked(int error, bool close_it) {
     generation++;
     fail_all_waiters_locked(error);
     shim_spare_drop_all_locked();  // the node ends its loans to this connection
+}
+
+// A message the node sends unasked (id 0), with the fds it carries: handled here (true), or not one (false).
+static bool unasked_locked(const Boxermesh__V1__ShimResponse *response, const int fds[2], size_t n_fds) {
+    if (response->id != 0) return false;
+    switch (response->body_case) {
+    case BOXERMESH__V1__SHIM_RESPONSE__BODY_SPARE:
+        if (n_fds != 1) return false;
+        shim_spare_add_locked(response->spare, fds[0]);
+        return true;
+    case BOXERMESH__V1__SHIM_RESPONSE__BODY_RECALL:
+        if (n_fds != 0) return false;
+        shim_spare_recall_locked(response->recall->spare);
+        return true;
+    case BOXERMESH__V1__SHIM_RESPONSE__BODY_HANDOFF:
+        if (n_fds != 2) return false;
+        shim_handoff_locked(response->handoff, fds[0], fds[1]);
+        return true;
+    default:
+        return false;
+    }
 }
 
 // Waits for replies; exits when its connection is given up. Runs with all signals blocked (the app's handlers
@@ -147,21 +172,7 @@ static void *service_main(void *arg) {
         }
         Boxermesh__V1__ShimResponse *response =
             (msg.msg_flags & MSG_TRUNC) ? NULL : boxermesh__v1__shim_response__unpack(NULL, (size_t)n, buffer);
-        if (response && response->id == 0 && response->body_case == BOXERMESH__V1__SHIM_RESPONSE__BODY_SPARE &&
-            n_fds == 1) {
-            shim_spare_add_locked(response->spare, fds[0]);
-            shim_response_free(response);
-            continue;
-        }
-        if (response && response->id == 0 && response->body_case == BOXERMESH__V1__SHIM_RESPONSE__BODY_RECALL &&
-            n_fds == 0) {
-            shim_spare_recall_locked(response->recall->spare);
-            shim_response_free(response);
-            continue;
-        }
-        if (response && response->id == 0 && response->body_case == BOXERMESH__V1__SHIM_RESPONSE__BODY_HANDOFF &&
-            n_fds == 2) {
-            shim_handoff_locked(response->handoff, fds[0], fds[1]);
+        if (response && unasked_locked(response, fds, n_fds)) {
             shim_response_free(response);
             continue;
         }

@@ -59,6 +59,10 @@ static void set_fd(int slot, int fd) {
     __atomic_store_n(&spare_fds[slot], fd, __ATOMIC_RELAXED);
 }
 
+static bool still_ours(int slot) {
+    return shim_fd_is(spare_fds[slot], spares[slot].dev, spares[slot].ino);
+}
+
 // Tells the node how spare `id` ended: claimed for `port` (0: given back, for `reason`).
 static void report_locked(uint64_t id, uint16_t port, int64_t setup_us, const char *reason) {
     Boxermesh__V1__ShimSpareUsed body = BOXERMESH__V1__SHIM_SPARE_USED__INIT;
@@ -153,8 +157,7 @@ static int newest_locked(uint32_t ip) {
 // Why spare `slot` must not be claimed now, or NULL. Fills *gone when the fd is no longer ours (not to be closed).
 static const char *unusable_locked(int slot, bool *gone) {
     int fd = spare_fds[slot];
-    struct stat st;
-    if (fstat(fd, &st) != 0 || st.st_dev != spares[slot].dev || st.st_ino != spares[slot].ino) {
+    if (!still_ours(slot)) {
         *gone = true;
         return "the app closed its fd";
     }
@@ -213,10 +216,7 @@ void shim_spare_vacate_locked(unsigned int first, unsigned int last) {
 void shim_spare_drop_all_locked(void) {
     for (int slot = 0; slot < MAX_SPARES; slot++) {
         if (spare_fds[slot] < 0) continue;
-        struct stat st;
-        if (fstat(spare_fds[slot], &st) == 0 && st.st_dev == spares[slot].dev && st.st_ino == spares[slot].ino) {
-            real.close(spare_fds[slot]);
-        }
+        if (still_ours(slot)) real.close(spare_fds[slot]);
         set_fd(slot, -1);
     }
 }
