@@ -180,10 +180,12 @@ void shim_spare_add_locked(const Boxermesh__V1__ShimSpare *spare, int fd);
 void shim_spare_recall_locked(uint64_t id);
 // The node trusts that ip takes connections on port for listener_ms more (from a connect's reply).
 void shim_spare_trust_locked(uint32_t ip, uint16_t port, uint32_t listener_ms);
-// A connect to ip:port, begun at started_us: a lent spare claimed for it (the node told), with the connection's
-// mesh addresses filled in, or -1 (ask the node). Lent spares found dead on the way go back to the node.
-int shim_spare_claim_locked(uint32_t ip, uint16_t port, int64_t started_us,
-                            Boxermesh__V1__ShimConnection *connection);
+// A connect to ip:port: a lent spare claimed for it (its id in *id; the node is told by shim_spare_claimed_locked),
+// with the connection's mesh addresses filled in, or -1 (ask the node). Lent spares found dead on the way go back
+// to the node.
+int shim_spare_claim_locked(uint32_t ip, uint16_t port, uint64_t *id, Boxermesh__V1__ShimConnection *connection);
+// Tells the node that lent spare `id` was claimed for `port`, setup_us after the connect began.
+void shim_spare_claimed_locked(uint64_t id, uint16_t port, int64_t setup_us);
 // The app is about to close (or dup onto) the fds first..last: lent spares among them go back to the node.
 void shim_spare_vacate_locked(unsigned int first, unsigned int last);
 bool shim_spare_is_fd(int fd);

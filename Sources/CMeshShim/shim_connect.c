@@ -267,9 +267,11 @@ static int connect_blocking(struct shim_sock *sock, int fd, uint32_t ip, uint16_
 }
 
 // The connect took a lent spare link (already claimed): it becomes the app's socket, as a kernel connect's would.
-static int connect_by_spare_locked(struct shim_sock *sock, int fd, int spare, bool nonblocking,
-                                   const Boxermesh__V1__ShimConnection *connection) {
+static int connect_by_spare_locked(struct shim_sock *sock, int fd, int spare, uint64_t id, int64_t started_us,
+                                   bool nonblocking, const Boxermesh__V1__ShimConnection *connection) {
     int error = become_mesh_locked(sock, fd, spare, false, connection);
+    // Told only now: the node's thread, woken by it, must not hold up the swap.
+    shim_spare_claimed_locked(id, connection->peer_port, shim_now_us() - started_us);
     pthread_mutex_unlock(&shim_lock);
     char peer[INET_ADDRSTRLEN];
     SHIM_DEBUG("connect fd %d to %s:%u: %s", fd, shim_ip_string(connection->peer_address, peer),
@@ -307,8 +309,9 @@ static int connect_mesh(int fd, const struct sockaddr *addr, socklen_t len, uint
     int status = real.fcntl(fd, F_GETFL, 0);
     bool nonblocking = status >= 0 && (status & O_NONBLOCK);
     Boxermesh__V1__ShimConnection lent = BOXERMESH__V1__SHIM_CONNECTION__INIT;
-    int spare = shim_spare_claim_locked(ip, port, started_us, &lent);
-    if (spare >= 0) return connect_by_spare_locked(sock, fd, spare, nonblocking, &lent);
+    uint64_t spare_id = 0;
+    int spare = shim_spare_claim_locked(ip, port, &spare_id, &lent);
+    if (spare >= 0) return connect_by_spare_locked(sock, fd, spare, spare_id, started_us, nonblocking, &lent);
     Boxermesh__V1__ShimConnect body = BOXERMESH__V1__SHIM_CONNECT__INIT;
     body.address = ip;
     body.port = port;

@@ -173,8 +173,7 @@ static const char *unusable_locked(int slot, bool *gone) {
     return NULL;
 }
 
-int shim_spare_claim_locked(uint32_t ip, uint16_t port, int64_t started_us,
-                            Boxermesh__V1__ShimConnection *connection) {
+int shim_spare_claim_locked(uint32_t ip, uint16_t port, uint64_t *id, Boxermesh__V1__ShimConnection *connection) {
     if (shim_in_vfork_child() || !is_trusted(ip, port)) return -1;
     int slot;
     while ((slot = newest_locked(ip)) >= 0) {
@@ -192,7 +191,7 @@ int shim_spare_claim_locked(uint32_t ip, uint16_t port, int64_t started_us,
             ssize_t sent = send(fd, claim, spares[slot].claim_len, MSG_NOSIGNAL | MSG_DONTWAIT | MSG_MORE);
             if (sent == (ssize_t)spares[slot].claim_len) {
                 set_fd(slot, -1);
-                report_locked(spares[slot].id, port, shim_now_us() - started_us, "");
+                *id = spares[slot].id;
                 connection->local_port = spares[slot].local_port;
                 connection->peer_address = ip;
                 connection->peer_port = port;
@@ -204,6 +203,10 @@ int shim_spare_claim_locked(uint32_t ip, uint16_t port, int64_t started_us,
         give_back_locked(slot, !gone, why);
     }
     return -1;
+}
+
+void shim_spare_claimed_locked(uint64_t id, uint16_t port, int64_t setup_us) {
+    report_locked(id, port, setup_us, "");
 }
 
 void shim_spare_vacate_locked(unsigned int first, unsigned int last) {
