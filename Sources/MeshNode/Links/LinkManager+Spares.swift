@@ -395,10 +395,12 @@ extension LinkManager {
                 return
             }
         }
-        // The successor we offered, if the claim wants it.
-        if let theirs = claim.successor, let ours = held.successor, let id = SpareClaim.successorID(of: held.id), punches, !session.hasLeft {
-            holdSpare(from: DirectPath.PunchPort(port: ours.port, endpoint: ours, predicted: true), to: theirs, id: id,
-                token: held.token.successor(connectionID: id), peer: held.peer)
+        // The successor we offered, if the claim wants it: once the link is on its way to the app, which waits.
+        defer {
+            if let theirs = claim.successor, let ours = held.successor, let id = SpareClaim.successorID(of: held.id), punches, !session.hasLeft {
+                holdSpare(from: DirectPath.PunchPort(port: ours.port, endpoint: ours, predicted: true), to: theirs, id: id,
+                    token: held.token.successor(connectionID: id), peer: held.peer)
+            }
         }
         guard accepted else {
             guard claim.answered else {
