@@ -106,16 +106,6 @@ enum Timing {
         /// The accepting side reads a claim this long at most (it comes in one segment: all of it is there, in
         /// practice, when the first byte is).
         static let spareClaimRead = Duration.milliseconds(100)
-        /// The node's part of a lent spare's claim (the link's report, its flow, the successor's punch) waits this
-        /// long: the app, which did not wait for the node, goes on with its connect and first bytes meanwhile, where
-        /// on a small share of CPU that work would otherwise run first (measured in the lab, 2 cores, the node
-        /// logging links: the 4th–6th connects' median 377 µs with none of it waiting, 318 µs with the successor's
-        /// punch at once, 265–283 µs with all of it waiting). The node's copy of the socket stays open as long: an
-        /// app that closes at once is still followed, and its FIN waits as long.
-        static let lentBookkeeping = Duration.milliseconds(2)
-        /// …except the successor's punch where the app connected to the peer within this before: under a storm of
-        /// connects (redis-benchmark -k 0) the pool must refill at once.
-        static let lentBookkeepingStorm = Duration.milliseconds(10)
         /// Punching a spare link, both sides.
         static let sparePunch = Duration.seconds(5)
         /// A peer gets spare links once the app connected to it three times within this.

@@ -43,7 +43,7 @@ struct SparePoolTests {
         #expect(pool.ready(towards: peer) == 0 && pool.take(towards: peer) == nil)
         #expect(pool.reserve(towards: peer) == 0, "two wanted, two lent: lent spares count as held")
         #expect(pool.endLoan(3, of: ObjectIdentifier(second), claimed: true) == nil, "not the borrower's loan")
-        #expect(pool.endLoan(3, of: ObjectIdentifier(first), claimed: true)?.loan.spare.fd == 3)
+        #expect(pool.endLoan(3, of: ObjectIdentifier(first), claimed: true)?.spare.fd == 3)
         #expect(pool.endLoan(3, of: ObjectIdentifier(first), claimed: true) == nil, "ended once")
         #expect(pool.reserve(towards: peer) == 1, "the claimed one's room is free again")
         #expect(pool.made(spare(6)))
@@ -55,7 +55,7 @@ struct SparePoolTests {
         let idle = ContinuousClock.now + Timing.Choice.spareIdle + .seconds(1)
         #expect(pool.sweep(now: idle).recalling.map(\.spare.fd) == [7])
         #expect(pool.sweep(now: idle).recalling.isEmpty, "asked once")
-        #expect(pool.endLoan(7, of: ObjectIdentifier(second), claimed: false)?.loan.spare.fd == 7)
+        #expect(pool.endLoan(7, of: ObjectIdentifier(second), claimed: false)?.spare.fd == 7)
         #expect(pool.sweep(now: idle).closing.isEmpty)
         #expect(pool.lend(towards: peer, to: second) == nil, "the idle peer was forgotten")
     }

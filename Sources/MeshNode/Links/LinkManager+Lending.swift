@@ -35,18 +35,19 @@ extension LinkManager {
                 endUnclaimed(loan)
                 continue
             }
-            if !to.lend(message, fd: spare.fd), let (loan, _) = spares.endLoan(spare.id, of: ObjectIdentifier(to), claimed: false) {
+            if !to.lend(message, fd: spare.fd), let loan = spares.endLoan(spare.id, of: ObjectIdentifier(to), claimed: false) {
                 logger.debug("a spare link could not be lent", metadata: ["peer": "\(spare.peer.name)", "why": "\(String(cString: strerror(Glibc.errno)))"])
                 endUnclaimed(loan)
             }
         }
     }
 
-    /// The shim of `borrower` claimed lent spare `id` for `port` (the app holds it; the claim went out `setup`
-    /// after its connect began), or gave it back (port 0; `reason` says why). A claim's bookkeeping waits
-    /// ``Timing/Choice/lentBookkeeping``; only the claim is sent at once.
+    /// The shim of `borrower` claimed lent spare `id` for `port` (the app holds it; its connect returned `setup`
+    /// after it began), or gave it back (port 0; `reason` says why). The shim tells only once the app's connect is
+    /// done, so this work, at once, never holds the connect up (measured in the lab: the connect's median 111 µs,
+    /// against 129 µs with this work 2 ms later and 348 µs with the shim telling before the app had the socket).
     func loanEnded(_ id: UInt64, port: UInt16, setup: Duration, reason: String, by borrower: any SpareBorrower) {
-        guard let (loan, sinceUse) = spares.endLoan(id, of: ObjectIdentifier(borrower), claimed: port != 0) else {
+        guard let loan = spares.endLoan(id, of: ObjectIdentifier(borrower), claimed: port != 0) else {
             logger.debug("an app process reported a spare link not lent to it", metadata: ["spare": "\(id)"])
             return
         }
@@ -57,19 +58,10 @@ extension LinkManager {
             return
         }
         Self.cork(spare.fd, false)  // the shim held its claim back: it leaves now, if the app wrote nothing yet
-        let refill = { [self] in
-            if let successor = loan.successor { makeSuccessor(of: spare, from: successor) }
-            makeSpares(towards: spare.peer.ipv4)
-        }
-        // An app that connects again and again needs the successor at once; one that connects now and then can wait.
-        let storm = sinceUse < Timing.Choice.lentBookkeepingStorm
-        if storm { refill() }
-        Task {
-            try? await Task.sleep(for: Timing.Choice.lentBookkeeping)
-            if !storm { refill() }
-            settle(spare.offer, fd: spare.fd, path: .direct, port: port, setup: setup, spare: .lent)
-            close(spare.fd)  // after the bookkeeping: the app holds the only copy now
-        }
+        if let successor = loan.successor { makeSuccessor(of: spare, from: successor) }
+        makeSpares(towards: spare.peer.ipv4)
+        settle(spare.offer, fd: spare.fd, path: .direct, port: port, setup: setup, spare: .lent)
+        close(spare.fd)  // after the bookkeeping: the app holds the only copy now
     }
 
     /// The process of `borrower` ended (or lost its connection to the node, and closed its copies): the spares

@@ -241,18 +241,15 @@ final class SparePool: Sendable {
         }
     }
 
-    /// `borrower` says it claimed (a connect took it: a use of the peer) or gave back lent spare `id`; the loan,
-    /// with how long before it the peer was last used, or nil when it has none such.
-    func endLoan(_ id: UInt64, of borrower: ObjectIdentifier, claimed: Bool, now: ContinuousClock.Instant = .now)
-        -> (loan: Loan, sinceUse: Duration)?
-    {
+    /// `borrower` says it claimed (a connect took it: a use of the peer) or gave back lent spare `id`; the loan, or
+    /// nil when it has none such.
+    func endLoan(_ id: UInt64, of borrower: ObjectIdentifier, claimed: Bool, now: ContinuousClock.Instant = .now) -> Loan? {
         state.withLock { state in
             guard let peer = state.peers.first(where: { $0.value.lent[id].map { ObjectIdentifier($0.borrower) == borrower } ?? false })?.key,
                 let loan = state.peers[peer]!.lent.removeValue(forKey: id)
             else { return nil }
-            let sinceUse = now - state.peers[peer]!.lastUsed
             if claimed { state.peers[peer]!.lastUsed = now }
-            return (loan, sinceUse)
+            return loan
         }
     }
 

@@ -1994,9 +1994,10 @@ public nonisolated struct Boxermesh_V1_ShimRecall: Sendable {
   public init() {}
 }
 
-/// Shim -> node, not answered (id 0): lent spare `spare` was claimed for `port` (the app holds it; its claim went
-/// out `setup_us` after the app's connect began), or, with port 0, given back: the shim no longer holds it, and
-/// `reason` says why (dead, recalled, the app closed its fd).
+/// Shim -> node, not answered (id 0): lent spare `spare` was claimed for `port` (the app holds it, in the fd it
+/// connected, `setup_us` after its connect began; sent only then, so the node's work does not hold the connect
+/// up), or, with port 0, given back: the shim no longer holds it, and `reason` says why (dead, recalled, the app
+/// closed its fd).
 public nonisolated struct Boxermesh_V1_ShimSpareUsed: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
