@@ -16,10 +16,11 @@ import Musl
 ///   against the host's memory limit (Lambda's /tmp is disk);
 /// - `tbf` at the function's rate on the function's `eth0` (what it sends) and its NAT's `lan0` (what it receives);
 /// - every program run in the host (``NATLab/run(_:_:timeout:)``, ``NATLab/spawn(_:_:environment:)``, `lab exec`)
-///   starts as root, joins the cgroups, enters the network namespace, unshares a mount namespace of its own, binds
-///   the tmpfs onto `/tmp`, remounts every other file system read-only (but /proc, /sys, /dev and /dev/pts), sets
-///   `TMPDIR=/tmp` and a PATH of the system's directories, and execs the program as uid and gid 65534 with no capabilities, an empty bounding set and
-///   no_new_privs. Every step execs the next, so the pid `spawn` returns is the program's.
+///   starts as root, opens the cgroups' `cgroup.procs`, enters the network namespace, unshares a mount namespace of
+///   its own, binds the tmpfs onto `/tmp`, remounts every other file system read-only (but /proc, /sys, /dev and
+///   /dev/pts), sets `TMPDIR=/tmp` and a PATH of the system's directories, joins the cgroups, and execs the
+///   program as uid and gid 65534 with no capabilities, an empty bounding set and no_new_privs. Every step execs
+///   the next, so the pid `spawn` returns is the program's.
 extension NATLab {
     /// The cgroup v1 hierarchies a function host has a cgroup in.
     static let cgroupHierarchies = ["cpu", "memory"]
@@ -77,7 +78,7 @@ extension NATLab {
     /// What runs a program in function `i` as the Lambda function: put the program's argv after it.
     func functionLauncher(_ i: Int, tools: LabTools) -> [String] {
         let user = FunctionLimits.user
-        return [tools.sh, "-c", Self.joinCgroups, "boxer-mesh-lab"]
+        return [tools.sh, "-c", Self.openCgroups, "boxer-mesh-lab"]
             + Self.cgroupHierarchies.map { cgroup(ofFunction: i, hierarchy: $0) + "/cgroup.procs" }
             + [tools.ip, "netns", "exec", namespace(of: .function(i))]
             + [tools.unshare, "--mount", "--propagation", "private"]
@@ -88,12 +89,15 @@ extension NATLab {
             ]
     }
 
-    /// Joins the cgroups whose `cgroup.procs` files are `$1` and `$2`, then execs the rest. It runs before
-    /// `ip netns exec`, which mounts the namespace's own /sys and so hides /sys/fs/cgroup.
-    static let joinCgroups = #"echo $$ >"$1" && echo $$ >"$2" && shift 2 && exec "$@""#
+    /// Opens the `cgroup.procs` files `$1` and `$2` as descriptors 8 and 9, then execs the rest. It runs before
+    /// `ip netns exec`, which mounts the namespace's own /sys and so hides /sys/fs/cgroup; ``enterFunction`` joins
+    /// the cgroups through them as its last step, so the launcher's own work (a dozen `mount` processes) is not
+    /// charged to the function's CPU quota and memory: Lambda does not charge its sandbox's set-up either.
+    static let openCgroups = #"exec 8>"$1" 9>"$2" && shift 2 && exec "$@""#
 
     /// In a fresh mount namespace, with `$1` the mount program and `$2` the host's tmpfs: makes that the private
-    /// /tmp, everything else but the kernel's file systems read-only, then execs the rest.
+    /// /tmp, everything else but the kernel's file systems read-only, joins the cgroups ``openCgroups`` opened
+    /// (and closes them), then execs the rest.
     static let enterFunction = #"""
         set -e
         mount=$1
@@ -109,6 +113,9 @@ extension NATLab {
         # (/root/.pyenv/shims), where a command would fail with "Permission denied".
         export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
         shift 2
+        echo $$ >&8
+        echo $$ >&9
+        exec 8>&- 9>&-
         exec "$@"
         """#
 
