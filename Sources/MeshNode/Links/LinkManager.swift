@@ -214,7 +214,7 @@ final class LinkManager: Sendable {
         let (result, reason, settled): (Boxermesh_V1_Handoff, String, Bool)
         switch event {
         case .offered(let direct, let relayedOut, let relayedIn):
-            flows?.follow(id, direct: direct, relayed: (sent: relayedOut, received: relayedIn))
+            flows?.follow(id, direct: direct, path: context.path, relayed: (sent: relayedOut, received: relayedIn))
             return
         case .taken(let direct, _, let failure):
             flows?.handedOff(id, direct: direct)

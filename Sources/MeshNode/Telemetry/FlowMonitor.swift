@@ -138,14 +138,17 @@ final class FlowMonitor: Sendable {
 
     /// From now on the app's bytes of upgraded connection `id` are counted on its direct socket (the node's copy
     /// loop, then the app itself, moves them there), after `relayed`: the app's socket to the node is about to go.
-    func follow(_ id: UInt64, direct: Int32, relayed: (sent: UInt64, received: UInt64)) {
+    /// `path` is the socket's (direct or spliced): the upgrade may have come before the flow was tracked (a
+    /// connection spliced at once), so ``upgraded(_:direct:path:)`` may not have set it.
+    func follow(_ id: UInt64, direct: Int32, path: Boxermesh_V1_Path, relayed: (sent: UInt64, received: UInt64)) {
         let cookie = boxer_socket_cookie(direct)
         guard cookie != 0 else { return }
         state.withLock { state in
             guard let key = state.flows.first(where: { $0.value.id == id })?.key, var flow = state.flows.removeValue(forKey: key) else { return }
             flow.cookie = cookie
             flow.rttCookie = cookie
-            flow.preamble = Self.preamble(flow.path)
+            flow.path = path
+            flow.preamble = Self.preamble(path)
             flow.base = relayed
             state.flows[cookie] = flow
         }
