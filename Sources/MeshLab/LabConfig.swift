@@ -18,9 +18,9 @@ public struct LabConfig: Codable, Sendable, Equatable {
     public var functions: Int
     /// The kind of NAT in front of every function.
     public var nat: NATKind
-    /// One-way delay in milliseconds added to everything that leaves through each NAT's WAN link and the broker's
-    /// link (by a netfilter-queue delayer; see `LabDelayer`), so a function's round trip to the broker or to another
-    /// function grows by 2 × `delayMs`.
+    /// One-way delay in milliseconds added to everything that arrives over each NAT's WAN link and the broker's
+    /// link (by a netfilter-queue delayer; see `LabDelayer` and ``NATLab/delayRules(for:)``), so a function's round
+    /// trip to the broker or to another function grows by 2 × `delayMs`.
     public var delayMs: Int
     /// Packet loss in percent added on the same links as the delay (0 for none).
     public var lossPercent: Double

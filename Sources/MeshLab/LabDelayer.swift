@@ -77,7 +77,6 @@ enum LabDelayer {
         # boxer-mesh lab delayer: holds each packet of netfilter queue QUEUE for DELAY_MS, drops LOSS_PCT % of them.
         # Usage: delayer.py QUEUE DELAY_MS LOSS_PCT. Prints "ready" once bound. Speaks nfnetlink_queue directly.
         # Written by MeshLab (Sources/MeshLab/LabDelayer.swift); `boxer-mesh lab down` ends it.
-        # Usage: delayer.py QUEUE DELAY_MS LOSS_PCT. Prints "ready" once bound. Speaks nfnetlink_queue directly.
         import collections, os, random, select, signal, socket, struct, sys, time
 
         queue, delay, loss = int(sys.argv[1]), float(sys.argv[2]) / 1000.0, float(sys.argv[3]) / 100.0

@@ -134,29 +134,21 @@ extension NATLab {
     /// Where the delayer of `config` works: for each namespace, the iptables rules that send its packets to
     /// netfilter queue 0 (in the raw table, so before conntrack and NAT see them). Empty without delay and loss.
     ///
-    /// Everything leaving through a NAT's `wan0` (forwarded from the LAN, or the NAT's own) and through the
-    /// broker's `eth0` is held `delayMs` and dropped with `lossPercent`: a function's round trip to the broker or
-    /// to another function grows by 2 × `delayMs`. Traffic between a function and its own NAT is not delayed.
+    /// Everything arriving from the internet, at a NAT's `wan0` or the broker's `eth0`, is held `delayMs` and
+    /// dropped with `lossPercent`: a function's round trip to the broker or to another function grows by
+    /// 2 × `delayMs`. Traffic between a function and its own NAT is not delayed. The delay sits at the receiving
+    /// end, as a wire's would: the sender's NAT maps a packet the moment it leaves, so two punches' SYNs that
+    /// cross in flight both find the other NAT open. (Held at the sending NAT, before its conntrack, a SYN opened
+    /// its own NAT only `delayMs` after it was sent, and the peer's SYN, crossing it, was dropped.)
     func delayRules(for config: LabConfig) -> [(host: LabHost, rules: [[String]])] {
         guard config.delayMs > 0 || config.lossPercent > 0 else { return [] }
         let queue = ["-j", "NFQUEUE", "--queue-num", "\(LabDelayer.queue)"]
-        var rules: [(host: LabHost, rules: [[String]])] = [
-            (.broker, [["-t", "raw", "-A", "OUTPUT", "-o", Interface.host] + queue])
-        ]
+        func arriving(on interface: String) -> [[String]] {
+            [["-t", "raw", "-A", "PREROUTING", "-i", interface] + queue]
+        }
+        var rules: [(host: LabHost, rules: [[String]])] = [(.broker, arriving(on: Interface.host))]
         for i in 1...config.functions {
-            rules.append(
-                (
-                    .nat(i),
-                    [
-                        [
-                            "-t", "raw", "-A", "PREROUTING", "-i", Interface.lan, "!", "-d",
-                            Self.gatewayAddress(ofFunction: i),
-                        ]
-                            + queue,
-                        ["-t", "raw", "-A", "OUTPUT", "-o", Interface.wan] + queue,
-                    ]
-                )
-            )
+            rules.append((.nat(i), arriving(on: Interface.wan)))
         }
         return rules
     }

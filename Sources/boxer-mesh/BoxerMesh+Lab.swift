@@ -62,8 +62,9 @@ extension BoxerMesh.Lab {
         @Option(
             name: .customLong("delay"),
             help: """
-                One-way delay in ms on everything that leaves through each NAT's WAN link (wan0) and the \
+                One-way delay in ms on everything that arrives over each NAT's WAN link (wan0) and the \
                 broker's link (eth0), so a function's RTT to the broker or to another function grows by 2 x MS. \
+                As on a wire, a sender's NAT maps a packet as it leaves; the delay is at the far end. \
                 A userspace netfilter-queue delayer (python3) holds the packets (this kernel has no netem): \
                 measure throughput without it.
                 """

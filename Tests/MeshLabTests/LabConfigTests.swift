@@ -119,15 +119,9 @@ import Testing
         #expect(rules.map(\.host) == [.broker, .nat(1), .nat(2)])
         #expect(
             rules.map { $0.rules.map { $0.joined(separator: " ") } } == [
-                ["-t raw -A OUTPUT -o eth0 -j NFQUEUE --queue-num 0"],
-                [
-                    "-t raw -A PREROUTING -i lan0 ! -d 10.1.1.1 -j NFQUEUE --queue-num 0",
-                    "-t raw -A OUTPUT -o wan0 -j NFQUEUE --queue-num 0",
-                ],
-                [
-                    "-t raw -A PREROUTING -i lan0 ! -d 10.1.2.1 -j NFQUEUE --queue-num 0",
-                    "-t raw -A OUTPUT -o wan0 -j NFQUEUE --queue-num 0",
-                ],
+                ["-t raw -A PREROUTING -i eth0 -j NFQUEUE --queue-num 0"],
+                ["-t raw -A PREROUTING -i wan0 -j NFQUEUE --queue-num 0"],
+                ["-t raw -A PREROUTING -i wan0 -j NFQUEUE --queue-num 0"],
             ]
         )
         #expect(lab.delayRules(for: LabConfig(functions: 1, lossPercent: 1)).count == 2)

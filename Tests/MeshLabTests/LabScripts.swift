@@ -123,6 +123,22 @@ enum LabScripts {
         sys.exit(1)
         """
 
+    /// One UDP datagram each way: `LOCALPORT PEERIP PEERPORT SENDAT NAME`. Binds LOCALPORT, sends
+    /// `hello from NAME` to the peer at wall-clock time SENDAT (lab hosts share the clock), then waits 3 s for
+    /// the peer's; prints `got LINE` or `nothing`.
+    static let crossing = """
+        import socket, sys, time
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", int(sys.argv[1])))
+        time.sleep(max(0.0, float(sys.argv[4]) - time.time()))
+        s.sendto(f"hello from {sys.argv[5]}".encode(), (sys.argv[2], int(sys.argv[3])))
+        s.settimeout(3)
+        try:
+            print("got", s.recv(256).decode(), flush=True)
+        except TimeoutError:
+            print("nothing", flush=True)
+        """
+
     /// `python3 -c SCRIPT ARGS…`
     static func command(_ script: String, _ args: [CustomStringConvertible]) -> [String] {
         [python, "-c", script] + args.map(\.description)

@@ -211,5 +211,27 @@ extension NATLabTests {
                 #expect(delayed < Double(2 * delay) + 500, "RTT to the broker \(delayed) ms")
             }
         }
+
+        /// The delay is on the wire, not in front of the sender's NAT: a packet opens its own NAT as it leaves.
+        /// fn2 sends 100 ms after fn1, so fn1's packet reaches NAT 2 while fn2's is still in flight, 200 ms after
+        /// fn2's left. Had NAT 2 mapped fn2's packet only once its delay had passed, fn1's would be dropped there.
+        @Test func packetsThatCrossInFlightBothPass() throws {
+            try withLab("lt11", LabConfig(functions: 2, delayMs: 300)) { lab in
+                let start = Date().timeIntervalSince1970 + 1
+                let one = try lab.spawn(
+                    .function(1),
+                    LabScripts.command(LabScripts.crossing, [40001, "203.0.113.102", 40002, start, "fn1"])
+                )
+                let two = try lab.spawn(
+                    .function(2),
+                    LabScripts.command(LabScripts.crossing, [40002, "203.0.113.101", 40001, start + 0.1, "fn2"])
+                )
+                defer { [one, two].forEach { $0.kill() } }
+                #expect(one.waitUntilExit(timeout: .seconds(10)) == 0 && two.waitUntilExit(timeout: .seconds(10)) == 0)
+                print("crossing packets, 300 ms per link: fn1 \(one.standardOutput)fn2 \(two.standardOutput)")
+                #expect(one.standardOutput == "got hello from fn2\n", "\(one.standardError)")
+                #expect(two.standardOutput == "got hello from fn1\n", "\(two.standardError)")
+            }
+        }
     }
 }
