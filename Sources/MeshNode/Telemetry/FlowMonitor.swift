@@ -54,7 +54,7 @@ final class FlowMonitor: Sendable {
     }
 
     private struct State {
-        var flows: [UInt64: Flow] = [:]  // by cookie
+        var table = Table()
         var nextSample = ContinuousClock.now
         /// The destroy-notice subscription, open only while there are flows: the kernel tells every subscriber
         /// in the namespace of every TCP socket that goes, which costs nodes that share one (the scale lab)
@@ -101,7 +101,7 @@ final class FlowMonitor: Sendable {
             inode: inode, preamble: preamble ?? (path == .direct ? Self.preamble(.direct) : (0, 0)), rttCookie: path == .direct ? cookie : nil, sampledAt: now)
         enum Subscription { case open, opened, refused(Int32) }
         let subscription = state.withLock { state -> Subscription in
-            state.flows[cookie] = flow
+            state.table.insert(flow)
             // Subscribed before the app has the socket, so its destroy notice cannot be missed.
             guard state.destroyFD < 0, !state.destroyRefused else { return .open }
             state.destroyFD = boxer_tcp_destroy_listen()
@@ -129,39 +129,29 @@ final class FlowMonitor: Sendable {
     func upgraded(_ id: UInt64, direct: Int32?, path: Boxermesh_V1_Path) {
         counts.withLock { $0.upgraded += 1 }
         let cookie = direct.map { boxer_socket_cookie($0) }
-        state.withLock { state in
-            guard let key = state.flows.first(where: { $0.value.id == id })?.key else { return }
-            state.flows[key]?.path = path
-            state.flows[key]?.rttCookie = cookie == 0 ? nil : cookie
-        }
+        amend(id, .upgraded(path: path, rttCookie: cookie == 0 ? nil : cookie))
     }
 
     /// From now on the app's bytes of upgraded connection `id` are counted on its direct socket (the node's copy
     /// loop, then the app itself, moves them there), after `relayed`: the app's socket to the node is about to go.
-    /// `path` is the socket's (direct or spliced): the upgrade may have come before the flow was tracked (a
-    /// connection spliced at once), so ``upgraded(_:direct:path:)`` may not have set it.
+    /// `path` is the socket's (direct or spliced).
     func follow(_ id: UInt64, direct: Int32, path: Boxermesh_V1_Path, relayed: (sent: UInt64, received: UInt64)) {
         let cookie = boxer_socket_cookie(direct)
         guard cookie != 0 else { return }
-        state.withLock { state in
-            guard let key = state.flows.first(where: { $0.value.id == id })?.key, var flow = state.flows.removeValue(forKey: key) else { return }
-            flow.cookie = cookie
-            flow.rttCookie = cookie
-            flow.path = path
-            flow.preamble = Self.preamble(path)
-            flow.base = relayed
-            state.flows[cookie] = flow
-        }
+        amend(id, .follow(cookie: cookie, path: path, relayed: .init(sent: relayed.sent, received: relayed.received)))
     }
 
     /// The app holds connection `id`'s direct socket now (a vanished peer's connections are reset there).
     func handedOff(_ id: UInt64, direct: Int32) {
         var status = stat()
         guard fstat(direct, &status) == 0 else { return }
-        state.withLock { state in
-            guard let key = state.flows.first(where: { $0.value.id == id })?.key else { return }
-            state.flows[key]?.inode = UInt64(status.st_ino)
-        }
+        amend(id, .handedOff(inode: UInt64(status.st_ino)))
+    }
+
+    /// Each of these may come before the connection's ``track(fd:id:initiator:peer:port:path:preamble:)``.
+    private func amend(_ id: UInt64, _ change: Change) {
+        let now = ContinuousClock.now
+        state.withLock { $0.table.amend(id, change, now: now) }
     }
 
     /// The connections handed to the app so far.
@@ -174,7 +164,7 @@ final class FlowMonitor: Sendable {
     /// writer's unacknowledged data only after the retransmission limit, minutes). Blocks while it reads /proc.
     func peerExpired(_ peer: Member) {
         let inodes = state.withLock { state in
-            state.flows.values.filter { $0.peer == peer.ipv4 && $0.inode != 0 }.map(\.inode)
+            state.table.flows.values.filter { $0.peer == peer.ipv4 && $0.inode != 0 }.map(\.inode)
         }
         guard !inodes.isEmpty else { return }
         var reset = 0
@@ -218,7 +208,7 @@ final class FlowMonitor: Sendable {
                 let sampling = ContinuousClock.now >= state.withLock { $0.nextSample }
                 report(due(pass(sampling: sampling), flush: sampling))
                 state.withLock { state in
-                    guard state.flows.isEmpty, state.destroyFD >= 0 else { return }
+                    guard state.table.flows.isEmpty, state.destroyFD >= 0 else { return }
                     close(state.destroyFD)
                     state.destroyFD = -1
                 }
@@ -229,7 +219,7 @@ final class FlowMonitor: Sendable {
             let deadline = ContinuousClock.now + Self.finishTimeout
             repeat {
                 final += pass(sampling: true).filter(\.closed)
-                if state.withLock({ $0.flows.isEmpty }) { break }
+                if state.withLock({ $0.table.flows.isEmpty }) { break }
                 usleep(50_000)
             } while ContinuousClock.now < deadline
             report(final)
@@ -277,7 +267,7 @@ final class FlowMonitor: Sendable {
         }
         var table: [UInt64: boxer_tcp_counters]? = nil
         // The table is read only while the app holds mesh connections.
-        if sampling, state.withLock({ !$0.flows.isEmpty }) {
+        if sampling, state.withLock({ !$0.table.flows.isEmpty }) {
             table = Self.socketTable(logger: logger)
         }
         let now = ContinuousClock.now
@@ -285,20 +275,20 @@ final class FlowMonitor: Sendable {
         return state.withLock { state in
             var samples: [Boxermesh_V1_FlowSample] = []
             for counters in destroyed {
-                guard var flow = state.flows.removeValue(forKey: counters.cookie) else { continue }
+                guard var flow = state.table.flows.removeValue(forKey: counters.cookie) else { continue }
                 Self.update(&flow, with: counters, relayRTT: relayRTT, now: now)
                 samples.append(Self.sample(flow, closed: true, previous: nil, now: now))
             }
             if sampling { state.nextSample = now + interval }
             guard let table else { return samples }
-            for (cookie, var flow) in state.flows {
+            for (cookie, var flow) in state.table.flows {
                 guard let counters = table[cookie] else {
                     // Gone. A destroy notice may still be on its way; without notices, the last sample is final.
                     if flow.missing || state.destroyFD < 0 {
-                        state.flows[cookie] = nil
+                        state.table.flows[cookie] = nil
                         samples.append(Self.sample(flow, closed: true, previous: nil, now: now))
                     } else {
-                        state.flows[cookie]?.missing = true
+                        state.table.flows[cookie]?.missing = true
                     }
                     continue
                 }
@@ -307,7 +297,7 @@ final class FlowMonitor: Sendable {
                 if let rttCookie = flow.rttCookie, rttCookie != cookie, let direct = table[rttCookie] {
                     flow.rttMicroseconds = direct.rtt_us
                 }
-                state.flows[cookie] = flow
+                state.table.flows[cookie] = flow
                 // Only the connecting side's samples are published: one flow line per connection.
                 if flow.initiator { samples.append(Self.sample(flow, closed: false, previous: previous, now: now)) }
             }
