@@ -67,8 +67,9 @@ enum Timing {
         /// A warm endpoint (learned ahead of a connect) older than this is learned again: NATs keep an unused
         /// mapping for at least 30 s.
         static let warmLifetime = Duration.seconds(20)
-        /// The first endpoint advertised for inbound connections is learned this long after the node started, not
-        /// during its start: in a small function every reflector exchange then would delay the app's start.
+        /// The first endpoint advertised for inbound connections is learned when the app first listens, else this
+        /// long after the node started, not during its start: in a small function every reflector exchange then
+        /// would delay the app's start.
         static let firstAdvert = Duration.seconds(1)
         /// An endpoint a connect used up (the warm one, or the one advertised for inbound connections) is learned
         /// anew this long after, not at once: the reflector exchange (both ends' kernels, the broker's reflector)

@@ -32,8 +32,10 @@ struct LinkLabTests {
             let server = try mesh.node(1, name: "srv", options: ["--no-shim", "--log-level", "debug"], [Self.app, "serve", "5000"])
             defer { server.kill() }
             #expect(server.waitForOutput(containing: "listening on 5000", timeout: .seconds(15)), "\(server.standardError)")
-            // A node advertises its first endpoint for inbound connections a second after it started.
+            // A node advertises its first endpoint for inbound connections when its app first listens.
             #expect(await server.waitForLog(containing: "advertised an endpoint for inbound connections"), "\(server.standardError)")
+            let advert = server.standardError.split(separator: "\n").first { $0.contains("advertised an endpoint") } ?? ""
+            #expect(advert.contains("why=the app listens"), "\(server.standardError)")
             let client = try mesh.node(
                 2, name: "cli", options: ["--no-shim", "--log-level", "info"],
                 ["sh", "-c", "\(Self.app) connect $(\(Self.app) resolve srv) 5000 hello-through-the-nats"])

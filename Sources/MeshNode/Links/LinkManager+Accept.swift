@@ -17,7 +17,7 @@ extension LinkManager {
         // The broker handed the requester our advertised endpoint: we punch from its port, and advertise another
         // once this connection is on its way.
         let advertised = incoming.hasAdvertised ? Endpoint(incoming.advertised) : nil
-        if advertised != nil { advertise(after: Timing.Choice.relearnDelay) }
+        if advertised != nil { advertise(after: Timing.Choice.relearnDelay, because: "the last one was used") }
         let peerPunches = incoming.endpoint.port != 0
         guard isListening(on: port) else {
             answer.reason = "nothing listens on port \(port)"
@@ -210,7 +210,19 @@ extension LinkManager {
         }
     }
 
-    func listen(on port: UInt16) { state.withLock { $0.listeners[port, default: 0] += 1 } }
+    /// The app listens on `port` for mesh connections. The node's first endpoint for inbound connections is
+    /// advertised now if it was not yet: a connection that comes in the node's first second then needs no round
+    /// trip to this node before its punch (without an advert the broker asks this node for an endpoint first).
+    /// An app that never listens keeps the first advert out of its start (``Timing/Choice/firstAdvert``).
+    func listen(on port: UInt16) {
+        let first = state.withLock { state -> Bool in
+            state.listeners[port, default: 0] += 1
+            guard state.advertisedAt == nil else { return false }
+            state.advertisedAt = .now  // one advert, however many listen at once
+            return true
+        }
+        if first { advertise(because: "the app listens") }
+    }
 
     /// Whether the app announced `port` for mesh connections (the seccomp supervisor then takes over its accepts).
     func announces(port: UInt16) -> Bool { state.withLock { $0.listeners[port] != nil } }

@@ -75,6 +75,8 @@ final class LinkManager: Sendable {
         var withdrawn: [UInt64: (error: SocketError, at: ContinuousClock.Instant)] = [:]
         /// When each peer last took a connection on each port: a spare's claim for such a port skips its answer.
         var accepting: [PeerPort: ContinuousClock.Instant] = [:]
+        /// When the newest endpoint for inbound connections is (or was) learned; nil before the first.
+        var advertisedAt: ContinuousClock.Instant?
     }
 
     struct PeerPort: Hashable {
@@ -121,22 +123,30 @@ final class LinkManager: Sendable {
     var relayAllowed: Bool { policy.path != .direct && relay != nil }
 
     /// Keeps a warm public endpoint ready for the next connect, and one advertised to the broker for the next
-    /// inbound connection, while the node runs; both are renewed every half ``Timing/Choice/warmLifetime``.
+    /// inbound connection, while the node runs; both are renewed every half ``Timing/Choice/warmLifetime``. The
+    /// first advert comes when the app first listens, or ``Timing/Choice/firstAdvert`` after the start.
     func keepWarm() async {
         guard punches else { return }
         async let warm: Void = direct.keepWarm()
-        var wait = Timing.Choice.firstAdvert
-        while (try? await Task.sleep(for: wait)) != nil {
-            advertise()
-            wait = Timing.Choice.warmLifetime / 2
+        let renewal = Timing.Choice.warmLifetime / 2
+        var due = ContinuousClock.now + Timing.Choice.firstAdvert
+        while (try? await Task.sleep(until: due)) != nil {
+            // An advert made meanwhile (the app listened, a connection used one) is renewed half a lifetime after it.
+            if let last = state.withLock({ $0.advertisedAt }), last + renewal > .now {
+                due = last + renewal
+                continue
+            }
+            advertise(because: "renewal")
+            due = .now + renewal
         }
         await warm
     }
 
     /// Learns the public endpoint of a fresh port and advertises it to the broker for the next inbound
-    /// connection (see the schema's EndpointAdvert). In the background.
-    func advertise(after delay: Duration = .zero) {
+    /// connection (see the schema's EndpointAdvert). In the background; `why` goes to the debug log.
+    func advertise(after delay: Duration = .zero, because why: String) {
         guard punches, !session.hasLeft else { return }
+        state.withLock { $0.advertisedAt = .now + delay }
         Task {
             if delay > .zero {
                 try? await Task.sleep(for: delay)
@@ -145,7 +155,7 @@ final class LinkManager: Sendable {
             do throws(SocketError) {
                 let port = try await direct.advertisedPort()
                 session.post(.endpointAdvert(.with { $0.endpoint = port.endpoint.message }))
-                logger.debug("advertised an endpoint for inbound connections", metadata: ["endpoint": "\(port.endpoint)"])
+                logger.debug("advertised an endpoint for inbound connections", metadata: ["endpoint": "\(port.endpoint)", "why": "\(why)"])
             } catch {
                 logger.debug("no endpoint advertised for inbound connections: \(error.description)")
             }
