@@ -1,6 +1,7 @@
 import Glibc
+import PlainText
 
-/// Where the node finds the preload shim it gives the app. Two shapes ship:
+/// Where the node finds the preload shim it gives the app. Three shapes ship:
 /// - a build tree: `libboxer-shim.so` in `boxer-mesh_PreloadShim.resources/` beside the boxer-mesh executable
 ///   (every `swift build` / `swift run` builds it there: the PreloadShimBuilder plugin);
 /// - a Lambda package (scripts/package.sh --lambda): `libboxer-shim.so` beside the executable (`bootstrap`);
@@ -41,8 +42,7 @@ extension Node {
         guard length > 0, length < size - 48 else { return nil }
         // Named by content (the packager's digest), so nodes of one build share the file and a new build never
         // runs an old shim.
-        let name = trailer[0..<16].map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
-        let path = "\(temporaryDirectory)/boxer-mesh-shim-\(name).so"
+        let path = "\(temporaryDirectory)/boxer-mesh-shim-\(trailer[0..<16].hex).so"
         if isOurs(path, size: Int(length)) { return path }
         guard let shim = file.bytes(Int(length), at: size - 48 - Int(length)) else { return nil }
         let temporary = "\(path).\(getpid())"
