@@ -124,7 +124,7 @@ public enum Node {
             client.onPush { message in
                 if names.receive(message) { return }
                 switch message.body {
-                case .incomingConnection(let incoming): Task { await links.accept(incoming) }
+                case .incomingConnection(let incoming): links.accept(incoming)
                 case .connectWithdrawn(let withdrawn): links.withdraw(withdrawn)
                 case .handoffTurn(let turn): relay.handoffTurn(turn.connectionID)
                 case .memberExpired(let expired):

@@ -148,7 +148,8 @@ enum Timing {
         /// closed meanwhile: an app that connects per request closes hundreds a second.
         static let closeReportDelay = Duration.milliseconds(100)
         /// Link reports wait this long at most, so those of an app that connects per request reach the broker
-        /// together. Shorter than ``closeReportDelay``: a connection's report comes before either side's close.
+        /// together; so does a target's acceptance of a connection whose requester punches already (the broker
+        /// waits 5 s for it). Shorter than ``closeReportDelay``: a connection's report comes before either side's close.
         static let reportDelay = Duration.milliseconds(50)
 
         // Blocking pool.

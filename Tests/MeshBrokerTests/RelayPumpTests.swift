@@ -47,7 +47,7 @@ struct RelayedPair {
             let links = LinkManager(
                 session: session, direct: direct, logger: logger, relay: relay, policy: LinkPolicy(path: .relay))
             client.onPush { message in
-                if case .incomingConnection(let incoming) = message.body { Task { await links.accept(incoming) } }
+                if case .incomingConnection(let incoming) = message.body { links.accept(incoming) }
             }
             let pump = Task { try await relay.run(session: session, logger: logger, onUpgraded: { _, _, _ in }, onHandoff: { _, _, _ in }) }
             defer {

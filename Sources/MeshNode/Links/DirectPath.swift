@@ -250,20 +250,21 @@ final class DirectPath: Sendable {
         }
     }
 
-    /// As ``punch(from:to:proving:until:listening:abandoned:)`` for a punch nothing waits for (a spare link): in the
-    /// background, then `exchange` on the proven socket with the proof's deadline (a spare link's offer); `done`
-    /// gets the outcome on the pool's thread. No task starts or resumes around it: two thread wake-ups fewer on
-    /// each node for every spare a connect uses up.
+    /// As ``punch(from:to:proving:until:listening:abandoned:)`` for a punch no task waits for (a spare link, an
+    /// inbound connection): in the background, then `exchange` on the proven socket with the proof's deadline (a
+    /// spare link's offer); `done` gets the outcome on the pool's thread. No task starts or resumes around it: two
+    /// thread wake-ups fewer on the node.
     func punch<T: Sendable>(
         from port: UInt16, to peer: Endpoint, proving proof: Proof, until deadline: ContinuousClock.Instant,
-        listening: Bool, then exchange: @escaping @Sendable (Int32, ContinuousClock.Instant) throws -> T,
+        listening: Bool, abandoned: @escaping @Sendable () -> Bool = { false },
+        then exchange: @escaping @Sendable (Int32, ContinuousClock.Instant) throws -> T,
         done: @escaping @Sendable (Result<(fd: Int32, exchanged: T), SocketError>) -> Void
     ) {
         pool.start {
             done(Result { () throws(SocketError) in
                 do {
                     return try Self.punchAndProve(
-                        from: port, to: peer, proving: proof, until: deadline, listening: listening, abandoned: { false }, then: exchange)
+                        from: port, to: peer, proving: proof, until: deadline, listening: listening, abandoned: abandoned, then: exchange)
                 } catch {
                     throw SocketError.wrapping(error)
                 }

@@ -5,22 +5,43 @@ import WireFormat
 
 /// Inbound: a connection the broker announces, from the broker's push to the app's accept().
 extension LinkManager {
-    /// The broker announced a connection to one of our ports: refuse it, or answer with our endpoint, punch,
-    /// prove, and wake the app's accept() with a signal connection.
-    func accept(_ incoming: Boxermesh_V1_IncomingConnection) async {
-        if incoming.spare { return await acceptSpare(incoming) }
+    /// The broker announced a connection to one of our ports. Called on the thread that reads the broker: where
+    /// the broker already handed the requester our advertised endpoint, its SYN is on the way, so our punch starts
+    /// here, before anything else; the rest (refuse or answer, wait, wake the app's accept()) goes on in a task.
+    func accept(_ incoming: Boxermesh_V1_IncomingConnection) {
+        if incoming.spare {
+            Task { await acceptSpare(incoming) }
+            return
+        }
         let started = ContinuousClock.now
+        let race = LinkRace()
+        var early: DirectPath.PunchPort? = nil
+        if incoming.hasAdvertised, incoming.endpoint.port != 0, punches {
+            // An advert we no longer hold (never, unless the broker is confused): its port, as a port-keeping NAT
+            // maps it, is still the best guess.
+            let advertised = Endpoint(incoming.advertised)
+            early = direct.takeAdvertised(advertised) ?? DirectPath.PunchPort(port: advertised.port, endpoint: advertised)
+            punch(from: early!, for: incoming, race: race)
+        }
+        Task { await accept(incoming, race: race, punching: early, started: started) }
+    }
+
+    /// Refuses the connection, or answers with our endpoint (punching from it, if ``accept(_:)`` did not start
+    /// already), and wakes the app's accept() with a signal connection once the link is up.
+    private func accept(
+        _ incoming: Boxermesh_V1_IncomingConnection, race: LinkRace, punching early: DirectPath.PunchPort?,
+        started: ContinuousClock.Instant
+    ) async {
         let port = UInt16(truncatingIfNeeded: incoming.port)
         let id = incoming.connectionID
         var answer = Boxermesh_V1_ConnectAnswer()
         answer.connectionID = id
-        // The broker handed the requester our advertised endpoint: we punch from its port, and advertise another
-        // once this connection is on its way.
-        let advertised = incoming.hasAdvertised ? Endpoint(incoming.advertised) : nil
-        if advertised != nil { advertise(after: Timing.Choice.relearnDelay, because: "the last one was used") }
+        // The requester has our advertised endpoint: advertise another once this connection is on its way.
+        if incoming.hasAdvertised { advertise(after: Timing.Choice.relearnDelay, because: "the last one was used") }
         let peerPunches = incoming.endpoint.port != 0
         guard isListening(on: port) else {
             answer.reason = "nothing listens on port \(port)"
+            race.refuse(SocketError(ECONNREFUSED, answer.reason))  // stops a punch under way
             logger.info("refused a connection", metadata: ["peer": "\(incoming.peer.name)", "port": "\(port)"])
             _ = try? await session.request(.connectAnswer(answer))
             return
@@ -31,7 +52,6 @@ extension LinkManager {
             return
         }
         let token = LinkToken([UInt8](incoming.token))
-        let race = LinkRace()
         if relayAllowed, let relay {
             let context = RelayStreamContext(token: token, initiator: false, peer: incoming.peer.ipv4, port: port, started: started)
             relay.expect(id, context: context) { result in race.relayed(result) }
@@ -39,17 +59,12 @@ extension LinkManager {
             race.noRelay()
         }
         answer.accepted = true
-        var ours: DirectPath.PunchPort? = nil
-        if peerPunches && punches {
+        var ours = early
+        if ours == nil, peerPunches, punches {
             do {
-                // An advert we no longer hold (never, unless the broker is confused): its port, as a port-keeping
-                // NAT maps it, is still the best guess.
-                if let advertised {
-                    ours = direct.takeAdvertised(advertised) ?? DirectPath.PunchPort(port: advertised.port, endpoint: advertised)
-                } else {
-                    ours = try await direct.punchPort()
-                }
-                answer.endpoint = ours!.endpoint.message
+                let port = try await direct.punchPort()
+                punch(from: port, for: incoming, race: race)
+                ours = port
             } catch {
                 guard relayAllowed else {
                     answer.accepted = false
@@ -61,25 +76,17 @@ extension LinkManager {
         }
         // No endpoint (port 0): we do not punch, and the connecting node relays at once.
         if let ours {
-            // Punching starts before the answer goes out: our SYNs open our NAT for the requester's. It goes on
-            // until the race is decided (the connecting side may relay first).
-            let proof = DirectPath.Proof(token: token, connectionID: id, initiator: false)
-            let deadline = ContinuousClock.now + max(Timing.Choice.acceptorPunch, policy.punchTimeout ?? .zero)
-            let (direct, peer) = (direct, Endpoint(incoming.endpoint))
-            Task {
-                do throws(SocketError) {
-                    let fd = try await direct.punch(
-                        from: ours.port, to: peer, proving: proof, until: deadline, listening: true,
-                        abandoned: { race.isDecided })
-                    if !race.direct(fd) { RelaySockets.reset(fd) }
-                } catch {
-                    race.punchFailed(error)
-                }
-            }
+            answer.endpoint = ours.endpoint.message
         } else {
             race.punchFailed(SocketError(EHOSTUNREACH, "not punching"))
         }
-        _ = try? await session.request(.connectAnswer(answer))
+        if incoming.hasAdvertised {
+            // The requester punches already; the broker only needs to know in time (a refusal would have gone at
+            // once), so the answer waits with the reports, out of the way of the punch and its proofs.
+            session.post(.connectAnswer(answer), within: Timing.Choice.reportDelay)
+        } else {
+            _ = try? await session.request(.connectAnswer(answer))
+        }
         let outcome = await race.outcome(timeout: Timing.Choice.acceptorWait)
         var connection = Boxermesh_V1_ShimConnection()
         connection.localAddress = me.address
@@ -104,6 +111,23 @@ extension LinkManager {
             return
         }
         deliver(Link(fd: fd, connection: connection), id: id, peer: incoming.peer, port: port, path: path, started: started)
+    }
+
+    /// Punches from `ours` towards the requester on the blocking pool, no task around it, until the race is
+    /// decided (the connecting side may relay first, or the connection is refused). Punching starts before the
+    /// answer goes out: our SYNs open our NAT for the requester's.
+    private func punch(from ours: DirectPath.PunchPort, for incoming: Boxermesh_V1_IncomingConnection, race: LinkRace) {
+        let proof = DirectPath.Proof(token: LinkToken([UInt8](incoming.token)), connectionID: incoming.connectionID, initiator: false)
+        let deadline = ContinuousClock.now + max(Timing.Choice.acceptorPunch, policy.punchTimeout ?? .zero)
+        direct.punch(
+            from: ours.port, to: Endpoint(incoming.endpoint), proving: proof, until: deadline, listening: true,
+            abandoned: { race.isDecided }, then: { _, _ in }
+        ) { result in
+            switch result {
+            case .success(let punched): if !race.direct(punched.fd) { RelaySockets.reset(punched.fd) }
+            case .failure(let error): race.punchFailed(error)
+            }
+        }
     }
 
     /// An inbound link is up: follow it for the tap, and wake the app's accept() for it (resetting it when that
