@@ -54,7 +54,7 @@ def show(value, unit):
 
 def row(case, what, unit, values=None, baseline=None, baseline_name="", goal=None, note="", available=True):
     """One line of the table. goal = (text, "<=" or ">=", target): on the ratio when there is a baseline, else on
-    the median."""
+    the median; (text, op, target, "median"): on the median, with the ratio shown beside it."""
     r = {"case": case, "what": what, "unit": unit, "available": available, "note": note}
     if not available:
         return r
@@ -63,9 +63,9 @@ def row(case, what, unit, values=None, baseline=None, baseline_name="", goal=Non
         r["baseline"] = {"name": baseline_name, "summary": summary(baseline)}
         r["ratio"] = ratio(values or [], baseline)
     if goal:
-        text, op, target = goal
+        text, op, target, *on = goal
         r["goal"] = text
-        if baseline is not None:
+        if baseline is not None and on != ["median"]:
             measured = r["ratio"]["value"] if r["ratio"] else None
         else:
             measured = r["summary"]["median"] if r["summary"] else None
