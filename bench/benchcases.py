@@ -970,10 +970,13 @@ def redis_per_request(ctx):
                 raise BenchError(f"{name} did not start: {tail(read(f'{lab.work}/{name}.out'))}")
             time.sleep(0.1)
     # As redis-benchmark asks for with keep-alive off: without it the raw runs' client runs out of ports (every
-    # connection leaves one in TIME_WAIT for a minute) and fails from the second or third run on.
-    status, _, err = lab.run("fn2", ["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"], 10)
+    # connection leaves one in TIME_WAIT for a minute) and fails from the second or third run on. A port in
+    # TIME_WAIT is reused only a second later, and connect() draws from half of the range: two raw runs back to
+    # back (the rotation makes that) need 12,000 of them, more than the default range's half holds.
+    status, _, err = lab.run("fn2", ["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1",
+                                     "net.ipv4.ip_local_port_range=10240 65535"], 10)
     if status != 0:
-        raise BenchError(f"cannot set tcp_tw_reuse in fn2: {err.strip()}")
+        raise BenchError(f"cannot set tcp_tw_reuse and the local port range in fn2: {err.strip()}")
     rps = {v: {"SET": [], "GET": []} for v in ("raw", "mesh")}
     failures, hangs = [], 0
     paths = {}  # the benchmark's node's links, by path, and how many took a spare
