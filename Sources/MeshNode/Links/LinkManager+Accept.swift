@@ -6,30 +6,34 @@ import WireFormat
 /// Inbound: a connection the broker announces, from the broker's push to the app's accept().
 extension LinkManager {
     /// The broker announced a connection to one of our ports. Called on the thread that reads the broker: where
-    /// the broker already handed the requester our advertised endpoint, its SYN is on the way, so our punch starts
-    /// here, before anything else; the rest (refuse or answer, wait, wake the app's accept()) goes on in a task.
+    /// the broker already handed the requester our advertised endpoint, its SYN is on the way, so once the port
+    /// is known to listen our punch starts here, before anything else; the rest (refuse or answer, wait, wake the
+    /// app's accept()) goes on in a task.
     func accept(_ incoming: Boxermesh_V1_IncomingConnection) {
         if incoming.spare {
             Task { await acceptSpare(incoming) }
             return
         }
         let started = ContinuousClock.now
+        // Before any punch: a link punched for a port nothing listens on would reach the requester's app.
+        let listening = isListening(on: UInt16(truncatingIfNeeded: incoming.port))
         let race = LinkRace()
         var early: DirectPath.PunchPort? = nil
-        if incoming.hasAdvertised, incoming.endpoint.port != 0, punches {
+        if listening, incoming.hasAdvertised, incoming.endpoint.port != 0, punches {
             // An advert we no longer hold (never, unless the broker is confused): its port, as a port-keeping NAT
             // maps it, is still the best guess.
             let advertised = Endpoint(incoming.advertised)
-            early = direct.takeAdvertised(advertised) ?? DirectPath.PunchPort(port: advertised.port, endpoint: advertised)
-            punch(from: early!, for: incoming, race: race)
+            let ours = direct.takeAdvertised(advertised) ?? DirectPath.PunchPort(port: advertised.port, endpoint: advertised)
+            punch(from: ours, for: incoming, race: race)
+            early = ours
         }
-        Task { await accept(incoming, race: race, punching: early, started: started) }
+        Task { await accept(incoming, listening: listening, race: race, punching: early, started: started) }
     }
 
     /// Refuses the connection, or answers with our endpoint (punching from it, if ``accept(_:)`` did not start
     /// already), and wakes the app's accept() with a signal connection once the link is up.
     private func accept(
-        _ incoming: Boxermesh_V1_IncomingConnection, race: LinkRace, punching early: DirectPath.PunchPort?,
+        _ incoming: Boxermesh_V1_IncomingConnection, listening: Bool, race: LinkRace, punching early: DirectPath.PunchPort?,
         started: ContinuousClock.Instant
     ) async {
         let port = UInt16(truncatingIfNeeded: incoming.port)
@@ -39,9 +43,8 @@ extension LinkManager {
         // The requester has our advertised endpoint: advertise another once this connection is on its way.
         if incoming.hasAdvertised { advertise(after: Timing.Choice.relearnDelay, because: "the last one was used") }
         let peerPunches = incoming.endpoint.port != 0
-        guard isListening(on: port) else {
+        guard listening else {
             answer.reason = "nothing listens on port \(port)"
-            race.refuse(SocketError(ECONNREFUSED, answer.reason))  // stops a punch under way
             logger.info("refused a connection", metadata: ["peer": "\(incoming.peer.name)", "port": "\(port)"])
             _ = try? await session.request(.connectAnswer(answer))
             return
@@ -114,8 +117,8 @@ extension LinkManager {
     }
 
     /// Punches from `ours` towards the requester on the blocking pool, no task around it, until the race is
-    /// decided (the connecting side may relay first, or the connection is refused). Punching starts before the
-    /// answer goes out: our SYNs open our NAT for the requester's.
+    /// decided (the connecting side may relay first). Punching starts before the answer goes out: our SYNs open
+    /// our NAT for the requester's.
     private func punch(from ours: DirectPath.PunchPort, for incoming: Boxermesh_V1_IncomingConnection, race: LinkRace) {
         let proof = DirectPath.Proof(token: LinkToken([UInt8](incoming.token)), connectionID: incoming.connectionID, initiator: false)
         let deadline = ContinuousClock.now + max(Timing.Choice.acceptorPunch, policy.punchTimeout ?? .zero)

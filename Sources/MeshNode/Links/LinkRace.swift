@@ -46,9 +46,6 @@ final class LinkRace: Sendable {
         if let failure { decide(.failed(failure)) }
     }
 
-    /// The connection is refused before either path is up: a punch under way stops (``isDecided``).
-    func refuse(_ error: SocketError) { decide(.failed(error)) }
-
     func punchFailed(_ error: SocketError) {
         let relayPossible = state.withLock { state in
             state.punchFailure = error
